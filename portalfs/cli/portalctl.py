@@ -1,0 +1,415 @@
+"""portalctl: keys, portals, ingest and restore from the command line.
+
+Output is for people when stdout is a terminal and quiet and parseable
+otherwise; `--json` gives machine-readable output where it helps. Every
+failure is one line on stderr and a stable exit code (docs/design.md, "Exit codes").
+"""
+
+from __future__ import annotations
+
+import argparse
+import getpass
+import json
+import os
+import sys
+import time
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
+from datetime import datetime, timezone
+from pathlib import Path
+
+from .. import __version__
+from ..device import Device, Unlocked
+from ..errors import NotFound, PortalError, SourceError, UsageError
+from ..gc import collect_garbage
+from ..keys import new_entropy_words
+from ..paths import DeviceHome
+from ..portal import PortalView
+from ..restore import Restorer
+
+__all__ = ["main"]
+
+
+def _read_secret_file(path: str, what: str) -> str:
+    try:
+        with open(path, encoding="utf-8") as f:
+            return f.read().rstrip("\r\n")
+    except OSError as exc:
+        raise UsageError(f"cannot read the {what} file {path}: {exc.strerror}") from exc
+
+
+def _new_passphrase(args: argparse.Namespace) -> str | None:
+    """The passphrase that will protect a new key file (None: unprotected)."""
+    if args.passphrase_file:
+        return _read_secret_file(args.passphrase_file, "passphrase") or None
+    if os.environ.get("PORTAL_PASSPHRASE"):
+        return os.environ["PORTAL_PASSPHRASE"]
+    if sys.stdin.isatty() and not getattr(args, "no_passphrase", False):
+        first = getpass.getpass("Passphrase to protect the keys on this device (empty for none): ")
+        if first and getpass.getpass("Again: ") != first:
+            raise UsageError("the two passphrases differ")
+        return first or None
+    return None
+
+
+def _unlock(device: Device, args: argparse.Namespace) -> Unlocked:
+    passphrase = None
+    if device.needs_passphrase():
+        if args.passphrase_file:
+            passphrase = _read_secret_file(args.passphrase_file, "passphrase")
+        elif os.environ.get("PORTAL_PASSPHRASE"):
+            passphrase = os.environ["PORTAL_PASSPHRASE"]
+        elif sys.stdin.isatty():
+            passphrase = getpass.getpass("Passphrase: ")
+    return device.unlock(passphrase)
+
+
+def _bip39_passphrase(args: argparse.Namespace) -> str:
+    if args.bip39_passphrase_file:
+        return _read_secret_file(args.bip39_passphrase_file, "BIP-39 passphrase")
+    return ""
+
+
+@contextmanager
+def _progress(total: int | None, enabled: bool, unit: str = "B") -> Iterator[Callable[[int], None]]:
+    if not enabled or not sys.stderr.isatty():
+        yield lambda n: None
+        return
+    from tqdm import tqdm
+
+    with tqdm(total=total, unit=unit, unit_scale=True, unit_divisor=1024, file=sys.stderr, leave=False) as bar:
+        yield bar.update
+
+
+def _emit(args: argparse.Namespace, data: object, text: str) -> None:
+    if getattr(args, "json", False):
+        print(json.dumps(data, sort_keys=True))
+    else:
+        print(text)
+
+
+def _when(ns: int) -> str:
+    return datetime.fromtimestamp(ns / 1e9, tz=timezone.utc).astimezone().strftime("%Y-%m-%d %H:%M:%S")
+
+
+def _human(n: float) -> str:
+    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
+        if abs(n) < 1024 or unit == "TiB":
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+        n /= 1024
+    raise AssertionError("unreachable")
+
+
+def _source_size(sources: Sequence[Path]) -> int:
+    total = 0
+    for source in sources:
+        if source.is_file():
+            total += source.stat().st_size
+        for root, _, files in os.walk(source):
+            for name in files:
+                try:
+                    total += os.lstat(os.path.join(root, name)).st_size
+                except OSError:
+                    pass
+    return total
+
+
+# commands
+
+
+def cmd_init(device: Device, args: argparse.Namespace) -> int:
+    device_initialized_check(device)
+    words = new_entropy_words(os.urandom(32))
+    identity = device.create_identity(words, _bip39_passphrase(args), _new_passphrase(args), args.name, time.time_ns())
+    if args.json:
+        print(json.dumps({"fingerprint": identity.fingerprint, "words": words.split()}))
+        return 0
+    print("Your recovery phrase. Write these 24 words down and keep them safe: they are the only")
+    print("way to recover this identity, and they will not be shown again.\n")
+    for i, word in enumerate(words.split(), 1):
+        print(f"{i:2}. {word}")
+    print(f"\nIdentity: {identity.fingerprint}")
+    return 0
+
+
+def device_initialized_check(device: Device) -> None:
+    if device.initialized:
+        fp = device.whoami()["fingerprint"]
+        from ..errors import AlreadyExists
+
+        raise AlreadyExists(f"{device.home.data} already holds identity {fp}")
+
+
+def cmd_recover(device: Device, args: argparse.Namespace) -> int:
+    device_initialized_check(device)
+    if sys.stdin.isatty():
+        words = getpass.getpass("Recovery phrase (24 words): ")
+    else:
+        words = sys.stdin.read()
+    identity = device.create_identity(words, _bip39_passphrase(args), _new_passphrase(args), args.name, time.time_ns())
+    _emit(args, {"fingerprint": identity.fingerprint}, f"Recovered identity {identity.fingerprint}")
+    return 0
+
+
+def cmd_whoami(device: Device, args: argparse.Namespace) -> int:
+    info = device.whoami()
+    _emit(
+        args,
+        info,
+        f"identity {info['fingerprint']}\ndevice   {info['device'][:16]} ({info['device_name']})\nhome     {info['home']}",
+    )
+    return 0
+
+
+def cmd_portal_create(device: Device, args: argparse.Namespace) -> int:
+    secrets = _unlock(device, args)
+    with device.exclusive():
+        row = device.create_portal(args.name, secrets, time.time_ns())
+    _emit(args, {"name": row.name, "id": row.id.hex()}, f"Created portal {row.name}")
+    return 0
+
+
+def cmd_portal_ls(device: Device, args: argparse.Namespace) -> int:
+    device.require_initialized()
+    rows = []
+    for row in device.state.portals():
+        head = device.state.head(row.id)
+        rows.append(
+            {
+                "name": row.name,
+                "id": row.id.hex(),
+                "versions": 0 if head is None else head.version,
+                "size": 0 if head is None else head.size,
+                "files": 0 if head is None else head.files,
+                "created": row.created_ns,
+            }
+        )
+    if args.json:
+        print(json.dumps(rows, sort_keys=True))
+    else:
+        for r in rows:
+            print(f"{r['name']}\t{r['versions']} versions\t{r['files']} files\t{_human(r['size'])}")
+    return 0
+
+
+def cmd_put(device: Device, args: argparse.Namespace) -> int:
+    secrets = _unlock(device, args)
+    sources = [Path(s) for s in args.sources]
+    for source, raw in zip(sources, args.sources):
+        if not os.path.lexists(source):
+            raise SourceError(f"cannot read {raw}: no such file or directory")
+        if not os.access(source, os.R_OK):
+            raise SourceError(f"cannot read {raw}: permission denied")
+    # Keep the trailing slash: "dir/" puts the directory's contents at the top level.
+    raw_sources = [Path(s) if not s.endswith("/") else s for s in args.sources]  # type: ignore[misc]
+    show = not args.json
+    with device.exclusive():
+        view = PortalView.open(device, args.name, secrets)
+        started = time.monotonic()
+        with _progress(_source_size(sources) if show and sys.stderr.isatty() else None, show) as progress:
+            version, stats = view.put(
+                secrets,
+                raw_sources,  # type: ignore[arg-type]
+                time.time_ns(),
+                progress=progress,
+                warn=lambda msg: print(f"portalctl: warning: {msg}", file=sys.stderr),
+            )
+        elapsed = time.monotonic() - started
+    result = {
+        "portal": args.name,
+        "version": version.version,
+        "files": stats.files,
+        "dirs": stats.dirs,
+        "symlinks": stats.symlinks,
+        "skipped": stats.skipped,
+        "bytes_read": stats.bytes_read,
+        "bytes_reused": stats.bytes_reused,
+        "bytes_stored": stats.bytes_stored,
+        "chunks": stats.chunks,
+        "chunks_stored": stats.chunks_stored,
+        "seconds": round(elapsed, 3),
+    }
+    _emit(
+        args,
+        result,
+        f"{args.name} v{version.version}: {stats.files} files, {_human(stats.bytes_read + stats.bytes_reused)} "
+        f"({_human(stats.bytes_stored)} new in store) in {elapsed:.1f}s",
+    )
+    return 0
+
+
+def cmd_get(device: Device, args: argparse.Namespace) -> int:
+    secrets = _unlock(device, args)
+    view = PortalView.open(device, args.name, secrets)
+    version = view.version(args.version)
+    entry = view.lookup(view.root(version).entry, args.path or "")
+    dest = Path(args.dest)
+    if not dest.parent.is_dir() and not dest.is_dir():
+        raise NotFound(f"destination {dest}: {dest.parent} is not a directory")
+    restorer = Restorer(view, overwrite=args.overwrite)
+    with _progress(version.size if not args.path else None, not args.json) as progress:
+        restorer._progress = progress
+        restorer.restore(entry, dest)
+    s = restorer.stats
+    _emit(
+        args,
+        {"version": version.version, "files": s.files, "dirs": s.dirs, "symlinks": s.symlinks, "bytes": s.bytes},
+        f"Restored {args.name} v{version.version}: {s.files} files, {_human(s.bytes)} into {dest}",
+    )
+    return 0
+
+
+def cmd_log(device: Device, args: argparse.Namespace) -> int:
+    device.require_initialized()
+    row = device.state.portal(args.name)
+    names = device.state.device_names()
+    versions = device.state.versions(row.id)
+    if args.json:
+        print(
+            json.dumps(
+                [
+                    {
+                        "version": v.version,
+                        "time": v.time_ns,
+                        "device": v.device.hex(),
+                        "device_name": names.get(v.device, ""),
+                        "size": v.size,
+                        "files": v.files,
+                        "id": v.record.record_id.hex(),
+                    }
+                    for v in versions
+                ],
+                sort_keys=True,
+            )
+        )
+        return 0
+    if not versions:
+        print(f"{args.name}: no versions yet")
+    for v in reversed(versions):
+        device_name = names.get(v.device, v.device.hex()[:16])
+        print(f"v{v.version}\t{_when(v.time_ns)}\t{device_name}\t{v.files} files\t{_human(v.size)}")
+    return 0
+
+
+def cmd_check(device: Device, args: argparse.Namespace) -> int:
+    secrets = _unlock(device, args)
+    report = PortalView.open(device, args.name, secrets).verify()
+    _emit(
+        args,
+        {"versions": report.versions, "nodes": report.nodes, "chunks": report.chunks, "bytes": report.bytes},
+        f"{args.name}: {report.versions} versions, {report.nodes} nodes, {report.chunks} chunks "
+        f"({_human(report.bytes)}) verified",
+    )
+    return 0
+
+
+def cmd_gc(device: Device, args: argparse.Namespace) -> int:
+    secrets = _unlock(device, args)
+    report = collect_garbage(device, secrets, dry_run=args.dry_run)
+    verb = "would remove" if args.dry_run else "removed"
+    _emit(
+        args,
+        {"live": report.live, "removed": report.removed, "bytes_freed": report.bytes_freed, "dry_run": args.dry_run},
+        f"{report.live} live objects; {verb} {report.removed} ({_human(report.bytes_freed)})",
+    )
+    return 0
+
+
+def cmd_demo(device: Device, args: argparse.Namespace) -> int:
+    """The main job on the embedded default: identity, a demo portal, one folder in, its log out."""
+    if not device.initialized:
+        words = new_entropy_words(os.urandom(32))
+        identity = device.create_identity(words, "", None, None, time.time_ns())
+        print("Created a new identity. Its recovery phrase (write it down; shown once):\n")
+        print("  " + " ".join(words.split()[:12]))
+        print("  " + " ".join(words.split()[12:]) + "\n")
+        print(f"Identity: {identity.fingerprint}")
+    secrets = _unlock(device, args)
+    source = Path(args.source) if args.source else Path(__file__).resolve().parent.parent
+    with device.exclusive():
+        try:
+            device.state.portal("demo")
+        except NotFound:
+            device.create_portal("demo", secrets, time.time_ns())
+            print("Created portal 'demo'")
+        version, stats = PortalView.open(device, "demo", secrets).put(secrets, [source], time.time_ns())
+    print(f"Put {source} into demo v{version.version}: {stats.files} files, {_human(stats.bytes_read + stats.bytes_reused)}")
+    print("\n$ portalctl log demo")
+    args.name = "demo"
+    args.json = False
+    return cmd_log(device, args)
+
+
+def _parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="portalctl", description="Manage Portal keys, portals and versions.")
+    p.add_argument("--version", action="version", version=f"portalctl {__version__}")
+    p.add_argument("--passphrase-file", metavar="FILE", help="read the key-file passphrase from FILE")
+    sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    def command(name: str, func: Callable[[Device, argparse.Namespace], int], help: str, parent=sub, json_flag=True):
+        c = parent.add_parser(name, help=help, description=help)
+        c.set_defaults(func=func)
+        if json_flag:
+            c.add_argument("--json", action="store_true", help="machine-readable output")
+        return c
+
+    for name, func, help in (
+        ("init", cmd_init, "create a new identity on this device and show its recovery phrase"),
+        ("recover", cmd_recover, "re-create an identity from its recovery phrase (stdin when not a terminal)"),
+    ):
+        c = command(name, func, help)
+        c.add_argument("--name", help="this device's name (default: the host name)")
+        c.add_argument("--no-passphrase", action="store_true", help="do not ask for a passphrase")
+        c.add_argument("--bip39-passphrase-file", metavar="FILE", help="the optional BIP-39 passphrase")
+    command("whoami", cmd_whoami, "show the identity fingerprint and this device")
+
+    portal = sub.add_parser("portal", help="create and list portals").add_subparsers(dest="portal_command", required=True, metavar="COMMAND")
+    c = command("create", cmd_portal_create, "create an empty portal", parent=portal)
+    c.add_argument("name")
+    command("ls", cmd_portal_ls, "list portals", parent=portal)
+
+    c = command("put", cmd_put, "add files or folders to a portal as a new version (DIR/ adds DIR's contents)")
+    c.add_argument("name")
+    c.add_argument("sources", nargs="+", metavar="SRC")
+    c = command("get", cmd_get, "restore a portal, or one path of it, into DEST")
+    c.add_argument("name")
+    c.add_argument("dest")
+    c.add_argument("--path", help="restore only this path of the portal")
+    c.add_argument("--version", type=int, help="restore this version (default: the newest)")
+    c.add_argument("--overwrite", action="store_true", help="replace existing files in DEST")
+    c = command("log", cmd_log, "list a portal's versions")
+    c.add_argument("name")
+    c = command("check", cmd_check, "verify every version, node and chunk of a portal")
+    c.add_argument("name")
+    c = command("gc", cmd_gc, "remove stored objects no version uses")
+    c.add_argument("--dry-run", action="store_true", help="only count what would be removed")
+    c = command("demo", cmd_demo, "create an identity if needed, put a folder into portal 'demo' and show its log")
+    c.add_argument("source", nargs="?", help="the folder to put (default: Portal's own package)")
+    return p
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = _parser()
+    args = parser.parse_args(argv)
+    device = None
+    try:
+        device = Device(DeviceHome.from_environ())
+        return int(args.func(device, args))
+    except PortalError as exc:
+        print(f"portalctl: {exc}", file=sys.stderr)
+        return exc.exit_code
+    except KeyboardInterrupt:
+        print("portalctl: interrupted", file=sys.stderr)
+        return 130
+    except BrokenPipeError:
+        return 141
+    except OSError as exc:
+        print(f"portalctl: {exc.filename or ''}{': ' if exc.filename else ''}{exc.strerror or exc}", file=sys.stderr)
+        return 10
+    finally:
+        if device is not None:
+            device.close()
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,28 @@
+"""Entry points for the programs that later parts of Portal fill in."""
+
+from __future__ import annotations
+
+import sys
+
+__all__ = ["portalfs_main", "portald_main", "hub_main", "edge_main"]
+
+
+def _not_yet(program: str, what: str) -> int:
+    print(f"{program}: {what} is not available in this version of Portal", file=sys.stderr)
+    return 69  # EX_UNAVAILABLE
+
+
+def portalfs_main() -> int:
+    return _not_yet("portalfs", "mounting a portal")
+
+
+def portald_main() -> int:
+    return _not_yet("portald", "the sync daemon")
+
+
+def hub_main() -> int:
+    return _not_yet("portal-hub", "the hub")
+
+
+def edge_main() -> int:
+    return _not_yet("portal-edge", "the storage edge")

@@ -1,0 +1,149 @@
+"""One device: its home directory, state database, object store and (once unlocked) secrets.
+
+This is the composition root the CLI (and later the daemon) builds on.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import os
+import re
+import socket
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+
+from cryptography.exceptions import InvalidTag
+from cryptography.hazmat.primitives.ciphers.aead import AESGCM
+
+from .errors import AlreadyExists, IntegrityError, NotInitialized, UsageError
+from .keyfile import KeyFileSecrets, keyfile_is_locked, read_keyfile, write_keyfile
+from .keys import DeviceKey, Identity, fingerprint, root_from_words
+from .paths import DeviceHome
+from .root import PortalKeys
+from .state import PortalRow, StateDB
+from .store import LocalStore
+
+__all__ = ["Device", "Unlocked", "validate_portal_name"]
+
+_PORTAL_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}")
+_KEYRING_AAD = b"portal keyring v1\x00"
+
+
+def validate_portal_name(name: str) -> str:
+    if not _PORTAL_NAME.fullmatch(name):
+        raise UsageError(
+            f"invalid portal name {name!r}: use 1-64 letters, digits, '.', '_' or '-', starting with a letter or digit"
+        )
+    return name
+
+
+@dataclass(frozen=True, slots=True)
+class Unlocked:
+    """The device's secrets, in memory while a command runs."""
+
+    identity: Identity
+    device: DeviceKey
+
+    def wrap_portal_key(self, portal_id: bytes, read_key: bytes) -> bytes:
+        nonce = os.urandom(12)
+        return nonce + AESGCM(self.identity.keyring_key).encrypt(nonce, read_key, _KEYRING_AAD + portal_id)
+
+    def unwrap_portal_key(self, row: PortalRow) -> PortalKeys:
+        try:
+            key = AESGCM(self.identity.keyring_key).decrypt(row.wrapped_key[:12], row.wrapped_key[12:], _KEYRING_AAD + row.id)
+        except InvalidTag as exc:
+            raise IntegrityError(f"portal {row.name!r}: its key does not open with this identity") from exc
+        return PortalKeys(key)
+
+
+class Device:
+    def __init__(self, home: DeviceHome) -> None:
+        self.home = home
+        home.ensure()
+        self.state = StateDB(home.state_db)
+        self._store: LocalStore | None = None
+
+    def close(self) -> None:
+        if self._store is not None:
+            self._store.close()
+        self.state.close()
+
+    @property
+    def store(self) -> LocalStore:
+        if self._store is None:
+            self._store = LocalStore(self.home.store)
+        return self._store
+
+    @contextmanager
+    def exclusive(self) -> Iterator[None]:
+        """Hold the device lock: one writer (put, gc, create) at a time."""
+        with open(self.home.lock_file, "a+b") as lock:
+            fcntl.flock(lock, fcntl.LOCK_EX)
+            try:
+                yield
+            finally:
+                fcntl.flock(lock, fcntl.LOCK_UN)
+
+    # identity
+
+    @property
+    def initialized(self) -> bool:
+        return self.home.secrets_file.exists() and self.state.get_meta("identity") is not None
+
+    def require_initialized(self) -> None:
+        if not self.initialized:
+            raise NotInitialized(f"no identity in {self.home.data}: run `portalctl init` or `portalctl recover`")
+
+    def create_identity(
+        self, words: str, bip39_passphrase: str, key_passphrase: str | None, device_name: str | None, now_ns: int
+    ) -> Identity:
+        """Derive the identity from ``words`` and enroll a fresh device key for this home."""
+        if self.initialized:
+            raise AlreadyExists(f"{self.home.data} already holds an identity ({self.whoami()['fingerprint']})")
+        identity = Identity(root_from_words(words, bip39_passphrase))
+        device = DeviceKey(os.urandom(32))
+        name = device_name or socket.gethostname()
+        cert = identity.enroll(device.public, name, now_ns)
+        with self.state.transaction():
+            self.state.set_meta("identity", identity.public)
+            self.state.set_meta("agreement", identity.agreement_public)
+            self.state.set_meta("device", device.public)
+            self.state.add_device(device.public, name, cert.to_bytes(), now_ns)
+            # The key file last: `initialized` is true only once everything is written.
+            write_keyfile(self.home.secrets_file, KeyFileSecrets(identity.root, device.private), key_passphrase)
+        return identity
+
+    def needs_passphrase(self) -> bool:
+        self.require_initialized()
+        return keyfile_is_locked(self.home.secrets_file)
+
+    def unlock(self, passphrase: str | None) -> Unlocked:
+        self.require_initialized()
+        secrets = read_keyfile(self.home.secrets_file, passphrase)
+        identity, device = Identity(secrets.root), DeviceKey(secrets.device)
+        if identity.public != self.state.get_meta("identity") or device.public != self.state.get_meta("device"):
+            raise IntegrityError("the key file does not belong to this device's state")
+        return Unlocked(identity, device)
+
+    def whoami(self) -> dict:
+        self.require_initialized()
+        identity = self.state.get_meta("identity") or b""
+        device = self.state.get_meta("device") or b""
+        names = self.state.device_names()
+        return {
+            "fingerprint": fingerprint(identity),
+            "identity": identity.hex(),
+            "device": device.hex(),
+            "device_name": names.get(device, ""),
+            "home": str(self.home.data),
+        }
+
+    # portals
+
+    def create_portal(self, name: str, secrets: Unlocked, now_ns: int) -> PortalRow:
+        validate_portal_name(name)
+        portal_id = os.urandom(16)
+        row = PortalRow(portal_id, name, secrets.wrap_portal_key(portal_id, os.urandom(32)), now_ns)
+        self.state.add_portal(row)
+        return row

@@ -1,0 +1,104 @@
+"""One error root for everything Portal reports to a user.
+
+Every subclass carries a stable exit code (the table lives in docs/design.md,
+section "Exit codes") and a message written for the person reading it. The CLI
+prints ``portalctl: <message>`` on one line and exits with ``exit_code``; it
+never shows a traceback for a ``PortalError``.
+"""
+
+from __future__ import annotations
+
+__all__ = [
+    "PortalError",
+    "UsageError",
+    "NotFound",
+    "AlreadyExists",
+    "NotInitialized",
+    "BadRecoveryPhrase",
+    "BadPassphrase",
+    "IntegrityError",
+    "CorruptObject",
+    "BadSignature",
+    "MissingObject",
+    "StorageError",
+    "StoreFull",
+    "SourceError",
+]
+
+
+class PortalError(Exception):
+    """Root of every error Portal reports to a user."""
+
+    exit_code = 1
+
+
+class UsageError(PortalError):
+    """The command line or an argument is wrong."""
+
+    exit_code = 2
+
+
+class NotFound(PortalError):
+    """A portal, version or path that does not exist."""
+
+    exit_code = 3
+
+
+class AlreadyExists(PortalError):
+    """Something that must be new already exists."""
+
+    exit_code = 4
+
+
+class NotInitialized(PortalError):
+    """This device has no identity yet (run `portalctl init` or `portalctl recover`)."""
+
+    exit_code = 5
+
+
+class BadRecoveryPhrase(PortalError):
+    """The recovery words are not a valid BIP-39 phrase."""
+
+    exit_code = 6
+
+
+class BadPassphrase(PortalError):
+    """The passphrase does not unlock the key file."""
+
+    exit_code = 7
+
+
+class IntegrityError(PortalError):
+    """Stored or received bytes failed verification."""
+
+    exit_code = 8
+
+
+class CorruptObject(IntegrityError):
+    """An object's bytes do not match its id, tag or plaintext hash."""
+
+
+class BadSignature(IntegrityError):
+    """A signed record does not verify."""
+
+
+class MissingObject(PortalError):
+    """An object a version refers to is not in the store."""
+
+    exit_code = 9
+
+
+class StorageError(PortalError):
+    """The local store could not be written or read."""
+
+    exit_code = 10
+
+
+class StoreFull(StorageError):
+    """No space left on the device that holds the store."""
+
+
+class SourceError(PortalError):
+    """A source path given to `put` cannot be read."""
+
+    exit_code = 11

@@ -1,0 +1,54 @@
+"""Small file-system helpers shared by the key file, the store and restore."""
+
+from __future__ import annotations
+
+import errno
+import os
+import threading
+from pathlib import Path
+
+from .errors import StorageError, StoreFull
+
+__all__ = ["write_atomic", "fsync_dir", "storage_error"]
+
+
+def storage_error(exc: OSError, what: str) -> StorageError:
+    """Translate an OSError on Portal's own state into the user-facing error."""
+    if exc.errno in (errno.ENOSPC, errno.EDQUOT):
+        return StoreFull(f"no space left to write {what}")
+    return StorageError(f"cannot write {what}: {exc.strerror or exc}")
+
+
+def fsync_dir(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def write_atomic(path: Path, data: bytes, mode: int = 0o644, tmp_dir: Path | None = None) -> None:
+    """Write ``data`` to ``path`` so that a crash leaves the old file or the new one, never a mix.
+
+    Temp file in ``tmp_dir`` (same file system; default: beside ``path``), write, fsync, rename.
+    The containing directory is not fsync'd here: callers that need the name durable call
+    ``fsync_dir`` (the store batches that).
+    """
+    tmp = (tmp_dir or path.parent) / f".{path.name}.{os.getpid()}.{threading.get_ident():x}.tmp"
+    try:
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, mode)
+        try:
+            view = memoryview(data)
+            while view:
+                written = os.write(fd, view)
+                view = view[written:]
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+        os.replace(tmp, path)
+    except OSError as exc:
+        try:
+            os.unlink(tmp)
+        except FileNotFoundError:
+            pass
+        raise storage_error(exc, str(path)) from exc

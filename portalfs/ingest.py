@@ -1,0 +1,304 @@
+"""Ingest: turn folders and files on disk into a new tree in the object store.
+
+Two phases. The walk reads every source file, cuts it into chunks and hands
+each chunk to a pool of worker threads that hash, seal and store it (blake3,
+zstandard and AES-GCM release the GIL, so the pool uses every core); at most
+``max_in_flight`` chunks are in memory at once. Then the tree is finished
+bottom-up: file nodes from their chunk refs, directory nodes from their entries.
+Nothing here records a version: the caller commits the returned root only
+after the store is synced (chunks before nodes before roots).
+
+Unchanged files are not read again: the files cache remembers each source
+file's (inode, size, mtime, ctime) and file node from the last ingest.
+"""
+
+from __future__ import annotations
+
+import os
+import stat
+import threading
+from collections.abc import Callable
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from . import chunking, encoding
+from .errors import SourceError
+from .sealing import ChunkRef, plaintext_hash, seal
+from .state import CachedFile, StateDB
+from .store import ObjectStore
+from .tree import Entry, NodeLoader, build_file, decode_dir, encode_dir
+
+__all__ = ["Ingester", "IngestStats", "tree_totals"]
+
+# A file whose mtime is this close to the start of the ingest may still be
+# changing within the same timestamp tick: never trust the cache for it.
+_RACY_NS = 2_000_000_000
+
+
+@dataclass(slots=True)
+class IngestStats:
+    files: int = 0
+    dirs: int = 0
+    symlinks: int = 0
+    skipped: int = 0
+    bytes_read: int = 0
+    bytes_reused: int = 0
+    chunks: int = 0
+    chunks_stored: int = 0
+    bytes_stored: int = 0
+
+
+@dataclass(slots=True)
+class _PendingFile:
+    name: bytes
+    path: bytes  # absolute source path: the files-cache key
+    st: os.stat_result
+    xattrs: dict[bytes, bytes]
+    chunks: list[Future[ChunkRef]] = field(default_factory=list)
+    node: ChunkRef | None = None  # from the files cache
+
+
+@dataclass(slots=True)
+class _PendingDir:
+    name: bytes
+    st: os.stat_result
+    xattrs: dict[bytes, bytes]
+    children: list["_PendingFile | _PendingDir | Entry"] = field(default_factory=list)
+
+
+def _entry(name: bytes, st: os.stat_result, xattrs: dict[bytes, bytes], **content: object) -> Entry:
+    return Entry(
+        name=name,
+        mode=st.st_mode,
+        uid=st.st_uid,
+        gid=st.st_gid,
+        mtime_ns=st.st_mtime_ns,
+        ctime_ns=st.st_ctime_ns,
+        xattrs=xattrs,
+        **content,  # type: ignore[arg-type]
+    )
+
+
+def _read_xattrs(path: bytes) -> dict[bytes, bytes]:
+    try:
+        names = os.listxattr(path, follow_symlinks=False)
+    except OSError:
+        return {}
+    out = {}
+    for name in names:
+        try:
+            out[os.fsencode(name)] = os.getxattr(path, name, follow_symlinks=False)
+        except OSError:
+            continue
+    return out
+
+
+def tree_totals(entry: Entry, load_node: NodeLoader) -> tuple[int, int]:
+    """(bytes in files, number of files) under ``entry``."""
+    if entry.is_file:
+        return entry.size, 1
+    if not entry.is_dir or entry.node is None:
+        return 0, 0
+    size = files = 0
+    for child in decode_dir(load_node(entry.node)):
+        s, f = tree_totals(child, load_node)
+        size, files = size + s, files + f
+    return size, files
+
+
+class Ingester:
+    def __init__(
+        self,
+        *,
+        store: ObjectStore,
+        convergence_secret: bytes,
+        tree_secret: bytes,
+        state: StateDB,
+        portal: bytes,
+        now_ns: int,
+        workers: int | None = None,
+        max_in_flight: int | None = None,
+        progress: Callable[[int], None] | None = None,
+        warn: Callable[[str], None] | None = None,
+    ) -> None:
+        self.store = store
+        self.state = state
+        self.portal = portal
+        self.stats = IngestStats()
+        self._convergence = convergence_secret
+        self._tree_secret = tree_secret
+        self._now_ns = now_ns
+        self._workers = workers or os.cpu_count() or 2
+        self._slots = threading.Semaphore(max_in_flight or 2 * self._workers + 2)
+        self._known: dict[bytes, ChunkRef] = {}
+        self._lock = threading.Lock()
+        self._progress = progress or (lambda n: None)
+        self._warn = warn or (lambda msg: None)
+        self._cache_rows: list[tuple[bytes, CachedFile]] = []
+
+    # objects
+
+    def _seal_chunk(self, data: bytes) -> ChunkRef:
+        try:
+            pid = plaintext_hash(data)
+            with self._lock:
+                known = self._known.get(pid)
+            if known is not None:
+                return known
+            ref, sealed = seal(self._convergence, data, pid)
+            stored = self.store.put(ref.cid, sealed) if not self.store.has([ref.cid])[0] else False
+            with self._lock:
+                self._known[pid] = ref
+                if stored:
+                    self.stats.chunks_stored += 1
+                    self.stats.bytes_stored += len(sealed)
+            return ref
+        finally:
+            self._slots.release()
+
+    def store_node(self, plaintext: bytes) -> ChunkRef:
+        ref, sealed = seal(self._tree_secret, plaintext)
+        if not self.store.has([ref.cid])[0]:
+            self.store.put(ref.cid, sealed)
+            self.stats.bytes_stored += len(sealed)
+        return ref
+
+    # phase 1: walk and submit
+
+    def _walk_file(self, pool: ThreadPoolExecutor, path: bytes, name: bytes, st: os.stat_result) -> _PendingFile:
+        pending = _PendingFile(name, path, st, _read_xattrs(path))
+        self.stats.files += 1
+        if st.st_size == 0:
+            return pending
+        cached = self.state.cached_file(self.portal, path)
+        if (
+            cached is not None
+            and (cached.ino, cached.size, cached.mtime_ns, cached.ctime_ns)
+            == (st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns)
+        ):
+            node = ChunkRef.from_cbor(_decode_ref(cached.node))
+            if self.store.has([node.cid])[0]:
+                pending.node = node
+                self.stats.bytes_reused += st.st_size
+                self._progress(st.st_size)
+                return pending
+        try:
+            with open(path, "rb", buffering=0) as stream:
+                for chunk in chunking.cdc_chunks(stream):
+                    self._slots.acquire()
+                    pending.chunks.append(pool.submit(self._seal_chunk, chunk))
+                    self.stats.chunks += 1
+                    self.stats.bytes_read += len(chunk)
+                    self._progress(len(chunk))
+        except OSError as exc:
+            raise SourceError(f"cannot read {os.fsdecode(path)}: {exc.strerror or exc}") from exc
+        return pending
+
+    def _walk(self, pool: ThreadPoolExecutor, path: bytes, name: bytes) -> "_PendingFile | _PendingDir | Entry | None":
+        try:
+            st = os.lstat(path)
+        except OSError as exc:
+            raise SourceError(f"cannot read {os.fsdecode(path)}: {exc.strerror or exc}") from exc
+        if stat.S_ISREG(st.st_mode):
+            return self._walk_file(pool, path, name, st)
+        if stat.S_ISLNK(st.st_mode):
+            self.stats.symlinks += 1
+            return _entry(name, st, {}, target=os.readlink(path))
+        if stat.S_ISDIR(st.st_mode):
+            pending = _PendingDir(name, st, _read_xattrs(path))
+            self.stats.dirs += 1
+            try:
+                children = sorted(os.listdir(path))
+            except OSError as exc:
+                raise SourceError(f"cannot read {os.fsdecode(path)}: {exc.strerror or exc}") from exc
+            for child in children:
+                item = self._walk(pool, os.path.join(path, child), child)
+                if item is not None:
+                    pending.children.append(item)
+            return pending
+        self.stats.skipped += 1
+        self._warn(f"skipping {os.fsdecode(path)}: not a regular file, directory or symlink")
+        return None
+
+    # phase 2: finish bottom-up
+
+    def _finish(self, item: "_PendingFile | _PendingDir | Entry") -> Entry:
+        if isinstance(item, Entry):
+            return item
+        if isinstance(item, _PendingFile):
+            if item.st.st_size == 0 and not item.chunks:
+                return _entry(item.name, item.st, item.xattrs, size=0)
+            if item.node is None:
+                refs = [f.result() for f in item.chunks]
+                item.node, size = build_file(refs, self.store_node)
+            else:
+                size = item.st.st_size
+            if item.st.st_mtime_ns < self._now_ns - _RACY_NS:
+                self._cache_rows.append(
+                    (
+                        item.path,
+                        CachedFile(item.st.st_ino, item.st.st_size, item.st.st_mtime_ns, item.st.st_ctime_ns, _encode_ref(item.node)),
+                    )
+                )
+            return _entry(item.name, item.st, item.xattrs, size=size, node=item.node)
+        entries = [self._finish(child) for child in item.children]
+        return _entry(item.name, item.st, item.xattrs, node=self.store_node(encode_dir(entries)))
+
+    def ingest(self, sources: list[Path], previous: Entry | None, load_node: NodeLoader) -> Entry:
+        """Build the new root entry: ``previous`` with each source placed at the top level.
+
+        A source directory named with a trailing slash contributes its contents
+        rather than itself (as rsync does). Entries of the same name are replaced.
+        """
+        top: list[_PendingFile | _PendingDir | Entry] = []
+        with ThreadPoolExecutor(self._workers, thread_name_prefix="seal") as pool:
+            try:
+                for source in sources:
+                    raw = os.fsencode(source)
+                    path = os.path.abspath(raw.rstrip(b"/") or b"/")
+                    if raw.endswith(b"/") and os.path.isdir(path):
+                        walked = self._walk(pool, path, b"")
+                        assert isinstance(walked, _PendingDir)
+                        top.extend(walked.children)
+                        self.stats.dirs -= 1
+                    else:
+                        name = os.path.basename(path)
+                        if not name or name in (b".", b".."):
+                            name = os.path.basename(os.path.realpath(path))
+                        walked = self._walk(pool, path, name)
+                        if walked is not None:
+                            top.append(walked)
+                new = {e.name: e for e in (self._finish(item) for item in top)}
+            except BaseException:
+                for item in top:
+                    _cancel(item)
+                raise
+        entries = {} if previous is None or previous.node is None else {e.name: e for e in decode_dir(load_node(previous.node))}
+        entries.update(new)
+        root_node = self.store_node(encode_dir(list(entries.values())))
+        if previous is None:
+            uid, gid = os.getuid(), os.getgid()
+            return Entry(b"", stat.S_IFDIR | 0o755, uid, gid, self._now_ns, self._now_ns, node=root_node)
+        return Entry(b"", previous.mode, previous.uid, previous.gid, self._now_ns, self._now_ns, node=root_node, xattrs=previous.xattrs)
+
+    def remember_files(self) -> None:
+        """Record the files cache; call after the new version is committed."""
+        self.state.cache_files(self.portal, self._cache_rows)
+
+
+def _cancel(item: "_PendingFile | _PendingDir | Entry") -> None:
+    if isinstance(item, _PendingFile):
+        for f in item.chunks:
+            f.cancel()
+    elif isinstance(item, _PendingDir):
+        for child in item.children:
+            _cancel(child)
+
+
+def _encode_ref(ref: ChunkRef) -> bytes:
+    return encoding.encode(ref.to_cbor())
+
+
+def _decode_ref(data: bytes) -> object:
+    return encoding.decode(data)

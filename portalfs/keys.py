@@ -1,0 +1,188 @@
+"""The key hierarchy: recovery phrase, identity, purpose keys and devices.
+
+Pure: bytes in, bytes out; no files, no clock (times are parameters).
+
+    entropy (32 random bytes) <-> 24 BIP-39 words (English list)
+    root    = BIP-39 seed(words, passphrase)  (PBKDF2-HMAC-SHA512, 2048 rounds, 64 bytes)
+    purpose = BLAKE3.derive_key(CONTEXT, root)  for each context in CONTEXTS
+
+See docs/design.md, section "Key hierarchy".
+"""
+
+from __future__ import annotations
+
+import base64
+from dataclasses import dataclass
+
+import blake3
+from cryptography.exceptions import InvalidSignature
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
+from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
+from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
+from mnemonic import Mnemonic
+
+from . import encoding
+from .errors import BadRecoveryPhrase, BadSignature
+
+__all__ = [
+    "CONTEXT_IDENTITY_SIGNING",
+    "CONTEXT_IDENTITY_AGREEMENT",
+    "CONTEXT_CONVERGENCE",
+    "CONTEXT_KEYRING",
+    "Identity",
+    "DeviceKey",
+    "DeviceCertificate",
+    "new_entropy_words",
+    "root_from_words",
+    "fingerprint",
+    "derive",
+    "public_bytes",
+    "verify_signature",
+]
+
+# BLAKE3 derive_key contexts (docs/design.md "Key hierarchy"). Never change
+# one: every key derived from it, and so every identity, would change.
+CONTEXT_IDENTITY_SIGNING = "portal 2026-11-21 identity signing key"
+CONTEXT_IDENTITY_AGREEMENT = "portal 2026-11-21 identity agreement key"
+CONTEXT_CONVERGENCE = "portal 2026-11-21 convergence secret"
+CONTEXT_KEYRING = "portal 2026-11-21 keyring key"
+
+# Signature domains: every signed byte string starts with one of these.
+DOMAIN_ENROLLMENT = b"portal device enrollment v1\x00"
+
+_WORDS = Mnemonic("english")
+
+
+def derive(context: str, material: bytes) -> bytes:
+    """32 bytes of BLAKE3 derive_key(context, material)."""
+    return blake3.blake3(material, derive_key_context=context).digest()
+
+
+def new_entropy_words(entropy: bytes) -> str:
+    """The 24 recovery words for 32 bytes of entropy."""
+    if len(entropy) != 32:
+        raise ValueError("entropy must be 32 bytes")
+    return str(_WORDS.to_mnemonic(entropy))
+
+
+def normalize_words(words: str) -> str:
+    return " ".join(words.lower().split())
+
+
+def root_from_words(words: str, passphrase: str = "") -> bytes:
+    """The 64-byte root key of the BIP-39 phrase ``words``; checks the checksum."""
+    phrase = normalize_words(words)
+    count = len(phrase.split())
+    if count != 24:
+        raise BadRecoveryPhrase(f"recovery phrase has {count} words, expected 24")
+    unknown = [w for w in phrase.split() if w not in _WORDS.wordlist]
+    if unknown:
+        raise BadRecoveryPhrase(f"recovery phrase: {unknown[0]!r} is not a BIP-39 word")
+    if not _WORDS.check(phrase):
+        raise BadRecoveryPhrase("recovery phrase checksum does not match (a word is wrong or out of order)")
+    return bytes(_WORDS.to_seed(phrase, passphrase))
+
+
+def public_bytes(key: Ed25519PrivateKey | Ed25519PublicKey) -> bytes:
+    pub = key.public_key() if isinstance(key, Ed25519PrivateKey) else key
+    return pub.public_bytes(Encoding.Raw, PublicFormat.Raw)
+
+
+def verify_signature(public: bytes, signature: bytes, message: bytes, what: str) -> None:
+    try:
+        Ed25519PublicKey.from_public_bytes(public).verify(signature, message)
+    except (InvalidSignature, ValueError) as exc:
+        raise BadSignature(f"{what}: signature does not verify") from exc
+
+
+def fingerprint(identity_public: bytes) -> str:
+    """Human-comparable fingerprint: 160 bits of BLAKE3(public key), base32 in groups of 4."""
+    digest = blake3.blake3(identity_public).digest()[:20]
+    text = base64.b32encode(digest).decode("ascii").lower()
+    return "-".join(text[i : i + 4] for i in range(0, len(text), 4))
+
+
+@dataclass(frozen=True, slots=True)
+class Identity:
+    """Everything derived from the root key. Holds secrets: never log it."""
+
+    root: bytes
+
+    @property
+    def signing_key(self) -> Ed25519PrivateKey:
+        return Ed25519PrivateKey.from_private_bytes(derive(CONTEXT_IDENTITY_SIGNING, self.root))
+
+    @property
+    def agreement_key(self) -> X25519PrivateKey:
+        return X25519PrivateKey.from_private_bytes(derive(CONTEXT_IDENTITY_AGREEMENT, self.root))
+
+    @property
+    def convergence_secret(self) -> bytes:
+        return derive(CONTEXT_CONVERGENCE, self.root)
+
+    @property
+    def keyring_key(self) -> bytes:
+        return derive(CONTEXT_KEYRING, self.root)
+
+    @property
+    def public(self) -> bytes:
+        return public_bytes(self.signing_key)
+
+    @property
+    def agreement_public(self) -> bytes:
+        return self.agreement_key.public_key().public_bytes(Encoding.Raw, PublicFormat.Raw)
+
+    @property
+    def fingerprint(self) -> str:
+        return fingerprint(self.public)
+
+    def enroll(self, device_public: bytes, name: str, time_ns: int) -> "DeviceCertificate":
+        body = encoding.encode(
+            {"v": 1, "identity": self.public, "device": device_public, "name": name, "time": time_ns}
+        )
+        return DeviceCertificate(body=body, signature=self.signing_key.sign(DOMAIN_ENROLLMENT + body))
+
+
+@dataclass(frozen=True, slots=True)
+class DeviceKey:
+    """A device's own random Ed25519 key."""
+
+    private: bytes
+
+    @property
+    def signing_key(self) -> Ed25519PrivateKey:
+        return Ed25519PrivateKey.from_private_bytes(self.private)
+
+    @property
+    def public(self) -> bytes:
+        return public_bytes(self.signing_key)
+
+    def sign(self, message: bytes) -> bytes:
+        return self.signing_key.sign(message)
+
+
+@dataclass(frozen=True, slots=True)
+class DeviceCertificate:
+    """An identity's signature enrolling one device key."""
+
+    body: bytes
+    signature: bytes
+
+    def to_bytes(self) -> bytes:
+        return encoding.encode({"body": self.body, "sig": self.signature})
+
+    @classmethod
+    def from_bytes(cls, data: bytes) -> "DeviceCertificate":
+        outer = encoding.decode(data)
+        return cls(body=outer["body"], signature=outer["sig"])
+
+    def fields(self) -> dict:
+        return encoding.decode(self.body)
+
+    def verify(self, identity_public: bytes) -> dict:
+        """Check the signature by ``identity_public``; return the certificate fields."""
+        fields = self.fields()
+        if fields.get("identity") != identity_public:
+            raise BadSignature("device certificate names another identity")
+        verify_signature(identity_public, self.signature, DOMAIN_ENROLLMENT + self.body, "device certificate")
+        return fields

@@ -1,0 +1,157 @@
+"""One portal opened on this device: its versions, its tree, and committing new versions.
+
+Write ordering (docs/design.md, "Write ordering"): every chunk, then every node,
+is in the store and the store is synced before the root record is written to
+the journal; a version is visible only once its journal row is committed.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+from .device import Device, Unlocked
+from .errors import NotFound
+from .ingest import Ingester, IngestStats, tree_totals
+from .root import PortalKeys, RootPayload, make_root_record, verify_chain
+from .sealing import ChunkRef, unseal
+from .state import PortalRow, VersionRow
+from .tree import Entry, decode_dir, iter_file_chunks
+
+__all__ = ["PortalView", "VerifyReport"]
+
+
+@dataclass(frozen=True, slots=True)
+class VerifyReport:
+    versions: int
+    nodes: int
+    chunks: int
+    bytes: int
+
+
+class PortalView:
+    def __init__(self, device: Device, row: PortalRow, keys: PortalKeys) -> None:
+        self.device = device
+        self.row = row
+        self.keys = keys
+
+    @classmethod
+    def open(cls, device: Device, name: str, secrets: Unlocked) -> "PortalView":
+        row = device.state.portal(name)
+        return cls(device, row, secrets.unwrap_portal_key(row))
+
+    # reading
+
+    def load_node(self, ref: ChunkRef) -> bytes:
+        return unseal(ref, self.device.store.get(ref.cid), "node")
+
+    def load_chunk(self, ref: ChunkRef) -> bytes:
+        return unseal(ref, self.device.store.get(ref.cid), "chunk")
+
+    def version(self, number: int | None = None) -> VersionRow:
+        """The version ``number``, or the newest one."""
+        if number is None:
+            head = self.device.state.head(self.row.id)
+            if head is None:
+                raise NotFound(f"portal {self.row.name!r} has no versions yet (add files with `portalctl put`)")
+            return head
+        try:
+            return self.device.state.version(self.row.id, number)
+        except NotFound:
+            raise NotFound(f"portal {self.row.name!r} has no version {number}") from None
+
+    def root(self, version: VersionRow) -> RootPayload:
+        return version.record.open(self.keys)
+
+    def lookup(self, root: Entry, path: str) -> Entry:
+        """The entry at ``path`` (slash-separated, relative to the portal root)."""
+        entry = root
+        for part in [p for p in path.split("/") if p and p != "."]:
+            if not entry.is_dir or entry.node is None:
+                raise NotFound(f"{path!r} is not in portal {self.row.name!r}")
+            name = os.fsencode(part)
+            match = [e for e in decode_dir(self.load_node(entry.node)) if e.name == name]
+            if not match:
+                raise NotFound(f"{path!r} is not in portal {self.row.name!r}")
+            entry = match[0]
+        return entry
+
+    def file_chunks(self, entry: Entry) -> Iterator[ChunkRef]:
+        if entry.node is None:
+            return iter(())
+        return iter_file_chunks(entry.node, self.load_node)
+
+    # writing
+
+    def put(
+        self,
+        secrets: Unlocked,
+        sources: list[Path],
+        now_ns: int,
+        progress: Callable[[int], None] | None = None,
+        warn: Callable[[str], None] | None = None,
+    ) -> tuple[VersionRow, IngestStats]:
+        """Ingest ``sources`` into a new version. Hold ``device.exclusive()`` around it."""
+        head = self.device.state.head(self.row.id)
+        previous = None if head is None else self.root(head).entry
+        ingester = Ingester(
+            store=self.device.store,
+            convergence_secret=secrets.identity.convergence_secret,
+            tree_secret=self.keys.tree_secret,
+            state=self.device.state,
+            portal=self.row.id,
+            now_ns=now_ns,
+            progress=progress,
+            warn=warn,
+        )
+        entry = ingester.ingest(sources, previous, self.load_node)
+        size, files = tree_totals(entry, self.load_node)
+        payload = RootPayload(entry=entry, size=size, files=files)
+        record = make_root_record(
+            keys=self.keys,
+            device=secrets.device,
+            portal=self.row.id,
+            parent=None if head is None else head.record,
+            payload=payload,
+            time_ns=now_ns,
+            nonce=os.urandom(12),
+        )
+        self.device.store.sync()  # chunks and nodes durable before the root
+        with self.device.state.transaction():
+            self.device.state.add_version(record, size, files)
+            ingester.remember_files()
+        return self.version(record.version), ingester.stats
+
+    # verification
+
+    def verify(self) -> VerifyReport:
+        """Check every version's signature and chain, and every node and chunk it reaches."""
+        versions = self.device.state.versions(self.row.id)
+        writers = set(self.device.state.device_names())
+        verify_chain([v.record for v in versions], writers)
+        seen: set[bytes] = set()
+        nodes = chunks = size = 0
+
+        def walk(entry: Entry) -> None:
+            nonlocal nodes, chunks, size
+            if entry.node is None or entry.node.cid in seen:
+                return
+            seen.add(entry.node.cid)
+            if entry.is_dir:
+                nodes += 1
+                for child in decode_dir(self.load_node(entry.node)):
+                    walk(child)
+            elif entry.is_file:
+                nodes += 1
+                for ref in self.file_chunks(entry):
+                    if ref.cid not in seen:
+                        seen.add(ref.cid)
+                        self.load_chunk(ref)
+                        chunks += 1
+                        size += ref.length
+
+        for version in versions:
+            walk(self.root(version).entry)
+        return VerifyReport(len(versions), nodes, chunks, size)

@@ -1,0 +1,147 @@
+"""Convergent sealing of chunks and tree nodes (docs/design.md, "Sealed objects").
+
+    pid    = BLAKE3(plaintext)                                  32 bytes
+    key    = BLAKE3-keyed(secret, pid)                          32 bytes
+    body   = flags(1) || payload        flags bit 0: payload is a zstd frame of the plaintext
+    nonce  = BLAKE3-keyed(key, body)[0:12]                      synthetic: distinct bodies, distinct nonces
+    sealed = 0x01 || nonce(12) || AES-256-GCM(key, nonce, body, aad=0x01)
+    cid    = BLAKE3(sealed)                                     the object id
+
+``secret`` is the identity's convergence secret for file chunks and the portal's
+tree secret for nodes. The same plaintext under the same secret always seals to
+the same bytes, so duplicates are stored once. zstd (level 1) is used only when
+its frame is shorter than the plaintext.
+
+Pure functions, safe to call from many threads: each thread gets its own zstd
+contexts (python-zstandard contexts must not be shared between threads).
+"""
+
+from __future__ import annotations
+
+import threading
+from dataclasses import dataclass
+
+import blake3
+import zstandard
+from cryptography.exceptions import InvalidTag
+from cryptography.hazmat.primitives.ciphers.aead import AESGCM
+
+from .errors import CorruptObject
+
+__all__ = [
+    "SEAL_VERSION",
+    "MAX_PLAINTEXT",
+    "ChunkRef",
+    "seal",
+    "unseal",
+    "object_id",
+    "plaintext_hash",
+]
+
+SEAL_VERSION = 0x01
+ZSTD_LEVEL = 1
+FLAG_ZSTD = 0x01
+NONCE_LEN = 12
+TAG_LEN = 16
+HEADER_LEN = 1 + NONCE_LEN
+OVERHEAD = HEADER_LEN + 1 + TAG_LEN
+# Upper bound on one object's plaintext; readers refuse anything larger.
+MAX_PLAINTEXT = 16 * 1024 * 1024
+
+_AAD = bytes([SEAL_VERSION])
+_local = threading.local()
+
+
+def _compressor() -> zstandard.ZstdCompressor:
+    c = getattr(_local, "compressor", None)
+    if c is None:
+        c = _local.compressor = zstandard.ZstdCompressor(level=ZSTD_LEVEL, write_checksum=False)
+    return c
+
+
+def _decompressor() -> zstandard.ZstdDecompressor:
+    d = getattr(_local, "decompressor", None)
+    if d is None:
+        d = _local.decompressor = zstandard.ZstdDecompressor()
+    return d
+
+
+@dataclass(frozen=True, slots=True)
+class ChunkRef:
+    """What a reader needs to fetch, decrypt and verify one sealed object."""
+
+    cid: bytes  # BLAKE3 of the sealed bytes: the object's name in every store
+    key: bytes  # its AES-256-GCM key
+    pid: bytes  # BLAKE3 of its plaintext
+    length: int  # plaintext length
+
+    def to_cbor(self) -> list:
+        return [self.cid, self.key, self.pid, self.length]
+
+    @classmethod
+    def from_cbor(cls, value: object) -> "ChunkRef":
+        if not (isinstance(value, list) and len(value) == 4):
+            raise ValueError("a chunk reference is a 4-element array")
+        cid, key, pid, length = value
+        if not (isinstance(cid, bytes) and isinstance(key, bytes) and isinstance(pid, bytes)):
+            raise ValueError("chunk reference fields must be byte strings")
+        if len(cid) != 32 or len(key) != 32 or len(pid) != 32:
+            raise ValueError("chunk reference hashes must be 32 bytes")
+        if not isinstance(length, int) or not 0 <= length <= MAX_PLAINTEXT:
+            raise ValueError("chunk reference length out of range")
+        return cls(cid, key, pid, length)
+
+
+def object_id(sealed: bytes | memoryview) -> bytes:
+    return blake3.blake3(sealed).digest()
+
+
+def plaintext_hash(plaintext: bytes | memoryview) -> bytes:
+    return blake3.blake3(plaintext).digest()
+
+
+def seal(secret: bytes, plaintext: bytes, pid: bytes | None = None) -> tuple[ChunkRef, bytes]:
+    """Seal ``plaintext`` convergently under ``secret``; return its reference and sealed bytes.
+
+    ``pid`` may be passed when the caller has already hashed the plaintext.
+    """
+    if len(plaintext) > MAX_PLAINTEXT:
+        raise ValueError(f"plaintext of {len(plaintext)} bytes exceeds {MAX_PLAINTEXT}")
+    if pid is None:
+        pid = plaintext_hash(plaintext)
+    key = blake3.blake3(pid, key=secret).digest()
+    frame = _compressor().compress(plaintext)
+    if len(frame) < len(plaintext):
+        body = b"\x01" + frame
+    else:
+        body = b"\x00" + plaintext
+    nonce = blake3.blake3(body, key=key).digest(length=NONCE_LEN)
+    sealed = _AAD + nonce + AESGCM(key).encrypt(nonce, body, _AAD)
+    return ChunkRef(object_id(sealed), key, pid, len(plaintext)), sealed
+
+
+def unseal(ref: ChunkRef, sealed: bytes, what: str = "object") -> bytes:
+    """Open ``sealed`` with ``ref``; verify its id, tag and plaintext hash, or raise CorruptObject."""
+    name = f"{what} {ref.cid.hex()}"
+    if object_id(sealed) != ref.cid:
+        raise CorruptObject(f"{name}: bytes do not match the object id")
+    if len(sealed) < OVERHEAD or sealed[0] != SEAL_VERSION:
+        raise CorruptObject(f"{name}: unknown sealed-object version")
+    nonce = sealed[1:HEADER_LEN]
+    try:
+        body = AESGCM(ref.key).decrypt(nonce, sealed[HEADER_LEN:], _AAD)
+    except InvalidTag as exc:
+        raise CorruptObject(f"{name}: authentication tag does not verify") from exc
+    flags = body[0]
+    if flags & ~FLAG_ZSTD:
+        raise CorruptObject(f"{name}: unknown flags {flags:#04x}")
+    if flags & FLAG_ZSTD:
+        try:
+            plaintext = _decompressor().decompress(body[1:], max_output_size=MAX_PLAINTEXT)
+        except zstandard.ZstdError as exc:
+            raise CorruptObject(f"{name}: compressed payload is damaged") from exc
+    else:
+        plaintext = body[1:]
+    if len(plaintext) != ref.length or plaintext_hash(plaintext) != ref.pid:
+        raise CorruptObject(f"{name}: plaintext does not match its hash")
+    return plaintext

@@ -1,0 +1,190 @@
+"""The device's state database (SQLite, WAL): identity facts, portals, versions, files cache.
+
+The versions table is the durable journal of root records: a version exists
+once its row is committed, and every object reachable from a recorded version
+is pinned (garbage collection never removes it). See docs/design.md, "Device state".
+"""
+
+from __future__ import annotations
+
+import sqlite3
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+
+from .errors import AlreadyExists, NotFound, StorageError
+from .root import RootRecord
+
+__all__ = ["StateDB", "PortalRow", "VersionRow", "CachedFile"]
+
+SCHEMA_VERSION = 1
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value BLOB NOT NULL);
+CREATE TABLE IF NOT EXISTS devices (
+    public BLOB PRIMARY KEY, name TEXT NOT NULL, cert BLOB NOT NULL, enrolled_ns INTEGER NOT NULL);
+CREATE TABLE IF NOT EXISTS portals (
+    id BLOB PRIMARY KEY, name TEXT NOT NULL UNIQUE, wrapped_key BLOB NOT NULL, created_ns INTEGER NOT NULL);
+CREATE TABLE IF NOT EXISTS versions (
+    portal BLOB NOT NULL REFERENCES portals(id), version INTEGER NOT NULL, record BLOB NOT NULL,
+    time_ns INTEGER NOT NULL, device BLOB NOT NULL, size INTEGER NOT NULL, files INTEGER NOT NULL,
+    PRIMARY KEY (portal, version));
+CREATE TABLE IF NOT EXISTS files_cache (
+    portal BLOB NOT NULL, path BLOB NOT NULL, ino INTEGER NOT NULL, size INTEGER NOT NULL,
+    mtime_ns INTEGER NOT NULL, ctime_ns INTEGER NOT NULL, node BLOB NOT NULL,
+    PRIMARY KEY (portal, path));
+"""
+
+
+@dataclass(frozen=True, slots=True)
+class PortalRow:
+    id: bytes
+    name: str
+    wrapped_key: bytes
+    created_ns: int
+
+
+@dataclass(frozen=True, slots=True)
+class VersionRow:
+    portal: bytes
+    version: int
+    record: RootRecord
+    time_ns: int
+    device: bytes
+    size: int
+    files: int
+
+
+@dataclass(frozen=True, slots=True)
+class CachedFile:
+    """What a source file looked like when it was last ingested, and its file node (CBOR ref)."""
+
+    ino: int
+    size: int
+    mtime_ns: int
+    ctime_ns: int
+    node: bytes
+
+
+class StateDB:
+    def __init__(self, path: Path) -> None:
+        try:
+            self._db = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
+            self._db.execute("PRAGMA journal_mode=WAL")
+            self._db.execute("PRAGMA synchronous=FULL")
+            self._db.execute("PRAGMA foreign_keys=ON")
+            self._db.executescript(_SCHEMA)
+        except sqlite3.Error as exc:
+            raise StorageError(f"cannot open the device state {path}: {exc}") from exc
+
+    def close(self) -> None:
+        self._db.close()
+
+    @contextmanager
+    def transaction(self) -> Iterator[None]:
+        self._db.execute("BEGIN IMMEDIATE")
+        try:
+            yield
+        except BaseException:
+            self._db.execute("ROLLBACK")
+            raise
+        self._db.execute("COMMIT")
+
+    # meta
+
+    def get_meta(self, key: str) -> bytes | None:
+        row = self._db.execute("SELECT value FROM meta WHERE key = ?", (key,)).fetchone()
+        return None if row is None else bytes(row[0])
+
+    def set_meta(self, key: str, value: bytes) -> None:
+        self._db.execute("INSERT OR REPLACE INTO meta (key, value) VALUES (?, ?)", (key, value))
+
+    # devices
+
+    def add_device(self, public: bytes, name: str, cert: bytes, enrolled_ns: int) -> None:
+        self._db.execute(
+            "INSERT OR REPLACE INTO devices (public, name, cert, enrolled_ns) VALUES (?, ?, ?, ?)",
+            (public, name, cert, enrolled_ns),
+        )
+
+    def device_names(self) -> dict[bytes, str]:
+        return {bytes(p): n for p, n in self._db.execute("SELECT public, name FROM devices")}
+
+    # portals
+
+    def add_portal(self, row: PortalRow) -> None:
+        try:
+            self._db.execute(
+                "INSERT INTO portals (id, name, wrapped_key, created_ns) VALUES (?, ?, ?, ?)",
+                (row.id, row.name, row.wrapped_key, row.created_ns),
+            )
+        except sqlite3.IntegrityError:
+            raise AlreadyExists(f"portal {row.name!r} already exists") from None
+
+    def portal(self, name: str) -> PortalRow:
+        row = self._db.execute("SELECT id, name, wrapped_key, created_ns FROM portals WHERE name = ?", (name,)).fetchone()
+        if row is None:
+            raise NotFound(f"no portal named {name!r} (see `portalctl portal ls`)")
+        return PortalRow(bytes(row[0]), row[1], bytes(row[2]), row[3])
+
+    def portals(self) -> list[PortalRow]:
+        rows = self._db.execute("SELECT id, name, wrapped_key, created_ns FROM portals ORDER BY name")
+        return [PortalRow(bytes(r[0]), r[1], bytes(r[2]), r[3]) for r in rows]
+
+    # versions
+
+    def _version_row(self, row: tuple) -> VersionRow:
+        return VersionRow(bytes(row[0]), row[1], RootRecord.from_bytes(bytes(row[2])), row[3], bytes(row[4]), row[5], row[6])
+
+    def add_version(self, record: RootRecord, size: int, files: int) -> None:
+        """Record a new head. The caller holds the device lock, so the parent check cannot race."""
+        head = self.head(record.portal)
+        expected = 1 if head is None else head.version + 1
+        if record.version != expected or record.parent != (None if head is None else head.record.record_id):
+            raise StorageError(f"version {record.version} does not follow the recorded head")
+        self._db.execute(
+            "INSERT INTO versions (portal, version, record, time_ns, device, size, files) VALUES (?, ?, ?, ?, ?, ?, ?)",
+            (record.portal, record.version, record.to_bytes(), record.time_ns, record.device, size, files),
+        )
+
+    def head(self, portal: bytes) -> VersionRow | None:
+        row = self._db.execute(
+            "SELECT portal, version, record, time_ns, device, size, files FROM versions"
+            " WHERE portal = ? ORDER BY version DESC LIMIT 1",
+            (portal,),
+        ).fetchone()
+        return None if row is None else self._version_row(row)
+
+    def version(self, portal: bytes, version: int) -> VersionRow:
+        row = self._db.execute(
+            "SELECT portal, version, record, time_ns, device, size, files FROM versions WHERE portal = ? AND version = ?",
+            (portal, version),
+        ).fetchone()
+        if row is None:
+            raise NotFound(f"no version {version}")
+        return self._version_row(row)
+
+    def versions(self, portal: bytes | None = None) -> list[VersionRow]:
+        query = "SELECT portal, version, record, time_ns, device, size, files FROM versions"
+        rows = (
+            self._db.execute(query + " WHERE portal = ? ORDER BY version", (portal,))
+            if portal is not None
+            else self._db.execute(query + " ORDER BY portal, version")
+        )
+        return [self._version_row(r) for r in rows]
+
+    # files cache
+
+    def cached_file(self, portal: bytes, path: bytes) -> CachedFile | None:
+        row = self._db.execute(
+            "SELECT ino, size, mtime_ns, ctime_ns, node FROM files_cache WHERE portal = ? AND path = ?", (portal, path)
+        ).fetchone()
+        return None if row is None else CachedFile(row[0], row[1], row[2], row[3], bytes(row[4]))
+
+    def cache_files(self, portal: bytes, rows: list[tuple[bytes, CachedFile]]) -> None:
+        self._db.executemany(
+            "INSERT OR REPLACE INTO files_cache (portal, path, ino, size, mtime_ns, ctime_ns, node)"
+            " VALUES (?, ?, ?, ?, ?, ?, ?)",
+            [(portal, path, c.ino, c.size, c.mtime_ns, c.ctime_ns, c.node) for path, c in rows],
+        )

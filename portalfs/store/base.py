@@ -1,0 +1,64 @@
+"""The one narrow interface every object store implements.
+
+An object store keeps sealed objects (chunks and tree nodes) named by their id,
+``cid = BLAKE3(bytes)``. It never sees plaintext or keys and knows nothing of
+trees: which objects are live is decided above it (pins, garbage collection).
+
+Contract, checked for every implementation by tests/unit/test_store_conformance.py:
+
+- ``put(cid, data)`` stores ``data`` under ``cid``. If ``BLAKE3(data) != cid`` it raises
+  ``CorruptObject`` and stores nothing. It is idempotent: putting an id that is
+  already there stores nothing and returns False; otherwise True. It is atomic:
+  a concurrent or later ``get`` sees all of ``data`` or nothing. It is durable
+  once ``sync()`` has returned. Safe to call from several threads at once.
+  Raises ``StoreFull`` when out of space, leaving nothing half-written.
+- ``get(cid)`` returns bytes whose BLAKE3 is ``cid``; raises ``MissingObject`` when
+  it has none and ``CorruptObject`` when its stored bytes no longer match.
+- ``has(cids)`` returns one bool per id, in order.
+- ``delete(cid)`` removes the object; deleting an absent id is not an error.
+- ``ids()`` yields every stored id once, in no particular order.
+- ``stat()`` returns the object count and stored bytes.
+- ``sync()`` makes every ``put`` that returned before it durable.
+- ``close()`` releases resources; the store is not used after it.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from typing import Protocol
+
+from ..errors import CorruptObject
+from ..sealing import object_id
+
+__all__ = ["ObjectStore", "StoreStat", "check_object"]
+
+
+@dataclass(frozen=True, slots=True)
+class StoreStat:
+    objects: int
+    bytes: int
+
+
+class ObjectStore(Protocol):
+    def put(self, cid: bytes, data: bytes) -> bool: ...
+
+    def get(self, cid: bytes) -> bytes: ...
+
+    def has(self, cids: Sequence[bytes]) -> list[bool]: ...
+
+    def delete(self, cid: bytes) -> None: ...
+
+    def ids(self) -> Iterator[bytes]: ...
+
+    def stat(self) -> StoreStat: ...
+
+    def sync(self) -> None: ...
+
+    def close(self) -> None: ...
+
+
+def check_object(cid: bytes, data: bytes) -> None:
+    """Raise CorruptObject unless ``data`` is the object named ``cid``."""
+    if len(cid) != 32 or object_id(data) != cid:
+        raise CorruptObject(f"object {cid.hex()}: bytes do not match the object id")
