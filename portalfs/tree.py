@@ -180,21 +180,24 @@ def _span_list(refs: list[tuple[ChunkRef, int]]) -> list:
     return [[ref.to_cbor(), span] for ref, span in refs]
 
 
-def build_file(chunks: list[ChunkRef], store_node: NodeStorer) -> tuple[ChunkRef, int]:
-    """Store the file node (and index nodes) for ``chunks``; return its ref and the file size."""
+def build_file(chunks: list[ChunkRef], store_node: NodeStorer, fanout: int = FANOUT) -> tuple[ChunkRef, int]:
+    """Store the file node (and index nodes) for ``chunks``; return its ref and the file size.
+
+    ``fanout`` is FANOUT in the format; tests lower it to exercise index nodes.
+    """
     size = sum(c.length for c in chunks)
-    if len(chunks) <= FANOUT:
+    if len(chunks) <= fanout:
         body = {"chunks": [c.to_cbor() for c in chunks]}
     else:
         level: list[tuple[ChunkRef, int]] = []
-        for i in range(0, len(chunks), FANOUT):
-            group = chunks[i : i + FANOUT]
+        for i in range(0, len(chunks), fanout):
+            group = chunks[i : i + fanout]
             node = encoding.encode({"v": NODE_VERSION, "t": "index", "chunks": [c.to_cbor() for c in group]})
             level.append((store_node(node), sum(c.length for c in group)))
-        while len(level) > FANOUT:
+        while len(level) > fanout:
             upper = []
-            for i in range(0, len(level), FANOUT):
-                group_spans = level[i : i + FANOUT]
+            for i in range(0, len(level), fanout):
+                group_spans = level[i : i + fanout]
                 node = encoding.encode({"v": NODE_VERSION, "t": "index", "index": _span_list(group_spans)})
                 upper.append((store_node(node), sum(span for _, span in group_spans)))
             level = upper
