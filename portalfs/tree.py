@@ -154,7 +154,7 @@ def _decode_node(plaintext: bytes, expected: tuple[str, ...]) -> dict:
 
 
 def encode_dir(entries: list[Entry]) -> bytes:
-    ordered = sorted(entries, key=lambda e: e.name)
+    ordered = sorted(entries, key=lambda e: validate_name(e.name))
     for a, b in zip(ordered, ordered[1:]):
         if a.name == b.name:
             raise ValueError(f"duplicate entry name {a.name!r}")

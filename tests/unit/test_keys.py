@@ -1,0 +1,56 @@
+from __future__ import annotations
+
+import pytest
+
+from portalfs.errors import BadRecoveryPhrase, BadSignature
+from portalfs.keys import DeviceCertificate, DeviceKey, Identity, fingerprint, new_entropy_words, root_from_words
+
+WORDS = new_entropy_words(bytes(range(32)))
+
+
+def test_words_round_trip_to_the_same_identity() -> None:
+    a = Identity(root_from_words(WORDS))
+    b = Identity(root_from_words("  " + WORDS.upper().replace(" ", "   ") + "\n"))
+    assert a.public == b.public and a.fingerprint == b.fingerprint
+
+
+def test_purpose_keys_are_distinct() -> None:
+    identity = Identity(root_from_words(WORDS))
+    keys = {identity.convergence_secret, identity.keyring_key, identity.public, identity.agreement_public}
+    assert len(keys) == 4
+
+
+def test_bip39_passphrase_gives_another_identity() -> None:
+    assert Identity(root_from_words(WORDS, "extra")).public != Identity(root_from_words(WORDS)).public
+
+
+@pytest.mark.parametrize(
+    "words, message",
+    [
+        (" ".join(WORDS.split()[:23]), "23 words"),
+        (" ".join(WORDS.split()[:23] + ["notaword"]), "not a BIP-39 word"),
+        (" ".join(WORDS.split()[1:] + WORDS.split()[:1]), "checksum"),
+    ],
+)
+def test_bad_phrases_are_rejected(words: str, message: str) -> None:
+    with pytest.raises(BadRecoveryPhrase, match=message):
+        root_from_words(words)
+
+
+def test_device_enrollment_verifies_and_detects_tampering() -> None:
+    identity = Identity(root_from_words(WORDS))
+    device = DeviceKey(bytes(32))
+    cert = identity.enroll(device.public, "laptop", 1_700_000_000_000_000_000)
+    parsed = DeviceCertificate.from_bytes(cert.to_bytes())
+    assert parsed.verify(identity.public)["device"] == device.public
+    other = Identity(root_from_words(WORDS, "other"))
+    with pytest.raises(BadSignature):
+        parsed.verify(other.public)
+    forged = DeviceCertificate(parsed.body.replace(b"laptop", b"laptoq"), parsed.signature)
+    with pytest.raises(BadSignature):
+        forged.verify(identity.public)
+
+
+def test_fingerprint_format() -> None:
+    fp = fingerprint(bytes(32))
+    assert len(fp.split("-")) == 8 and all(len(g) == 4 for g in fp.split("-"))

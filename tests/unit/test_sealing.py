@@ -1,0 +1,68 @@
+from __future__ import annotations
+
+import os
+
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from portalfs.errors import CorruptObject
+from portalfs.sealing import MAX_PLAINTEXT, ChunkRef, object_id, seal, unseal
+
+SECRET = bytes(range(32))
+
+
+@given(st.binary(max_size=4096))
+def test_seal_round_trips(plaintext: bytes) -> None:
+    ref, sealed = seal(SECRET, plaintext)
+    assert unseal(ref, sealed) == plaintext
+    assert ref.cid == object_id(sealed)
+    assert ref.length == len(plaintext)
+
+
+@given(st.binary(min_size=1, max_size=2048))
+def test_sealing_is_convergent_within_a_secret_only(plaintext: bytes) -> None:
+    assert seal(SECRET, plaintext) == seal(SECRET, plaintext)
+    other, _ = seal(bytes(32), plaintext)
+    assert other.cid != seal(SECRET, plaintext)[0].cid
+
+
+@given(st.binary(min_size=0, max_size=512), st.data())
+def test_any_single_bit_flip_is_rejected(plaintext: bytes, data: st.DataObject) -> None:
+    ref, sealed = seal(SECRET, plaintext)
+    bit = data.draw(st.integers(0, len(sealed) * 8 - 1))
+    damaged = bytearray(sealed)
+    damaged[bit // 8] ^= 1 << (bit % 8)
+    with pytest.raises(CorruptObject):
+        unseal(ref, bytes(damaged))
+
+
+def test_a_flip_is_caught_by_the_tag_even_when_the_id_is_trusted() -> None:
+    """A reader that is handed a forged id for damaged bytes still rejects them."""
+    ref, sealed = seal(SECRET, b"hello world" * 100)
+    damaged = bytearray(sealed)
+    damaged[-1] ^= 0x80
+    forged = ChunkRef(object_id(bytes(damaged)), ref.key, ref.pid, ref.length)
+    with pytest.raises(CorruptObject, match="tag"):
+        unseal(forged, bytes(damaged))
+
+
+def test_compressible_data_is_compressed_and_random_data_is_not() -> None:
+    text = b"the quick brown fox jumps over the lazy dog\n" * 20000
+    _, sealed = seal(SECRET, text)
+    assert len(sealed) < len(text) // 10
+    noise = os.urandom(100_000)
+    _, sealed = seal(SECRET, noise)
+    assert len(sealed) == len(noise) + 1 + 12 + 1 + 16  # version, nonce, flags, tag
+
+
+def test_wrong_plaintext_hash_is_rejected() -> None:
+    ref, sealed = seal(SECRET, b"payload")
+    lying = ChunkRef(ref.cid, ref.key, bytes(32), ref.length)
+    with pytest.raises(CorruptObject, match="hash"):
+        unseal(lying, sealed)
+
+
+def test_oversized_plaintext_is_refused() -> None:
+    with pytest.raises(ValueError):
+        seal(SECRET, bytes(MAX_PLAINTEXT + 1))

@@ -1,0 +1,124 @@
+"""The object-store contract (portalfs/store/base.py), run against every implementation."""
+
+from __future__ import annotations
+
+import os
+import threading
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import pytest
+
+from portalfs.errors import CorruptObject, MissingObject
+from portalfs.sealing import object_id
+from portalfs.store import LocalStore, MemoryStore, ObjectStore
+
+Factory = Callable[[], ObjectStore]
+
+
+@pytest.fixture(params=["memory", "local"])
+def make_store(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Factory]:
+    opened: list[ObjectStore] = []
+
+    def factory() -> ObjectStore:
+        store: ObjectStore = MemoryStore() if request.param == "memory" else LocalStore(tmp_path / "store")
+        if request.param == "memory" and opened:
+            return opened[0]  # "reopening" a memory store is the same store
+        opened.append(store)
+        return store
+
+    yield factory
+    for store in opened:
+        store.close()
+
+
+def _obj(n: int = 1000) -> tuple[bytes, bytes]:
+    data = os.urandom(n)
+    return object_id(data), data
+
+
+def test_put_then_get(make_store: Factory) -> None:
+    store = make_store()
+    cid, data = _obj()
+    assert store.put(cid, data) is True
+    assert store.get(cid) == data
+    assert store.put(cid, data) is False  # idempotent
+    assert store.stat().objects == 1 and store.stat().bytes == len(data)
+
+
+def test_put_with_a_wrong_id_stores_nothing(make_store: Factory) -> None:
+    store = make_store()
+    cid, data = _obj()
+    with pytest.raises(CorruptObject):
+        store.put(cid, data + b"x")
+    assert store.has([cid]) == [False]
+    assert list(store.ids()) == []
+
+
+def test_get_missing(make_store: Factory) -> None:
+    with pytest.raises(MissingObject):
+        make_store().get(bytes(32))
+
+
+def test_has_ids_delete(make_store: Factory) -> None:
+    store = make_store()
+    objs = [_obj(100 + i) for i in range(5)]
+    for cid, data in objs:
+        store.put(cid, data)
+    assert store.has([objs[0][0], bytes(32), objs[4][0]]) == [True, False, True]
+    assert sorted(store.ids()) == sorted(c for c, _ in objs)
+    store.delete(objs[0][0])
+    store.delete(objs[0][0])  # absent: not an error
+    assert store.has([objs[0][0]]) == [False]
+    assert len(list(store.ids())) == 4
+
+
+def test_durable_after_sync_and_reopen(make_store: Factory) -> None:
+    store = make_store()
+    cid, data = _obj()
+    store.put(cid, data)
+    store.sync()
+    store.close()
+    again = make_store()
+    assert again.get(cid) == data and again.has([cid]) == [True]
+
+
+def test_concurrent_puts(make_store: Factory) -> None:
+    store = make_store()
+    objs = [_obj(2000) for _ in range(64)]
+
+    def worker(part: list[tuple[bytes, bytes]]) -> None:
+        for cid, data in part:
+            store.put(cid, data)
+
+    threads = [threading.Thread(target=worker, args=(objs[i::4],)) for i in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    store.sync()
+    assert all(store.get(cid) == data for cid, data in objs)
+
+
+def test_local_store_detects_damage_on_read(tmp_path: Path) -> None:
+    store = LocalStore(tmp_path / "s")
+    cid, data = _obj()
+    store.put(cid, data)
+    store.sync()
+    path = tmp_path / "s" / "objects" / cid.hex()[:2] / cid.hex()
+    raw = bytearray(path.read_bytes())
+    raw[10] ^= 1
+    path.write_bytes(bytes(raw))
+    with pytest.raises(CorruptObject, match=cid.hex()):
+        store.get(cid)
+    assert oct(os.stat(tmp_path / "s" / "objects" / cid.hex()[:2]).st_mode)  # shard exists
+    store.close()
+
+
+def test_local_store_names_objects_by_lowercase_hex(tmp_path: Path) -> None:
+    store = LocalStore(tmp_path / "s")
+    cid, data = _obj()
+    store.put(cid, data)
+    assert (tmp_path / "s" / "objects" / cid.hex()[:2] / cid.hex()).read_bytes() == data
+    assert list((tmp_path / "s" / "tmp").iterdir()) == []
+    store.close()

@@ -1,0 +1,117 @@
+from __future__ import annotations
+
+import stat
+
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from portalfs.errors import BadSignature, CorruptObject
+from portalfs.keys import DeviceKey
+from portalfs.root import PortalKeys, RootPayload, RootRecord, make_root_record, verify_chain
+from portalfs.sealing import ChunkRef, seal, unseal
+from portalfs.store import MemoryStore
+from portalfs.tree import Entry, build_file, decode_dir, encode_dir, iter_file_chunks
+
+TREE_SECRET = b"t" * 32
+names = st.binary(min_size=1, max_size=40).filter(lambda n: b"/" not in n and b"\0" not in n and n not in (b".", b".."))
+
+
+class Nodes:
+    """Seal-and-store / load-and-open over a MemoryStore, as the real code wires it."""
+
+    def __init__(self) -> None:
+        self.store = MemoryStore()
+        self.loads = 0
+
+    def put(self, plaintext: bytes) -> ChunkRef:
+        ref, sealed = seal(TREE_SECRET, plaintext)
+        self.store.put(ref.cid, sealed)
+        return ref
+
+    def get(self, ref: ChunkRef) -> bytes:
+        self.loads += 1
+        return unseal(ref, self.store.get(ref.cid))
+
+
+def _file(name: bytes, size: int = 0, node: ChunkRef | None = None) -> Entry:
+    return Entry(name, stat.S_IFREG | 0o644, 1000, 1000, 5, 6, size=size, node=node)
+
+
+@given(st.lists(names, unique=True, max_size=20), st.dictionaries(st.binary(max_size=20), st.binary(max_size=20), max_size=3))
+def test_directory_nodes_round_trip_and_are_order_independent(entry_names: list[bytes], xattrs: dict) -> None:
+    entries = [
+        Entry(n, stat.S_IFLNK | 0o777, 0, 0, 1, 2, target=b"/target/" + n, xattrs=xattrs) for n in entry_names
+    ]
+    encoded = encode_dir(entries)
+    assert encode_dir(list(reversed(entries))) == encoded
+    assert decode_dir(encoded) == sorted(entries, key=lambda e: e.name)
+
+
+def test_duplicate_and_invalid_names_are_refused() -> None:
+    with pytest.raises(ValueError):
+        encode_dir([_file(b"a"), _file(b"a")])
+    for bad in (b"", b".", b"..", b"a/b", b"x" * 256):
+        with pytest.raises(ValueError):
+            encode_dir([_file(bad)])
+
+
+def test_malformed_directory_nodes_are_corrupt() -> None:
+    with pytest.raises(CorruptObject):
+        decode_dir(b"\xa0")
+    from portalfs import encoding
+
+    bad_file = {"name": b"f", "mode": stat.S_IFREG | 0o644, "uid": 0, "gid": 0, "mtime": 0, "ctime": 0, "size": 5}
+    with pytest.raises(CorruptObject, match="size"):
+        decode_dir(encoding.encode({"v": 1, "t": "dir", "entries": [bad_file]}))
+
+
+@pytest.mark.parametrize("count", [0, 1, 7, 8, 9, 64, 65, 200])
+def test_file_nodes_split_into_index_nodes(count: int) -> None:
+    nodes = Nodes()
+    chunks = [seal(b"c" * 32, bytes([i % 256]) * (i + 1))[0] for i in range(count)]
+    ref, size = build_file(chunks, nodes.put, fanout=8)
+    assert size == sum(c.length for c in chunks)
+    visited: list[ChunkRef] = []
+    assert list(iter_file_chunks(ref, nodes.get, visit_node=visited.append)) == chunks
+    expected_nodes = 1 if count <= 8 else 1 + -(-count // 8) + (-(-count // 64) if count > 64 else 0)
+    assert len(visited) == expected_nodes
+
+
+def _record(keys: PortalKeys, device: DeviceKey, parent: RootRecord | None) -> RootRecord:
+    nodes = Nodes()
+    root = Entry(b"", stat.S_IFDIR | 0o755, 0, 0, 1, 1, node=nodes.put(encode_dir([])))
+    return make_root_record(
+        keys=keys, device=device, portal=b"p" * 16, parent=parent,
+        payload=RootPayload(root, 0, 0), time_ns=123, nonce=b"n" * 12,
+    )
+
+
+def test_root_records_chain_and_open() -> None:
+    keys, device = PortalKeys(b"k" * 32), DeviceKey(b"d" * 32)
+    first = _record(keys, device, None)
+    second = _record(keys, device, first)
+    assert (first.version, second.version, second.parent) == (1, 2, first.record_id)
+    verify_chain([first, second], {device.public})
+    assert second.open(keys).entry.is_dir
+    with pytest.raises(BadSignature):
+        verify_chain([first, second], {b"x" * 32})
+    with pytest.raises(CorruptObject):
+        verify_chain([second], {device.public})
+    from portalfs.errors import IntegrityError
+
+    with pytest.raises(IntegrityError):
+        second.open(PortalKeys(b"wrong" * 6 + b"!!"))
+
+
+@given(st.data())
+def test_any_single_bit_flip_of_a_root_record_is_rejected(data: st.DataObject) -> None:
+    keys, device = PortalKeys(b"k" * 32), DeviceKey(b"d" * 32)
+    record = _record(keys, device, None).to_bytes()
+    bit = data.draw(st.integers(0, len(record) * 8 - 1))
+    damaged = bytearray(record)
+    damaged[bit // 8] ^= 1 << (bit % 8)
+    from portalfs.errors import IntegrityError
+
+    with pytest.raises(IntegrityError):
+        RootRecord.from_bytes(bytes(damaged)).open(keys)
