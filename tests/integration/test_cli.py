@@ -1,0 +1,285 @@
+"""portalctl, run for real: subprocesses, temporary PORTAL_HOMEs, real SQLite and object files."""
+
+from __future__ import annotations
+
+import json
+import os
+import sqlite3
+import stat
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from portalfs import encoding
+from portalfs.store import LocalStore
+from portalfs.sealing import object_id
+
+
+def portalctl(home: Path, *args: str, input: str | None = None, env: dict[str, str] | None = None) -> subprocess.CompletedProcess:
+    full_env = {k: v for k, v in os.environ.items() if k != "PORTAL_PASSPHRASE"}
+    full_env["PORTAL_HOME"] = str(home)
+    full_env.update(env or {})
+    return subprocess.run(
+        [sys.executable, "-m", "portalfs.cli.portalctl", *args],
+        input=input if input is not None else "",
+        capture_output=True,
+        text=True,
+        env=full_env,
+        timeout=120,
+    )
+
+
+def ok(home: Path, *args: str, **kw: object) -> str:
+    result = portalctl(home, *args, **kw)  # type: ignore[arg-type]
+    assert result.returncode == 0, result.stderr
+    return result.stdout
+
+
+def fails(home: Path, code: int, *args: str, match: str = "", **kw: object) -> str:
+    result = portalctl(home, *args, **kw)  # type: ignore[arg-type]
+    assert result.returncode == code, (result.returncode, result.stdout, result.stderr)
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("portalctl: "), result.stderr
+    assert "Traceback" not in result.stderr
+    assert match in lines[0], lines[0]
+    return lines[0]
+
+
+@pytest.fixture
+def home(tmp_path: Path) -> Path:
+    h = tmp_path / "home"
+    ok(h, "init", "--no-passphrase")
+    ok(h, "portal", "create", "docs")
+    return h
+
+
+def make_tree(root: Path) -> None:
+    (root / "sub" / "deeper").mkdir(parents=True)
+    (root / "empty").write_bytes(b"")
+    (root / "small.txt").write_text("hello, portal\n")
+    (root / "sub" / "big.bin").write_bytes(os.urandom(5 * 1024 * 1024 + 17))
+    (root / "sub" / "deeper" / "text.md").write_bytes(b"lorem ipsum dolor sit amet\n" * 50000)
+    (root / "link").symlink_to("small.txt")
+    os.chmod(root / "small.txt", 0o640)
+    os.utime(root / "sub" / "big.bin", ns=(1_600_000_000_123_456_789, 1_600_000_000_123_456_789))
+    os.setxattr(root / "small.txt", "user.color", b"blue")
+
+
+def assert_same_tree(a: Path, b: Path) -> None:
+    names_a = sorted(p.relative_to(a) for p in a.rglob("*"))
+    names_b = sorted(p.relative_to(b) for p in b.rglob("*"))
+    assert names_a == names_b
+    for rel in names_a:
+        pa, pb = a / rel, b / rel
+        sa, sb = pa.lstat(), pb.lstat()
+        assert stat.S_IFMT(sa.st_mode) == stat.S_IFMT(sb.st_mode), rel
+        if pa.is_symlink():
+            assert os.readlink(pa) == os.readlink(pb)
+            continue
+        assert stat.S_IMODE(sa.st_mode) == stat.S_IMODE(sb.st_mode), rel
+        assert sa.st_mtime_ns == sb.st_mtime_ns, rel
+        if pa.is_file():
+            assert pa.read_bytes() == pb.read_bytes(), rel
+        assert {n: os.getxattr(pa, n) for n in os.listxattr(pa)} == {n: os.getxattr(pb, n) for n in os.listxattr(pb)}
+
+
+def objects(home: Path) -> list[Path]:
+    return sorted(p for p in (home / "store" / "objects").rglob("*") if p.is_file())
+
+
+# identity
+
+
+def test_init_prints_24_words_and_recover_reproduces_the_identity(tmp_path: Path) -> None:
+    first = tmp_path / "a"
+    out = json.loads(ok(first, "init", "--json"))
+    assert len(out["words"]) == 24
+    fails(first, 4, "init", match="already holds")
+    second = tmp_path / "b"
+    ok(second, "recover", "--name", "phone", input=" ".join(out["words"]) + "\n")
+    a, b = json.loads(ok(first, "whoami", "--json")), json.loads(ok(second, "whoami", "--json"))
+    assert a["fingerprint"] == b["fingerprint"] == out["fingerprint"]
+    assert a["device"] != b["device"] and b["device_name"] == "phone"
+    assert stat.S_IMODE((second / "keys" / "secrets").stat().st_mode) == 0o600
+
+
+def test_wrong_recovery_words_are_refused(tmp_path: Path) -> None:
+    words = json.loads(ok(tmp_path / "a", "init", "--json"))["words"]
+    words[3], words[4] = words[4], words[3]
+    fails(tmp_path / "b", 6, "recover", match="recovery phrase", input=" ".join(words))
+    fails(tmp_path / "b", 5, "whoami", match="no identity")
+
+
+def test_passphrase_protects_the_key_file(tmp_path: Path) -> None:
+    home, pw, bad = tmp_path / "h", tmp_path / "pw", tmp_path / "bad"
+    pw.write_text("correct horse battery staple\n")
+    bad.write_text("wrong\n")
+    ok(home, "--passphrase-file", str(pw), "init")
+    ok(home, "whoami")  # public facts need no passphrase
+    fails(home, 7, "portal", "create", "x", match="passphrase")
+    fails(home, 7, "--passphrase-file", str(bad), "portal", "create", "x", match="wrong passphrase")
+    ok(home, "--passphrase-file", str(pw), "portal", "create", "x")
+    ok(home, "portal", "create", "y", env={"PORTAL_PASSPHRASE": "correct horse battery staple"})
+
+
+# put, get, log
+
+
+def test_put_get_round_trip_keeps_content_and_metadata(home: Path, tmp_path: Path) -> None:
+    src = tmp_path / "src"
+    src.mkdir()
+    make_tree(src)
+    put = json.loads(ok(home, "put", "docs", str(src) + "/", "--json"))
+    assert put["version"] == 1 and put["files"] == 4 and put["symlinks"] == 1
+    dest = tmp_path / "dest"
+    ok(home, "get", "docs", str(dest))
+    assert_same_tree(src, dest)
+    check = ok(home, "check", "docs")
+    assert "verified" in check
+
+
+def test_put_by_name_versions_and_log(home: Path, tmp_path: Path) -> None:
+    folder = tmp_path / "folder"
+    folder.mkdir()
+    (folder / "a.txt").write_text("one")
+    ok(home, "put", "docs", str(folder))
+    (folder / "a.txt").write_text("two, longer")
+    ok(home, "put", "docs", str(folder))
+    log = json.loads(ok(home, "log", "docs", "--json"))
+    assert [v["version"] for v in log] == [1, 2]
+    assert [v["size"] for v in log] == [3, 11]
+    text = ok(home, "log", "docs")
+    assert text.splitlines()[0].startswith("v2\t")
+    out = tmp_path / "old.txt"
+    ok(home, "get", "docs", str(out), "--path", "folder/a.txt", "--version", "1")
+    assert out.read_text() == "one"
+    fails(home, 4, "get", "docs", str(out), "--path", "folder/a.txt", match="already exists")
+    ok(home, "get", "docs", str(out), "--path", "folder/a.txt", "--overwrite")
+    assert out.read_text() == "two, longer"
+
+
+def test_unchanged_files_are_not_read_again_and_duplicates_stored_once(home: Path, tmp_path: Path) -> None:
+    src = tmp_path / "src"
+    src.mkdir()
+    payload = os.urandom(3 * 1024 * 1024)
+    (src / "one.bin").write_bytes(payload)
+    (src / "two.bin").write_bytes(payload)
+    for p in src.iterdir():  # old enough for the files cache to trust
+        os.utime(p, ns=(1_600_000_000_000_000_000,) * 2)
+    first = json.loads(ok(home, "put", "docs", str(src) + "/", "--json"))
+    assert first["bytes_read"] == 2 * len(payload)
+    assert first["bytes_stored"] < len(payload) * 1.1  # the duplicate cost nothing
+    second = json.loads(ok(home, "put", "docs", str(src) + "/", "--json"))
+    assert second["bytes_read"] == 0 and second["bytes_reused"] == 2 * len(payload)
+    assert second["chunks_stored"] == 0
+    (src / "one.bin").write_bytes(payload[:1000] + b"changed" + payload[1000:])
+    third = json.loads(ok(home, "put", "docs", str(src) + "/", "--json"))
+    assert third["bytes_read"] == len(payload) + 7
+    assert third["chunks_stored"] <= 2  # only the chunk around the edit is new
+
+
+def test_demo_is_the_main_job(tmp_path: Path) -> None:
+    home = tmp_path / "demo"
+    out = ok(home, "demo")
+    assert "Identity:" in out and "portalctl log demo" in out and "\nv1\t" in out
+    out = ok(home, "demo")
+    assert "\nv2\t" in out and "Identity:" not in out
+
+
+# bad input
+
+
+def test_unknown_portal_version_and_path(home: Path, tmp_path: Path) -> None:
+    fails(home, 3, "log", "nope", match="no portal named 'nope'")
+    fails(home, 3, "get", "docs", str(tmp_path / "x"), match="no versions")
+    (tmp_path / "f").write_text("x")
+    ok(home, "put", "docs", str(tmp_path / "f"))
+    fails(home, 3, "get", "docs", str(tmp_path / "x"), "--version", "9", match="no version 9")
+    fails(home, 3, "get", "docs", str(tmp_path / "x"), "--path", "missing", match="'missing'")
+    fails(home, 2, "portal", "create", "bad/name", match="invalid portal name")
+    fails(home, 4, "portal", "create", "docs", match="already exists")
+
+
+def test_unreadable_source_records_no_version(home: Path, tmp_path: Path) -> None:
+    fails(home, 11, "put", "docs", str(tmp_path / "does-not-exist"), match="does-not-exist")
+    assert json.loads(ok(home, "log", "docs", "--json")) == []
+
+
+def test_a_flipped_bit_in_a_chunk_is_named_and_nothing_half_restored(home: Path, tmp_path: Path) -> None:
+    src = tmp_path / "src"
+    src.mkdir()
+    (src / "data.bin").write_bytes(os.urandom(2 * 1024 * 1024))
+    ok(home, "put", "docs", str(src) + "/")
+    victim = max(objects(home), key=lambda p: p.stat().st_size)
+    raw = bytearray(victim.read_bytes())
+    raw[len(raw) // 2] ^= 0x04
+    victim.write_bytes(bytes(raw))
+    fails(home, 8, "check", "docs", match=victim.name)
+    dest = tmp_path / "dest"
+    dest.mkdir()
+    fails(home, 8, "get", "docs", str(dest), match=victim.name)
+    assert list(dest.iterdir()) == []
+
+
+def test_a_missing_chunk_is_reported(home: Path, tmp_path: Path) -> None:
+    (tmp_path / "data.bin").write_bytes(os.urandom(1024 * 1024))
+    ok(home, "put", "docs", str(tmp_path / "data.bin"))
+    victim = max(objects(home), key=lambda p: p.stat().st_size)
+    victim.unlink()
+    fails(home, 9, "get", "docs", str(tmp_path / "dest"), match=victim.name)
+
+
+def test_a_root_record_with_a_bad_signature_is_refused(home: Path, tmp_path: Path) -> None:
+    (tmp_path / "f").write_text("x")
+    ok(home, "put", "docs", str(tmp_path / "f"))
+    db = sqlite3.connect(home / "state.db")
+    record = encoding.decode(db.execute("SELECT record FROM versions").fetchone()[0])
+    record["sig"] = record["sig"][:10] + bytes([record["sig"][10] ^ 1]) + record["sig"][11:]
+    db.execute("UPDATE versions SET record = ?", (encoding.encode(record),))
+    db.commit()
+    db.close()
+    fails(home, 8, "log", "docs", match="signature")
+    fails(home, 8, "get", "docs", str(tmp_path / "out"), match="signature")
+
+
+def test_gc_removes_orphans_and_keeps_every_live_version(home: Path, tmp_path: Path) -> None:
+    src = tmp_path / "src"
+    src.mkdir()
+    (src / "a.bin").write_bytes(os.urandom(600_000))
+    ok(home, "put", "docs", str(src) + "/")
+    (src / "a.bin").write_bytes(os.urandom(600_000))
+    ok(home, "put", "docs", str(src) + "/")
+    store = LocalStore(home / "store")
+    orphan = os.urandom(1000)
+    store.put(object_id(orphan), orphan)
+    store.close()
+    before = len(objects(home))
+    dry = json.loads(ok(home, "gc", "--dry-run", "--json"))
+    assert dry["removed"] == 1 and len(objects(home)) == before
+    report = json.loads(ok(home, "gc", "--json"))
+    assert report["removed"] == 1 and report["live"] == before - 1
+    assert "2 versions" in ok(home, "check", "docs")
+    ok(home, "get", "docs", str(tmp_path / "v1"), "--version", "1")
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="mounting a small tmpfs needs root")
+def test_a_full_disk_fails_cleanly(tmp_path: Path) -> None:
+    mnt = tmp_path / "small"
+    mnt.mkdir()
+    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=3m", "tmpfs", str(mnt)], check=True)
+    try:
+        home = mnt / "home"
+        ok(home, "init", "--no-passphrase")
+        ok(home, "portal", "create", "docs")
+        (tmp_path / "big.bin").write_bytes(os.urandom(8 * 1024 * 1024))
+        fails(home, 10, "put", "docs", str(tmp_path / "big.bin"), match="no space left")
+        assert json.loads(ok(home, "log", "docs", "--json")) == []
+        assert list((home / "store" / "tmp").iterdir()) == []
+        ok(home, "gc")
+        (tmp_path / "small.txt").write_text("fits")
+        ok(home, "put", "docs", str(tmp_path / "small.txt"))
+        ok(home, "check", "docs")
+    finally:
+        subprocess.run(["umount", str(mnt)], check=True)
