@@ -51,7 +51,9 @@ class Unlocked:
 
     def unwrap_portal_key(self, row: PortalRow) -> PortalKeys:
         try:
-            key = AESGCM(self.identity.keyring_key).decrypt(row.wrapped_key[:12], row.wrapped_key[12:], _KEYRING_AAD + row.id)
+            key = AESGCM(self.identity.keyring_key).decrypt(
+                row.wrapped_key[:12], row.wrapped_key[12:], _KEYRING_AAD + row.id
+            )
         except InvalidTag as exc:
             raise IntegrityError(f"portal {row.name!r}: its key does not open with this identity") from exc
         return PortalKeys(key)
@@ -95,12 +97,15 @@ class Device:
         if not self.initialized:
             raise NotInitialized(f"no identity in {self.home.data}: run `portalctl init` or `portalctl recover`")
 
+    def require_uninitialized(self) -> None:
+        if self.initialized:
+            raise AlreadyExists(f"{self.home.data} already holds identity {self.whoami()['fingerprint']}")
+
     def create_identity(
         self, words: str, bip39_passphrase: str, key_passphrase: str | None, device_name: str | None, now_ns: int
     ) -> Identity:
         """Derive the identity from ``words`` and enroll a fresh device key for this home."""
-        if self.initialized:
-            raise AlreadyExists(f"{self.home.data} already holds an identity ({self.whoami()['fingerprint']})")
+        self.require_uninitialized()
         identity = Identity(root_from_words(words, bip39_passphrase))
         device = DeviceKey(os.urandom(32))
         name = device_name or socket.gethostname()

@@ -28,22 +28,22 @@ class GcReport:
 def live_objects(device: Device, secrets: Unlocked) -> set[bytes]:
     """Ids of every node and chunk reachable from any recorded version of any portal."""
     live: set[bytes] = set()
+
+    def mark(view: PortalView, entry: Entry) -> None:
+        if entry.node is None or entry.node.cid in live:
+            return
+        if entry.is_dir:
+            live.add(entry.node.cid)
+            for child in decode_dir(view.load_node(entry.node)):
+                mark(view, child)
+        else:
+            for chunk in iter_file_chunks(entry.node, view.load_node, visit_node=lambda r: live.add(r.cid)):
+                live.add(chunk.cid)
+
     for row in device.state.portals():
         view = PortalView(device, row, secrets.unwrap_portal_key(row))
-
-        def mark(entry: Entry) -> None:
-            if entry.node is None or entry.node.cid in live:
-                return
-            if entry.is_dir:
-                live.add(entry.node.cid)
-                for child in decode_dir(view.load_node(entry.node)):
-                    mark(child)
-            else:
-                for chunk in iter_file_chunks(entry.node, view.load_node, visit_node=lambda r: live.add(r.cid)):
-                    live.add(chunk.cid)
-
         for version in device.state.versions(row.id):
-            mark(view.root(version).entry)
+            mark(view, view.root(version).entry)
     return live
 
 

@@ -20,7 +20,6 @@ import threading
 from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
-from pathlib import Path
 
 from . import chunking, encoding
 from .errors import SourceError
@@ -64,7 +63,7 @@ class _PendingDir:
     name: bytes
     st: os.stat_result
     xattrs: dict[bytes, bytes]
-    children: list["_PendingFile | _PendingDir | Entry"] = field(default_factory=list)
+    children: list[_PendingFile | _PendingDir | Entry] = field(default_factory=list)
 
 
 def _entry(name: bytes, st: os.stat_result, xattrs: dict[bytes, bytes], **content: object) -> Entry:
@@ -172,10 +171,11 @@ class Ingester:
         if st.st_size == 0:
             return pending
         cached = self.state.cached_file(self.portal, path)
-        if (
-            cached is not None
-            and (cached.ino, cached.size, cached.mtime_ns, cached.ctime_ns)
-            == (st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns)
+        if cached is not None and (cached.ino, cached.size, cached.mtime_ns, cached.ctime_ns) == (
+            st.st_ino,
+            st.st_size,
+            st.st_mtime_ns,
+            st.st_ctime_ns,
         ):
             node = ChunkRef.from_cbor(_decode_ref(cached.node))
             if self.store.has([node.cid])[0]:
@@ -195,7 +195,7 @@ class Ingester:
             raise SourceError(f"cannot read {os.fsdecode(path)}: {exc.strerror or exc}") from exc
         return pending
 
-    def _walk(self, pool: ThreadPoolExecutor, path: bytes, name: bytes) -> "_PendingFile | _PendingDir | Entry | None":
+    def _walk(self, pool: ThreadPoolExecutor, path: bytes, name: bytes) -> _PendingFile | _PendingDir | Entry | None:
         try:
             st = os.lstat(path)
         except OSError as exc:
@@ -223,7 +223,7 @@ class Ingester:
 
     # phase 2: finish bottom-up
 
-    def _finish(self, item: "_PendingFile | _PendingDir | Entry") -> Entry:
+    def _finish(self, item: _PendingFile | _PendingDir | Entry) -> Entry:
         if isinstance(item, Entry):
             return item
         if isinstance(item, _PendingFile):
@@ -238,14 +238,20 @@ class Ingester:
                 self._cache_rows.append(
                     (
                         item.path,
-                        CachedFile(item.st.st_ino, item.st.st_size, item.st.st_mtime_ns, item.st.st_ctime_ns, _encode_ref(item.node)),
+                        CachedFile(
+                            item.st.st_ino,
+                            item.st.st_size,
+                            item.st.st_mtime_ns,
+                            item.st.st_ctime_ns,
+                            _encode_ref(item.node),
+                        ),
                     )
                 )
             return _entry(item.name, item.st, item.xattrs, size=size, node=item.node)
         entries = [self._finish(child) for child in item.children]
         return _entry(item.name, item.st, item.xattrs, node=self.store_node(encode_dir(entries)))
 
-    def ingest(self, sources: list[Path], previous: Entry | None, load_node: NodeLoader) -> Entry:
+    def ingest(self, sources: list[str], previous: Entry | None, load_node: NodeLoader) -> Entry:
         """Build the new root entry: ``previous`` with each source placed at the top level.
 
         A source directory named with a trailing slash contributes its contents
@@ -274,20 +280,33 @@ class Ingester:
                 for item in top:
                     _cancel(item)
                 raise
-        entries = {} if previous is None or previous.node is None else {e.name: e for e in decode_dir(load_node(previous.node))}
+        entries = (
+            {}
+            if previous is None or previous.node is None
+            else {e.name: e for e in decode_dir(load_node(previous.node))}
+        )
         entries.update(new)
         root_node = self.store_node(encode_dir(list(entries.values())))
         if previous is None:
             uid, gid = os.getuid(), os.getgid()
             return Entry(b"", stat.S_IFDIR | 0o755, uid, gid, self._now_ns, self._now_ns, node=root_node)
-        return Entry(b"", previous.mode, previous.uid, previous.gid, self._now_ns, self._now_ns, node=root_node, xattrs=previous.xattrs)
+        return Entry(
+            b"",
+            previous.mode,
+            previous.uid,
+            previous.gid,
+            self._now_ns,
+            self._now_ns,
+            node=root_node,
+            xattrs=previous.xattrs,
+        )
 
     def remember_files(self) -> None:
         """Record the files cache; call after the new version is committed."""
         self.state.cache_files(self.portal, self._cache_rows)
 
 
-def _cancel(item: "_PendingFile | _PendingDir | Entry") -> None:
+def _cancel(item: _PendingFile | _PendingDir | Entry) -> None:
     if isinstance(item, _PendingFile):
         for f in item.chunks:
             f.cancel()

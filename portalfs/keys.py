@@ -136,7 +136,7 @@ class Identity:
     def fingerprint(self) -> str:
         return fingerprint(self.public)
 
-    def enroll(self, device_public: bytes, name: str, time_ns: int) -> "DeviceCertificate":
+    def enroll(self, device_public: bytes, name: str, time_ns: int) -> DeviceCertificate:
         body = encoding.encode(
             {"v": 1, "identity": self.public, "device": device_public, "name": name, "time": time_ns}
         )
@@ -172,7 +172,7 @@ class DeviceCertificate:
         return encoding.encode({"body": self.body, "sig": self.signature})
 
     @classmethod
-    def from_bytes(cls, data: bytes) -> "DeviceCertificate":
+    def from_bytes(cls, data: bytes) -> DeviceCertificate:
         outer = encoding.decode(data)
         return cls(body=outer["body"], signature=outer["sig"])
 

@@ -22,7 +22,7 @@ class DeviceHome:
     config: Path
 
     @classmethod
-    def from_environ(cls, environ: dict[str, str] | None = None) -> "DeviceHome":
+    def from_environ(cls, environ: dict[str, str] | None = None) -> DeviceHome:
         env = os.environ if environ is None else environ
         home = env.get("PORTAL_HOME")
         if home:

@@ -10,7 +10,6 @@ from __future__ import annotations
 import os
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
-from pathlib import Path
 
 from .device import Device, Unlocked
 from .errors import NotFound
@@ -38,7 +37,7 @@ class PortalView:
         self.keys = keys
 
     @classmethod
-    def open(cls, device: Device, name: str, secrets: Unlocked) -> "PortalView":
+    def open(cls, device: Device, name: str, secrets: Unlocked) -> PortalView:
         row = device.state.portal(name)
         return cls(device, row, secrets.unwrap_portal_key(row))
 
@@ -88,12 +87,15 @@ class PortalView:
     def put(
         self,
         secrets: Unlocked,
-        sources: list[Path],
+        sources: list[str],
         now_ns: int,
         progress: Callable[[int], None] | None = None,
         warn: Callable[[str], None] | None = None,
     ) -> tuple[VersionRow, IngestStats]:
-        """Ingest ``sources`` into a new version. Hold ``device.exclusive()`` around it."""
+        """Ingest ``sources`` into a new version. Hold ``device.exclusive()`` around it.
+
+        A source ending in "/" contributes its contents rather than itself.
+        """
         head = self.device.state.head(self.row.id)
         previous = None if head is None else self.root(head).entry
         ingester = Ingester(

@@ -16,7 +16,7 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
-from .errors import AlreadyExists, PortalError, SourceError
+from .errors import AlreadyExists, PortalError
 from .fsutil import storage_error
 from .portal import PortalView
 from .tree import Entry, decode_dir
@@ -133,9 +133,3 @@ class Restorer:
         if follow:
             os.chmod(path, stat.S_IMODE(entry.mode))
         os.utime(path, ns=(entry.mtime_ns, entry.mtime_ns), follow_symlinks=follow)
-
-
-def check_destination(dest: Path) -> None:
-    parent = dest.parent if not dest.exists() else dest
-    if not parent.is_dir():
-        raise SourceError(f"destination {dest}: {parent} is not a directory")

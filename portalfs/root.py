@@ -3,7 +3,8 @@
     record  = CBOR {"body": body, "sig": Ed25519(device, DOMAIN_ROOT || body)}
     body    = CBOR {"v": 1, "portal": 16 bytes, "version": n >= 1, "parent": record id | null,
                     "root": sealed_root, "device": 32-byte public key, "time": ns}
-    sealed_root = nonce(12) || AES-256-GCM(root_key, nonce, CBOR RootPayload, aad=DOMAIN_ROOT_REF || portal || u64be(version))
+    sealed_root = nonce(12) || AES-256-GCM(root_key, nonce, CBOR RootPayload,
+                                           aad=DOMAIN_ROOT_REF || portal || u64be(version))
     RootPayload = {"entry": root directory Entry (name b""), "size": bytes in files, "files": count}
     record id   = BLAKE3(record)
 
@@ -66,7 +67,7 @@ class RootPayload:
         return encoding.encode({"entry": self.entry.to_cbor(), "size": self.size, "files": self.files})
 
     @classmethod
-    def from_bytes(cls, data: bytes) -> "RootPayload":
+    def from_bytes(cls, data: bytes) -> RootPayload:
         fields = encoding.decode(data)
         entry = Entry.from_cbor(fields["entry"], allow_empty_name=True)
         if entry.name != b"" or not entry.is_dir:
@@ -97,7 +98,7 @@ class RootRecord:
         return encoding.encode({"body": self.body, "sig": self.signature})
 
     @classmethod
-    def from_bytes(cls, data: bytes) -> "RootRecord":
+    def from_bytes(cls, data: bytes) -> RootRecord:
         """Parse and check the signature by the device the record names."""
         try:
             outer = encoding.decode(data)
@@ -128,7 +129,9 @@ class RootRecord:
                 self.sealed_root[:12], self.sealed_root[12:], _root_aad(self.portal, self.version)
             )
         except (InvalidTag, ValueError) as exc:
-            raise IntegrityError(f"root record v{self.version}: root reference does not decrypt with this portal key") from exc
+            raise IntegrityError(
+                f"root record v{self.version}: root reference does not decrypt with this portal key"
+            ) from exc
         try:
             return RootPayload.from_bytes(plain)
         except (encoding.DecodeError, ValueError, KeyError, TypeError) as exc:
@@ -171,6 +174,10 @@ def verify_chain(records: list[RootRecord], writers: set[bytes]) -> None:
         if previous is None:
             if record.version != 1 or record.parent is not None:
                 raise CorruptObject(f"root record v{record.version}: chain does not start at version 1")
-        elif record.portal != previous.portal or record.version != previous.version + 1 or record.parent != previous.record_id:
+        elif (
+            record.portal != previous.portal
+            or record.version != previous.version + 1
+            or record.parent != previous.record_id
+        ):
             raise CorruptObject(f"root record v{record.version}: does not follow v{previous.version}")
         previous = record

@@ -79,7 +79,7 @@ class ChunkRef:
         return [self.cid, self.key, self.pid, self.length]
 
     @classmethod
-    def from_cbor(cls, value: object) -> "ChunkRef":
+    def from_cbor(cls, value: object) -> ChunkRef:
         if not (isinstance(value, list) and len(value) == 4):
             raise ValueError("a chunk reference is a 4-element array")
         cid, key, pid, length = value

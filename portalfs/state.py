@@ -123,7 +123,9 @@ class StateDB:
             raise AlreadyExists(f"portal {row.name!r} already exists") from None
 
     def portal(self, name: str) -> PortalRow:
-        row = self._db.execute("SELECT id, name, wrapped_key, created_ns FROM portals WHERE name = ?", (name,)).fetchone()
+        row = self._db.execute(
+            "SELECT id, name, wrapped_key, created_ns FROM portals WHERE name = ?", (name,)
+        ).fetchone()
         if row is None:
             raise NotFound(f"no portal named {name!r} (see `portalctl portal ls`)")
         return PortalRow(bytes(row[0]), row[1], bytes(row[2]), row[3])
@@ -135,7 +137,9 @@ class StateDB:
     # versions
 
     def _version_row(self, row: tuple) -> VersionRow:
-        return VersionRow(bytes(row[0]), row[1], RootRecord.from_bytes(bytes(row[2])), row[3], bytes(row[4]), row[5], row[6])
+        return VersionRow(
+            bytes(row[0]), row[1], RootRecord.from_bytes(bytes(row[2])), row[3], bytes(row[4]), row[5], row[6]
+        )
 
     def add_version(self, record: RootRecord, size: int, files: int) -> None:
         """Record a new head. The caller holds the device lock, so the parent check cannot race."""
@@ -158,7 +162,8 @@ class StateDB:
 
     def version(self, portal: bytes, version: int) -> VersionRow:
         row = self._db.execute(
-            "SELECT portal, version, record, time_ns, device, size, files FROM versions WHERE portal = ? AND version = ?",
+            "SELECT portal, version, record, time_ns, device, size, files FROM versions"
+            " WHERE portal = ? AND version = ?",
             (portal, version),
         ).fetchone()
         if row is None:

@@ -21,6 +21,7 @@ Pure: storing and loading nodes are callables passed in.
 
 from __future__ import annotations
 
+import itertools
 import stat
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
@@ -106,7 +107,7 @@ class Entry:
         return out
 
     @classmethod
-    def from_cbor(cls, value: object, allow_empty_name: bool = False) -> "Entry":
+    def from_cbor(cls, value: object, allow_empty_name: bool = False) -> Entry:
         if not isinstance(value, dict):
             raise ValueError("an entry is a map")
         known = {"name", "mode", "uid", "gid", "mtime", "ctime", "size", "node", "target", "xattrs"}
@@ -155,7 +156,7 @@ def _decode_node(plaintext: bytes, expected: tuple[str, ...]) -> dict:
 
 def encode_dir(entries: list[Entry]) -> bytes:
     ordered = sorted(entries, key=lambda e: validate_name(e.name))
-    for a, b in zip(ordered, ordered[1:]):
+    for a, b in itertools.pairwise(ordered):
         if a.name == b.name:
             raise ValueError(f"duplicate entry name {a.name!r}")
     return encoding.encode({"v": NODE_VERSION, "t": "dir", "entries": [e.to_cbor() for e in ordered]})

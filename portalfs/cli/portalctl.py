@@ -15,8 +15,9 @@ import sys
 import time
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
+from typing import Any
 
 from .. import __version__
 from ..device import Device, Unlocked
@@ -89,7 +90,7 @@ def _emit(args: argparse.Namespace, data: object, text: str) -> None:
 
 
 def _when(ns: int) -> str:
-    return datetime.fromtimestamp(ns / 1e9, tz=timezone.utc).astimezone().strftime("%Y-%m-%d %H:%M:%S")
+    return datetime.fromtimestamp(ns / 1e9, tz=UTC).astimezone().strftime("%Y-%m-%d %H:%M:%S")
 
 
 def _human(n: float) -> str:
@@ -118,7 +119,7 @@ def _source_size(sources: Sequence[Path]) -> int:
 
 
 def cmd_init(device: Device, args: argparse.Namespace) -> int:
-    device_initialized_check(device)
+    device.require_uninitialized()
     words = new_entropy_words(os.urandom(32))
     identity = device.create_identity(words, _bip39_passphrase(args), _new_passphrase(args), args.name, time.time_ns())
     if args.json:
@@ -132,16 +133,8 @@ def cmd_init(device: Device, args: argparse.Namespace) -> int:
     return 0
 
 
-def device_initialized_check(device: Device) -> None:
-    if device.initialized:
-        fp = device.whoami()["fingerprint"]
-        from ..errors import AlreadyExists
-
-        raise AlreadyExists(f"{device.home.data} already holds identity {fp}")
-
-
 def cmd_recover(device: Device, args: argparse.Namespace) -> int:
-    device_initialized_check(device)
+    device.require_uninitialized()
     if sys.stdin.isatty():
         words = getpass.getpass("Recovery phrase (24 words): ")
     else:
@@ -156,7 +149,9 @@ def cmd_whoami(device: Device, args: argparse.Namespace) -> int:
     _emit(
         args,
         info,
-        f"identity {info['fingerprint']}\ndevice   {info['device'][:16]} ({info['device_name']})\nhome     {info['home']}",
+        f"identity {info['fingerprint']}\n"
+        f"device   {info['device'][:16]} ({info['device_name']})\n"
+        f"home     {info['home']}",
     )
     return 0
 
@@ -171,7 +166,7 @@ def cmd_portal_create(device: Device, args: argparse.Namespace) -> int:
 
 def cmd_portal_ls(device: Device, args: argparse.Namespace) -> int:
     device.require_initialized()
-    rows = []
+    rows: list[dict[str, Any]] = []
     for row in device.state.portals():
         head = device.state.head(row.id)
         rows.append(
@@ -194,22 +189,20 @@ def cmd_portal_ls(device: Device, args: argparse.Namespace) -> int:
 
 def cmd_put(device: Device, args: argparse.Namespace) -> int:
     secrets = _unlock(device, args)
-    sources = [Path(s) for s in args.sources]
-    for source, raw in zip(sources, args.sources):
+    for source in args.sources:
         if not os.path.lexists(source):
-            raise SourceError(f"cannot read {raw}: no such file or directory")
+            raise SourceError(f"cannot read {source}: no such file or directory")
         if not os.access(source, os.R_OK):
-            raise SourceError(f"cannot read {raw}: permission denied")
-    # Keep the trailing slash: "dir/" puts the directory's contents at the top level.
-    raw_sources = [Path(s) if not s.endswith("/") else s for s in args.sources]  # type: ignore[misc]
+            raise SourceError(f"cannot read {source}: permission denied")
     show = not args.json
     with device.exclusive():
         view = PortalView.open(device, args.name, secrets)
         started = time.monotonic()
-        with _progress(_source_size(sources) if show and sys.stderr.isatty() else None, show) as progress:
+        total = _source_size([Path(s) for s in args.sources]) if show and sys.stderr.isatty() else None
+        with _progress(total, show) as progress:
             version, stats = view.put(
                 secrets,
-                raw_sources,  # type: ignore[arg-type]
+                args.sources,
                 time.time_ns(),
                 progress=progress,
                 warn=lambda msg: print(f"portalctl: warning: {msg}", file=sys.stderr),
@@ -246,9 +239,8 @@ def cmd_get(device: Device, args: argparse.Namespace) -> int:
     dest = Path(args.dest)
     if not dest.parent.is_dir() and not dest.is_dir():
         raise NotFound(f"destination {dest}: {dest.parent} is not a directory")
-    restorer = Restorer(view, overwrite=args.overwrite)
-    with _progress(version.size if not args.path else None, not args.json) as progress:
-        restorer._progress = progress
+    with _progress(entry.size if entry.is_file else version.size, not args.json) as progress:
+        restorer = Restorer(view, overwrite=args.overwrite, progress=progress)
         restorer.restore(entry, dest)
     s = restorer.stats
     _emit(
@@ -332,8 +324,11 @@ def cmd_demo(device: Device, args: argparse.Namespace) -> int:
         except NotFound:
             device.create_portal("demo", secrets, time.time_ns())
             print("Created portal 'demo'")
-        version, stats = PortalView.open(device, "demo", secrets).put(secrets, [source], time.time_ns())
-    print(f"Put {source} into demo v{version.version}: {stats.files} files, {_human(stats.bytes_read + stats.bytes_reused)}")
+        version, stats = PortalView.open(device, "demo", secrets).put(secrets, [str(source)], time.time_ns())
+    print(
+        f"Put {source} into demo v{version.version}: "
+        f"{stats.files} files, {_human(stats.bytes_read + stats.bytes_reused)}"
+    )
     print("\n$ portalctl log demo")
     args.name = "demo"
     args.json = False
@@ -363,7 +358,9 @@ def _parser() -> argparse.ArgumentParser:
         c.add_argument("--bip39-passphrase-file", metavar="FILE", help="the optional BIP-39 passphrase")
     command("whoami", cmd_whoami, "show the identity fingerprint and this device")
 
-    portal = sub.add_parser("portal", help="create and list portals").add_subparsers(dest="portal_command", required=True, metavar="COMMAND")
+    portal = sub.add_parser("portal", help="create and list portals").add_subparsers(
+        dest="portal_command", required=True, metavar="COMMAND"
+    )
     c = command("create", cmd_portal_create, "create an empty portal", parent=portal)
     c.add_argument("name")
     command("ls", cmd_portal_ls, "list portals", parent=portal)

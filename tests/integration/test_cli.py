@@ -13,11 +13,13 @@ from pathlib import Path
 import pytest
 
 from portalfs import encoding
-from portalfs.store import LocalStore
 from portalfs.sealing import object_id
+from portalfs.store import LocalStore
 
 
-def portalctl(home: Path, *args: str, input: str | None = None, env: dict[str, str] | None = None) -> subprocess.CompletedProcess:
+def portalctl(
+    home: Path, *args: str, input: str | None = None, env: dict[str, str] | None = None
+) -> subprocess.CompletedProcess:
     full_env = {k: v for k, v in os.environ.items() if k != "PORTAL_PASSPHRASE"}
     full_env["PORTAL_HOME"] = str(home)
     full_env.update(env or {})

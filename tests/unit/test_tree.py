@@ -38,11 +38,12 @@ def _file(name: bytes, size: int = 0, node: ChunkRef | None = None) -> Entry:
     return Entry(name, stat.S_IFREG | 0o644, 1000, 1000, 5, 6, size=size, node=node)
 
 
-@given(st.lists(names, unique=True, max_size=20), st.dictionaries(st.binary(max_size=20), st.binary(max_size=20), max_size=3))
+@given(
+    st.lists(names, unique=True, max_size=20),
+    st.dictionaries(st.binary(max_size=20), st.binary(max_size=20), max_size=3),
+)
 def test_directory_nodes_round_trip_and_are_order_independent(entry_names: list[bytes], xattrs: dict) -> None:
-    entries = [
-        Entry(n, stat.S_IFLNK | 0o777, 0, 0, 1, 2, target=b"/target/" + n, xattrs=xattrs) for n in entry_names
-    ]
+    entries = [Entry(n, stat.S_IFLNK | 0o777, 0, 0, 1, 2, target=b"/target/" + n, xattrs=xattrs) for n in entry_names]
     encoded = encode_dir(entries)
     assert encode_dir(list(reversed(entries))) == encoded
     assert decode_dir(encoded) == sorted(entries, key=lambda e: e.name)
@@ -82,8 +83,13 @@ def _record(keys: PortalKeys, device: DeviceKey, parent: RootRecord | None) -> R
     nodes = Nodes()
     root = Entry(b"", stat.S_IFDIR | 0o755, 0, 0, 1, 1, node=nodes.put(encode_dir([])))
     return make_root_record(
-        keys=keys, device=device, portal=b"p" * 16, parent=parent,
-        payload=RootPayload(root, 0, 0), time_ns=123, nonce=b"n" * 12,
+        keys=keys,
+        device=device,
+        portal=b"p" * 16,
+        parent=parent,
+        payload=RootPayload(root, 0, 0),
+        time_ns=123,
+        nonce=b"n" * 12,
     )
 
 

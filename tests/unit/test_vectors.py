@@ -82,23 +82,53 @@ def tree_vectors() -> dict:
     def file_entry(name: bytes, content: bytes) -> Entry:
         refs = [seal(identity.convergence_secret, c)[0] for c in cdc_chunks(io.BytesIO(content))]
         node, size = build_file(refs, store_node)
-        return Entry(name, stat.S_IFREG | 0o644, 1000, 1000, 1_700_000_000_000_000_000, 1_700_000_000_000_000_001, size=size, node=node)
+        return Entry(
+            name,
+            stat.S_IFREG | 0o644,
+            1000,
+            1000,
+            1_700_000_000_000_000_000,
+            1_700_000_000_000_000_001,
+            size=size,
+            node=node,
+        )
 
     docs = encode_dir([file_entry(b"notes.md", b"# Notes\n\nportal test vector\n")])
     root_dir = encode_dir(
         [
             file_entry(b"hello.txt", b"hello, portal\n"),
-            Entry(b"docs", stat.S_IFDIR | 0o755, 1000, 1000, 1_700_000_000_000_000_002, 1_700_000_000_000_000_002, node=store_node(docs)),
-            Entry(b"link", stat.S_IFLNK | 0o777, 1000, 1000, 1_700_000_000_000_000_003, 1_700_000_000_000_000_003, target=b"hello.txt",
-                  xattrs={b"user.note": b"a symlink"}),
+            Entry(
+                b"docs",
+                stat.S_IFDIR | 0o755,
+                1000,
+                1000,
+                1_700_000_000_000_000_002,
+                1_700_000_000_000_000_002,
+                node=store_node(docs),
+            ),
+            Entry(
+                b"link",
+                stat.S_IFLNK | 0o777,
+                1000,
+                1000,
+                1_700_000_000_000_000_003,
+                1_700_000_000_000_000_003,
+                target=b"hello.txt",
+                xattrs={b"user.note": b"a symlink"},
+            ),
         ]
     )
     root_ref = store_node(root_dir)
     root = Entry(b"", stat.S_IFDIR | 0o755, 0, 0, 1_700_000_000_000_000_004, 1_700_000_000_000_000_004, node=root_ref)
     device = DeviceKey(bytes(range(200, 232)))
     record = make_root_record(
-        keys=keys, device=device, portal=bytes(16), parent=None,
-        payload=RootPayload(root, 14 + 29, 2), time_ns=1_700_000_000_000_000_005, nonce=bytes(12),
+        keys=keys,
+        device=device,
+        portal=bytes(16),
+        parent=None,
+        payload=RootPayload(root, 14 + 29, 2),
+        time_ns=1_700_000_000_000_000_005,
+        nonce=bytes(12),
     )
     return {
         "read_key": keys.read_key.hex(),
