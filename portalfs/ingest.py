@@ -128,7 +128,8 @@ class Ingester:
         self._convergence = convergence_secret
         self._tree_secret = tree_secret
         self._now_ns = now_ns
-        self._workers = workers or os.cpu_count() or 2
+        # Twice the cores: a worker waiting in fsync leaves its core to another.
+        self._workers = workers or 2 * (os.cpu_count() or 2)
         self._slots = threading.Semaphore(max_in_flight or 2 * self._workers + 2)
         self._known: dict[bytes, ChunkRef] = {}
         self._lock = threading.Lock()

@@ -3,7 +3,8 @@
     pid    = BLAKE3(plaintext)                                  32 bytes
     key    = BLAKE3-keyed(secret, pid)                          32 bytes
     body   = flags(1) || payload        flags bit 0: payload is a zstd frame of the plaintext
-    nonce  = BLAKE3-keyed(key, body)[0:12]                      synthetic: distinct bodies, distinct nonces
+    nonce  = BLAKE3-keyed(key, body)[0:12]    when compressed: distinct frames, distinct nonces
+           | BLAKE3-keyed(key, 0x00)[0:12]    when stored: the body is the plaintext, fixed by the key
     sealed = 0x01 || nonce(12) || AES-256-GCM(key, nonce, body, aad=0x01)
     cid    = BLAKE3(sealed)                                     the object id
 
@@ -103,6 +104,9 @@ def plaintext_hash(plaintext: bytes | memoryview) -> bytes:
 def seal(secret: bytes, plaintext: bytes, pid: bytes | None = None) -> tuple[ChunkRef, bytes]:
     """Seal ``plaintext`` convergently under ``secret``; return its reference and sealed bytes.
 
+    The sealed bytes come back as a ``bytearray`` (built in place, not copied);
+    treat them as read-only.
+
     ``pid`` may be passed when the caller has already hashed the plaintext.
     """
     if len(plaintext) > MAX_PLAINTEXT:
@@ -113,11 +117,15 @@ def seal(secret: bytes, plaintext: bytes, pid: bytes | None = None) -> tuple[Chu
     frame = _compressor().compress(plaintext)
     if len(frame) < len(plaintext):
         body = b"\x01" + frame
+        nonce = blake3.blake3(body, key=key).digest(length=NONCE_LEN)
     else:
         body = b"\x00" + plaintext
-    nonce = blake3.blake3(body, key=key).digest(length=NONCE_LEN)
-    sealed = _AAD + nonce + AESGCM(key).encrypt(nonce, body, _AAD)
-    return ChunkRef(object_id(sealed), key, pid, len(plaintext)), sealed
+        nonce = blake3.blake3(b"\x00", key=key).digest(length=NONCE_LEN)
+    sealed = bytearray(HEADER_LEN + len(body) + TAG_LEN)
+    sealed[0:1] = _AAD
+    sealed[1:HEADER_LEN] = nonce
+    AESGCM(key).encrypt_into(nonce, body, _AAD, memoryview(sealed)[HEADER_LEN:])
+    return ChunkRef(object_id(sealed), key, pid, len(plaintext)), sealed  # type: ignore[return-value]
 
 
 def unseal(ref: ChunkRef, sealed: bytes, what: str = "object") -> bytes:
@@ -127,9 +135,9 @@ def unseal(ref: ChunkRef, sealed: bytes, what: str = "object") -> bytes:
         raise CorruptObject(f"{name}: bytes do not match the object id")
     if len(sealed) < OVERHEAD or sealed[0] != SEAL_VERSION:
         raise CorruptObject(f"{name}: unknown sealed-object version")
-    nonce = sealed[1:HEADER_LEN]
+    view = memoryview(sealed)
     try:
-        body = AESGCM(ref.key).decrypt(nonce, sealed[HEADER_LEN:], _AAD)
+        body = AESGCM(ref.key).decrypt(view[1:HEADER_LEN], view[HEADER_LEN:], _AAD)
     except InvalidTag as exc:
         raise CorruptObject(f"{name}: authentication tag does not verify") from exc
     flags = body[0]
