@@ -27,7 +27,7 @@ def fsync_dir(path: Path) -> None:
         os.close(fd)
 
 
-def write_atomic(path: Path, data: bytes, mode: int = 0o644, tmp_dir: Path | None = None) -> None:
+def write_atomic(path: Path, data: bytes | bytearray, mode: int = 0o644, tmp_dir: Path | None = None) -> None:
     """Write ``data`` to ``path`` so that a crash leaves the old file or the new one, never a mix.
 
     Temp file in ``tmp_dir`` (same file system; default: beside ``path``), write, fsync, rename.

@@ -93,7 +93,7 @@ class ChunkRef:
         return cls(cid, key, pid, length)
 
 
-def object_id(sealed: bytes | memoryview) -> bytes:
+def object_id(sealed: bytes | bytearray | memoryview) -> bytes:
     return blake3.blake3(sealed).digest()
 
 
@@ -101,7 +101,7 @@ def plaintext_hash(plaintext: bytes | memoryview) -> bytes:
     return blake3.blake3(plaintext).digest()
 
 
-def seal(secret: bytes, plaintext: bytes, pid: bytes | None = None) -> tuple[ChunkRef, bytes]:
+def seal(secret: bytes, plaintext: bytes, pid: bytes | None = None) -> tuple[ChunkRef, bytearray]:
     """Seal ``plaintext`` convergently under ``secret``; return its reference and sealed bytes.
 
     The sealed bytes come back as a ``bytearray`` (built in place, not copied);
@@ -125,10 +125,10 @@ def seal(secret: bytes, plaintext: bytes, pid: bytes | None = None) -> tuple[Chu
     sealed[0:1] = _AAD
     sealed[1:HEADER_LEN] = nonce
     AESGCM(key).encrypt_into(nonce, body, _AAD, memoryview(sealed)[HEADER_LEN:])
-    return ChunkRef(object_id(sealed), key, pid, len(plaintext)), sealed  # type: ignore[return-value]
+    return ChunkRef(object_id(sealed), key, pid, len(plaintext)), sealed
 
 
-def unseal(ref: ChunkRef, sealed: bytes, what: str = "object") -> bytes:
+def unseal(ref: ChunkRef, sealed: bytes | bytearray, what: str = "object") -> bytes:
     """Open ``sealed`` with ``ref``; verify its id, tag and plaintext hash, or raise CorruptObject."""
     name = f"{what} {ref.cid.hex()}"
     if object_id(sealed) != ref.cid:

@@ -41,7 +41,7 @@ class StoreStat:
 
 
 class ObjectStore(Protocol):
-    def put(self, cid: bytes, data: bytes) -> bool: ...
+    def put(self, cid: bytes, data: bytes | bytearray) -> bool: ...
 
     def get(self, cid: bytes) -> bytes: ...
 
@@ -58,7 +58,7 @@ class ObjectStore(Protocol):
     def close(self) -> None: ...
 
 
-def check_object(cid: bytes, data: bytes) -> None:
+def check_object(cid: bytes, data: bytes | bytearray) -> None:
     """Raise CorruptObject unless ``data`` is the object named ``cid``."""
     if len(cid) != 32 or object_id(data) != cid:
         raise CorruptObject(f"object {cid.hex()}: bytes do not match the object id")

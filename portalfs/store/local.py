@@ -55,7 +55,7 @@ class LocalStore:
         name = cid.hex()
         return self._objects / name[:2] / name
 
-    def put(self, cid: bytes, data: bytes) -> bool:
+    def put(self, cid: bytes, data: bytes | bytearray) -> bool:
         check_object(cid, data)
         if self.has([cid])[0]:
             return False
