@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
-from .errors import AlreadyExists, IntegrityError, NotInitialized, UsageError
+from .errors import AlreadyExists, IntegrityError, NotInitialized, PortalBusy, UsageError
 from .keyfile import KeyFileSecrets, keyfile_is_locked, read_keyfile, write_keyfile
 from .keys import DeviceKey, Identity, fingerprint, root_from_words
 from .paths import DeviceHome
@@ -82,6 +82,19 @@ class Device:
         """Hold the device lock: one writer (put, gc, create) at a time."""
         with open(self.home.lock_file, "a+b") as lock:
             fcntl.flock(lock, fcntl.LOCK_EX)
+            try:
+                yield
+            finally:
+                fcntl.flock(lock, fcntl.LOCK_UN)
+
+    @contextmanager
+    def portal_writer(self, portal_id: bytes, what: str) -> Iterator[None]:
+        """Be the one writer of a portal (a read-write mount or a put), or raise PortalBusy."""
+        with open(self.home.locks / f"{portal_id.hex()}.lock", "a+b") as lock:
+            try:
+                fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                raise PortalBusy(f"{what}: the portal is being written elsewhere (is it mounted read-write?)") from None
             try:
                 yield
             finally:

@@ -23,6 +23,8 @@ __all__ = [
     "StorageError",
     "StoreFull",
     "SourceError",
+    "PortalBusy",
+    "MountError",
 ]
 
 
@@ -102,3 +104,15 @@ class SourceError(PortalError):
     """A source path given to `put` cannot be read."""
 
     exit_code = 11
+
+
+class PortalBusy(PortalError):
+    """The portal is held by another writer (a read-write mount, or a put)."""
+
+    exit_code = 12
+
+
+class MountError(PortalError):
+    """The mount point or the mount itself is not usable."""
+
+    exit_code = 13

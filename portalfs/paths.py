@@ -53,7 +53,23 @@ class DeviceHome:
     def lock_file(self) -> Path:
         return self.data / "lock"
 
+    @property
+    def locks(self) -> Path:
+        return self.data / "locks"
+
+    @property
+    def staging(self) -> Path:
+        return self.data / "staging"
+
+    @property
+    def mounts(self) -> Path:
+        return self.data / "mounts"
+
+    @property
+    def logs(self) -> Path:
+        return self.data / "logs"
+
     def ensure(self) -> None:
-        for path in (self.data, self.keys, self.config):
+        for path in (self.data, self.keys, self.config, self.locks, self.mounts, self.logs):
             path.mkdir(parents=True, exist_ok=True, mode=0o700)
         os.chmod(self.keys, 0o700)

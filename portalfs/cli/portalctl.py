@@ -195,8 +195,8 @@ def cmd_put(device: Device, args: argparse.Namespace) -> int:
         if not os.access(source, os.R_OK):
             raise SourceError(f"cannot read {source}: permission denied")
     show = not args.json
-    with device.exclusive():
-        view = PortalView.open(device, args.name, secrets)
+    view = PortalView.open(device, args.name, secrets)
+    with device.portal_writer(view.row.id, f"put {args.name}"), device.exclusive():
         started = time.monotonic()
         total = _source_size([Path(s) for s in args.sources]) if show and sys.stderr.isatty() else None
         with _progress(total, show) as progress:
@@ -335,6 +335,20 @@ def cmd_demo(device: Device, args: argparse.Namespace) -> int:
     return cmd_log(device, args)
 
 
+def cmd_mount(device: Device, args: argparse.Namespace) -> int:
+    from .portalfs import mount
+
+    device.require_initialized()
+    args.target, args.foreground, args.ready_fd = args.name, False, None
+    return mount(device, args, [o for o in args.options.split(",") if o])
+
+
+def cmd_unmount(device: Device, args: argparse.Namespace) -> int:
+    from .portalfs import unmount
+
+    return unmount(device, args.mountpoint)
+
+
 def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="portalctl", description="Manage Portal keys, portals and versions.")
     p.add_argument("--version", action="version", version=f"portalctl {__version__}")
@@ -380,6 +394,14 @@ def _parser() -> argparse.ArgumentParser:
     c.add_argument("name")
     c = command("gc", cmd_gc, "remove stored objects no version uses")
     c.add_argument("--dry-run", action="store_true", help="only count what would be removed")
+    c = command(
+        "mount", cmd_mount, "mount a portal (NAME or NAME@VERSION, read-only) at DIR in the background", json_flag=False
+    )
+    c.add_argument("name", metavar="NAME[@VERSION]")
+    c.add_argument("mountpoint", metavar="DIR")
+    c.add_argument("-o", dest="options", default="", help="comma-separated mount options")
+    c = command("unmount", cmd_unmount, "unmount a portal mounted at DIR", json_flag=False)
+    c.add_argument("mountpoint", metavar="DIR")
     c = command("demo", cmd_demo, "create an identity if needed, put a folder into portal 'demo' and show its log")
     c.add_argument("source", nargs="?", help="the folder to put (default: Portal's own package)")
     return p

@@ -4,16 +4,12 @@ from __future__ import annotations
 
 import sys
 
-__all__ = ["portalfs_main", "portald_main", "hub_main", "edge_main"]
+__all__ = ["portald_main", "hub_main", "edge_main"]
 
 
 def _not_yet(program: str, what: str) -> int:
     print(f"{program}: {what} is not available in this version of Portal", file=sys.stderr)
     return 69  # EX_UNAVAILABLE
-
-
-def portalfs_main() -> int:
-    return _not_yet("portalfs", "mounting a portal")
 
 
 def portald_main() -> int:

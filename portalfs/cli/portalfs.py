@@ -1,0 +1,218 @@
+"""portalfs and mount.portal: mount a portal as a directory.
+
+    portalfs mount [-f] [-o OPT,...] NAME[@VERSION] MOUNTPOINT
+    portalfs unmount MOUNTPOINT
+    mount.portal NAME[@VERSION] MOUNTPOINT [-o OPT,...]     (for /etc/fstab; -o home=DIR sets PORTAL_HOME)
+
+Without -f the mount runs in the background: the command returns once the
+mount is ready (or prints why it failed). Its log is PORTAL_HOME/logs/mount.log.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import select
+import shutil
+import subprocess
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+from ..device import Device
+from ..errors import MountError, PortalError
+from ..paths import DeviceHome
+from .portalctl import _unlock
+
+__all__ = ["main", "mount_helper_main", "mount", "unmount"]
+
+UNMOUNT_WAIT_SECONDS = 120
+
+
+def _record_path(device: Device, mountpoint: Path) -> Path:
+    return device.home.mounts / (str(mountpoint).strip("/").replace("/", "_") or "root")
+
+
+def mount(device: Device, args: argparse.Namespace, options: list[str]) -> int:
+    from ..mount.runner import check_mountpoint, parse_target
+
+    name, version = parse_target(args.target)
+    mountpoint = check_mountpoint(Path(args.mountpoint))
+    secrets = _unlock(device, args)
+    from ..portal import PortalView
+
+    view = PortalView.open(device, name, secrets)  # an unknown portal or version fails here, in the foreground
+    if version is not None:
+        view.version(version)
+    if args.foreground:
+        return _run_foreground(device, secrets, name, version, mountpoint, options, args.ready_fd)
+    return _spawn_background(args, mountpoint)
+
+
+def _run_foreground(device, secrets, name, version, mountpoint, options, ready_fd) -> int:  # type: ignore[no-untyped-def]
+    from ..mount.runner import run_mount
+
+    if ready_fd is None:
+        logging.basicConfig(level=logging.INFO, format="portalfs: %(message)s")
+    else:
+        logging.basicConfig(
+            filename=device.home.logs / "mount.log",
+            level=logging.INFO,
+            format="%(asctime)s %(process)d %(levelname)s %(message)s",
+        )
+    record = _record_path(device, mountpoint)
+
+    def ready() -> None:
+        record.write_text(json.dumps({"pid": os.getpid(), "mountpoint": str(mountpoint), "portal": name}))
+        if ready_fd is not None:
+            os.write(ready_fd, b"ready\n")
+            os.close(ready_fd)
+        logging.getLogger("portalfs").info("mounted %s at %s", name, mountpoint)
+
+    try:
+        run_mount(device, secrets, name, version, mountpoint, options, ready)
+    except PortalError as exc:
+        if ready_fd is not None:
+            os.write(ready_fd, f"error {exc.exit_code} {exc}\n".encode())
+        raise
+    finally:
+        record.unlink(missing_ok=True)
+    return 0
+
+
+def _spawn_background(args: argparse.Namespace, mountpoint: Path) -> int:
+    read_end, write_end = os.pipe()
+    command = [sys.executable, "-m", "portalfs.cli.portalfs"]
+    if args.passphrase_file:
+        command += ["--passphrase-file", args.passphrase_file]
+    command += ["mount", "-f", "--ready-fd", str(write_end), args.target, str(mountpoint)]
+    if args.options:
+        command += ["-o", args.options]
+    child = subprocess.Popen(
+        command,
+        pass_fds=[write_end],
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        start_new_session=True,
+    )
+    os.close(write_end)
+    with os.fdopen(read_end, "rb") as ready:
+        line = ready.readline().decode().strip()
+    if line == "ready":
+        print(f"Mounted {args.target} at {mountpoint} (unmount: portalctl unmount {mountpoint})")
+        return 0
+    child.wait()
+    if line.startswith("error "):
+        _, code, message = line.split(" ", 2)
+        raise MountError(message) if int(code) == MountError.exit_code else _Relayed(message, int(code))
+    raise MountError(f"the mount process exited ({child.returncode}) before the mount was ready; see the mount log")
+
+
+class _Relayed(PortalError):
+    def __init__(self, message: str, code: int) -> None:
+        super().__init__(message)
+        self.exit_code = code
+
+
+def unmount(device: Device, mountpoint_arg: str) -> int:
+    mountpoint = Path(mountpoint_arg).resolve()
+    if not os.path.ismount(mountpoint):
+        raise MountError(f"{mountpoint} is not mounted")
+    record = _record_path(device, mountpoint)
+    pid = json.loads(record.read_text())["pid"] if record.exists() else None
+    waiter = None
+    if pid is not None:
+        try:
+            waiter = os.pidfd_open(pid)
+        except ProcessLookupError:
+            waiter = None
+    tool = shutil.which("fusermount3")
+    command = [tool, "-u", "-z", str(mountpoint)] if tool else ["umount", "-l", str(mountpoint)]
+    result = subprocess.run(command, capture_output=True, text=True)
+    if result.returncode != 0:
+        raise MountError(f"cannot unmount {mountpoint}: {result.stderr.strip() or result.returncode}")
+    if waiter is not None:
+        # The mount process commits what is left, then exits.
+        ready, _, _ = select.select([waiter], [], [], UNMOUNT_WAIT_SECONDS)
+        os.close(waiter)
+        if not ready:
+            raise MountError(f"{mountpoint} is unmounted but its process {pid} is still committing; see the mount log")
+    print(f"Unmounted {mountpoint}")
+    return 0
+
+
+def _parser(prog: str) -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog=prog, description="Mount a portal as a directory.")
+    p.add_argument("--passphrase-file", metavar="FILE", help="read the key-file passphrase from FILE")
+    sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    m = sub.add_parser("mount", help="mount NAME (or NAME@VERSION, read-only) at MOUNTPOINT")
+    m.add_argument("target", metavar="NAME[@VERSION]")
+    m.add_argument("mountpoint")
+    m.add_argument("-f", "--foreground", action="store_true", help="stay in the foreground")
+    m.add_argument("-o", dest="options", default="", help="comma-separated mount options (ro, allow_other, ...)")
+    m.add_argument("--ready-fd", type=int, help=argparse.SUPPRESS)
+    u = sub.add_parser("unmount", aliases=["umount"], help="unmount MOUNTPOINT")
+    u.add_argument("mountpoint")
+    return p
+
+
+def _run(args: argparse.Namespace, prog: str) -> int:
+    device = None
+    try:
+        device = Device(DeviceHome.from_environ())
+        if args.command == "mount":
+            device.require_initialized()
+            return mount(device, args, [o for o in args.options.split(",") if o])
+        return unmount(device, args.mountpoint)
+    except PortalError as exc:
+        print(f"{prog}: {exc}", file=sys.stderr)
+        return exc.exit_code
+    except KeyboardInterrupt:
+        return 130
+    except OSError as exc:
+        print(f"{prog}: {exc.strerror or exc}", file=sys.stderr)
+        return 10
+    finally:
+        if device is not None:
+            device.close()
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    return _run(_parser("portalfs").parse_args(argv), "portalfs")
+
+
+def mount_helper_main(argv: Sequence[str] | None = None) -> int:
+    """mount(8) calls ``mount.portal SPEC DIR [-sfnv] [-o OPTIONS]``."""
+    p = argparse.ArgumentParser(prog="mount.portal")
+    p.add_argument("target")
+    p.add_argument("mountpoint")
+    p.add_argument("-o", dest="options", default="")
+    for flag in ("-s", "-f", "-n", "-v"):
+        p.add_argument(flag, action="store_true", dest=f"flag_{flag[1]}")
+    args = p.parse_args(argv)
+    options = []
+    for option in [o for o in args.options.split(",") if o]:
+        key, _, value = option.partition("=")
+        if key == "home":
+            os.environ["PORTAL_HOME"] = value
+        elif key == "passphrase_file":
+            args.passphrase_file = value
+        elif key not in ("defaults", "rw", "auto", "noauto", "user", "nouser", "_netdev", "nofail"):
+            options.append(option)
+    ns = argparse.Namespace(
+        command="mount",
+        target=args.target,
+        mountpoint=args.mountpoint,
+        foreground=False,
+        options=",".join(options),
+        ready_fd=None,
+        passphrase_file=getattr(args, "passphrase_file", None),
+    )
+    return _run(ns, "mount.portal")
+
+
+if __name__ == "__main__":
+    sys.exit(main())

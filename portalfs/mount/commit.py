@@ -1,0 +1,185 @@
+"""Turning the dirty part of a working tree into a new portal version.
+
+``snapshot`` runs on the event-loop thread and is quick: it copies what changed
+into a plan (inodes' metadata, staged files' paths) and marks those inodes
+clean, so changes made while the plan is carried out mark them dirty again.
+``execute`` runs in a worker thread: it chunks and seals staged files, builds
+nodes bottom-up (clean subtrees keep their existing refs), syncs the store and
+returns the new root entry. The caller records the root record in the journal
+(docs/design.md, "Write ordering").
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+
+from .. import chunking
+from ..ingest import tree_totals
+from ..sealing import ChunkRef, plaintext_hash, seal
+from ..store import ObjectStore
+from ..tree import Entry, NodeLoader, build_file, encode_dir
+from .workspace import Inode, Workspace
+
+__all__ = ["FilePlan", "DirPlan", "snapshot", "execute", "CommitResult"]
+
+
+@dataclass(slots=True)
+class FilePlan:
+    inode: Inode
+    entry: Entry  # metadata at snapshot time; node and size filled in by execute
+    staging: str
+    content_gen: int
+    ref: ChunkRef | None = None
+    size: int = 0
+
+
+@dataclass(slots=True)
+class DirPlan:
+    inode: Inode
+    entry: Entry
+    children: list[Entry | FilePlan | DirPlan] = field(default_factory=list)
+    ref: ChunkRef | None = None
+
+
+@dataclass(slots=True)
+class CommitResult:
+    root: Entry
+    size: int
+    files: int
+    plans: list[FilePlan | DirPlan]
+
+
+def snapshot(workspace: Workspace) -> DirPlan | None:
+    """Plan a commit of everything dirty; None when nothing is."""
+    root = workspace.root
+    if not (root.dirty or root.dirty_below):
+        return None
+    return _plan_dir(workspace, root)
+
+
+def _plan_dir(workspace: Workspace, inode: Inode) -> DirPlan:
+    plan = DirPlan(inode, inode.entry())
+    inode.committed_gen = inode.gen
+    inode.dirty_below = False
+    for child in sorted(workspace.children(inode).values(), key=lambda c: c.name):
+        if child.is_dir and child.children is not None and (child.dirty or child.dirty_below or child.node is None):
+            plan.children.append(_plan_dir(workspace, child))
+        elif child.is_file and child.staging is not None and child.committed_content_gen != child.content_gen:
+            plan.children.append(FilePlan(child, child.entry(), str(child.staging), child.content_gen))
+            child.committed_gen = child.gen
+        else:
+            plan.children.append(child.entry())
+            child.committed_gen = child.gen
+    return plan
+
+
+def abandon(workspace: Workspace, plan: DirPlan) -> None:
+    """After a failed commit: mark everything in ``plan`` dirty again."""
+    for child in plan.children:
+        if isinstance(child, DirPlan):
+            abandon(workspace, child)
+        elif isinstance(child, FilePlan):
+            workspace.touch(child.inode)
+    workspace.touch(plan.inode)
+
+
+class Sealer:
+    """Chunks, seals and stores; one per commit, used from one worker thread."""
+
+    def __init__(self, store: ObjectStore, convergence_secret: bytes, tree_secret: bytes) -> None:
+        self.store = store
+        self.convergence = convergence_secret
+        self.tree_secret = tree_secret
+
+    def _put(self, secret: bytes, plaintext: bytes, pid: bytes | None = None) -> ChunkRef:
+        ref, sealed = seal(secret, plaintext, pid)
+        if not self.store.has([ref.cid])[0]:
+            self.store.put(ref.cid, sealed)
+        return ref
+
+    def store_node(self, plaintext: bytes) -> ChunkRef:
+        return self._put(self.tree_secret, plaintext)
+
+    def seal_file(self, path: str) -> tuple[ChunkRef | None, int]:
+        refs: list[ChunkRef] = []
+        known: dict[bytes, ChunkRef] = {}
+        with open(path, "rb", buffering=0) as stream:
+            for chunk in chunking.cdc_chunks(stream):
+                pid = plaintext_hash(chunk)
+                ref = known.get(pid)
+                if ref is None:
+                    ref = known[pid] = self._put(self.convergence, chunk, pid)
+                refs.append(ref)
+        if not refs:
+            return None, 0
+        return build_file(refs, self.store_node)
+
+
+def execute(plan: DirPlan, sealer: Sealer, load_node: NodeLoader, totals: dict[bytes, tuple[int, int]]) -> CommitResult:
+    """Carry out ``plan`` (in a worker thread). ``totals`` caches (size, files) per directory node."""
+    done: list[FilePlan | DirPlan] = []
+
+    def subtree_totals(entry: Entry) -> tuple[int, int]:
+        if entry.is_file:
+            return entry.size, 1
+        if not entry.is_dir or entry.node is None:
+            return 0, 0
+        cached = totals.get(entry.node.cid)
+        if cached is None:
+            cached = totals[entry.node.cid] = tree_totals(entry, load_node)
+        return cached
+
+    def run(p: DirPlan) -> tuple[Entry, int, int]:
+        entries: list[Entry] = []
+        size = files = 0
+        for child in p.children:
+            if isinstance(child, DirPlan):
+                entry, s, f = run(child)
+            elif isinstance(child, FilePlan):
+                child.ref, child.size = sealer.seal_file(child.staging)
+                entry = _with_content(child.entry, child.ref, child.size)
+                done.append(child)
+                s, f = child.size, 1
+            else:
+                entry = child
+                s, f = subtree_totals(entry)
+            entries.append(entry)
+            size, files = size + s, files + f
+        p.ref = sealer.store_node(encode_dir(entries))
+        totals[p.ref.cid] = (size, files)
+        done.append(p)
+        return _with_content(p.entry, p.ref, None), size, files
+
+    root, size, files = run(plan)
+    sealer.store.sync()
+    return CommitResult(root, size, files, done)
+
+
+def _with_content(entry: Entry, node: ChunkRef | None, size: int | None) -> Entry:
+    return Entry(
+        name=entry.name,
+        mode=entry.mode,
+        uid=entry.uid,
+        gid=entry.gid,
+        mtime_ns=entry.mtime_ns,
+        ctime_ns=entry.ctime_ns,
+        size=entry.size if size is None else size,
+        node=node,
+        target=entry.target,
+        xattrs=entry.xattrs,
+    )
+
+
+def apply(result: CommitResult) -> None:
+    """Back on the event-loop thread: give each committed inode its new node."""
+    for plan in result.plans:
+        plan.inode.node = plan.ref
+        if isinstance(plan, FilePlan):
+            plan.inode.committed_content_gen = plan.content_gen
+            if plan.inode.content_gen == plan.content_gen:
+                plan.inode.size = plan.size
+
+
+def staged_size(path: str) -> int:
+    return os.stat(path).st_size

@@ -1,0 +1,598 @@
+"""The pyfuse3 operations of a mounted portal: thin handlers over the working tree.
+
+Errors leave through one translation point (``_translated``): ``FsError`` and
+``OSError`` become ``FUSEError(errno)``; a corrupt or missing object becomes
+EIO and one log line naming the file and the object; the mount stays up.
+
+Writes go to a staging file per inode. A writable handle's changes are
+committed (chunked, sealed, stored, recorded in the journal) on flush, release
+and fsync; other changes are committed by a periodic task and on unmount.
+Clean file content is read from the version's chunks, unsealed in worker
+threads, through a bounded cache of plaintext chunks, reading ahead one chunk.
+"""
+
+from __future__ import annotations
+
+import bisect
+import errno
+import functools
+import logging
+import os
+import stat
+import time
+from collections import OrderedDict
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, TypeVar
+
+import pyfuse3
+import trio
+
+from ..device import Unlocked
+from ..errors import IntegrityError, MissingObject, PortalError
+from ..portal import PortalView
+from ..root import RootPayload, RootRecord, make_root_record
+from ..sealing import ChunkRef
+from ..tree import iter_file_chunks
+from .commit import CommitResult, DirPlan, Sealer, abandon, apply, execute, snapshot
+from .workspace import MAX_FILE_SIZE, FsError, Inode, Workspace
+
+__all__ = ["PortalOperations"]
+
+log = logging.getLogger("portalfs")
+
+T = TypeVar("T")
+ATTR_TIMEOUT = 5.0
+CHUNK_CACHE_BYTES = 256 * 1024 * 1024
+AUTOCOMMIT_SECONDS = 2.0
+
+
+def _translated(handler: Callable[..., Awaitable[T]]) -> Callable[..., Awaitable[T]]:
+    """The one place where errors become errnos."""
+
+    @functools.wraps(handler)
+    async def wrapper(self: PortalOperations, *args: Any) -> T:
+        try:
+            return await handler(self, *args)
+        except pyfuse3.FUSEError:
+            raise
+        except FsError as exc:
+            raise pyfuse3.FUSEError(exc.errno) from None
+        except (IntegrityError, MissingObject) as exc:
+            log.error("%s: %s", handler.__name__, exc)
+            raise pyfuse3.FUSEError(errno.EIO) from None
+        except PortalError as exc:
+            log.error("%s: %s", handler.__name__, exc)
+            raise pyfuse3.FUSEError(errno.EIO) from None
+        except OSError as exc:
+            raise pyfuse3.FUSEError(exc.errno or errno.EIO) from None
+
+    return wrapper
+
+
+def _now() -> int:
+    return time.time_ns()
+
+
+@dataclass(slots=True)
+class _Handle:
+    inode: Inode
+    writable: bool
+    append: bool
+
+
+class _ChunkCache:
+    """Plaintext chunks by object id, least recently used first out, bounded in bytes."""
+
+    def __init__(self, limit: int) -> None:
+        self._limit = limit
+        self._size = 0
+        self._items: OrderedDict[bytes, bytes] = OrderedDict()
+
+    def get(self, cid: bytes) -> bytes | None:
+        data = self._items.get(cid)
+        if data is not None:
+            self._items.move_to_end(cid)
+        return data
+
+    def put(self, cid: bytes, data: bytes) -> None:
+        if cid in self._items:
+            return
+        self._items[cid] = data
+        self._size += len(data)
+        while self._size > self._limit and self._items:
+            _, old = self._items.popitem(last=False)
+            self._size -= len(old)
+
+
+class PortalOperations(pyfuse3.Operations):
+    supports_dot_lookup = True
+    enable_writeback_cache = False
+    enable_acl = False
+
+    def __init__(
+        self,
+        view: PortalView,
+        secrets: Unlocked | None,
+        head: RootRecord | None,
+        root: RootPayload,
+        staging_dir: Path,
+        read_only: bool,
+    ) -> None:
+        super().__init__()
+        self.view = view
+        self.secrets = secrets
+        self.head = head
+        self.read_only = read_only
+        self.workspace = Workspace(root.entry, view.load_node, staging_dir, read_only=read_only)
+        self._handles: dict[int, _Handle] = {}
+        self._dir_handles: dict[int, list[Inode]] = {}
+        self._next_fh = 1
+        self._fds: dict[Path, int] = {}
+        self._cache = _ChunkCache(CHUNK_CACHE_BYTES)
+        self._loading: dict[bytes, trio.Event] = {}
+        self._layouts: dict[bytes, tuple[list[int], list[ChunkRef]]] = {}
+        self._totals: dict[bytes, tuple[int, int]] = {}
+        self._commit_lock = trio.Lock()
+        self._content_lock = trio.Lock()
+        self._nursery: trio.Nursery | None = None
+        self.versions_committed = 0
+        if head is not None and root.entry.node is not None:
+            self._totals[root.entry.node.cid] = (root.size, root.files)
+
+    # lifecycle
+
+    async def run_background(self, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+        """Read-ahead and periodic commits; started in the mount's nursery."""
+        async with trio.open_nursery() as nursery:
+            self._nursery = nursery
+            task_status.started()
+            if not self.read_only:
+                while True:
+                    await trio.sleep(AUTOCOMMIT_SECONDS)
+                    try:
+                        await self.commit()
+                    except (PortalError, OSError) as exc:
+                        log.error("periodic commit failed: %s", exc)
+
+    def _fh(self) -> int:
+        self._next_fh += 1
+        return self._next_fh
+
+    def _attrs(self, inode: Inode) -> pyfuse3.EntryAttributes:
+        a = pyfuse3.EntryAttributes()
+        a.st_ino = inode.ino
+        a.generation = 0
+        a.entry_timeout = ATTR_TIMEOUT
+        a.attr_timeout = ATTR_TIMEOUT
+        a.st_mode = inode.mode
+        a.st_nlink = self.workspace.nlink(inode)
+        a.st_uid = inode.uid
+        a.st_gid = inode.gid
+        a.st_rdev = 0
+        a.st_size = 4096 if inode.is_dir else inode.size
+        a.st_blksize = 128 * 1024
+        a.st_blocks = (a.st_size + 511) // 512
+        a.st_atime_ns = inode.atime_ns
+        a.st_mtime_ns = inode.mtime_ns
+        a.st_ctime_ns = inode.ctime_ns
+        return a
+
+    def _new_gid(self, parent: Inode, ctx: pyfuse3.RequestContext) -> int:
+        return parent.gid if parent.mode & stat.S_ISGID else ctx.gid
+
+    # names
+
+    @_translated
+    async def lookup(self, parent_inode: int, name: bytes, ctx: pyfuse3.RequestContext) -> pyfuse3.EntryAttributes:
+        parent = self.workspace.get(parent_inode)
+        inode = self.workspace.lookup(parent, name)
+        if name not in (b".", b".."):
+            inode.lookups += 1
+        return self._attrs(inode)
+
+    async def forget(self, inode_list: list[tuple[int, int]]) -> None:
+        for ino, count in inode_list:
+            inode = self.workspace.inodes.get(ino)
+            if inode is not None:
+                self.workspace.forget(inode, count)
+        self._collect_garbage()
+
+    @_translated
+    async def getattr(self, inode: int, ctx: pyfuse3.RequestContext) -> pyfuse3.EntryAttributes:
+        return self._attrs(self.workspace.get(inode))
+
+    @_translated
+    async def setattr(
+        self,
+        ino: int,
+        attr: pyfuse3.EntryAttributes,
+        fields: pyfuse3.SetattrFields,
+        fh: int | None,
+        ctx: pyfuse3.RequestContext,
+    ) -> pyfuse3.EntryAttributes:
+        inode = self.workspace.get(ino)
+        now = _now()
+        if fields.update_size:
+            if self.read_only:
+                raise FsError(errno.EROFS)
+            if attr.st_size > MAX_FILE_SIZE:
+                raise FsError(errno.EFBIG)
+            async with self._content_lock:
+                await self._stage(inode, empty=attr.st_size == 0)
+                assert inode.staging is not None
+                os.truncate(inode.staging, attr.st_size)
+                self.workspace.content_changed(inode, attr.st_size, now)
+        self.workspace.set_attrs(
+            inode,
+            now,
+            mode=attr.st_mode if fields.update_mode else None,
+            uid=attr.st_uid if fields.update_uid else None,
+            gid=attr.st_gid if fields.update_gid else None,
+            mtime_ns=attr.st_mtime_ns if fields.update_mtime else None,
+            atime_ns=attr.st_atime_ns if fields.update_atime else None,
+        )
+        if fields.update_ctime:
+            inode.ctime_ns = attr.st_ctime_ns
+        return self._attrs(inode)
+
+    @_translated
+    async def readlink(self, inode: int, ctx: pyfuse3.RequestContext) -> bytes:
+        node = self.workspace.get(inode)
+        if node.target is None:
+            raise FsError(errno.EINVAL)
+        return node.target
+
+    @_translated
+    async def mknod(self, parent_inode: int, name: bytes, mode: int, rdev: int, ctx: pyfuse3.RequestContext) -> Any:
+        raise FsError(errno.EPERM)  # only files, directories and symlinks live in a portal
+
+    @_translated
+    async def mkdir(
+        self, parent_inode: int, name: bytes, mode: int, ctx: pyfuse3.RequestContext
+    ) -> pyfuse3.EntryAttributes:
+        parent = self.workspace.get(parent_inode)
+        mode = stat.S_IMODE(mode) & ~ctx.umask | (parent.mode & stat.S_ISGID)
+        inode = self.workspace.mkdir(parent, name, mode, ctx.uid, self._new_gid(parent, ctx), _now())
+        inode.lookups += 1
+        return self._attrs(inode)
+
+    @_translated
+    async def unlink(self, parent_inode: int, name: bytes, ctx: pyfuse3.RequestContext) -> None:
+        self.workspace.unlink(self.workspace.get(parent_inode), name, _now())
+        self._collect_garbage()
+
+    @_translated
+    async def rmdir(self, parent_inode: int, name: bytes, ctx: pyfuse3.RequestContext) -> None:
+        self.workspace.rmdir(self.workspace.get(parent_inode), name, _now())
+
+    @_translated
+    async def symlink(
+        self, parent_inode: int, name: bytes, target: bytes, ctx: pyfuse3.RequestContext
+    ) -> pyfuse3.EntryAttributes:
+        parent = self.workspace.get(parent_inode)
+        inode = self.workspace.symlink(parent, name, target, ctx.uid, self._new_gid(parent, ctx), _now())
+        inode.lookups += 1
+        return self._attrs(inode)
+
+    @_translated
+    async def rename(
+        self,
+        parent_old: int,
+        name_old: bytes,
+        parent_new: int,
+        name_new: bytes,
+        flags: int,
+        ctx: pyfuse3.RequestContext,
+    ) -> None:
+        ws = self.workspace
+        ws.rename(ws.get(parent_old), name_old, ws.get(parent_new), name_new, flags, _now())
+        self._collect_garbage()
+
+    @_translated
+    async def link(self, inode: int, new_parent: int, new_name: bytes, ctx: pyfuse3.RequestContext) -> Any:
+        raise FsError(errno.EPERM)  # a tree entry is one name: no hard links
+
+    # directories
+
+    @_translated
+    async def opendir(self, inode: int, ctx: pyfuse3.RequestContext) -> int:
+        directory = self.workspace.get(inode)
+        fh = self._fh()
+        # A snapshot: offsets stay stable whatever changes while it is read.
+        self._dir_handles[fh] = sorted(self.workspace.children(directory).values(), key=lambda c: c.name)
+        return fh
+
+    @_translated
+    async def readdir(self, fh: int, start_id: int, token: pyfuse3.ReaddirToken) -> None:
+        entries = self._dir_handles[fh]
+        for index in range(start_id, len(entries)):
+            child = entries[index]
+            if child.unlinked:
+                continue
+            if not pyfuse3.readdir_reply(token, child.name, self._attrs(child), index + 1):
+                break
+            child.lookups += 1
+
+    async def releasedir(self, fh: int) -> None:
+        self._dir_handles.pop(fh, None)
+
+    @_translated
+    async def fsyncdir(self, fh: int, datasync: bool) -> None:
+        await self.commit()
+
+    # files
+
+    def _fd(self, inode: Inode) -> int:
+        assert inode.staging is not None
+        fd = self._fds.get(inode.staging)
+        if fd is None:
+            fd = self._fds[inode.staging] = os.open(inode.staging, os.O_RDWR)
+        return fd
+
+    async def _stage(self, inode: Inode, empty: bool) -> None:
+        """Make sure ``inode`` has a staging file holding its content (or nothing, if ``empty``)."""
+        if inode.staging is not None:
+            return
+        if empty or inode.size == 0:
+            self.workspace.new_staging(inode, copy_from=None)
+            return
+        scratch = self.workspace.staging_dir / f"fill-{inode.ino}-{os.urandom(4).hex()}"
+        self.workspace.staging_dir.mkdir(parents=True, exist_ok=True)
+        layout = await self._layout(inode)
+        try:
+            with open(scratch, "wb") as out:
+                for ref in layout[1]:
+                    out.write(await self._chunk(ref))
+        except BaseException:
+            scratch.unlink(missing_ok=True)
+            raise
+        self.workspace.new_staging(inode, copy_from=scratch)
+
+    @_translated
+    async def open(self, inode: int, flags: int, ctx: pyfuse3.RequestContext) -> pyfuse3.FileInfo:
+        node = self.workspace.get(inode)
+        writable = flags & os.O_ACCMODE in (os.O_WRONLY, os.O_RDWR)
+        if writable and self.read_only:
+            raise FsError(errno.EROFS)
+        if writable:
+            async with self._content_lock:
+                truncate = bool(flags & os.O_TRUNC)
+                await self._stage(node, empty=truncate)
+                if truncate and node.size:
+                    os.ftruncate(self._fd(node), 0)
+                    self.workspace.content_changed(node, 0, _now())
+        return self._open_handle(node, writable, bool(flags & os.O_APPEND))
+
+    def _open_handle(self, node: Inode, writable: bool, append: bool) -> pyfuse3.FileInfo:
+        fh = self._fh()
+        self._handles[fh] = _Handle(node, writable, append)
+        self.workspace.opened(node)
+        keep = node.kernel_cache_gen == node.content_gen
+        node.kernel_cache_gen = node.content_gen
+        return pyfuse3.FileInfo(fh=fh, keep_cache=keep)
+
+    @_translated
+    async def create(
+        self, parent_inode: int, name: bytes, mode: int, flags: int, ctx: pyfuse3.RequestContext
+    ) -> tuple[pyfuse3.FileInfo, pyfuse3.EntryAttributes]:
+        parent = self.workspace.get(parent_inode)
+        mode = stat.S_IMODE(mode) & ~ctx.umask
+        node = self.workspace.create(parent, name, mode, ctx.uid, self._new_gid(parent, ctx), _now())
+        node.lookups += 1
+        return self._open_handle(node, True, bool(flags & os.O_APPEND)), self._attrs(node)
+
+    @_translated
+    async def read(self, fh: int, off: int, size: int) -> bytes:
+        node = self._handles[fh].inode
+        if node.staging is not None:
+            return os.pread(self._fd(node), size, off)
+        end = min(off + size, node.size)
+        if off >= end:
+            return b""
+        offsets, refs = await self._layout(node)
+        index = bisect.bisect_right(offsets, off) - 1
+        parts, pos = [], off
+        while pos < end and index < len(refs):
+            try:
+                data = await self._chunk(refs[index])
+            except (IntegrityError, MissingObject) as exc:
+                raise PortalError(f"{self._path(node)}: {exc}") from exc
+            start = pos - offsets[index]
+            piece = data[start : start + end - pos]
+            parts.append(piece)
+            pos += len(piece)
+            index += 1
+        if index < len(refs) and self._nursery is not None:
+            self._nursery.start_soon(self._prefetch, refs[index])
+        return b"".join(parts)
+
+    @_translated
+    async def write(self, fh: int, off: int, buf: bytes) -> int:
+        handle = self._handles[fh]
+        node = handle.inode
+        async with self._content_lock:
+            if node.staging is None:
+                await self._stage(node, empty=False)
+            if handle.append:
+                off = node.size
+            if off + len(buf) > MAX_FILE_SIZE:
+                raise FsError(errno.EFBIG)
+            written = os.pwrite(self._fd(node), buf, off)
+            self.workspace.content_changed(node, max(node.size, off + written), _now())
+        return written
+
+    def _content_dirty(self, node: Inode) -> bool:
+        return node.committed_content_gen != node.content_gen and not node.unlinked
+
+    @_translated
+    async def flush(self, fh: int) -> None:
+        handle = self._handles[fh]
+        if handle.writable and self._content_dirty(handle.inode):
+            await self.commit()
+
+    @_translated
+    async def release(self, fh: int) -> None:
+        handle = self._handles.pop(fh)
+        node = handle.inode
+        try:
+            if handle.writable and self._content_dirty(node):
+                await self.commit()
+        finally:
+            self.workspace.released(node)
+            if node.opens == 0 and node.staging is not None and not self._content_dirty(node) and not node.unlinked:
+                self.workspace.drop_staging(node)
+            self._collect_garbage()
+
+    @_translated
+    async def fsync(self, fh: int, datasync: bool) -> None:
+        await self.commit()
+
+    # extended attributes
+
+    @_translated
+    async def getxattr(self, inode: int, name: bytes, ctx: pyfuse3.RequestContext) -> bytes:
+        value = self.workspace.get(inode).xattrs.get(name)
+        if value is None:
+            raise FsError(errno.ENODATA)
+        return value
+
+    @_translated
+    async def setxattr(self, inode: int, name: bytes, value: bytes, ctx: pyfuse3.RequestContext) -> None:
+        self.workspace.set_xattr(self.workspace.get(inode), name, value, _now())
+
+    @_translated
+    async def listxattr(self, inode: int, ctx: pyfuse3.RequestContext) -> list[bytes]:
+        return sorted(self.workspace.get(inode).xattrs)
+
+    @_translated
+    async def removexattr(self, inode: int, name: bytes, ctx: pyfuse3.RequestContext) -> None:
+        self.workspace.remove_xattr(self.workspace.get(inode), name, _now())
+
+    @_translated
+    async def access(self, inode: int, mode: int, ctx: pyfuse3.RequestContext) -> bool:
+        node = self.workspace.get(inode)
+        if mode == os.F_OK:
+            return True
+        if ctx.uid == 0:
+            return not (mode & os.X_OK) or bool(node.mode & 0o111) or node.is_dir
+        shift = 6 if ctx.uid == node.uid else 3 if ctx.gid == node.gid else 0
+        return (node.mode >> shift) & mode == mode
+
+    @_translated
+    async def statfs(self, ctx: pyfuse3.RequestContext) -> pyfuse3.StatvfsData:
+        host = os.statvfs(self.view.device.home.store)
+        s = pyfuse3.StatvfsData()
+        s.f_bsize = host.f_bsize
+        s.f_frsize = host.f_frsize
+        s.f_blocks = host.f_blocks
+        s.f_bfree = host.f_bfree
+        s.f_bavail = host.f_bavail
+        s.f_files = host.f_files
+        s.f_ffree = host.f_ffree
+        s.f_favail = host.f_favail
+        s.f_namemax = 255
+        return s
+
+    # content
+
+    def _path(self, node: Inode) -> str:
+        parts = []
+        probe: Inode | None = node
+        while probe is not None and probe.parent is not None:
+            parts.append(os.fsdecode(probe.name))
+            probe = probe.parent
+        return "/" + "/".join(reversed(parts))
+
+    async def _layout(self, node: Inode) -> tuple[list[int], list[ChunkRef]]:
+        if node.node is None:
+            return [], []
+        key = node.node.cid
+        layout = self._layouts.get(key)
+        if layout is None:
+            ref = node.node
+            refs = await trio.to_thread.run_sync(lambda: list(iter_file_chunks(ref, self.view.load_node)))
+            offsets, pos = [], 0
+            for chunk in refs:
+                offsets.append(pos)
+                pos += chunk.length
+            layout = self._layouts[key] = (offsets, refs)
+            if len(self._layouts) > 4096:
+                self._layouts.pop(next(iter(self._layouts)))
+        return layout
+
+    async def _chunk(self, ref: ChunkRef) -> bytes:
+        while True:
+            data = self._cache.get(ref.cid)
+            if data is not None:
+                return data
+            loading = self._loading.get(ref.cid)
+            if loading is None:
+                break
+            await loading.wait()
+        event = self._loading[ref.cid] = trio.Event()
+        try:
+            data = await trio.to_thread.run_sync(self.view.load_chunk, ref)
+            self._cache.put(ref.cid, data)
+            return data
+        finally:
+            del self._loading[ref.cid]
+            event.set()
+
+    async def _prefetch(self, ref: ChunkRef) -> None:
+        if self._cache.get(ref.cid) is None and ref.cid not in self._loading:
+            try:
+                await self._chunk(ref)
+            except PortalError:
+                pass  # the foreground read that needs it will report it
+
+    def _collect_garbage(self) -> None:
+        if self._commit_lock.locked():
+            return
+        for path in self.workspace.garbage:
+            fd = self._fds.pop(path, None)
+            if fd is not None:
+                os.close(fd)
+        self.workspace.collect_garbage()
+
+    # commits
+
+    async def commit(self) -> None:
+        """Commit everything dirty as a new version, recorded in the journal before returning."""
+        if self.read_only or self.secrets is None:
+            return
+        async with self._commit_lock:
+            plan = snapshot(self.workspace)
+            if plan is None:
+                return
+            try:
+                async with self._content_lock:
+                    result, record = await trio.to_thread.run_sync(self._commit_in_thread, plan)
+            except BaseException:
+                abandon(self.workspace, plan)
+                raise
+            apply(result)
+            self.head = record
+            self.versions_committed += 1
+        self._collect_garbage()
+
+    def _commit_in_thread(self, plan: DirPlan) -> tuple[CommitResult, RootRecord]:
+        """Seal, store and journal under the device lock, so garbage collection never races a commit."""
+        assert self.secrets is not None
+        device, secrets = self.view.device, self.secrets
+        with device.exclusive():
+            sealer = Sealer(device.store, secrets.identity.convergence_secret, self.view.keys.tree_secret)
+            result = execute(plan, sealer, self.view.load_node, self._totals)
+            record = make_root_record(
+                keys=self.view.keys,
+                device=secrets.device,
+                portal=self.view.row.id,
+                parent=self.head,
+                payload=RootPayload(result.root, result.size, result.files),
+                time_ns=_now(),
+                nonce=os.urandom(12),
+            )
+            with device.state.transaction():
+                device.state.add_version(record, result.size, result.files)
+        return result, record

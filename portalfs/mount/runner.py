@@ -1,0 +1,163 @@
+"""Running one mount: checks, pyfuse3 + trio main loop, signals, read-ahead, unmount.
+
+SIGTERM, SIGINT and SIGHUP commit what is staged and unmount. If the mount is
+unmounted from outside (`portalctl unmount`, `fusermount3 -u`), whatever is
+still dirty is committed after the kernel lets go. If the process dies, the
+kernel answers ENOTCONN on the mount point; nothing hangs.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import signal
+import stat
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import pyfuse3
+import trio
+
+from ..device import Device, Unlocked
+from ..errors import MountError
+from ..portal import PortalView
+from ..root import RootPayload
+from ..tree import Entry
+from .operations import PortalOperations
+
+__all__ = ["check_mountpoint", "mount_options", "run_mount", "parse_target", "bdi_of"]
+
+log = logging.getLogger("portalfs")
+READ_AHEAD_KB = 1024
+
+
+def parse_target(target: str) -> tuple[str, int | None]:
+    """``NAME`` or ``NAME@VERSION``."""
+    name, sep, version = target.partition("@")
+    if not sep:
+        return name, None
+    if not version.isdigit() or int(version) < 1:
+        raise MountError(f"{target!r}: the version after '@' must be a positive number")
+    return name, int(version)
+
+
+def check_mountpoint(path: Path) -> Path:
+    if not path.exists():
+        raise MountError(f"mount point {path} does not exist")
+    if not path.is_dir():
+        raise MountError(f"mount point {path} is not a directory")
+    if os.path.ismount(path):
+        raise MountError(f"mount point {path} is already a mount point")
+    if any(path.iterdir()):
+        raise MountError(f"mount point {path} is not empty")
+    return path.resolve()
+
+
+def _allow_other() -> bool:
+    if os.geteuid() == 0:
+        return True
+    try:
+        with open("/etc/fuse.conf") as conf:
+            return any(line.strip() == "user_allow_other" for line in conf)
+    except OSError:
+        return False
+
+
+def mount_options(name: str, read_only: bool, extra: list[str]) -> set[str]:
+    options = {"default_permissions", f"fsname=portal:{name}", "subtype=portal"}
+    if _allow_other():
+        options.add("allow_other")
+    if read_only:
+        options.add("ro")
+    options.update(o for o in extra if o and o not in ("rw", "defaults"))
+    return options
+
+
+def bdi_of(mountpoint: Path) -> Path | None:
+    """The sysfs backing-device directory of a mount, from /proc/self/mountinfo (no FUSE request)."""
+    with open("/proc/self/mountinfo") as info:
+        for line in info:
+            fields = line.split()
+            if len(fields) > 4 and fields[4] == str(mountpoint):
+                return Path("/sys/class/bdi") / fields[2]
+    return None
+
+
+def _raise_read_ahead(mountpoint: Path) -> None:
+    bdi = bdi_of(mountpoint)
+    if bdi is None:
+        return
+    try:
+        (bdi / "read_ahead_kb").write_text(str(READ_AHEAD_KB))
+    except OSError as exc:
+        log.info("could not raise read-ahead of %s: %s", mountpoint, exc.strerror)
+
+
+async def _watch_signals(ops: PortalOperations) -> None:
+    with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT, signal.SIGHUP) as signals:
+        async for signum in signals:
+            log.info("signal %d: committing and unmounting", signum)
+            try:
+                await ops.commit()
+            finally:
+                pyfuse3.terminate()
+            return
+
+
+async def _serve(ops: PortalOperations, mountpoint: Path, options: set[str], ready: Callable[[], None]) -> None:
+    pyfuse3.init(ops, str(mountpoint), options)
+    try:
+        async with trio.open_nursery() as nursery:
+            await nursery.start(ops.run_background)
+            nursery.start_soon(_watch_signals, ops)
+            _raise_read_ahead(mountpoint)
+            ready()
+            await pyfuse3.main()
+            nursery.cancel_scope.cancel()
+    finally:
+        pyfuse3.close(unmount=True)
+    await ops.commit()
+    log.info("unmounted %s (%d versions committed)", mountpoint, ops.versions_committed)
+
+
+def run_mount(
+    device: Device,
+    secrets: Unlocked,
+    name: str,
+    version: int | None,
+    mountpoint: Path,
+    extra_options: list[str],
+    ready: Callable[[], None],
+) -> None:
+    """Mount portal ``name`` (or its ``version``, read-only) at ``mountpoint`` until unmounted."""
+    view = PortalView.open(device, name, secrets)
+    read_only = version is not None or "ro" in extra_options
+    if version is None:
+        head = device.state.head(view.row.id)
+        root = view.root(head) if head is not None else None
+    else:
+        head = view.version(version)
+        root = view.root(head)
+    if root is None:  # a new portal: an empty root directory
+        now = time.time_ns()
+        root = RootPayload(Entry(b"", stat.S_IFDIR | 0o755, os.getuid(), os.getgid(), now, now), 0, 0)
+    staging = device.home.staging / view.row.id.hex()
+    ops = PortalOperations(
+        view,
+        None if read_only else secrets,
+        None if head is None else head.record,
+        root,
+        staging,
+        read_only,
+    )
+    options = mount_options(name, read_only, extra_options)
+
+    def main() -> None:
+        trio.run(_serve, ops, mountpoint, options, ready)
+
+    if read_only:
+        main()
+    else:
+        with device.portal_writer(view.row.id, f"mount {name}"):
+            main()

@@ -1,0 +1,407 @@
+"""The working tree of a mounted portal: inodes in memory over an immutable version.
+
+Directories load their entries from the committed tree on first use; every
+change happens here, in memory, and marks the changed inode and its ancestors
+dirty until the committer turns them into new nodes and a new version. File
+content that changes goes to a private staging file; clean file content is
+read from the version's chunks by the filesystem layer.
+
+No FUSE and no trio here: every method is synchronous, raises ``FsError(errno)``
+for the filesystem layer to translate, and takes the time as a parameter.
+Hard links are refused with EPERM: a tree entry is one name.
+"""
+
+from __future__ import annotations
+
+import errno
+import itertools
+import os
+import stat
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from ..sealing import ChunkRef
+from ..tree import NAME_MAX, Entry, decode_dir
+
+__all__ = ["FsError", "Inode", "Workspace", "ROOT_INODE", "MAX_FILE_SIZE", "RENAME_NOREPLACE", "RENAME_EXCHANGE"]
+
+ROOT_INODE = 1
+RENAME_NOREPLACE = 1  # rename(2) flags, as Linux defines them
+RENAME_EXCHANGE = 2
+MAX_FILE_SIZE = 1 << 40  # 1 TiB: larger sizes get EFBIG
+
+
+class FsError(Exception):
+    def __init__(self, errno_: int) -> None:
+        super().__init__(os.strerror(errno_))
+        self.errno = errno_
+
+
+@dataclass(eq=False)
+class Inode:
+    ino: int
+    name: bytes
+    parent: Inode | None
+    mode: int
+    uid: int
+    gid: int
+    mtime_ns: int
+    ctime_ns: int
+    atime_ns: int
+    size: int = 0
+    node: ChunkRef | None = None  # committed content: a file or directory node
+    target: bytes | None = None
+    xattrs: dict[bytes, bytes] = field(default_factory=dict)
+    children: dict[bytes, Inode] | None = None  # directories, once loaded
+    staging: Path | None = None  # files whose content changed
+    gen: int = 0  # bumped on every change to this inode
+    committed_gen: int = 0
+    dirty_below: bool = False  # some descendant changed since the last commit
+    lookups: int = 0
+    opens: int = 0
+    unlinked: bool = False
+    content_gen: int = 0  # bumped when the bytes change
+    committed_content_gen: int = 0  # content_gen of the bytes ``node`` holds
+    kernel_cache_gen: int = -1  # content_gen the kernel page cache was filled from
+
+    @property
+    def is_dir(self) -> bool:
+        return stat.S_ISDIR(self.mode)
+
+    @property
+    def is_file(self) -> bool:
+        return stat.S_ISREG(self.mode)
+
+    @property
+    def is_symlink(self) -> bool:
+        return stat.S_ISLNK(self.mode)
+
+    @property
+    def dirty(self) -> bool:
+        return self.gen != self.committed_gen
+
+    def entry(self) -> Entry:
+        """This inode as a tree entry (content as last committed or as given by the committer)."""
+        return Entry(
+            name=self.name,
+            mode=self.mode,
+            uid=self.uid,
+            gid=self.gid,
+            mtime_ns=self.mtime_ns,
+            ctime_ns=self.ctime_ns,
+            size=self.size if self.is_file else 0,
+            node=self.node if (not self.is_file or self.size > 0) else None,
+            target=self.target,
+            xattrs=dict(self.xattrs),
+        )
+
+
+def _check_name(name: bytes) -> None:
+    if len(name) > NAME_MAX:
+        raise FsError(errno.ENAMETOOLONG)
+    if not name or name in (b".", b"..") or b"/" in name:
+        raise FsError(errno.EINVAL)
+
+
+class Workspace:
+    def __init__(
+        self,
+        root: Entry,
+        load_node: Callable[[ChunkRef], bytes],
+        staging_dir: Path,
+        read_only: bool = False,
+    ) -> None:
+        self._load_node = load_node
+        self.staging_dir = staging_dir
+        self.read_only = read_only
+        self._next_ino = itertools.count(ROOT_INODE + 1)
+        self.inodes: dict[int, Inode] = {}
+        self.garbage: list[Path] = []
+        self.root = self._inode_from_entry(root, None, ino=ROOT_INODE)
+        self.root.lookups = 1
+
+    # inodes
+
+    def _inode_from_entry(self, entry: Entry, parent: Inode | None, ino: int | None = None) -> Inode:
+        inode = Inode(
+            ino=ino if ino is not None else next(self._next_ino),
+            name=entry.name,
+            parent=parent,
+            mode=entry.mode,
+            uid=entry.uid,
+            gid=entry.gid,
+            mtime_ns=entry.mtime_ns,
+            ctime_ns=entry.ctime_ns,
+            atime_ns=entry.mtime_ns,
+            size=entry.size,
+            node=entry.node,
+            target=entry.target,
+            xattrs=dict(entry.xattrs),
+        )
+        self.inodes[inode.ino] = inode
+        return inode
+
+    def get(self, ino: int) -> Inode:
+        try:
+            return self.inodes[ino]
+        except KeyError:
+            raise FsError(errno.ENOENT) from None
+
+    def children(self, directory: Inode) -> dict[bytes, Inode]:
+        if not directory.is_dir:
+            raise FsError(errno.ENOTDIR)
+        if directory.children is None:
+            loaded: dict[bytes, Inode] = {}
+            if directory.node is not None:
+                for entry in decode_dir(self._load_node(directory.node)):
+                    loaded[entry.name] = self._inode_from_entry(entry, directory)
+            directory.children = loaded
+        return directory.children
+
+    def lookup(self, parent: Inode, name: bytes) -> Inode:
+        if len(name) > NAME_MAX:
+            raise FsError(errno.ENAMETOOLONG)
+        if name == b".":
+            return parent
+        if name == b"..":
+            return parent.parent or parent
+        child = self.children(parent).get(name)
+        if child is None:
+            raise FsError(errno.ENOENT)
+        return child
+
+    def nlink(self, inode: Inode) -> int:
+        if inode.is_dir:
+            return 2 + sum(1 for c in self.children(inode).values() if c.is_dir)
+        return 0 if inode.unlinked else 1
+
+    def forget(self, inode: Inode, count: int) -> None:
+        inode.lookups = max(0, inode.lookups - count)
+        self._maybe_free(inode)
+
+    def _maybe_free(self, inode: Inode) -> None:
+        if inode.unlinked and inode.lookups == 0 and inode.opens == 0:
+            self.inodes.pop(inode.ino, None)
+            if inode.staging is not None:
+                # A commit in flight may still read it: the filesystem layer
+                # removes garbage when no commit runs.
+                self.garbage.append(inode.staging)
+                inode.staging = None
+
+    def collect_garbage(self) -> None:
+        while self.garbage:
+            try:
+                self.garbage.pop().unlink()
+            except FileNotFoundError:
+                pass
+
+    # changes
+
+    def _writable(self) -> None:
+        if self.read_only:
+            raise FsError(errno.EROFS)
+
+    def touch(self, inode: Inode) -> None:
+        """Record a change to ``inode``: it and its ancestors must be committed again."""
+        inode.gen += 1
+        parent = inode.parent
+        while parent is not None and not parent.dirty_below:
+            parent.dirty_below = True
+            parent = parent.parent
+
+    def _changed_dir(self, directory: Inode, now_ns: int) -> None:
+        directory.mtime_ns = directory.ctime_ns = now_ns
+        self.touch(directory)
+
+    def _add(self, parent: Inode, name: bytes, mode: int, uid: int, gid: int, now_ns: int, **extra: object) -> Inode:
+        self._writable()
+        _check_name(name)
+        siblings = self.children(parent)
+        if name in siblings:
+            raise FsError(errno.EEXIST)
+        inode = Inode(
+            ino=next(self._next_ino),
+            name=name,
+            parent=parent,
+            mode=mode,
+            uid=uid,
+            gid=gid,
+            mtime_ns=now_ns,
+            ctime_ns=now_ns,
+            atime_ns=now_ns,
+            **extra,  # type: ignore[arg-type]
+        )
+        if inode.is_dir:
+            inode.children = {}
+        self.inodes[inode.ino] = inode
+        siblings[name] = inode
+        self.touch(inode)
+        self._changed_dir(parent, now_ns)
+        return inode
+
+    def mkdir(self, parent: Inode, name: bytes, mode: int, uid: int, gid: int, now_ns: int) -> Inode:
+        return self._add(parent, name, stat.S_IFDIR | stat.S_IMODE(mode), uid, gid, now_ns)
+
+    def create(self, parent: Inode, name: bytes, mode: int, uid: int, gid: int, now_ns: int) -> Inode:
+        inode = self._add(parent, name, stat.S_IFREG | stat.S_IMODE(mode), uid, gid, now_ns)
+        self.new_staging(inode, copy_from=None)
+        return inode
+
+    def symlink(self, parent: Inode, name: bytes, target: bytes, uid: int, gid: int, now_ns: int) -> Inode:
+        return self._add(parent, name, stat.S_IFLNK | 0o777, uid, gid, now_ns, target=target, size=len(target))
+
+    def _detach(self, parent: Inode, name: bytes, now_ns: int) -> Inode:
+        inode = self.children(parent).pop(name)
+        inode.ctime_ns = now_ns
+        self._changed_dir(parent, now_ns)
+        return inode
+
+    def unlink(self, parent: Inode, name: bytes, now_ns: int) -> None:
+        self._writable()
+        inode = self.lookup(parent, name)
+        if inode.is_dir:
+            raise FsError(errno.EISDIR)
+        self._detach(parent, name, now_ns)
+        inode.unlinked = True
+        inode.parent = None
+        self._maybe_free(inode)
+
+    def rmdir(self, parent: Inode, name: bytes, now_ns: int) -> None:
+        self._writable()
+        inode = self.lookup(parent, name)
+        if not inode.is_dir:
+            raise FsError(errno.ENOTDIR)
+        if self.children(inode):
+            raise FsError(errno.ENOTEMPTY)
+        self._detach(parent, name, now_ns)
+        inode.unlinked = True
+        inode.parent = None
+        self._maybe_free(inode)
+
+    def rename(self, old_parent: Inode, old: bytes, new_parent: Inode, new: bytes, flags: int, now_ns: int) -> None:
+        """rename(2) with RENAME_NOREPLACE (1) and RENAME_EXCHANGE (2)."""
+        self._writable()
+        _check_name(new)
+        source = self.lookup(old_parent, old)
+        target = self.children(new_parent).get(new)
+        if source is target:
+            return
+        ancestor: Inode | None = new_parent
+        while ancestor is not None:  # no directory into its own subtree
+            if ancestor is source:
+                raise FsError(errno.EINVAL)
+            ancestor = ancestor.parent
+        if flags & RENAME_EXCHANGE:
+            if target is None:
+                raise FsError(errno.ENOENT)
+            if target.is_dir:
+                probe: Inode | None = old_parent
+                while probe is not None:
+                    if probe is target:
+                        raise FsError(errno.EINVAL)
+                    probe = probe.parent
+            self.children(old_parent)[old], self.children(new_parent)[new] = target, source
+            source.name, target.name = new, old
+            source.parent, target.parent = new_parent, old_parent
+            for moved in (source, target):
+                moved.ctime_ns = now_ns
+                self.touch(moved)
+            self._changed_dir(old_parent, now_ns)
+            self._changed_dir(new_parent, now_ns)
+            return
+        if target is not None:
+            if flags & RENAME_NOREPLACE:
+                raise FsError(errno.EEXIST)
+            if target.is_dir and not source.is_dir:
+                raise FsError(errno.EISDIR)
+            if source.is_dir and not target.is_dir:
+                raise FsError(errno.ENOTDIR)
+            if target.is_dir and self.children(target):
+                raise FsError(errno.ENOTEMPTY)
+        del self.children(old_parent)[old]
+        if target is not None:
+            target.unlinked = True
+            target.parent = None
+            target.ctime_ns = now_ns
+            self._maybe_free(target)
+        self.children(new_parent)[new] = source
+        source.name, source.parent, source.ctime_ns = new, new_parent, now_ns
+        self.touch(source)
+        self._changed_dir(old_parent, now_ns)
+        if new_parent is not old_parent:
+            self._changed_dir(new_parent, now_ns)
+
+    def set_attrs(
+        self,
+        inode: Inode,
+        now_ns: int,
+        *,
+        mode: int | None = None,
+        uid: int | None = None,
+        gid: int | None = None,
+        mtime_ns: int | None = None,
+        atime_ns: int | None = None,
+    ) -> None:
+        if any(v is not None for v in (mode, uid, gid, mtime_ns)):
+            self._writable()
+        if mode is not None:
+            inode.mode = stat.S_IFMT(inode.mode) | stat.S_IMODE(mode)
+        if uid is not None:
+            inode.uid = uid
+        if gid is not None:
+            inode.gid = gid
+        if mtime_ns is not None:
+            inode.mtime_ns = mtime_ns
+        if atime_ns is not None:
+            inode.atime_ns = atime_ns
+        if any(v is not None for v in (mode, uid, gid, mtime_ns)):
+            inode.ctime_ns = now_ns
+            self.touch(inode)
+
+    def set_xattr(self, inode: Inode, name: bytes, value: bytes, now_ns: int) -> None:
+        self._writable()
+        inode.xattrs[name] = value
+        inode.ctime_ns = now_ns
+        self.touch(inode)
+
+    def remove_xattr(self, inode: Inode, name: bytes, now_ns: int) -> None:
+        self._writable()
+        if inode.xattrs.pop(name, None) is None:
+            raise FsError(errno.ENODATA)
+        inode.ctime_ns = now_ns
+        self.touch(inode)
+
+    # file content
+
+    def new_staging(self, inode: Inode, copy_from: Path | None) -> Path:
+        """Give ``inode`` a staging file (empty, or a copy of ``copy_from``)."""
+        self._writable()
+        self.staging_dir.mkdir(parents=True, exist_ok=True)
+        path = self.staging_dir / f"{inode.ino}-{os.urandom(6).hex()}"
+        if copy_from is None:
+            path.touch(mode=0o600)
+        else:
+            os.replace(copy_from, path)
+        inode.staging = path
+        return path
+
+    def content_changed(self, inode: Inode, size: int, now_ns: int) -> None:
+        if size > MAX_FILE_SIZE:
+            raise FsError(errno.EFBIG)
+        inode.size = size
+        inode.mtime_ns = inode.ctime_ns = now_ns
+        inode.content_gen += 1
+        self.touch(inode)
+
+    def drop_staging(self, inode: Inode) -> None:
+        if inode.staging is not None:
+            self.garbage.append(inode.staging)
+            inode.staging = None
+
+    def opened(self, inode: Inode) -> None:
+        inode.opens += 1
+
+    def released(self, inode: Inode) -> None:
+        inode.opens = max(0, inode.opens - 1)
+        self._maybe_free(inode)
