@@ -21,10 +21,10 @@ import os
 import stat
 import time
 from collections import OrderedDict
-from collections.abc import Awaitable, Callable
+from collections.abc import Callable, Coroutine, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any, ParamSpec, TypeVar
 
 import pyfuse3
 import trio
@@ -43,18 +43,19 @@ __all__ = ["PortalOperations"]
 log = logging.getLogger("portalfs")
 
 T = TypeVar("T")
+P = ParamSpec("P")
 ATTR_TIMEOUT = 5.0
 CHUNK_CACHE_BYTES = 256 * 1024 * 1024
 AUTOCOMMIT_SECONDS = 2.0
 
 
-def _translated(handler: Callable[..., Awaitable[T]]) -> Callable[..., Awaitable[T]]:
+def _translated(handler: Callable[P, Coroutine[Any, Any, T]]) -> Callable[P, Coroutine[Any, Any, T]]:
     """The one place where errors become errnos."""
 
     @functools.wraps(handler)
-    async def wrapper(self: PortalOperations, *args: Any) -> T:
+    async def wrapper(*args: P.args, **kwargs: P.kwargs) -> T:
         try:
-            return await handler(self, *args)
+            return await handler(*args, **kwargs)
         except pyfuse3.FUSEError:
             raise
         except FsError as exc:
@@ -192,7 +193,7 @@ class PortalOperations(pyfuse3.Operations):
             inode.lookups += 1
         return self._attrs(inode)
 
-    async def forget(self, inode_list: list[tuple[int, int]]) -> None:
+    async def forget(self, inode_list: Sequence[tuple[int, int]]) -> None:
         for ino, count in inode_list:
             inode = self.workspace.inodes.get(ino)
             if inode is not None:
