@@ -1,0 +1,70 @@
+"""Helpers for tests that mount portals for real."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+import pytest
+
+needs_fuse = pytest.mark.skipif(
+    not os.path.exists("/dev/fuse") or os.geteuid() != 0, reason="mount tests need /dev/fuse and root"
+)
+
+
+def run(home: Path, *args: str, program: str = "portalctl", check: bool = True) -> subprocess.CompletedProcess:
+    env = {k: v for k, v in os.environ.items() if k != "PORTAL_PASSPHRASE"}
+    env["PORTAL_HOME"] = str(home)
+    result = subprocess.run(
+        [sys.executable, "-m", f"portalfs.cli.{program}", *args],
+        capture_output=True,
+        text=True,
+        env=env,
+        stdin=subprocess.DEVNULL,
+        timeout=300,
+    )
+    if check:
+        assert result.returncode == 0, (args, result.stdout, result.stderr)
+    return result
+
+
+def new_home(tmp: Path, portal: str = "p") -> Path:
+    home = tmp / "home"
+    run(home, "init", "--no-passphrase")
+    run(home, "portal", "create", portal)
+    return home
+
+
+def mount_pid(home: Path) -> int:
+    records = list((home / "mounts").iterdir())
+    assert len(records) == 1
+    return int(json.loads(records[0].read_text())["pid"])
+
+
+def force_unmount(mountpoint: Path) -> None:
+    if os.path.ismount(mountpoint):
+        subprocess.run(["fusermount3", "-u", "-z", str(mountpoint)], capture_output=True)
+
+
+@contextmanager
+def mounted(home: Path, target: str, mountpoint: Path, *options: str) -> Iterator[Path]:
+    mountpoint.mkdir(exist_ok=True)
+    args = ["mount", target, str(mountpoint)] + (["-o", ",".join(options)] if options else [])
+    run(home, *args, program="portalfs")
+    try:
+        yield mountpoint
+    finally:
+        if os.path.ismount(mountpoint):
+            result = run(home, "unmount", str(mountpoint), check=False)
+            if result.returncode != 0:
+                force_unmount(mountpoint)
+                raise AssertionError(result.stderr)
+
+
+def log(home: Path, portal: str = "p") -> list[dict]:
+    return json.loads(run(home, "log", portal, "--json").stdout)

@@ -1,0 +1,271 @@
+"""The mount, for real: each rule of the filesystem, checked with plain os calls."""
+
+from __future__ import annotations
+
+import ctypes
+import errno
+import os
+import stat
+import subprocess
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from .mountutil import log, mounted, needs_fuse, new_home, run
+
+pytestmark = needs_fuse
+
+_libc = ctypes.CDLL(None, use_errno=True)
+AT_FDCWD = -100
+RENAME_NOREPLACE, RENAME_EXCHANGE = 1, 2
+UTIME_NOW, UTIME_OMIT = (1 << 30) - 1, (1 << 30) - 2
+
+
+def renameat2(old: Path, new: Path, flags: int) -> None:
+    if _libc.renameat2(AT_FDCWD, os.fsencode(old), AT_FDCWD, os.fsencode(new), flags) != 0:
+        code = ctypes.get_errno()
+        raise OSError(code, os.strerror(code))
+
+
+class _Timespec(ctypes.Structure):
+    _fields_ = [("tv_sec", ctypes.c_long), ("tv_nsec", ctypes.c_long)]
+
+
+def utimensat(path: Path, atime: tuple[int, int], mtime: tuple[int, int]) -> None:
+    times = (_Timespec * 2)(_Timespec(*atime), _Timespec(*mtime))
+    if _libc.utimensat(AT_FDCWD, os.fsencode(path), times, 0) != 0:
+        code = ctypes.get_errno()
+        raise OSError(code, os.strerror(code))
+
+
+@pytest.fixture(scope="module")
+def fs(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Path, Path]]:
+    tmp = tmp_path_factory.mktemp("mount")
+    home = new_home(tmp)
+    with mounted(home, "p", tmp / "mnt") as mnt:
+        yield home, mnt
+
+
+@pytest.fixture
+def d(fs: tuple[Path, Path], request: pytest.FixtureRequest) -> Path:
+    """A fresh directory inside the module's mount."""
+    path = fs[1] / request.node.name
+    path.mkdir()
+    return path
+
+
+def test_create_write_read_append_exclusive_truncate(d: Path) -> None:
+    f = d / "f"
+    f.write_bytes(b"hello")
+    assert f.read_bytes() == b"hello"
+    with open(f, "ab") as out:
+        out.write(b" world")
+    assert f.read_bytes() == b"hello world"
+    with pytest.raises(FileExistsError):
+        os.open(f, os.O_CREAT | os.O_EXCL | os.O_WRONLY)
+    fd = os.open(f, os.O_WRONLY | os.O_TRUNC)
+    os.close(fd)
+    assert f.read_bytes() == b"" and f.stat().st_size == 0
+
+
+def test_write_past_eof_and_sparse_truncate_zero_fill(d: Path) -> None:
+    f = d / "sparse"
+    fd = os.open(f, os.O_CREAT | os.O_RDWR, 0o644)
+    os.pwrite(fd, b"end", 1_000_000)
+    os.close(fd)
+    data = f.read_bytes()
+    assert len(data) == 1_000_003 and data[:1_000_000] == bytes(1_000_000) and data.endswith(b"end")
+    os.truncate(f, 3_000_000)
+    assert f.stat().st_size == 3_000_000
+    assert f.read_bytes()[1_000_003:] == bytes(2_000_000 - 3)
+    os.truncate(f, 10)
+    assert f.read_bytes() == bytes(10)
+    with pytest.raises(OSError) as huge:
+        os.truncate(f, 1 << 50)
+    assert huge.value.errno == errno.EFBIG
+    assert f.stat().st_size == 10
+
+
+def test_large_file_round_trip_through_commits(d: Path) -> None:
+    payload = os.urandom(9 * 1024 * 1024 + 123)
+    f = d / "big.bin"
+    f.write_bytes(payload)
+    assert f.read_bytes() == payload
+    with open(f, "r+b") as out:  # modify in the middle of a committed file
+        out.seek(4_000_000)
+        out.write(b"XYZ")
+    expected = payload[:4_000_000] + b"XYZ" + payload[4_000_003:]
+    assert f.read_bytes() == expected
+
+
+def test_directories_link_counts_and_parent_times(d: Path) -> None:
+    before = d.stat()
+    (d / "a").mkdir()
+    (d / "b").mkdir()
+    (d / "file").write_text("x")
+    after = d.stat()
+    assert after.st_nlink == 4
+    assert after.st_mtime_ns > before.st_mtime_ns and after.st_ctime_ns > before.st_ctime_ns
+    with pytest.raises(OSError) as e:
+        os.rmdir(d)
+    assert e.value.errno == errno.ENOTEMPTY
+    os.rmdir(d / "a")
+    assert d.stat().st_nlink == 3
+    mtime = d.stat().st_mtime_ns
+    os.unlink(d / "file")
+    assert d.stat().st_mtime_ns > mtime
+    with pytest.raises(IsADirectoryError):
+        os.unlink(d / "b")
+    with pytest.raises(NotADirectoryError):
+        (d / "plain").write_text("x")
+        os.rmdir(d / "plain")
+
+
+def test_ctime_changes_on_chmod_chown_rename_and_link_count(d: Path) -> None:
+    f = d / "f"
+    f.write_text("x")
+    c0 = f.stat().st_ctime_ns
+    os.chmod(f, 0o600)
+    c1 = f.stat().st_ctime_ns
+    assert c1 > c0 and stat.S_IMODE(f.stat().st_mode) == 0o600
+    os.chown(f, 1234, 5678)
+    assert (f.stat().st_uid, f.stat().st_gid) == (1234, 5678)
+    assert f.stat().st_ctime_ns > c1
+    c2 = f.stat().st_ctime_ns
+    os.rename(f, d / "g")
+    assert (d / "g").stat().st_ctime_ns > c2
+    with pytest.raises(PermissionError):
+        os.link(d / "g", d / "h")
+
+
+def test_utimens_now_and_omit(d: Path) -> None:
+    f = d / "f"
+    f.write_text("x")
+    os.utime(f, ns=(1_000_000_000_000_000_000, 1_500_000_000_000_000_000))
+    assert f.stat().st_mtime_ns == 1_500_000_000_000_000_000
+    utimensat(f, (0, UTIME_OMIT), (0, UTIME_NOW))
+    st = f.stat()
+    assert st.st_mtime_ns > 1_700_000_000_000_000_000
+    assert st.st_atime_ns == 1_000_000_000_000_000_000
+    utimensat(f, (7, 0), (0, UTIME_OMIT))
+    assert f.stat().st_atime_ns == 7_000_000_000 and f.stat().st_mtime_ns == st.st_mtime_ns
+
+
+def test_rename_noreplace_exchange_and_into_own_subtree(d: Path) -> None:
+    (d / "a").write_text("A")
+    (d / "b").write_text("B")
+    with pytest.raises(FileExistsError):
+        renameat2(d / "a", d / "b", RENAME_NOREPLACE)
+    renameat2(d / "a", d / "b", RENAME_EXCHANGE)
+    assert (d / "a").read_text() == "B" and (d / "b").read_text() == "A"
+    renameat2(d / "a", d / "c", RENAME_NOREPLACE)
+    assert not (d / "a").exists() and (d / "c").read_text() == "B"
+    os.rename(d / "c", d / "b")  # replaces
+    assert (d / "b").read_text() == "B"
+    (d / "dir" / "sub").mkdir(parents=True)
+    with pytest.raises(OSError) as e:
+        os.rename(d / "dir", d / "dir" / "sub" / "x")
+    assert e.value.errno == errno.EINVAL
+
+
+def test_symlinks_xattrs_statfs_and_long_names(d: Path) -> None:
+    os.symlink("target/path", d / "link")
+    assert os.readlink(d / "link") == "target/path"
+    assert stat.S_ISLNK((d / "link").lstat().st_mode)
+    f = d / "f"
+    f.write_text("x")
+    os.setxattr(f, "user.color", b"blue")
+    os.setxattr(f, "user.size", b"L")
+    assert sorted(os.listxattr(f)) == ["user.color", "user.size"]
+    assert os.getxattr(f, "user.color") == b"blue"
+    os.removexattr(f, "user.size")
+    with pytest.raises(OSError) as e:
+        os.getxattr(f, "user.size")
+    assert e.value.errno == errno.ENODATA
+    assert os.statvfs(d).f_namemax == 255
+    with pytest.raises(OSError) as e:
+        (d / ("n" * 256)).write_text("x")
+    assert e.value.errno == errno.ENAMETOOLONG
+    (d / ("n" * 255)).write_text("ok")
+    with pytest.raises(PermissionError):
+        os.mkfifo(d / "fifo")
+
+
+def test_unlinked_file_stays_usable_through_open_handles(d: Path) -> None:
+    f = d / "f"
+    f.write_bytes(b"still here")
+    fd = os.open(f, os.O_RDWR)
+    os.unlink(f)
+    assert not f.exists()
+    assert os.pread(fd, 100, 0) == b"still here"
+    os.pwrite(fd, b"STILL", 0)
+    assert os.pread(fd, 100, 0) == b"STILL here"
+    assert os.fstat(fd).st_nlink == 0
+    os.close(fd)
+
+
+def test_readdir_offsets_are_stable_under_concurrent_changes(d: Path) -> None:
+    names = {f"f{i:03}" for i in range(300)}
+    for name in names:
+        (d / name).write_bytes(b"")
+    seen = []
+    with os.scandir(d) as it:
+        for i, entry in enumerate(it):
+            seen.append(entry.name)
+            if i == 10:
+                for j in range(50):
+                    (d / f"new{j}").write_bytes(b"")
+                os.unlink(d / "f299")
+    assert len(seen) == len(set(seen))
+    assert names - {"f299"} <= set(seen)
+
+
+def test_changes_persist_as_versions_and_log(fs: tuple[Path, Path], d: Path) -> None:
+    home, _ = fs
+    versions_before = len(log(home))
+    (d / "kept.txt").write_text("durable")
+    assert len(log(home)) > versions_before  # committed on close, before close returned
+    with open(d / "many.txt", "w") as out:
+        for i in range(200):
+            out.write(f"line {i}\n")
+            out.flush()
+    after = len(log(home))
+    assert after <= versions_before + 3  # many small writes are not many versions
+    got = home.parent / "got.txt"
+    run(home, "get", "p", str(got), "--path", f"{d.name}/kept.txt")
+    assert got.read_text() == "durable"
+
+
+def test_tools_cp_tar_rsync_git(fs: tuple[Path, Path], d: Path, tmp_path: Path) -> None:
+    src = tmp_path / "src"
+    (src / "pkg" / "inner").mkdir(parents=True)
+    for i in range(20):
+        (src / "pkg" / f"m{i}.py").write_text(f"value = {i}\n" * 100)
+    (src / "pkg" / "inner" / "blob.bin").write_bytes(os.urandom(2_500_000))
+    os.symlink("m1.py", src / "pkg" / "alias.py")
+    subprocess.run(["cp", "-a", str(src / "pkg"), str(d / "cp")], check=True)
+    subprocess.run(["diff", "-r", "--no-dereference", str(src / "pkg"), str(d / "cp")], check=True)
+    tar = tmp_path / "x.tar"
+    subprocess.run(["tar", "-C", str(d), "-cf", str(tar), "cp"], check=True)
+    (d / "untar").mkdir()
+    subprocess.run(["tar", "-C", str(d / "untar"), "-xf", str(tar)], check=True)
+    subprocess.run(["diff", "-r", "--no-dereference", str(src / "pkg"), str(d / "untar" / "cp")], check=True)
+    subprocess.run(["rsync", "-a", str(src / "pkg") + "/", str(d / "rsync")], check=True)
+    out = subprocess.run(
+        ["rsync", "-ani", str(src / "pkg") + "/", str(d / "rsync")], check=True, capture_output=True, text=True
+    )
+    assert out.stdout.strip() == ""  # nothing left to transfer: contents and metadata match
+    repo = d / "repo"
+    repo.mkdir()
+    git = ["git", "-C", str(repo), "-c", "user.name=t", "-c", "user.email=t@example.invalid"]
+    subprocess.run(git + ["init", "-q"], check=True)
+    subprocess.run(["cp", "-r", str(src / "pkg"), str(repo / "pkg")], check=True)
+    subprocess.run(git + ["add", "-A"], check=True)
+    subprocess.run(git + ["commit", "-qm", "first"], check=True)
+    status = subprocess.run(git + ["status", "--porcelain"], check=True, capture_output=True, text=True)
+    assert status.stdout == ""
+    (repo / "pkg" / "m3.py").write_text("changed\n")
+    status = subprocess.run(git + ["status", "--porcelain"], check=True, capture_output=True, text=True)
+    assert status.stdout.strip() == "M pkg/m3.py"
+    subprocess.run(git + ["fsck", "--no-progress"], check=True, capture_output=True)
