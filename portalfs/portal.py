@@ -7,6 +7,7 @@ the journal; a version is visible only once its journal row is committed.
 
 from __future__ import annotations
 
+import dataclasses
 import os
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -15,9 +16,9 @@ from .device import Device, Unlocked
 from .errors import NotFound
 from .ingest import Ingester, IngestStats, tree_totals
 from .root import PortalKeys, RootPayload, make_root_record, verify_chain
-from .sealing import ChunkRef, unseal
+from .sealing import ChunkRef, seal, unseal
 from .state import PortalRow, VersionRow
-from .tree import Entry, decode_dir, iter_file_chunks
+from .tree import Entry, decode_dir, encode_dir, iter_file_chunks
 
 __all__ = ["PortalView", "VerifyReport"]
 
@@ -109,22 +110,61 @@ class PortalView:
             warn=warn,
         )
         entry = ingester.ingest(sources, previous, self.load_node)
-        size, files = tree_totals(entry, self.load_node)
-        payload = RootPayload(entry=entry, size=size, files=files)
+        version = self._record(secrets, head, entry, now_ns, ingester.remember_files)
+        return version, ingester.stats
+
+    def graft(self, secrets: Unlocked, path: str, entry: Entry, now_ns: int) -> VersionRow:
+        """A new version: the newest one with ``entry`` placed at ``path``. Hold the writer locks."""
+        parts = [os.fsencode(p) for p in path.split("/") if p and p != "."]
+        if not parts:
+            raise NotFound("give the path of a file or directory inside the portal, not its root")
+        head = self.version()
+
+        def store_node(plaintext: bytes) -> ChunkRef:
+            ref, sealed = seal(self.keys.tree_secret, plaintext)
+            self.device.store.put(ref.cid, sealed)
+            return ref
+
+        def place(directory: Entry, names: list[bytes]) -> Entry:
+            if not directory.is_dir or directory.node is None:
+                raise NotFound(f"{path!r}: a parent of it is not a directory in the newest version")
+            children = {e.name: e for e in decode_dir(self.load_node(directory.node))}
+            if len(names) == 1:
+                children[names[0]] = dataclasses.replace(entry, name=names[0])
+            elif names[0] in children:
+                children[names[0]] = place(children[names[0]], names[1:])
+            else:
+                raise NotFound(f"{path!r}: its parent directory is not in the newest version")
+            return dataclasses.replace(directory, node=store_node(encode_dir(list(children.values()))), mtime_ns=now_ns)
+
+        root = place(self.root(head).entry, parts)
+        return self._record(secrets, head, root, now_ns)
+
+    def _record(
+        self,
+        secrets: Unlocked,
+        head: VersionRow | None,
+        root: Entry,
+        now_ns: int,
+        also: Callable[[], None] | None = None,
+    ) -> VersionRow:
+        """Sign and journal a root record for ``root`` after the store is synced (chunks, nodes, root)."""
+        size, files = tree_totals(root, self.load_node)
         record = make_root_record(
             keys=self.keys,
             device=secrets.device,
             portal=self.row.id,
             parent=None if head is None else head.record,
-            payload=payload,
+            payload=RootPayload(entry=root, size=size, files=files),
             time_ns=now_ns,
             nonce=os.urandom(12),
         )
-        self.device.store.sync()  # chunks and nodes durable before the root
+        self.device.store.sync()
         with self.device.state.transaction():
             self.device.state.add_version(record, size, files)
-            ingester.remember_files()
-        return self.version(record.version), ingester.stats
+            if also is not None:
+                also()
+        return self.version(record.version)
 
     # verification
 

@@ -335,6 +335,34 @@ def cmd_demo(device: Device, args: argparse.Namespace) -> int:
     return cmd_log(device, args)
 
 
+def cmd_restore(device: Device, args: argparse.Namespace) -> int:
+    """Bring PATH back as it was in version V: through the mount if mounted, else as a new version."""
+    from .portalfs import live_mounts
+
+    secrets = _unlock(device, args)
+    view = PortalView.open(device, args.name, secrets)
+    old = view.lookup(view.root(view.version(args.version)).entry, args.path)
+    relative = args.path.strip("/")
+    mounts = [m for m in live_mounts(device) if m["portal"] == args.name and m["writable"]]
+    if mounts:
+        dest = Path(mounts[0]["mountpoint"]) / relative
+        Restorer(view, overwrite=True).restore(old, dest)
+        _emit(
+            args,
+            {"path": relative, "from": args.version, "mount": str(dest)},
+            f"Restored {relative} from v{args.version} at {dest}",
+        )
+        return 0
+    with device.portal_writer(view.row.id, f"restore {args.name}"), device.exclusive():
+        new = view.graft(secrets, relative, old, time.time_ns())
+    _emit(
+        args,
+        {"path": relative, "from": args.version, "version": new.version},
+        f"Restored {relative} from v{args.version} as {args.name} v{new.version}",
+    )
+    return 0
+
+
 def cmd_mount(device: Device, args: argparse.Namespace) -> int:
     from .portalfs import mount
 
@@ -390,6 +418,10 @@ def _parser() -> argparse.ArgumentParser:
     c.add_argument("--overwrite", action="store_true", help="replace existing files in DEST")
     c = command("log", cmd_log, "list a portal's versions")
     c.add_argument("name")
+    c = command("restore", cmd_restore, "bring one file or folder of a portal back as it was in an earlier version")
+    c.add_argument("name")
+    c.add_argument("path")
+    c.add_argument("--version", type=int, required=True, help="the version to bring it back from")
     c = command("check", cmd_check, "verify every version, node and chunk of a portal")
     c.add_argument("name")
     c = command("gc", cmd_gc, "remove stored objects no version uses")

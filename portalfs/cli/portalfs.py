@@ -26,7 +26,7 @@ from ..errors import MountError, PortalError
 from ..paths import DeviceHome
 from .portalctl import _unlock
 
-__all__ = ["main", "mount_helper_main", "mount", "unmount"]
+__all__ = ["main", "mount_helper_main", "mount", "unmount", "live_mounts"]
 
 UNMOUNT_WAIT_SECONDS = 120
 
@@ -65,7 +65,10 @@ def _run_foreground(device, secrets, name, version, mountpoint, options, ready_f
     record = _record_path(device, mountpoint)
 
     def ready() -> None:
-        record.write_text(json.dumps({"pid": os.getpid(), "mountpoint": str(mountpoint), "portal": name}))
+        writable = version is None and "ro" not in options
+        record.write_text(
+            json.dumps({"pid": os.getpid(), "mountpoint": str(mountpoint), "portal": name, "writable": writable})
+        )
         if ready_fd is not None:
             os.write(ready_fd, b"ready\n")
             os.close(ready_fd)
@@ -117,9 +120,27 @@ class _Relayed(PortalError):
         self.exit_code = code
 
 
+def live_mounts(device: Device) -> list[dict]:
+    """This device's mounts whose process still runs."""
+    from ..mount.runner import is_mounted
+
+    mounts = []
+    for record in device.home.mounts.iterdir():
+        try:
+            info = json.loads(record.read_text())
+            os.kill(info["pid"], 0)
+        except (OSError, ValueError, KeyError):
+            continue
+        if is_mounted(Path(info["mountpoint"])):
+            mounts.append(info)
+    return mounts
+
+
 def unmount(device: Device, mountpoint_arg: str) -> int:
-    mountpoint = Path(mountpoint_arg).resolve()
-    if not os.path.ismount(mountpoint):
+    from ..mount.runner import is_mounted
+
+    mountpoint = Path(os.path.abspath(mountpoint_arg))
+    if not is_mounted(mountpoint):
         raise MountError(f"{mountpoint} is not mounted")
     record = _record_path(device, mountpoint)
     pid = json.loads(record.read_text())["pid"] if record.exists() else None

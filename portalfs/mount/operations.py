@@ -135,6 +135,7 @@ class PortalOperations(pyfuse3.Operations):
         self._loading: dict[bytes, trio.Event] = {}
         self._layouts: dict[bytes, tuple[list[int], list[ChunkRef]]] = {}
         self._totals: dict[bytes, tuple[int, int]] = {}
+        self._reported: set[bytes] = set()
         self._commit_lock = trio.Lock()
         self._content_lock = trio.Lock()
         self._nursery: trio.Nursery | None = None
@@ -399,7 +400,10 @@ class PortalOperations(pyfuse3.Operations):
             try:
                 data = await self._chunk(refs[index])
             except (IntegrityError, MissingObject) as exc:
-                raise PortalError(f"{self._path(node)}: {exc}") from exc
+                if refs[index].cid not in self._reported:  # the kernel retries: say it once
+                    self._reported.add(refs[index].cid)
+                    log.error("read %s: %s", self._path(node), exc)
+                raise FsError(errno.EIO) from None
             start = pos - offsets[index]
             piece = data[start : start + end - pos]
             parts.append(piece)

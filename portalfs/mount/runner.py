@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import logging
 import os
+import shutil
 import signal
 import stat
 import time
@@ -26,7 +27,7 @@ from ..root import RootPayload
 from ..tree import Entry
 from .operations import PortalOperations
 
-__all__ = ["check_mountpoint", "mount_options", "run_mount", "parse_target", "bdi_of"]
+__all__ = ["check_mountpoint", "mount_options", "run_mount", "parse_target", "bdi_of", "is_mounted"]
 
 log = logging.getLogger("portalfs")
 READ_AHEAD_KB = 1024
@@ -43,6 +44,8 @@ def parse_target(target: str) -> tuple[str, int | None]:
 
 
 def check_mountpoint(path: Path) -> Path:
+    if is_mounted(path):
+        raise MountError(f"mount point {path} is already a mount point")
     if not path.exists():
         raise MountError(f"mount point {path} does not exist")
     if not path.is_dir():
@@ -74,14 +77,29 @@ def mount_options(name: str, read_only: bool, extra: list[str]) -> set[str]:
     return options
 
 
-def bdi_of(mountpoint: Path) -> Path | None:
-    """The sysfs backing-device directory of a mount, from /proc/self/mountinfo (no FUSE request)."""
+def _mountinfo_device(mountpoint: Path) -> str | None:
+    """The "major:minor" of the mount at ``mountpoint``, from /proc/self/mountinfo.
+
+    Unlike os.path.ismount, this sends no request to the mount, so it works on
+    a mount whose process died (where every request fails with ENOTCONN).
+    """
+    target = os.path.abspath(mountpoint).replace(" ", "\\040")
     with open("/proc/self/mountinfo") as info:
         for line in info:
             fields = line.split()
-            if len(fields) > 4 and fields[4] == str(mountpoint):
-                return Path("/sys/class/bdi") / fields[2]
+            if len(fields) > 4 and fields[4] == target:
+                return fields[2]
     return None
+
+
+def is_mounted(mountpoint: Path) -> bool:
+    return _mountinfo_device(mountpoint) is not None
+
+
+def bdi_of(mountpoint: Path) -> Path | None:
+    """The sysfs backing-device directory of a mount."""
+    device = _mountinfo_device(mountpoint)
+    return None if device is None else Path("/sys/class/bdi") / device
 
 
 def _raise_read_ahead(mountpoint: Path) -> None:
@@ -160,4 +178,7 @@ def run_mount(
         main()
     else:
         with device.portal_writer(view.row.id, f"mount {name}"):
+            # Staging files a killed mount left behind hold uncommitted writes: the
+            # journal says what was committed, and that is what this mount shows.
+            shutil.rmtree(staging, ignore_errors=True)
             main()

@@ -12,6 +12,8 @@ from pathlib import Path
 
 import pytest
 
+from portalfs.mount.runner import is_mounted
+
 needs_fuse = pytest.mark.skipif(
     not os.path.exists("/dev/fuse") or os.geteuid() != 0, reason="mount tests need /dev/fuse and root"
 )
@@ -47,8 +49,9 @@ def mount_pid(home: Path) -> int:
 
 
 def force_unmount(mountpoint: Path) -> None:
-    if os.path.ismount(mountpoint):
+    if is_mounted(mountpoint):
         subprocess.run(["fusermount3", "-u", "-z", str(mountpoint)], capture_output=True)
+    assert not is_mounted(mountpoint)
 
 
 @contextmanager
@@ -59,7 +62,7 @@ def mounted(home: Path, target: str, mountpoint: Path, *options: str) -> Iterato
     try:
         yield mountpoint
     finally:
-        if os.path.ismount(mountpoint):
+        if is_mounted(mountpoint):
             result = run(home, "unmount", str(mountpoint), check=False)
             if result.returncode != 0:
                 force_unmount(mountpoint)
