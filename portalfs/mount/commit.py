@@ -11,7 +11,7 @@ returns the new root entry. The caller records the root record in the journal
 
 from __future__ import annotations
 
-import os
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from .. import chunking
@@ -50,27 +50,44 @@ class CommitResult:
     plans: list[FilePlan | DirPlan]
 
 
-def snapshot(workspace: Workspace) -> DirPlan | None:
-    """Plan a commit of everything dirty; None when nothing is."""
+def snapshot(workspace: Workspace, content_of: Callable[[Inode], bool]) -> DirPlan | None:
+    """Plan a commit of everything dirty; None when nothing is.
+
+    A file's changed content is committed only where ``content_of(inode)`` is
+    true (a file still being written is committed at the points its writer
+    chooses: close, fsync); otherwise its entry keeps the content last
+    committed and the file stays dirty.
+    """
     root = workspace.root
     if not (root.dirty or root.dirty_below):
         return None
-    return _plan_dir(workspace, root)
+    deferred: list[Inode] = []
+    plan = _plan_dir(workspace, root, content_of, deferred)
+    for inode in deferred:
+        workspace.touch(inode)
+    return plan
 
 
-def _plan_dir(workspace: Workspace, inode: Inode) -> DirPlan:
+def _plan_dir(
+    workspace: Workspace, inode: Inode, content_of: Callable[[Inode], bool], deferred: list[Inode]
+) -> DirPlan:
     plan = DirPlan(inode, inode.entry())
     inode.committed_gen = inode.gen
     inode.dirty_below = False
     for child in sorted(workspace.children(inode).values(), key=lambda c: c.name):
+        child_plan: Entry | FilePlan | DirPlan
         if child.is_dir and child.children is not None and (child.dirty or child.dirty_below or child.node is None):
-            plan.children.append(_plan_dir(workspace, child))
+            child_plan = _plan_dir(workspace, child, content_of, deferred)
         elif child.is_file and child.staging is not None and child.committed_content_gen != child.content_gen:
-            plan.children.append(FilePlan(child, child.entry(), str(child.staging), child.content_gen))
-            child.committed_gen = child.gen
+            if content_of(child):
+                child_plan = FilePlan(child, child.entry(), str(child.staging), child.content_gen)
+            else:
+                child_plan = child.entry()
+                deferred.append(child)
         else:
-            plan.children.append(child.entry())
-            child.committed_gen = child.gen
+            child_plan = child.entry()
+        child.committed_gen = child.gen
+        plan.children.append(child_plan)
     return plan
 
 
@@ -177,9 +194,4 @@ def apply(result: CommitResult) -> None:
         plan.inode.node = plan.ref
         if isinstance(plan, FilePlan):
             plan.inode.committed_content_gen = plan.content_gen
-            if plan.inode.content_gen == plan.content_gen:
-                plan.inode.size = plan.size
-
-
-def staged_size(path: str) -> int:
-    return os.stat(path).st_size
+            plan.inode.committed_size = plan.size

@@ -76,6 +76,11 @@ def _now() -> int:
     return time.time_ns()
 
 
+def _settled(inode: Inode) -> bool:
+    """Commit a file's new content only once no handle is writing it (or at its writer's flush/fsync)."""
+    return inode.writers == 0
+
+
 @dataclass(slots=True)
 class _Handle:
     inode: Inode
@@ -154,7 +159,7 @@ class PortalOperations(pyfuse3.Operations):
                 while True:
                     await trio.sleep(AUTOCOMMIT_SECONDS)
                     try:
-                        await self.commit()
+                        await self.commit(_settled)
                     except (PortalError, OSError) as exc:
                         log.error("periodic commit failed: %s", exc)
 
@@ -322,7 +327,7 @@ class PortalOperations(pyfuse3.Operations):
 
     @_translated
     async def fsyncdir(self, fh: int, datasync: bool) -> None:
-        await self.commit()
+        await self.commit(_settled)
 
     # files
 
@@ -370,7 +375,7 @@ class PortalOperations(pyfuse3.Operations):
     def _open_handle(self, node: Inode, writable: bool, append: bool) -> pyfuse3.FileInfo:
         fh = self._fh()
         self._handles[fh] = _Handle(node, writable, append)
-        self.workspace.opened(node)
+        self.workspace.opened(node, writable)
         keep = node.kernel_cache_gen == node.content_gen
         node.kernel_cache_gen = node.content_gen
         return pyfuse3.FileInfo(fh=fh, keep_cache=keep)
@@ -435,24 +440,25 @@ class PortalOperations(pyfuse3.Operations):
     async def flush(self, fh: int) -> None:
         handle = self._handles[fh]
         if handle.writable and self._content_dirty(handle.inode):
-            await self.commit()
+            await self.commit(lambda inode: inode.writers == 0 or inode is handle.inode)
 
     @_translated
     async def release(self, fh: int) -> None:
         handle = self._handles.pop(fh)
         node = handle.inode
+        self.workspace.released(node, handle.writable)
         try:
             if handle.writable and self._content_dirty(node):
-                await self.commit()
+                await self.commit(lambda inode: inode.writers == 0 or inode is node)
         finally:
-            self.workspace.released(node)
             if node.opens == 0 and node.staging is not None and not self._content_dirty(node) and not node.unlinked:
                 self.workspace.drop_staging(node)
             self._collect_garbage()
 
     @_translated
     async def fsync(self, fh: int, datasync: bool) -> None:
-        await self.commit()
+        node = self._handles[fh].inode
+        await self.commit(lambda inode: inode.writers == 0 or inode is node)
 
     # extended attributes
 
@@ -563,12 +569,15 @@ class PortalOperations(pyfuse3.Operations):
 
     # commits
 
-    async def commit(self) -> None:
-        """Commit everything dirty as a new version, recorded in the journal before returning."""
+    async def commit(self, content_of: Callable[[Inode], bool] = lambda inode: True) -> None:
+        """Commit what is dirty as a new version, recorded in the journal before returning.
+
+        ``content_of`` picks the files whose changed content goes in (default: all).
+        """
         if self.read_only or self.secrets is None:
             return
         async with self._commit_lock:
-            plan = snapshot(self.workspace)
+            plan = snapshot(self.workspace, content_of)
             if plan is None:
                 return
             try:

@@ -60,6 +60,8 @@ class Inode:
     dirty_below: bool = False  # some descendant changed since the last commit
     lookups: int = 0
     opens: int = 0
+    writers: int = 0  # open handles that may write
+    committed_size: int = 0  # size of the bytes ``node`` holds
     unlinked: bool = False
     content_gen: int = 0  # bumped when the bytes change
     committed_content_gen: int = 0  # content_gen of the bytes ``node`` holds
@@ -82,7 +84,7 @@ class Inode:
         return self.gen != self.committed_gen
 
     def entry(self) -> Entry:
-        """This inode as a tree entry (content as last committed or as given by the committer)."""
+        """This inode as a tree entry, with the content last committed."""
         return Entry(
             name=self.name,
             mode=self.mode,
@@ -90,8 +92,8 @@ class Inode:
             gid=self.gid,
             mtime_ns=self.mtime_ns,
             ctime_ns=self.ctime_ns,
-            size=self.size if self.is_file else 0,
-            node=self.node if (not self.is_file or self.size > 0) else None,
+            size=self.committed_size if self.is_file else 0,
+            node=self.node if (not self.is_file or self.committed_size > 0) else None,
             target=self.target,
             xattrs=dict(self.xattrs),
         )
@@ -135,6 +137,7 @@ class Workspace:
             ctime_ns=entry.ctime_ns,
             atime_ns=entry.mtime_ns,
             size=entry.size,
+            committed_size=entry.size,
             node=entry.node,
             target=entry.target,
             xattrs=dict(entry.xattrs),
@@ -399,9 +402,11 @@ class Workspace:
             self.garbage.append(inode.staging)
             inode.staging = None
 
-    def opened(self, inode: Inode) -> None:
+    def opened(self, inode: Inode, writable: bool) -> None:
         inode.opens += 1
+        inode.writers += writable
 
-    def released(self, inode: Inode) -> None:
+    def released(self, inode: Inode, writable: bool) -> None:
         inode.opens = max(0, inode.opens - 1)
+        inode.writers = max(0, inode.writers - writable)
         self._maybe_free(inode)

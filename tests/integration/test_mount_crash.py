@@ -1,0 +1,119 @@
+"""kill -9 of the mount process at random points, repeated.
+
+A writer rewrites a few files, each time with content that names its own
+(file, generation) and is reproducible from them, and reports each close. The
+mount is killed after a random number of closes, while the writer is in the
+middle of the next file. After a remount, every file must hold exactly the
+content of its last reported close or of a later whole generation: never a
+mix, never a torn prefix, never older than what was closed.
+"""
+
+from __future__ import annotations
+
+import os
+import random
+import select
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
+from .mountutil import force_unmount, mount_pid, mounted, needs_fuse, new_home, run
+
+pytestmark = needs_fuse
+
+FILES = 6
+ROUNDS = 6
+
+WRITER = (
+    r"""
+import os, random, sys
+root, seed = sys.argv[1], int(sys.argv[2])
+def content(i, k):
+    rng = random.Random(i * 1_000_003 + k)
+    return f"{i}:{k}\n".encode() + rng.randbytes(rng.randint(0, 1_500_000))
+rng = random.Random(seed)
+k, pause_at = int(sys.argv[3]), int(sys.argv[4])
+for _ in range(100_000):
+    i, k = rng.randrange(%d), k + 1
+    data = content(i, k)
+    try:
+        fd = os.open(f"{root}/f{i}", os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
+        for start in range(0, len(data), 65536):
+            os.write(fd, data[start:start + 65536])
+            if k == pause_at and start >= len(data) // 2:
+                print("paused", flush=True)
+                sys.stdin.readline()  # until the test has committed and killed the mount
+                pause_at = -1
+        os.close(fd)
+    except OSError:
+        break
+    print(i, k, flush=True)
+"""
+    % FILES
+)
+
+
+def content(i: int, k: int) -> bytes:
+    rng = random.Random(i * 1_000_003 + k)
+    return f"{i}:{k}\n".encode() + rng.randbytes(rng.randint(0, 1_500_000))
+
+
+def _wait_exit(pid: int) -> None:
+    fd = os.pidfd_open(pid)
+    try:
+        assert select.select([fd], [], [], 60)[0], f"process {pid} did not exit"
+    finally:
+        os.close(fd)
+
+
+def test_kill_minus_nine_loses_nothing_closed_and_tears_nothing(tmp_path: Path) -> None:
+    home = new_home(tmp_path)
+    mnt = tmp_path / "mnt"
+    mnt.mkdir()
+    rng = random.Random(1234)
+    closed: dict[int, int] = {}
+    generation = 0
+    for round_ in range(ROUNDS):
+        run(home, "mount", "p", str(mnt), program="portalfs")
+        try:
+            pid = mount_pid(home)
+            kill_after = rng.randint(1, 25)
+            # Odd rounds: the writer stops half-way through a file, and a commit runs
+            # (fsync of the root directory, the periodic commit's rule) before the kill.
+            pause_at = generation + kill_after + 1 if round_ % 2 else -1
+            writer = subprocess.Popen(
+                [sys.executable, "-c", WRITER, str(mnt), str(round_), str(generation), str(pause_at)],
+                stdin=subprocess.PIPE,
+                stdout=subprocess.PIPE,
+                stderr=subprocess.DEVNULL,
+                text=True,
+            )
+            assert writer.stdout is not None and writer.stdin is not None
+            for _ in range(kill_after):
+                i, k = map(int, writer.stdout.readline().split())
+                closed[i] = k
+            if pause_at > 0:
+                assert writer.stdout.readline().strip() == "paused"
+                fd = os.open(mnt, os.O_RDONLY | os.O_DIRECTORY)
+                os.fsync(fd)
+                os.close(fd)
+            os.kill(pid, signal.SIGKILL)
+            _wait_exit(pid)
+            writer.stdin.close()
+            for line in writer.stdout:  # closes that completed before the kill landed
+                i, k = map(int, line.split())
+                closed[i] = k
+            assert writer.wait(timeout=60) is not None
+            generation = max(closed.values()) + 1000
+        finally:
+            force_unmount(mnt)
+        with mounted(home, "p", mnt):
+            for i, k in closed.items():
+                data = (mnt / f"f{i}").read_bytes()
+                header = data.split(b"\n", 1)[0].decode()
+                file_index, file_gen = map(int, header.split(":"))
+                assert file_index == i and file_gen >= k, (i, k, header)
+                assert data == content(i, file_gen), f"f{i} holds a torn or mixed generation {file_gen}"
+                closed[i] = file_gen
+        run(home, "check", "p")
