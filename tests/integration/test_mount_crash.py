@@ -18,45 +18,14 @@ import subprocess
 import sys
 from pathlib import Path
 
+from .crash_writer import content
 from .mountutil import force_unmount, mount_pid, mounted, needs_fuse, new_home, run
 
 pytestmark = needs_fuse
 
 FILES = 6
 ROUNDS = 6
-
-WRITER = (
-    r"""
-import os, random, sys
-root, seed = sys.argv[1], int(sys.argv[2])
-def content(i, k):
-    rng = random.Random(i * 1_000_003 + k)
-    return f"{i}:{k}\n".encode() + rng.randbytes(rng.randint(0, 1_500_000))
-rng = random.Random(seed)
-k, pause_at = int(sys.argv[3]), int(sys.argv[4])
-for _ in range(100_000):
-    i, k = rng.randrange(%d), k + 1
-    data = content(i, k)
-    try:
-        fd = os.open(f"{root}/f{i}", os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
-        for start in range(0, len(data), 65536):
-            os.write(fd, data[start:start + 65536])
-            if k == pause_at and start >= len(data) // 2:
-                print("paused", flush=True)
-                sys.stdin.readline()  # until the test has committed and killed the mount
-                pause_at = -1
-        os.close(fd)
-    except OSError:
-        break
-    print(i, k, flush=True)
-"""
-    % FILES
-)
-
-
-def content(i: int, k: int) -> bytes:
-    rng = random.Random(i * 1_000_003 + k)
-    return f"{i}:{k}\n".encode() + rng.randbytes(rng.randint(0, 1_500_000))
+REPO = Path(__file__).resolve().parents[2]
 
 
 def _wait_exit(pid: int) -> None:
@@ -83,7 +52,9 @@ def test_kill_minus_nine_loses_nothing_closed_and_tears_nothing(tmp_path: Path) 
             # (fsync of the root directory, the periodic commit's rule) before the kill.
             pause_at = generation + kill_after + 1 if round_ % 2 else -1
             writer = subprocess.Popen(
-                [sys.executable, "-c", WRITER, str(mnt), str(round_), str(generation), str(pause_at)],
+                [sys.executable, "-m", "tests.integration.crash_writer"]
+                + [str(mnt), str(round_), str(generation), str(pause_at), str(FILES)],
+                cwd=REPO,
                 stdin=subprocess.PIPE,
                 stdout=subprocess.PIPE,
                 stderr=subprocess.DEVNULL,
