@@ -131,7 +131,7 @@ class Ingester:
         # Twice the cores: a worker waiting in fsync leaves its core to another.
         self._workers = workers or 2 * (os.cpu_count() or 2)
         self._slots = threading.Semaphore(max_in_flight or 2 * self._workers + 2)
-        self._known: dict[bytes, ChunkRef] = {}
+        self._known: dict[bytes, Future[ChunkRef]] = {}
         self._lock = threading.Lock()
         self._progress = progress or (lambda n: None)
         self._warn = warn or (lambda msg: None)
@@ -144,13 +144,19 @@ class Ingester:
             pid = plaintext_hash(data)
             with self._lock:
                 known = self._known.get(pid)
+                if known is None:  # this worker seals it; any other with the same bytes waits
+                    claim = self._known[pid] = Future()
             if known is not None:
-                return known
-            ref, sealed = seal(self._convergence, data, pid)
-            stored = self.store.put(ref.cid, sealed) if not self.store.has([ref.cid])[0] else False
-            with self._lock:
-                self._known[pid] = ref
-                if stored:
+                return known.result()
+            try:
+                ref, sealed = seal(self._convergence, data, pid)
+                stored = self.store.put(ref.cid, sealed) if not self.store.has([ref.cid])[0] else False
+            except BaseException as exc:
+                claim.set_exception(exc)
+                raise
+            claim.set_result(ref)
+            if stored:
+                with self._lock:
                     self.stats.chunks_stored += 1
                     self.stats.bytes_stored += len(sealed)
             return ref

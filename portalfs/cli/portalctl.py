@@ -307,8 +307,17 @@ def cmd_gc(device: Device, args: argparse.Namespace) -> int:
     return 0
 
 
+def _demo_mountpoint(device: Device) -> Path:
+    if os.environ.get("PORTAL_HOME"):
+        return device.home.data / "mnt" / "demo"
+    return Path.home() / "Portal" / "demo"
+
+
 def cmd_demo(device: Device, args: argparse.Namespace) -> int:
-    """The main job on the embedded default: identity, a demo portal, one folder in, its log out."""
+    """The main job on the embedded default: identity, portal 'demo' with a folder in it, mounted."""
+    from ..mount.runner import is_mounted
+    from .portalfs import mount
+
     if not device.initialized:
         words = new_entropy_words(os.urandom(32))
         identity = device.create_identity(words, "", None, None, time.time_ns())
@@ -318,21 +327,37 @@ def cmd_demo(device: Device, args: argparse.Namespace) -> int:
         print(f"Identity: {identity.fingerprint}")
     secrets = _unlock(device, args)
     source = Path(args.source) if args.source else Path(__file__).resolve().parent.parent
-    with device.exclusive():
-        try:
-            device.state.portal("demo")
-        except NotFound:
-            device.create_portal("demo", secrets, time.time_ns())
-            print("Created portal 'demo'")
-        version, stats = PortalView.open(device, "demo", secrets).put(secrets, [str(source)], time.time_ns())
-    print(
-        f"Put {source} into demo v{version.version}: "
-        f"{stats.files} files, {_human(stats.bytes_read + stats.bytes_reused)}"
-    )
+    mountpoint = _demo_mountpoint(device)
+    if is_mounted(mountpoint):
+        print(f"Portal 'demo' is already mounted at {mountpoint}")
+    else:
+        with device.exclusive():
+            try:
+                device.state.portal("demo")
+            except NotFound:
+                device.create_portal("demo", secrets, time.time_ns())
+                print("Created portal 'demo'")
+        view = PortalView.open(device, "demo", secrets)
+        with device.portal_writer(view.row.id, "demo"), device.exclusive():
+            version, stats = view.put(secrets, [str(source)], time.time_ns())
+        size = _human(stats.bytes_read + stats.bytes_reused)
+        print(f"Put {source} into demo v{version.version}: {stats.files} files, {size}")
+        mountpoint.mkdir(parents=True, exist_ok=True)
+        mount_args = argparse.Namespace(
+            target="demo",
+            mountpoint=str(mountpoint),
+            foreground=False,
+            ready_fd=None,
+            options="",
+            passphrase_file=args.passphrase_file,
+        )
+        mount(device, mount_args, [])
     print("\n$ portalctl log demo")
     args.name = "demo"
     args.json = False
-    return cmd_log(device, args)
+    cmd_log(device, args)
+    print(f"\nBrowse it: ls {mountpoint}\nUnmount it: portalctl unmount {mountpoint}")
+    return 0
 
 
 def cmd_restore(device: Device, args: argparse.Namespace) -> int:

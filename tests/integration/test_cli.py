@@ -182,12 +182,23 @@ def test_unchanged_files_are_not_read_again_and_duplicates_stored_once(home: Pat
     assert third["chunks_stored"] <= 2  # only the chunk around the edit is new
 
 
+@pytest.mark.skipif(not os.path.exists("/dev/fuse") or os.geteuid() != 0, reason="the demo mounts")
 def test_demo_is_the_main_job(tmp_path: Path) -> None:
     home = tmp_path / "demo"
+    mnt = home / "mnt" / "demo"
     out = ok(home, "demo")
-    assert "Identity:" in out and "portalctl log demo" in out and "\nv1\t" in out
+    try:
+        assert "Identity:" in out and "portalctl log demo" in out and "\nv1\t" in out
+        assert f"portalctl unmount {mnt}" in out
+        assert (mnt / "portalfs" / "cli" / "portalctl.py").is_file()
+        assert "already mounted" in ok(home, "demo")
+    finally:
+        ok(home, "unmount", str(mnt))
     out = ok(home, "demo")
-    assert "\nv2\t" in out and "Identity:" not in out
+    try:
+        assert "\nv2\t" in out and "Identity:" not in out
+    finally:
+        ok(home, "unmount", str(mnt))
 
 
 # bad input
