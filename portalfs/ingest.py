@@ -16,14 +16,14 @@ from __future__ import annotations
 
 import os
 import stat
-import threading
 from collections.abc import Callable
-from concurrent.futures import Future, ThreadPoolExecutor
+from concurrent.futures import Future
 from dataclasses import dataclass, field
 
 from . import chunking, encoding
 from .errors import SourceError
-from .sealing import ChunkRef, plaintext_hash, seal
+from .pipeline import ChunkPipeline
+from .sealing import ChunkRef, seal
 from .state import CachedFile, StateDB
 from .store import ObjectStore
 from .tree import Entry, NodeLoader, build_file, decode_dir, encode_dir
@@ -128,40 +128,13 @@ class Ingester:
         self._convergence = convergence_secret
         self._tree_secret = tree_secret
         self._now_ns = now_ns
-        # Twice the cores: a worker waiting in fsync leaves its core to another.
-        self._workers = workers or 2 * (os.cpu_count() or 2)
-        self._slots = threading.Semaphore(max_in_flight or 2 * self._workers + 2)
-        self._known: dict[bytes, Future[ChunkRef]] = {}
-        self._lock = threading.Lock()
+        self._workers = workers
+        self._max_in_flight = max_in_flight
         self._progress = progress or (lambda n: None)
         self._warn = warn or (lambda msg: None)
         self._cache_rows: list[tuple[bytes, CachedFile]] = []
 
     # objects
-
-    def _seal_chunk(self, data: bytes) -> ChunkRef:
-        try:
-            pid = plaintext_hash(data)
-            with self._lock:
-                known = self._known.get(pid)
-                if known is None:  # this worker seals it; any other with the same bytes waits
-                    claim = self._known[pid] = Future()
-            if known is not None:
-                return known.result()
-            try:
-                ref, sealed = seal(self._convergence, data, pid)
-                stored = self.store.put(ref.cid, sealed) if not self.store.has([ref.cid])[0] else False
-            except BaseException as exc:
-                claim.set_exception(exc)
-                raise
-            claim.set_result(ref)
-            if stored:
-                with self._lock:
-                    self.stats.chunks_stored += 1
-                    self.stats.bytes_stored += len(sealed)
-            return ref
-        finally:
-            self._slots.release()
 
     def store_node(self, plaintext: bytes) -> ChunkRef:
         ref, sealed = seal(self._tree_secret, plaintext)
@@ -172,7 +145,7 @@ class Ingester:
 
     # phase 1: walk and submit
 
-    def _walk_file(self, pool: ThreadPoolExecutor, path: bytes, name: bytes, st: os.stat_result) -> _PendingFile:
+    def _walk_file(self, pipeline: ChunkPipeline, path: bytes, name: bytes, st: os.stat_result) -> _PendingFile:
         pending = _PendingFile(name, path, st, _read_xattrs(path))
         self.stats.files += 1
         if st.st_size == 0:
@@ -193,8 +166,7 @@ class Ingester:
         try:
             with open(path, "rb", buffering=0) as stream:
                 for chunk in chunking.cdc_chunks(stream):
-                    self._slots.acquire()
-                    pending.chunks.append(pool.submit(self._seal_chunk, chunk))
+                    pending.chunks.append(pipeline.submit(chunk))
                     self.stats.chunks += 1
                     self.stats.bytes_read += len(chunk)
                     self._progress(len(chunk))
@@ -202,13 +174,13 @@ class Ingester:
             raise SourceError(f"cannot read {os.fsdecode(path)}: {exc.strerror or exc}") from exc
         return pending
 
-    def _walk(self, pool: ThreadPoolExecutor, path: bytes, name: bytes) -> _PendingFile | _PendingDir | Entry | None:
+    def _walk(self, pipeline: ChunkPipeline, path: bytes, name: bytes) -> _PendingFile | _PendingDir | Entry | None:
         try:
             st = os.lstat(path)
         except OSError as exc:
             raise SourceError(f"cannot read {os.fsdecode(path)}: {exc.strerror or exc}") from exc
         if stat.S_ISREG(st.st_mode):
-            return self._walk_file(pool, path, name, st)
+            return self._walk_file(pipeline, path, name, st)
         if stat.S_ISLNK(st.st_mode):
             self.stats.symlinks += 1
             return _entry(name, st, {}, target=os.readlink(path))
@@ -220,7 +192,7 @@ class Ingester:
             except OSError as exc:
                 raise SourceError(f"cannot read {os.fsdecode(path)}: {exc.strerror or exc}") from exc
             for child in children:
-                item = self._walk(pool, os.path.join(path, child), child)
+                item = self._walk(pipeline, os.path.join(path, child), child)
                 if item is not None:
                     pending.children.append(item)
             return pending
@@ -265,13 +237,14 @@ class Ingester:
         rather than itself (as rsync does). Entries of the same name are replaced.
         """
         top: list[_PendingFile | _PendingDir | Entry] = []
-        with ThreadPoolExecutor(self._workers, thread_name_prefix="seal") as pool:
+        pipeline = ChunkPipeline(self.store, self._convergence, self._workers, self._max_in_flight)
+        with pipeline:
             try:
                 for source in sources:
                     raw = os.fsencode(source)
                     path = os.path.abspath(raw.rstrip(b"/") or b"/")
                     if raw.endswith(b"/") and os.path.isdir(path):
-                        walked = self._walk(pool, path, b"")
+                        walked = self._walk(pipeline, path, b"")
                         assert isinstance(walked, _PendingDir)
                         top.extend(walked.children)
                         self.stats.dirs -= 1
@@ -279,7 +252,7 @@ class Ingester:
                         name = os.path.basename(path)
                         if not name or name in (b".", b".."):
                             name = os.path.basename(os.path.realpath(path))
-                        walked = self._walk(pool, path, name)
+                        walked = self._walk(pipeline, path, name)
                         if walked is not None:
                             top.append(walked)
                 new = {e.name: e for e in (self._finish(item) for item in top)}
@@ -287,6 +260,8 @@ class Ingester:
                 for item in top:
                     _cancel(item)
                 raise
+        self.stats.chunks_stored += pipeline.chunks_stored
+        self.stats.bytes_stored += pipeline.bytes_stored
         entries = (
             {}
             if previous is None or previous.node is None

@@ -14,9 +14,9 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
-from .. import chunking
 from ..ingest import tree_totals
-from ..sealing import ChunkRef, plaintext_hash, seal
+from ..pipeline import ChunkPipeline
+from ..sealing import ChunkRef, seal
 from ..store import ObjectStore
 from ..tree import Entry, NodeLoader, build_file, encode_dir
 from .workspace import Inode, Workspace
@@ -102,32 +102,22 @@ def abandon(workspace: Workspace, plan: DirPlan) -> None:
 
 
 class Sealer:
-    """Chunks, seals and stores; one per commit, used from one worker thread."""
+    """Seals staged files through the chunk pipeline and stores nodes; one per commit."""
 
     def __init__(self, store: ObjectStore, convergence_secret: bytes, tree_secret: bytes) -> None:
         self.store = store
         self.convergence = convergence_secret
         self.tree_secret = tree_secret
 
-    def _put(self, secret: bytes, plaintext: bytes, pid: bytes | None = None) -> ChunkRef:
-        ref, sealed = seal(secret, plaintext, pid)
+    def store_node(self, plaintext: bytes) -> ChunkRef:
+        ref, sealed = seal(self.tree_secret, plaintext)
         if not self.store.has([ref.cid])[0]:
             self.store.put(ref.cid, sealed)
         return ref
 
-    def store_node(self, plaintext: bytes) -> ChunkRef:
-        return self._put(self.tree_secret, plaintext)
-
     def seal_file(self, path: str) -> tuple[ChunkRef | None, int]:
-        refs: list[ChunkRef] = []
-        known: dict[bytes, ChunkRef] = {}
-        with open(path, "rb", buffering=0) as stream:
-            for chunk in chunking.cdc_chunks(stream):
-                pid = plaintext_hash(chunk)
-                ref = known.get(pid)
-                if ref is None:
-                    ref = known[pid] = self._put(self.convergence, chunk, pid)
-                refs.append(ref)
+        with ChunkPipeline(self.store, self.convergence) as pipeline, open(path, "rb", buffering=0) as stream:
+            refs = [future.result() for future in list(pipeline.seal_stream(stream))]
         if not refs:
             return None, 0
         return build_file(refs, self.store_node)

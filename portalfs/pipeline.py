@@ -1,0 +1,83 @@
+"""The chunk pipeline: hash, seal and store chunks on worker threads.
+
+blake3, zstandard and AES-GCM release the GIL, so worker threads use every
+core. At most ``max_in_flight`` chunks wait in memory (``submit`` blocks the
+producer beyond that), and each distinct plaintext is sealed once: a worker
+that meets bytes another worker is already sealing waits for that result.
+Used by ingest (`portalctl put`) and by the mount's commits.
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+from collections.abc import Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
+from types import TracebackType
+from typing import BinaryIO
+
+from . import chunking
+from .sealing import ChunkRef, plaintext_hash, seal
+from .store import ObjectStore
+
+__all__ = ["ChunkPipeline"]
+
+
+class ChunkPipeline:
+    def __init__(
+        self, store: ObjectStore, secret: bytes, workers: int | None = None, max_in_flight: int | None = None
+    ) -> None:
+        self.store = store
+        self.chunks_stored = 0
+        self.bytes_stored = 0
+        self._secret = secret
+        # Twice the cores: a worker waiting in fsync leaves its core to another.
+        workers = workers or 2 * (os.cpu_count() or 2)
+        self._pool = ThreadPoolExecutor(workers, thread_name_prefix="seal")
+        self._slots = threading.Semaphore(max_in_flight or 2 * workers + 2)
+        self._known: dict[bytes, Future[ChunkRef]] = {}
+        self._lock = threading.Lock()
+
+    def __enter__(self) -> ChunkPipeline:
+        return self
+
+    def __exit__(self, kind: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None) -> None:
+        self._pool.shutdown(wait=True, cancel_futures=exc is not None)
+
+    def submit(self, data: bytes) -> Future[ChunkRef]:
+        """Queue one chunk; blocks while ``max_in_flight`` chunks are waiting."""
+        self._slots.acquire()
+        try:
+            return self._pool.submit(self._seal, data)
+        except BaseException:
+            self._slots.release()
+            raise
+
+    def seal_stream(self, stream: BinaryIO) -> Iterator[Future[ChunkRef]]:
+        """Cut ``stream`` into content-defined chunks and queue each; yields their futures in order."""
+        for chunk in chunking.cdc_chunks(stream):
+            yield self.submit(chunk)
+
+    def _seal(self, data: bytes) -> ChunkRef:
+        try:
+            pid = plaintext_hash(data)
+            with self._lock:
+                known = self._known.get(pid)
+                if known is None:  # this worker seals it; any other with the same bytes waits
+                    claim = self._known[pid] = Future()
+            if known is not None:
+                return known.result()
+            try:
+                ref, sealed = seal(self._secret, data, pid)
+                stored = self.store.put(ref.cid, sealed) if not self.store.has([ref.cid])[0] else False
+            except BaseException as exc:
+                claim.set_exception(exc)
+                raise
+            claim.set_result(ref)
+            if stored:
+                with self._lock:
+                    self.chunks_stored += 1
+                    self.bytes_stored += len(sealed)
+            return ref
+        finally:
+            self._slots.release()
