@@ -1,7 +1,8 @@
 """Garbage collection: remove objects that no recorded version reaches.
 
-Mark and sweep under the device lock. Every version in the journal pins its
-whole tree, so nothing a live version uses is ever removed; objects left by an
+Mark and sweep under the device lock. Every recorded version pins its whole
+tree, and every journal record what it names, so nothing a live version uses
+is ever removed; objects left by an
 interrupted put (stored, but never reached by a committed root) are removed.
 If any node cannot be loaded during the mark, nothing is swept.
 """
@@ -11,6 +12,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from .device import Device, Unlocked
+from .mount.journal import decode_record
 from .portal import PortalView
 from .tree import Entry, decode_dir, iter_file_chunks
 
@@ -40,10 +42,13 @@ def live_objects(device: Device, secrets: Unlocked) -> set[bytes]:
             for chunk in iter_file_chunks(entry.node, view.load_node, visit_node=lambda r: live.add(r.cid)):
                 live.add(chunk.cid)
 
-    for row in device.state.portals():
-        view = PortalView(device, row, secrets.unwrap_portal_key(row))
-        for version in device.state.versions(row.id):
+    views = {row.id: PortalView(device, row, secrets.unwrap_portal_key(row)) for row in device.state.portals()}
+    for portal_id, view in views.items():
+        for version in device.state.versions(portal_id):
             mark(view, view.root(version).entry)
+    for portal_id, _, record in device.state.journal():  # journaled files are pinned too
+        for entry in decode_record(record):
+            mark(views[portal_id], entry)
     return live
 
 

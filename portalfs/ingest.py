@@ -14,6 +14,7 @@ file's (inode, size, mtime, ctime) and file node from the last ingest.
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import stat
 from collections.abc import Callable
@@ -26,7 +27,7 @@ from .pipeline import ChunkPipeline
 from .sealing import ChunkRef, seal
 from .state import CachedFile, StateDB
 from .store import ObjectStore
-from .tree import Entry, NodeLoader, build_file, decode_dir, encode_dir
+from .tree import Entry, NodeLoader, build_file, decode_dir, encode_dir, new_root_entry
 
 __all__ = ["Ingester", "IngestStats", "tree_totals"]
 
@@ -270,8 +271,7 @@ class Ingester:
         entries.update(new)
         root_node = self.store_node(encode_dir(list(entries.values())))
         if previous is None:
-            uid, gid = os.getuid(), os.getgid()
-            return Entry(b"", stat.S_IFDIR | 0o755, uid, gid, self._now_ns, self._now_ns, node=root_node)
+            return dataclasses.replace(new_root_entry(self._now_ns, os.getuid(), os.getgid()), node=root_node)
         return Entry(
             b"",
             previous.mode,

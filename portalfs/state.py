@@ -1,8 +1,9 @@
 """The device's state database (SQLite, WAL): identity facts, portals, versions, files cache.
 
-The versions table is the durable journal of root records: a version exists
-once its row is committed, and every object reachable from a recorded version
-is pinned (garbage collection never removes it). See docs/design.md, "Device state".
+The versions table holds the root records: a version exists once its row is
+committed, and every object reachable from a recorded version is pinned
+(garbage collection never removes it). The journal table holds files a mount
+made durable since the newest version (section "Journal" of docs/design.md). See docs/design.md, "Device state".
 """
 
 from __future__ import annotations
@@ -30,6 +31,8 @@ CREATE TABLE IF NOT EXISTS versions (
     portal BLOB NOT NULL REFERENCES portals(id), version INTEGER NOT NULL, record BLOB NOT NULL,
     time_ns INTEGER NOT NULL, device BLOB NOT NULL, size INTEGER NOT NULL, files INTEGER NOT NULL,
     PRIMARY KEY (portal, version));
+CREATE TABLE IF NOT EXISTS journal (
+    seq INTEGER PRIMARY KEY AUTOINCREMENT, portal BLOB NOT NULL, base INTEGER NOT NULL, record BLOB NOT NULL);
 CREATE TABLE IF NOT EXISTS files_cache (
     portal BLOB NOT NULL, path BLOB NOT NULL, ino INTEGER NOT NULL, size INTEGER NOT NULL,
     mtime_ns INTEGER NOT NULL, ctime_ns INTEGER NOT NULL, node BLOB NOT NULL,
@@ -178,6 +181,24 @@ class StateDB:
             else self._db.execute(query + " ORDER BY portal, version")
         )
         return [self._version_row(r) for r in rows]
+
+    # journal: changes made durable since the newest version, replayed on top of it
+
+    def add_journal(self, portal: bytes, base: int, record: bytes) -> None:
+        self._db.execute("INSERT INTO journal (portal, base, record) VALUES (?, ?, ?)", (portal, base, record))
+
+    def journal(self, portal: bytes | None = None) -> list[tuple[bytes, int, bytes]]:
+        """(portal, base version, record) in the order they were written."""
+        query = "SELECT portal, base, record FROM journal"
+        rows = (
+            self._db.execute(query + " WHERE portal = ? ORDER BY seq", (portal,))
+            if portal is not None
+            else self._db.execute(query + " ORDER BY seq")
+        )
+        return [(bytes(p), b, bytes(r)) for p, b, r in rows]
+
+    def clear_journal(self, portal: bytes) -> None:
+        self._db.execute("DELETE FROM journal WHERE portal = ?", (portal,))
 
     # files cache
 

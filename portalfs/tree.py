@@ -40,6 +40,7 @@ __all__ = [
     "build_file",
     "iter_file_chunks",
     "validate_name",
+    "new_root_entry",
     "NodeStorer",
     "NodeLoader",
 ]
@@ -107,7 +108,8 @@ class Entry:
         return out
 
     @classmethod
-    def from_cbor(cls, value: object, allow_empty_name: bool = False) -> Entry:
+    def from_cbor(cls, value: object, allow_empty_name: bool = False, allow_new_dir: bool = False) -> Entry:
+        """Parse and validate an entry. ``allow_new_dir``: a directory may lack its node (journal records)."""
         if not isinstance(value, dict):
             raise ValueError("an entry is a map")
         known = {"name", "mode", "uid", "gid", "mtime", "ctime", "size", "node", "target", "xattrs"}
@@ -134,7 +136,7 @@ class Entry:
             if not isinstance(size, int) or size < 0 or (size > 0) != (node is not None) or target is not None:
                 raise ValueError("a file entry has a size and, when not empty, a node")
         elif stat.S_ISDIR(mode):
-            if node is None or target is not None or "size" in value:
+            if (node is None and not allow_new_dir) or target is not None or "size" in value:
                 raise ValueError("a directory entry has a node and nothing else")
         elif stat.S_ISLNK(mode):
             if not isinstance(target, bytes) or node is not None or "size" in value:
@@ -142,6 +144,11 @@ class Entry:
         else:
             raise ValueError(f"unsupported file type in mode {mode:#o}")
         return cls(name, mode, value["uid"], value["gid"], value["mtime"], value["ctime"], size, node, target, xattrs)
+
+
+def new_root_entry(now_ns: int, uid: int, gid: int) -> Entry:
+    """The root of a portal with nothing in it yet (no node until something is committed)."""
+    return Entry(b"", stat.S_IFDIR | 0o755, uid, gid, now_ns, now_ns)
 
 
 def _decode_node(plaintext: bytes, expected: tuple[str, ...]) -> dict:

@@ -24,6 +24,7 @@ from ..device import Device, Unlocked
 from ..errors import NotFound, PortalError, SourceError, UsageError
 from ..gc import collect_garbage
 from ..keys import new_entropy_words
+from ..mount.journal import replay_journal
 from ..paths import DeviceHome
 from ..portal import PortalView
 from ..restore import Restorer
@@ -196,17 +197,19 @@ def cmd_put(device: Device, args: argparse.Namespace) -> int:
             raise SourceError(f"cannot read {source}: permission denied")
     show = not args.json
     view = PortalView.open(device, args.name, secrets)
-    with device.portal_writer(view.row.id, f"put {args.name}"), device.exclusive():
+    with device.portal_writer(view.row.id, f"put {args.name}"):
+        replay_journal(view, secrets, time.time_ns())
         started = time.monotonic()
         total = _source_size([Path(s) for s in args.sources]) if show and sys.stderr.isatty() else None
         with _progress(total, show) as progress:
-            version, stats = view.put(
-                secrets,
-                args.sources,
-                time.time_ns(),
-                progress=progress,
-                warn=lambda msg: print(f"portalctl: warning: {msg}", file=sys.stderr),
-            )
+            with device.exclusive():
+                version, stats = view.put(
+                    secrets,
+                    args.sources,
+                    time.time_ns(),
+                    progress=progress,
+                    warn=lambda msg: print(f"portalctl: warning: {msg}", file=sys.stderr),
+                )
         elapsed = time.monotonic() - started
     result = {
         "portal": args.name,
@@ -338,8 +341,10 @@ def cmd_demo(device: Device, args: argparse.Namespace) -> int:
                 device.create_portal("demo", secrets, time.time_ns())
                 print("Created portal 'demo'")
         view = PortalView.open(device, "demo", secrets)
-        with device.portal_writer(view.row.id, "demo"), device.exclusive():
-            version, stats = view.put(secrets, [str(source)], time.time_ns())
+        with device.portal_writer(view.row.id, "demo"):
+            replay_journal(view, secrets, time.time_ns())
+            with device.exclusive():
+                version, stats = view.put(secrets, [str(source)], time.time_ns())
         size = _human(stats.bytes_read + stats.bytes_reused)
         print(f"Put {source} into demo v{version.version}: {stats.files} files, {size}")
         mountpoint.mkdir(parents=True, exist_ok=True)
@@ -378,8 +383,10 @@ def cmd_restore(device: Device, args: argparse.Namespace) -> int:
             f"Restored {relative} from v{args.version} at {dest}",
         )
         return 0
-    with device.portal_writer(view.row.id, f"restore {args.name}"), device.exclusive():
-        new = view.graft(secrets, relative, old, time.time_ns())
+    with device.portal_writer(view.row.id, f"restore {args.name}"):
+        replay_journal(view, secrets, time.time_ns())
+        with device.exclusive():
+            new = view.graft(secrets, relative, old, time.time_ns())
     _emit(
         args,
         {"path": relative, "from": args.version, "version": new.version},

@@ -11,17 +11,21 @@ returns the new root entry. The caller records the root record in the journal
 
 from __future__ import annotations
 
+import os
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
+from ..device import Unlocked
 from ..ingest import tree_totals
 from ..pipeline import ChunkPipeline
+from ..portal import PortalView
+from ..root import RootPayload, RootRecord, make_root_record
 from ..sealing import ChunkRef, seal
 from ..store import ObjectStore
 from ..tree import Entry, NodeLoader, build_file, encode_dir
 from .workspace import Inode, Workspace
 
-__all__ = ["FilePlan", "DirPlan", "snapshot", "execute", "CommitResult"]
+__all__ = ["FilePlan", "DirPlan", "snapshot", "execute", "CommitResult", "checkpoint", "journal_file"]
 
 
 @dataclass(slots=True)
@@ -185,3 +189,47 @@ def apply(result: CommitResult) -> None:
         if isinstance(plan, FilePlan):
             plan.inode.committed_content_gen = plan.content_gen
             plan.inode.committed_size = plan.size
+
+
+def checkpoint(
+    view: PortalView,
+    secrets: Unlocked,
+    plan: DirPlan,
+    head: RootRecord | None,
+    totals: dict[bytes, tuple[int, int]],
+    now_ns: int,
+) -> tuple[CommitResult, RootRecord]:
+    """Carry out ``plan`` and record it as the next version, clearing the journal it supersedes.
+
+    Runs in a worker thread, under the device lock so garbage collection never races it.
+    """
+    device = view.device
+    with device.exclusive():
+        sealer = Sealer(device.store, secrets.identity.convergence_secret, view.keys.tree_secret)
+        result = execute(plan, sealer, view.load_node, totals)
+        record = make_root_record(
+            keys=view.keys,
+            device=secrets.device,
+            portal=view.row.id,
+            parent=head,
+            payload=RootPayload(result.root, result.size, result.files),
+            time_ns=now_ns,
+            nonce=os.urandom(12),
+        )
+        with device.state.transaction():
+            device.state.add_version(record, result.size, result.files)
+            device.state.clear_journal(view.row.id)
+    return result, record
+
+
+def journal_file(
+    view: PortalView, secrets: Unlocked, path: str, record: Callable[[ChunkRef | None, int], bytes], base: int
+) -> tuple[ChunkRef | None, int]:
+    """Seal a staged file and append its journal record (worker thread, device lock held)."""
+    device = view.device
+    with device.exclusive():
+        ref, size = Sealer(device.store, secrets.identity.convergence_secret, view.keys.tree_secret).seal_file(path)
+        device.store.sync()
+        with device.state.transaction():
+            device.state.add_journal(view.row.id, base, record(ref, size))
+    return ref, size

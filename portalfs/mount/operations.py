@@ -32,10 +32,11 @@ import trio
 from ..device import Unlocked
 from ..errors import IntegrityError, MissingObject, PortalError
 from ..portal import PortalView
-from ..root import RootPayload, RootRecord, make_root_record
+from ..root import RootPayload, RootRecord
 from ..sealing import ChunkRef
 from ..tree import iter_file_chunks
-from .commit import CommitResult, DirPlan, Sealer, abandon, apply, execute, snapshot
+from .commit import abandon, apply, checkpoint, journal_file, snapshot
+from .journal import encode_record, journal_chain
 from .workspace import MAX_FILE_SIZE, FsError, Inode, Workspace
 
 __all__ = ["PortalOperations"]
@@ -440,7 +441,7 @@ class PortalOperations(pyfuse3.Operations):
     async def flush(self, fh: int) -> None:
         handle = self._handles[fh]
         if handle.writable and self._content_dirty(handle.inode):
-            await self.commit(lambda inode: inode.writers == 0 or inode is handle.inode)
+            await self.journal(handle.inode)
 
     @_translated
     async def release(self, fh: int) -> None:
@@ -449,7 +450,7 @@ class PortalOperations(pyfuse3.Operations):
         self.workspace.released(node, handle.writable)
         try:
             if handle.writable and self._content_dirty(node):
-                await self.commit(lambda inode: inode.writers == 0 or inode is node)
+                await self.journal(node)
         finally:
             if node.opens == 0 and node.staging is not None and not self._content_dirty(node) and not node.unlinked:
                 self.workspace.drop_staging(node)
@@ -457,8 +458,7 @@ class PortalOperations(pyfuse3.Operations):
 
     @_translated
     async def fsync(self, fh: int, datasync: bool) -> None:
-        node = self._handles[fh].inode
-        await self.commit(lambda inode: inode.writers == 0 or inode is node)
+        await self.journal(self._handles[fh].inode)
 
     # extended attributes
 
@@ -569,6 +569,23 @@ class PortalOperations(pyfuse3.Operations):
 
     # commits
 
+    async def journal(self, node: Inode) -> None:
+        """Make ``node``'s content durable now: sealed, stored, journaled (no version yet)."""
+        if self.read_only or self.secrets is None:
+            return
+        secrets = self.secrets
+        async with self._commit_lock:
+            if not self._content_dirty(node) or node.staging is None:
+                return
+            chain, content_gen, staging = journal_chain(node), node.content_gen, str(node.staging)
+            base = 0 if self.head is None else self.head.version
+            async with self._content_lock:
+                ref, size = await trio.to_thread.run_sync(
+                    journal_file, self.view, secrets, staging, lambda r, s: encode_record(chain, r, s), base
+                )
+            node.node, node.committed_size, node.committed_content_gen = ref, size, content_gen
+            # The tree above it still has to be checkpointed: the inode stays dirty.
+
     async def commit(self, content_of: Callable[[Inode], bool] = lambda inode: True) -> None:
         """Commit what is dirty as a new version, recorded in the journal before returning.
 
@@ -580,9 +597,12 @@ class PortalOperations(pyfuse3.Operations):
             plan = snapshot(self.workspace, content_of)
             if plan is None:
                 return
+            secrets, head = self.secrets, self.head
             try:
                 async with self._content_lock:
-                    result, record = await trio.to_thread.run_sync(self._commit_in_thread, plan)
+                    result, record = await trio.to_thread.run_sync(
+                        checkpoint, self.view, secrets, plan, head, self._totals, _now()
+                    )
             except BaseException:
                 abandon(self.workspace, plan)
                 raise
@@ -590,23 +610,3 @@ class PortalOperations(pyfuse3.Operations):
             self.head = record
             self.versions_committed += 1
         self._collect_garbage()
-
-    def _commit_in_thread(self, plan: DirPlan) -> tuple[CommitResult, RootRecord]:
-        """Seal, store and journal under the device lock, so garbage collection never races a commit."""
-        assert self.secrets is not None
-        device, secrets = self.view.device, self.secrets
-        with device.exclusive():
-            sealer = Sealer(device.store, secrets.identity.convergence_secret, self.view.keys.tree_secret)
-            result = execute(plan, sealer, self.view.load_node, self._totals)
-            record = make_root_record(
-                keys=self.view.keys,
-                device=secrets.device,
-                portal=self.view.row.id,
-                parent=self.head,
-                payload=RootPayload(result.root, result.size, result.files),
-                time_ns=_now(),
-                nonce=os.urandom(12),
-            )
-            with device.state.transaction():
-                device.state.add_version(record, result.size, result.files)
-        return result, record

@@ -12,7 +12,6 @@ import logging
 import os
 import shutil
 import signal
-import stat
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -24,7 +23,8 @@ from ..device import Device, Unlocked
 from ..errors import MountError
 from ..portal import PortalView
 from ..root import RootPayload
-from ..tree import Entry
+from ..tree import new_root_entry
+from .journal import replay_journal
 from .operations import PortalOperations
 
 __all__ = ["check_mountpoint", "mount_options", "run_mount", "parse_target", "bdi_of", "is_mounted"]
@@ -151,6 +151,11 @@ def run_mount(
     """Mount portal ``name`` (or its ``version``, read-only) at ``mountpoint`` until unmounted."""
     view = PortalView.open(device, name, secrets)
     read_only = version is not None or "ro" in extra_options
+    if not read_only:
+        with device.portal_writer(view.row.id, f"mount {name}"):
+            replayed = replay_journal(view, secrets, time.time_ns())
+        if replayed:
+            log.info("replayed the journal of %s into version %d", name, replayed)
     if version is None:
         head = device.state.head(view.row.id)
         root = view.root(head) if head is not None else None
@@ -158,8 +163,7 @@ def run_mount(
         head = view.version(version)
         root = view.root(head)
     if root is None:  # a new portal: an empty root directory
-        now = time.time_ns()
-        root = RootPayload(Entry(b"", stat.S_IFDIR | 0o755, os.getuid(), os.getgid(), now, now), 0, 0)
+        root = RootPayload(new_root_entry(time.time_ns(), os.getuid(), os.getgid()), 0, 0)
     staging = device.home.staging / view.row.id.hex()
     ops = PortalOperations(
         view,

@@ -145,6 +145,20 @@ class Workspace:
         self.inodes[inode.ino] = inode
         return inode
 
+    def adopt(self, parent: Inode, entry: Entry) -> Inode:
+        """Place ``entry`` (a committed subtree) under ``parent``, replacing what has its name."""
+        siblings = self.children(parent)
+        old = siblings.pop(entry.name, None)
+        if old is not None:
+            old.unlinked, old.parent = True, None
+            self._maybe_free(old)
+        inode = siblings[entry.name] = self._inode_from_entry(entry, parent)
+        if inode.is_dir and inode.node is None:
+            inode.children = {}
+        self.touch(inode)
+        self.touch(parent)
+        return inode
+
     def get(self, ino: int) -> Inode:
         try:
             return self.inodes[ino]

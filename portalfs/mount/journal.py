@@ -1,0 +1,84 @@
+"""The journal: files made durable between versions, replayed on top of the newest version.
+
+A mount commits a closed (or fsync'd) file cheaply: its chunks and file node
+go to the store, and one journal record says where it lives. Versions
+(checkpoints) are made periodically and on unmount; each clears the journal
+in the transaction that records it. After a crash the journal is replayed on
+top of the newest version and checkpointed at once.
+
+    record = CBOR [Entry, ...]   the file's ancestors from the top level down,
+                                 then the file; an ancestor's "node" is its
+                                 committed directory node, absent when it had
+                                 none yet (a directory created since)
+
+See docs/design.md, section "Journal".
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+
+from .. import encoding
+from ..device import Unlocked
+from ..portal import PortalView
+from ..sealing import ChunkRef
+from ..tree import Entry, new_root_entry
+from .commit import checkpoint, snapshot
+from .workspace import Inode, Workspace
+
+__all__ = ["journal_chain", "encode_record", "decode_record", "apply_record", "replay_journal"]
+
+
+def journal_chain(inode: Inode) -> list[Entry]:
+    """The entries a record of ``inode`` holds, as they are now (content: as last committed)."""
+    chain: list[Entry] = []
+    probe: Inode | None = inode
+    while probe is not None and probe.parent is not None:
+        chain.append(probe.entry())
+        probe = probe.parent
+    return chain[::-1]
+
+
+def encode_record(chain: list[Entry], node: ChunkRef | None, size: int) -> bytes:
+    """The record of ``chain`` with the file's newly sealed content."""
+    entries = chain[:-1] + [dataclasses.replace(chain[-1], node=node, size=size)]
+    return encoding.encode([entry.to_cbor() for entry in entries])
+
+
+def decode_record(data: bytes) -> list[Entry]:
+    values = encoding.decode(data)
+    if not isinstance(values, list) or not values:
+        raise ValueError("a journal record is a non-empty list of entries")
+    chain = [Entry.from_cbor(value, allow_new_dir=True) for value in values]
+    if not all(e.is_dir for e in chain[:-1]) or not chain[-1].is_file:
+        raise ValueError("a journal record is directories, then one file")
+    return chain
+
+
+def apply_record(workspace: Workspace, chain: list[Entry]) -> None:
+    """Put the journaled file where the record says, creating missing ancestors from it."""
+    directory = workspace.root
+    for ancestor in chain[:-1]:
+        child = workspace.children(directory).get(ancestor.name)
+        if child is None or not child.is_dir:
+            child = workspace.adopt(directory, ancestor)
+        directory = child
+    workspace.adopt(directory, chain[-1])
+
+
+def replay_journal(view: PortalView, secrets: Unlocked, now_ns: int) -> int:
+    """Checkpoint what a mount journaled but did not make into a version; return the new version (0: none)."""
+    rows = view.device.state.journal(view.row.id)
+    if not rows:
+        return 0
+    head = view.device.state.head(view.row.id)
+    root = view.root(head).entry if head is not None else new_root_entry(now_ns, os.getuid(), os.getgid())
+    workspace = Workspace(root, view.load_node, view.device.home.staging / "replay")
+    for _, _, data in rows:
+        apply_record(workspace, decode_record(data))
+    plan = snapshot(workspace, lambda inode: True)
+    if plan is None:
+        return 0
+    _, record = checkpoint(view, secrets, plan, None if head is None else head.record, {}, now_ns)
+    return record.version
