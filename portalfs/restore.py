@@ -98,7 +98,7 @@ class Restorer:
 
     def _write_file(self, pool: ThreadPoolExecutor, entry: Entry, path: Path) -> None:
         tmp = path.with_name(f".{path.name}.portal-tmp")
-        window: deque[Future[bytes]] = deque()
+        window: deque[Future[bytes | memoryview]] = deque()
         try:
             with open(tmp, "wb") as out:
                 for ref in self.view.file_chunks(entry):
@@ -116,7 +116,7 @@ class Restorer:
             raise
         self.stats.files += 1
 
-    def _write_chunk(self, out: object, data: bytes) -> None:
+    def _write_chunk(self, out: object, data: bytes | memoryview) -> None:
         out.write(data)  # type: ignore[attr-defined]
         self.stats.bytes += len(data)
         self._progress(len(data))

@@ -128,28 +128,36 @@ def seal(secret: bytes, plaintext: bytes, pid: bytes | None = None) -> tuple[Chu
     return ChunkRef(object_id(sealed), key, pid, len(plaintext)), sealed
 
 
-def unseal(ref: ChunkRef, sealed: bytes | bytearray, what: str = "object") -> bytes:
-    """Open ``sealed`` with ``ref``; verify its id, tag and plaintext hash, or raise CorruptObject."""
+def unseal(
+    ref: ChunkRef, sealed: bytes | bytearray, what: str = "object", id_checked: bool = False
+) -> bytes | memoryview:
+    """Open ``sealed`` with ``ref``; verify its id, tag and plaintext hash, or raise CorruptObject.
+
+    ``id_checked``: the bytes come from a store whose ``get`` has just verified the id.
+    """
     name = f"{what} {ref.cid.hex()}"
-    if object_id(sealed) != ref.cid:
+    if not id_checked and object_id(sealed) != ref.cid:
         raise CorruptObject(f"{name}: bytes do not match the object id")
     if len(sealed) < OVERHEAD or sealed[0] != SEAL_VERSION:
         raise CorruptObject(f"{name}: unknown sealed-object version")
     view = memoryview(sealed)
+    body = bytearray(len(sealed) - HEADER_LEN - TAG_LEN)
     try:
-        body = AESGCM(ref.key).decrypt(view[1:HEADER_LEN], view[HEADER_LEN:], _AAD)
+        AESGCM(ref.key).decrypt_into(view[1:HEADER_LEN], view[HEADER_LEN:], _AAD, body)
     except InvalidTag as exc:
         raise CorruptObject(f"{name}: authentication tag does not verify") from exc
     flags = body[0]
     if flags & ~FLAG_ZSTD:
         raise CorruptObject(f"{name}: unknown flags {flags:#04x}")
+    payload = memoryview(body)[1:]  # no copy
+    plaintext: bytes | memoryview
     if flags & FLAG_ZSTD:
         try:
-            plaintext = _decompressor().decompress(body[1:], max_output_size=MAX_PLAINTEXT)
+            plaintext = _decompressor().decompress(payload, max_output_size=MAX_PLAINTEXT)
         except zstandard.ZstdError as exc:
             raise CorruptObject(f"{name}: compressed payload is damaged") from exc
     else:
-        plaintext = body[1:]
+        plaintext = payload
     if len(plaintext) != ref.length or plaintext_hash(plaintext) != ref.pid:
         raise CorruptObject(f"{name}: plaintext does not match its hash")
     return plaintext

@@ -24,7 +24,7 @@ from collections import OrderedDict
 from collections.abc import Callable, Coroutine, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, ParamSpec, TypeVar
+from typing import Any, ParamSpec, TypeVar, cast
 
 import pyfuse3
 import trio
@@ -48,6 +48,7 @@ P = ParamSpec("P")
 ATTR_TIMEOUT = 5.0
 CHUNK_CACHE_BYTES = 256 * 1024 * 1024
 AUTOCOMMIT_SECONDS = 2.0
+READ_AHEAD_CHUNKS = 6  # chunks unsealed ahead of a reader, on worker threads
 
 
 def _translated(handler: Callable[P, Coroutine[Any, Any, T]]) -> Callable[P, Coroutine[Any, Any, T]]:
@@ -95,15 +96,15 @@ class _ChunkCache:
     def __init__(self, limit: int) -> None:
         self._limit = limit
         self._size = 0
-        self._items: OrderedDict[bytes, bytes] = OrderedDict()
+        self._items: OrderedDict[bytes, bytes | memoryview] = OrderedDict()
 
-    def get(self, cid: bytes) -> bytes | None:
+    def get(self, cid: bytes) -> bytes | memoryview | None:
         data = self._items.get(cid)
         if data is not None:
             self._items.move_to_end(cid)
         return data
 
-    def put(self, cid: bytes, data: bytes) -> None:
+    def put(self, cid: bytes, data: bytes | memoryview) -> None:
         if cid in self._items:
             return
         self._items[cid] = data
@@ -401,7 +402,8 @@ class PortalOperations(pyfuse3.Operations):
             return b""
         offsets, refs = await self._layout(node)
         index = bisect.bisect_right(offsets, off) - 1
-        parts, pos = [], off
+        parts: list[memoryview] = []
+        pos = off
         while pos < end and index < len(refs):
             try:
                 data = await self._chunk(refs[index])
@@ -411,13 +413,15 @@ class PortalOperations(pyfuse3.Operations):
                     log.error("read %s: %s", self._path(node), exc)
                 raise FsError(errno.EIO) from None
             start = pos - offsets[index]
-            piece = data[start : start + end - pos]
+            piece = memoryview(data)[start : start + end - pos]
             parts.append(piece)
             pos += len(piece)
             index += 1
-        if index < len(refs) and self._nursery is not None:
-            self._nursery.start_soon(self._prefetch, refs[index])
-        return b"".join(parts)
+        if self._nursery is not None:
+            for ref in refs[index : index + READ_AHEAD_CHUNKS]:
+                self._nursery.start_soon(self._prefetch, ref)
+        # pyfuse3 replies from any buffer: one piece goes out without a copy.
+        return cast(bytes, parts[0]) if len(parts) == 1 else b"".join(parts)
 
     @_translated
     async def write(self, fh: int, off: int, buf: bytes) -> int:
@@ -533,7 +537,7 @@ class PortalOperations(pyfuse3.Operations):
                 self._layouts.pop(next(iter(self._layouts)))
         return layout
 
-    async def _chunk(self, ref: ChunkRef) -> bytes:
+    async def _chunk(self, ref: ChunkRef) -> bytes | memoryview:
         while True:
             data = self._cache.get(ref.cid)
             if data is not None:

@@ -123,14 +123,24 @@ async def _watch_signals(ops: PortalOperations) -> None:
             return
 
 
+async def _when_answering(mountpoint: Path, ready: Callable[[], None]) -> None:
+    """Once the kernel has finished INIT (a stat of the mount point is answered), tune and report ready.
+
+    The kernel sets the mount's read-ahead while it handles INIT, so it can
+    only be raised after that.
+    """
+    await trio.to_thread.run_sync(os.stat, mountpoint)
+    _raise_read_ahead(mountpoint)
+    ready()
+
+
 async def _serve(ops: PortalOperations, mountpoint: Path, options: set[str], ready: Callable[[], None]) -> None:
     pyfuse3.init(ops, str(mountpoint), options)
     try:
         async with trio.open_nursery() as nursery:
             await nursery.start(ops.run_background)
             nursery.start_soon(_watch_signals, ops)
-            _raise_read_ahead(mountpoint)
-            ready()
+            nursery.start_soon(_when_answering, mountpoint, ready)
             await pyfuse3.main()
             nursery.cancel_scope.cancel()
     finally:
