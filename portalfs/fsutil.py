@@ -9,7 +9,7 @@ from pathlib import Path
 
 from .errors import StorageError, StoreFull
 
-__all__ = ["write_atomic", "fsync_dir", "storage_error"]
+__all__ = ["write_atomic", "fsync_dir", "fsync_file", "storage_error"]
 
 
 def storage_error(exc: OSError, what: str) -> StorageError:
@@ -17,6 +17,14 @@ def storage_error(exc: OSError, what: str) -> StorageError:
     if exc.errno in (errno.ENOSPC, errno.EDQUOT):
         return StoreFull(f"no space left to write {what}")
     return StorageError(f"cannot write {what}: {exc.strerror or exc}")
+
+
+def fsync_file(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
 
 
 def fsync_dir(path: Path) -> None:
@@ -27,12 +35,15 @@ def fsync_dir(path: Path) -> None:
         os.close(fd)
 
 
-def write_atomic(path: Path, data: bytes | bytearray, mode: int = 0o644, tmp_dir: Path | None = None) -> None:
+def write_atomic(
+    path: Path, data: bytes | bytearray, mode: int = 0o644, tmp_dir: Path | None = None, fsync: bool = True
+) -> None:
     """Write ``data`` to ``path`` so that a crash leaves the old file or the new one, never a mix.
 
     Temp file in ``tmp_dir`` (same file system; default: beside ``path``), write, fsync, rename.
     The containing directory is not fsync'd here: callers that need the name durable call
-    ``fsync_dir`` (the store batches that).
+    ``fsync_dir`` (the store batches that). With ``fsync=False`` the caller fsyncs ``path``
+    later, before it relies on the content surviving a power loss.
     """
     tmp = (tmp_dir or path.parent) / f".{path.name}.{os.getpid()}.{threading.get_ident():x}.tmp"
     try:
@@ -42,7 +53,8 @@ def write_atomic(path: Path, data: bytes | bytearray, mode: int = 0o644, tmp_dir
             while view:
                 written = os.write(fd, view)
                 view = view[written:]
-            os.fsync(fd)
+            if fsync:
+                os.fsync(fd)
         finally:
             os.close(fd)
         os.replace(tmp, path)

@@ -47,7 +47,8 @@ def live_objects(device: Device, secrets: Unlocked) -> set[bytes]:
         for version in device.state.versions(portal_id):
             mark(view, view.root(version).entry)
     for portal_id, _, record in device.state.journal():  # journaled files are pinned too
-        for entry in decode_record(record):
+        chain, _ = decode_record(record)
+        for entry in chain:
             mark(views[portal_id], entry)
     return live
 

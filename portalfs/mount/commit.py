@@ -15,6 +15,7 @@ import os
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
+from ..chunking import CDC_MIN
 from ..device import Unlocked
 from ..ingest import tree_totals
 from ..pipeline import ChunkPipeline
@@ -106,22 +107,37 @@ def abandon(workspace: Workspace, plan: DirPlan) -> None:
 
 
 class Sealer:
-    """Seals staged files through the chunk pipeline and stores nodes; one per commit."""
+    """Seals staged files and stores their objects; one per commit.
 
-    def __init__(self, store: ObjectStore, convergence_secret: bytes, tree_secret: bytes) -> None:
+    With ``durable=False`` objects are stored without their own fsync and kept
+    in ``sealed``, for a caller that makes them durable another way (the journal).
+    """
+
+    def __init__(self, store: ObjectStore, convergence_secret: bytes, tree_secret: bytes, durable: bool = True) -> None:
         self.store = store
         self.convergence = convergence_secret
         self.tree_secret = tree_secret
+        self.durable = durable
+        self.sealed: list[bytes] = []
 
-    def store_node(self, plaintext: bytes) -> ChunkRef:
-        ref, sealed = seal(self.tree_secret, plaintext)
+    def _put(self, ref: ChunkRef, sealed: bytes | bytearray) -> ChunkRef:
         if not self.store.has([ref.cid])[0]:
-            self.store.put(ref.cid, sealed)
+            self.store.put(ref.cid, sealed, durable=self.durable)
+        if not self.durable:
+            self.sealed.append(bytes(sealed))
         return ref
 
+    def store_node(self, plaintext: bytes) -> ChunkRef:
+        return self._put(*seal(self.tree_secret, plaintext))
+
     def seal_file(self, path: str) -> tuple[ChunkRef | None, int]:
-        with ChunkPipeline(self.store, self.convergence) as pipeline, open(path, "rb", buffering=0) as stream:
-            refs = [future.result() for future in list(pipeline.seal_stream(stream))]
+        if os.path.getsize(path) <= CDC_MIN:  # one chunk, as content-defined chunking would cut it
+            with open(path, "rb") as f:
+                data = f.read()
+            refs = [self._put(*seal(self.convergence, data))] if data else []
+        else:
+            with ChunkPipeline(self.store, self.convergence) as pipeline, open(path, "rb", buffering=0) as stream:
+                refs = [future.result() for future in list(pipeline.seal_stream(stream))]
         if not refs:
             return None, 0
         return build_file(refs, self.store_node)
@@ -223,13 +239,24 @@ def checkpoint(
 
 
 def journal_file(
-    view: PortalView, secrets: Unlocked, path: str, record: Callable[[ChunkRef | None, int], bytes], base: int
+    view: PortalView,
+    secrets: Unlocked,
+    path: str,
+    record: Callable[[ChunkRef | None, int, list[bytes]], bytes],
+    base: int,
 ) -> tuple[ChunkRef | None, int]:
-    """Seal a staged file and append its journal record (worker thread, device lock held)."""
+    """Seal a staged file and append its journal record (worker thread, device lock held).
+
+    A small file's sealed objects go into the record itself, so the journal's
+    one transaction makes it durable; a larger file's objects are synced first.
+    """
     device = view.device
+    inline = os.path.getsize(path) <= CDC_MIN
     with device.exclusive():
-        ref, size = Sealer(device.store, secrets.identity.convergence_secret, view.keys.tree_secret).seal_file(path)
-        device.store.sync()
+        sealer = Sealer(device.store, secrets.identity.convergence_secret, view.keys.tree_secret, durable=not inline)
+        ref, size = sealer.seal_file(path)
+        if not inline:
+            device.store.sync()
         with device.state.transaction():
-            device.state.add_journal(view.row.id, base, record(ref, size))
+            device.state.add_journal(view.row.id, base, record(ref, size, sealer.sealed))
     return ref, size

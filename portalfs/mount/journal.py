@@ -6,10 +6,12 @@ go to the store, and one journal record says where it lives. Versions
 in the transaction that records it. After a crash the journal is replayed on
 top of the newest version and checkpointed at once.
 
-    record = CBOR [Entry, ...]   the file's ancestors from the top level down,
-                                 then the file; an ancestor's "node" is its
-                                 committed directory node, absent when it had
-                                 none yet (a directory created since)
+    record  = CBOR {"chain": [Entry, ...], "objects": [sealed, ...]}
+    chain   = the file's ancestors from the top level down, then the file; an
+              ancestor's "node" is its committed directory node, absent when it
+              had none yet (a directory created since)
+    objects = for a small file, its sealed chunk and file node, which the
+              store holds but has not yet synced; replay restores them
 
 See docs/design.md, section "Journal".
 """
@@ -21,13 +23,15 @@ import os
 
 from .. import encoding
 from ..device import Unlocked
+from ..errors import CorruptObject, MissingObject
 from ..portal import PortalView
-from ..sealing import ChunkRef
+from ..sealing import ChunkRef, object_id
+from ..store import ObjectStore
 from ..tree import Entry, new_root_entry
 from .commit import checkpoint, snapshot
 from .workspace import Inode, Workspace
 
-__all__ = ["journal_chain", "encode_record", "decode_record", "apply_record", "replay_journal"]
+__all__ = ["journal_chain", "encode_record", "decode_record", "apply_record", "replay_journal", "restore_objects"]
 
 
 def journal_chain(inode: Inode) -> list[Entry]:
@@ -40,20 +44,32 @@ def journal_chain(inode: Inode) -> list[Entry]:
     return chain[::-1]
 
 
-def encode_record(chain: list[Entry], node: ChunkRef | None, size: int) -> bytes:
+def encode_record(chain: list[Entry], node: ChunkRef | None, size: int, objects: list[bytes]) -> bytes:
     """The record of ``chain`` with the file's newly sealed content."""
     entries = chain[:-1] + [dataclasses.replace(chain[-1], node=node, size=size)]
-    return encoding.encode([entry.to_cbor() for entry in entries])
+    return encoding.encode({"chain": [entry.to_cbor() for entry in entries], "objects": objects})
 
 
-def decode_record(data: bytes) -> list[Entry]:
-    values = encoding.decode(data)
-    if not isinstance(values, list) or not values:
-        raise ValueError("a journal record is a non-empty list of entries")
-    chain = [Entry.from_cbor(value, allow_new_dir=True) for value in values]
+def decode_record(data: bytes) -> tuple[list[Entry], list[bytes]]:
+    """(chain, sealed objects) of a journal record."""
+    record = encoding.decode(data)
+    if not isinstance(record, dict) or set(record) != {"chain", "objects"} or not record["chain"]:
+        raise ValueError("malformed journal record")
+    chain = [Entry.from_cbor(value, allow_new_dir=True) for value in record["chain"]]
     if not all(e.is_dir for e in chain[:-1]) or not chain[-1].is_file:
         raise ValueError("a journal record is directories, then one file")
-    return chain
+    return chain, list(record["objects"])
+
+
+def restore_objects(store: ObjectStore, objects: list[bytes]) -> None:
+    """Make sure the store holds each sealed object whole (a crash may have lost its unsynced bytes)."""
+    for sealed in objects:
+        cid = object_id(sealed)
+        try:
+            store.get(cid)
+        except (MissingObject, CorruptObject):
+            store.delete(cid)
+            store.put(cid, sealed)
 
 
 def apply_record(workspace: Workspace, chain: list[Entry]) -> None:
@@ -76,7 +92,9 @@ def replay_journal(view: PortalView, secrets: Unlocked, now_ns: int) -> int:
     root = view.root(head).entry if head is not None else new_root_entry(now_ns, os.getuid(), os.getgid())
     workspace = Workspace(root, view.load_node, view.device.home.staging / "replay")
     for _, _, data in rows:
-        apply_record(workspace, decode_record(data))
+        chain, objects = decode_record(data)
+        restore_objects(view.device.store, objects)
+        apply_record(workspace, chain)
     plan = snapshot(workspace, lambda inode: True)
     if plan is None:
         return 0

@@ -585,7 +585,7 @@ class PortalOperations(pyfuse3.Operations):
             base = 0 if self.head is None else self.head.version
             async with self._content_lock:
                 ref, size = await trio.to_thread.run_sync(
-                    journal_file, self.view, secrets, staging, lambda r, s: encode_record(chain, r, s), base
+                    journal_file, self.view, secrets, staging, functools.partial(encode_record, chain), base
                 )
             node.node, node.committed_size, node.committed_content_gen = ref, size, content_gen
             # The tree above it still has to be checkpointed: the inode stays dirty.

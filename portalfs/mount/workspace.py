@@ -54,6 +54,7 @@ class Inode:
     target: bytes | None = None
     xattrs: dict[bytes, bytes] = field(default_factory=dict)
     children: dict[bytes, Inode] | None = None  # directories, once loaded
+    subdirs: int = 0  # directories among ``children`` (for the link count)
     staging: Path | None = None  # files whose content changed
     gen: int = 0  # bumped on every change to this inode
     committed_gen: int = 0
@@ -147,12 +148,12 @@ class Workspace:
 
     def adopt(self, parent: Inode, entry: Entry) -> Inode:
         """Place ``entry`` (a committed subtree) under ``parent``, replacing what has its name."""
-        siblings = self.children(parent)
-        old = siblings.pop(entry.name, None)
-        if old is not None:
+        if entry.name in self.children(parent):
+            old = self._unlink_name(parent, entry.name)
             old.unlinked, old.parent = True, None
             self._maybe_free(old)
-        inode = siblings[entry.name] = self._inode_from_entry(entry, parent)
+        inode = self._inode_from_entry(entry, parent)
+        self._link(parent, entry.name, inode)
         if inode.is_dir and inode.node is None:
             inode.children = {}
         self.touch(inode)
@@ -174,6 +175,7 @@ class Workspace:
                 for entry in decode_dir(self._load_node(directory.node)):
                     loaded[entry.name] = self._inode_from_entry(entry, directory)
             directory.children = loaded
+            directory.subdirs = sum(1 for child in loaded.values() if child.is_dir)
         return directory.children
 
     def lookup(self, parent: Inode, name: bytes) -> Inode:
@@ -190,8 +192,19 @@ class Workspace:
 
     def nlink(self, inode: Inode) -> int:
         if inode.is_dir:
-            return 2 + sum(1 for c in self.children(inode).values() if c.is_dir)
+            self.children(inode)  # loads it, counting subdirectories
+            return 2 + inode.subdirs
         return 0 if inode.unlinked else 1
+
+    def _link(self, parent: Inode, name: bytes, inode: Inode) -> None:
+        self.children(parent)[name] = inode
+        inode.name, inode.parent = name, parent
+        parent.subdirs += inode.is_dir
+
+    def _unlink_name(self, parent: Inode, name: bytes) -> Inode:
+        inode = self.children(parent).pop(name)
+        parent.subdirs -= inode.is_dir
+        return inode
 
     def forget(self, inode: Inode, count: int) -> None:
         inode.lookups = max(0, inode.lookups - count)
@@ -252,7 +265,7 @@ class Workspace:
         if inode.is_dir:
             inode.children = {}
         self.inodes[inode.ino] = inode
-        siblings[name] = inode
+        self._link(parent, name, inode)
         self.touch(inode)
         self._changed_dir(parent, now_ns)
         return inode
@@ -269,7 +282,7 @@ class Workspace:
         return self._add(parent, name, stat.S_IFLNK | 0o777, uid, gid, now_ns, target=target, size=len(target))
 
     def _detach(self, parent: Inode, name: bytes, now_ns: int) -> Inode:
-        inode = self.children(parent).pop(name)
+        inode = self._unlink_name(parent, name)
         inode.ctime_ns = now_ns
         self._changed_dir(parent, now_ns)
         return inode
@@ -318,9 +331,10 @@ class Workspace:
                     if probe is target:
                         raise FsError(errno.EINVAL)
                     probe = probe.parent
-            self.children(old_parent)[old], self.children(new_parent)[new] = target, source
-            source.name, target.name = new, old
-            source.parent, target.parent = new_parent, old_parent
+            self._unlink_name(old_parent, old)
+            self._unlink_name(new_parent, new)
+            self._link(old_parent, old, target)
+            self._link(new_parent, new, source)
             for moved in (source, target):
                 moved.ctime_ns = now_ns
                 self.touch(moved)
@@ -336,14 +350,15 @@ class Workspace:
                 raise FsError(errno.ENOTDIR)
             if target.is_dir and self.children(target):
                 raise FsError(errno.ENOTEMPTY)
-        del self.children(old_parent)[old]
+        self._unlink_name(old_parent, old)
         if target is not None:
+            self._unlink_name(new_parent, new)
             target.unlinked = True
             target.parent = None
             target.ctime_ns = now_ns
             self._maybe_free(target)
-        self.children(new_parent)[new] = source
-        source.name, source.parent, source.ctime_ns = new, new_parent, now_ns
+        self._link(new_parent, new, source)
+        source.ctime_ns = now_ns
         self.touch(source)
         self._changed_dir(old_parent, now_ns)
         if new_parent is not old_parent:

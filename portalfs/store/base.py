@@ -10,7 +10,9 @@ Contract, checked for every implementation by tests/unit/test_store_conformance.
   ``CorruptObject`` and stores nothing. It is idempotent: putting an id that is
   already there stores nothing and returns False; otherwise True. It is atomic:
   a concurrent or later ``get`` sees all of ``data`` or nothing. It is durable
-  once ``sync()`` has returned. Safe to call from several threads at once.
+  once ``sync()`` has returned; ``durable=False`` is a hint that the caller
+  needs it durable only then (a store may defer its flush to ``sync()``).
+  Safe to call from several threads at once.
   Raises ``StoreFull`` when out of space, leaving nothing half-written.
 - ``get(cid)`` returns bytes whose BLAKE3 is ``cid``; raises ``MissingObject`` when
   it has none and ``CorruptObject`` when its stored bytes no longer match.
@@ -41,7 +43,7 @@ class StoreStat:
 
 
 class ObjectStore(Protocol):
-    def put(self, cid: bytes, data: bytes | bytearray) -> bool: ...
+    def put(self, cid: bytes, data: bytes | bytearray, durable: bool = True) -> bool: ...
 
     def get(self, cid: bytes) -> bytes: ...
 

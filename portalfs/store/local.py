@@ -8,7 +8,9 @@ Layout under the store directory (docs/design.md, "Local store"):
 
 A put writes a temp file, fsyncs it and renames it into place, then records it
 in the index inside an open transaction; ``sync()`` fsyncs the touched shard
-directories and commits. The files are the truth and the index a cache of
+directories and commits. ``put(..., durable=False)`` leaves the object's fsync
+to ``sync()``, for callers that keep their own durable copy meanwhile (the
+mount's journal does, for small files). The files are the truth and the index a cache of
 them: a file that a crash left without an index row is found again by
 ``ids()`` (which walks the files) and rewritten harmlessly by the next put.
 """
@@ -22,7 +24,7 @@ from collections.abc import Iterator, Sequence
 from pathlib import Path
 
 from ..errors import MissingObject, StorageError
-from ..fsutil import fsync_dir, storage_error, write_atomic
+from ..fsutil import fsync_dir, fsync_file, storage_error, write_atomic
 from .base import StoreStat, check_object
 
 __all__ = ["LocalStore"]
@@ -49,13 +51,14 @@ class LocalStore:
         self._lock = threading.Lock()
         self._in_txn = False
         self._dirty_shards: set[Path] = set()
+        self._unsynced: list[Path] = []  # objects put with durable=False, fsync'd by sync()
         self._known_shards: set[str] = set()
 
     def _path(self, cid: bytes) -> Path:
         name = cid.hex()
         return self._objects / name[:2] / name
 
-    def put(self, cid: bytes, data: bytes | bytearray) -> bool:
+    def put(self, cid: bytes, data: bytes | bytearray, durable: bool = True) -> bool:
         check_object(cid, data)
         if self.has([cid])[0]:
             return False
@@ -64,8 +67,10 @@ class LocalStore:
         if shard.name not in self._known_shards:
             shard.mkdir(exist_ok=True)
             self._known_shards.add(shard.name)
-        write_atomic(path, data, mode=0o600, tmp_dir=self._tmp)
+        write_atomic(path, data, mode=0o600, tmp_dir=self._tmp, fsync=durable)
         with self._lock:
+            if not durable:
+                self._unsynced.append(path)
             if not self._in_txn:
                 self._db.execute("BEGIN")
                 self._in_txn = True
@@ -114,7 +119,10 @@ class LocalStore:
     def sync(self) -> None:
         with self._lock:
             shards, self._dirty_shards = self._dirty_shards, set()
+            files, self._unsynced = self._unsynced, []
             try:
+                for path in files:
+                    fsync_file(path)
                 for shard in shards:
                     fsync_dir(shard)
             except OSError as exc:

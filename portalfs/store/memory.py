@@ -16,7 +16,7 @@ class MemoryStore:
         self._objects: dict[bytes, bytes] = {}
         self._lock = threading.Lock()
 
-    def put(self, cid: bytes, data: bytes | bytearray) -> bool:
+    def put(self, cid: bytes, data: bytes | bytearray, durable: bool = True) -> bool:
         check_object(cid, data)
         with self._lock:
             if cid in self._objects:
