@@ -20,30 +20,22 @@ from pathlib import Path
 from typing import Any
 
 from .. import __version__
-from ..device import Device, Unlocked
-from ..errors import NotFound, PortalError, SourceError, UsageError
+from ..device import Device
+from ..errors import NotFound, SourceError, UsageError
 from ..gc import collect_garbage
 from ..keys import new_entropy_words
 from ..mount.journal import replay_journal
-from ..paths import DeviceHome
 from ..portal import PortalView
 from ..restore import Restorer
+from .common import read_secret_file, run_command, unlock
 
 __all__ = ["main"]
-
-
-def _read_secret_file(path: str, what: str) -> str:
-    try:
-        with open(path, encoding="utf-8") as f:
-            return f.read().rstrip("\r\n")
-    except OSError as exc:
-        raise UsageError(f"cannot read the {what} file {path}: {exc.strerror}") from exc
 
 
 def _new_passphrase(args: argparse.Namespace) -> str | None:
     """The passphrase that will protect a new key file (None: unprotected)."""
     if args.passphrase_file:
-        return _read_secret_file(args.passphrase_file, "passphrase") or None
+        return read_secret_file(args.passphrase_file, "passphrase") or None
     if os.environ.get("PORTAL_PASSPHRASE"):
         return os.environ["PORTAL_PASSPHRASE"]
     if sys.stdin.isatty() and not getattr(args, "no_passphrase", False):
@@ -54,21 +46,9 @@ def _new_passphrase(args: argparse.Namespace) -> str | None:
     return None
 
 
-def _unlock(device: Device, args: argparse.Namespace) -> Unlocked:
-    passphrase = None
-    if device.needs_passphrase():
-        if args.passphrase_file:
-            passphrase = _read_secret_file(args.passphrase_file, "passphrase")
-        elif os.environ.get("PORTAL_PASSPHRASE"):
-            passphrase = os.environ["PORTAL_PASSPHRASE"]
-        elif sys.stdin.isatty():
-            passphrase = getpass.getpass("Passphrase: ")
-    return device.unlock(passphrase)
-
-
 def _bip39_passphrase(args: argparse.Namespace) -> str:
     if args.bip39_passphrase_file:
-        return _read_secret_file(args.bip39_passphrase_file, "BIP-39 passphrase")
+        return read_secret_file(args.bip39_passphrase_file, "BIP-39 passphrase")
     return ""
 
 
@@ -158,7 +138,7 @@ def cmd_whoami(device: Device, args: argparse.Namespace) -> int:
 
 
 def cmd_portal_create(device: Device, args: argparse.Namespace) -> int:
-    secrets = _unlock(device, args)
+    secrets = unlock(device, args)
     with device.exclusive():
         row = device.create_portal(args.name, secrets, time.time_ns())
     _emit(args, {"name": row.name, "id": row.id.hex()}, f"Created portal {row.name}")
@@ -189,7 +169,7 @@ def cmd_portal_ls(device: Device, args: argparse.Namespace) -> int:
 
 
 def cmd_put(device: Device, args: argparse.Namespace) -> int:
-    secrets = _unlock(device, args)
+    secrets = unlock(device, args)
     for source in args.sources:
         if not os.path.lexists(source):
             raise SourceError(f"cannot read {source}: no such file or directory")
@@ -235,7 +215,7 @@ def cmd_put(device: Device, args: argparse.Namespace) -> int:
 
 
 def cmd_get(device: Device, args: argparse.Namespace) -> int:
-    secrets = _unlock(device, args)
+    secrets = unlock(device, args)
     view = PortalView.open(device, args.name, secrets)
     version = view.version(args.version)
     entry = view.lookup(view.root(version).entry, args.path or "")
@@ -287,7 +267,7 @@ def cmd_log(device: Device, args: argparse.Namespace) -> int:
 
 
 def cmd_check(device: Device, args: argparse.Namespace) -> int:
-    secrets = _unlock(device, args)
+    secrets = unlock(device, args)
     report = PortalView.open(device, args.name, secrets).verify()
     _emit(
         args,
@@ -299,7 +279,7 @@ def cmd_check(device: Device, args: argparse.Namespace) -> int:
 
 
 def cmd_gc(device: Device, args: argparse.Namespace) -> int:
-    secrets = _unlock(device, args)
+    secrets = unlock(device, args)
     report = collect_garbage(device, secrets, dry_run=args.dry_run)
     verb = "would remove" if args.dry_run else "removed"
     _emit(
@@ -328,7 +308,7 @@ def cmd_demo(device: Device, args: argparse.Namespace) -> int:
         print("  " + " ".join(words.split()[:12]))
         print("  " + " ".join(words.split()[12:]) + "\n")
         print(f"Identity: {identity.fingerprint}")
-    secrets = _unlock(device, args)
+    secrets = unlock(device, args)
     source = Path(args.source) if args.source else Path(__file__).resolve().parent.parent
     mountpoint = _demo_mountpoint(device)
     if is_mounted(mountpoint):
@@ -369,7 +349,7 @@ def cmd_restore(device: Device, args: argparse.Namespace) -> int:
     """Bring PATH back as it was in version V: through the mount if mounted, else as a new version."""
     from .portalfs import live_mounts
 
-    secrets = _unlock(device, args)
+    secrets = unlock(device, args)
     view = PortalView.open(device, args.name, secrets)
     old = view.lookup(view.root(view.version(args.version)).entry, args.path)
     relative = args.path.strip("/")
@@ -472,26 +452,8 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = _parser()
-    args = parser.parse_args(argv)
-    device = None
-    try:
-        device = Device(DeviceHome.from_environ())
-        return int(args.func(device, args))
-    except PortalError as exc:
-        print(f"portalctl: {exc}", file=sys.stderr)
-        return exc.exit_code
-    except KeyboardInterrupt:
-        print("portalctl: interrupted", file=sys.stderr)
-        return 130
-    except BrokenPipeError:
-        return 141
-    except OSError as exc:
-        print(f"portalctl: {exc.filename or ''}{': ' if exc.filename else ''}{exc.strerror or exc}", file=sys.stderr)
-        return 10
-    finally:
-        if device is not None:
-            device.close()
+    args = _parser().parse_args(argv)
+    return run_command("portalctl", lambda device: args.func(device, args))
 
 
 if __name__ == "__main__":

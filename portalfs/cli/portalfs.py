@@ -23,8 +23,7 @@ from pathlib import Path
 
 from ..device import Device
 from ..errors import MountError, PortalError
-from ..paths import DeviceHome
-from .portalctl import _unlock
+from .common import run_command, unlock
 
 __all__ = ["main", "mount_helper_main", "mount", "unmount", "live_mounts"]
 
@@ -40,7 +39,7 @@ def mount(device: Device, args: argparse.Namespace, options: list[str]) -> int:
 
     name, version = parse_target(args.target)
     mountpoint = check_mountpoint(Path(args.mountpoint))
-    secrets = _unlock(device, args)
+    secrets = unlock(device, args)
     from ..portal import PortalView
 
     view = PortalView.open(device, name, secrets)  # an unknown portal or version fails here, in the foreground
@@ -181,24 +180,13 @@ def _parser(prog: str) -> argparse.ArgumentParser:
 
 
 def _run(args: argparse.Namespace, prog: str) -> int:
-    device = None
-    try:
-        device = Device(DeviceHome.from_environ())
+    def work(device: Device) -> int:
         if args.command == "mount":
             device.require_initialized()
             return mount(device, args, [o for o in args.options.split(",") if o])
         return unmount(device, args.mountpoint)
-    except PortalError as exc:
-        print(f"{prog}: {exc}", file=sys.stderr)
-        return exc.exit_code
-    except KeyboardInterrupt:
-        return 130
-    except OSError as exc:
-        print(f"{prog}: {exc.strerror or exc}", file=sys.stderr)
-        return 10
-    finally:
-        if device is not None:
-            device.close()
+
+    return run_command(prog, work)
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -11,6 +11,7 @@ returns the new root entry. The caller records the root record in the journal
 
 from __future__ import annotations
 
+import dataclasses
 import os
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -165,7 +166,7 @@ def execute(plan: DirPlan, sealer: Sealer, load_node: NodeLoader, totals: dict[b
                 entry, s, f = run(child)
             elif isinstance(child, FilePlan):
                 child.ref, child.size = sealer.seal_file(child.staging)
-                entry = _with_content(child.entry, child.ref, child.size)
+                entry = dataclasses.replace(child.entry, node=child.ref, size=child.size)
                 done.append(child)
                 s, f = child.size, 1
             else:
@@ -176,26 +177,11 @@ def execute(plan: DirPlan, sealer: Sealer, load_node: NodeLoader, totals: dict[b
         p.ref = sealer.store_node(encode_dir(entries))
         totals[p.ref.cid] = (size, files)
         done.append(p)
-        return _with_content(p.entry, p.ref, None), size, files
+        return dataclasses.replace(p.entry, node=p.ref), size, files
 
     root, size, files = run(plan)
     sealer.store.sync()
     return CommitResult(root, size, files, done)
-
-
-def _with_content(entry: Entry, node: ChunkRef | None, size: int | None) -> Entry:
-    return Entry(
-        name=entry.name,
-        mode=entry.mode,
-        uid=entry.uid,
-        gid=entry.gid,
-        mtime_ns=entry.mtime_ns,
-        ctime_ns=entry.ctime_ns,
-        size=entry.size if size is None else size,
-        node=node,
-        target=entry.target,
-        xattrs=entry.xattrs,
-    )
 
 
 def apply(result: CommitResult) -> None:

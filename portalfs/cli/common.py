@@ -1,0 +1,58 @@
+"""What every Portal command does around its work: open the device, and report errors in one line."""
+
+from __future__ import annotations
+
+import argparse
+import getpass
+import os
+import sys
+from collections.abc import Callable
+
+from ..device import Device, Unlocked
+from ..errors import PortalError, UsageError
+from ..paths import DeviceHome
+
+__all__ = ["run_command", "unlock", "read_secret_file"]
+
+
+def run_command(prog: str, work: Callable[[Device], int]) -> int:
+    """Run ``work`` on this device; a ``PortalError`` becomes one line on stderr and its exit code."""
+    device = None
+    try:
+        device = Device(DeviceHome.from_environ())
+        return int(work(device))
+    except PortalError as exc:
+        print(f"{prog}: {exc}", file=sys.stderr)
+        return exc.exit_code
+    except KeyboardInterrupt:
+        print(f"{prog}: interrupted", file=sys.stderr)
+        return 130
+    except BrokenPipeError:
+        return 141
+    except OSError as exc:
+        where = f"{exc.filename}: " if exc.filename else ""
+        print(f"{prog}: {where}{exc.strerror or exc}", file=sys.stderr)
+        return 10
+    finally:
+        if device is not None:
+            device.close()
+
+
+def read_secret_file(path: str, what: str) -> str:
+    try:
+        with open(path, encoding="utf-8") as f:
+            return f.read().rstrip("\r\n")
+    except OSError as exc:
+        raise UsageError(f"cannot read the {what} file {path}: {exc.strerror}") from exc
+
+
+def unlock(device: Device, args: argparse.Namespace) -> Unlocked:
+    passphrase = None
+    if device.needs_passphrase():
+        if args.passphrase_file:
+            passphrase = read_secret_file(args.passphrase_file, "passphrase")
+        elif os.environ.get("PORTAL_PASSPHRASE"):
+            passphrase = os.environ["PORTAL_PASSPHRASE"]
+        elif sys.stdin.isatty():
+            passphrase = getpass.getpass("Passphrase: ")
+    return device.unlock(passphrase)
