@@ -184,8 +184,10 @@ class StateDB:
 
     # journal: changes made durable since the newest version, replayed on top of it
 
-    def add_journal(self, portal: bytes, base: int, record: bytes) -> None:
-        self._db.execute("INSERT INTO journal (portal, base, record) VALUES (?, ?, ?)", (portal, base, record))
+    def add_journal(self, portal: bytes, base: int, record: bytes) -> int:
+        """Append a record; return its sequence number."""
+        cursor = self._db.execute("INSERT INTO journal (portal, base, record) VALUES (?, ?, ?)", (portal, base, record))
+        return int(cursor.lastrowid or 0)
 
     def journal(self, portal: bytes | None = None) -> list[tuple[bytes, int, bytes]]:
         """(portal, base version, record) in the order they were written."""
@@ -197,8 +199,12 @@ class StateDB:
         )
         return [(bytes(p), b, bytes(r)) for p, b, r in rows]
 
-    def clear_journal(self, portal: bytes) -> None:
-        self._db.execute("DELETE FROM journal WHERE portal = ?", (portal,))
+    def clear_journal(self, portal: bytes, up_to: int | None = None) -> None:
+        """Delete the portal's records (only those numbered up to ``up_to``, when given)."""
+        if up_to is None:
+            self._db.execute("DELETE FROM journal WHERE portal = ?", (portal,))
+        else:
+            self._db.execute("DELETE FROM journal WHERE portal = ? AND seq <= ?", (portal, up_to))
 
     # files cache
 

@@ -97,6 +97,17 @@ def _plan_dir(
     return plan
 
 
+def staged_inodes(plan: DirPlan) -> list[Inode]:
+    """The inodes whose staged content ``plan`` seals."""
+    found: list[Inode] = []
+    for child in plan.children:
+        if isinstance(child, DirPlan):
+            found.extend(staged_inodes(child))
+        elif isinstance(child, FilePlan):
+            found.append(child.inode)
+    return found
+
+
 def abandon(workspace: Workspace, plan: DirPlan) -> None:
     """After a failed commit: mark everything in ``plan`` dirty again."""
     for child in plan.children:
@@ -200,9 +211,11 @@ def checkpoint(
     head: RootRecord | None,
     totals: dict[bytes, tuple[int, int]],
     now_ns: int,
+    journal_up_to: int | None = None,
 ) -> tuple[CommitResult, RootRecord]:
     """Carry out ``plan`` and record it as the next version, clearing the journal it supersedes.
 
+    ``journal_up_to``: the last journal record the plan reflects (None: all of them).
     Runs in a worker thread, under the device lock so garbage collection never races it.
     """
     device = view.device
@@ -220,7 +233,7 @@ def checkpoint(
         )
         with device.state.transaction():
             device.state.add_version(record, result.size, result.files)
-            device.state.clear_journal(view.row.id)
+            device.state.clear_journal(view.row.id, journal_up_to)
     return result, record
 
 
@@ -230,8 +243,10 @@ def journal_file(
     path: str,
     record: Callable[[ChunkRef | None, int, list[bytes]], bytes],
     base: int,
-) -> tuple[ChunkRef | None, int]:
-    """Seal a staged file and append its journal record (worker thread, device lock held).
+) -> tuple[ChunkRef | None, int, int]:
+    """Seal a staged file and append its journal record; return its ref, size and record number.
+
+    Runs in a worker thread, with the device lock held.
 
     A small file's sealed objects go into the record itself, so the journal's
     one transaction makes it durable; a larger file's objects are synced first.
@@ -244,5 +259,5 @@ def journal_file(
         if not inline:
             device.store.sync()
         with device.state.transaction():
-            device.state.add_journal(view.row.id, base, record(ref, size, sealer.sealed))
-    return ref, size
+            seq = device.state.add_journal(view.row.id, base, record(ref, size, sealer.sealed))
+    return ref, size, seq

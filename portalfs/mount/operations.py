@@ -14,6 +14,7 @@ threads, through a bounded cache of plaintext chunks, reading ahead one chunk.
 from __future__ import annotations
 
 import bisect
+import contextlib
 import errno
 import functools
 import logging
@@ -35,7 +36,7 @@ from ..portal import PortalView
 from ..root import RootPayload, RootRecord
 from ..sealing import ChunkRef
 from ..tree import iter_file_chunks
-from .commit import abandon, apply, checkpoint, journal_file, snapshot
+from .commit import abandon, apply, checkpoint, journal_file, snapshot, staged_inodes
 from .journal import encode_record, journal_chain
 from .workspace import MAX_FILE_SIZE, FsError, Inode, Workspace
 
@@ -143,8 +144,10 @@ class PortalOperations(pyfuse3.Operations):
         self._layouts: dict[bytes, tuple[list[int], list[ChunkRef]]] = {}
         self._totals: dict[bytes, tuple[int, int]] = {}
         self._reported: set[bytes] = set()
-        self._commit_lock = trio.Lock()
-        self._content_lock = trio.Lock()
+        self._commit_lock = trio.Lock()  # one checkpoint at a time
+        self._content_locks: dict[int, trio.Lock] = {}  # per inode: no write while it is being sealed
+        self._journal_seq = 0  # the newest journal record whose inode state is applied
+        self._sealing = 0  # journal writes in flight (they read staging files)
         self._nursery: trio.Nursery | None = None
         self.versions_committed = 0
         if head is not None and root.entry.node is not None:
@@ -158,12 +161,16 @@ class PortalOperations(pyfuse3.Operations):
             self._nursery = nursery
             task_status.started()
             if not self.read_only:
+                pause = AUTOCOMMIT_SECONDS
                 while True:
-                    await trio.sleep(AUTOCOMMIT_SECONDS)
+                    await trio.sleep(pause)
+                    started = trio.current_time()
                     try:
                         await self.commit(_settled)
                     except (PortalError, OSError) as exc:
                         log.error("periodic commit failed: %s", exc)
+                    # Big trees make checkpoints slow: keep them to a tenth of the time.
+                    pause = max(AUTOCOMMIT_SECONDS, 10 * (trio.current_time() - started))
 
     def _fh(self) -> int:
         self._next_fh += 1
@@ -228,7 +235,7 @@ class PortalOperations(pyfuse3.Operations):
                 raise FsError(errno.EROFS)
             if attr.st_size > MAX_FILE_SIZE:
                 raise FsError(errno.EFBIG)
-            async with self._content_lock:
+            async with self._content_lock(inode):
                 await self._stage(inode, empty=attr.st_size == 0)
                 assert inode.staging is not None
                 os.truncate(inode.staging, attr.st_size)
@@ -366,7 +373,7 @@ class PortalOperations(pyfuse3.Operations):
         if writable and self.read_only:
             raise FsError(errno.EROFS)
         if writable:
-            async with self._content_lock:
+            async with self._content_lock(node):
                 truncate = bool(flags & os.O_TRUNC)
                 await self._stage(node, empty=truncate)
                 if truncate and node.size:
@@ -427,7 +434,7 @@ class PortalOperations(pyfuse3.Operations):
     async def write(self, fh: int, off: int, buf: bytes) -> int:
         handle = self._handles[fh]
         node = handle.inode
-        async with self._content_lock:
+        async with self._content_lock(node):
             if node.staging is None:
                 await self._stage(node, empty=False)
             if handle.append:
@@ -458,6 +465,9 @@ class PortalOperations(pyfuse3.Operations):
         finally:
             if node.opens == 0 and node.staging is not None and not self._content_dirty(node) and not node.unlinked:
                 self.workspace.drop_staging(node)
+            lock = self._content_locks.get(node.ino)
+            if node.opens == 0 and lock is not None and not lock.locked() and not lock.statistics().tasks_waiting:
+                del self._content_locks[node.ino]
             self._collect_garbage()
 
     @_translated
@@ -562,8 +572,14 @@ class PortalOperations(pyfuse3.Operations):
             except PortalError:
                 pass  # the foreground read that needs it will report it
 
+    def _content_lock(self, node: Inode) -> trio.Lock:
+        lock = self._content_locks.get(node.ino)
+        if lock is None:
+            lock = self._content_locks[node.ino] = trio.Lock()
+        return lock
+
     def _collect_garbage(self) -> None:
-        if self._commit_lock.locked():
+        if self._commit_lock.locked() or self._sealing:
             return
         for path in self.workspace.garbage:
             fd = self._fds.pop(path, None)
@@ -578,16 +594,20 @@ class PortalOperations(pyfuse3.Operations):
         if self.read_only or self.secrets is None:
             return
         secrets = self.secrets
-        async with self._commit_lock:
+        async with self._content_lock(node):
             if not self._content_dirty(node) or node.staging is None:
                 return
             chain, content_gen, staging = journal_chain(node), node.content_gen, str(node.staging)
             base = 0 if self.head is None else self.head.version
-            async with self._content_lock:
-                ref, size = await trio.to_thread.run_sync(
+            self._sealing += 1
+            try:
+                ref, size, seq = await trio.to_thread.run_sync(
                     journal_file, self.view, secrets, staging, functools.partial(encode_record, chain), base
                 )
+            finally:
+                self._sealing -= 1
             node.node, node.committed_size, node.committed_content_gen = ref, size, content_gen
+            self._journal_seq = max(self._journal_seq, seq)
             # The tree above it still has to be checkpointed: the inode stays dirty.
 
     async def commit(self, content_of: Callable[[Inode], bool] = lambda inode: True) -> None:
@@ -601,11 +621,13 @@ class PortalOperations(pyfuse3.Operations):
             plan = snapshot(self.workspace, content_of)
             if plan is None:
                 return
-            secrets, head = self.secrets, self.head
+            secrets, head, journal_up_to = self.secrets, self.head, self._journal_seq
             try:
-                async with self._content_lock:
+                async with contextlib.AsyncExitStack() as locks:
+                    for inode in sorted(staged_inodes(plan), key=lambda i: i.ino):
+                        await locks.enter_async_context(self._content_lock(inode))
                     result, record = await trio.to_thread.run_sync(
-                        checkpoint, self.view, secrets, plan, head, self._totals, _now()
+                        checkpoint, self.view, secrets, plan, head, self._totals, _now(), journal_up_to
                     )
             except BaseException:
                 abandon(self.workspace, plan)
