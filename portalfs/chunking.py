@@ -13,6 +13,7 @@ See docs/design.md, section "Chunking".
 from __future__ import annotations
 
 from collections.abc import Iterator
+from io import RawIOBase
 from typing import BinaryIO
 
 from pyfastcdc.cy import FastCDC
@@ -30,7 +31,7 @@ def _chunker() -> FastCDC:
     return FastCDC(CDC_AVG, min_size=CDC_MIN, max_size=CDC_MAX, normalized_chunking=1, seed=0)
 
 
-def cdc_chunks(stream: BinaryIO) -> Iterator[bytes]:
+def cdc_chunks(stream: BinaryIO | RawIOBase) -> Iterator[bytes]:
     """Content-defined chunks of ``stream``, each an independent ``bytes``."""
     for chunk in _chunker().cut_stream(stream):
         # The view is only valid until the next chunk: copy it out.

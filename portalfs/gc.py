@@ -12,6 +12,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from .device import Device, Unlocked
+from .errors import PortalBusy
+from .mount import registry
 from .mount.journal import decode_record
 from .portal import PortalView
 from .tree import Entry, decode_dir, iter_file_chunks
@@ -55,6 +57,11 @@ def live_objects(device: Device, secrets: Unlocked) -> set[bytes]:
 
 def collect_garbage(device: Device, secrets: Unlocked, dry_run: bool = False) -> GcReport:
     with device.exclusive():
+        writing = [m for m in registry.running(device) if m["writable"]]
+        if writing and not dry_run:
+            # A read-write mount stores objects before any version or journal names them.
+            m = writing[0]
+            raise PortalBusy(f"portal {m['portal']!r} is mounted read-write at {m['mountpoint']}: unmount it first")
         live = live_objects(device, secrets)
         store = device.store
         before = store.stat().bytes

@@ -13,6 +13,7 @@ import os
 import threading
 from collections.abc import Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
+from io import RawIOBase
 from types import TracebackType
 from typing import BinaryIO
 
@@ -53,7 +54,7 @@ class ChunkPipeline:
             self._slots.release()
             raise
 
-    def seal_stream(self, stream: BinaryIO) -> Iterator[Future[ChunkRef]]:
+    def seal_stream(self, stream: BinaryIO | RawIOBase) -> Iterator[Future[ChunkRef]]:
         """Cut ``stream`` into content-defined chunks and queue each; yields their futures in order."""
         for chunk in chunking.cdc_chunks(stream):
             yield self.submit(chunk)

@@ -11,7 +11,6 @@ mount is ready (or prints why it failed). Its log is PORTAL_HOME/logs/mount.log.
 from __future__ import annotations
 
 import argparse
-import json
 import logging
 import os
 import select
@@ -23,15 +22,12 @@ from pathlib import Path
 
 from ..device import Device
 from ..errors import MountError, PortalError
+from ..mount import registry
 from .common import run_command, unlock
 
 __all__ = ["main", "mount_helper_main", "mount", "unmount", "live_mounts"]
 
 UNMOUNT_WAIT_SECONDS = 120
-
-
-def _record_path(device: Device, mountpoint: Path) -> Path:
-    return device.home.mounts / (str(mountpoint).strip("/").replace("/", "_") or "root")
 
 
 def mount(device: Device, args: argparse.Namespace, options: list[str]) -> int:
@@ -61,13 +57,9 @@ def _run_foreground(device, secrets, name, version, mountpoint, options, ready_f
             level=logging.INFO,
             format="%(asctime)s %(process)d %(levelname)s %(message)s",
         )
-    record = _record_path(device, mountpoint)
+    registry.register(device, mountpoint, name, writable=version is None and "ro" not in options)
 
     def ready() -> None:
-        writable = version is None and "ro" not in options
-        record.write_text(
-            json.dumps({"pid": os.getpid(), "mountpoint": str(mountpoint), "portal": name, "writable": writable})
-        )
         if ready_fd is not None:
             os.write(ready_fd, b"ready\n")
             os.close(ready_fd)
@@ -80,7 +72,7 @@ def _run_foreground(device, secrets, name, version, mountpoint, options, ready_f
             os.write(ready_fd, f"error {exc.exit_code} {exc}\n".encode())
         raise
     finally:
-        record.unlink(missing_ok=True)
+        registry.unregister(device, mountpoint)
     return 0
 
 
@@ -120,19 +112,10 @@ class _Relayed(PortalError):
 
 
 def live_mounts(device: Device) -> list[dict]:
-    """This device's mounts whose process still runs."""
+    """This device's mounts that are mounted and whose process still runs."""
     from ..mount.runner import is_mounted
 
-    mounts = []
-    for record in device.home.mounts.iterdir():
-        try:
-            info = json.loads(record.read_text())
-            os.kill(info["pid"], 0)
-        except (OSError, ValueError, KeyError):
-            continue
-        if is_mounted(Path(info["mountpoint"])):
-            mounts.append(info)
-    return mounts
+    return [info for info in registry.running(device) if is_mounted(Path(info["mountpoint"]))]
 
 
 def unmount(device: Device, mountpoint_arg: str) -> int:
@@ -141,8 +124,8 @@ def unmount(device: Device, mountpoint_arg: str) -> int:
     mountpoint = Path(os.path.abspath(mountpoint_arg))
     if not is_mounted(mountpoint):
         raise MountError(f"{mountpoint} is not mounted")
-    record = _record_path(device, mountpoint)
-    pid = json.loads(record.read_text())["pid"] if record.exists() else None
+    info = registry.find(device, mountpoint)
+    pid = None if info is None else info["pid"]
     waiter = None
     if pid is not None:
         try:

@@ -243,6 +243,7 @@ def journal_file(
     path: str,
     record: Callable[[ChunkRef | None, int, list[bytes]], bytes],
     base: int,
+    chunks: Callable[[], list[ChunkRef]] | None = None,
 ) -> tuple[ChunkRef | None, int, int]:
     """Seal a staged file and append its journal record; return its ref, size and record number.
 
@@ -250,12 +251,18 @@ def journal_file(
 
     A small file's sealed objects go into the record itself, so the journal's
     one transaction makes it durable; a larger file's objects are synced first.
+    ``chunks``, when given, returns the file's chunks, already sealed and stored
+    while it was written (see streaming.py).
     """
     device = view.device
-    inline = os.path.getsize(path) <= CDC_MIN
+    inline = chunks is None and os.path.getsize(path) <= CDC_MIN
     with device.exclusive():
         sealer = Sealer(device.store, secrets.identity.convergence_secret, view.keys.tree_secret, durable=not inline)
-        ref, size = sealer.seal_file(path)
+        if chunks is None:
+            ref, size = sealer.seal_file(path)
+        else:
+            refs = chunks()
+            ref, size = build_file(refs, sealer.store_node) if refs else (None, 0)
         if not inline:
             device.store.sync()
         with device.state.transaction():

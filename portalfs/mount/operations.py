@@ -38,6 +38,7 @@ from ..sealing import ChunkRef
 from ..tree import iter_file_chunks
 from .commit import abandon, apply, checkpoint, journal_file, snapshot, staged_inodes
 from .journal import encode_record, journal_chain
+from .streaming import StreamingSeal
 from .workspace import MAX_FILE_SIZE, FsError, Inode, Workspace
 
 __all__ = ["PortalOperations"]
@@ -49,6 +50,7 @@ P = ParamSpec("P")
 ATTR_TIMEOUT = 5.0
 CHUNK_CACHE_BYTES = 256 * 1024 * 1024
 AUTOCOMMIT_SECONDS = 2.0
+STREAM_FROM = 4 * 1024 * 1024  # seal sequentially written files in the background past this size
 READ_AHEAD_CHUNKS = 6  # chunks unsealed ahead of a reader, on worker threads
 
 
@@ -89,6 +91,7 @@ class _Handle:
     inode: Inode
     writable: bool
     append: bool
+    sequential: bool = False  # began empty and has only been appended to, so far
 
 
 class _ChunkCache:
@@ -148,6 +151,7 @@ class PortalOperations(pyfuse3.Operations):
         self._content_locks: dict[int, trio.Lock] = {}  # per inode: no write while it is being sealed
         self._journal_seq = 0  # the newest journal record whose inode state is applied
         self._sealing = 0  # journal writes in flight (they read staging files)
+        self._streams: dict[int, StreamingSeal] = {}  # files being sealed while written
         self._nursery: trio.Nursery | None = None
         self.versions_committed = 0
         if head is not None and root.entry.node is not None:
@@ -236,6 +240,7 @@ class PortalOperations(pyfuse3.Operations):
             if attr.st_size > MAX_FILE_SIZE:
                 raise FsError(errno.EFBIG)
             async with self._content_lock(inode):
+                self._abandon_stream(inode)
                 await self._stage(inode, empty=attr.st_size == 0)
                 assert inode.staging is not None
                 os.truncate(inode.staging, attr.st_size)
@@ -374,16 +379,17 @@ class PortalOperations(pyfuse3.Operations):
             raise FsError(errno.EROFS)
         if writable:
             async with self._content_lock(node):
+                self._abandon_stream(node)  # a second writer, or a fresh start
                 truncate = bool(flags & os.O_TRUNC)
                 await self._stage(node, empty=truncate)
                 if truncate and node.size:
                     os.ftruncate(self._fd(node), 0)
                     self.workspace.content_changed(node, 0, _now())
-        return self._open_handle(node, writable, bool(flags & os.O_APPEND))
+        return self._open_handle(node, writable, bool(flags & os.O_APPEND), writable and node.size == 0)
 
-    def _open_handle(self, node: Inode, writable: bool, append: bool) -> pyfuse3.FileInfo:
+    def _open_handle(self, node: Inode, writable: bool, append: bool, sequential: bool) -> pyfuse3.FileInfo:
         fh = self._fh()
-        self._handles[fh] = _Handle(node, writable, append)
+        self._handles[fh] = _Handle(node, writable, append, sequential and node.writers == 0)
         self.workspace.opened(node, writable)
         keep = node.kernel_cache_gen == node.content_gen
         node.kernel_cache_gen = node.content_gen
@@ -397,7 +403,7 @@ class PortalOperations(pyfuse3.Operations):
         mode = stat.S_IMODE(mode) & ~ctx.umask
         node = self.workspace.create(parent, name, mode, ctx.uid, self._new_gid(parent, ctx), _now())
         node.lookups += 1
-        return self._open_handle(node, True, bool(flags & os.O_APPEND)), self._attrs(node)
+        return self._open_handle(node, True, bool(flags & os.O_APPEND), True), self._attrs(node)
 
     @_translated
     async def read(self, fh: int, off: int, size: int) -> bytes:
@@ -441,9 +447,35 @@ class PortalOperations(pyfuse3.Operations):
                 off = node.size
             if off + len(buf) > MAX_FILE_SIZE:
                 raise FsError(errno.EFBIG)
+            appending = off == node.size
             written = os.pwrite(self._fd(node), buf, off)
             self.workspace.content_changed(node, max(node.size, off + written), _now())
+            self._follow_stream(handle, appending)
         return written
+
+    def _follow_stream(self, handle: _Handle, appending: bool) -> None:
+        """Keep a sequentially written file's background sealing fed, start it, or abandon it."""
+        node = handle.inode
+        handle.sequential = handle.sequential and appending
+        stream = self._streams.get(node.ino)
+        if not handle.sequential:
+            self._abandon_stream(node)
+        elif stream is not None:
+            stream.grow(node.size)
+        elif node.size >= STREAM_FROM and node.writers == 1 and self.secrets is not None and node.staging is not None:
+            stream = self._streams[node.ino] = StreamingSeal(
+                self.view.device.store, self.secrets.identity.convergence_secret, node.staging
+            )
+            stream.grow(node.size)
+
+    def _abandon_stream(self, node: Inode) -> None:
+        stream = self._streams.pop(node.ino, None)
+        if stream is not None:
+            stream.abandon()
+
+    def abandon_streams(self) -> None:
+        for ino in list(self._streams):
+            self._streams.pop(ino).abandon()
 
     def _content_dirty(self, node: Inode) -> bool:
         return node.committed_content_gen != node.content_gen and not node.unlinked
@@ -459,6 +491,8 @@ class PortalOperations(pyfuse3.Operations):
         handle = self._handles.pop(fh)
         node = handle.inode
         self.workspace.released(node, handle.writable)
+        if node.unlinked:
+            self._abandon_stream(node)
         try:
             if handle.writable and self._content_dirty(node):
                 await self.journal(node)
@@ -599,10 +633,12 @@ class PortalOperations(pyfuse3.Operations):
                 return
             chain, content_gen, staging = journal_chain(node), node.content_gen, str(node.staging)
             base = 0 if self.head is None else self.head.version
+            stream, size_now = self._streams.pop(node.ino, None), node.size
+            chunks = None if stream is None else functools.partial(stream.finish, size_now)
             self._sealing += 1
             try:
                 ref, size, seq = await trio.to_thread.run_sync(
-                    journal_file, self.view, secrets, staging, functools.partial(encode_record, chain), base
+                    journal_file, self.view, secrets, staging, functools.partial(encode_record, chain), base, chunks
                 )
             finally:
                 self._sealing -= 1

@@ -144,6 +144,7 @@ async def _serve(ops: PortalOperations, mountpoint: Path, options: set[str], rea
             await pyfuse3.main()
             nursery.cancel_scope.cancel()
     finally:
+        ops.abandon_streams()
         pyfuse3.close(unmount=True)
     await ops.commit()
     log.info("unmounted %s (%d versions committed)", mountpoint, ops.versions_committed)

@@ -99,6 +99,40 @@ def test_large_file_round_trip_through_commits(d: Path) -> None:
     assert f.read_bytes() == expected
 
 
+def test_files_sealed_while_written_and_streams_that_are_abandoned(fs: tuple[Path, Path], d: Path) -> None:
+    home, _ = fs
+    piece = os.urandom(1024 * 1024)
+    expected = {
+        "sequential": piece * 20,
+        "truncated": piece * 6,
+        "rewritten": piece * 7,
+    }
+    fd = os.open(d / "sequential", os.O_CREAT | os.O_WRONLY, 0o644)
+    for _ in range(20):
+        os.write(fd, piece)
+    os.close(fd)
+    fd = os.open(d / "truncated", os.O_CREAT | os.O_WRONLY, 0o644)
+    for _ in range(6):
+        os.write(fd, piece)
+    os.ftruncate(fd, 3 * len(piece))  # abandons the background sealing
+    for _ in range(3):
+        os.write(fd, piece)  # the offset stays at 6 MiB: bytes 3 to 6 MiB read as zeros
+    os.close(fd)
+    expected["truncated"] = piece * 3 + bytes(3 * len(piece)) + piece * 3
+    fd = os.open(d / "rewritten", os.O_CREAT | os.O_WRONLY, 0o644)
+    for _ in range(6):
+        os.write(fd, piece)
+    os.pwrite(fd, b"BACK", 100)  # not an append: abandons it too
+    os.write(fd, piece)
+    os.close(fd)
+    expected["rewritten"] = piece[:100] + b"BACK" + piece[104:] + piece * 6
+    for name, data in expected.items():
+        assert (d / name).read_bytes() == data, name
+    refused = run(home, "gc", check=False)  # a read-write mount may be storing objects no version names yet
+    assert refused.returncode == 12 and "mounted read-write" in refused.stderr
+    run(home, "gc", "--dry-run")
+
+
 def test_directories_link_counts_and_parent_times(d: Path) -> None:
     before = d.stat()
     (d / "a").mkdir()

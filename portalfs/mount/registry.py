@@ -1,0 +1,51 @@
+"""Which mounts this device is running: one small JSON record per mount under PORTAL_HOME/mounts.
+
+A mount registers under the device lock before it serves anything, so that
+garbage collection (which holds the device lock) either sees it or runs
+before it starts.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+from ..device import Device
+
+__all__ = ["register", "unregister", "running"]
+
+
+def _record(device: Device, mountpoint: Path) -> Path:
+    return device.home.mounts / (str(mountpoint).strip("/").replace("/", "_") or "root")
+
+
+def register(device: Device, mountpoint: Path, portal: str, writable: bool) -> None:
+    with device.exclusive():
+        info = {"pid": os.getpid(), "mountpoint": str(mountpoint), "portal": portal, "writable": writable}
+        _record(device, mountpoint).write_text(json.dumps(info))
+
+
+def unregister(device: Device, mountpoint: Path) -> None:
+    _record(device, mountpoint).unlink(missing_ok=True)
+
+
+def running(device: Device) -> list[dict]:
+    """Records of this device's mounts whose process is alive (mounted, or still starting)."""
+    found = []
+    for record in device.home.mounts.iterdir():
+        try:
+            info = json.loads(record.read_text())
+            os.kill(info["pid"], 0)
+        except (OSError, ValueError, KeyError):
+            continue
+        found.append(info)
+    return found
+
+
+def find(device: Device, mountpoint: Path) -> dict | None:
+    path = _record(device, mountpoint)
+    try:
+        return json.loads(path.read_text())
+    except (OSError, ValueError):
+        return None
