@@ -4,16 +4,14 @@ Errors leave through one translation point (``_translated``): ``FsError`` and
 ``OSError`` become ``FUSEError(errno)``; a corrupt or missing object becomes
 EIO and one log line naming the file and the object; the mount stays up.
 
-Writes go to a staging file per inode. A writable handle's changes are
-committed (chunked, sealed, stored, recorded in the journal) on flush, release
-and fsync; other changes are committed by a periodic task and on unmount.
-Clean file content is read from the version's chunks, unsealed in worker
-threads, through a bounded cache of plaintext chunks, reading ahead one chunk.
+Writes go to a staging file per inode. A file's new content is made durable
+(sealed, stored, journaled) on flush, release and fsync; new versions are
+checkpointed by a periodic task, on fsync of a directory and on unmount.
+Clean file content comes from the ``ContentReader`` (reader.py).
 """
 
 from __future__ import annotations
 
-import bisect
 import contextlib
 import errno
 import functools
@@ -21,7 +19,6 @@ import logging
 import os
 import stat
 import time
-from collections import OrderedDict
 from collections.abc import Callable, Coroutine, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -34,10 +31,9 @@ from ..device import Unlocked
 from ..errors import IntegrityError, MissingObject, PortalError
 from ..portal import PortalView
 from ..root import RootPayload, RootRecord
-from ..sealing import ChunkRef
-from ..tree import iter_file_chunks
 from .commit import abandon, apply, checkpoint, journal_file, snapshot, staged_inodes
 from .journal import encode_record, journal_chain
+from .reader import ContentReader
 from .streaming import StreamingSeal
 from .workspace import MAX_FILE_SIZE, FsError, Inode, Workspace
 
@@ -48,10 +44,8 @@ log = logging.getLogger("portalfs")
 T = TypeVar("T")
 P = ParamSpec("P")
 ATTR_TIMEOUT = 5.0
-CHUNK_CACHE_BYTES = 256 * 1024 * 1024
 AUTOCOMMIT_SECONDS = 2.0
 STREAM_FROM = 4 * 1024 * 1024  # seal sequentially written files in the background past this size
-READ_AHEAD_CHUNKS = 6  # chunks unsealed ahead of a reader, on worker threads
 
 
 def _translated(handler: Callable[P, Coroutine[Any, Any, T]]) -> Callable[P, Coroutine[Any, Any, T]]:
@@ -94,30 +88,6 @@ class _Handle:
     sequential: bool = False  # began empty and has only been appended to, so far
 
 
-class _ChunkCache:
-    """Plaintext chunks by object id, least recently used first out, bounded in bytes."""
-
-    def __init__(self, limit: int) -> None:
-        self._limit = limit
-        self._size = 0
-        self._items: OrderedDict[bytes, bytes | memoryview] = OrderedDict()
-
-    def get(self, cid: bytes) -> bytes | memoryview | None:
-        data = self._items.get(cid)
-        if data is not None:
-            self._items.move_to_end(cid)
-        return data
-
-    def put(self, cid: bytes, data: bytes | memoryview) -> None:
-        if cid in self._items:
-            return
-        self._items[cid] = data
-        self._size += len(data)
-        while self._size > self._limit and self._items:
-            _, old = self._items.popitem(last=False)
-            self._size -= len(old)
-
-
 class PortalOperations(pyfuse3.Operations):
     supports_dot_lookup = True
     enable_writeback_cache = False
@@ -142,17 +112,14 @@ class PortalOperations(pyfuse3.Operations):
         self._dir_handles: dict[int, list[Inode]] = {}
         self._next_fh = 1
         self._fds: dict[Path, int] = {}
-        self._cache = _ChunkCache(CHUNK_CACHE_BYTES)
-        self._loading: dict[bytes, trio.Event] = {}
-        self._layouts: dict[bytes, tuple[list[int], list[ChunkRef]]] = {}
+        self.reader = ContentReader(view)
         self._totals: dict[bytes, tuple[int, int]] = {}
-        self._reported: set[bytes] = set()
+        self._reported: set[str] = set()
         self._commit_lock = trio.Lock()  # one checkpoint at a time
         self._content_locks: dict[int, trio.Lock] = {}  # per inode: no write while it is being sealed
         self._journal_seq = 0  # the newest journal record whose inode state is applied
         self._sealing = 0  # journal writes in flight (they read staging files)
         self._streams: dict[int, StreamingSeal] = {}  # files being sealed while written
-        self._nursery: trio.Nursery | None = None
         self.versions_committed = 0
         if head is not None and root.entry.node is not None:
             self._totals[root.entry.node.cid] = (root.size, root.files)
@@ -162,7 +129,7 @@ class PortalOperations(pyfuse3.Operations):
     async def run_background(self, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         """Read-ahead and periodic commits; started in the mount's nursery."""
         async with trio.open_nursery() as nursery:
-            self._nursery = nursery
+            self.reader.nursery = nursery
             task_status.started()
             if not self.read_only:
                 pause = AUTOCOMMIT_SECONDS
@@ -361,11 +328,11 @@ class PortalOperations(pyfuse3.Operations):
             return
         scratch = self.workspace.staging_dir / f"fill-{inode.ino}-{os.urandom(4).hex()}"
         self.workspace.staging_dir.mkdir(parents=True, exist_ok=True)
-        layout = await self._layout(inode)
+        _, refs = await self.reader.layout(inode.node)
         try:
             with open(scratch, "wb") as out:
-                for ref in layout[1]:
-                    out.write(await self._chunk(ref))
+                for ref in refs:
+                    out.write(await self.reader.chunk(ref))
         except BaseException:
             scratch.unlink(missing_ok=True)
             raise
@@ -410,29 +377,15 @@ class PortalOperations(pyfuse3.Operations):
         node = self._handles[fh].inode
         if node.staging is not None:
             return os.pread(self._fd(node), size, off)
-        end = min(off + size, node.size)
-        if off >= end:
+        try:
+            parts = await self.reader.read(node.node, node.size, off, size)
+        except (IntegrityError, MissingObject) as exc:
+            if str(exc) not in self._reported:  # the kernel retries: say it once
+                self._reported.add(str(exc))
+                log.error("read %s: %s", self._path(node), exc)
+            raise FsError(errno.EIO) from None
+        if not parts:
             return b""
-        offsets, refs = await self._layout(node)
-        index = bisect.bisect_right(offsets, off) - 1
-        parts: list[memoryview] = []
-        pos = off
-        while pos < end and index < len(refs):
-            try:
-                data = await self._chunk(refs[index])
-            except (IntegrityError, MissingObject) as exc:
-                if refs[index].cid not in self._reported:  # the kernel retries: say it once
-                    self._reported.add(refs[index].cid)
-                    log.error("read %s: %s", self._path(node), exc)
-                raise FsError(errno.EIO) from None
-            start = pos - offsets[index]
-            piece = memoryview(data)[start : start + end - pos]
-            parts.append(piece)
-            pos += len(piece)
-            index += 1
-        if self._nursery is not None:
-            for ref in refs[index : index + READ_AHEAD_CHUNKS]:
-                self._nursery.start_soon(self._prefetch, ref)
         # pyfuse3 replies from any buffer: one piece goes out without a copy.
         return cast(bytes, parts[0]) if len(parts) == 1 else b"".join(parts)
 
@@ -563,48 +516,6 @@ class PortalOperations(pyfuse3.Operations):
             parts.append(os.fsdecode(probe.name))
             probe = probe.parent
         return "/" + "/".join(reversed(parts))
-
-    async def _layout(self, node: Inode) -> tuple[list[int], list[ChunkRef]]:
-        if node.node is None:
-            return [], []
-        key = node.node.cid
-        layout = self._layouts.get(key)
-        if layout is None:
-            ref = node.node
-            refs = await trio.to_thread.run_sync(lambda: list(iter_file_chunks(ref, self.view.load_node)))
-            offsets, pos = [], 0
-            for chunk in refs:
-                offsets.append(pos)
-                pos += chunk.length
-            layout = self._layouts[key] = (offsets, refs)
-            if len(self._layouts) > 4096:
-                self._layouts.pop(next(iter(self._layouts)))
-        return layout
-
-    async def _chunk(self, ref: ChunkRef) -> bytes | memoryview:
-        while True:
-            data = self._cache.get(ref.cid)
-            if data is not None:
-                return data
-            loading = self._loading.get(ref.cid)
-            if loading is None:
-                break
-            await loading.wait()
-        event = self._loading[ref.cid] = trio.Event()
-        try:
-            data = await trio.to_thread.run_sync(self.view.load_chunk, ref)
-            self._cache.put(ref.cid, data)
-            return data
-        finally:
-            del self._loading[ref.cid]
-            event.set()
-
-    async def _prefetch(self, ref: ChunkRef) -> None:
-        if self._cache.get(ref.cid) is None and ref.cid not in self._loading:
-            try:
-                await self._chunk(ref)
-            except PortalError:
-                pass  # the foreground read that needs it will report it
 
     def _content_lock(self, node: Inode) -> trio.Lock:
         lock = self._content_locks.get(node.ino)

@@ -1,0 +1,122 @@
+"""Reading committed file content for the mount.
+
+Each file's chunk layout (offsets) is worked out once per file node; chunks
+are fetched and unsealed on worker threads, kept in a bounded cache of
+plaintext chunks, and read ahead of a sequential reader. Concurrent reads of
+one chunk share a single fetch.
+"""
+
+from __future__ import annotations
+
+import bisect
+from collections import OrderedDict
+
+import trio
+
+from ..errors import PortalError
+from ..portal import PortalView
+from ..sealing import ChunkRef
+from ..tree import iter_file_chunks
+
+__all__ = ["ContentReader"]
+
+CHUNK_CACHE_BYTES = 256 * 1024 * 1024
+READ_AHEAD_CHUNKS = 6  # chunks unsealed ahead of a reader, on worker threads
+LAYOUTS_KEPT = 4096
+
+Plaintext = bytes | memoryview
+
+
+class _ChunkCache:
+    """Plaintext chunks by object id, least recently used first out, bounded in bytes."""
+
+    def __init__(self, limit: int) -> None:
+        self._limit = limit
+        self._size = 0
+        self._items: OrderedDict[bytes, Plaintext] = OrderedDict()
+
+    def get(self, cid: bytes) -> Plaintext | None:
+        data = self._items.get(cid)
+        if data is not None:
+            self._items.move_to_end(cid)
+        return data
+
+    def put(self, cid: bytes, data: Plaintext) -> None:
+        if cid in self._items:
+            return
+        self._items[cid] = data
+        self._size += len(data)
+        while self._size > self._limit and self._items:
+            _, old = self._items.popitem(last=False)
+            self._size -= len(old)
+
+
+class ContentReader:
+    def __init__(self, view: PortalView, cache_bytes: int = CHUNK_CACHE_BYTES) -> None:
+        self.view = view
+        self.nursery: trio.Nursery | None = None  # for read-ahead; set once the mount runs
+        self._cache = _ChunkCache(cache_bytes)
+        self._loading: dict[bytes, trio.Event] = {}
+        self._layouts: OrderedDict[bytes, tuple[list[int], list[ChunkRef]]] = OrderedDict()
+
+    async def layout(self, file_node: ChunkRef | None) -> tuple[list[int], list[ChunkRef]]:
+        """(start offset of each chunk, the chunks) of a file node."""
+        if file_node is None:
+            return [], []
+        layout = self._layouts.get(file_node.cid)
+        if layout is None:
+            refs = await trio.to_thread.run_sync(lambda: list(iter_file_chunks(file_node, self.view.load_node)))
+            offsets, position = [], 0
+            for chunk in refs:
+                offsets.append(position)
+                position += chunk.length
+            layout = self._layouts[file_node.cid] = (offsets, refs)
+            if len(self._layouts) > LAYOUTS_KEPT:
+                self._layouts.popitem(last=False)
+        return layout
+
+    async def chunk(self, ref: ChunkRef) -> Plaintext:
+        while True:
+            data = self._cache.get(ref.cid)
+            if data is not None:
+                return data
+            loading = self._loading.get(ref.cid)
+            if loading is None:
+                break
+            await loading.wait()
+        event = self._loading[ref.cid] = trio.Event()
+        try:
+            data = await trio.to_thread.run_sync(self.view.load_chunk, ref)
+            self._cache.put(ref.cid, data)
+            return data
+        finally:
+            del self._loading[ref.cid]
+            event.set()
+
+    async def read(self, file_node: ChunkRef | None, file_size: int, offset: int, size: int) -> list[memoryview]:
+        """The pieces of bytes ``offset`` to ``offset + size`` of a file; reads ahead after them."""
+        end = min(offset + size, file_size)
+        if offset >= end:
+            return []
+        offsets, refs = await self.layout(file_node)
+        index = bisect.bisect_right(offsets, offset) - 1
+        pieces: list[memoryview] = []
+        position = offset
+        while position < end and index < len(refs):
+            data = await self.chunk(refs[index])
+            start = position - offsets[index]
+            piece = memoryview(data)[start : start + end - position]
+            pieces.append(piece)
+            position += len(piece)
+            index += 1
+        if self.nursery is not None:
+            for ref in refs[index : index + READ_AHEAD_CHUNKS]:
+                if self._cache.get(ref.cid) is None and ref.cid not in self._loading:
+                    self.nursery.start_soon(self._prefetch, ref)
+        return pieces
+
+    async def _prefetch(self, ref: ChunkRef) -> None:
+        try:
+            await self.chunk(ref)
+        except PortalError:
+            pass  # the foreground read that needs it will report it
