@@ -20,6 +20,7 @@ import stat
 from collections.abc import Callable
 from concurrent.futures import Future
 from dataclasses import dataclass, field
+from typing import BinaryIO
 
 from . import chunking, encoding
 from .errors import SourceError
@@ -27,7 +28,7 @@ from .pipeline import ChunkPipeline
 from .sealing import ChunkRef, seal
 from .state import CachedFile, StateDB
 from .store import ObjectStore
-from .tree import Entry, NodeLoader, build_file, decode_dir, encode_dir, new_root_entry
+from .tree import Entry, NodeLoader, build_file, decode_dir, encode_dir, new_root_entry, validate_name
 
 __all__ = ["Ingester", "IngestStats", "tree_totals"]
 
@@ -231,16 +232,39 @@ class Ingester:
         entries = [self._finish(child) for child in item.children]
         return _entry(item.name, item.st, item.xattrs, node=self.store_node(encode_dir(entries)))
 
-    def ingest(self, sources: list[str], previous: Entry | None, load_node: NodeLoader) -> Entry:
+    def _stream_entry(self, pipeline: ChunkPipeline, name: bytes, stream: BinaryIO) -> Entry:
+        """A file named ``name`` holding all of ``stream``, cut into fixed-size chunks."""
+        futures = []
+        for chunk in chunking.fixed_chunks(stream):
+            futures.append(pipeline.submit(chunk))
+            self.stats.chunks += 1
+            self.stats.bytes_read += len(chunk)
+            self._progress(len(chunk))
+        refs = [f.result() for f in futures]
+        node, size = build_file(refs, self.store_node) if refs else (None, 0)
+        self.stats.files += 1
+        uid, gid, now = os.getuid(), os.getgid(), self._now_ns
+        return Entry(name, stat.S_IFREG | 0o644, uid, gid, now, now, size=size, node=node)
+
+    def ingest(
+        self,
+        sources: list[str],
+        previous: Entry | None,
+        load_node: NodeLoader,
+        stream: tuple[bytes, BinaryIO] | None = None,
+    ) -> Entry:
         """Build the new root entry: ``previous`` with each source placed at the top level.
 
         A source directory named with a trailing slash contributes its contents
-        rather than itself (as rsync does). Entries of the same name are replaced.
+        rather than itself (as rsync does). ``stream`` (name, bytes) adds one file
+        read to its end. Entries of the same name are replaced.
         """
         top: list[_PendingFile | _PendingDir | Entry] = []
         pipeline = ChunkPipeline(self.store, self._convergence, self._workers, self._max_in_flight)
         with pipeline:
             try:
+                if stream is not None:
+                    top.append(self._stream_entry(pipeline, validate_name(stream[0]), stream[1]))
                 for source in sources:
                     raw = os.fsencode(source)
                     path = os.path.abspath(raw.rstrip(b"/") or b"/")

@@ -11,6 +11,7 @@ import dataclasses
 import os
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
+from typing import BinaryIO
 
 from .device import Device, Unlocked
 from .errors import NotFound
@@ -94,6 +95,7 @@ class PortalView:
         now_ns: int,
         progress: Callable[[int], None] | None = None,
         warn: Callable[[str], None] | None = None,
+        stream: tuple[bytes, BinaryIO] | None = None,
     ) -> tuple[VersionRow, IngestStats]:
         """Ingest ``sources`` into a new version. Hold ``device.exclusive()`` around it.
 
@@ -111,7 +113,7 @@ class PortalView:
             progress=progress,
             warn=warn,
         )
-        entry = ingester.ingest(sources, previous, self.load_node)
+        entry = ingester.ingest(sources, previous, self.load_node, stream)
         version = self._record(secrets, head, entry, now_ns, ingester.remember_files)
         return version, ingester.stats
 

@@ -27,6 +27,7 @@ from ..keys import new_entropy_words
 from ..mount.journal import replay_journal
 from ..portal import PortalView
 from ..restore import Restorer
+from ..tree import validate_name
 from .common import read_secret_file, run_command, unlock
 
 __all__ = ["main"]
@@ -170,6 +171,15 @@ def cmd_portal_ls(device: Device, args: argparse.Namespace) -> int:
 
 def cmd_put(device: Device, args: argparse.Namespace) -> int:
     secrets = unlock(device, args)
+    stream = None
+    if "-" in args.sources:
+        if args.sources.count("-") > 1 or not args.name_for_stdin:
+            raise UsageError("'-' (standard input) may appear once, with --name FILE to name it")
+        try:
+            stream = (validate_name(os.fsencode(args.name_for_stdin)), sys.stdin.buffer)
+        except ValueError as exc:
+            raise UsageError(f"--name {args.name_for_stdin!r}: {exc}") from None
+        args.sources = [s for s in args.sources if s != "-"]
     for source in args.sources:
         if not os.path.lexists(source):
             raise SourceError(f"cannot read {source}: no such file or directory")
@@ -189,6 +199,7 @@ def cmd_put(device: Device, args: argparse.Namespace) -> int:
                     time.time_ns(),
                     progress=progress,
                     warn=lambda msg: print(f"portalctl: warning: {msg}", file=sys.stderr),
+                    stream=stream,
                 )
         elapsed = time.monotonic() - started
     result = {
@@ -421,7 +432,8 @@ def _parser() -> argparse.ArgumentParser:
 
     c = command("put", cmd_put, "add files or folders to a portal as a new version (DIR/ adds DIR's contents)")
     c.add_argument("name")
-    c.add_argument("sources", nargs="+", metavar="SRC")
+    c.add_argument("sources", nargs="+", metavar="SRC", help="files or folders; - reads standard input")
+    c.add_argument("--name", dest="name_for_stdin", metavar="FILE", help="the file name for standard input")
     c = command("get", cmd_get, "restore a portal, or one path of it, into DEST")
     c.add_argument("name")
     c.add_argument("dest")

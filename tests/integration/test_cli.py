@@ -182,6 +182,17 @@ def test_unchanged_files_are_not_read_again_and_duplicates_stored_once(home: Pat
     assert third["chunks_stored"] <= 2  # only the chunk around the edit is new
 
 
+def test_standard_input_is_put_with_fixed_size_chunks(home: Path, tmp_path: Path) -> None:
+    text = "".join(f"row {i}, a line of a database dump\n" for i in range(120_000))  # about 4.3 MB
+    put = json.loads(ok(home, "put", "docs", "-", "--name", "dump.sql", "--json", input=text))
+    assert put["files"] == 1 and put["chunks"] == -(-len(text) // (1024 * 1024))
+    out = tmp_path / "dump.sql"
+    ok(home, "get", "docs", str(out), "--path", "dump.sql")
+    assert out.read_text() == text
+    fails(home, 2, "put", "docs", "-", match="--name", input="x")
+    fails(home, 2, "put", "docs", "-", "--name", "a/b", input="x", match="a/b")
+
+
 @pytest.mark.skipif(not os.path.exists("/dev/fuse") or os.geteuid() != 0, reason="the demo mounts")
 def test_demo_is_the_main_job(tmp_path: Path) -> None:
     home = tmp_path / "demo"
