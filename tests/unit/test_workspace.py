@@ -1,0 +1,86 @@
+"""The mount's working tree and journal records, without FUSE."""
+
+from __future__ import annotations
+
+import errno
+import stat
+from pathlib import Path
+
+import pytest
+
+from portalfs.mount.journal import apply_record, decode_record, encode_record, journal_chain
+from portalfs.mount.workspace import RENAME_EXCHANGE, RENAME_NOREPLACE, FsError, Workspace
+from portalfs.sealing import ChunkRef
+from portalfs.tree import Entry, new_root_entry
+
+NOW = 1_700_000_000_000_000_000
+
+
+def _no_nodes(ref: ChunkRef) -> bytes:
+    raise AssertionError("an empty tree loads no nodes")
+
+
+@pytest.fixture
+def ws(tmp_path: Path) -> Workspace:
+    return Workspace(new_root_entry(NOW, 0, 0), _no_nodes, tmp_path / "staging")
+
+
+def _errno(call: object) -> int:
+    with pytest.raises(FsError) as e:
+        call()  # type: ignore[operator]
+    return e.value.errno
+
+
+def test_names_link_counts_and_dirty_marks(ws: Workspace) -> None:
+    root = ws.root
+    a = ws.mkdir(root, b"a", 0o755, 0, 0, NOW)
+    ws.mkdir(root, b"b", 0o755, 0, 0, NOW)
+    f = ws.create(a, b"f", 0o644, 0, 0, NOW)
+    assert ws.nlink(root) == 4 and ws.nlink(a) == 2 and ws.nlink(f) == 1
+    assert root.dirty_below and a.dirty_below and f.dirty
+    assert _errno(lambda: ws.mkdir(root, b"a", 0o755, 0, 0, NOW)) == errno.EEXIST
+    assert _errno(lambda: ws.create(root, b"x" * 256, 0o644, 0, 0, NOW)) == errno.ENAMETOOLONG
+    assert _errno(lambda: ws.rmdir(root, b"a", NOW)) == errno.ENOTEMPTY
+    assert _errno(lambda: ws.unlink(root, b"b", NOW)) == errno.EISDIR
+    assert _errno(lambda: ws.rename(root, b"a", a, b"inside", 0, NOW)) == errno.EINVAL
+    ws.rmdir(root, b"b", NOW)
+    assert ws.nlink(root) == 3
+
+
+def test_rename_flags_and_link_counts_follow(ws: Workspace) -> None:
+    root = ws.root
+    d1 = ws.mkdir(root, b"d1", 0o755, 0, 0, NOW)
+    d2 = ws.mkdir(root, b"d2", 0o755, 0, 0, NOW)
+    sub = ws.mkdir(d1, b"sub", 0o755, 0, 0, NOW)
+    f = ws.create(d2, b"f", 0o644, 0, 0, NOW)
+    assert _errno(lambda: ws.rename(d1, b"sub", d2, b"f", RENAME_NOREPLACE, NOW)) == errno.EEXIST
+    ws.rename(d1, b"sub", d2, b"f", RENAME_EXCHANGE, NOW)
+    assert ws.lookup(d2, b"f") is sub and ws.lookup(d1, b"sub") is f
+    assert (ws.nlink(d1), ws.nlink(d2)) == (2, 3)
+    ws.rename(d2, b"f", root, b"moved", 0, NOW)
+    assert sub.parent is root and sub.name == b"moved" and (ws.nlink(d2), ws.nlink(root)) == (2, 5)
+
+
+def test_journal_records_round_trip_and_recreate_missing_ancestors(ws: Workspace, tmp_path: Path) -> None:
+    deep = ws.mkdir(ws.mkdir(ws.root, b"new", 0o750, 7, 8, NOW), b"deeper", 0o700, 7, 8, NOW)
+    f = ws.create(deep, b"file", 0o600, 7, 8, NOW)
+    content = ChunkRef(b"c" * 32, b"k" * 32, b"p" * 32, 11)
+    record = encode_record(journal_chain(f), content, 11, [b"sealed"])
+    chain, objects = decode_record(record)
+    assert [e.name for e in chain] == [b"new", b"deeper", b"file"] and objects == [b"sealed"]
+    assert chain[0].node is None and chain[-1].node == content and chain[-1].size == 11
+    fresh = Workspace(new_root_entry(NOW, 0, 0), _no_nodes, tmp_path / "other")
+    apply_record(fresh, chain)
+    placed = fresh.lookup(fresh.lookup(fresh.lookup(fresh.root, b"new"), b"deeper"), b"file")
+    assert placed.node == content and placed.committed_size == 11 and stat.S_IMODE(placed.mode) == 0o600
+    assert fresh.lookup(fresh.root, b"new").uid == 7
+
+
+def test_malformed_journal_records_are_refused() -> None:
+    from portalfs import encoding
+
+    with pytest.raises(ValueError):
+        decode_record(encoding.encode({"chain": [], "objects": []}))
+    directory = Entry(b"d", stat.S_IFDIR | 0o755, 0, 0, NOW, NOW).to_cbor()
+    with pytest.raises(ValueError):  # a chain must end with a file
+        decode_record(encoding.encode({"chain": [directory], "objects": []}))
