@@ -35,6 +35,7 @@ __all__ = [
     "FANOUT",
     "NAME_MAX",
     "Entry",
+    "FileKind",
     "encode_dir",
     "decode_dir",
     "build_file",
@@ -61,20 +62,11 @@ def validate_name(name: bytes) -> bytes:
     return name
 
 
-@dataclass(frozen=True, slots=True)
-class Entry:
-    """One name in a directory, with its metadata and what it points to."""
+class FileKind:
+    """``is_dir``, ``is_file``, ``is_symlink`` for anything with an ``st_mode``-style ``mode``."""
 
-    name: bytes
+    __slots__ = ()
     mode: int
-    uid: int
-    gid: int
-    mtime_ns: int
-    ctime_ns: int
-    size: int = 0
-    node: ChunkRef | None = None
-    target: bytes | None = None
-    xattrs: dict[bytes, bytes] = field(default_factory=dict)
 
     @property
     def is_dir(self) -> bool:
@@ -87,6 +79,22 @@ class Entry:
     @property
     def is_symlink(self) -> bool:
         return stat.S_ISLNK(self.mode)
+
+
+@dataclass(frozen=True, slots=True)
+class Entry(FileKind):
+    """One name in a directory, with its metadata and what it points to."""
+
+    name: bytes
+    mode: int
+    uid: int
+    gid: int
+    mtime_ns: int
+    ctime_ns: int
+    size: int = 0
+    node: ChunkRef | None = None
+    target: bytes | None = None
+    xattrs: dict[bytes, bytes] = field(default_factory=dict)
 
     def to_cbor(self) -> dict:
         out: dict = {

@@ -22,7 +22,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from ..sealing import ChunkRef
-from ..tree import NAME_MAX, Entry, decode_dir
+from ..tree import NAME_MAX, Entry, FileKind, decode_dir
 
 __all__ = ["FsError", "Inode", "Workspace", "ROOT_INODE", "MAX_FILE_SIZE", "RENAME_NOREPLACE", "RENAME_EXCHANGE"]
 
@@ -39,7 +39,7 @@ class FsError(Exception):
 
 
 @dataclass(eq=False)
-class Inode:
+class Inode(FileKind):
     ino: int
     name: bytes
     parent: Inode | None
@@ -67,18 +67,6 @@ class Inode:
     content_gen: int = 0  # bumped when the bytes change
     committed_content_gen: int = 0  # content_gen of the bytes ``node`` holds
     kernel_cache_gen: int = -1  # content_gen the kernel page cache was filled from
-
-    @property
-    def is_dir(self) -> bool:
-        return stat.S_ISDIR(self.mode)
-
-    @property
-    def is_file(self) -> bool:
-        return stat.S_ISREG(self.mode)
-
-    @property
-    def is_symlink(self) -> bool:
-        return stat.S_ISLNK(self.mode)
 
     @property
     def dirty(self) -> bool:
