@@ -161,3 +161,28 @@ def test_dead_mount_reports_enotconn(tmp_path: Path) -> None:
         assert e.value.errno == errno.ENOTCONN
     finally:
         force_unmount(mnt)
+
+
+def test_fstab_helper_and_a_passphrase_protected_key(tmp_path: Path) -> None:
+    home, pw = tmp_path / "home", tmp_path / "pw"
+    pw.write_text("open sesame\n")
+    run(home, "--passphrase-file", str(pw), "init")
+    run(home, "--passphrase-file", str(pw), "portal", "create", "p")
+    helper = Path(sys.executable).parent / "mount.portal"
+    mnt = tmp_path / "m"
+    mnt.mkdir()
+    env = {k: v for k, v in os.environ.items() if k not in ("PORTAL_HOME", "PORTAL_PASSPHRASE")}
+    denied = subprocess.run(
+        [str(helper), "p", str(mnt), "-o", f"rw,home={home}"], env=env, capture_output=True, text=True
+    )
+    assert denied.returncode == 7 and "passphrase" in denied.stderr and not is_mounted(mnt)
+    subprocess.run(
+        [str(helper), "p", str(mnt), "-o", f"rw,noauto,home={home},passphrase_file={pw}"], env=env, check=True
+    )
+    try:
+        (mnt / "through-fstab.txt").write_text("mounted by mount.portal")
+    finally:
+        run(home, "unmount", str(mnt))
+    got = tmp_path / "got"
+    run(home, "--passphrase-file", str(pw), "get", "p", str(got), "--path", "through-fstab.txt")
+    assert got.read_text() == "mounted by mount.portal"
