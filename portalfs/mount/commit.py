@@ -12,9 +12,11 @@ returns the new root entry. The caller records the root record in the journal
 from __future__ import annotations
 
 import dataclasses
+import io
 import os
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import BinaryIO
 
 from ..chunking import CDC_MIN
 from ..device import Unlocked
@@ -34,7 +36,7 @@ __all__ = ["FilePlan", "DirPlan", "snapshot", "execute", "CommitResult", "checkp
 class FilePlan:
     inode: Inode
     entry: Entry  # metadata at snapshot time; node and size filled in by execute
-    staging: str
+    staging: str | bytes  # a staging file, or the content itself
     content_gen: int
     ref: ChunkRef | None = None
     size: int = 0
@@ -84,9 +86,10 @@ def _plan_dir(
         child_plan: Entry | FilePlan | DirPlan
         if child.is_dir and child.children is not None and (child.dirty or child.dirty_below or child.node is None):
             child_plan = _plan_dir(workspace, child, content_of, deferred)
-        elif child.is_file and child.staging is not None and child.committed_content_gen != child.content_gen:
+        elif child.is_file and child.staged and child.committed_content_gen != child.content_gen:
             if content_of(child):
-                child_plan = FilePlan(child, child.entry(), str(child.staging), child.content_gen)
+                content = bytes(child.memory) if child.memory is not None else str(child.staging)
+                child_plan = FilePlan(child, child.entry(), content, child.content_gen)
             else:
                 child_plan = child.entry()
                 deferred.append(child)
@@ -142,17 +145,27 @@ class Sealer:
     def store_node(self, plaintext: bytes) -> ChunkRef:
         return self._put(*seal(self.tree_secret, plaintext))
 
-    def seal_file(self, path: str) -> tuple[ChunkRef | None, int]:
-        if os.path.getsize(path) <= CDC_MIN:  # one chunk, as content-defined chunking would cut it
-            with open(path, "rb") as f:
-                data = f.read()
-            refs = [self._put(*seal(self.convergence, data))] if data else []
+    def seal_file(self, content: str | bytes) -> tuple[ChunkRef | None, int]:
+        """Seal a file's content: a staging file's path, or the bytes themselves."""
+        if _content_size(content) <= CDC_MIN:  # one chunk, as content-defined chunking would cut it
+            if isinstance(content, str):
+                with open(content, "rb") as f:
+                    content = f.read()
+            refs = [self._put(*seal(self.convergence, content))] if content else []
         else:
-            with ChunkPipeline(self.store, self.convergence) as pipeline, open(path, "rb", buffering=0) as stream:
+            with ChunkPipeline(self.store, self.convergence) as pipeline, _open_content(content) as stream:
                 refs = [future.result() for future in list(pipeline.seal_stream(stream))]
         if not refs:
             return None, 0
         return build_file(refs, self.store_node)
+
+
+def _content_size(content: str | bytes) -> int:
+    return len(content) if isinstance(content, bytes) else os.path.getsize(content)
+
+
+def _open_content(content: str | bytes) -> BinaryIO:
+    return io.BytesIO(content) if isinstance(content, bytes) else open(content, "rb", buffering=0)
 
 
 def execute(plan: DirPlan, sealer: Sealer, load_node: NodeLoader, totals: dict[bytes, tuple[int, int]]) -> CommitResult:
@@ -240,7 +253,7 @@ def checkpoint(
 def journal_file(
     view: PortalView,
     secrets: Unlocked,
-    path: str,
+    content: str | bytes,
     record: Callable[[ChunkRef | None, int, list[bytes]], bytes],
     base: int,
     chunks: Callable[[], list[ChunkRef]] | None = None,
@@ -255,11 +268,11 @@ def journal_file(
     while it was written (see streaming.py).
     """
     device = view.device
-    inline = chunks is None and os.path.getsize(path) <= CDC_MIN
+    inline = chunks is None and _content_size(content) <= CDC_MIN
     with device.exclusive():
         sealer = Sealer(device.store, secrets.identity.convergence_secret, view.keys.tree_secret, durable=not inline)
         if chunks is None:
-            ref, size = sealer.seal_file(path)
+            ref, size = sealer.seal_file(content)
         else:
             refs = chunks()
             ref, size = build_file(refs, sealer.store_node) if refs else (None, 0)

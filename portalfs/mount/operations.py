@@ -27,6 +27,7 @@ from typing import Any, ParamSpec, TypeVar, cast
 import pyfuse3
 import trio
 
+from ..chunking import CDC_MIN
 from ..device import Unlocked
 from ..errors import IntegrityError, MissingObject, PortalError
 from ..portal import PortalView
@@ -45,6 +46,7 @@ T = TypeVar("T")
 P = ParamSpec("P")
 ATTR_TIMEOUT = 5.0
 AUTOCOMMIT_SECONDS = 2.0
+MEMORY_STAGING = CDC_MIN  # files up to this size are staged in memory, not in a file
 STREAM_FROM = 4 * 1024 * 1024  # seal sequentially written files in the background past this size
 
 
@@ -209,8 +211,7 @@ class PortalOperations(pyfuse3.Operations):
             async with self._content_lock(inode):
                 self._abandon_stream(inode)
                 await self._stage(inode, empty=attr.st_size == 0)
-                assert inode.staging is not None
-                os.truncate(inode.staging, attr.st_size)
+                self._truncate_staged(inode, attr.st_size)
                 self.workspace.content_changed(inode, attr.st_size, now)
         self.workspace.set_attrs(
             inode,
@@ -319,16 +320,47 @@ class PortalOperations(pyfuse3.Operations):
             fd = self._fds[inode.staging] = os.open(inode.staging, os.O_RDWR)
         return fd
 
+    def _spill(self, inode: Inode) -> None:
+        """Move content staged in memory to a staging file (it outgrew MEMORY_STAGING)."""
+        assert inode.memory is not None
+        memory, inode.memory = inode.memory, None
+        self.workspace.new_staging(inode, copy_from=None)
+        os.pwrite(self._fd(inode), memory, 0)
+
+    def _write_staged(self, inode: Inode, data: bytes, offset: int) -> int:
+        if inode.memory is not None and offset + len(data) > MEMORY_STAGING:
+            self._spill(inode)
+        if inode.memory is None:
+            return os.pwrite(self._fd(inode), data, offset)
+        memory = inode.memory
+        if offset > len(memory):
+            memory.extend(bytes(offset - len(memory)))  # a write past the end: zeros between
+        memory[offset : offset + len(data)] = data
+        return len(data)
+
+    def _truncate_staged(self, inode: Inode, size: int) -> None:
+        if inode.memory is not None and size > MEMORY_STAGING:
+            self._spill(inode)
+        if inode.memory is None:
+            os.ftruncate(self._fd(inode), size)
+        elif size < len(inode.memory):
+            del inode.memory[size:]
+        else:
+            inode.memory.extend(bytes(size - len(inode.memory)))
+
     async def _stage(self, inode: Inode, empty: bool) -> None:
-        """Make sure ``inode`` has a staging file holding its content (or nothing, if ``empty``)."""
-        if inode.staging is not None:
+        """Make sure ``inode``'s content is staged (or nothing, if ``empty``): in memory while small."""
+        if inode.staged:
             return
         if empty or inode.size == 0:
-            self.workspace.new_staging(inode, copy_from=None)
+            inode.memory = bytearray()
+            return
+        _, refs = await self.reader.layout(inode.node)
+        if inode.size <= MEMORY_STAGING:
+            inode.memory = bytearray().join([await self.reader.chunk(ref) for ref in refs])
             return
         scratch = self.workspace.staging_dir / f"fill-{inode.ino}-{os.urandom(4).hex()}"
         self.workspace.staging_dir.mkdir(parents=True, exist_ok=True)
-        _, refs = await self.reader.layout(inode.node)
         try:
             with open(scratch, "wb") as out:
                 for ref in refs:
@@ -350,7 +382,7 @@ class PortalOperations(pyfuse3.Operations):
                 truncate = bool(flags & os.O_TRUNC)
                 await self._stage(node, empty=truncate)
                 if truncate and node.size:
-                    os.ftruncate(self._fd(node), 0)
+                    self._truncate_staged(node, 0)
                     self.workspace.content_changed(node, 0, _now())
         return self._open_handle(node, writable, bool(flags & os.O_APPEND), writable and node.size == 0)
 
@@ -375,6 +407,8 @@ class PortalOperations(pyfuse3.Operations):
     @_translated
     async def read(self, fh: int, off: int, size: int) -> bytes:
         node = self._handles[fh].inode
+        if node.memory is not None:
+            return bytes(node.memory[off : off + size])
         if node.staging is not None:
             return os.pread(self._fd(node), size, off)
         try:
@@ -394,14 +428,13 @@ class PortalOperations(pyfuse3.Operations):
         handle = self._handles[fh]
         node = handle.inode
         async with self._content_lock(node):
-            if node.staging is None:
-                await self._stage(node, empty=False)
+            await self._stage(node, empty=False)
             if handle.append:
                 off = node.size
             if off + len(buf) > MAX_FILE_SIZE:
                 raise FsError(errno.EFBIG)
             appending = off == node.size
-            written = os.pwrite(self._fd(node), buf, off)
+            written = self._write_staged(node, buf, off)
             self.workspace.content_changed(node, max(node.size, off + written), _now())
             self._follow_stream(handle, appending)
         return written
@@ -450,7 +483,7 @@ class PortalOperations(pyfuse3.Operations):
             if handle.writable and self._content_dirty(node):
                 await self.journal(node)
         finally:
-            if node.opens == 0 and node.staging is not None and not self._content_dirty(node) and not node.unlinked:
+            if node.opens == 0 and node.staged and not self._content_dirty(node) and not node.unlinked:
                 self.workspace.drop_staging(node)
             lock = self._content_locks.get(node.ino)
             if node.opens == 0 and lock is not None and not lock.locked() and not lock.statistics().tasks_waiting:
@@ -540,9 +573,10 @@ class PortalOperations(pyfuse3.Operations):
             return
         secrets = self.secrets
         async with self._content_lock(node):
-            if not self._content_dirty(node) or node.staging is None:
+            if not self._content_dirty(node) or not node.staged:
                 return
-            chain, content_gen, staging = journal_chain(node), node.content_gen, str(node.staging)
+            chain, content_gen = journal_chain(node), node.content_gen
+            staging = bytes(node.memory) if node.memory is not None else str(node.staging)
             base = 0 if self.head is None else self.head.version
             stream, size_now = self._streams.pop(node.ino, None), node.size
             chunks = None if stream is None else functools.partial(stream.finish, size_now)

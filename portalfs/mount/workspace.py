@@ -55,7 +55,8 @@ class Inode(FileKind):
     xattrs: dict[bytes, bytes] = field(default_factory=dict)
     children: dict[bytes, Inode] | None = None  # directories, once loaded
     subdirs: int = 0  # directories among ``children`` (for the link count)
-    staging: Path | None = None  # files whose content changed
+    staging: Path | None = None  # files whose content changed: in a staging file,
+    memory: bytearray | None = None  # ... or, while small, in memory
     gen: int = 0  # bumped on every change to this inode
     committed_gen: int = 0
     dirty_below: bool = False  # some descendant changed since the last commit
@@ -67,6 +68,10 @@ class Inode(FileKind):
     content_gen: int = 0  # bumped when the bytes change
     committed_content_gen: int = 0  # content_gen of the bytes ``node`` holds
     kernel_cache_gen: int = -1  # content_gen the kernel page cache was filled from
+
+    @property
+    def staged(self) -> bool:
+        return self.staging is not None or self.memory is not None
 
     @property
     def dirty(self) -> bool:
@@ -201,11 +206,7 @@ class Workspace:
     def _maybe_free(self, inode: Inode) -> None:
         if inode.unlinked and inode.lookups == 0 and inode.opens == 0:
             self.inodes.pop(inode.ino, None)
-            if inode.staging is not None:
-                # A commit in flight may still read it: the filesystem layer
-                # removes garbage when no commit runs.
-                self.garbage.append(inode.staging)
-                inode.staging = None
+            self.drop_staging(inode)
 
     def collect_garbage(self) -> None:
         while self.garbage:
@@ -263,7 +264,7 @@ class Workspace:
 
     def create(self, parent: Inode, name: bytes, mode: int, uid: int, gid: int, now_ns: int) -> Inode:
         inode = self._add(parent, name, stat.S_IFREG | stat.S_IMODE(mode), uid, gid, now_ns)
-        self.new_staging(inode, copy_from=None)
+        inode.memory = bytearray()
         return inode
 
     def symlink(self, parent: Inode, name: bytes, target: bytes, uid: int, gid: int, now_ns: int) -> Inode:
@@ -415,6 +416,8 @@ class Workspace:
         self.touch(inode)
 
     def drop_staging(self, inode: Inode) -> None:
+        """Forget staged content (a staging file becomes garbage: a commit in flight may still read it)."""
+        inode.memory = None
         if inode.staging is not None:
             self.garbage.append(inode.staging)
             inode.staging = None
