@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import ctypes
 import errno
 import os
 import threading
@@ -9,7 +10,7 @@ from pathlib import Path
 
 from .errors import StorageError, StoreFull
 
-__all__ = ["write_atomic", "fsync_dir", "fsync_file", "storage_error"]
+__all__ = ["write_atomic", "fsync_dir", "fsync_file", "syncfs", "storage_error"]
 
 
 def storage_error(exc: OSError, what: str) -> StorageError:
@@ -23,6 +24,20 @@ def fsync_file(path: Path) -> None:
     fd = os.open(path, os.O_RDONLY)
     try:
         os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+_libc = ctypes.CDLL(None, use_errno=True)
+
+
+def syncfs(path: Path) -> None:
+    """Flush everything written to the file system that holds ``path`` (syncfs(2))."""
+    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        if _libc.syncfs(fd) != 0:
+            code = ctypes.get_errno()
+            raise OSError(code, os.strerror(code), str(path))
     finally:
         os.close(fd)
 

@@ -9,13 +9,15 @@ If any node cannot be loaded during the mark, nothing is swept.
 
 from __future__ import annotations
 
+import time
 from dataclasses import dataclass
 
 from .device import Device, Unlocked
 from .errors import PortalBusy
 from .mount import registry
-from .mount.journal import decode_record
+from .mount.journal import decode_record, replay_journal
 from .portal import PortalView
+from .sealing import object_id
 from .tree import Entry, decode_dir, iter_file_chunks
 
 __all__ = ["GcReport", "collect_garbage", "live_objects"]
@@ -49,13 +51,20 @@ def live_objects(device: Device, secrets: Unlocked) -> set[bytes]:
         for version in device.state.versions(portal_id):
             mark(view, view.root(version).entry)
     for portal_id, _, record in device.state.journal():  # journaled files are pinned too
-        chain, _ = decode_record(record)
+        chain, inline = decode_record(record)
+        live.update(object_id(sealed) for sealed in inline)  # held by the record, maybe not yet stored
         for entry in chain:
             mark(views[portal_id], entry)
     return live
 
 
 def collect_garbage(device: Device, secrets: Unlocked, dry_run: bool = False) -> GcReport:
+    if not dry_run:
+        # A journal left by a stopped mount may hold objects the store lacks: make it a version first.
+        for row in device.state.portals():
+            if device.state.journal(row.id):
+                with device.portal_writer(row.id, "gc"):
+                    replay_journal(PortalView(device, row, secrets.unwrap_portal_key(row)), secrets, time.time_ns())
     with device.exclusive():
         writing = [m for m in registry.running(device) if m["writable"]]
         if writing and not dry_run:

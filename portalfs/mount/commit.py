@@ -24,7 +24,7 @@ from ..ingest import tree_totals
 from ..pipeline import ChunkPipeline
 from ..portal import PortalView
 from ..root import RootPayload, RootRecord, make_root_record
-from ..sealing import ChunkRef, seal
+from ..sealing import ChunkRef, object_id, seal
 from ..store import ObjectStore
 from ..tree import Entry, NodeLoader, build_file, encode_dir
 from .workspace import Inode, Workspace
@@ -124,22 +124,22 @@ def abandon(workspace: Workspace, plan: DirPlan) -> None:
 class Sealer:
     """Seals staged files and stores their objects; one per commit.
 
-    With ``durable=False`` objects are stored without their own fsync and kept
-    in ``sealed``, for a caller that makes them durable another way (the journal).
+    With ``keep=True`` objects are not stored but kept in ``sealed``, for a
+    caller that stores them later and keeps them durable meanwhile (the journal).
     """
 
-    def __init__(self, store: ObjectStore, convergence_secret: bytes, tree_secret: bytes, durable: bool = True) -> None:
+    def __init__(self, store: ObjectStore, convergence_secret: bytes, tree_secret: bytes, keep: bool = False) -> None:
         self.store = store
         self.convergence = convergence_secret
         self.tree_secret = tree_secret
-        self.durable = durable
+        self.keep = keep
         self.sealed: list[bytes] = []
 
     def _put(self, ref: ChunkRef, sealed: bytes | bytearray) -> ChunkRef:
-        if not self.store.has([ref.cid])[0]:
-            self.store.put(ref.cid, sealed, durable=self.durable)
-        if not self.durable:
+        if self.keep:
             self.sealed.append(bytes(sealed))
+        elif not self.store.has([ref.cid])[0]:
+            self.store.put(ref.cid, sealed)
         return ref
 
     def store_node(self, plaintext: bytes) -> ChunkRef:
@@ -225,14 +225,18 @@ def checkpoint(
     totals: dict[bytes, tuple[int, int]],
     now_ns: int,
     journal_up_to: int | None = None,
+    journaled_objects: list[bytes] | None = None,
 ) -> tuple[CommitResult, RootRecord]:
     """Carry out ``plan`` and record it as the next version, clearing the journal it supersedes.
 
-    ``journal_up_to``: the last journal record the plan reflects (None: all of them).
+    ``journal_up_to``: the last journal record the plan reflects (None: all of them);
+    ``journaled_objects``: objects those records hold that the store does not yet have.
     Runs in a worker thread, under the device lock so garbage collection never races it.
     """
     device = view.device
     with device.exclusive():
+        for sealed in journaled_objects or ():
+            device.store.put(object_id(sealed), sealed, durable=False)  # synced by execute
         sealer = Sealer(device.store, secrets.identity.convergence_secret, view.keys.tree_secret)
         result = execute(plan, sealer, view.load_node, totals)
         record = make_root_record(
@@ -257,20 +261,22 @@ def journal_file(
     record: Callable[[ChunkRef | None, int, list[bytes]], bytes],
     base: int,
     chunks: Callable[[], list[ChunkRef]] | None = None,
-) -> tuple[ChunkRef | None, int, int]:
-    """Seal a staged file and append its journal record; return its ref, size and record number.
+) -> tuple[ChunkRef | None, int, int, list[bytes]]:
+    """Seal a staged file and append its journal record; return its ref, size, record number,
+    and (for a small file) the sealed objects the record holds, which are not yet stored.
 
     Runs in a worker thread, with the device lock held.
 
     A small file's sealed objects go into the record itself, so the journal's
-    one transaction makes it durable; a larger file's objects are synced first.
+    one transaction makes it durable; the next checkpoint stores them. A larger
+    file's objects are stored and synced first.
     ``chunks``, when given, returns the file's chunks, already sealed and stored
     while it was written (see streaming.py).
     """
     device = view.device
     inline = chunks is None and _content_size(content) <= CDC_MIN
     with device.exclusive():
-        sealer = Sealer(device.store, secrets.identity.convergence_secret, view.keys.tree_secret, durable=not inline)
+        sealer = Sealer(device.store, secrets.identity.convergence_secret, view.keys.tree_secret, keep=inline)
         if chunks is None:
             ref, size = sealer.seal_file(content)
         else:
@@ -280,4 +286,4 @@ def journal_file(
             device.store.sync()
         with device.state.transaction():
             seq = device.state.add_journal(view.row.id, base, record(ref, size, sealer.sealed))
-    return ref, size, seq
+    return ref, size, seq, sealer.sealed

@@ -12,6 +12,7 @@ Clean file content comes from the ``ContentReader`` (reader.py).
 
 from __future__ import annotations
 
+import collections
 import contextlib
 import errno
 import functools
@@ -47,6 +48,7 @@ P = ParamSpec("P")
 ATTR_TIMEOUT = 5.0
 AUTOCOMMIT_SECONDS = 2.0
 MEMORY_STAGING = CDC_MIN  # files up to this size are staged in memory, not in a file
+UNSTORED_LIMIT = 64 * 1024 * 1024  # checkpoint early when journaled-but-unstored objects reach this
 STREAM_FROM = 4 * 1024 * 1024  # seal sequentially written files in the background past this size
 
 
@@ -122,6 +124,10 @@ class PortalOperations(pyfuse3.Operations):
         self._journal_seq = 0  # the newest journal record whose inode state is applied
         self._sealing = 0  # journal writes in flight (they read staging files)
         self._streams: dict[int, StreamingSeal] = {}  # files being sealed while written
+        # Journaled small files' objects, kept in their records until a checkpoint stores them.
+        self._unstored: dict[int, tuple[Inode, list[bytes]]] = {}  # by journal record number
+        self._unstored_inodes: collections.Counter[int] = collections.Counter()
+        self._unstored_bytes = 0
         self.versions_committed = 0
         if head is not None and root.entry.node is not None:
             self._totals[root.entry.node.cid] = (root.size, root.files)
@@ -483,7 +489,8 @@ class PortalOperations(pyfuse3.Operations):
             if handle.writable and self._content_dirty(node):
                 await self.journal(node)
         finally:
-            if node.opens == 0 and node.staged and not self._content_dirty(node) and not node.unlinked:
+            stored = node.ino not in self._unstored_inodes
+            if node.opens == 0 and node.staged and stored and not self._content_dirty(node) and not node.unlinked:
                 self.workspace.drop_staging(node)
             lock = self._content_locks.get(node.ino)
             if node.opens == 0 and lock is not None and not lock.locked() and not lock.statistics().tasks_waiting:
@@ -582,13 +589,19 @@ class PortalOperations(pyfuse3.Operations):
             chunks = None if stream is None else functools.partial(stream.finish, size_now)
             self._sealing += 1
             try:
-                ref, size, seq = await trio.to_thread.run_sync(
+                ref, size, seq, kept = await trio.to_thread.run_sync(
                     journal_file, self.view, secrets, staging, functools.partial(encode_record, chain), base, chunks
                 )
             finally:
                 self._sealing -= 1
             node.node, node.committed_size, node.committed_content_gen = ref, size, content_gen
             self._journal_seq = max(self._journal_seq, seq)
+            if kept:  # stored by the next checkpoint; until then the file stays staged
+                self._unstored[seq] = (node, kept)
+                self._unstored_inodes[node.ino] += 1
+                self._unstored_bytes += sum(map(len, kept))
+                if self._unstored_bytes > UNSTORED_LIMIT and self.reader.nursery is not None:
+                    self.reader.nursery.start_soon(self.commit, _settled)
             # The tree above it still has to be checkpointed: the inode stays dirty.
 
     async def commit(self, content_of: Callable[[Inode], bool] = lambda inode: True) -> None:
@@ -603,12 +616,14 @@ class PortalOperations(pyfuse3.Operations):
             if plan is None:
                 return
             secrets, head, journal_up_to = self.secrets, self.head, self._journal_seq
+            batch = [seq for seq in self._unstored if seq <= journal_up_to]
+            objects = [sealed for seq in batch for sealed in self._unstored[seq][1]]
             try:
                 async with contextlib.AsyncExitStack() as locks:
                     for inode in sorted(staged_inodes(plan), key=lambda i: i.ino):
                         await locks.enter_async_context(self._content_lock(inode))
                     result, record = await trio.to_thread.run_sync(
-                        checkpoint, self.view, secrets, plan, head, self._totals, _now(), journal_up_to
+                        checkpoint, self.view, secrets, plan, head, self._totals, _now(), journal_up_to, objects
                     )
             except BaseException:
                 abandon(self.workspace, plan)
@@ -616,4 +631,12 @@ class PortalOperations(pyfuse3.Operations):
             apply(result)
             self.head = record
             self.versions_committed += 1
+            for seq in batch:
+                node, kept = self._unstored.pop(seq)
+                self._unstored_bytes -= sum(map(len, kept))
+                self._unstored_inodes[node.ino] -= 1
+                if not self._unstored_inodes[node.ino]:
+                    del self._unstored_inodes[node.ino]
+                    if node.opens == 0 and not self._content_dirty(node):
+                        self.workspace.drop_staging(node)
         self._collect_garbage()

@@ -24,10 +24,12 @@ from collections.abc import Iterator, Sequence
 from pathlib import Path
 
 from ..errors import MissingObject, StorageError
-from ..fsutil import fsync_dir, fsync_file, storage_error, write_atomic
+from ..fsutil import fsync_dir, fsync_file, storage_error, syncfs, write_atomic
 from .base import StoreStat, check_object
 
 __all__ = ["LocalStore"]
+
+SYNCFS_FROM = 64  # files and directories to flush beyond which sync() uses syncfs(2)
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS objects (cid BLOB PRIMARY KEY, size INTEGER NOT NULL) WITHOUT ROWID;
@@ -121,10 +123,13 @@ class LocalStore:
             shards, self._dirty_shards = self._dirty_shards, set()
             files, self._unsynced = self._unsynced, []
             try:
-                for path in files:
-                    fsync_file(path)
-                for shard in shards:
-                    fsync_dir(shard)
+                if len(files) + len(shards) > SYNCFS_FROM:
+                    syncfs(self.root)  # one flush of the file system beats thousands of fsyncs
+                else:
+                    for path in files:
+                        fsync_file(path)
+                    for shard in shards:
+                        fsync_dir(shard)
             except OSError as exc:
                 raise storage_error(exc, "the store") from exc
             if self._in_txn:
