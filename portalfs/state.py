@@ -1,9 +1,9 @@
-"""The device's state database (SQLite, WAL): identity facts, portals, versions, files cache.
+"""The device's state database (SQLite, WAL): identity facts, portals, versions, journal, files cache.
 
 The versions table holds the root records: a version exists once its row is
 committed, and every object reachable from a recorded version is pinned
 (garbage collection never removes it). The journal table holds files a mount
-made durable since the newest version (section "Journal" of docs/design.md). See docs/design.md, "Device state".
+made durable since the newest version. See docs/design.md, sections 8 and 9.
 """
 
 from __future__ import annotations
