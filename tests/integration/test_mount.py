@@ -265,7 +265,7 @@ def test_many_small_writes_are_not_many_versions(tmp_path: Path) -> None:
         for i in range(50):
             (mnt / f"small{i}").write_text(str(i))
     versions = log(home)
-    assert 1 <= len(versions) <= 5, len(versions)  # checkpoints, not one per write or per file
+    assert 1 <= len(versions) <= 10, len(versions)  # checkpoints (every 2 s), not one per write or file (350)
     got = tmp_path / "got.txt"
     run(home, "get", "p", str(got), "--path", "many.txt")
     assert got.read_text() == "".join(f"line {i}\n" for i in range(300))
