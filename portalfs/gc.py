@@ -9,13 +9,12 @@ If any node cannot be loaded during the mark, nothing is swept.
 
 from __future__ import annotations
 
-import time
 from dataclasses import dataclass
 
 from .device import Device, Unlocked
 from .errors import PortalBusy
 from .mount import registry
-from .mount.journal import decode_record, replay_journal
+from .mount.journal import decode_record, writing
 from .portal import PortalView
 from .sealing import object_id
 from .tree import Entry, decode_dir, iter_file_chunks
@@ -63,13 +62,13 @@ def collect_garbage(device: Device, secrets: Unlocked, dry_run: bool = False) ->
         # A journal left by a stopped mount may hold objects the store lacks: make it a version first.
         for row in device.state.portals():
             if device.state.journal(row.id):
-                with device.portal_writer(row.id, "gc"):
-                    replay_journal(PortalView(device, row, secrets.unwrap_portal_key(row)), secrets, time.time_ns())
+                with writing(PortalView(device, row, secrets.unwrap_portal_key(row)), secrets, "gc"):
+                    pass  # the replay on entry is all gc needs
     with device.exclusive():
-        writing = [m for m in registry.running(device) if m["writable"]]
-        if writing and not dry_run:
+        writers = [m for m in registry.running(device) if m["writable"]]
+        if writers and not dry_run:
             # A read-write mount stores objects before any version or journal names them.
-            m = writing[0]
+            m = writers[0]
             raise PortalBusy(f"portal {m['portal']!r} is mounted read-write at {m['mountpoint']}: unmount it first")
         live = live_objects(device, secrets)
         store = device.store

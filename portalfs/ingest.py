@@ -24,8 +24,8 @@ from typing import BinaryIO
 
 from . import chunking, encoding
 from .errors import SourceError
-from .pipeline import ChunkPipeline
-from .sealing import ChunkRef, seal
+from .pipeline import ChunkPipeline, store_sealed
+from .sealing import ChunkRef
 from .state import CachedFile, StateDB
 from .store import ObjectStore
 from .tree import Entry, NodeLoader, build_file, decode_dir, encode_dir, new_root_entry, validate_name
@@ -139,10 +139,8 @@ class Ingester:
     # objects
 
     def store_node(self, plaintext: bytes) -> ChunkRef:
-        ref, sealed = seal(self._tree_secret, plaintext)
-        if not self.store.has([ref.cid])[0]:
-            self.store.put(ref.cid, sealed)
-            self.stats.bytes_stored += len(sealed)
+        ref, stored = store_sealed(self.store, self._tree_secret, plaintext)
+        self.stats.bytes_stored += stored
         return ref
 
     # phase 1: walk and submit

@@ -21,7 +21,18 @@ from . import chunking
 from .sealing import ChunkRef, plaintext_hash, seal
 from .store import ObjectStore
 
-__all__ = ["ChunkPipeline"]
+__all__ = ["ChunkPipeline", "store_sealed"]
+
+
+def store_sealed(store: ObjectStore, secret: bytes, plaintext: bytes, pid: bytes | None = None) -> tuple[ChunkRef, int]:
+    """Seal ``plaintext`` under ``secret`` and store it unless the store has it.
+
+    Returns its ref and the number of bytes newly stored (0 when it was there).
+    """
+    ref, sealed = seal(secret, plaintext, pid)
+    if store.has([ref.cid])[0] or not store.put(ref.cid, sealed):
+        return ref, 0
+    return ref, len(sealed)
 
 
 class ChunkPipeline:
@@ -69,8 +80,7 @@ class ChunkPipeline:
             if known is not None:
                 return known.result()
             try:
-                ref, sealed = seal(self._secret, data, pid)
-                stored = self.store.put(ref.cid, sealed) if not self.store.has([ref.cid])[0] else False
+                ref, stored = store_sealed(self.store, self._secret, data, pid)
             except BaseException as exc:
                 claim.set_exception(exc)
                 raise
@@ -78,7 +88,7 @@ class ChunkPipeline:
             if stored:
                 with self._lock:
                     self.chunks_stored += 1
-                    self.bytes_stored += len(sealed)
+                    self.bytes_stored += stored
             return ref
         finally:
             self._slots.release()

@@ -16,8 +16,9 @@ from typing import BinaryIO
 from .device import Device, Unlocked
 from .errors import NotFound
 from .ingest import Ingester, IngestStats, tree_totals
+from .pipeline import store_sealed
 from .root import PortalKeys, RootPayload, make_root_record, verify_chain
-from .sealing import ChunkRef, seal, unseal
+from .sealing import ChunkRef, unseal
 from .state import PortalRow, VersionRow
 from .tree import Entry, decode_dir, encode_dir, iter_file_chunks
 
@@ -125,9 +126,7 @@ class PortalView:
         head = self.version()
 
         def store_node(plaintext: bytes) -> ChunkRef:
-            ref, sealed = seal(self.keys.tree_secret, plaintext)
-            self.device.store.put(ref.cid, sealed)
-            return ref
+            return store_sealed(self.device.store, self.keys.tree_secret, plaintext)[0]
 
         def place(directory: Entry, names: list[bytes]) -> Entry:
             if not directory.is_dir or directory.node is None:

@@ -24,7 +24,7 @@ from ..device import Device
 from ..errors import NotFound, SourceError, UsageError
 from ..gc import collect_garbage
 from ..keys import new_entropy_words
-from ..mount.journal import replay_journal
+from ..mount.journal import writing
 from ..portal import PortalView
 from ..restore import Restorer
 from ..tree import validate_name
@@ -187,8 +187,7 @@ def cmd_put(device: Device, args: argparse.Namespace) -> int:
             raise SourceError(f"cannot read {source}: permission denied")
     show = not args.json
     view = PortalView.open(device, args.name, secrets)
-    with device.portal_writer(view.row.id, f"put {args.name}"):
-        replay_journal(view, secrets, time.time_ns())
+    with writing(view, secrets, f"put {args.name}"):
         started = time.monotonic()
         total = _source_size([Path(s) for s in args.sources]) if show and sys.stderr.isatty() else None
         with _progress(total, show) as progress:
@@ -332,8 +331,7 @@ def cmd_demo(device: Device, args: argparse.Namespace) -> int:
                 device.create_portal("demo", secrets, time.time_ns())
                 print("Created portal 'demo'")
         view = PortalView.open(device, "demo", secrets)
-        with device.portal_writer(view.row.id, "demo"):
-            replay_journal(view, secrets, time.time_ns())
+        with writing(view, secrets, "demo"):
             with device.exclusive():
                 version, stats = view.put(secrets, [str(source)], time.time_ns())
         size = _human(stats.bytes_read + stats.bytes_reused)
@@ -374,8 +372,7 @@ def cmd_restore(device: Device, args: argparse.Namespace) -> int:
             f"Restored {relative} from v{args.version} at {dest}",
         )
         return 0
-    with device.portal_writer(view.row.id, f"restore {args.name}"):
-        replay_journal(view, secrets, time.time_ns())
+    with writing(view, secrets, f"restore {args.name}"):
         with device.exclusive():
             new = view.graft(secrets, relative, old, time.time_ns())
     _emit(

@@ -21,7 +21,7 @@ from typing import BinaryIO
 from ..chunking import CDC_MIN
 from ..device import Unlocked
 from ..ingest import tree_totals
-from ..pipeline import ChunkPipeline
+from ..pipeline import ChunkPipeline, store_sealed
 from ..portal import PortalView
 from ..root import RootPayload, RootRecord, make_root_record
 from ..sealing import ChunkRef, object_id, seal
@@ -135,15 +135,15 @@ class Sealer:
         self.keep = keep
         self.sealed: list[bytes] = []
 
-    def _put(self, ref: ChunkRef, sealed: bytes | bytearray) -> ChunkRef:
-        if self.keep:
-            self.sealed.append(bytes(sealed))
-        elif not self.store.has([ref.cid])[0]:
-            self.store.put(ref.cid, sealed)
+    def _store(self, secret: bytes, plaintext: bytes) -> ChunkRef:
+        if not self.keep:
+            return store_sealed(self.store, secret, plaintext)[0]
+        ref, sealed = seal(secret, plaintext)
+        self.sealed.append(bytes(sealed))
         return ref
 
     def store_node(self, plaintext: bytes) -> ChunkRef:
-        return self._put(*seal(self.tree_secret, plaintext))
+        return self._store(self.tree_secret, plaintext)
 
     def seal_file(self, content: str | bytes) -> tuple[ChunkRef | None, int]:
         """Seal a file's content: a staging file's path, or the bytes themselves."""
@@ -151,7 +151,7 @@ class Sealer:
             if isinstance(content, str):
                 with open(content, "rb") as f:
                     content = f.read()
-            refs = [self._put(*seal(self.convergence, content))] if content else []
+            refs = [self._store(self.convergence, content)] if content else []
         else:
             with ChunkPipeline(self.store, self.convergence) as pipeline, _open_content(content) as stream:
                 refs = [future.result() for future in list(pipeline.seal_stream(stream))]

@@ -19,7 +19,11 @@ See docs/design.md, section "Journal".
 from __future__ import annotations
 
 import dataclasses
+import logging
 import os
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 
 from .. import encoding
 from ..device import Unlocked
@@ -31,7 +35,17 @@ from ..tree import Entry, new_root_entry
 from .commit import checkpoint, snapshot
 from .workspace import Inode, Workspace
 
-__all__ = ["journal_chain", "encode_record", "decode_record", "apply_record", "replay_journal", "restore_objects"]
+__all__ = [
+    "journal_chain",
+    "encode_record",
+    "decode_record",
+    "apply_record",
+    "replay_journal",
+    "restore_objects",
+    "writing",
+]
+
+log = logging.getLogger("portalfs")
 
 
 def journal_chain(inode: Inode) -> list[Entry]:
@@ -83,6 +97,14 @@ def apply_record(workspace: Workspace, chain: list[Entry]) -> None:
     workspace.adopt(directory, chain[-1])
 
 
+@contextmanager
+def writing(view: PortalView, secrets: Unlocked, what: str) -> Iterator[None]:
+    """Be the portal's one writer (or raise PortalBusy), starting from its journal replayed."""
+    with view.device.portal_writer(view.row.id, what):
+        replay_journal(view, secrets, time.time_ns())
+        yield
+
+
 def replay_journal(view: PortalView, secrets: Unlocked, now_ns: int) -> int:
     """Checkpoint what a mount journaled but did not make into a version; return the new version (0: none)."""
     rows = view.device.state.journal(view.row.id)
@@ -99,4 +121,5 @@ def replay_journal(view: PortalView, secrets: Unlocked, now_ns: int) -> int:
     if plan is None:
         return 0
     _, record = checkpoint(view, secrets, plan, None if head is None else head.record, {}, now_ns)
+    log.info("replayed the journal of %s into version %d", view.row.name, record.version)
     return record.version

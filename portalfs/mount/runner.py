@@ -8,6 +8,7 @@ kernel answers ENOTCONN on the mount point; nothing hangs.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import shutil
@@ -24,7 +25,7 @@ from ..errors import MountError
 from ..portal import PortalView
 from ..root import RootPayload
 from ..tree import new_root_entry
-from .journal import replay_journal
+from .journal import writing
 from .operations import PortalOperations
 
 __all__ = ["check_mountpoint", "mount_options", "run_mount", "parse_target", "bdi_of", "is_mounted"]
@@ -162,11 +163,28 @@ def run_mount(
     """Mount portal ``name`` (or its ``version``, read-only) at ``mountpoint`` until unmounted."""
     view = PortalView.open(device, name, secrets)
     read_only = version is not None or "ro" in extra_options
-    if not read_only:
-        with device.portal_writer(view.row.id, f"mount {name}"):
-            replayed = replay_journal(view, secrets, time.time_ns())
-        if replayed:
-            log.info("replayed the journal of %s into version %d", name, replayed)
+    staging = device.home.staging / view.row.id.hex()
+    with contextlib.ExitStack() as held:
+        if not read_only:
+            # One lock from the replay to the unmount: no other writer between them.
+            held.enter_context(writing(view, secrets, f"mount {name}"))
+            # Staging files a killed mount left behind hold uncommitted writes: the
+            # journal says what was committed, and that is what this mount shows.
+            shutil.rmtree(staging, ignore_errors=True)
+        _serve_portal(view, secrets, version, read_only, staging, mountpoint, extra_options, ready)
+
+
+def _serve_portal(
+    view: PortalView,
+    secrets: Unlocked,
+    version: int | None,
+    read_only: bool,
+    staging: Path,
+    mountpoint: Path,
+    extra_options: list[str],
+    ready: Callable[[], None],
+) -> None:
+    device, name = view.device, view.row.name
     if version is None:
         head = device.state.head(view.row.id)
         root = view.root(head) if head is not None else None
@@ -175,7 +193,6 @@ def run_mount(
         root = view.root(head)
     if root is None:  # a new portal: an empty root directory
         root = RootPayload(new_root_entry(time.time_ns(), os.getuid(), os.getgid()), 0, 0)
-    staging = device.home.staging / view.row.id.hex()
     ops = PortalOperations(
         view,
         None if read_only else secrets,
@@ -184,16 +201,4 @@ def run_mount(
         staging,
         read_only,
     )
-    options = mount_options(name, read_only, extra_options)
-
-    def main() -> None:
-        trio.run(_serve, ops, mountpoint, options, ready)
-
-    if read_only:
-        main()
-    else:
-        with device.portal_writer(view.row.id, f"mount {name}"):
-            # Staging files a killed mount left behind hold uncommitted writes: the
-            # journal says what was committed, and that is what this mount shows.
-            shutil.rmtree(staging, ignore_errors=True)
-            main()
+    trio.run(_serve, ops, mountpoint, mount_options(name, read_only, extra_options), ready)
