@@ -25,6 +25,9 @@ __all__ = [
     "SourceError",
     "PortalBusy",
     "MountError",
+    "Unreachable",
+    "Refused",
+    "Conflict",
 ]
 
 
@@ -116,3 +119,21 @@ class MountError(PortalError):
     """The mount point or the mount itself is not usable."""
 
     exit_code = 13
+
+
+class Unreachable(PortalError):
+    """A hub or edge did not answer (down, unreachable, or the connection broke)."""
+
+    exit_code = 14
+
+
+class Refused(PortalError):
+    """A hub or edge refused the request (unknown or revoked device, quota, an expired link, policy)."""
+
+    exit_code = 15
+
+
+class Conflict(PortalError):
+    """The hub holds a newer version than the one this device built on."""
+
+    exit_code = 16

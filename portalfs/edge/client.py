@@ -1,0 +1,146 @@
+"""A device's connection to one edge: HELLO, then GET, PUT, HAVE and STAT with typed errors."""
+
+from __future__ import annotations
+
+import os
+import time
+from collections.abc import AsyncIterator, Sequence
+from contextlib import AbstractAsyncContextManager, asynccontextmanager
+from dataclasses import dataclass
+from typing import Protocol
+
+from ..errors import CorruptObject, MissingObject, PortalError, Refused, StoreFull, Unreachable
+from ..keys import DeviceKey
+from ..store.base import check_object
+from .protocol import (
+    MAX_HAVE,
+    Bitmap,
+    Data,
+    Failure,
+    Get,
+    Have,
+    Hello,
+    Message,
+    ProtocolError,
+    Put,
+    Stat,
+    Status,
+    Stored,
+    Welcome,
+    hello_message,
+)
+
+__all__ = ["EdgeAddress", "EdgeClient", "connect_edge", "parse_address"]
+
+TRANSPORTS = ("quic", "tcp")
+
+
+@dataclass(frozen=True, slots=True)
+class EdgeAddress:
+    host: str
+    port: int
+    key: bytes  # the edge's Ed25519 public key, pinned
+    transport: str = "quic"
+
+    def __str__(self) -> str:
+        host = f"[{self.host}]" if ":" in self.host else self.host
+        return f"{host}:{self.port}"
+
+
+def parse_address(text: str) -> tuple[str, int]:
+    """``HOST:PORT`` or ``[V6]:PORT`` → (host, port), or raise ValueError."""
+    host, sep, port = text.rpartition(":")
+    if not sep or not host or not port.isdigit() or not 0 < int(port) < 65536:
+        raise ValueError(f"{text!r} is not HOST:PORT")
+    return host.strip("[]"), int(port)
+
+
+class Transport(Protocol):
+    async def request(self, message: Message) -> Message: ...
+
+
+class EdgeClient:
+    def __init__(self, transport: Transport, address: EdgeAddress) -> None:
+        self.address = address
+        self._transport = transport
+
+    async def _ask(self, message: Message, expect: type[Message]) -> Message:
+        try:
+            answer = await self._transport.request(message)
+        except ConnectionError as exc:
+            raise Unreachable(f"edge {self.address}: {exc}") from exc
+        except ProtocolError as exc:
+            raise Unreachable(f"edge {self.address}: protocol error: {exc}") from exc
+        if isinstance(answer, Failure):
+            raise _failure(self.address, answer)
+        if not isinstance(answer, expect):
+            raise Unreachable(f"edge {self.address}: answered {type(answer).__name__} to {type(message).__name__}")
+        return answer
+
+    async def hello(self, device: DeviceKey, cert: bytes) -> bytes:
+        now, nonce = time.time_ns(), os.urandom(16)
+        sig = device.sign(hello_message(self.address.key, now, nonce))
+        answer = await self._ask(Hello(device.public, cert, now, nonce, sig), Welcome)
+        assert isinstance(answer, Welcome)
+        return answer.identity
+
+    async def get(self, cid: bytes) -> bytes:
+        answer = await self._ask(Get(cid), Data)
+        assert isinstance(answer, Data)
+        check_object(cid, answer.data)  # an edge can withhold an object, never alter it
+        return answer.data
+
+    async def put(self, cid: bytes, data: bytes) -> bool:
+        answer = await self._ask(Put(cid, bytes(data)), Stored)
+        assert isinstance(answer, Stored)
+        return answer.new
+
+    async def have(self, cids: Sequence[bytes]) -> list[bool]:
+        flags: list[bool] = []
+        for start in range(0, len(cids), MAX_HAVE):
+            batch = tuple(cids[start : start + MAX_HAVE])
+            answer = await self._ask(Have(batch), Bitmap)
+            assert isinstance(answer, Bitmap)
+            if answer.count != len(batch):
+                raise Unreachable(f"edge {self.address}: HAVE answer has {answer.count} bits for {len(batch)} ids")
+            flags += answer.flags()
+        return flags
+
+    async def stat(self) -> Status:
+        answer = await self._ask(Stat(), Status)
+        assert isinstance(answer, Status)
+        return answer
+
+
+def _failure(address: EdgeAddress, failure: Failure) -> PortalError:
+    text = f"edge {address}: {failure.message}"
+    if failure.code == "not-found":
+        return MissingObject(text)
+    if failure.code == "bad-object":
+        return CorruptObject(text)
+    if failure.code == "full":
+        return StoreFull(text)
+    if failure.code in ("unauthenticated", "quota"):
+        return Refused(text)
+    return Unreachable(text)
+
+
+@asynccontextmanager
+async def connect_edge(address: EdgeAddress, device: DeviceKey, cert: bytes) -> AsyncIterator[EdgeClient]:
+    """Open a connection over the address's transport, say HELLO, and yield the client."""
+    from ..net.tcp import TransportError, open_tcp
+
+    opened: AbstractAsyncContextManager[Transport]
+    try:
+        if address.transport == "tcp":
+            opened = open_tcp(address.host, address.port, address.key)
+        else:
+            from ..net.quic import open_quic
+
+            opened = open_quic(address.host, address.port, address.key)
+        async with opened as transport:
+            client = EdgeClient(transport, address)
+            await client.hello(device, cert)
+            yield client
+    except TransportError as exc:
+        raise Unreachable(str(exc)) from exc

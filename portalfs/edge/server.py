@@ -1,0 +1,88 @@
+"""portal-edge: a storage edge. Wiring only: store, key, quotas, transports, hub registration."""
+
+from __future__ import annotations
+
+import logging
+import signal
+from dataclasses import dataclass
+from pathlib import Path
+
+import trio
+
+from ..store import LocalStore
+from .service import DeviceStatus, EdgeService, EdgeSession, QuotaBook
+
+__all__ = ["EdgeConfig", "run_edge"]
+
+log = logging.getLogger("portal.edge")
+
+DRAIN_SECONDS = 5.0  # on shutdown, how long requests in progress may take to finish
+
+
+@dataclass(frozen=True, slots=True)
+class EdgeConfig:
+    data: Path
+    host: str
+    port: int
+    transports: tuple[str, ...] = ("quic", "tcp")
+    quota: int = 0  # bytes per identity; 0: none
+    capacity: int = 0  # bytes in all; 0: the disk
+    hub: str | None = None
+    quic_backend: str | None = None
+
+
+async def run_edge(
+    config: EdgeConfig,
+    *,
+    task_status: trio.TaskStatus[tuple[bytes, int]] = trio.TASK_STATUS_IGNORED,
+) -> None:
+    """Serve until SIGTERM or SIGINT; ``task_status.started((edge key, port))``."""
+    from ..net.tcp import serve_tcp
+    from ..net.tls import EdgeKey
+
+    config.data.mkdir(parents=True, exist_ok=True)
+    key = EdgeKey.load_or_create(config.data)
+    store = LocalStore(config.data / "store")
+    quotas = QuotaBook(config.data / "edge.db", config.quota)
+    device_status: DeviceStatus | None = None
+    directory = None
+    if config.hub:
+        from ..hub.client import EdgeDirectory
+
+        directory = EdgeDirectory(config.hub, key)
+        device_status = directory.device_status
+    service = EdgeService(store, key.public, quotas, device_status, config.capacity)
+
+    def new_session(peer: str) -> EdgeSession:
+        return EdgeSession(service, peer)
+
+    try:
+        async with trio.open_nursery() as nursery:
+            port = config.port
+            if "tcp" in config.transports:
+                listeners = await nursery.start(serve_tcp, key, config.host, port, new_session)
+                port = listeners[0].socket.getsockname()[1]
+            if "quic" in config.transports:
+                from ..net.quic import backend, serve_quic
+
+                await nursery.start(
+                    lambda task_status: serve_quic(
+                        key, config.host, port, new_session, quic=backend(config.quic_backend), task_status=task_status
+                    )
+                )
+            if directory is not None:
+                await nursery.start(directory.run, f"{config.host}:{port}", config.transports, store)
+            log.info("edge %s serving on %s:%d (%s)", key.public.hex(), config.host, port, ", ".join(config.transports))
+            task_status.started((key.public, port))
+            with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:
+                async for _ in signals:
+                    break
+            log.info("shutting down: no new objects; %.0f s for requests in progress", DRAIN_SECONDS)
+            service.accepting = False
+            with trio.move_on_after(DRAIN_SECONDS):
+                while service.statistics()["in_flight"]:
+                    await trio.sleep(0.05)
+            nursery.cancel_scope.cancel()
+    finally:
+        store.close()
+        quotas.close()

@@ -1,0 +1,266 @@
+"""What an edge does with a request: authentication, quotas, the store. No sockets.
+
+``EdgeService`` holds the edge's store, its key, its quota book and the
+device directory; ``EdgeSession`` is one connection's state (awaiting HELLO,
+then serving one identity). ``handle`` is blocking (it touches the disk) and
+thread-safe: transports call it from worker threads. See docs/design.md,
+section "Edge protocol".
+"""
+
+from __future__ import annotations
+
+import logging
+import sqlite3
+import threading
+from collections import OrderedDict
+from collections.abc import Callable
+from pathlib import Path
+
+from ..errors import CorruptObject, IntegrityError, MissingObject, StorageError, StoreFull
+from ..keys import DeviceCertificate, verify_signature
+from ..store.base import ObjectStore, check_object
+from .protocol import (
+    Bitmap,
+    Data,
+    Failure,
+    Get,
+    Have,
+    Hello,
+    Message,
+    Put,
+    Stat,
+    Status,
+    Stored,
+    Welcome,
+    hello_message,
+)
+
+__all__ = ["EdgeService", "EdgeSession", "DeviceStatus", "QuotaBook", "GroupSync"]
+
+log = logging.getLogger("portal.edge")
+
+CLOCK_SKEW_NS = 300 * 10**9  # a HELLO's time may differ from the edge's clock by this much
+REPLAY_CACHE = 100_000  # HELLO nonces remembered (within CLOCK_SKEW_NS of now)
+
+# What the directory says of a device: "active", "revoked", or None (not listed).
+DeviceStatus = Callable[[bytes], str | None]
+
+
+class GroupSync:
+    """Many threads wait for one store flush that started after their put: group commit."""
+
+    def __init__(self, flush: Callable[[], None]) -> None:
+        self._flush = flush
+        self._cond = threading.Condition()
+        self._started = 0
+        self._done = 0
+        self._running = False
+
+    def wait(self) -> None:
+        with self._cond:
+            target = self._started + 1  # a flush that starts after this call
+            while self._done < target:
+                if self._running:
+                    self._cond.wait()
+                    continue
+                self._running = True
+                self._started += 1
+                generation = self._started
+                self._cond.release()
+                try:
+                    self._flush()
+                finally:
+                    self._cond.acquire()
+                    self._running = False
+                    self._done = generation
+                    self._cond.notify_all()
+
+
+class QuotaBook:
+    """Which identity stored which object, and how many bytes each identity holds (SQLite)."""
+
+    _SCHEMA = """
+    CREATE TABLE IF NOT EXISTS owners (cid BLOB NOT NULL, identity BLOB NOT NULL, size INTEGER NOT NULL,
+        PRIMARY KEY (cid, identity)) WITHOUT ROWID;
+    CREATE TABLE IF NOT EXISTS usage (identity BLOB PRIMARY KEY, bytes INTEGER NOT NULL) WITHOUT ROWID;
+    """
+
+    def __init__(self, path: Path, quota: int) -> None:
+        self.quota = quota  # bytes per identity; 0 means no limit
+        self._lock = threading.Lock()
+        self._db = sqlite3.connect(path, check_same_thread=False, isolation_level=None)
+        self._db.execute("PRAGMA journal_mode=WAL")
+        self._db.executescript(self._SCHEMA)
+
+    def usage(self, identity: bytes) -> int:
+        with self._lock:
+            row = self._db.execute("SELECT bytes FROM usage WHERE identity = ?", (identity,)).fetchone()
+        return row[0] if row else 0
+
+    def owns(self, identity: bytes, cid: bytes) -> bool:
+        with self._lock:
+            return (
+                self._db.execute("SELECT 1 FROM owners WHERE cid = ? AND identity = ?", (cid, identity)).fetchone()
+                is not None
+            )
+
+    def admits(self, identity: bytes, size: int) -> bool:
+        return self.quota == 0 or self.usage(identity) + size <= self.quota
+
+    def charge(self, identity: bytes, cid: bytes, size: int) -> None:
+        with self._lock:
+            self._db.execute("BEGIN IMMEDIATE")
+            try:
+                inserted = self._db.execute(
+                    "INSERT OR IGNORE INTO owners (cid, identity, size) VALUES (?, ?, ?)", (cid, identity, size)
+                ).rowcount
+                if inserted:
+                    self._db.execute(
+                        "INSERT INTO usage (identity, bytes) VALUES (?, ?) "
+                        "ON CONFLICT (identity) DO UPDATE SET bytes = bytes + excluded.bytes",
+                        (identity, size),
+                    )
+                self._db.execute("COMMIT")
+            except BaseException:
+                self._db.execute("ROLLBACK")
+                raise
+
+    def release(self, cid: bytes) -> None:
+        """Forget every owner of ``cid`` (the object was deleted)."""
+        with self._lock:
+            self._db.execute("BEGIN IMMEDIATE")
+            for identity, size in self._db.execute(
+                "SELECT identity, size FROM owners WHERE cid = ?", (cid,)
+            ).fetchall():
+                self._db.execute("UPDATE usage SET bytes = max(0, bytes - ?) WHERE identity = ?", (size, identity))
+            self._db.execute("DELETE FROM owners WHERE cid = ?", (cid,))
+            self._db.execute("COMMIT")
+
+    def close(self) -> None:
+        self._db.close()
+
+
+class EdgeService:
+    def __init__(
+        self,
+        store: ObjectStore,
+        edge_public: bytes,
+        quotas: QuotaBook,
+        device_status: DeviceStatus | None = None,
+        capacity: int = 0,
+    ) -> None:
+        self.store = store
+        self.edge_public = edge_public
+        self.quotas = quotas
+        self.device_status = device_status  # None: no hub, an enrollment certificate suffices
+        self.capacity = capacity  # bytes; 0: whatever the disk holds
+        self.accepting = True
+        self._group_sync = GroupSync(store.sync)
+        self._nonces: OrderedDict[bytes, int] = OrderedDict()
+        self._lock = threading.Lock()
+        self._in_flight = 0
+
+    def statistics(self) -> dict[str, int]:
+        with self._lock:
+            return {"in_flight": self._in_flight}
+
+    # authentication
+
+    def authenticate(self, hello: Hello, now_ns: int) -> bytes:
+        """Return the identity the HELLO proves, or raise IntegrityError saying why not."""
+        if abs(now_ns - hello.time) > CLOCK_SKEW_NS:
+            raise IntegrityError("HELLO time is too far from the edge's clock")
+        verify_signature(hello.device, hello.sig, hello_message(self.edge_public, hello.time, hello.nonce), "HELLO")
+        try:
+            cert = DeviceCertificate.from_bytes(hello.cert)
+            identity = cert.fields()["identity"]
+            fields = cert.verify(identity)
+        except (KeyError, TypeError, ValueError) as exc:
+            raise IntegrityError(f"HELLO: malformed enrollment certificate ({exc})") from None
+        if fields.get("device") != hello.device:
+            raise IntegrityError("HELLO: the certificate enrolls another device")
+        if self.device_status is not None:
+            status = self.device_status(hello.device)
+            if status != "active":
+                raise IntegrityError(f"HELLO: device {hello.device.hex()[:16]} is {status or 'unknown to the hub'}")
+        with self._lock:
+            while self._nonces and next(iter(self._nonces.values())) < now_ns - 2 * CLOCK_SKEW_NS:
+                self._nonces.popitem(last=False)
+            if hello.nonce in self._nonces:
+                raise IntegrityError("HELLO replayed")
+            self._nonces[hello.nonce] = now_ns
+            if len(self._nonces) > REPLAY_CACHE:
+                self._nonces.popitem(last=False)
+        return bytes(identity)
+
+    # requests
+
+    def serve(self, identity: bytes, request: Message) -> Message:
+        with self._lock:
+            self._in_flight += 1
+        try:
+            return self._serve(identity, request)
+        except MissingObject:
+            return Failure("not-found", "no such object")
+        except CorruptObject as exc:
+            return Failure("bad-object", str(exc))
+        except StoreFull:
+            return Failure("full", "the edge is out of space")
+        except StorageError as exc:
+            log.error("store: %s", exc)
+            return Failure("internal", "the edge could not use its store")
+        finally:
+            with self._lock:
+                self._in_flight -= 1
+
+    def _serve(self, identity: bytes, request: Message) -> Message:
+        if isinstance(request, Get):
+            return Data(self.store.get(request.cid))
+        if isinstance(request, Have):
+            return Bitmap.from_flags(self.store.has(request.cids))
+        if isinstance(request, Put):
+            return self._put(identity, request)
+        if isinstance(request, Stat):
+            stat = self.store.stat()
+            capacity = max(0, self.capacity - stat.bytes) if self.capacity else 0
+            with self._lock:
+                load = self._in_flight - 1
+            return Status(capacity, stat.bytes, stat.objects, load, self.quotas.quota, self.quotas.usage(identity))
+        return Failure("malformed", f"{type(request).__name__} is not a request")
+
+    def _put(self, identity: bytes, request: Put) -> Message:
+        if not self.accepting:
+            return Failure("unavailable", "the edge is shutting down")
+        check_object(request.cid, request.data)  # a wrong id is refused before anything else
+        size = len(request.data)
+        if self.quotas.owns(identity, request.cid):
+            return Stored(False)
+        if not self.quotas.admits(identity, size):
+            return Failure("quota", f"storing {size} bytes would exceed this identity's quota of {self.quotas.quota}")
+        if self.capacity and self.store.stat().bytes + size > self.capacity:
+            return Failure("full", "the edge has reached its capacity")
+        new = self.store.put(request.cid, request.data)  # checks BLAKE3(data) == cid first
+        self._group_sync.wait()
+        self.quotas.charge(identity, request.cid, size)
+        return Stored(new)
+
+
+class EdgeSession:
+    """One connection: nothing but HELLO until it succeeds, then requests for that identity."""
+
+    def __init__(self, service: EdgeService, peer: str) -> None:
+        self.service = service
+        self.peer = peer
+        self.identity: bytes | None = None
+
+    def handle(self, request: Message, now_ns: int) -> Message:
+        if isinstance(request, Hello):
+            try:
+                self.identity = self.service.authenticate(request, now_ns)
+            except IntegrityError as exc:
+                log.warning("%s: refused: %s", self.peer, exc)
+                return Failure("unauthenticated", str(exc))
+            return Welcome(self.identity)
+        if self.identity is None:
+            return Failure("unauthenticated", "send HELLO first")
+        return self.service.serve(self.identity, request)

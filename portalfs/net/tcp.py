@@ -1,0 +1,177 @@
+"""The edge protocol over TLS 1.3 on TCP: for bulk transfers on fast links.
+
+Frames are exactly those of QUIC streams; a connection carries many requests,
+answered in the order they were sent, so a client may pipeline. The server
+works on up to ``PIPELINE`` requests of a connection at once and writes the
+answers in order.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections import deque
+from collections.abc import AsyncIterator, Callable
+from contextlib import asynccontextmanager
+
+import trio
+
+from ..edge.protocol import FrameReader, Message, RemoteProtocolError, encode_message
+from ..edge.service import EdgeSession
+from .tls import EdgeKey, check_pin, client_context, server_context
+
+__all__ = ["serve_tcp", "open_tcp", "TcpConnection", "TransportError"]
+
+log = logging.getLogger("portal.net")
+
+PIPELINE = 8  # requests of one connection in progress at once, on the server
+READ_SIZE = 256 * 1024
+
+
+class TransportError(ConnectionError):
+    """The connection failed or closed before an answer came."""
+
+
+async def serve_tcp(
+    key: EdgeKey,
+    host: str,
+    port: int,
+    new_session: Callable[[str], EdgeSession],
+    *,
+    task_status: trio.TaskStatus[list[trio.SocketListener]] = trio.TASK_STATUS_IGNORED,
+) -> None:
+    context = server_context(key)
+    listeners = await trio.open_tcp_listeners(port, host=host)
+    task_status.started(listeners)
+
+    async def handle(stream: trio.SocketStream) -> None:
+        host, port = stream.socket.getpeername()[:2]
+        peer = f"{host}:{port}"
+        tls = trio.SSLStream(stream, context, server_side=True)
+        try:
+            await tls.do_handshake()
+            await _serve_connection(tls, new_session(peer))
+        except (trio.BrokenResourceError, trio.ClosedResourceError):
+            pass
+        except RemoteProtocolError as exc:
+            log.warning("%s: closed: %s", peer, exc)
+        finally:
+            await trio.aclose_forcefully(tls)
+
+    await trio.serve_listeners(handle, listeners)
+
+
+async def _serve_connection(stream: trio.SSLStream[trio.SocketStream], session: EdgeSession) -> None:
+    reader = FrameReader()
+    answers_send, answers_recv = trio.open_memory_channel[trio.Event](PIPELINE)
+    results: dict[trio.Event, bytes] = {}
+    limit = trio.Semaphore(PIPELINE)
+
+    async def work(message: Message, done: trio.Event) -> None:
+        try:
+            answer = await trio.to_thread.run_sync(session.handle, message, time.time_ns())
+            results[done] = encode_message(answer)
+        finally:
+            limit.release()
+            done.set()
+
+    async def write_answers() -> None:
+        async with answers_recv:
+            async for done in answers_recv:
+                await done.wait()
+                try:
+                    await stream.send_all(results.pop(done))
+                except (trio.BrokenResourceError, trio.ClosedResourceError):
+                    return
+
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(write_answers)
+        async with answers_send:
+            while True:
+                try:
+                    data = await stream.receive_some(READ_SIZE)
+                except (trio.BrokenResourceError, trio.ClosedResourceError):
+                    break
+                if not data:
+                    break
+                reader.feed(data)
+                while (message := reader.next_message()) is not None:
+                    await limit.acquire()
+                    done = trio.Event()
+                    await answers_send.send(done)
+                    nursery.start_soon(work, message, done)
+
+
+class TcpConnection:
+    """A client's TLS connection to one edge; ``request`` may be called from many tasks at once."""
+
+    def __init__(self, stream: trio.SSLStream[trio.SocketStream], peer: str) -> None:
+        self.peer = peer
+        self._stream = stream
+        self._send_lock = trio.Lock()
+        self._waiting: deque[tuple[trio.Event, list[Message]]] = deque()
+        self._failed: BaseException | None = None
+
+    async def request(self, message: Message) -> Message:
+        if self._failed is not None:
+            raise TransportError(f"edge {self.peer}: connection lost") from self._failed
+        done, slot = trio.Event(), list[Message]()
+        frame = encode_message(message)
+        async with self._send_lock:
+            self._waiting.append((done, slot))
+            try:
+                await self._stream.send_all(frame)
+            except (trio.BrokenResourceError, trio.ClosedResourceError) as exc:
+                self._fail(exc)
+        await done.wait()
+        if not slot:
+            raise TransportError(f"edge {self.peer}: connection lost") from self._failed
+        return slot[0]
+
+    def _fail(self, exc: BaseException) -> None:
+        if self._failed is None:
+            self._failed = exc
+        while self._waiting:
+            self._waiting.popleft()[0].set()
+
+    async def _read_answers(self) -> None:
+        reader = FrameReader()
+        try:
+            while True:
+                data = await self._stream.receive_some(READ_SIZE)
+                if not data:
+                    raise TransportError("closed by the edge")
+                reader.feed(data)
+                while (message := reader.next_message()) is not None:
+                    if not self._waiting:
+                        raise RemoteProtocolError("an answer nobody asked for")
+                    done, slot = self._waiting.popleft()
+                    slot.append(message)
+                    done.set()
+        except (trio.BrokenResourceError, trio.ClosedResourceError, TransportError, RemoteProtocolError) as exc:
+            self._fail(exc)
+
+
+@asynccontextmanager
+async def open_tcp(host: str, port: int, edge_key: bytes) -> AsyncIterator[TcpConnection]:
+    peer = f"{host}:{port}"
+    try:
+        stream = await trio.open_tcp_stream(host, port)
+    except OSError as exc:
+        raise TransportError(f"edge {peer}: {exc.strerror or exc}") from exc
+    tls = trio.SSLStream(stream, client_context(), server_hostname=None)
+    try:
+        try:
+            await tls.do_handshake()
+        except (trio.BrokenResourceError, OSError) as exc:
+            raise TransportError(f"edge {peer}: TLS handshake failed") from exc
+        check_pin(tls.getpeercert(binary_form=True), edge_key, peer)
+        connection = TcpConnection(tls, peer)
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(connection._read_answers)
+            try:
+                yield connection
+            finally:
+                nursery.cancel_scope.cancel()
+    finally:
+        await trio.aclose_forcefully(tls)

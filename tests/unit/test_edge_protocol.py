@@ -1,0 +1,194 @@
+"""The edge protocol without sockets: frames, parsers (fuzzed), and the edge's session rules."""
+
+from __future__ import annotations
+
+import os
+import time
+from pathlib import Path
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from portalfs.edge.protocol import (
+    MAX_BODY,
+    Bitmap,
+    Data,
+    Failure,
+    FrameReader,
+    Get,
+    Have,
+    Hello,
+    Put,
+    RemoteProtocolError,
+    Stat,
+    Status,
+    Stored,
+    Welcome,
+    encode_message,
+    hello_message,
+)
+from portalfs.edge.service import EdgeService, EdgeSession, QuotaBook
+from portalfs.keys import DeviceKey, Identity
+from portalfs.sealing import object_id
+from portalfs.store import MemoryStore
+
+EDGE = os.urandom(32)
+
+MESSAGES = [
+    Hello(os.urandom(32), b"cert", 123, os.urandom(16), os.urandom(64)),
+    Get(os.urandom(32)),
+    Put(os.urandom(32), os.urandom(1000)),
+    Have(tuple(os.urandom(32) for _ in range(5))),
+    Stat(),
+    Welcome(os.urandom(32)),
+    Data(b"x" * 10),
+    Stored(True),
+    Bitmap.from_flags([True, False, True]),
+    Status(1, 2, 3, 4, 5, 6),
+    Failure("quota", "too much"),
+]
+
+
+@pytest.mark.parametrize("message", MESSAGES, ids=lambda m: type(m).__name__)
+def test_every_message_round_trips_through_a_byte_at_a_time_stream(message: object) -> None:
+    reader = FrameReader()
+    frame = encode_message(message)  # type: ignore[arg-type]
+    got = None
+    for i in range(len(frame)):
+        assert got is None
+        reader.feed(frame[i : i + 1])
+        got = reader.next_message()
+    assert got == message and reader.pending == 0
+
+
+@given(st.binary(max_size=200))
+@settings(max_examples=400)
+def test_random_bytes_never_crash_the_parser(data: bytes) -> None:
+    reader = FrameReader()
+    reader.feed(data)
+    try:
+        while reader.next_message() is not None:
+            pass
+    except RemoteProtocolError:
+        pass
+
+
+@given(st.sampled_from(MESSAGES), st.integers(min_value=0), st.integers(min_value=0, max_value=255))
+@settings(max_examples=400)
+def test_a_damaged_frame_is_refused_or_parses_to_a_valid_message(message: object, where: int, byte: int) -> None:
+    frame = bytearray(encode_message(message))  # type: ignore[arg-type]
+    frame[where % len(frame)] = byte
+    reader = FrameReader()
+    reader.feed(frame)
+    try:
+        got = reader.next_message()
+    except RemoteProtocolError:
+        return
+    if got is not None:
+        assert encode_message(got) == bytes(frame[: len(encode_message(got))])
+
+
+def test_an_oversized_frame_is_refused_from_its_head_alone() -> None:
+    reader = FrameReader()
+    reader.feed(bytes([Put.KIND]) + (40).to_bytes(4, "big") + (MAX_BODY + 1).to_bytes(4, "big"))
+    with pytest.raises(RemoteProtocolError, match="too large"):
+        reader.next_message()
+
+
+def test_bitmap_flags_round_trip() -> None:
+    flags = [bool(b & 1) for b in os.urandom(77)]
+    assert Bitmap.from_flags(flags).flags() == flags
+
+
+# the edge's rules, pairwise: a client's messages straight into a session
+
+
+class Fixture:
+    def __init__(self, tmp_path: Path, quota: int = 0) -> None:
+        self.identity = Identity(os.urandom(32))
+        self.device = DeviceKey(os.urandom(32))
+        self.cert = self.identity.enroll(self.device.public, "laptop", time.time_ns()).to_bytes()
+        self.store = MemoryStore()
+        self.status: dict[bytes, str] = {}
+        self.service = EdgeService(self.store, EDGE, QuotaBook(tmp_path / "edge.db", quota))
+
+    def hello(self, device: DeviceKey | None = None, when: int | None = None, nonce: bytes | None = None) -> Hello:
+        device = device or self.device
+        when = time.time_ns() if when is None else when
+        nonce = nonce or os.urandom(16)
+        return Hello(device.public, self.cert, when, nonce, device.sign(hello_message(EDGE, when, nonce)))
+
+    def session(self) -> EdgeSession:
+        return EdgeSession(self.service, "test")
+
+
+def _obj(n: int = 5000) -> tuple[bytes, bytes]:
+    data = os.urandom(n)
+    return object_id(data), data
+
+
+def test_nothing_but_hello_before_hello(tmp_path: Path) -> None:
+    f = Fixture(tmp_path)
+    cid, data = _obj()
+    answer = f.session().handle(Put(cid, data), time.time_ns())
+    assert answer == Failure("unauthenticated", "send HELLO first")
+    assert f.store.stat().objects == 0
+
+
+def test_hello_then_put_get_have_stat(tmp_path: Path) -> None:
+    f = Fixture(tmp_path)
+    s = f.session()
+    assert s.handle(f.hello(), time.time_ns()) == Welcome(f.identity.public)
+    cid, data = _obj()
+    assert s.handle(Put(cid, data), time.time_ns()) == Stored(True)
+    assert s.handle(Put(cid, data), time.time_ns()) == Stored(False)
+    assert s.handle(Get(cid), time.time_ns()) == Data(data)
+    assert s.handle(Have((cid, os.urandom(32))), time.time_ns()) == Bitmap.from_flags([True, False])
+    status = s.handle(Stat(), time.time_ns())
+    assert isinstance(status, Status) and status.objects == 1 and status.usage == len(data)
+    assert s.handle(Get(os.urandom(32)), time.time_ns()).code == "not-found"  # type: ignore[attr-defined]
+
+
+def test_a_put_whose_bytes_do_not_match_its_id_stores_nothing(tmp_path: Path) -> None:
+    f = Fixture(tmp_path)
+    s = f.session()
+    s.handle(f.hello(), time.time_ns())
+    cid, data = _obj()
+    assert s.handle(Put(cid, data[:-1] + bytes([data[-1] ^ 1])), time.time_ns()).code == "bad-object"  # type: ignore[attr-defined]
+    assert f.store.stat().objects == 0
+    s.handle(Put(cid, data), time.time_ns())
+    assert s.handle(Put(cid, b"other bytes"), time.time_ns()).code == "bad-object"  # type: ignore[attr-defined]
+    assert f.store.get(cid) == data
+
+
+@pytest.mark.parametrize("flaw", ["forged", "other-device", "stale", "replayed", "revoked", "unknown"])
+def test_bad_hellos_are_refused(tmp_path: Path, flaw: str) -> None:
+    f = Fixture(tmp_path)
+    now = time.time_ns()
+    hello = f.hello()
+    if flaw == "forged":
+        hello = Hello(hello.device, hello.cert, hello.time, hello.nonce, bytes(64))
+    elif flaw == "other-device":
+        hello = f.hello(device=DeviceKey(os.urandom(32)))  # signed by a key the certificate does not enroll
+    elif flaw == "stale":
+        hello = f.hello(when=now - 3600 * 10**9)
+    elif flaw == "replayed":
+        assert f.session().handle(hello, now) == Welcome(f.identity.public)
+    elif flaw in ("revoked", "unknown"):
+        f.service.device_status = lambda device: "revoked" if flaw == "revoked" else None
+    answer = f.session().handle(hello, now)
+    assert isinstance(answer, Failure) and answer.code == "unauthenticated"
+
+
+def test_quota_refuses_past_the_limit_and_stores_nothing(tmp_path: Path) -> None:
+    f = Fixture(tmp_path, quota=12_000)
+    s = f.session()
+    s.handle(f.hello(), time.time_ns())
+    first, second, third = _obj(5000), _obj(5000), _obj(5000)
+    assert s.handle(Put(*first), time.time_ns()) == Stored(True)
+    assert s.handle(Put(*second), time.time_ns()) == Stored(True)
+    answer = s.handle(Put(*third), time.time_ns())
+    assert isinstance(answer, Failure) and answer.code == "quota"
+    assert f.store.has([third[0]]) == [False]
+    assert s.handle(Put(*first), time.time_ns()) == Stored(False)  # already held: no charge, no refusal
