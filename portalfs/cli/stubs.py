@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import sys
 
-__all__ = ["portald_main", "hub_main", "edge_main"]
+__all__ = ["portald_main"]
 
 
 def _not_yet(program: str, what: str) -> int:
@@ -14,11 +14,3 @@ def _not_yet(program: str, what: str) -> int:
 
 def portald_main() -> int:
     return _not_yet("portald", "the sync daemon")
-
-
-def hub_main() -> int:
-    return _not_yet("portal-hub", "the hub")
-
-
-def edge_main() -> int:
-    return _not_yet("portal-edge", "the storage edge")

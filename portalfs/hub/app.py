@@ -1,0 +1,248 @@
+"""The hub's HTTP API: JSON under /v1/, every request signed (auth.py), rules in state.py.
+
+Each route is one line of the table ``ROUTES``; the OpenAPI document at
+/v1/openapi.json is generated from the same table, so the two cannot drift.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+import trio
+from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response
+from starlette.routing import Route
+
+from .. import __version__
+from ..errors import BadSignature
+from .auth import check_signature, parse_headers
+from .state import Caller, HubRefusal, HubState
+
+__all__ = ["make_app", "ROUTES"]
+
+log = logging.getLogger("portal.hub")
+
+MAX_BODY = 4 * 1024 * 1024
+LONG_POLL_SECONDS = 25.0
+
+Handler = Callable[[HubState, Caller, dict[str, Any], dict[str, Any], int], Any]
+
+
+def _hex(value: Any, size: int | None = None, what: str = "value") -> bytes:
+    try:
+        raw = bytes.fromhex(value)
+    except (TypeError, ValueError):
+        raise HubRefusal(400, "malformed", f"{what} is not hex") from None
+    if size is not None and len(raw) != size:
+        raise HubRefusal(400, "malformed", f"{what} must be {size} bytes")
+    return raw
+
+
+def _ids(values: Any) -> list[bytes]:
+    if not isinstance(values, list):
+        raise HubRefusal(400, "malformed", "expected a list of ids")
+    return [_hex(v, 32, "object id") for v in values]
+
+
+@dataclass(frozen=True)
+class RouteSpec:
+    method: str
+    path: str
+    summary: str
+    handler: Handler
+
+
+def _portal(p: dict[str, Any]) -> bytes:
+    return _hex(p["portal"], 16, "portal id")
+
+
+ROUTES: list[RouteSpec] = [
+    RouteSpec("POST", "/v1/devices", "Enroll the calling device with its identity-signed certificate",
+              lambda s, c, p, b, now: s.enroll(c, _hex(b["cert"]), now)),
+    RouteSpec("GET", "/v1/devices", "List the devices of the caller's identity",
+              lambda s, c, p, b, now: s.devices(c)),
+    RouteSpec("POST", "/v1/devices/{device}/revoke", "Revoke a device (the body carries an identity signature)",
+              lambda s, c, p, b, now: s.revoke(c, _hex(p["device"], 32), _hex(b["sig"], 64), now)),
+    RouteSpec("PUT", "/v1/identity", "Publish the caller identity's agreement key, signed by the identity",
+              lambda s, c, p, b, now: s.set_agreement(c, _hex(b["agreement"], 32), _hex(b["sig"], 64))),
+    RouteSpec("GET", "/v1/identities/{identity}", "An identity's signed agreement key, for sharing",
+              lambda s, c, p, b, now: s.identity(_hex(p["identity"], 32))),
+    RouteSpec("GET", "/v1/keyring", "The caller identity's encrypted keyring",
+              lambda s, c, p, b, now: s.keyring(c)),
+    RouteSpec("PUT", "/v1/keyring", "Replace the encrypted keyring (compare-and-swap on its version)",
+              lambda s, c, p, b, now: s.put_keyring(c, int(b["version"]), _hex(b["blob"]))),
+    RouteSpec("GET", "/v1/portals", "Portals the caller owns or is a member of",
+              lambda s, c, p, b, now: s.portals(c, now)),
+    RouteSpec("PUT", "/v1/portals/{portal}", "Create a portal owned by the caller's identity",
+              lambda s, c, p, b, now: s.create_portal(c, _portal(p), b.get("expires_ns"), now)),
+    RouteSpec("GET", "/v1/portals/{portal}", "A portal's policy, state and head version",
+              lambda s, c, p, b, now: s.portal_info(c, _portal(p), now)),
+    RouteSpec("PATCH", "/v1/portals/{portal}", "Set a portal's expiry or (de)activate it (owner only)",
+              lambda s, c, p, b, now: s.set_policy(c, _portal(p), b, now)),
+    RouteSpec("POST", "/v1/portals/{portal}/roots", "Publish a root record: compare-and-swap on its parent",
+              lambda s, c, p, b, now: s.publish(c, _portal(p), _hex(b["record"]), now)),
+    RouteSpec("GET", "/v1/portals/{portal}/roots", "Root records after version ?after=N, oldest first",
+              lambda s, c, p, b, now: s.roots(c, _portal(p), int(p.get("after", 0)), now)),
+    RouteSpec("GET", "/v1/portals/{portal}/members", "The portal's members and their wrapped read keys",
+              lambda s, c, p, b, now: s.members(c, _portal(p), now)),
+    RouteSpec("PUT", "/v1/portals/{portal}/members/{identity}", "Share: store a member's wrapped read key",
+              lambda s, c, p, b, now: s.set_member(
+                  c, _portal(p), _hex(p["identity"], 32), _hex(b["wrapped"]), bool(b.get("write")), now)),
+    RouteSpec("DELETE", "/v1/portals/{portal}/members/{identity}", "Unshare: remove a member",
+              lambda s, c, p, b, now: s.remove_member(c, _portal(p), _hex(p["identity"], 32))),
+    RouteSpec("POST", "/v1/portals/{portal}/links", "Create a link (its key wrapped under the link secret)",
+              lambda s, c, p, b, now: s.create_link(c, _portal(p), _hex(b["link"], 16), _hex(b["wrapped"]), b)),
+    RouteSpec("DELETE", "/v1/links/{link}", "Revoke a link",
+              lambda s, c, p, b, now: s.revoke_link(c, _hex(p["link"], 16))),
+    RouteSpec("POST", "/v1/links/{link}/redeem", "Redeem a link while its policy holds: wrapped key and roots",
+              lambda s, c, p, b, now: s.redeem(c, _hex(p["link"], 16), now)),
+    RouteSpec("POST", "/v1/portals/{portal}/locations", "Record that an edge holds these object ids",
+              lambda s, c, p, b, now: s.add_locations(c, _portal(p), _hex(b["edge"], 32), _ids(b["cids"]), now)),
+    RouteSpec("POST", "/v1/locations", "Which edges hold these object ids",
+              lambda s, c, p, b, now: s.locations(c, _ids(b["cids"]))),
+    RouteSpec("POST", "/v1/edges", "Register or heartbeat the calling edge",
+              lambda s, c, p, b, now: s.register_edge(
+                  c.key, str(b["address"]), [str(t) for t in b["transports"]], b["stat"], now)),
+    RouteSpec("GET", "/v1/edges", "The directory of live edges",
+              lambda s, c, p, b, now: s.edges(now)),
+    RouteSpec("GET", "/v1/directory/devices", "Every enrolled device and whether it is revoked (edges only)",
+              lambda s, c, p, b, now: s.device_directory(c)),
+    RouteSpec("GET", "/v1/edges/garbage", "Ids this edge holds only for expired or deactivated portals",
+              lambda s, c, p, b, now: s.garbage(c, now)),
+    RouteSpec("POST", "/v1/edges/forget", "The calling edge deleted these ids",
+              lambda s, c, p, b, now: s.forget_locations(c, _ids(b["cids"]))),
+]  # fmt: skip
+
+
+def openapi() -> dict[str, Any]:
+    paths: dict[str, Any] = {}
+    for spec in ROUTES:
+        params = [
+            {"name": part[1:-1], "in": "path", "required": True, "schema": {"type": "string"}}
+            for part in spec.path.split("/")
+            if part.startswith("{")
+        ]
+        paths.setdefault(spec.path, {})[spec.method.lower()] = {
+            "summary": spec.summary,
+            "parameters": params,
+            "security": [{"portalSignature": []}],
+            "responses": {
+                "200": {"description": "JSON result"},
+                "400": {"description": "malformed request", "content": {"application/json": {"schema": _ERROR}}},
+                "401": {"description": "unsigned, forged, replayed, or unknown/revoked key"},
+                "403": {"description": "not allowed to this identity"},
+                "404": {"description": "not found"},
+                "409": {"description": "stale parent or version: the body carries the head"},
+                "410": {"description": "expired, deactivated, revoked or used up"},
+            },
+        }
+    paths["/v1/portals/{portal}/events"] = {
+        "get": {
+            "summary": "Long-poll: root records after ?after=N, waiting up to 25 s for one",
+            "security": [{"portalSignature": []}],
+            "responses": {"200": {"description": "list of root records (hex), possibly empty"}},
+        }
+    }
+    return {
+        "openapi": "3.1.0",
+        "info": {"title": "Portal hub", "version": __version__},
+        "components": {
+            "securitySchemes": {
+                "portalSignature": {
+                    "type": "apiKey",
+                    "in": "header",
+                    "name": "Portal-Signature",
+                    "description": "Ed25519 over the request (docs/design.md, Hub API), with Portal-Key, "
+                    "Portal-Time and Portal-Nonce",
+                }
+            }
+        },
+        "paths": paths,
+    }
+
+
+_ERROR = {"type": "object", "properties": {"error": {"type": "string"}, "message": {"type": "string"}}}
+
+
+def make_app(state: HubState) -> Starlette:
+    new_version: dict[bytes, trio.Event] = {}
+
+    async def authenticate(request: Request) -> tuple[Caller, dict[str, Any], int]:
+        body = await request.body()
+        if len(body) > MAX_BODY:
+            raise HubRefusal(413, "too-large", "request body too large")
+        target = request.url.path + (f"?{request.url.query}" if request.url.query else "")
+        now = time.time_ns()
+
+        def check() -> Caller:
+            signed = parse_headers(dict(request.headers))
+            check_signature(signed, request.method, target, body, now)
+            state.remember_nonce(signed.nonce, now)
+            return state.caller(signed.key)
+
+        caller = await trio.to_thread.run_sync(check)
+        try:
+            payload = json.loads(body) if body else {}
+        except ValueError:
+            raise HubRefusal(400, "malformed", "the body is not JSON") from None
+        if not isinstance(payload, dict):
+            raise HubRefusal(400, "malformed", "the body is not a JSON object")
+        return caller, payload, now
+
+    def refusal(request: Request, exc: HubRefusal) -> JSONResponse:
+        log.warning("%s %s: %d %s: %s", request.method, request.url.path, exc.status, exc.code, exc)
+        return JSONResponse({"error": exc.code, "message": str(exc), **exc.extra}, status_code=exc.status)
+
+    def endpoint(spec: RouteSpec) -> Callable[[Request], Any]:
+        async def run(request: Request) -> Response:
+            try:
+                caller, payload, now = await authenticate(request)
+                params = {**request.path_params, **request.query_params}
+                result = await trio.to_thread.run_sync(spec.handler, state, caller, params, payload, now)
+                if spec.path.endswith("/roots") and spec.method == "POST":
+                    portal = bytes.fromhex(request.path_params["portal"])
+                    new_version.pop(portal, trio.Event()).set()
+            except HubRefusal as exc:
+                return refusal(request, exc)
+            except BadSignature as exc:
+                return refusal(request, HubRefusal(401, "bad-signature", str(exc)))
+            except (KeyError, ValueError, TypeError) as exc:
+                return refusal(request, HubRefusal(400, "malformed", f"malformed request: {exc!r}"))
+            return JSONResponse({"ok": True} if result is None else {"result": result})
+
+        return run
+
+    async def events(request: Request) -> Response:
+        try:
+            caller, _, now = await authenticate(request)
+            portal = _portal(dict(request.path_params))
+            after = int(request.query_params.get("after", 0))
+            with trio.move_on_after(LONG_POLL_SECONDS):
+                while True:
+                    event = new_version.setdefault(portal, trio.Event())
+                    records = await trio.to_thread.run_sync(state.roots, caller, portal, after, time.time_ns())
+                    if records:
+                        break
+                    await event.wait()
+            records = await trio.to_thread.run_sync(state.roots, caller, portal, after, time.time_ns())
+        except HubRefusal as exc:
+            return refusal(request, exc)
+        except BadSignature as exc:
+            return refusal(request, HubRefusal(401, "bad-signature", str(exc)))
+        except (KeyError, ValueError) as exc:
+            return refusal(request, HubRefusal(400, "malformed", f"malformed request: {exc!r}"))
+        return JSONResponse({"result": records})
+
+    async def openapi_document(request: Request) -> Response:
+        return JSONResponse(openapi())
+
+    routes = [Route("/v1/openapi.json", openapi_document, methods=["GET"])]
+    routes.append(Route("/v1/portals/{portal}/events", events, methods=["GET"]))
+    routes += [Route(spec.path, endpoint(spec), methods=[spec.method]) for spec in ROUTES]
+    return Starlette(routes=routes)

@@ -1,0 +1,486 @@
+"""The hub's state (SQLite) and every rule it enforces. No HTTP here: the app translates.
+
+Each method takes the already-authenticated caller and raises a ``HubRefusal``
+with an HTTP status and a stable code. Stored values are public keys, ids,
+signatures, sealed root records, wrapped keys and policy numbers; nothing the
+hub stores opens a byte of content (docs/design.md, "Threat model").
+"""
+
+from __future__ import annotations
+
+import sqlite3
+import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from ..errors import BadSignature, CorruptObject
+from ..keys import DeviceCertificate, verify_signature
+from ..root import RootRecord
+from .auth import CLOCK_SKEW_NS
+
+__all__ = ["HubState", "HubRefusal", "Caller", "DOMAIN_AGREEMENT", "DOMAIN_REVOKE", "EDGE_LIVE_NS"]
+
+DOMAIN_AGREEMENT = b"portal identity agreement key v1\x00"
+DOMAIN_REVOKE = b"portal device revocation v1\x00"
+EDGE_LIVE_NS = 60 * 10**9  # an edge without a heartbeat for this long leaves the directory
+MAX_LOCATIONS = 10_000  # ids in one locations request
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS identities (identity BLOB PRIMARY KEY, agreement BLOB, agreement_sig BLOB,
+    created_ns INTEGER NOT NULL);
+CREATE TABLE IF NOT EXISTS devices (device BLOB PRIMARY KEY, identity BLOB NOT NULL, cert BLOB NOT NULL,
+    name TEXT NOT NULL, enrolled_ns INTEGER NOT NULL, revoked_ns INTEGER);
+CREATE TABLE IF NOT EXISTS nonces (nonce BLOB PRIMARY KEY, time_ns INTEGER NOT NULL);
+CREATE TABLE IF NOT EXISTS keyrings (identity BLOB PRIMARY KEY, version INTEGER NOT NULL, blob BLOB NOT NULL);
+CREATE TABLE IF NOT EXISTS portals (id BLOB PRIMARY KEY, owner BLOB NOT NULL, created_ns INTEGER NOT NULL,
+    expires_ns INTEGER, deactivated_ns INTEGER);
+CREATE TABLE IF NOT EXISTS members (portal BLOB NOT NULL, identity BLOB NOT NULL, wrapped BLOB NOT NULL,
+    write INTEGER NOT NULL, PRIMARY KEY (portal, identity));
+CREATE TABLE IF NOT EXISTS roots (portal BLOB NOT NULL, version INTEGER NOT NULL, record BLOB NOT NULL,
+    record_id BLOB NOT NULL, PRIMARY KEY (portal, version));
+CREATE TABLE IF NOT EXISTS links (id BLOB PRIMARY KEY, portal BLOB NOT NULL, wrapped BLOB NOT NULL,
+    expires_ns INTEGER, max_downloads INTEGER, window TEXT, downloads INTEGER NOT NULL DEFAULT 0,
+    revoked INTEGER NOT NULL DEFAULT 0);
+CREATE TABLE IF NOT EXISTS edges (key BLOB PRIMARY KEY, address TEXT NOT NULL, transports TEXT NOT NULL,
+    capacity INTEGER NOT NULL, used INTEGER NOT NULL, objects INTEGER NOT NULL, last_seen_ns INTEGER NOT NULL);
+CREATE TABLE IF NOT EXISTS locations (cid BLOB NOT NULL, edge BLOB NOT NULL, portal BLOB NOT NULL,
+    PRIMARY KEY (cid, edge, portal)) WITHOUT ROWID;
+CREATE INDEX IF NOT EXISTS locations_portal ON locations (portal);
+"""
+
+
+class HubRefusal(Exception):
+    def __init__(self, status: int, code: str, message: str, extra: dict[str, Any] | None = None) -> None:
+        super().__init__(message)
+        self.status = status
+        self.code = code
+        self.extra = extra or {}
+
+
+@dataclass(frozen=True, slots=True)
+class Caller:
+    key: bytes
+    identity: bytes | None  # None: the caller is an edge (or an unenrolled device)
+
+
+def _window_allows(window: str | None, now_ns: int) -> bool:
+    """``HH:MM-HH:MM`` in UTC; a window that wraps midnight is allowed."""
+    if not window:
+        return True
+    start, end = (int(p[:2]) * 60 + int(p[3:]) for p in window.split("-"))
+    minute = (now_ns // 60_000_000_000) % (24 * 60)
+    return start <= minute < end if start <= end else minute >= start or minute < end
+
+
+class HubState:
+    def __init__(self, path: Path) -> None:
+        self._db = sqlite3.connect(path, check_same_thread=False, isolation_level=None)
+        self._db.execute("PRAGMA journal_mode=WAL")
+        self._db.execute("PRAGMA synchronous=FULL")
+        self._db.executescript(_SCHEMA)
+        self._lock = threading.Lock()
+
+    def close(self) -> None:
+        self._db.close()
+
+    @contextmanager
+    def _txn(self) -> Iterator[sqlite3.Connection]:
+        with self._lock:
+            self._db.execute("BEGIN IMMEDIATE")
+            try:
+                yield self._db
+            except BaseException:
+                self._db.execute("ROLLBACK")
+                raise
+            self._db.execute("COMMIT")
+
+    def _one(self, sql: str, *args: Any) -> Any:
+        with self._lock:
+            return self._db.execute(sql, args).fetchone()
+
+    def _all(self, sql: str, *args: Any) -> list[Any]:
+        with self._lock:
+            return self._db.execute(sql, args).fetchall()
+
+    # authentication
+
+    def remember_nonce(self, nonce: bytes, now_ns: int) -> None:
+        with self._txn() as db:
+            db.execute("DELETE FROM nonces WHERE time_ns < ?", (now_ns - 2 * CLOCK_SKEW_NS,))
+            if db.execute("INSERT OR IGNORE INTO nonces VALUES (?, ?)", (nonce, now_ns)).rowcount == 0:
+                raise HubRefusal(401, "replayed", "this request was already received")
+
+    def caller(self, key: bytes) -> Caller:
+        row = self._one("SELECT identity, revoked_ns FROM devices WHERE device = ?", key)
+        if row is None:
+            return Caller(key, None)
+        if row[1] is not None:
+            raise HubRefusal(401, "revoked", "this device has been revoked")
+        return Caller(key, row[0])
+
+    @staticmethod
+    def require_device(caller: Caller) -> bytes:
+        if caller.identity is None:
+            raise HubRefusal(401, "unknown-device", "this device is not enrolled at the hub: run `portalctl hub add`")
+        return caller.identity
+
+    def require_edge(self, caller: Caller) -> None:
+        if self._one("SELECT 1 FROM edges WHERE key = ?", caller.key) is None:
+            raise HubRefusal(401, "unknown-edge", "this edge is not registered")
+
+    # identities and devices
+
+    def enroll(self, caller: Caller, cert_bytes: bytes, now_ns: int) -> dict[str, Any]:
+        """A device enrolls itself with the certificate its identity signed."""
+        try:
+            cert = DeviceCertificate.from_bytes(cert_bytes)
+            fields = cert.fields()
+            identity = fields["identity"]
+            cert.verify(identity)
+        except (BadSignature, CorruptObject, KeyError, TypeError, ValueError) as exc:
+            raise HubRefusal(400, "bad-certificate", f"enrollment certificate does not verify: {exc}") from None
+        if fields.get("device") != caller.key:
+            raise HubRefusal(403, "bad-certificate", "the certificate enrolls another device")
+        with self._txn() as db:
+            row = db.execute("SELECT revoked_ns FROM devices WHERE device = ?", (caller.key,)).fetchone()
+            if row is not None and row[0] is not None:
+                raise HubRefusal(401, "revoked", "this device has been revoked")
+            db.execute("INSERT OR IGNORE INTO identities (identity, created_ns) VALUES (?, ?)", (identity, now_ns))
+            db.execute(
+                "INSERT OR IGNORE INTO devices (device, identity, cert, name, enrolled_ns) VALUES (?, ?, ?, ?, ?)",
+                (caller.key, identity, cert_bytes, str(fields.get("name", "")), now_ns),
+            )
+        return {"identity": identity.hex(), "device": caller.key.hex()}
+
+    def set_agreement(self, caller: Caller, agreement: bytes, sig: bytes) -> None:
+        identity = self.require_device(caller)
+        try:
+            verify_signature(identity, sig, DOMAIN_AGREEMENT + agreement, "agreement key")
+        except BadSignature as exc:
+            raise HubRefusal(400, "bad-signature", str(exc)) from None
+        with self._txn() as db:
+            db.execute(
+                "UPDATE identities SET agreement = ?, agreement_sig = ? WHERE identity = ?", (agreement, sig, identity)
+            )
+
+    def identity(self, identity: bytes) -> dict[str, Any]:
+        row = self._one("SELECT agreement, agreement_sig FROM identities WHERE identity = ?", identity)
+        if row is None or row[0] is None:
+            raise HubRefusal(404, "not-found", f"no identity {identity.hex()[:16]}… at this hub")
+        return {"identity": identity.hex(), "agreement": row[0].hex(), "sig": row[1].hex()}
+
+    def devices(self, caller: Caller) -> list[dict[str, Any]]:
+        identity = self.require_device(caller)
+        return [
+            {"device": d.hex(), "name": name, "enrolled_ns": enrolled, "revoked_ns": revoked, "cert": cert.hex()}
+            for d, name, enrolled, revoked, cert in self._all(
+                "SELECT device, name, enrolled_ns, revoked_ns, cert FROM devices "
+                "WHERE identity = ? ORDER BY enrolled_ns",
+                identity,
+            )
+        ]
+
+    def revoke(self, caller: Caller, device: bytes, sig: bytes, now_ns: int) -> None:
+        identity = self.require_device(caller)
+        try:
+            verify_signature(identity, sig, DOMAIN_REVOKE + device, "revocation")
+        except BadSignature as exc:
+            raise HubRefusal(400, "bad-signature", str(exc)) from None
+        with self._txn() as db:
+            if (
+                db.execute(
+                    "UPDATE devices SET revoked_ns = coalesce(revoked_ns, ?) WHERE device = ? AND identity = ?",
+                    (now_ns, device, identity),
+                ).rowcount
+                == 0
+            ):
+                raise HubRefusal(404, "not-found", "no such device of this identity")
+
+    def device_directory(self, caller: Caller) -> dict[str, str]:
+        self.require_edge(caller)
+        return {
+            d.hex(): "revoked" if revoked is not None else "active"
+            for d, revoked in self._all("SELECT device, revoked_ns FROM devices")
+        }
+
+    # keyring
+
+    def keyring(self, caller: Caller) -> dict[str, Any]:
+        identity = self.require_device(caller)
+        row = self._one("SELECT version, blob FROM keyrings WHERE identity = ?", identity)
+        return {"version": 0, "blob": ""} if row is None else {"version": row[0], "blob": row[1].hex()}
+
+    def put_keyring(self, caller: Caller, version: int, blob: bytes) -> None:
+        """Compare-and-swap: ``version`` must be the stored version plus one."""
+        identity = self.require_device(caller)
+        with self._txn() as db:
+            row = db.execute("SELECT version FROM keyrings WHERE identity = ?", (identity,)).fetchone()
+            current = 0 if row is None else row[0]
+            if version != current + 1:
+                raise HubRefusal(409, "stale", f"the keyring is at version {current}", {"version": current})
+            db.execute("INSERT OR REPLACE INTO keyrings VALUES (?, ?, ?)", (identity, version, blob))
+
+    # portals
+
+    def _portal(self, portal: bytes) -> tuple[bytes, int, int | None, int | None]:
+        row = self._one("SELECT owner, created_ns, expires_ns, deactivated_ns FROM portals WHERE id = ?", portal)
+        if row is None:
+            raise HubRefusal(404, "not-found", f"no portal {portal.hex()} at this hub")
+        return row  # type: ignore[no-any-return]
+
+    def portal_state(self, portal: bytes, now_ns: int) -> str:
+        _, _, expires, deactivated = self._portal(portal)
+        if deactivated is not None:
+            return "deactivated"
+        if expires is not None and now_ns >= expires:
+            return "expired"
+        has_root = self._one("SELECT 1 FROM roots WHERE portal = ? LIMIT 1", portal) is not None
+        return "active" if has_root else "created"
+
+    def _access(self, caller: Caller, portal: bytes, now_ns: int, write: bool = False) -> bytes:
+        """The portal's owner; raise unless the caller may read (or write) it now."""
+        identity = self.require_device(caller)
+        owner = self._portal(portal)[0]
+        if identity != owner:
+            row = self._one("SELECT write FROM members WHERE portal = ? AND identity = ?", portal, identity)
+            if row is None or (write and not row[0]):
+                raise HubRefusal(
+                    403, "forbidden", "this identity may not " + ("write" if write else "read") + " the portal"
+                )
+        state = self.portal_state(portal, now_ns)
+        if state in ("expired", "deactivated"):
+            raise HubRefusal(410, state, f"the portal is {state}")
+        return bytes(owner)
+
+    def create_portal(self, caller: Caller, portal: bytes, expires_ns: int | None, now_ns: int) -> None:
+        identity = self.require_device(caller)
+        with self._txn() as db:
+            if (
+                db.execute(
+                    "INSERT OR IGNORE INTO portals (id, owner, created_ns, expires_ns) VALUES (?, ?, ?, ?)",
+                    (portal, identity, now_ns, expires_ns),
+                ).rowcount
+                == 0
+            ):
+                owner = db.execute("SELECT owner FROM portals WHERE id = ?", (portal,)).fetchone()[0]
+                if owner != identity:
+                    raise HubRefusal(409, "exists", "a portal with this id already exists")
+
+    def set_policy(self, caller: Caller, portal: bytes, fields: dict[str, Any], now_ns: int) -> dict[str, Any]:
+        identity = self.require_device(caller)
+        if self._portal(portal)[0] != identity:
+            raise HubRefusal(403, "forbidden", "only the portal's owner sets its policy")
+        with self._txn() as db:
+            if "expires_ns" in fields:
+                db.execute("UPDATE portals SET expires_ns = ? WHERE id = ?", (fields["expires_ns"], portal))
+            if "active" in fields:
+                db.execute(
+                    "UPDATE portals SET deactivated_ns = ? WHERE id = ?",
+                    (None if fields["active"] else now_ns, portal),
+                )
+        return self.portal_info(caller, portal, now_ns)
+
+    def portal_info(self, caller: Caller, portal: bytes, now_ns: int) -> dict[str, Any]:
+        identity = self.require_device(caller)
+        owner, created, expires, _ = self._portal(portal)
+        member = self._one("SELECT write FROM members WHERE portal = ? AND identity = ?", portal, identity)
+        if owner != identity and member is None:
+            raise HubRefusal(403, "forbidden", "this identity may not read the portal")
+        head = self._one("SELECT max(version) FROM roots WHERE portal = ?", portal)[0]
+        return {
+            "id": portal.hex(),
+            "owner": owner.hex(),
+            "created_ns": created,
+            "expires_ns": expires,
+            "state": self.portal_state(portal, now_ns),
+            "head": head or 0,
+            "role": "owner" if owner == identity else ("writer" if member[0] else "reader"),
+        }
+
+    def portals(self, caller: Caller, now_ns: int) -> list[dict[str, Any]]:
+        identity = self.require_device(caller)
+        ids = self._all(
+            "SELECT id FROM portals WHERE owner = ? UNION SELECT portal FROM members WHERE identity = ?",
+            identity,
+            identity,
+        )
+        return [self.portal_info(caller, row[0], now_ns) for row in ids]
+
+    # root records
+
+    def publish(self, caller: Caller, portal: bytes, record_bytes: bytes, now_ns: int) -> dict[str, Any]:
+        owner = self._access(caller, portal, now_ns, write=True)
+        try:
+            record = RootRecord.from_bytes(record_bytes)
+        except (BadSignature, CorruptObject) as exc:
+            raise HubRefusal(400, "bad-record", str(exc)) from None
+        if record.portal != portal:
+            raise HubRefusal(400, "bad-record", "the record names another portal")
+        if record.device != caller.key:
+            raise HubRefusal(403, "forbidden", "a record must be signed by the device that publishes it")
+        writer = self._one("SELECT identity FROM devices WHERE device = ? AND revoked_ns IS NULL", record.device)
+        if writer is None:
+            raise HubRefusal(403, "forbidden", "the record's device may not write")
+        with self._txn() as db:
+            head = db.execute(
+                "SELECT version, record_id, record FROM roots WHERE portal = ? ORDER BY version DESC LIMIT 1", (portal,)
+            ).fetchone()
+            head_version, head_id = (0, None) if head is None else (head[0], head[1])
+            if record.version != head_version + 1 or record.parent != head_id:
+                raise HubRefusal(
+                    409,
+                    "stale-parent",
+                    f"the portal is at version {head_version}; this record builds on another",
+                    {"head": head_version, "record": head[2].hex() if head else None},
+                )
+            db.execute(
+                "INSERT INTO roots VALUES (?, ?, ?, ?)", (portal, record.version, record_bytes, record.record_id)
+            )
+        del owner
+        return {"version": record.version}
+
+    def roots(self, caller: Caller, portal: bytes, after: int, now_ns: int) -> list[str]:
+        self._access(caller, portal, now_ns)
+        return [
+            r[0].hex()
+            for r in self._all(
+                "SELECT record FROM roots WHERE portal = ? AND version > ? ORDER BY version", portal, after
+            )
+        ]
+
+    # members
+
+    def set_member(
+        self, caller: Caller, portal: bytes, member: bytes, wrapped: bytes, write: bool, now_ns: int
+    ) -> None:
+        identity = self.require_device(caller)
+        if self._portal(portal)[0] != identity:
+            raise HubRefusal(403, "forbidden", "only the portal's owner shares it")
+        with self._txn() as db:
+            db.execute("INSERT OR REPLACE INTO members VALUES (?, ?, ?, ?)", (portal, member, wrapped, int(write)))
+
+    def remove_member(self, caller: Caller, portal: bytes, member: bytes) -> None:
+        identity = self.require_device(caller)
+        if self._portal(portal)[0] != identity:
+            raise HubRefusal(403, "forbidden", "only the portal's owner unshares it")
+        with self._txn() as db:
+            if db.execute("DELETE FROM members WHERE portal = ? AND identity = ?", (portal, member)).rowcount == 0:
+                raise HubRefusal(404, "not-found", "that identity is not a member")
+
+    def members(self, caller: Caller, portal: bytes, now_ns: int) -> list[dict[str, Any]]:
+        self._access(caller, portal, now_ns)
+        return [
+            {"identity": i.hex(), "wrapped": w.hex(), "write": bool(wr)}
+            for i, w, wr in self._all("SELECT identity, wrapped, write FROM members WHERE portal = ?", portal)
+        ]
+
+    # links
+
+    def create_link(self, caller: Caller, portal: bytes, link: bytes, wrapped: bytes, policy: dict[str, Any]) -> None:
+        identity = self.require_device(caller)
+        if self._portal(portal)[0] != identity:
+            raise HubRefusal(403, "forbidden", "only the portal's owner makes links")
+        with self._txn() as db:
+            db.execute(
+                "INSERT INTO links (id, portal, wrapped, expires_ns, max_downloads, window) VALUES (?, ?, ?, ?, ?, ?)",
+                (link, portal, wrapped, policy.get("expires_ns"), policy.get("max_downloads"), policy.get("window")),
+            )
+
+    def revoke_link(self, caller: Caller, link: bytes) -> None:
+        identity = self.require_device(caller)
+        row = self._one("SELECT p.owner FROM links l JOIN portals p ON p.id = l.portal WHERE l.id = ?", link)
+        if row is None or row[0] != identity:
+            raise HubRefusal(404, "not-found", "no such link of this identity")
+        with self._txn() as db:
+            db.execute("UPDATE links SET revoked = 1 WHERE id = ?", (link,))
+
+    def redeem(self, caller: Caller, link: bytes, now_ns: int) -> dict[str, Any]:
+        """Release a link's wrapped key and the portal's head, counting one download, while the policy holds."""
+        self.require_device(caller)
+        with self._txn() as db:
+            row = db.execute(
+                "SELECT portal, wrapped, expires_ns, max_downloads, window, downloads, revoked FROM links WHERE id = ?",
+                (link,),
+            ).fetchone()
+            if row is None:
+                raise HubRefusal(404, "not-found", "no such link")
+            portal, wrapped, expires, max_downloads, window, downloads, revoked = row
+            if revoked:
+                raise HubRefusal(410, "revoked", "the link has been revoked")
+            if expires is not None and now_ns >= expires:
+                raise HubRefusal(410, "expired", "the link has expired")
+            if max_downloads is not None and downloads >= max_downloads:
+                raise HubRefusal(410, "exhausted", f"the link's {max_downloads} downloads are used up")
+            if not _window_allows(window, now_ns):
+                raise HubRefusal(403, "outside-window", f"the link opens only during {window} UTC")
+            prow = db.execute("SELECT expires_ns, deactivated_ns FROM portals WHERE id = ?", (portal,)).fetchone()
+            if prow[1] is not None or (prow[0] is not None and now_ns >= prow[0]):
+                raise HubRefusal(410, "expired", "the portal is no longer available")
+            db.execute("UPDATE links SET downloads = downloads + 1 WHERE id = ?", (link,))
+            records = db.execute("SELECT record FROM roots WHERE portal = ? ORDER BY version", (portal,)).fetchall()
+        return {"portal": portal.hex(), "wrapped": wrapped.hex(), "roots": [r[0].hex() for r in records]}
+
+    # edges and locations
+
+    def register_edge(self, key: bytes, address: str, transports: list[str], stat: dict[str, int], now_ns: int) -> None:
+        with self._txn() as db:
+            db.execute(
+                "INSERT OR REPLACE INTO edges VALUES (?, ?, ?, ?, ?, ?, ?)",
+                (key, address, ",".join(transports), stat["capacity"], stat["used"], stat["objects"], now_ns),
+            )
+
+    def edges(self, now_ns: int) -> list[dict[str, Any]]:
+        return [
+            {"key": k.hex(), "address": a, "transports": t.split(","), "capacity": c, "used": u, "objects": o}
+            for k, a, t, c, u, o in self._all(
+                "SELECT key, address, transports, capacity, used, objects FROM edges "
+                "WHERE last_seen_ns > ? ORDER BY key",
+                now_ns - EDGE_LIVE_NS,
+            )
+        ]
+
+    def add_locations(self, caller: Caller, portal: bytes, edge: bytes, cids: list[bytes], now_ns: int) -> None:
+        self._access(caller, portal, now_ns, write=True)
+        if len(cids) > MAX_LOCATIONS:
+            raise HubRefusal(413, "too-large", f"at most {MAX_LOCATIONS} ids per request")
+        with self._txn() as db:
+            db.executemany("INSERT OR IGNORE INTO locations VALUES (?, ?, ?)", [(c, edge, portal) for c in cids])
+
+    def locations(self, caller: Caller, cids: list[bytes]) -> dict[str, list[str]]:
+        self.require_device(caller)
+        if len(cids) > MAX_LOCATIONS:
+            raise HubRefusal(413, "too-large", f"at most {MAX_LOCATIONS} ids per request")
+        found: dict[str, list[str]] = {}
+        for cid in cids:
+            edges = self._all("SELECT DISTINCT edge FROM locations WHERE cid = ?", cid)
+            if edges:
+                found[cid.hex()] = [e[0].hex() for e in edges]
+        return found
+
+    def garbage(self, caller: Caller, now_ns: int) -> list[str]:
+        """Ids this edge holds only for portals that have expired or been deactivated."""
+        self.require_edge(caller)
+        dead = [
+            row[0]
+            for row in self._all("SELECT id FROM portals")
+            if self.portal_state(row[0], now_ns) in ("expired", "deactivated")
+        ]
+        if not dead:
+            return []
+        marks = ",".join("?" * len(dead))
+        rows = self._all(
+            f"SELECT DISTINCT cid FROM locations WHERE edge = ? AND portal IN ({marks}) AND cid NOT IN "
+            f"(SELECT cid FROM locations WHERE portal NOT IN ({marks}))",
+            caller.key,
+            *dead,
+            *dead,
+        )
+        return [r[0].hex() for r in rows]
+
+    def forget_locations(self, caller: Caller, cids: list[bytes]) -> None:
+        self.require_edge(caller)
+        with self._txn() as db:
+            db.executemany("DELETE FROM locations WHERE cid = ? AND edge = ?", [(c, caller.key) for c in cids])
