@@ -22,7 +22,7 @@ from .keys import DeviceKey, Identity, fingerprint, root_from_words
 from .paths import DeviceHome
 from .root import PortalKeys
 from .state import PortalRow, StateDB
-from .store import LocalStore
+from .store import LocalStore, ObjectStore
 
 __all__ = ["Device", "Unlocked", "validate_portal_name"]
 
@@ -45,9 +45,9 @@ class Unlocked:
     identity: Identity
     device: DeviceKey
 
-    def wrap_portal_key(self, portal_id: bytes, read_key: bytes) -> bytes:
+    def wrap_portal_key(self, portal_id: bytes, keys: PortalKeys) -> bytes:
         nonce = os.urandom(12)
-        return nonce + AESGCM(self.identity.keyring_key).encrypt(nonce, read_key, _KEYRING_AAD + portal_id)
+        return nonce + AESGCM(self.identity.keyring_key).encrypt(nonce, keys.to_bytes(), _KEYRING_AAD + portal_id)
 
     def unwrap_portal_key(self, row: PortalRow) -> PortalKeys:
         try:
@@ -56,7 +56,7 @@ class Unlocked:
             )
         except InvalidTag as exc:
             raise IntegrityError(f"portal {row.name!r}: its key does not open with this identity") from exc
-        return PortalKeys(key)
+        return PortalKeys.from_bytes(key)
 
 
 class Device:
@@ -64,18 +64,31 @@ class Device:
         self.home = home
         home.ensure()
         self.state = StateDB(home.state_db)
-        self._store: LocalStore | None = None
+        self._local: LocalStore | None = None
+        self._store: ObjectStore | None = None  # the local store, or a store that also fetches from edges
 
     def close(self) -> None:
-        if self._store is not None:
-            self._store.close()
+        if self._store is not None and self._store is not self._local:
+            self._store.close()  # closes the local store too
+        elif self._local is not None:
+            self._local.close()
         self.state.close()
 
     @property
-    def store(self) -> LocalStore:
+    def store_local(self) -> LocalStore:
+        if self._local is None:
+            self._local = LocalStore(self.home.store)
+        return self._local
+
+    @property
+    def store(self) -> ObjectStore:
         if self._store is None:
-            self._store = LocalStore(self.home.store)
+            self._store = self.store_local
         return self._store
+
+    def attach_store(self, store: ObjectStore) -> None:
+        """Read through ``store`` (which wraps ``store_local``) from now on."""
+        self._store = store
 
     @contextmanager
     def exclusive(self) -> Iterator[None]:
@@ -162,6 +175,6 @@ class Device:
     def create_portal(self, name: str, secrets: Unlocked, now_ns: int) -> PortalRow:
         validate_portal_name(name)
         portal_id = os.urandom(16)
-        row = PortalRow(portal_id, name, secrets.wrap_portal_key(portal_id, os.urandom(32)), now_ns)
+        row = PortalRow(portal_id, name, secrets.wrap_portal_key(portal_id, PortalKeys(os.urandom(32))), now_ns)
         self.state.add_portal(row)
         return row

@@ -17,7 +17,6 @@ from .mount import registry
 from .mount.journal import decode_record, writing
 from .portal import PortalView
 from .sealing import object_id
-from .tree import Entry, decode_dir, iter_file_chunks
 
 __all__ = ["GcReport", "collect_garbage", "live_objects"]
 
@@ -33,27 +32,15 @@ class GcReport:
 def live_objects(device: Device, secrets: Unlocked) -> set[bytes]:
     """Ids of every node and chunk reachable from any recorded version of any portal."""
     live: set[bytes] = set()
-
-    def mark(view: PortalView, entry: Entry) -> None:
-        if entry.node is None or entry.node.cid in live:
-            return
-        if entry.is_dir:
-            live.add(entry.node.cid)
-            for child in decode_dir(view.load_node(entry.node)):
-                mark(view, child)
-        else:
-            for chunk in iter_file_chunks(entry.node, view.load_node, visit_node=lambda r: live.add(r.cid)):
-                live.add(chunk.cid)
-
     views = {row.id: PortalView(device, row, secrets.unwrap_portal_key(row)) for row in device.state.portals()}
     for portal_id, view in views.items():
         for version in device.state.versions(portal_id):
-            mark(view, view.root(version).entry)
+            view.objects(view.root(version).entry, live)
     for portal_id, _, record in device.state.journal():  # journaled files are pinned too
         chain, inline = decode_record(record)
         live.update(object_id(sealed) for sealed in inline)  # held by the record, maybe not yet stored
         for entry in chain:
-            mark(views[portal_id], entry)
+            views[portal_id].objects(entry, live)
     return live
 
 
@@ -71,7 +58,7 @@ def collect_garbage(device: Device, secrets: Unlocked, dry_run: bool = False) ->
             m = writers[0]
             raise PortalBusy(f"portal {m['portal']!r} is mounted read-write at {m['mountpoint']}: unmount it first")
         live = live_objects(device, secrets)
-        store = device.store
+        store = device.store_local
         before = store.stat().bytes
         dead = [cid for cid in store.ids() if cid not in live]
         if dry_run:

@@ -49,6 +49,8 @@ CONTEXT_KEYRING = "portal 2026-11-21 keyring key"
 
 # Signature domains: every signed byte string starts with one of these.
 DOMAIN_ENROLLMENT = b"portal device enrollment v1\x00"
+DOMAIN_AGREEMENT = b"portal identity agreement key v1\x00"  # identity signs its X25519 key
+DOMAIN_REVOKE = b"portal device revocation v1\x00"  # identity signs a device key it revokes
 
 _WORDS = Mnemonic("english")
 

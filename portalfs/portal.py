@@ -54,6 +54,19 @@ class PortalView:
     def load_chunk(self, ref: ChunkRef) -> bytes | memoryview:
         return unseal(ref, self.device.store.get(ref.cid), "chunk", id_checked=True)
 
+    def objects(self, entry: Entry, into: set[bytes]) -> set[bytes]:
+        """Add to ``into`` the id of every node and chunk ``entry`` reaches; subtrees already there are skipped."""
+        if entry.node is None or entry.node.cid in into:
+            return into
+        if entry.is_dir:
+            into.add(entry.node.cid)
+            for child in decode_dir(self.load_node(entry.node)):
+                self.objects(child, into)
+        else:
+            for chunk in iter_file_chunks(entry.node, self.load_node, visit_node=lambda r: into.add(r.cid)):
+                into.add(chunk.cid)
+        return into
+
     def version(self, number: int | None = None) -> VersionRow:
         """The version ``number``, or the newest one."""
         if number is None:

@@ -47,6 +47,7 @@ class PortalKeys:
     """The portal read key and what derives from it. Secret."""
 
     read_key: bytes
+    previous: tuple[bytes, ...] = ()  # read keys before the last rotation, newest first
 
     @property
     def tree_secret(self) -> bytes:
@@ -55,6 +56,24 @@ class PortalKeys:
     @property
     def root_key(self) -> bytes:
         return derive(CONTEXT_ROOT_KEY, self.read_key)
+
+    @property
+    def all_keys(self) -> tuple[bytes, ...]:
+        return (self.read_key, *self.previous)
+
+    def to_bytes(self) -> bytes:
+        """Every read key, newest first, concatenated (32 bytes each)."""
+        return b"".join(self.all_keys)
+
+    @classmethod
+    def from_bytes(cls, data: bytes) -> PortalKeys:
+        if not data or len(data) % 32:
+            raise ValueError("portal keys are a multiple of 32 bytes")
+        keys = [data[i : i + 32] for i in range(0, len(data), 32)]
+        return cls(keys[0], tuple(keys[1:]))
+
+    def rotated(self, new_key: bytes) -> PortalKeys:
+        return PortalKeys(new_key, self.all_keys)
 
 
 @dataclass(frozen=True, slots=True)
@@ -123,15 +142,17 @@ class RootRecord:
         return cls(body, sig, portal, version, parent, f["root"], f["device"], f["time"])
 
     def open(self, keys: PortalKeys) -> RootPayload:
-        """Decrypt the root reference with the portal read key."""
-        try:
-            plain = AESGCM(keys.root_key).decrypt(
-                self.sealed_root[:12], self.sealed_root[12:], _root_aad(self.portal, self.version)
-            )
-        except (InvalidTag, ValueError) as exc:
-            raise IntegrityError(
-                f"root record v{self.version}: root reference does not decrypt with this portal key"
-            ) from exc
+        """Decrypt the root reference with the portal read key (or one it replaced, for older versions)."""
+        for read_key in keys.all_keys:
+            try:
+                plain = AESGCM(derive(CONTEXT_ROOT_KEY, read_key)).decrypt(
+                    self.sealed_root[:12], self.sealed_root[12:], _root_aad(self.portal, self.version)
+                )
+                break
+            except (InvalidTag, ValueError):
+                continue
+        else:
+            raise IntegrityError(f"root record v{self.version}: root reference does not decrypt with this portal key")
         try:
             return RootPayload.from_bytes(plain)
         except (encoding.DecodeError, ValueError, KeyError, TypeError) as exc:

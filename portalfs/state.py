@@ -111,6 +111,10 @@ class StateDB:
             (public, name, cert, enrolled_ns),
         )
 
+    def device_cert(self, public: bytes) -> bytes | None:
+        row = self._db.execute("SELECT cert FROM devices WHERE public = ?", (public,)).fetchone()
+        return None if row is None else bytes(row[0])
+
     def device_names(self) -> dict[bytes, str]:
         return {bytes(p): n for p, n in self._db.execute("SELECT public, name FROM devices")}
 
@@ -124,6 +128,9 @@ class StateDB:
             )
         except sqlite3.IntegrityError:
             raise AlreadyExists(f"portal {row.name!r} already exists") from None
+
+    def set_portal_key(self, portal: bytes, wrapped_key: bytes) -> None:
+        self._db.execute("UPDATE portals SET wrapped_key = ? WHERE id = ?", (wrapped_key, portal))
 
     def portal(self, name: str) -> PortalRow:
         row = self._db.execute(

@@ -28,6 +28,7 @@ from ..mount.journal import writing
 from ..portal import PortalView
 from ..restore import Restorer
 from ..tree import validate_name
+from . import fabric_cmds
 from .common import read_secret_file, run_command, unlock
 
 __all__ = ["main"]
@@ -226,6 +227,7 @@ def cmd_put(device: Device, args: argparse.Namespace) -> int:
 
 def cmd_get(device: Device, args: argparse.Namespace) -> int:
     secrets = unlock(device, args)
+    fabric_cmds.attach_fabric(device, secrets)
     view = PortalView.open(device, args.name, secrets)
     version = view.version(args.version)
     entry = view.lookup(view.root(version).entry, args.path or "")
@@ -426,6 +428,7 @@ def _parser() -> argparse.ArgumentParser:
     c = command("create", cmd_portal_create, "create an empty portal", parent=portal)
     c.add_argument("name")
     command("ls", cmd_portal_ls, "list portals", parent=portal)
+    fabric_cmds.register_portal_set(portal, command)
 
     c = command("put", cmd_put, "add files or folders to a portal as a new version (DIR/ adds DIR's contents)")
     c.add_argument("name")
@@ -455,6 +458,7 @@ def _parser() -> argparse.ArgumentParser:
     c.add_argument("-o", dest="options", default="", help="comma-separated mount options")
     c = command("unmount", cmd_unmount, "unmount a portal mounted at DIR", json_flag=False)
     c.add_argument("mountpoint", metavar="DIR")
+    fabric_cmds.register(sub, command)
     c = command("demo", cmd_demo, "create an identity if needed, put a folder into portal 'demo' and show its log")
     c.add_argument("source", nargs="?", help="the folder to put (default: Portal's own package)")
     return p

@@ -66,6 +66,9 @@ def _run_foreground(device, secrets, name, version, mountpoint, options, ready_f
         logging.getLogger("portalfs").info("mounted %s at %s", name, mountpoint)
 
     try:
+        from .fabric_cmds import attach_fabric
+
+        attach_fabric(device, secrets)
         run_mount(device, secrets, name, version, mountpoint, options, ready)
     except PortalError as exc:
         if ready_fd is not None:

@@ -73,6 +73,8 @@ ROUTES: list[RouteSpec] = [
               lambda s, c, p, b, now: s.set_agreement(c, _hex(b["agreement"], 32), _hex(b["sig"], 64))),
     RouteSpec("GET", "/v1/identities/{identity}", "An identity's signed agreement key, for sharing",
               lambda s, c, p, b, now: s.identity(_hex(p["identity"], 32))),
+    RouteSpec("GET", "/v1/identities/{identity}/devices", "An identity's device certificates",
+              lambda s, c, p, b, now: s.identity_devices(c, _hex(p["identity"], 32))),
     RouteSpec("GET", "/v1/keyring", "The caller identity's encrypted keyring",
               lambda s, c, p, b, now: s.keyring(c)),
     RouteSpec("PUT", "/v1/keyring", "Replace the encrypted keyring (compare-and-swap on its version)",

@@ -17,14 +17,12 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import BadSignature, CorruptObject
-from ..keys import DeviceCertificate, verify_signature
+from ..keys import DOMAIN_AGREEMENT, DOMAIN_REVOKE, DeviceCertificate, verify_signature
 from ..root import RootRecord
 from .auth import CLOCK_SKEW_NS
 
-__all__ = ["HubState", "HubRefusal", "Caller", "DOMAIN_AGREEMENT", "DOMAIN_REVOKE", "EDGE_LIVE_NS"]
+__all__ = ["HubState", "HubRefusal", "Caller", "EDGE_LIVE_NS"]
 
-DOMAIN_AGREEMENT = b"portal identity agreement key v1\x00"
-DOMAIN_REVOKE = b"portal device revocation v1\x00"
 EDGE_LIVE_NS = 60 * 10**9  # an edge without a heartbeat for this long leaves the directory
 MAX_LOCATIONS = 10_000  # ids in one locations request
 
@@ -180,6 +178,16 @@ class HubState:
                 "SELECT device, name, enrolled_ns, revoked_ns, cert FROM devices "
                 "WHERE identity = ? ORDER BY enrolled_ns",
                 identity,
+            )
+        ]
+
+    def identity_devices(self, caller: Caller, identity: bytes) -> list[dict[str, Any]]:
+        """An identity's device certificates: public, so that readers can check who signed a version."""
+        self.require_device(caller)
+        return [
+            {"device": d.hex(), "cert": cert.hex(), "revoked_ns": revoked}
+            for d, cert, revoked in self._all(
+                "SELECT device, cert, revoked_ns FROM devices WHERE identity = ? ORDER BY enrolled_ns", identity
             )
         ]
 

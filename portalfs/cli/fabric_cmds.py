@@ -1,0 +1,416 @@
+"""portalctl commands for the fabric: hub, edges, devices, sync, sharing, links, portal policy, status."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import re
+import time
+from collections.abc import Callable
+from typing import Any
+
+from ..device import Device, Unlocked
+from ..edge.client import parse_address
+from ..errors import NotFound, UsageError
+from ..fabric.grants import Grant, LinkUrl, unwrap_for_link, wrap_for_identity, wrap_for_link
+from ..fabric.sync import Fabric, FabricConfig, load_config, save_config
+from ..keys import DOMAIN_AGREEMENT, DOMAIN_REVOKE, verify_signature
+from ..portal import PortalView
+from ..root import RootRecord
+from .common import unlock
+
+__all__ = ["register", "open_fabric", "attach_fabric"]
+
+_DURATION = re.compile(r"(\d+)([smhdw])")
+_UNIT_NS = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 7 * 86400}
+_WINDOW = re.compile(r"([01]\d|2[0-3]):[0-5]\d-([01]\d|2[0-3]):[0-5]\d")
+
+
+def parse_duration(text: str) -> int:
+    """``24h``, ``7d``, ``90m`` → nanoseconds."""
+    match = _DURATION.fullmatch(text.strip())
+    if not match:
+        raise UsageError(f"{text!r} is not a duration (try 30m, 24h or 7d)")
+    return int(match[1]) * _UNIT_NS[match[2]] * 10**9
+
+
+def _emit(args: argparse.Namespace, data: object, text: str) -> None:
+    print(json.dumps(data, sort_keys=True) if getattr(args, "json", False) else text)
+
+
+def open_fabric(device: Device, secrets: Unlocked, need_hub: bool = True) -> Fabric:
+    config = load_config(device) or FabricConfig()
+    if need_hub and not config.hub:
+        raise UsageError("this device has no hub: run `portalctl hub add URL` first")
+    return Fabric(device, secrets, config)
+
+
+def attach_fabric(device: Device, secrets: Unlocked) -> None:
+    """When this device is on a fabric, let reads fetch missing objects from its edges."""
+    config = load_config(device)
+    if config is not None and (config.hub or config.edges):
+        Fabric(device, secrets, config).attach()
+
+
+def _portal_keys(device: Device, secrets: Unlocked, name: str) -> tuple[PortalView, Fabric]:
+    view = PortalView.open(device, name, secrets)
+    return view, open_fabric(device, secrets)
+
+
+# hub, edges, devices
+
+
+def cmd_hub_add(device: Device, args: argparse.Namespace) -> int:
+    secrets = unlock(device, args)
+    url = args.url.rstrip("/")
+    if not re.fullmatch(r"https?://[^/\s]+", url):
+        raise UsageError(f"{args.url!r} is not a hub URL (http://HOST:PORT)")
+    config = load_config(device) or FabricConfig()
+    config.hub = url
+    fabric = Fabric(device, secrets, config)
+    try:
+        result = fabric.join()  # fails before anything is saved if the hub refuses or is down
+        save_config(device, fabric.config)
+    finally:
+        fabric.close()
+    added = ", ".join(result["portals_added"]) or "none"
+    _emit(args, result, f"Joined hub {url}: {result['edges']} edges; portals added: {added}")
+    return 0
+
+
+def cmd_edge_add(device: Device, args: argparse.Namespace) -> int:
+    secrets = unlock(device, args)
+    try:
+        host, port = parse_address(args.address)
+    except ValueError as exc:
+        raise UsageError(str(exc)) from None
+    config = load_config(device) or FabricConfig()
+    key = args.key
+    if key is None and config.hub:
+        fabric = Fabric(device, secrets, config)
+        try:
+            key = next((r["key"] for r in fabric.hub.edges() if r["address"] == f"{host}:{port}"), None)  # type: ignore[union-attr]
+        finally:
+            fabric.close()
+    if key is None:
+        raise UsageError(f"the hub does not list an edge at {host}:{port}: give its key with --key")
+    if not re.fullmatch(r"[0-9a-f]{64}", key):
+        raise UsageError("--key is the edge's key: 64 hex digits, as `portal-edge serve` prints it")
+    config.edges = [e for e in config.edges if e["key"] != key]
+    config.edges.append({"host": host, "port": port, "key": key, "transport": args.transport})
+    save_config(device, config)
+    if config.hub:
+        fabric = Fabric(device, secrets, config)
+        try:
+            fabric.merge_keyring()  # so a recovered device finds this edge too
+        finally:
+            fabric.close()
+    _emit(args, {"edge": f"{host}:{port}", "key": key}, f"Added edge {host}:{port} ({args.transport})")
+    return 0
+
+
+def cmd_edge_ls(device: Device, args: argparse.Namespace) -> int:
+    secrets = unlock(device, args)
+    fabric = open_fabric(device, secrets, need_hub=False)
+    try:
+        rows = fabric.swarm.stat()
+    finally:
+        fabric.close()
+    lines = [
+        f"{r['edge']}\t{r['transport']}\t" + (f"up\t{r['objects']} objects" if r["up"] else f"down\t{r['error']}")
+        for r in rows
+    ]
+    _emit(args, rows, "\n".join(lines) or "no edges")
+    return 0
+
+
+def cmd_device_ls(device: Device, args: argparse.Namespace) -> int:
+    secrets = unlock(device, args)
+    fabric = open_fabric(device, secrets)
+    try:
+        rows = fabric.hub.call("GET", "/v1/devices")  # type: ignore[union-attr]
+    finally:
+        fabric.close()
+    me = secrets.device.public.hex()
+    lines = [
+        f"{r['device'][:16]}\t{r['name']}\t"
+        + ("revoked" if r["revoked_ns"] else "active")
+        + ("\t(this device)" if r["device"] == me else "")
+        for r in rows
+    ]
+    _emit(args, rows, "\n".join(lines))
+    return 0
+
+
+def cmd_device_revoke(device: Device, args: argparse.Namespace) -> int:
+    secrets = unlock(device, args)
+    fabric = open_fabric(device, secrets)
+    try:
+        rows = fabric.hub.call("GET", "/v1/devices")  # type: ignore[union-attr]
+        match = [r["device"] for r in rows if r["device"].startswith(args.device.lower())]
+        if len(match) != 1:
+            raise NotFound(f"{args.device!r} names {len(match)} devices of this identity; give more digits")
+        target = bytes.fromhex(match[0])
+        sig = secrets.identity.signing_key.sign(DOMAIN_REVOKE + target)
+        fabric.hub.call("POST", f"/v1/devices/{target.hex()}/revoke", {"sig": sig.hex()})  # type: ignore[union-attr]
+    finally:
+        fabric.close()
+    _emit(args, {"revoked": match[0]}, f"Revoked device {match[0][:16]}")
+    return 0
+
+
+# sync
+
+
+def cmd_sync(device: Device, args: argparse.Namespace) -> int:
+    secrets = unlock(device, args)
+    fabric = open_fabric(device, secrets)
+    try:
+        fabric.accept_shares()
+        names = args.names or [row.name for row in device.state.portals()]
+        results = []
+        for name in names:
+            if device.state.get_meta(f"link:{device.state.portal(name).id.hex()}"):
+                continue  # opened from a link: read-only, refreshed by `open`
+            results.append(fabric.sync(PortalView.open(device, name, secrets)))
+    finally:
+        fabric.close()
+    _emit(
+        args,
+        results,
+        "\n".join(
+            f"{r['portal']}: v{r['version']} (pulled {r['pulled']}, published {r['published']}, "
+            f"{r['objects']} objects pushed)"
+            for r in results
+        )
+        or "nothing to sync",
+    )
+    return 0
+
+
+# sharing
+
+
+def cmd_share(device: Device, args: argparse.Namespace) -> int:
+    secrets = unlock(device, args)
+    view, fabric = _portal_keys(device, secrets, args.name)
+    try:
+        recipient = _identity_arg(args.identity)
+        info = fabric.hub.call("GET", f"/v1/identities/{recipient.hex()}")  # type: ignore[union-attr]
+        agreement = bytes.fromhex(info["agreement"])
+        verify_signature(recipient, bytes.fromhex(info["sig"]), DOMAIN_AGREEMENT + agreement, "agreement key")
+        fabric.hub.call("PUT", f"/v1/portals/{view.row.id.hex()}", {})  # type: ignore[union-attr]
+        grant = Grant(view.row.name, view.keys, secrets.identity.public)
+        wrapped = wrap_for_identity(agreement, view.row.id, grant)
+        fabric.hub.call(  # type: ignore[union-attr]
+            "PUT",
+            f"/v1/portals/{view.row.id.hex()}/members/{recipient.hex()}",
+            {"wrapped": wrapped.hex(), "write": bool(args.write)},
+        )
+    finally:
+        fabric.close()
+    role = "read and write" if args.write else "read"
+    _emit(
+        args,
+        {"portal": args.name, "identity": recipient.hex(), "write": bool(args.write)},
+        f"Shared {args.name} with {recipient.hex()[:16]}… ({role}); they see it after `portalctl sync`",
+    )
+    return 0
+
+
+def _identity_arg(text: str) -> bytes:
+    if not re.fullmatch(r"[0-9a-fA-F]{64}", text):
+        raise UsageError(f"{text!r} is not an identity key (64 hex digits, from `portalctl whoami`)")
+    return bytes.fromhex(text)
+
+
+def cmd_unshare(device: Device, args: argparse.Namespace) -> int:
+    secrets = unlock(device, args)
+    view, fabric = _portal_keys(device, secrets, args.name)
+    try:
+        member = _identity_arg(args.identity)
+        hub = fabric.hub
+        assert hub is not None
+        hub.call("DELETE", f"/v1/portals/{view.row.id.hex()}/members/{member.hex()}")
+        # Rotate: versions from now on are sealed under a read key the removed member never had.
+        keys = view.keys.rotated(os.urandom(32))
+        device.state.set_portal_key(view.row.id, secrets.wrap_portal_key(view.row.id, keys))
+        grant = Grant(view.row.name, keys, secrets.identity.public)
+        for row in hub.call("GET", f"/v1/portals/{view.row.id.hex()}/members"):
+            info = hub.call("GET", f"/v1/identities/{row['identity']}")
+            agreement = bytes.fromhex(info["agreement"])
+            verify_signature(
+                bytes.fromhex(row["identity"]),
+                bytes.fromhex(info["sig"]),
+                DOMAIN_AGREEMENT + agreement,
+                "agreement key",
+            )
+            wrapped = wrap_for_identity(agreement, view.row.id, grant)
+            hub.call(
+                "PUT",
+                f"/v1/portals/{view.row.id.hex()}/members/{row['identity']}",
+                {"wrapped": wrapped.hex(), "write": row["write"]},
+            )
+        fabric.update_keyring_keys(view.row.id, keys)
+    finally:
+        fabric.close()
+    _emit(
+        args,
+        {"portal": args.name, "removed": member.hex()},
+        f"Removed {member.hex()[:16]}… from {args.name}; new versions use a new read key",
+    )
+    return 0
+
+
+def cmd_link(device: Device, args: argparse.Namespace) -> int:
+    secrets = unlock(device, args)
+    view, fabric = _portal_keys(device, secrets, args.name)
+    try:
+        policy: dict[str, Any] = {}
+        if args.expires:
+            policy["expires_ns"] = time.time_ns() + parse_duration(args.expires)
+        if args.max_downloads is not None:
+            if args.max_downloads < 1:
+                raise UsageError("--max-downloads must be at least 1")
+            policy["max_downloads"] = args.max_downloads
+        if args.window:
+            if not _WINDOW.fullmatch(args.window):
+                raise UsageError(f"--window {args.window!r}: expected HH:MM-HH:MM (UTC)")
+            policy["window"] = args.window
+        link, secret = os.urandom(16), os.urandom(32)
+        wrapped = wrap_for_link(secret, link, view.row.id, Grant(view.row.name, view.keys, secrets.identity.public))
+        hub = fabric.hub
+        assert hub is not None
+        hub.call("PUT", f"/v1/portals/{view.row.id.hex()}", {})
+        hub.call(
+            "POST", f"/v1/portals/{view.row.id.hex()}/links", {"link": link.hex(), "wrapped": wrapped.hex(), **policy}
+        )
+        url = str(LinkUrl(hub.url, link, secret))
+    finally:
+        fabric.close()
+    _emit(args, {"url": url, **policy}, url)
+    return 0
+
+
+def cmd_open(device: Device, args: argparse.Namespace) -> int:
+    """Redeem a link and mount its portal read-only."""
+    url = LinkUrl.parse(args.url)
+    secrets = unlock(device, args)
+    config = load_config(device) or FabricConfig()
+    if config.hub and config.hub != url.hub:
+        raise UsageError(f"this device uses hub {config.hub}; the link is for {url.hub}")
+    config.hub = url.hub
+    fabric = Fabric(device, secrets, config)
+    try:
+        fabric.join()
+        save_config(device, fabric.config)
+        answer = fabric.hub.call("POST", f"/v1/links/{url.link.hex()}/redeem")  # type: ignore[union-attr]
+        portal = bytes.fromhex(answer["portal"])
+        grant = unwrap_for_link(url.secret, url.link, portal, bytes.fromhex(answer["wrapped"]))
+        existing = next((row for row in device.state.portals() if row.id == portal), None)
+        name = existing.name if existing else fabric.adopt_grant(portal, grant)
+        device.state.set_meta(f"link:{portal.hex()}", b"1")
+        view = PortalView.open(device, name, secrets)
+        fabric.take_records(view, [RootRecord.from_bytes(bytes.fromhex(r)) for r in answer["roots"]])
+    finally:
+        fabric.close()
+    from .portalfs import mount
+
+    args.target, args.foreground, args.ready_fd = name, False, None
+    return mount(device, args, ["ro"])
+
+
+def cmd_portal_set(device: Device, args: argparse.Namespace) -> int:
+    secrets = unlock(device, args)
+    view, fabric = _portal_keys(device, secrets, args.name)
+    fields: dict[str, Any] = {}
+    if args.expires:
+        fields["expires_ns"] = None if args.expires == "never" else time.time_ns() + parse_duration(args.expires)
+    if args.deactivate or args.activate:
+        fields["active"] = bool(args.activate)
+    if not fields:
+        raise UsageError("nothing to set: give --expires, --deactivate or --activate")
+    try:
+        hub = fabric.hub
+        assert hub is not None
+        hub.call("PUT", f"/v1/portals/{view.row.id.hex()}", {})
+        info = hub.call("PATCH", f"/v1/portals/{view.row.id.hex()}", fields)
+    finally:
+        fabric.close()
+    _emit(
+        args, info, f"{args.name}: {info['state']}" + (f", expires {info['expires_ns']}" if info["expires_ns"] else "")
+    )
+    return 0
+
+
+def cmd_status(device: Device, args: argparse.Namespace) -> int:
+    secrets = unlock(device, args)
+    config = load_config(device) or FabricConfig()
+    fabric = Fabric(device, secrets, config)
+    try:
+        portals: list[dict[str, Any]] = []
+        for row in device.state.portals():
+            head = device.state.head(row.id)
+            local = 0 if head is None else head.version
+            portals.append({"portal": row.name, "version": local, "published": fabric.published(row.id)})
+        edges = fabric.swarm.stat() if (config.hub or config.edges) else []
+    finally:
+        fabric.close()
+    data = {"identity": secrets.identity.public.hex(), "hub": config.hub, "edges": edges, "portals": portals}
+    lines = [f"identity {secrets.identity.fingerprint}", f"hub      {config.hub or '(none: this device alone)'}"]
+    lines += [f"edge     {e['edge']}: " + ("up" if e["up"] else "down") for e in edges]
+    lines += [
+        f"portal   {p['portal']}: v{p['version']}"
+        + (f", {p['version'] - p['published']} to publish" if config.hub and p["version"] > p["published"] else "")
+        for p in portals
+    ]
+    _emit(args, data, "\n".join(lines))
+    return 0
+
+
+def register(sub: Any, command: Callable[..., argparse.ArgumentParser]) -> None:
+    hub = sub.add_parser("hub", help="join a hub").add_subparsers(dest="hub_command", required=True, metavar="COMMAND")
+    c = command("add", cmd_hub_add, "enroll this device at a hub and merge portals with it", parent=hub)
+    c.add_argument("url", metavar="URL")
+    edge = sub.add_parser("edge", help="storage edges").add_subparsers(
+        dest="edge_command", required=True, metavar="COMMAND"
+    )
+    c = command("add", cmd_edge_add, "use a storage edge", parent=edge)
+    c.add_argument("address", metavar="HOST:PORT")
+    c.add_argument("--key", help="the edge's key (default: from the hub's directory)")
+    c.add_argument("--transport", choices=["quic", "tcp"], default="quic")
+    command("ls", cmd_edge_ls, "list edges and whether they answer", parent=edge)
+    dev = sub.add_parser("device", help="this identity's devices").add_subparsers(
+        dest="device_command", required=True, metavar="COMMAND"
+    )
+    command("ls", cmd_device_ls, "list this identity's devices", parent=dev)
+    c = command("revoke", cmd_device_revoke, "revoke a device (by a prefix of its key)", parent=dev)
+    c.add_argument("device")
+    c = command("sync", cmd_sync, "push what is pending to the edges, publish it, and pull new versions")
+    c.add_argument("names", nargs="*", metavar="NAME")
+    c = command("share", cmd_share, "share a portal with an identity")
+    c.add_argument("name")
+    c.add_argument("--with", dest="identity", required=True, metavar="IDENTITY", help="their identity key (hex)")
+    c.add_argument("--write", action="store_true", help="let them publish versions too")
+    c = command("unshare", cmd_unshare, "remove an identity from a portal and rotate its read key")
+    c.add_argument("name")
+    c.add_argument("identity")
+    c = command("link", cmd_link, "make a portal:// link that opens the portal read-only")
+    c.add_argument("name")
+    c.add_argument("--expires", help="e.g. 24h, 7d")
+    c.add_argument("--max-downloads", type=int)
+    c.add_argument("--window", help="HH:MM-HH:MM (UTC) when the link may be redeemed")
+    c = command("open", cmd_open, "redeem a portal:// link and mount it read-only at DIR", json_flag=False)
+    c.add_argument("url")
+    c.add_argument("mountpoint", metavar="DIR")
+    command("status", cmd_status, "show identity, hub, edges and what is left to publish")
+
+
+def register_portal_set(portal: Any, command: Callable[..., argparse.ArgumentParser]) -> None:
+    c = command("set", cmd_portal_set, "set a portal's expiry or (de)activate it at the hub", parent=portal)
+    c.add_argument("name")
+    c.add_argument("--expires", help="e.g. 24h, 30d, or never")
+    group = c.add_mutually_exclusive_group()
+    group.add_argument("--deactivate", action="store_true")
+    group.add_argument("--activate", action="store_true")

@@ -1,0 +1,263 @@
+"""The swarm: a device's connections to every edge, on a trio loop in a thread of its own.
+
+Blocking callers (the mount's reader threads, the CLI) use ``get`` and
+``push``; inside, requests run concurrently across edges. A GET goes to the
+edges that hold the id (the hub's locations, else every edge), least busy
+first, and fails over to the next one at once when an edge errs or
+disconnects. A PUT goes to ``replicas`` edges chosen by rendezvous hashing
+(stable per id, spread across edges), skipping edges that already hold it.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import blake3
+import trio
+
+from ..edge.client import EdgeAddress, EdgeClient, connect_edge
+from ..errors import MissingObject, PortalError, Unreachable
+from ..keys import DeviceKey
+
+__all__ = ["Swarm"]
+
+log = logging.getLogger("portal.swarm")
+
+RETRY_DOWN_SECONDS = 5.0  # an edge that failed to connect is not tried again for this long
+CONCURRENT_PUTS = 16
+
+Locate = Callable[[list[bytes]], dict[bytes, list[bytes]]]
+
+
+class _Edge:
+    def __init__(self, address: EdgeAddress) -> None:
+        self.address = address
+        self.client: EdgeClient | None = None
+        self.ready = trio.Event()
+        self.closed = trio.Event()
+        self.down_until = 0.0
+        self.in_flight = 0
+        self.error: PortalError | None = None
+
+
+class Swarm:
+    def __init__(self, edges: Sequence[EdgeAddress], device: DeviceKey, cert: bytes, locate: Locate | None) -> None:
+        self.addresses = list(edges)
+        self._device = device
+        self._cert = cert
+        self._locate = locate
+        self._edges: dict[bytes, _Edge] = {}
+        self._token: trio.lowlevel.TrioToken | None = None
+        self._nursery: trio.Nursery | None = None
+        self._started = threading.Event()
+        self._thread = threading.Thread(target=self._thread_main, name="portal-swarm", daemon=True)
+        self._stop: trio.Event | None = None
+
+    # lifecycle
+
+    def start(self) -> Swarm:
+        self._thread.start()
+        self._started.wait()
+        return self
+
+    def close(self) -> None:
+        if self._token is not None and self._stop is not None:
+            try:
+                trio.from_thread.run_sync(self._stop.set, trio_token=self._token)
+            except trio.RunFinishedError:
+                pass
+        self._thread.join(timeout=10)
+
+    def _thread_main(self) -> None:
+        trio.run(self._main)
+
+    async def _main(self) -> None:
+        self._token = trio.lowlevel.current_trio_token()
+        self._stop = trio.Event()
+        async with trio.open_nursery() as nursery:
+            self._nursery = nursery
+            self._started.set()
+            await self._stop.wait()
+            nursery.cancel_scope.cancel()
+
+    # connections
+
+    async def _hold(self, edge: _Edge) -> None:
+        try:
+            async with connect_edge(edge.address, self._device, self._cert) as client:
+                edge.client = client
+                edge.ready.set()
+                await edge.closed.wait()
+        except PortalError as exc:
+            edge.error = exc
+            log.warning("%s", exc)
+        finally:
+            edge.client = None
+            edge.down_until = trio.current_time() + RETRY_DOWN_SECONDS
+            edge.ready.set()
+
+    async def _client(self, key: bytes) -> EdgeClient:
+        edge = self._edges.get(key)
+        if edge is not None and edge.client is None and edge.ready.is_set():
+            if trio.current_time() < edge.down_until:
+                raise edge.error or Unreachable(f"edge {edge.address}: down")
+            edge = None  # try again
+        if edge is None:
+            address = next((a for a in self.addresses if a.key == key), None)
+            if address is None:
+                raise Unreachable(f"edge {key.hex()[:16]}… is not in this device's edge list")
+            edge = self._edges[key] = _Edge(address)
+            assert self._nursery is not None
+            self._nursery.start_soon(self._hold, edge)
+        await edge.ready.wait()
+        if edge.client is None:
+            raise edge.error or Unreachable(f"edge {edge.address}: connection failed")
+        return edge.client
+
+    def _drop(self, key: bytes) -> None:
+        edge = self._edges.get(key)
+        if edge is not None:
+            edge.closed.set()
+
+    def _load(self, key: bytes) -> int:
+        edge = self._edges.get(key)
+        return 0 if edge is None else edge.in_flight
+
+    # GET
+
+    def _candidates(self, cid: bytes, located: dict[bytes, list[bytes]] | None) -> list[bytes]:
+        known = {a.key for a in self.addresses}
+        held = [k for k in (located or {}).get(cid, []) if k in known]
+        rest = [k for k in known if k not in held]
+        return sorted(held, key=self._load) + sorted(rest, key=self._load)
+
+    async def _get(self, cid: bytes, located: dict[bytes, list[bytes]] | None) -> bytes:
+        failures: list[str] = []
+        for key in self._candidates(cid, located):
+            edge_state = self._edges.get(key)
+            try:
+                client = await self._client(key)
+                edge_state = self._edges[key]
+                edge_state.in_flight += 1
+                try:
+                    return await client.get(cid)
+                finally:
+                    edge_state.in_flight -= 1
+            except MissingObject as exc:
+                failures.append(str(exc))
+            except PortalError as exc:  # unreachable, corrupt, refused: the next replica
+                failures.append(str(exc))
+                if isinstance(exc, Unreachable):
+                    self._drop(key)
+            del edge_state
+        detail = "; ".join(failures[-3:]) or "no edges"
+        raise MissingObject(f"object {cid.hex()} is on no reachable edge ({detail})")
+
+    def get(self, cid: bytes) -> bytes:
+        """Fetch one object from the fabric (blocking; not from the swarm's own thread)."""
+        return self.get_many([cid])[cid]
+
+    def get_many(self, cids: Sequence[bytes]) -> dict[bytes, bytes]:
+        located = self._locate(list(cids)) if self._locate is not None else None
+        return self._run(self._get_many, list(cids), located)
+
+    async def _get_many(self, cids: list[bytes], located: dict[bytes, list[bytes]] | None) -> dict[bytes, bytes]:
+        found: dict[bytes, bytes] = {}
+        errors: list[PortalError] = []
+
+        async def one(cid: bytes) -> None:
+            try:
+                found[cid] = await self._get(cid, located)
+            except PortalError as exc:
+                errors.append(exc)
+
+        async with trio.open_nursery() as nursery:
+            for cid in cids:
+                nursery.start_soon(one, cid)
+        if errors:
+            raise errors[0]
+        return found
+
+    # PUT
+
+    def push(self, objects: Callable[[bytes], bytes], cids: Sequence[bytes], replicas: int) -> dict[bytes, list[bytes]]:
+        """Make every id held by ``replicas`` edges; ``objects(cid)`` reads one from the local store.
+
+        Returns, per edge key, the ids it now holds (for the hub's locations).
+        Raises Unreachable if some id could not reach ``replicas`` edges.
+        """
+        return self._run(self._push, objects, list(cids), replicas)
+
+    async def _push(
+        self, objects: Callable[[bytes], bytes], cids: list[bytes], replicas: int
+    ) -> dict[bytes, list[bytes]]:
+        keys = [a.key for a in self.addresses]
+        if len(keys) < replicas:
+            raise Unreachable(f"{replicas} replicas need {replicas} edges; this device knows {len(keys)}")
+        holders: dict[bytes, set[bytes]] = {cid: set() for cid in cids}
+        for key in keys:
+            try:
+                client = await self._client(key)
+                for cid, present in zip(cids, await client.have(cids), strict=True):
+                    if present:
+                        holders[cid].add(key)
+            except PortalError as exc:
+                log.warning("%s", exc)
+        limit = trio.Semaphore(CONCURRENT_PUTS)
+        failures: list[str] = []
+
+        async def place(cid: bytes) -> None:
+            ranked = sorted(keys, key=lambda k: blake3.blake3(k + cid).digest())
+            async with limit:
+                data: bytes | None = None
+                for key in ranked:
+                    if len(holders[cid]) >= replicas:
+                        return
+                    if key in holders[cid]:
+                        continue
+                    try:
+                        client = await self._client(key)
+                        if data is None:
+                            data = await trio.to_thread.run_sync(objects, cid)
+                        await client.put(cid, data)
+                        holders[cid].add(key)
+                    except PortalError as exc:
+                        log.warning("%s", exc)
+                        if isinstance(exc, Unreachable):
+                            self._drop(key)
+                if len(holders[cid]) < replicas:
+                    failures.append(cid.hex())
+
+        async with trio.open_nursery() as nursery:
+            for cid in cids:
+                nursery.start_soon(place, cid)
+        if failures:
+            raise Unreachable(f"{len(failures)} objects could not reach {replicas} edges (first {failures[0]})")
+        by_edge: dict[bytes, list[bytes]] = {}
+        for cid, held in holders.items():
+            for key in held:
+                by_edge.setdefault(key, []).append(cid)
+        return by_edge
+
+    def stat(self) -> list[dict[str, Any]]:
+        return self._run(self._stat)
+
+    async def _stat(self) -> list[dict[str, Any]]:
+        rows = []
+        for address in self.addresses:
+            row: dict[str, Any] = {"edge": str(address), "key": address.key.hex(), "transport": address.transport}
+            try:
+                status = await (await self._client(address.key)).stat()
+                row.update(up=True, objects=status.objects, used=status.used, usage=status.usage, quota=status.quota)
+            except PortalError as exc:
+                row.update(up=False, error=str(exc))
+            rows.append(row)
+        return rows
+
+    def _run(self, fn: Callable[..., Any], *args: Any) -> Any:
+        if self._token is None:
+            raise RuntimeError("the swarm is not started")
+        return trio.from_thread.run(fn, *args, trio_token=self._token)

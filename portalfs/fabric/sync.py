@@ -1,0 +1,334 @@
+"""A device on a fabric: joining a hub, pulling and pushing versions, and the store that fetches.
+
+Write ordering (docs/design.md, "Sync"): every object a version reaches is
+held by ``replicas`` edges, and its locations recorded at the hub, before the
+version's root record is published; a record is published only on top of the
+hub's head (compare-and-swap), so the hub never names a version that cannot be
+read.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from dataclasses import dataclass, field
+from typing import Any
+
+from ..device import Device, Unlocked
+from ..edge.client import EdgeAddress
+from ..errors import Conflict, IntegrityError, NotFound, UsageError
+from ..keys import DOMAIN_AGREEMENT, DeviceCertificate
+from ..portal import PortalView
+from ..root import RootRecord
+from ..state import PortalRow
+from .grants import Grant, open_keyring, seal_keyring, unwrap_for_identity
+from .store import FabricStore
+from .swarm import Swarm
+
+__all__ = ["FabricConfig", "Fabric", "load_config", "save_config"]
+
+log = logging.getLogger("portal.sync")
+
+META = "fabric"
+DEFAULT_REPLICAS = 2
+
+
+@dataclass
+class FabricConfig:
+    hub: str | None = None
+    edges: list[dict[str, Any]] = field(default_factory=list)  # added by hand: host, port, key, transport
+    replicas: int = DEFAULT_REPLICAS
+
+    def to_json(self) -> bytes:
+        return json.dumps({"hub": self.hub, "edges": self.edges, "replicas": self.replicas}).encode()
+
+
+def load_config(device: Device) -> FabricConfig | None:
+    raw = device.state.get_meta(META)
+    if raw is None:
+        return None
+    value = json.loads(raw)
+    return FabricConfig(value.get("hub"), value.get("edges", []), value.get("replicas", DEFAULT_REPLICAS))
+
+
+def save_config(device: Device, config: FabricConfig) -> None:
+    device.state.set_meta(META, config.to_json())
+
+
+def _address(row: dict[str, Any]) -> EdgeAddress:
+    return EdgeAddress(row["host"], int(row["port"]), bytes.fromhex(row["key"]), row.get("transport", "quic"))
+
+
+class Fabric:
+    """The hub client, the edge list and the swarm of one device, for one command."""
+
+    def __init__(self, device: Device, secrets: Unlocked, config: FabricConfig) -> None:
+        from ..hub.client import HubClient
+
+        self.device = device
+        self.secrets = secrets
+        self.config = config
+        self.hub = HubClient(config.hub, secrets.device) if config.hub else None
+        self._swarm: Swarm | None = None
+
+    def close(self) -> None:
+        if self._swarm is not None:
+            self._swarm.close()
+        if self.hub is not None:
+            self.hub.close()
+
+    @property
+    def cert(self) -> bytes:
+        row = self.device.state.device_cert(self.secrets.device.public)
+        if row is None:
+            raise IntegrityError("this device has no enrollment certificate")
+        return row
+
+    def edges(self) -> list[EdgeAddress]:
+        found = {row["key"]: _address(row) for row in self.config.edges}
+        if self.hub is not None:
+            for row in self.hub.edges():
+                if row["key"] not in found:
+                    host, _, port = row["address"].rpartition(":")
+                    transport = "quic" if "quic" in row["transports"] else "tcp"
+                    found[row["key"]] = EdgeAddress(host.strip("[]"), int(port), bytes.fromhex(row["key"]), transport)
+        return list(found.values())
+
+    @property
+    def swarm(self) -> Swarm:
+        if self._swarm is None:
+            locate = self.hub.locations if self.hub is not None else None
+            self._swarm = Swarm(self.edges(), self.secrets.device, self.cert, locate).start()
+        return self._swarm
+
+    def attach(self) -> None:
+        """Make the device's store fetch what it lacks from the edges."""
+        self.device.attach_store(FabricStore(self.device.store_local, self.swarm))
+        self._swarm = None  # the store owns it now
+
+    # joining a hub
+
+    def join(self) -> dict[str, Any]:
+        """Enroll this device, publish the agreement key, and merge portals both ways with the keyring."""
+        hub = self._require_hub()
+        identity = self.secrets.identity
+        hub.enroll(self.cert)
+        sig = identity.signing_key.sign(DOMAIN_AGREEMENT + identity.agreement_public)
+        hub.call("PUT", "/v1/identity", {"agreement": identity.agreement_public.hex(), "sig": sig.hex()})
+        for row in self.device.state.portals():
+            if self._grant_owner(row) == identity.public:
+                hub.call("PUT", f"/v1/portals/{row.id.hex()}", {})
+        added = self.merge_keyring()
+        added += self.accept_shares()
+        return {"hub": hub.url, "portals_added": added, "edges": len(self.edges())}
+
+    def _grant_owner(self, row: PortalRow) -> bytes:
+        owner = self.device.state.get_meta(f"owner:{row.id.hex()}")
+        return owner if owner is not None else self.secrets.identity.public
+
+    def merge_keyring(self) -> list[str]:
+        hub = self._require_hub()
+        identity = self.secrets.identity
+        for _attempt in range(5):
+            current = hub.call("GET", "/v1/keyring")
+            ring = open_keyring(identity, bytes.fromhex(current["blob"]))
+            added = self._adopt(ring)
+            mine = {
+                row.id.hex(): row for row in self.device.state.portals() if self._grant_owner(row) == identity.public
+            }
+            known = {p["id"] for p in ring.get("portals", [])}
+            edges = {e["key"]: e for e in ring.get("edges", [])}
+            new_edges = {e["key"]: e for e in self.config.edges if e["key"] not in edges}
+            if set(mine) <= known and not new_edges:
+                return added
+            ring["portals"] = [p for p in ring.get("portals", [])] + [
+                {"id": pid, "name": row.name, "keys": self.secrets.unwrap_portal_key(row).to_bytes()}
+                for pid, row in mine.items()
+                if pid not in known
+            ]
+            ring["edges"] = list(edges.values()) + list(new_edges.values())
+            try:
+                hub.call(
+                    "PUT",
+                    "/v1/keyring",
+                    {"version": current["version"] + 1, "blob": seal_keyring(identity, ring).hex()},
+                )
+                return added
+            except Conflict:
+                continue
+        raise Conflict("the hub's keyring kept changing while this device updated it; try again")
+
+    def _adopt(self, ring: dict[str, Any]) -> list[str]:
+        from ..root import PortalKeys
+
+        added = []
+        for entry in ring.get("portals", []):
+            portal = bytes.fromhex(entry["id"])
+            if any(row.id == portal for row in self.device.state.portals()):
+                continue
+            keys = PortalKeys.from_bytes(entry["keys"])
+            name = self._free_name(entry["name"])
+            self.device.state.add_portal(PortalRow(portal, name, self.secrets.wrap_portal_key(portal, keys), 0))
+            added.append(name)
+        known = {e["key"] for e in self.config.edges}
+        for edge in ring.get("edges", []):
+            if edge["key"] not in known:
+                self.config.edges.append(edge)
+        save_config(self.device, self.config)
+        return added
+
+    def accept_shares(self) -> list[str]:
+        """Add the portals other identities shared with this one."""
+        hub = self._require_hub()
+        added = []
+        for info in hub.call("GET", "/v1/portals"):
+            portal = bytes.fromhex(info["id"])
+            if info["role"] == "owner" or any(row.id == portal for row in self.device.state.portals()):
+                continue
+            if info["state"] in ("expired", "deactivated"):
+                continue
+            me = self.secrets.identity.public.hex()
+            members = hub.call("GET", f"/v1/portals/{info['id']}/members")
+            wrapped = next((m["wrapped"] for m in members if m["identity"] == me), None)
+            if wrapped is None:
+                continue
+            grant = unwrap_for_identity(self.secrets.identity, portal, bytes.fromhex(wrapped))
+            added.append(self.adopt_grant(portal, grant))
+        return added
+
+    def adopt_grant(self, portal: bytes, grant: Grant) -> str:
+        name = self._free_name(grant.name)
+        self.device.state.add_portal(PortalRow(portal, name, self.secrets.wrap_portal_key(portal, grant.keys), 0))
+        self.device.state.set_meta(f"owner:{portal.hex()}", grant.owner)
+        return name
+
+    def _free_name(self, name: str) -> str:
+        taken = {row.name for row in self.device.state.portals()}
+        candidate, n = name, 2
+        while candidate in taken:
+            candidate, n = f"{name}-{n}", n + 1
+        return candidate
+
+    def _require_hub(self) -> Any:
+        if self.hub is None:
+            raise UsageError("no hub: run `portalctl hub add URL` first")
+        return self.hub
+
+    # versions
+
+    def published(self, portal: bytes) -> int:
+        raw = self.device.state.get_meta(f"published:{portal.hex()}")
+        return 0 if raw is None else int(raw)
+
+    def _trust_writers(self, view: PortalView, records: list[RootRecord]) -> None:
+        """Add to the device table the enrolled devices of the portal's owner that signed ``records``."""
+        known = self.device.state.device_names()
+        if all(r.device in known for r in records):
+            return
+        owner = self._grant_owner(view.row)
+        for row in self._require_hub().call("GET", f"/v1/identities/{owner.hex()}/devices"):
+            cert = DeviceCertificate.from_bytes(bytes.fromhex(row["cert"]))
+            fields = cert.verify(owner)
+            if fields["device"] not in known:
+                self.device.state.add_device(
+                    fields["device"], str(fields["name"]), cert.to_bytes(), int(fields["time"])
+                )
+        known = self.device.state.device_names()
+        for record in records:
+            if record.device not in known:
+                raise IntegrityError(f"root record v{record.version}: signed by a device the owner never enrolled")
+
+    def update_keyring_keys(self, portal: bytes, keys: Any) -> None:
+        """Store a portal's rotated keys in the hub's keyring."""
+        hub = self._require_hub()
+        for _attempt in range(5):
+            current = hub.call("GET", "/v1/keyring")
+            ring = open_keyring(self.secrets.identity, bytes.fromhex(current["blob"]))
+            for entry in ring.get("portals", []):
+                if entry["id"] == portal.hex():
+                    entry["keys"] = keys.to_bytes()
+            try:
+                blob = seal_keyring(self.secrets.identity, ring).hex()
+                hub.call("PUT", "/v1/keyring", {"version": current["version"] + 1, "blob": blob})
+                return
+            except Conflict:
+                continue
+        raise Conflict("the hub's keyring kept changing while this device updated it; try again")
+
+    def pull(self, view: PortalView) -> int:
+        """Take the versions the hub has beyond this device's; return how many."""
+        hub = self._require_hub()
+        head = self.device.state.head(view.row.id)
+        local = 0 if head is None else head.version
+        published = self.published(view.row.id)
+        records = [RootRecord.from_bytes(r) for r in hub.roots(view.row.id, after=local)]
+        if not records:
+            return 0
+        if local > published:
+            raise Conflict(
+                f"portal {view.row.name!r}: v{records[0].version} was published elsewhere while this device "
+                f"has unpublished versions {published + 1}..{local} (merging is not supported yet)"
+            )
+        self.take_records(view, records)
+        return len(records)
+
+    def take_records(self, view: PortalView, records: list[RootRecord]) -> None:
+        """Record versions that follow this device's head, each checked and signed by an enrolled device."""
+        head = self.device.state.head(view.row.id)
+        local = 0 if head is None else head.version
+        records = [r for r in records if r.version > local]
+        if not records:
+            return
+        self._trust_writers(view, records)
+        previous = None if head is None else head.record
+        for record in records:
+            if (previous is None and record.version != 1) or (
+                previous is not None and (record.version != previous.version + 1 or record.parent != previous.record_id)
+            ):
+                raise IntegrityError(f"root record v{record.version} from the hub does not follow v{local}")
+            payload = record.open(view.keys)
+            with self.device.state.transaction():
+                self.device.state.add_version(record, payload.size, payload.files)
+                self.device.state.set_meta(f"published:{view.row.id.hex()}", str(record.version).encode())
+            previous = record
+
+    def push(self, view: PortalView) -> dict[str, int]:
+        """Put every object of the unpublished versions on ``replicas`` edges, then publish them in order."""
+        hub = self._require_hub()
+        portal = view.row.id
+        published = self.published(portal)
+        pending = [v for v in self.device.state.versions(portal) if v.version > published]
+        if not pending:
+            return {"published": 0, "objects": 0}
+        hub.call("PUT", f"/v1/portals/{portal.hex()}", {})  # created at the hub, if it was not
+        objects: set[bytes] = set()
+        for version in pending:
+            view.objects(view.root(version).entry, objects)
+        cids = sorted(objects)
+        store = self.device.store_local
+        by_edge = self.swarm.push(store.get, cids, self.config.replicas)
+        for edge, held in by_edge.items():
+            hub.add_locations(portal, edge, held)
+        for version in pending:
+            try:
+                hub.publish(portal, version.record.to_bytes())
+            except Conflict as exc:
+                raise Conflict(
+                    f"portal {view.row.name!r}: another device published first; "
+                    f"pull its versions before writing (merging is not supported yet): {exc}"
+                ) from None
+            self.device.state.set_meta(f"published:{portal.hex()}", str(version.version).encode())
+        return {"published": len(pending), "objects": len(cids)}
+
+    def sync(self, view: PortalView) -> dict[str, Any]:
+        pulled = self.pull(view)
+        pushed = self.push(view)
+        head = self.device.state.head(view.row.id)
+        return {"portal": view.row.name, "pulled": pulled, **pushed, "version": 0 if head is None else head.version}
+
+
+def require_hub_portal(fabric: Fabric, row: PortalRow) -> dict[str, Any]:
+    try:
+        return dict(fabric._require_hub().call("GET", f"/v1/portals/{row.id.hex()}"))
+    except NotFound:
+        raise NotFound(f"portal {row.name!r} is not at the hub yet: run `portalctl sync {row.name}`") from None
