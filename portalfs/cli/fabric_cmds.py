@@ -14,6 +14,7 @@ from ..device import Device, Unlocked
 from ..edge.client import parse_address
 from ..errors import NotFound, UsageError
 from ..fabric.grants import Grant, LinkUrl, unwrap_for_link, wrap_for_identity, wrap_for_link
+from ..fabric.store import FabricStore
 from ..fabric.sync import Fabric, FabricConfig, load_config, save_config
 from ..keys import DOMAIN_AGREEMENT, DOMAIN_REVOKE, verify_signature
 from ..portal import PortalView
@@ -167,6 +168,7 @@ def cmd_sync(device: Device, args: argparse.Namespace) -> int:
     secrets = unlock(device, args)
     fabric = open_fabric(device, secrets)
     try:
+        fabric.merge_keyring()
         fabric.accept_shares()
         names = args.names or [row.name for row in device.state.portals()]
         results = []
@@ -313,11 +315,17 @@ def cmd_open(device: Device, args: argparse.Namespace) -> int:
         device.state.set_meta(f"link:{portal.hex()}", b"1")
         view = PortalView.open(device, name, secrets)
         fabric.take_records(view, [RootRecord.from_bytes(bytes.fromhex(r)) for r in answer["roots"]])
+        fabric.attach()
+        view.objects(view.root(view.version()).entry, set())  # fetches every node; chunks follow below
+        store = device.store
+        assert isinstance(store, FabricStore)
+        head = view.version()
+        store.prefetch(sorted(view.objects(view.root(head).entry, set())))
     finally:
         fabric.close()
     from .portalfs import mount
 
-    args.target, args.foreground, args.ready_fd = name, False, None
+    args.target, args.foreground, args.ready_fd, args.options = name, False, None, "ro"
     return mount(device, args, ["ro"])
 
 

@@ -172,6 +172,7 @@ def cmd_portal_ls(device: Device, args: argparse.Namespace) -> int:
 
 def cmd_put(device: Device, args: argparse.Namespace) -> int:
     secrets = unlock(device, args)
+    fabric_cmds.attach_fabric(device, secrets)
     stream = None
     if "-" in args.sources:
         if args.sources.count("-") > 1 or not args.name_for_stdin:
@@ -280,6 +281,7 @@ def cmd_log(device: Device, args: argparse.Namespace) -> int:
 
 def cmd_check(device: Device, args: argparse.Namespace) -> int:
     secrets = unlock(device, args)
+    fabric_cmds.attach_fabric(device, secrets)
     report = PortalView.open(device, args.name, secrets).verify()
     _emit(
         args,
@@ -361,6 +363,7 @@ def cmd_restore(device: Device, args: argparse.Namespace) -> int:
     from .portalfs import live_mounts
 
     secrets = unlock(device, args)
+    fabric_cmds.attach_fabric(device, secrets)
     view = PortalView.open(device, args.name, secrets)
     old = view.lookup(view.root(view.version(args.version)).entry, args.path)
     relative = args.path.strip("/")

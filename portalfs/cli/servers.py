@@ -113,3 +113,13 @@ def edge_main(argv: list[str] | None = None) -> int:
             print(f"portal-edge: serving {host}:{bound} key {key.hex()}", flush=True)
 
     return _run("portal-edge", main)
+
+
+def _main() -> int:
+    """``python -m portalfs.cli.servers hub|edge ...`` (what the tests run)."""
+    program, rest = sys.argv[1], sys.argv[2:]
+    return hub_main(rest) if program == "hub" else edge_main(rest)
+
+
+if __name__ == "__main__":
+    sys.exit(_main())

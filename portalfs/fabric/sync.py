@@ -120,6 +120,8 @@ class Fabric:
                 hub.call("PUT", f"/v1/portals/{row.id.hex()}", {})
         added = self.merge_keyring()
         added += self.accept_shares()
+        for name in added:
+            self.pull(PortalView.open(self.device, name, self.secrets))
         return {"hub": hub.url, "portals_added": added, "edges": len(self.edges())}
 
     def _grant_owner(self, row: PortalRow) -> bytes:
@@ -164,9 +166,12 @@ class Fabric:
         added = []
         for entry in ring.get("portals", []):
             portal = bytes.fromhex(entry["id"])
-            if any(row.id == portal for row in self.device.state.portals()):
-                continue
             keys = PortalKeys.from_bytes(entry["keys"])
+            existing = next((row for row in self.device.state.portals() if row.id == portal), None)
+            if existing is not None:
+                if self.secrets.unwrap_portal_key(existing) != keys:  # rotated on another device
+                    self.device.state.set_portal_key(portal, self.secrets.wrap_portal_key(portal, keys))
+                continue
             name = self._free_name(entry["name"])
             self.device.state.add_portal(PortalRow(portal, name, self.secrets.wrap_portal_key(portal, keys), 0))
             added.append(name)
@@ -321,6 +326,8 @@ class Fabric:
         return {"published": len(pending), "objects": len(cids)}
 
     def sync(self, view: PortalView) -> dict[str, Any]:
+        if self._grant_owner(view.row) == self.secrets.identity.public:
+            self._require_hub().call("PUT", f"/v1/portals/{view.row.id.hex()}", {})  # created there, if it was not
         pulled = self.pull(view)
         pushed = self.push(view)
         head = self.device.state.head(view.row.id)

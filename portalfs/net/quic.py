@@ -47,6 +47,7 @@ class Backend:
     events: ModuleType
     pull_quic_header: Callable[..., Any]
     Buffer: Any
+    ConnectionError: type[Exception]  # what the connection raises when used after it closed
 
     def configuration(self, *, is_client: bool) -> Any:
         config = self.QuicConfiguration(
@@ -94,6 +95,7 @@ def backend(name: str | None = None) -> Backend:
             events,
             packet.pull_quic_header,
             buffer.Buffer,
+            connection.QuicConnectionError,
         )
     raise TransportError(f"no QUIC library: install {wanted or 'qh3 or aioquic'}")
 
@@ -213,7 +215,9 @@ async def serve_quic(
                         quic_conn = quic.QuicConnection(
                             configuration=config, original_destination_connection_id=header.destination_cid
                         )
-                        conn = _ServerConnection(quic_conn, f"{addr[0]}:{addr[1]}", new_session, endpoint, nursery)
+                        conn = _ServerConnection(
+                            quic, quic_conn, f"{addr[0]}:{addr[1]}", new_session, endpoint, nursery
+                        )
                         connections[header.destination_cid] = conn
                         connections[quic_conn.host_cid] = conn
                     conn.quic.receive_datagram(data, addr, now)
@@ -242,6 +246,7 @@ def _is_initial(packet_type: Any) -> bool:
 class _ServerConnection:
     def __init__(
         self,
+        backend: Backend,
         quic: Any,
         peer: str,
         new_session: Callable[[str], EdgeSession],
@@ -255,6 +260,7 @@ class _ServerConnection:
         self.nursery = nursery
         self.streams = _Streams()
         self.closed = False
+        self.backend = backend
 
     def process_events(self, quic: Backend) -> None:
         events = quic.events
@@ -274,8 +280,11 @@ class _ServerConnection:
     async def _answer(self, stream_id: int, message: Message) -> None:
         answer = await trio.to_thread.run_sync(self.session.handle, message, time.time_ns())
         if not self.closed:
-            self.quic.send_stream_data(stream_id, encode_message(answer), end_stream=True)
-            self.endpoint.send(self.quic)
+            try:
+                self.quic.send_stream_data(stream_id, encode_message(answer), end_stream=True)
+                self.endpoint.send(self.quic)
+            except (self.backend.ConnectionError, ValueError) as exc:
+                log.debug("%s: answer not sent: %s", self.peer, exc)
 
 
 # client
@@ -305,8 +314,11 @@ class QuicClient:
         stream_id = self._conn.get_next_available_stream_id()
         done, slot = trio.Event(), list[Message]()
         self._answers[stream_id] = (done, slot)
-        self._conn.send_stream_data(stream_id, encode_message(message), end_stream=True)
-        self._endpoint.send(self._conn)
+        try:
+            self._conn.send_stream_data(stream_id, encode_message(message), end_stream=True)
+            self._endpoint.send(self._conn)
+        except (self._quic.ConnectionError, ValueError) as exc:
+            self._fail(exc)
         await done.wait()
         if not slot:
             raise TransportError(f"edge {self.peer}: connection lost") from self._failed
@@ -354,8 +366,11 @@ class QuicClient:
 
     async def close(self) -> None:
         if self._failed is None:
-            self._conn.close()
-            self._endpoint.send(self._conn)
+            try:
+                self._conn.close()
+                self._endpoint.send(self._conn)
+            except (self._quic.ConnectionError, ValueError):
+                pass
 
 
 @asynccontextmanager

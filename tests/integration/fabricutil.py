@@ -1,0 +1,91 @@
+"""A fabric of real processes on loopback: one hub and several edges, each stopped by PID."""
+
+from __future__ import annotations
+
+import os
+import re
+import signal
+import subprocess
+import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+
+START_TIMEOUT = 30.0
+
+
+@dataclass
+class Server:
+    process: subprocess.Popen
+    line: str
+    data: Path
+
+    def stop(self, sig: int = signal.SIGTERM) -> None:
+        if self.process.poll() is None:
+            self.process.send_signal(sig)
+            try:
+                self.process.wait(timeout=15)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait()
+
+
+@dataclass
+class FabricLab:
+    root: Path
+    hub: Server | None = None
+    edges: list[Server] = field(default_factory=list)
+
+    @property
+    def hub_url(self) -> str:
+        assert self.hub is not None
+        match = re.search(r"http://\S+?(?=/v1/)", self.hub.line)
+        assert match, self.hub.line
+        return match.group(0)
+
+    def edge_key(self, i: int) -> str:
+        return self.edges[i].line.rsplit(" ", 1)[1]
+
+    def edge_address(self, i: int) -> str:
+        return self.edges[i].line.split()[2]
+
+
+def start(args: list[str], data: Path, netns: str | None = None) -> Server:
+    """Start a server and wait for its one ready line on stdout."""
+    prefix = ["ip", "netns", "exec", netns] if netns else []
+    log = open(data.with_suffix(".log"), "wb")
+    process = subprocess.Popen(
+        [*prefix, sys.executable, "-m", "portalfs.cli.servers", *args],
+        stdout=subprocess.PIPE,
+        stderr=log,
+        text=True,
+        env={**os.environ, "PYTHONUNBUFFERED": "1"},
+    )
+    assert process.stdout is not None
+    line = process.stdout.readline().strip()  # the server prints it once it listens (or exits)
+    if not line:
+        process.wait(timeout=START_TIMEOUT)
+        raise RuntimeError(f"{args[0]} did not start: {data.with_suffix('.log').read_text()[-2000:]}")
+    return Server(process, line, data)
+
+
+@contextmanager
+def fabric(root: Path, edges: int = 3, host: str = "127.0.0.1", quota: str = "0") -> Iterator[FabricLab]:
+    root.mkdir(parents=True, exist_ok=True)
+    lab = FabricLab(root)
+    try:
+        lab.hub = start(["hub", "serve", "--db", str(root / "hub.db"), "--listen", f"{host}:0"], root / "hub")
+        for i in range(edges):
+            data = root / f"edge{i}"
+            lab.edges.append(
+                start(
+                    ["edge", "serve", "--data", str(data), "--listen", f"{host}:0", "--hub", lab.hub_url,
+                     "--quota", quota],
+                    data,
+                )
+            )  # fmt: skip
+        yield lab
+    finally:
+        for server in [*lab.edges, *([lab.hub] if lab.hub else [])]:
+            server.stop()

@@ -1,0 +1,203 @@
+"""Many devices on one fabric, all real processes on loopback: a hub, three edges, several PORTAL_HOMEs."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import pytest
+
+from portalfs.hub.auth import sign_request
+from portalfs.keys import DeviceKey, Identity, root_from_words
+
+from .fabricutil import FabricLab, fabric
+from .mountutil import force_unmount
+from .test_cli import fails, ok
+
+SMALL_NAME = "quarterly-plan-zq81.txt"
+SMALL_TEXT = "the launch code is ZEBRA-7731-ORCHID\n"
+
+
+@pytest.fixture
+def lab(tmp_path: Path) -> Iterator[FabricLab]:
+    with fabric(tmp_path / "fabric") as lab:
+        yield lab
+
+
+def _device(tmp_path: Path, name: str, lab: FabricLab, words: str | None = None) -> tuple[Path, str]:
+    home = tmp_path / name
+    if words is None:
+        words = " ".join(json.loads(ok(home, "init", "--no-passphrase", "--json"))["words"])
+    else:
+        ok(home, "recover", "--no-passphrase", input=words)
+    ok(home, "hub", "add", lab.hub_url)
+    return home, words
+
+
+def _identity(home: Path) -> str:
+    return json.loads(ok(home, "whoami", "--json"))["identity"]
+
+
+def _tree(root: Path) -> Path:
+    (root / "nested").mkdir(parents=True)
+    (root / SMALL_NAME).write_text(SMALL_TEXT)
+    (root / "nested" / "big.bin").write_bytes(os.urandom(6 * 1024 * 1024))
+    return root
+
+
+def _same(a: Path, b: Path) -> None:
+    for path in a.rglob("*"):
+        if path.is_file():
+            assert (b / path.relative_to(a)).read_bytes() == path.read_bytes(), path
+
+
+def test_second_device_member_and_link_read_what_was_synced_and_the_servers_learn_nothing(
+    tmp_path: Path, lab: FabricLab
+) -> None:
+    src = _tree(tmp_path / "src")
+    a, words = _device(tmp_path, "a", lab)
+    ok(a, "portal", "create", "docs")
+    ok(a, "put", "docs", f"{src}/")
+    synced = json.loads(ok(a, "sync", "--json"))
+    assert synced[0]["published"] == 1 and synced[0]["objects"] > 3
+
+    # the same identity on a second machine: words, then the hub; nothing else
+    b, _ = _device(tmp_path, "b", lab, words)
+    ok(b, "get", "docs", str(tmp_path / "out-b"))
+    _same(src, tmp_path / "out-b")
+
+    # another identity, shared with
+    c, _ = _device(tmp_path, "c", lab)
+    ok(a, "share", "docs", "--with", _identity(c))
+    ok(c, "sync")
+    ok(c, "get", "docs", str(tmp_path / "out-c"))
+    _same(src, tmp_path / "out-c")
+
+    # a link that opens once, read-only
+    url = ok(a, "link", "docs", "--max-downloads", "1", "--expires", "1h").strip()
+    assert url.startswith("portal://") and "#" in url
+    d = tmp_path / "d"
+    ok(d, "init", "--no-passphrase")
+    mnt = tmp_path / "mnt-d"
+    mnt.mkdir()
+    try:
+        ok(d, "open", url, str(mnt))
+        assert (mnt / SMALL_NAME).read_text() == SMALL_TEXT
+        with pytest.raises(OSError):
+            (mnt / "new.txt").write_text("read-only")
+    finally:
+        ok(d, "unmount", str(mnt))
+        force_unmount(mnt)
+    fails(d, 15, "open", url, str(mnt), match="used up")
+
+    # unshare: c is removed at the hub and cannot read what comes next
+    ok(a, "unshare", "docs", _identity(c))
+    (src / "after.txt").write_text("written after the unshare\n")
+    ok(a, "put", "docs", f"{src}/")
+    ok(a, "sync")
+    fails(c, 15, "sync", "docs", match="may not read")
+    ok(b, "sync")
+    ok(b, "get", "docs", str(tmp_path / "out-b2"))
+    assert (tmp_path / "out-b2" / "after.txt").read_text() == "written after the unshare\n"
+
+    # zero knowledge: nothing the hub or an edge stores holds a name, a content, or a key
+    secrets = _secrets(a, words)
+    needles = {
+        "file name": SMALL_NAME.encode(),
+        "dir name": b"nested",
+        "content": SMALL_TEXT.encode(),
+        "big content": (src / "nested" / "big.bin").read_bytes()[1000:1064],
+        "portal name": b"\x64docs",  # CBOR text "docs", as in a grant or the keyring
+        "words": words.split()[0].encode() + b" " + words.split()[1].encode(),
+        **secrets,
+    }
+    for path in [*lab.root.rglob("*")]:
+        if not path.is_file() or path.suffix == ".log":
+            continue
+        data = path.read_bytes()
+        for what, needle in needles.items():
+            assert needle not in data, f"{what} found in {path}"
+
+
+def _secrets(home: Path, words: str) -> dict[str, bytes]:
+    from portalfs.device import Device
+    from portalfs.paths import DeviceHome
+
+    identity = Identity(root_from_words(words))
+    device = Device(DeviceHome.from_environ({"PORTAL_HOME": str(home)}))
+    try:
+        unlocked = device.unlock(None)
+        found = {"seed": identity.root, "convergence secret": identity.convergence_secret}
+        for row in device.state.portals():
+            for i, key in enumerate(unlocked.unwrap_portal_key(row).all_keys):
+                found[f"read key {row.name}/{i}"] = key
+        return found
+    finally:
+        device.close()
+
+
+def test_a_transfer_survives_an_edge_killed_in_the_middle(tmp_path: Path, lab: FabricLab) -> None:
+    src = tmp_path / "src"
+    src.mkdir()
+    (src / "large.bin").write_bytes(os.urandom(48 * 1024 * 1024))
+    a, words = _device(tmp_path, "a", lab)
+    ok(a, "portal", "create", "big")
+    ok(a, "put", "big", f"{src}/")
+    ok(a, "sync")
+    b, _ = _device(tmp_path, "b", lab, words)
+    env = {k: v for k, v in os.environ.items() if k != "PORTAL_PASSPHRASE"}
+    get = subprocess.Popen(
+        [sys.executable, "-m", "portalfs.cli.portalctl", "get", "big", str(tmp_path / "out")],
+        env={**env, "PORTAL_HOME": str(b)},
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+    )
+    objects = b / "store" / "objects"
+    deadline = time.monotonic() + 60
+    while get.poll() is None and time.monotonic() < deadline:
+        if sum(len(os.listdir(d)) for d in objects.iterdir()) >= 4 if objects.exists() else False:
+            break
+        time.sleep(0.005)
+    lab.edges[0].stop(signal.SIGKILL)  # in the middle: some chunks fetched, most not
+    _, err = get.communicate(timeout=120)
+    assert get.returncode == 0, err
+    assert (tmp_path / "out" / "large.bin").read_bytes() == (src / "large.bin").read_bytes()
+
+
+def _signed(key: DeviceKey, method: str, url: str, path: str, body: bytes = b"") -> httpx.Response:
+    headers = sign_request(key.sign, key.public, method, path, body)
+    return httpx.request(method, url + path, content=body, headers=headers, timeout=10)
+
+
+def test_the_hub_refuses_bad_requests_and_keeps_serving(tmp_path: Path, lab: FabricLab) -> None:
+    url = lab.hub_url
+    a, words = _device(tmp_path, "a", lab)
+    assert httpx.get(url + "/v1/portals", timeout=10).status_code == 401  # unsigned
+    stranger = DeviceKey(os.urandom(32))
+    assert _signed(stranger, "GET", url, "/v1/portals").status_code == 401  # unknown device
+    headers = sign_request(stranger.sign, stranger.public, "GET", "/v1/edges", b"")
+    assert httpx.get(url + "/v1/edges", headers=headers, timeout=10).status_code == 200
+    replay = httpx.get(url + "/v1/edges", headers=headers, timeout=10)
+    assert replay.status_code == 401 and replay.json()["error"] == "replayed"
+    forged = dict(headers, **{"Portal-Nonce": os.urandom(16).hex()})
+    assert httpx.get(url + "/v1/edges", headers=forged, timeout=10).json()["error"] == "bad-signature"
+    assert httpx.get(url + "/v1/openapi.json", timeout=10).json()["openapi"].startswith("3.")
+    # a stale parent: two devices of one identity race to publish
+    ok(a, "portal", "create", "race")
+    (tmp_path / "f").write_text("one")
+    ok(a, "put", "race", str(tmp_path / "f"))
+    ok(a, "sync")
+    b, _ = _device(tmp_path, "b", lab, words)
+    (tmp_path / "f").write_text("two")
+    ok(a, "put", "race", str(tmp_path / "f"))
+    ok(b, "put", "race", str(tmp_path / "f"))
+    ok(a, "sync", "race")
+    fails(b, 16, "sync", "race", match="another device published first")
+    assert lab.hub is not None and lab.hub.process.poll() is None
