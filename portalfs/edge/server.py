@@ -65,7 +65,7 @@ async def run_edge(
             if "quic" in config.transports:
                 from ..net.quic import backend, serve_quic
 
-                await nursery.start(
+                _, port = await nursery.start(
                     lambda task_status: serve_quic(
                         key, config.host, port, new_session, quic=backend(config.quic_backend), task_status=task_status
                     )
