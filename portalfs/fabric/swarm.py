@@ -99,10 +99,10 @@ class Swarm:
             edge.down_until = trio.current_time() + RETRY_DOWN_SECONDS
             edge.ready.set()
 
-    async def _client(self, key: bytes) -> EdgeClient:
+    async def _client(self, key: bytes, force: bool = False) -> EdgeClient:
         edge = self._edges.get(key)
         if edge is not None and edge.client is None and edge.ready.is_set():
-            if trio.current_time() < edge.down_until:
+            if trio.current_time() < edge.down_until and not force:
                 raise edge.error or Unreachable(f"edge {edge.address}: down")
             edge = None  # try again
         if edge is None:
@@ -136,10 +136,12 @@ class Swarm:
 
     async def _get(self, cid: bytes, located: dict[bytes, list[bytes]] | None) -> bytes:
         failures: list[str] = []
-        for key in self._candidates(cid, located):
+        candidates = self._candidates(cid, located)
+        # A second round reconnects to edges that were down: the last replica may be one of them.
+        for key, force in [(k, False) for k in candidates] + [(k, True) for k in candidates]:
             edge_state = self._edges.get(key)
             try:
-                client = await self._client(key)
+                client = await self._client(key, force)
                 edge_state = self._edges[key]
                 edge_state.in_flight += 1
                 try:
