@@ -94,6 +94,10 @@ class Swarm:
         except PortalError as exc:
             edge.error = exc
             log.warning("%s", exc)
+        except Exception as exc:  # noqa: BLE001 - a task boundary: any failure of one edge's connection
+            # makes that edge unreachable; it must not end the swarm and every other edge with it.
+            edge.error = Unreachable(f"edge {edge.address}: connection failed ({exc!r})")
+            log.warning("%s", edge.error, exc_info=True)
         finally:
             edge.client = None
             edge.down_until = trio.current_time() + RETRY_DOWN_SECONDS

@@ -333,6 +333,12 @@ class QuicClient:
         self._answers.clear()
 
     async def _run(self) -> None:
+        try:
+            await self._pump()
+        except (self._quic.ConnectionError, ValueError, OSError) as exc:
+            self._fail(TransportError(f"QUIC connection failed: {exc}"))
+
+    async def _pump(self) -> None:
         events = self._quic.events
         endpoint = self._endpoint
         while self._failed is None:
