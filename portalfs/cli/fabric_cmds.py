@@ -13,10 +13,10 @@ from typing import Any
 from ..device import Device, Unlocked
 from ..edge.client import parse_address
 from ..errors import NotFound, UsageError
-from ..fabric.grants import Grant, LinkUrl, unwrap_for_link, wrap_for_identity, wrap_for_link
+from ..fabric.grants import Grant, LinkUrl, unwrap_for_link, wrap_for_link
 from ..fabric.store import FabricStore
 from ..fabric.sync import Fabric, FabricConfig, load_config, save_config
-from ..keys import DOMAIN_AGREEMENT, DOMAIN_REVOKE, verify_signature
+from ..keys import DOMAIN_REVOKE
 from ..portal import PortalView
 from ..root import RootRecord
 from .common import unlock
@@ -199,17 +199,8 @@ def cmd_share(device: Device, args: argparse.Namespace) -> int:
     view, fabric = _portal_keys(device, secrets, args.name)
     try:
         recipient = _identity_arg(args.identity)
-        info = fabric.hub.call("GET", f"/v1/identities/{recipient.hex()}")  # type: ignore[union-attr]
-        agreement = bytes.fromhex(info["agreement"])
-        verify_signature(recipient, bytes.fromhex(info["sig"]), DOMAIN_AGREEMENT + agreement, "agreement key")
         fabric.hub.call("PUT", f"/v1/portals/{view.row.id.hex()}", {})  # type: ignore[union-attr]
-        grant = Grant(view.row.name, view.keys, secrets.identity.public)
-        wrapped = wrap_for_identity(agreement, view.row.id, grant)
-        fabric.hub.call(  # type: ignore[union-attr]
-            "PUT",
-            f"/v1/portals/{view.row.id.hex()}/members/{recipient.hex()}",
-            {"wrapped": wrapped.hex(), "write": bool(args.write)},
-        )
+        fabric.grant(view.row.id, recipient, Grant(view.row.name, view.keys, secrets.identity.public), bool(args.write))
     finally:
         fabric.close()
     role = "read and write" if args.write else "read"
@@ -240,20 +231,7 @@ def cmd_unshare(device: Device, args: argparse.Namespace) -> int:
         device.state.set_portal_key(view.row.id, secrets.wrap_portal_key(view.row.id, keys))
         grant = Grant(view.row.name, keys, secrets.identity.public)
         for row in hub.call("GET", f"/v1/portals/{view.row.id.hex()}/members"):
-            info = hub.call("GET", f"/v1/identities/{row['identity']}")
-            agreement = bytes.fromhex(info["agreement"])
-            verify_signature(
-                bytes.fromhex(row["identity"]),
-                bytes.fromhex(info["sig"]),
-                DOMAIN_AGREEMENT + agreement,
-                "agreement key",
-            )
-            wrapped = wrap_for_identity(agreement, view.row.id, grant)
-            hub.call(
-                "PUT",
-                f"/v1/portals/{view.row.id.hex()}/members/{row['identity']}",
-                {"wrapped": wrapped.hex(), "write": row["write"]},
-            )
+            fabric.grant(view.row.id, bytes.fromhex(row["identity"]), grant, row["write"])
         fabric.update_keyring_keys(view.row.id, keys)
     finally:
         fabric.close()
@@ -316,11 +294,10 @@ def cmd_open(device: Device, args: argparse.Namespace) -> int:
         view = PortalView.open(device, name, secrets)
         fabric.take_records(view, [RootRecord.from_bytes(bytes.fromhex(r)) for r in answer["roots"]])
         fabric.attach()
-        view.objects(view.root(view.version()).entry, set())  # fetches every node; chunks follow below
         store = device.store
         assert isinstance(store, FabricStore)
-        head = view.version()
-        store.prefetch(sorted(view.objects(view.root(head).entry, set())))
+        # The walk fetches every node, one by one; the chunks it names then come in parallel.
+        store.prefetch(sorted(view.objects(view.root(view.version()).entry, set())))
     finally:
         fabric.close()
     from .portalfs import mount

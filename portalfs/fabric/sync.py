@@ -11,17 +11,18 @@ from __future__ import annotations
 
 import json
 import logging
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
 from ..device import Device, Unlocked
 from ..edge.client import EdgeAddress
-from ..errors import Conflict, IntegrityError, NotFound, UsageError
-from ..keys import DOMAIN_AGREEMENT, DeviceCertificate
+from ..errors import Conflict, IntegrityError, UsageError
+from ..keys import DOMAIN_AGREEMENT, DeviceCertificate, verify_signature
 from ..portal import PortalView
-from ..root import RootRecord
+from ..root import PortalKeys, RootRecord
 from ..state import PortalRow
-from .grants import Grant, open_keyring, seal_keyring, unwrap_for_identity
+from .grants import Grant, open_keyring, seal_keyring, unwrap_for_identity, wrap_for_identity
 from .store import FabricStore
 from .swarm import Swarm
 
@@ -31,6 +32,7 @@ log = logging.getLogger("portal.sync")
 
 META = "fabric"
 DEFAULT_REPLICAS = 2
+KEYRING_ATTEMPTS = 5  # compare-and-swap rounds before giving up on a busy keyring
 
 
 @dataclass
@@ -128,13 +130,33 @@ class Fabric:
         owner = self.device.state.get_meta(f"owner:{row.id.hex()}")
         return owner if owner is not None else self.secrets.identity.public
 
-    def merge_keyring(self) -> list[str]:
+    def _change_keyring(self, change: Callable[[dict[str, Any]], bool]) -> None:
+        """Apply ``change`` to the hub's keyring and write it back (compare-and-swap), retrying on a race.
+
+        ``change`` edits the opened keyring in place and says whether there is anything to write.
+        """
         hub = self._require_hub()
         identity = self.secrets.identity
-        for _attempt in range(5):
+        for _attempt in range(KEYRING_ATTEMPTS):
             current = hub.call("GET", "/v1/keyring")
             ring = open_keyring(identity, bytes.fromhex(current["blob"]))
-            added = self._adopt(ring)
+            if not change(ring):
+                return
+            try:
+                blob = seal_keyring(identity, ring).hex()
+                hub.call("PUT", "/v1/keyring", {"version": current["version"] + 1, "blob": blob})
+                return
+            except Conflict:
+                continue
+        raise Conflict("the hub's keyring kept changing while this device updated it; try again")
+
+    def merge_keyring(self) -> list[str]:
+        """Adopt the keyring's portals and edges, and add this identity's own that it lacks; return added names."""
+        identity = self.secrets.identity
+        added: list[str] = []
+
+        def merge(ring: dict[str, Any]) -> bool:
+            added.extend(self._adopt(ring))
             mine = {
                 row.id.hex(): row for row in self.device.state.portals() if self._grant_owner(row) == identity.public
             }
@@ -142,27 +164,19 @@ class Fabric:
             edges = {e["key"]: e for e in ring.get("edges", [])}
             new_edges = {e["key"]: e for e in self.config.edges if e["key"] not in edges}
             if set(mine) <= known and not new_edges:
-                return added
+                return False
             ring["portals"] = [p for p in ring.get("portals", [])] + [
                 {"id": pid, "name": row.name, "keys": self.secrets.unwrap_portal_key(row).to_bytes()}
                 for pid, row in mine.items()
                 if pid not in known
             ]
             ring["edges"] = list(edges.values()) + list(new_edges.values())
-            try:
-                hub.call(
-                    "PUT",
-                    "/v1/keyring",
-                    {"version": current["version"] + 1, "blob": seal_keyring(identity, ring).hex()},
-                )
-                return added
-            except Conflict:
-                continue
-        raise Conflict("the hub's keyring kept changing while this device updated it; try again")
+            return True
+
+        self._change_keyring(merge)
+        return added
 
     def _adopt(self, ring: dict[str, Any]) -> list[str]:
-        from ..root import PortalKeys
-
         added = []
         for entry in ring.get("portals", []):
             portal = bytes.fromhex(entry["id"])
@@ -243,22 +257,27 @@ class Fabric:
             if record.device not in known:
                 raise IntegrityError(f"root record v{record.version}: signed by a device the owner never enrolled")
 
-    def update_keyring_keys(self, portal: bytes, keys: Any) -> None:
+    def update_keyring_keys(self, portal: bytes, keys: PortalKeys) -> None:
         """Store a portal's rotated keys in the hub's keyring."""
-        hub = self._require_hub()
-        for _attempt in range(5):
-            current = hub.call("GET", "/v1/keyring")
-            ring = open_keyring(self.secrets.identity, bytes.fromhex(current["blob"]))
+
+        def rotate(ring: dict[str, Any]) -> bool:
             for entry in ring.get("portals", []):
                 if entry["id"] == portal.hex():
                     entry["keys"] = keys.to_bytes()
-            try:
-                blob = seal_keyring(self.secrets.identity, ring).hex()
-                hub.call("PUT", "/v1/keyring", {"version": current["version"] + 1, "blob": blob})
-                return
-            except Conflict:
-                continue
-        raise Conflict("the hub's keyring kept changing while this device updated it; try again")
+            return True
+
+        self._change_keyring(rotate)
+
+    def grant(self, portal: bytes, member: bytes, grant: Grant, write: bool) -> None:
+        """Wrap ``grant`` to ``member``'s agreement key, checked against its identity, and store it at the hub."""
+        hub = self._require_hub()
+        info = hub.call("GET", f"/v1/identities/{member.hex()}")
+        agreement = bytes.fromhex(info["agreement"])
+        verify_signature(member, bytes.fromhex(info["sig"]), DOMAIN_AGREEMENT + agreement, "agreement key")
+        wrapped = wrap_for_identity(agreement, portal, grant)
+        hub.call(
+            "PUT", f"/v1/portals/{portal.hex()}/members/{member.hex()}", {"wrapped": wrapped.hex(), "write": write}
+        )
 
     def pull(self, view: PortalView) -> int:
         """Take the versions the hub has beyond this device's; return how many."""
@@ -305,7 +324,6 @@ class Fabric:
         pending = [v for v in self.device.state.versions(portal) if v.version > published]
         if not pending:
             return {"published": 0, "objects": 0}
-        hub.call("PUT", f"/v1/portals/{portal.hex()}", {})  # created at the hub, if it was not
         objects: set[bytes] = set()
         for version in pending:
             view.objects(view.root(version).entry, objects)
@@ -332,10 +350,3 @@ class Fabric:
         pushed = self.push(view)
         head = self.device.state.head(view.row.id)
         return {"portal": view.row.name, "pulled": pulled, **pushed, "version": 0 if head is None else head.version}
-
-
-def require_hub_portal(fabric: Fabric, row: PortalRow) -> dict[str, Any]:
-    try:
-        return dict(fabric._require_hub().call("GET", f"/v1/portals/{row.id.hex()}"))
-    except NotFound:
-        raise NotFound(f"portal {row.name!r} is not at the hub yet: run `portalctl sync {row.name}`") from None
