@@ -25,7 +25,7 @@ import trio
 
 from ..edge.protocol import ALPN, FrameReader, Message, RemoteProtocolError, encode_message
 from ..edge.service import EdgeSession
-from .tcp import TransportError
+from .tcp import PendingAnswer, TransportError
 from .tls import EdgeKey, check_pin
 
 __all__ = ["Backend", "backend", "serve_quic", "open_quic", "QuicClient"]
@@ -299,7 +299,7 @@ class QuicClient:
         self._conn = connection
         self._endpoint = endpoint
         self._streams = _Streams()
-        self._answers: dict[int, tuple[trio.Event, list[Message]]] = {}
+        self._answers: dict[int, PendingAnswer] = {}
         self._handshake = trio.Event()
         self._failed: BaseException | None = None
         self._slots = trio.Semaphore(CONCURRENT_REQUESTS)
@@ -312,24 +312,20 @@ class QuicClient:
         if self._failed is not None:
             raise TransportError(f"edge {self.peer}: connection lost") from self._failed
         stream_id = self._conn.get_next_available_stream_id()
-        done, slot = trio.Event(), list[Message]()
-        self._answers[stream_id] = (done, slot)
+        answer = self._answers[stream_id] = PendingAnswer()
         try:
             self._conn.send_stream_data(stream_id, encode_message(message), end_stream=True)
             self._endpoint.send(self._conn)
         except (self._quic.ConnectionError, ValueError) as exc:
             self._fail(exc)
-        await done.wait()
-        if not slot:
-            raise TransportError(f"edge {self.peer}: connection lost") from self._failed
-        return slot[0]
+        return await answer.wait(self.peer)
 
     def _fail(self, exc: BaseException) -> None:
         if self._failed is None:
             self._failed = exc
         self._handshake.set()
-        for done, _ in self._answers.values():
-            done.set()
+        for answer in self._answers.values():
+            answer.abandon(self._failed)
         self._answers.clear()
 
     async def _run(self) -> None:
@@ -361,12 +357,10 @@ class QuicClient:
                         self._fail(exc)
                         break
                     if message is not None and event.stream_id in self._answers:
-                        done, slot = self._answers.pop(event.stream_id)
-                        slot.append(message)
-                        done.set()
+                        self._answers.pop(event.stream_id).deliver(message)
                 elif isinstance(event, events.StreamReset):
                     if event.stream_id in self._answers:
-                        self._answers.pop(event.stream_id)[0].set()
+                        self._answers.pop(event.stream_id).abandon(self._failed)
                 elif isinstance(event, events.ConnectionTerminated):
                     self._fail(TransportError(f"closed: {event.reason_phrase or event.error_code}"))
 

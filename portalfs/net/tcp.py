@@ -20,7 +20,7 @@ from ..edge.protocol import FrameReader, Message, RemoteProtocolError, encode_me
 from ..edge.service import EdgeSession
 from .tls import EdgeKey, check_pin, client_context, server_context
 
-__all__ = ["serve_tcp", "open_tcp", "TcpConnection", "TransportError"]
+__all__ = ["serve_tcp", "open_tcp", "TcpConnection", "TransportError", "PendingAnswer"]
 
 log = logging.getLogger("portal.net")
 
@@ -30,6 +30,31 @@ READ_SIZE = 256 * 1024
 
 class TransportError(ConnectionError):
     """The connection failed or closed before an answer came."""
+
+
+class PendingAnswer:
+    """One request's answer: delivered by the connection's reader, or abandoned when the connection fails."""
+
+    __slots__ = ("_done", "_message", "_cause")
+
+    def __init__(self) -> None:
+        self._done = trio.Event()
+        self._message: Message | None = None
+        self._cause: BaseException | None = None
+
+    def deliver(self, message: Message) -> None:
+        self._message = message
+        self._done.set()
+
+    def abandon(self, cause: BaseException | None) -> None:
+        self._cause = cause
+        self._done.set()
+
+    async def wait(self, peer: str) -> Message:
+        await self._done.wait()
+        if self._message is None:
+            raise TransportError(f"edge {peer}: connection lost") from self._cause
+        return self._message
 
 
 async def serve_tcp(
@@ -109,30 +134,27 @@ class TcpConnection:
         self.peer = peer
         self._stream = stream
         self._send_lock = trio.Lock()
-        self._waiting: deque[tuple[trio.Event, list[Message]]] = deque()
+        self._waiting: deque[PendingAnswer] = deque()
         self._failed: BaseException | None = None
 
     async def request(self, message: Message) -> Message:
         if self._failed is not None:
             raise TransportError(f"edge {self.peer}: connection lost") from self._failed
-        done, slot = trio.Event(), list[Message]()
+        answer = PendingAnswer()
         frame = encode_message(message)
         async with self._send_lock:
-            self._waiting.append((done, slot))
+            self._waiting.append(answer)
             try:
                 await self._stream.send_all(frame)
             except (trio.BrokenResourceError, trio.ClosedResourceError) as exc:
                 self._fail(exc)
-        await done.wait()
-        if not slot:
-            raise TransportError(f"edge {self.peer}: connection lost") from self._failed
-        return slot[0]
+        return await answer.wait(self.peer)
 
     def _fail(self, exc: BaseException) -> None:
         if self._failed is None:
             self._failed = exc
         while self._waiting:
-            self._waiting.popleft()[0].set()
+            self._waiting.popleft().abandon(self._failed)
 
     async def _read_answers(self) -> None:
         reader = FrameReader()
@@ -145,9 +167,7 @@ class TcpConnection:
                 while (message := reader.next_message()) is not None:
                     if not self._waiting:
                         raise RemoteProtocolError("an answer nobody asked for")
-                    done, slot = self._waiting.popleft()
-                    slot.append(message)
-                    done.set()
+                    self._waiting.popleft().deliver(message)
         except (trio.BrokenResourceError, trio.ClosedResourceError, TransportError, RemoteProtocolError) as exc:
             self._fail(exc)
 
