@@ -9,7 +9,7 @@ from __future__ import annotations
 import json
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -201,45 +201,49 @@ def make_app(state: HubState) -> Starlette:
         log.warning("%s %s: %d %s: %s", request.method, request.url.path, exc.status, exc.code, exc)
         return JSONResponse({"error": exc.code, "message": str(exc), **exc.extra}, status_code=exc.status)
 
-    def endpoint(spec: RouteSpec) -> Callable[[Request], Any]:
-        async def run(request: Request) -> Response:
-            try:
-                caller, payload, now = await authenticate(request)
-                params = {**request.path_params, **request.query_params}
-                result = await trio.to_thread.run_sync(spec.handler, state, caller, params, payload, now)
-                if spec.path.endswith("/roots") and spec.method == "POST":
-                    portal = bytes.fromhex(request.path_params["portal"])
-                    new_version.pop(portal, trio.Event()).set()
-            except HubRefusal as exc:
-                return refusal(request, exc)
-            except BadSignature as exc:
-                return refusal(request, HubRefusal(401, "bad-signature", str(exc)))
-            except (KeyError, ValueError, TypeError) as exc:
-                return refusal(request, HubRefusal(400, "malformed", f"malformed request: {exc!r}"))
-            return JSONResponse({"ok": True} if result is None else {"result": result})
-
-        return run
-
-    async def events(request: Request) -> Response:
+    async def answer(request: Request, work: Callable[[], Awaitable[Any]]) -> Response:
+        """Run ``work``: its result is the JSON answer; every refusal becomes an error answer here, and only here."""
         try:
-            caller, _, now = await authenticate(request)
-            portal = _portal(dict(request.path_params))
-            after = int(request.query_params.get("after", 0))
-            with trio.move_on_after(LONG_POLL_SECONDS):
-                while True:
-                    event = new_version.setdefault(portal, trio.Event())
-                    records = await trio.to_thread.run_sync(state.roots, caller, portal, after, time.time_ns())
-                    if records:
-                        break
-                    await event.wait()
-            records = await trio.to_thread.run_sync(state.roots, caller, portal, after, time.time_ns())
+            result = await work()
         except HubRefusal as exc:
             return refusal(request, exc)
         except BadSignature as exc:
             return refusal(request, HubRefusal(401, "bad-signature", str(exc)))
-        except (KeyError, ValueError) as exc:
+        except (KeyError, ValueError, TypeError) as exc:
             return refusal(request, HubRefusal(400, "malformed", f"malformed request: {exc!r}"))
-        return JSONResponse({"result": records})
+        return JSONResponse({"ok": True} if result is None else {"result": result})
+
+    def endpoint(spec: RouteSpec) -> Callable[[Request], Any]:
+        async def work(request: Request) -> Any:
+            caller, payload, now = await authenticate(request)
+            params = {**request.path_params, **request.query_params}
+            result = await trio.to_thread.run_sync(spec.handler, state, caller, params, payload, now)
+            if spec.path.endswith("/roots") and spec.method == "POST":
+                new_version.pop(bytes.fromhex(request.path_params["portal"]), trio.Event()).set()
+            return result
+
+        async def run(request: Request) -> Response:
+            return await answer(request, lambda: work(request))
+
+        return run
+
+    async def wait_for_records(request: Request) -> list[str]:
+        caller, _, _ = await authenticate(request)
+        portal = _portal(dict(request.path_params))
+        after = int(request.query_params.get("after", 0))
+        records: list[str] = []
+        with trio.move_on_after(LONG_POLL_SECONDS) as waited:
+            while not records:
+                event = new_version.setdefault(portal, trio.Event())
+                records = await trio.to_thread.run_sync(state.roots, caller, portal, after, time.time_ns())
+                if not records:
+                    await event.wait()
+        if waited.cancelled_caught:  # one last look: a record may have come as the wait ended
+            records = await trio.to_thread.run_sync(state.roots, caller, portal, after, time.time_ns())
+        return records
+
+    async def events(request: Request) -> Response:
+        return await answer(request, lambda: wait_for_records(request))
 
     async def openapi_document(request: Request) -> Response:
         return JSONResponse(openapi())
