@@ -153,12 +153,16 @@ class HubState:
             )
         return {"identity": identity.hex(), "device": caller.key.hex()}
 
-    def set_agreement(self, caller: Caller, agreement: bytes, sig: bytes) -> None:
-        identity = self.require_device(caller)
+    @staticmethod
+    def _identity_signed(identity: bytes, sig: bytes, message: bytes, what: str) -> None:
         try:
-            verify_signature(identity, sig, DOMAIN_AGREEMENT + agreement, "agreement key")
+            verify_signature(identity, sig, message, what)
         except BadSignature as exc:
             raise HubRefusal(400, "bad-signature", str(exc)) from None
+
+    def set_agreement(self, caller: Caller, agreement: bytes, sig: bytes) -> None:
+        identity = self.require_device(caller)
+        self._identity_signed(identity, sig, DOMAIN_AGREEMENT + agreement, "agreement key")
         with self._txn() as db:
             db.execute(
                 "UPDATE identities SET agreement = ?, agreement_sig = ? WHERE identity = ?", (agreement, sig, identity)
@@ -193,10 +197,7 @@ class HubState:
 
     def revoke(self, caller: Caller, device: bytes, sig: bytes, now_ns: int) -> None:
         identity = self.require_device(caller)
-        try:
-            verify_signature(identity, sig, DOMAIN_REVOKE + device, "revocation")
-        except BadSignature as exc:
-            raise HubRefusal(400, "bad-signature", str(exc)) from None
+        self._identity_signed(identity, sig, DOMAIN_REVOKE + device, "revocation")
         with self._txn() as db:
             if (
                 db.execute(
