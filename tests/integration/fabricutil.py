@@ -1,4 +1,4 @@
-"""A fabric of real processes on loopback: one hub and several edges, each stopped by PID."""
+"""A fabric of real processes: one hub and several edges, each stopped by PID, on loopback or on a LAN."""
 
 from __future__ import annotations
 
@@ -7,10 +7,12 @@ import re
 import signal
 import subprocess
 import sys
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
+
+from .lan import Lan
 
 START_TIMEOUT = 30.0
 
@@ -51,16 +53,16 @@ class FabricLab:
         return self.edges[i].line.split()[2]
 
 
-def start(args: list[str], data: Path, netns: str | None = None) -> Server:
-    """Start a server and wait for its one ready line on stdout."""
-    prefix = ["ip", "netns", "exec", netns] if netns else []
+def start(args: list[str], data: Path, enter: Callable[[], None] | None = None) -> Server:
+    """Start a server (in the namespace ``enter`` moves it to) and wait for its one ready line on stdout."""
     log = open(data.with_suffix(".log"), "wb")
     process = subprocess.Popen(
-        [*prefix, sys.executable, "-m", "portalfs.cli.servers", *args],
+        [sys.executable, "-m", "portalfs.cli.servers", *args],
         stdout=subprocess.PIPE,
         stderr=log,
         text=True,
         env={**os.environ, "PYTHONUNBUFFERED": "1"},
+        preexec_fn=enter,
     )
     assert process.stdout is not None
     line = process.stdout.readline().strip()  # the server prints it once it listens (or exits)
@@ -71,18 +73,26 @@ def start(args: list[str], data: Path, netns: str | None = None) -> Server:
 
 
 @contextmanager
-def fabric(root: Path, edges: int = 3, host: str = "127.0.0.1", quota: str = "0") -> Iterator[FabricLab]:
+def fabric(root: Path, edges: int = 3, quota: str = "0", lan: Lan | None = None) -> Iterator[FabricLab]:
+    """A hub and ``edges`` edges: on loopback, or each on its own host of ``lan`` (hosts hub, edge0, edge1, ...)."""
+
+    def place(host: str) -> tuple[str, Callable[[], None] | None]:
+        return ("127.0.0.1", None) if lan is None else (lan.address(host), lan.enter(host))
+
     root.mkdir(parents=True, exist_ok=True)
     lab = FabricLab(root)
     try:
-        lab.hub = start(["hub", "serve", "--db", str(root / "hub.db"), "--listen", f"{host}:0"], root / "hub")
+        address, enter = place("hub")
+        lab.hub = start(["hub", "serve", "--db", str(root / "hub.db"), "--listen", f"{address}:0"], root / "hub", enter)
         for i in range(edges):
             data = root / f"edge{i}"
+            address, enter = place(f"edge{i}")
             lab.edges.append(
                 start(
-                    ["edge", "serve", "--data", str(data), "--listen", f"{host}:0", "--hub", lab.hub_url,
+                    ["edge", "serve", "--data", str(data), "--listen", f"{address}:0", "--hub", lab.hub_url,
                      "--quota", quota],
                     data,
+                    enter,
                 )
             )  # fmt: skip
         yield lab

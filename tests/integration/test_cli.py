@@ -8,6 +8,7 @@ import sqlite3
 import stat
 import subprocess
 import sys
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -18,8 +19,13 @@ from portalfs.store import LocalStore
 
 
 def portalctl(
-    home: Path, *args: str, input: str | None = None, env: dict[str, str] | None = None
+    home: Path,
+    *args: str,
+    input: str | None = None,
+    env: dict[str, str] | None = None,
+    enter: Callable[[], None] | None = None,
 ) -> subprocess.CompletedProcess:
+    """Run portalctl with ``home`` as PORTAL_HOME (in the network namespace ``enter`` moves it to)."""
     full_env = {k: v for k, v in os.environ.items() if k != "PORTAL_PASSPHRASE"}
     full_env["PORTAL_HOME"] = str(home)
     full_env.update(env or {})
@@ -30,6 +36,7 @@ def portalctl(
         text=True,
         env=full_env,
         timeout=120,
+        preexec_fn=enter,
     )
 
 

@@ -1,0 +1,86 @@
+"""A LAN of network namespaces, made with pyroute2: hosts on one bridge, all removed at the end.
+
+The bridge lives in a namespace of its own (the switch), so nothing is added
+to or routed through the namespace the tests run in: a host reaches the other
+hosts of its LAN and nothing else (no default route).
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+
+from pyroute2 import NetNS, netns
+
+__all__ = ["Lan", "lan", "namespaces_available"]
+
+SUBNET = "10.78.0"  # hosts get SUBNET.1, SUBNET.2, ... /24
+
+
+@dataclass
+class Lan:
+    prefix: str  # unique to this LAN: the namespaces are PREFIX-switch and PREFIX-HOST
+    addresses: dict[str, str] = field(default_factory=dict)  # host -> IPv4 address
+    _ports: dict[str, str] = field(default_factory=dict)  # host -> the switch's end of its cable
+
+    @property
+    def switch(self) -> str:
+        return f"{self.prefix}-switch"
+
+    def netns(self, host: str) -> str:
+        return f"{self.prefix}-{host}"
+
+    def address(self, host: str) -> str:
+        return self.addresses[host]
+
+    def enter(self, host: str) -> Callable[[], None]:
+        """A ``preexec_fn`` that moves a child process into ``host``'s namespace before it runs."""
+        name = self.netns(host)
+        return lambda: netns.setns(name)
+
+    def unplug(self, host: str) -> None:
+        """Pull ``host``'s cable out of the switch: its packets go nowhere, nothing answers."""
+        with NetNS(self.switch) as switch:
+            switch.link("set", index=switch.link_lookup(ifname=self._ports[host])[0], state="down")
+
+    def _add_host(self, host: str, address: str, index: int) -> None:
+        name = self.netns(host)
+        netns.create(name)
+        port = f"p{index}"  # the switch's end of the host's cable
+        with NetNS(self.switch) as switch:
+            switch.link("add", ifname=port, kind="veth", peer={"ifname": "eth0", "net_ns_fd": name})
+            bridge = switch.link_lookup(ifname="br0")[0]
+            switch.link("set", index=switch.link_lookup(ifname=port)[0], master=bridge, state="up")
+        with NetNS(name) as ns:
+            eth0 = ns.link_lookup(ifname="eth0")[0]
+            ns.addr("add", index=eth0, address=address, prefixlen=24)
+            ns.link("set", index=eth0, state="up")
+            ns.link("set", index=ns.link_lookup(ifname="lo")[0], state="up")
+        self.addresses[host] = address
+        self._ports[host] = port
+
+
+def namespaces_available() -> bool:
+    return os.geteuid() == 0 and os.path.exists("/proc/self/ns/net")
+
+
+@contextmanager
+def lan(hosts: list[str]) -> Iterator[Lan]:
+    """Hosts on one bridge, named by ``hosts``; every namespace is removed on exit, whatever happened."""
+    lab = Lan(f"pt{os.getpid() % 100000}")
+    made = [lab.switch]
+    try:
+        netns.create(lab.switch)
+        with NetNS(lab.switch) as switch:
+            switch.link("add", ifname="br0", kind="bridge")
+            switch.link("set", index=switch.link_lookup(ifname="br0")[0], state="up")
+        for i, host in enumerate(hosts, start=1):
+            made.append(lab.netns(host))
+            lab._add_host(host, f"{SUBNET}.{i}", i)
+        yield lab
+    finally:
+        for name in reversed(made):
+            if name in netns.listnetns():
+                netns.remove(name)
