@@ -28,6 +28,7 @@ __all__ = [
     "Unreachable",
     "Refused",
     "Conflict",
+    "error_for_exit_code",
 ]
 
 
@@ -137,3 +138,19 @@ class Conflict(PortalError):
     """The hub holds a newer version than the one this device built on."""
 
     exit_code = 16
+
+
+def error_for_exit_code(code: int, message: str) -> PortalError:
+    """The error that another Portal process reported as ``code`` and ``message`` (its base class for the code)."""
+    classes: list[type[PortalError]] = [PortalError, *_subclasses(PortalError)]
+    for cls in classes:
+        if cls.exit_code == code:
+            return cls(message)
+    return PortalError(message)
+
+
+def _subclasses(cls: type[PortalError]) -> list[type[PortalError]]:
+    found = []
+    for sub in cls.__subclasses__():
+        found += [sub, *_subclasses(sub)]
+    return found

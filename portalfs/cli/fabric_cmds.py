@@ -10,12 +10,13 @@ import time
 from collections.abc import Callable
 from typing import Any
 
+from ..daemon.control import call_daemon, daemon_socket
 from ..device import Device, Unlocked
 from ..edge.client import parse_address
-from ..errors import NotFound, UsageError
+from ..errors import NotFound, UsageError, error_for_exit_code
 from ..fabric.grants import Grant, LinkUrl, unwrap_for_link, wrap_for_link
 from ..fabric.store import FabricStore
-from ..fabric.sync import Fabric, FabricConfig, load_config, save_config
+from ..fabric.sync import Fabric, FabricConfig, followed_portals, load_config, published_version, save_config
 from ..keys import DOMAIN_REVOKE
 from ..portal import PortalView
 from ..root import RootRecord
@@ -23,6 +24,8 @@ from .common import unlock
 
 __all__ = ["register", "open_fabric", "attach_fabric"]
 
+SYNC_TIMEOUT = 3600.0  # seconds `portalctl sync` waits for portald's answer
+STATUS_TIMEOUT = 10.0
 _DURATION = re.compile(r"(\d+)([smhdw])")
 _UNIT_NS = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 7 * 86400}
 _WINDOW = re.compile(r"([01]\d|2[0-3]):[0-5]\d-([01]\d|2[0-3]):[0-5]\d")
@@ -165,19 +168,23 @@ def cmd_device_revoke(device: Device, args: argparse.Namespace) -> int:
 
 
 def cmd_sync(device: Device, args: argparse.Namespace) -> int:
-    secrets = unlock(device, args)
-    fabric = open_fabric(device, secrets)
-    try:
-        fabric.merge_keyring()
-        fabric.accept_shares()
-        names = args.names or [row.name for row in device.state.portals()]
-        results = []
-        for name in names:
-            if device.state.get_meta(f"link:{device.state.portal(name).id.hex()}"):
-                continue  # opened from a link: read-only, refreshed by `open`
-            results.append(fabric.sync(PortalView.open(device, name, secrets)))
-    finally:
-        fabric.close()
+    results = call_daemon(daemon_socket(device.home.data), {"op": "sync", "names": args.names}, SYNC_TIMEOUT)
+    if results is not None:  # portald syncs for this device: ask it, so that two syncs never race
+        failed = [r for r in results if "error" in r]
+        if failed:
+            raise error_for_exit_code(int(failed[0]["exit_code"]), failed[0]["error"])
+    else:
+        secrets = unlock(device, args)
+        fabric = open_fabric(device, secrets)
+        try:
+            fabric.refresh()
+            followed = {row.name for row in followed_portals(device)}
+            names = args.names or sorted(followed)
+            for name in names:
+                device.state.portal(name)  # an unknown name is an error, before anything is synced
+            results = [fabric.sync(PortalView.open(device, n, secrets)) for n in names if n in followed]
+        finally:
+            fabric.close()
     _emit(
         args,
         results,
@@ -338,12 +345,18 @@ def cmd_status(device: Device, args: argparse.Namespace) -> int:
         for row in device.state.portals():
             head = device.state.head(row.id)
             local = 0 if head is None else head.version
-            portals.append({"portal": row.name, "version": local, "published": fabric.published(row.id)})
+            portals.append({"portal": row.name, "version": local, "published": published_version(device, row.id)})
         edges = fabric.swarm.stat() if (config.hub or config.edges) else []
     finally:
         fabric.close()
+    daemon = call_daemon(daemon_socket(device.home.data), {"op": "status"}, STATUS_TIMEOUT)
     data = {"identity": secrets.identity.public.hex(), "hub": config.hub, "edges": edges, "portals": portals}
+    data["daemon"] = daemon
     lines = [f"identity {secrets.identity.fingerprint}", f"hub      {config.hub or '(none: this device alone)'}"]
+    lines.append(f"portald  running (pid {daemon['pid']})" if daemon else "portald  not running: sync is by hand")
+    for p in daemon["portals"] if daemon else []:
+        if p["last_error"]:
+            lines.append(f"portald  {p['portal']}: {p['last_error']} (failed {p['failures']} times, retrying)")
     lines += [f"edge     {e['edge']}: " + ("up" if e["up"] else "down") for e in edges]
     lines += [
         f"portal   {p['portal']}: v{p['version']}"

@@ -26,7 +26,7 @@ from .grants import Grant, open_keyring, seal_keyring, unwrap_for_identity, wrap
 from .store import FabricStore
 from .swarm import Swarm
 
-__all__ = ["FabricConfig", "Fabric", "load_config", "save_config"]
+__all__ = ["FabricConfig", "Fabric", "load_config", "save_config", "followed_portals", "published_version"]
 
 log = logging.getLogger("portal.sync")
 
@@ -55,6 +55,17 @@ def load_config(device: Device) -> FabricConfig | None:
 
 def save_config(device: Device, config: FabricConfig) -> None:
     device.state.set_meta(META, config.to_json())
+
+
+def followed_portals(device: Device) -> list[PortalRow]:
+    """The portals sync keeps up to date: all but those opened from a link (read-only, refreshed by `open`)."""
+    return [row for row in device.state.portals() if not device.state.get_meta(f"link:{row.id.hex()}")]
+
+
+def published_version(device: Device, portal: bytes) -> int:
+    """The newest version of ``portal`` this device knows to be at the hub (0: none)."""
+    raw = device.state.get_meta(f"published:{portal.hex()}")
+    return 0 if raw is None else int(raw)
 
 
 def _address(row: dict[str, Any]) -> EdgeAddress:
@@ -125,6 +136,10 @@ class Fabric:
         for name in added:
             self.pull(PortalView.open(self.device, name, self.secrets))
         return {"hub": hub.url, "portals_added": added, "edges": len(self.edges())}
+
+    def refresh(self) -> list[str]:
+        """Adopt the keyring's portals and the shares accepted since; return the names added."""
+        return self.merge_keyring() + self.accept_shares()
 
     def _grant_owner(self, row: PortalRow) -> bytes:
         owner = self.device.state.get_meta(f"owner:{row.id.hex()}")
@@ -235,10 +250,6 @@ class Fabric:
 
     # versions
 
-    def published(self, portal: bytes) -> int:
-        raw = self.device.state.get_meta(f"published:{portal.hex()}")
-        return 0 if raw is None else int(raw)
-
     def _trust_writers(self, view: PortalView, records: list[RootRecord]) -> None:
         """Add to the device table the enrolled devices of the portal's owner that signed ``records``."""
         known = self.device.state.device_names()
@@ -284,7 +295,7 @@ class Fabric:
         hub = self._require_hub()
         head = self.device.state.head(view.row.id)
         local = 0 if head is None else head.version
-        published = self.published(view.row.id)
+        published = published_version(self.device, view.row.id)
         records = [RootRecord.from_bytes(r) for r in hub.roots(view.row.id, after=local)]
         if not records:
             return 0
@@ -320,7 +331,7 @@ class Fabric:
         """Put every object of the unpublished versions on ``replicas`` edges, then publish them in order."""
         hub = self._require_hub()
         portal = view.row.id
-        published = self.published(portal)
+        published = published_version(self.device, portal)
         pending = [v for v in self.device.state.versions(portal) if v.version > published]
         if not pending:
             return {"published": 0, "objects": 0}

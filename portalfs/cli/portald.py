@@ -1,0 +1,86 @@
+"""portald: keep this device's portals in sync with its hub and edges, in the foreground (a service's main)."""
+
+from __future__ import annotations
+
+import argparse
+import fcntl
+import logging
+import os
+import signal
+import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+import trio
+
+from ..device import Device
+from ..errors import PortalBusy, UsageError
+from .common import run_command, unlock
+
+__all__ = ["main"]
+
+
+@contextmanager
+def _only_daemon(lock_path: Path) -> Iterator[None]:
+    """Hold ``lock_path`` for the daemon's life: one portald per device."""
+    with open(lock_path, "a+") as lock:
+        try:
+            fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            lock.seek(0)
+            owner = lock.read().strip()
+            raise PortalBusy(f"portald is already running for this device (pid {owner or '?'})") from None
+        lock.seek(0)
+        lock.truncate()
+        lock.write(f"{os.getpid()}\n")
+        lock.flush()
+        yield
+
+
+def _serve(device: Device, args: argparse.Namespace) -> int:
+    from ..daemon.service import SyncDaemon
+
+    if args.interval <= 0:
+        raise UsageError("--interval must be a positive number of seconds")
+    secrets = unlock(device, args)
+    daemon = SyncDaemon(device, secrets, interval=args.interval)
+
+    async def main() -> None:
+        async with trio.open_nursery() as nursery:
+            await nursery.start(daemon.run)
+            print(f"portald: ready, control socket {daemon.socket}", flush=True)
+            with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT, signal.SIGHUP) as signals:
+                async for signum in signals:
+                    logging.getLogger("portal.daemon").info("%s: stopping", signal.Signals(signum).name)
+                    break
+            nursery.cancel_scope.cancel()
+
+    with _only_daemon(device.home.data / "portald.lock"):
+        trio.run(main)
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        prog="portald",
+        description="Keep this device's portals in sync: push new versions to the edges and publish them, "
+        "pull the versions the hub announces. Runs in the foreground; stop it with SIGTERM.",
+    )
+    parser.add_argument("--interval", type=float, default=60.0, metavar="SECONDS",
+                        help="sync each portal at least this often (default 60)")  # fmt: skip
+    parser.add_argument("--passphrase-file", metavar="FILE", help="the passphrase protecting this device's keys")
+    parser.add_argument("-v", "--verbose", action="store_true")
+    args = parser.parse_args(argv)
+    logging.basicConfig(
+        level=logging.DEBUG if args.verbose else logging.INFO,
+        format="%(asctime)s %(name)s %(levelname)s %(message)s",
+        stream=sys.stderr,
+    )
+    for noisy in ("httpx", "quic", "portal.net"):
+        logging.getLogger(noisy).setLevel(logging.WARNING)
+    return run_command("portald", lambda device: _serve(device, args))
+
+
+if __name__ == "__main__":
+    sys.exit(main())

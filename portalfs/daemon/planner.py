@@ -1,0 +1,105 @@
+"""When to sync which portal: the daemon's reconciliation triggers. Sans-I/O: ``now`` is a parameter.
+
+A portal is synced when something says it changed (a local version not yet
+published, a version announced by the hub's event stream, a request from
+``portalctl sync``), and at the latest ``interval`` seconds after its last
+sync. A failed sync is retried after an exponential backoff (``BACKOFF_MIN``
+doubling to ``BACKOFF_MAX``); an explicit request skips the backoff. Changes
+that arrive while a sync runs mark the portal again, so none is lost.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from dataclasses import dataclass
+
+__all__ = ["SyncPlanner", "PortalSchedule", "BACKOFF_MIN", "BACKOFF_MAX"]
+
+BACKOFF_MIN = 1.0  # seconds before the first retry of a failed sync
+BACKOFF_MAX = 60.0
+
+
+@dataclass(slots=True)
+class PortalSchedule:
+    dirty: bool = True  # something changed since the last sync started
+    running: bool = False
+    not_before: float = 0.0  # no sync before this time (backoff after a failure)
+    last_finished: float | None = None
+    failures: int = 0  # consecutive
+    last_error: str | None = None
+    completed: int = 0  # syncs finished, failed or not
+
+
+class SyncPlanner:
+    def __init__(self, interval: float, refresh: float) -> None:
+        self.interval = interval  # seconds between syncs of a portal nothing announced a change of
+        self.refresh = refresh  # seconds between looks at the keyring and shares
+        self.portals: dict[bytes, PortalSchedule] = {}
+        self._refreshed: float | None = None
+
+    def track(self, portals: Iterable[bytes]) -> list[bytes]:
+        """Follow exactly ``portals`` from now on; return the ones new to the planner."""
+        wanted = set(portals)
+        for gone in set(self.portals) - wanted:
+            del self.portals[gone]
+        new = [p for p in wanted if p not in self.portals]
+        for portal in new:
+            self.portals[portal] = PortalSchedule()
+        return new
+
+    def changed(self, portal: bytes, *, urgent: bool = False) -> None:
+        schedule = self.portals.get(portal)
+        if schedule is None:
+            return
+        schedule.dirty = True
+        if urgent:
+            schedule.not_before = 0.0
+
+    def due(self, now: float) -> list[bytes]:
+        """Portals to sync now, in a stable order."""
+        return sorted(p for p, s in self.portals.items() if not s.running and self._due_at(s) <= now)
+
+    def refresh_due(self, now: float) -> bool:
+        return self._refreshed is None or now >= self._refreshed + self.refresh
+
+    def refresh_soon(self) -> None:
+        """Look at the keyring and shares in the next round (a portal appeared here, or a user asked)."""
+        self._refreshed = None
+
+    def refreshed(self, now: float) -> None:
+        self._refreshed = now
+
+    def started(self, portal: bytes) -> None:
+        schedule = self.portals[portal]
+        schedule.running = True
+        schedule.dirty = False
+
+    def finished(self, portal: bytes, now: float, error: str | None) -> None:
+        schedule = self.portals.get(portal)
+        if schedule is None:  # no longer followed
+            return
+        schedule.running = False
+        schedule.last_finished = now
+        schedule.completed += 1
+        schedule.last_error = error
+        if error is None:
+            schedule.failures = 0
+            schedule.not_before = 0.0
+        else:
+            schedule.failures += 1
+            schedule.dirty = True
+            schedule.not_before = now + min(BACKOFF_MAX, BACKOFF_MIN * 2 ** (schedule.failures - 1))
+
+    def wake_at(self, *, refreshing: bool = True) -> float | None:
+        """The earliest time anything becomes due (refreshes too, when ``refreshing``); None: nothing ever is."""
+        times = [self._due_at(s) for s in self.portals.values() if not s.running]
+        if refreshing:
+            times.append(0.0 if self._refreshed is None else self._refreshed + self.refresh)
+        return min(times, default=None)
+
+    def _due_at(self, schedule: PortalSchedule) -> float:
+        if schedule.dirty:
+            return schedule.not_before
+        if schedule.last_finished is None:
+            return 0.0
+        return max(schedule.not_before, schedule.last_finished + self.interval)

@@ -1,0 +1,269 @@
+"""portald's one nursery: the control socket, the local watcher, the hub's event streams and the sync loop.
+
+What to sync and when is decided by ``SyncPlanner`` (sans-I/O); this module
+only feeds it events and carries out its decisions. Every use of the device
+(its SQLite state, its store, the fabric's blocking hub client and swarm) runs
+on a worker thread, one at a time, so the trio thread never blocks and two
+syncs never interleave. See docs/design.md, "The daemon".
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import time
+from collections.abc import Callable
+from typing import Any, TypeVar
+
+import trio
+
+from ..device import Device, Unlocked
+from ..errors import NotFound, PortalError, UsageError
+from ..fabric.sync import Fabric, FabricConfig, followed_portals, load_config, published_version
+from ..hub.client import HubClient
+from ..portal import PortalView
+from .control import daemon_socket, serve_control
+from .planner import SyncPlanner
+
+__all__ = ["SyncDaemon", "DEFAULT_INTERVAL"]
+
+log = logging.getLogger("portal.daemon")
+
+DEFAULT_INTERVAL = 60.0  # seconds between syncs of a portal that nothing announced a change of
+REFRESH_SECONDS = 30.0  # between looks at the keyring and the shares
+LOCAL_POLL_SECONDS = 1.0  # between looks at the local heads (versions made by mounts and `put`)
+HUB_RETRY_MIN, HUB_RETRY_MAX = 2.0, 60.0  # backoff of an event stream the hub refused or did not answer
+
+T = TypeVar("T")
+
+
+class SyncDaemon:
+    def __init__(self, device: Device, secrets: Unlocked, interval: float = DEFAULT_INTERVAL) -> None:
+        self.device = device
+        self.secrets = secrets
+        self.planner = SyncPlanner(interval, REFRESH_SECONDS)
+        self.hub: str | None = None
+        self.socket = daemon_socket(device.home.data)
+        self._limiter = trio.CapacityLimiter(1)  # device work: one piece at a time, on a worker thread
+        self._wakeup = trio.Event()
+        self._progress = trio.Event()  # set, then replaced, whenever a sync finishes
+        self._names: dict[bytes, str] = {}
+        self._results: dict[bytes, dict[str, Any]] = {}
+        self._streams: dict[bytes, trio.CancelScope] = {}
+        self._started_ns = time.time_ns()
+
+    async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+        async with trio.open_nursery() as nursery:
+            await self._scan(nursery)
+            await nursery.start(serve_control, self.socket, self.handle)
+            nursery.start_soon(self._watch_local, nursery)
+            nursery.start_soon(self._sync_loop)
+            log.info("portald: %d portals followed, hub %s", len(self._names), self.hub or "(none yet)")
+            task_status.started()
+
+    async def _on_device(self, fn: Callable[..., T], *args: Any) -> T:
+        return await trio.to_thread.run_sync(fn, *args, limiter=self._limiter)
+
+    def _wake(self) -> None:
+        self._wakeup.set()
+
+    # watching
+
+    def _look(self) -> tuple[str | None, dict[bytes, str], list[bytes]]:
+        """The hub, the followed portals, and those with local versions the hub has not got (worker thread)."""
+        config = load_config(self.device)
+        if config is None or not config.hub:
+            return None, {}, []
+        rows = followed_portals(self.device)
+        pending = []
+        for row in rows:
+            head = self.device.state.head(row.id)
+            if head is not None and head.version > published_version(self.device, row.id):
+                pending.append(row.id)
+        return config.hub, {row.id: row.name for row in rows}, pending
+
+    async def _scan(self, nursery: trio.Nursery) -> None:
+        hub, names, pending = await self._on_device(self._look)
+        if hub != self.hub:  # joined a hub, or moved to another: every event stream starts again
+            for scope in self._streams.values():
+                scope.cancel()
+            self._streams.clear()
+            self.hub = hub
+            self._wake()
+        self._names = names
+        first = not self.planner.portals
+        new = self.planner.track(names)
+        if new and not first:
+            self.planner.refresh_soon()  # a portal made here goes into the keyring, for the identity's other devices
+        for portal in pending:
+            self.planner.changed(portal)
+        for portal in set(self._streams) - set(names):
+            self._streams.pop(portal).cancel()
+        for portal in names:
+            if portal not in self._streams and hub is not None:
+                self._streams[portal] = await nursery.start(self._follow_events, hub, portal)
+        if new or pending:
+            self._wake()
+
+    async def _watch_local(self, nursery: trio.Nursery) -> None:
+        while True:
+            await trio.sleep(LOCAL_POLL_SECONDS)
+            await self._scan(nursery)
+
+    async def _follow_events(
+        self, hub_url: str, portal: bytes, *, task_status: trio.TaskStatus[trio.CancelScope] = trio.TASK_STATUS_IGNORED
+    ) -> None:
+        """Long-poll the hub for versions of ``portal`` beyond this device's head; each one triggers a sync."""
+        with trio.CancelScope() as scope:
+            task_status.started(scope)
+            hub = HubClient(hub_url, self.secrets.device)
+            retry = HUB_RETRY_MIN
+            try:
+                while True:
+                    head = await self._on_device(self.device.state.head, portal)
+                    after = 0 if head is None else head.version
+                    try:
+                        records = await trio.to_thread.run_sync(hub.wait_roots, portal, after, abandon_on_cancel=True)
+                    except PortalError as exc:
+                        log.info("event stream of %s: %s; again in %.0f s", self._names.get(portal, "?"), exc, retry)
+                        await trio.sleep(retry)
+                        retry = min(HUB_RETRY_MAX, retry * 2)
+                        continue
+                    retry = HUB_RETRY_MIN
+                    if records:
+                        schedule = self.planner.portals.get(portal)
+                        if schedule is None:
+                            return
+                        log.info("%s: v%d announced by the hub", self._names.get(portal, "?"), after + len(records))
+                        target = schedule.completed + (2 if schedule.running else 1)
+                        self.planner.changed(portal)
+                        self._wake()
+                        await self._wait_completed({portal: target})
+            finally:
+                hub.close()
+
+    # syncing
+
+    async def _sync_loop(self) -> None:
+        while True:
+            wake_at = self.planner.wake_at(refreshing=self.hub is not None)
+            with trio.move_on_at(float("inf") if wake_at is None else wake_at):
+                await self._wakeup.wait()
+            self._wakeup = trio.Event()
+            now = trio.current_time()
+            due = self.planner.due(now)
+            refresh = self.hub is not None and self.planner.refresh_due(now)
+            if due or refresh:
+                await self._sync_round(due, refresh)
+
+    async def _sync_round(self, due: list[bytes], refresh: bool) -> None:
+        fabric = await self._on_device(self._open_fabric)
+        try:
+            if refresh:
+                try:
+                    added = await self._on_device(fabric.refresh)
+                    if added:
+                        log.info("portals added from the keyring and shares: %s", ", ".join(added))
+                        self._wake()  # the local watcher follows them from its next look
+                except PortalError as exc:
+                    log.warning("keyring and shares: %s", exc)
+                self.planner.refreshed(trio.current_time())
+            for portal in due:
+                if portal not in self.planner.portals:
+                    continue
+                self.planner.started(portal)
+                name = self._names.get(portal, portal.hex()[:16])
+                error = None
+                try:
+                    result = await self._on_device(self._sync_one, fabric, portal)
+                    if result["pulled"] or result["published"]:
+                        log.info("%s: v%d (pulled %d, published %d)", name, result["version"], result["pulled"],
+                                 result["published"])  # fmt: skip
+                except PortalError as exc:
+                    error = str(exc)
+                    result = {"portal": name, "error": error, "exit_code": exc.exit_code}
+                    log.warning("%s: %s", name, exc)
+                self._results[portal] = result
+                self.planner.finished(portal, trio.current_time(), error)
+        finally:
+            with trio.CancelScope(shield=True):  # the swarm's thread and the hub's connections end even on stop
+                await self._on_device(fabric.close)
+            self._progress.set()
+            self._progress = trio.Event()
+
+    def _open_fabric(self) -> Fabric:
+        return Fabric(self.device, self.secrets, load_config(self.device) or FabricConfig())
+
+    def _sync_one(self, fabric: Fabric, portal: bytes) -> dict[str, Any]:
+        row = next((r for r in self.device.state.portals() if r.id == portal), None)
+        if row is None:
+            raise NotFound("the portal is gone from this device")
+        return fabric.sync(PortalView.open(self.device, row.name, self.secrets))
+
+    async def _wait_completed(self, targets: dict[bytes, int]) -> None:
+        """Until each portal has finished ``targets[portal]`` syncs (or is no longer followed)."""
+        while True:
+            left = [
+                p for p, n in targets.items() if p in self.planner.portals and self.planner.portals[p].completed < n
+            ]
+            if not left:
+                return
+            await self._progress.wait()
+
+    # control
+
+    async def handle(self, request: dict[str, Any]) -> Any:
+        op = request.get("op")
+        if op == "status":
+            return self.status()
+        if op == "sync":
+            names = request.get("names") or []
+            if not isinstance(names, list) or not all(isinstance(n, str) for n in names):
+                raise UsageError("sync: names is a list of portal names")
+            return await self.sync_now(names)
+        raise UsageError(f"unknown request {op!r} (status, sync)")
+
+    async def sync_now(self, names: list[str]) -> list[dict[str, Any]]:
+        """Sync ``names`` (every followed portal when empty) now; return once each finished a sync begun after."""
+        if self.hub is None:
+            raise UsageError("this device has no hub: run `portalctl hub add URL` first")
+        fabric = await self._on_device(self._open_fabric)
+        try:
+            await self._on_device(fabric.refresh)
+        finally:
+            with trio.CancelScope(shield=True):
+                await self._on_device(fabric.close)
+        self.planner.refreshed(trio.current_time())
+        _, self._names, _ = await self._on_device(self._look)
+        self.planner.track(self._names)
+        for name in names:
+            await self._on_device(self.device.state.portal, name)  # NotFound names the unknown one
+        by_name = {name: portal for portal, name in self._names.items()}
+        portals = (
+            [by_name[n] for n in names if n in by_name] if names else sorted(self._names, key=self._names.__getitem__)
+        )
+        targets = {}
+        for portal in portals:
+            schedule = self.planner.portals[portal]
+            targets[portal] = schedule.completed + (2 if schedule.running else 1)
+            self.planner.changed(portal, urgent=True)
+        self._wake()
+        await self._wait_completed(targets)
+        return [self._results[p] for p in portals if p in self._results]
+
+    def status(self) -> dict[str, Any]:
+        now = trio.current_time()
+        portals = []
+        for portal, schedule in sorted(self.planner.portals.items(), key=lambda kv: self._names.get(kv[0], "")):
+            portals.append(
+                {
+                    "portal": self._names.get(portal, portal.hex()),
+                    "syncs": schedule.completed,
+                    "running": schedule.running,
+                    "pending": schedule.dirty,
+                    "failures": schedule.failures,
+                    "last_error": schedule.last_error,
+                    "seconds_since_sync": None if schedule.last_finished is None else now - schedule.last_finished,
+                }
+            )
+        return {"pid": os.getpid(), "since_ns": self._started_ns, "hub": self.hub, "portals": portals}

@@ -1,0 +1,150 @@
+"""portald for real: two devices of one identity, each with its daemon, on a hub and three edges on loopback."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import signal
+import stat
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from .fabricutil import FabricLab, fabric
+from .test_cli import fails, ok
+
+WAIT_SECONDS = 60.0
+
+
+class Daemon:
+    """A portald process; a thread reads its log as it comes, so the pipe never fills."""
+
+    def __init__(self, home: Path, process: subprocess.Popen[str]) -> None:
+        self.home = home
+        self.process = process
+        self.lines: list[str] = []
+        self._seen = 0  # lines before this one have matched a wait already
+        self._changed = threading.Condition()
+        self._reader = threading.Thread(target=self._read, daemon=True)
+        self._reader.start()
+
+    def _read(self) -> None:
+        assert self.process.stderr is not None
+        for line in self.process.stderr:
+            with self._changed:
+                self.lines.append(line)
+                self._changed.notify_all()
+
+    def wait_for(self, pattern: str) -> str:
+        """Until portald logs a line matching ``pattern`` (one not matched before); fail after WAIT_SECONDS."""
+        deadline = time.monotonic() + WAIT_SECONDS
+        with self._changed:
+            while True:
+                for i, line in enumerate(self.lines[self._seen :], start=self._seen):
+                    if re.search(pattern, line):
+                        self._seen = i + 1
+                        return line
+                left = deadline - time.monotonic()
+                if left <= 0 or not self._changed.wait(timeout=left):
+                    log = "".join(self.lines)[-3000:]
+                    raise AssertionError(f"portald never logged {pattern!r}; it logged:\n{log}")
+
+    def stop(self) -> int:
+        if self.process.poll() is None:
+            self.process.send_signal(signal.SIGTERM)
+            try:
+                self.process.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait()
+        return self.process.returncode
+
+
+def _portald(home: Path, *args: str) -> subprocess.Popen[str]:
+    env = {k: v for k, v in os.environ.items() if k != "PORTAL_PASSPHRASE"}
+    return subprocess.Popen(
+        [sys.executable, "-m", "portalfs.cli.portald", *args],
+        env={**env, "PORTAL_HOME": str(home), "PYTHONUNBUFFERED": "1"},
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+
+
+@pytest.fixture
+def daemons() -> Iterator[list[Daemon]]:
+    started: list[Daemon] = []
+    yield started
+    for daemon in started:
+        daemon.stop()
+
+
+def start_daemon(home: Path, started: list[Daemon]) -> Daemon:
+    process = _portald(home, "--interval", "30")
+    daemon = Daemon(home, process)
+    started.append(daemon)
+    assert process.stdout is not None
+    ready = process.stdout.readline()
+    assert ready.startswith("portald: ready"), (ready, daemon.stop(), "".join(daemon.lines))
+    return daemon
+
+
+@pytest.fixture
+def lab(tmp_path: Path) -> Iterator[FabricLab]:
+    with fabric(tmp_path / "fabric") as lab:
+        yield lab
+
+
+def test_a_version_written_on_one_device_reaches_the_other_by_the_daemons_alone(
+    tmp_path: Path, lab: FabricLab, daemons: list[Daemon]
+) -> None:
+    a, b = tmp_path / "a", tmp_path / "b"
+    words = " ".join(json.loads(ok(a, "init", "--no-passphrase", "--json"))["words"])
+    ok(a, "hub", "add", lab.hub_url)
+    ok(a, "portal", "create", "notes")
+    src = tmp_path / "src"
+    src.mkdir()
+    (src / "first.txt").write_text("one\n")
+    ok(a, "put", "notes", f"{src}/")
+    ok(b, "recover", "--no-passphrase", input=words)
+    ok(b, "hub", "add", lab.hub_url)
+
+    on_a = start_daemon(a, daemons)
+    on_a.wait_for(r"notes: v1 \(pulled 0, published 1\)")  # v1 was waiting to be published
+    on_b = start_daemon(b, daemons)  # b finds the portal in the keyring, where a's daemon put it
+    on_b.wait_for(r"notes: v1 \(pulled 1, published 0\)")  # ... and the hub's event stream announced it
+
+    # a new version: a's daemon sees it, pushes and publishes; b's hears of it and pulls, no command needed
+    (src / "second.txt").write_text("two\n")
+    ok(a, "put", "notes", f"{src}/")
+    on_a.wait_for(r"notes: v2 \(pulled 0, published 1\)")
+    on_b.wait_for(r"notes: v2 \(pulled 1, published 0\)")
+    ok(b, "get", "notes", str(tmp_path / "out"))
+    assert (tmp_path / "out" / "second.txt").read_text() == "two\n"
+
+    # portalctl asks the running daemon instead of syncing beside it
+    status = json.loads(ok(a, "status", "--json"))
+    assert status["daemon"]["pid"] == on_a.process.pid
+    assert [p["portal"] for p in status["daemon"]["portals"]] == ["notes"]
+    (src / "third.txt").write_text("three\n")
+    ok(a, "put", "notes", f"{src}/")
+    synced = json.loads(ok(a, "sync", "--json"))
+    assert synced[0]["portal"] == "notes" and synced[0]["version"] == 3
+    fails(a, 3, "sync", "nosuch", match="no portal named 'nosuch'")
+    socket = a / "portald.sock"
+    assert stat.S_IMODE(socket.stat().st_mode) == 0o600
+
+    # one daemon per device; SIGTERM stops it and takes its socket away
+    second = _portald(a)
+    _, err = second.communicate(timeout=60)
+    assert second.returncode == 12 and err.strip().splitlines()[-1].startswith("portald: portald is already running")
+    assert on_a.stop() == 0
+    assert not socket.exists()
+    assert json.loads(ok(a, "status", "--json"))["daemon"] is None
