@@ -17,6 +17,7 @@ the protocol forbids raises ``LocalProtocolError``.
 from __future__ import annotations
 
 import struct
+from collections import deque
 from dataclasses import dataclass
 from typing import Any, ClassVar
 
@@ -337,29 +338,64 @@ def parse_message(kind: int, header: bytes, body: bytes) -> Message:
 
 
 class FrameReader:
-    """Reassembles frames from a byte stream: ``feed`` bytes, then take ``next_message`` until None."""
+    """Reassembles frames from a byte stream: ``feed`` bytes, then take ``next_message`` until None.
+
+    Received pieces are kept as they came and joined once per frame part, so a
+    body is copied once however many pieces it arrived in (a megabyte body comes
+    in dozens). ``feed`` keeps a reference to ``bytes`` it is given: they are
+    immutable; anything else is copied.
+    """
 
     def __init__(self) -> None:
-        self._buffer = bytearray()
+        self._pieces: deque[bytes | memoryview] = deque()
+        self._size = 0
+        self._head: tuple[int, int, int] | None = None  # the current frame's kind and lengths, once read
 
     def feed(self, data: bytes | bytearray | memoryview) -> None:
-        self._buffer += data
+        if data:
+            self._pieces.append(data if isinstance(data, bytes) else bytes(data))
+            self._size += len(data)
 
     @property
     def pending(self) -> int:
-        return len(self._buffer)
+        return self._size
 
     def next_message(self) -> Message | None:
-        if len(self._buffer) < FRAME_HEAD.size:
+        if self._head is None:
+            if self._size < FRAME_HEAD.size:
+                return None
+            kind, header_len, body_len = FRAME_HEAD.unpack(self._take(FRAME_HEAD.size))
+            if header_len > MAX_HEADER or body_len > MAX_BODY:
+                raise RemoteProtocolError(f"frame too large ({header_len}-byte header, {body_len}-byte body)")
+            self._head = kind, header_len, body_len
+        kind, header_len, body_len = self._head
+        if self._size < header_len + body_len:
             return None
-        kind, header_len, body_len = FRAME_HEAD.unpack_from(self._buffer)
-        if header_len > MAX_HEADER or body_len > MAX_BODY:
-            raise RemoteProtocolError(f"frame too large ({header_len}-byte header, {body_len}-byte body)")
-        end = FRAME_HEAD.size + header_len + body_len
-        if len(self._buffer) < end:
-            return None
-        start = FRAME_HEAD.size
-        header = bytes(self._buffer[start : start + header_len])
-        body = bytes(self._buffer[start + header_len : end])
-        del self._buffer[:end]
+        self._head = None
+        header = self._take(header_len)
+        body = self._take(body_len)
         return parse_message(kind, header, body)
+
+    def _take(self, n: int) -> bytes:
+        """The next ``n`` buffered bytes, in one copy (none when they are exactly one received piece)."""
+        if n == 0:
+            return b""
+        first = self._pieces[0]
+        if len(first) == n and isinstance(first, bytes):
+            self._pieces.popleft()
+            self._size -= n
+            return first
+        parts: list[bytes | memoryview] = []
+        need = n
+        while need:
+            piece = self._pieces[0]
+            if len(piece) <= need:
+                parts.append(self._pieces.popleft())
+                need -= len(piece)
+            else:
+                view = memoryview(piece)
+                parts.append(view[:need])
+                self._pieces[0] = view[need:]
+                need = 0
+        self._size -= n
+        return b"".join(parts)

@@ -1,1 +1,23 @@
 """Transports for the edge protocol: QUIC (aioquic or qh3) and TLS over TCP. Thin trio adapters."""
+
+from collections.abc import Iterator
+from contextlib import contextmanager
+
+__all__ = ["one_error"]
+
+
+@contextmanager
+def one_error() -> Iterator[None]:
+    """Raise the exception itself, not a group of one, when a nursery inside a connection's context fails.
+
+    A transport's ``open_*`` runs its reader in a nursery around the caller's
+    block; without this, whatever the block or the reader raised would reach
+    the caller wrapped in an ExceptionGroup, past every ``except`` that names it.
+    """
+    try:
+        yield
+    except BaseExceptionGroup as group:
+        if len(group.exceptions) == 1:
+            only = group.exceptions[0]
+            raise only from only.__cause__  # itself, with its own cause and traceback
+        raise

@@ -25,6 +25,7 @@ import trio
 
 from ..edge.protocol import ALPN, FrameReader, Message, RemoteProtocolError, encode_message
 from ..edge.service import EdgeSession
+from . import one_error
 from .tcp import PendingAnswer, TransportError
 from .tls import EdgeKey, check_pin
 
@@ -392,17 +393,18 @@ async def open_quic(
     connection.connect(addr, now=time.monotonic())
     client = QuicClient(quic, connection, _Endpoint(sock), peer)
     try:
-        async with trio.open_nursery() as nursery:
-            nursery.start_soon(client._run)
-            with trio.move_on_after(timeout):
-                await client._handshake.wait()
-            if not client._handshake.is_set() or client._failed is not None:
-                raise TransportError(f"edge {peer}: no QUIC handshake") from client._failed
-            check_pin(quic.peer_certificate(connection), edge_key, peer)
-            try:
-                yield client
-            finally:
-                await client.close()
-                nursery.cancel_scope.cancel()
+        with one_error():
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(client._run)
+                with trio.move_on_after(timeout):
+                    await client._handshake.wait()
+                if not client._handshake.is_set() or client._failed is not None:
+                    raise TransportError(f"edge {peer}: no QUIC handshake") from client._failed
+                check_pin(quic.peer_certificate(connection), edge_key, peer)
+                try:
+                    yield client
+                finally:
+                    await client.close()
+                    nursery.cancel_scope.cancel()
     finally:
         sock.close()

@@ -1,0 +1,101 @@
+"""The edge protocol over each transport, against a real portal-edge process on loopback."""
+
+from __future__ import annotations
+
+import os
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+import trio
+
+from portalfs.edge.client import EdgeAddress, connect_edge
+from portalfs.errors import CorruptObject, IntegrityError, MissingObject, Unreachable
+from portalfs.keys import DeviceKey, Identity
+from portalfs.sealing import object_id
+
+from .fabricutil import Server, start
+
+TRANSPORTS = [("tcp", "qh3"), ("quic", "qh3"), ("quic", "aioquic")]
+
+
+@pytest.fixture(params=TRANSPORTS, ids=[f"{t}-{q}" for t, q in TRANSPORTS])
+def edge(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[tuple[Server, EdgeAddress]]:
+    transport, quic = request.param
+    data = tmp_path / "edge"
+    server = start(
+        ["edge", "serve", "--data", str(data), "--listen", "127.0.0.1:0", "--transport", transport, "--quic", quic],
+        data,
+    )
+    try:
+        _, port = server.line.split()[2].rsplit(":", 1)
+        yield server, EdgeAddress("127.0.0.1", int(port), bytes.fromhex(server.line.rsplit(" ", 1)[1]), transport)
+    finally:
+        server.stop()
+
+
+def _device() -> tuple[DeviceKey, bytes]:
+    identity, device = Identity(os.urandom(32)), DeviceKey(os.urandom(32))
+    return device, identity.enroll(device.public, "test", time.time_ns()).to_bytes()
+
+
+def test_put_get_have_stat_and_refusals_over_each_transport(edge: tuple[Server, EdgeAddress]) -> None:
+    _, address = edge
+    device, cert = _device()
+    blobs = [os.urandom(n) for n in (0, 1, 70_000, 3 * 1024 * 1024 + 7)]  # empty to larger than any read
+
+    async def main() -> None:
+        async with connect_edge(address, device, cert) as client:
+            cids = [object_id(b) for b in blobs]
+            async with trio.open_nursery() as nursery:  # pipelined: every PUT at once
+                for cid, blob in zip(cids, blobs, strict=True):
+                    nursery.start_soon(client.put, cid, blob)
+            assert await client.put(cids[2], blobs[2]) is False  # already held
+            got: dict[bytes, bytes] = {}
+
+            async def fetch(cid: bytes) -> None:
+                got[cid] = await client.get(cid)
+
+            async with trio.open_nursery() as nursery:
+                for cid in cids * 3:
+                    nursery.start_soon(fetch, cid)
+            assert [got[c] for c in cids] == blobs
+            missing = object_id(b"never stored")
+            assert await client.have([cids[3], missing, cids[0]]) == [True, False, True]
+            status = await client.stat()
+            assert status.objects == len(blobs) and status.used >= sum(map(len, blobs))
+            with pytest.raises(CorruptObject):
+                await client.put(missing, b"not what the id says")
+            with pytest.raises(MissingObject):
+                await client.get(missing)
+            assert await client.have([missing]) == [False]  # the refused PUT stored nothing
+
+    trio.run(main)
+
+
+def test_a_client_hangs_up_on_an_edge_that_is_not_the_pinned_key(edge: tuple[Server, EdgeAddress]) -> None:
+    _, address = edge
+    device, cert = _device()
+    impostor = EdgeAddress(address.host, address.port, DeviceKey(os.urandom(32)).public, address.transport)
+
+    async def main() -> None:
+        async with connect_edge(impostor, device, cert):
+            raise AssertionError("connected to an edge with another key")
+
+    with pytest.raises((IntegrityError, Unreachable)):
+        trio.run(main)
+
+
+def test_an_edge_that_is_gone_is_unreachable(edge: tuple[Server, EdgeAddress]) -> None:
+    server, address = edge
+    server.stop()
+    device, cert = _device()
+
+    async def main() -> None:
+        with trio.fail_after(30):
+            async with connect_edge(address, device, cert):
+                raise AssertionError("connected to a stopped edge")
+
+    with pytest.raises(Unreachable):
+        trio.run(main)
