@@ -45,6 +45,7 @@ __all__ = [
     "Failure",
     "ERROR_CODES",
     "FrameReader",
+    "encode_frame",
     "encode_message",
     "parse_message",
     "hello_message",
@@ -310,13 +311,19 @@ REQUESTS = frozenset({Hello, Get, Put, Have, Stat})
 
 def encode_message(message: Message) -> bytes:
     """The frame for ``message``."""
+    head, body = encode_frame(message)
+    return head + body
+
+
+def encode_frame(message: Message) -> tuple[bytes, bytes]:
+    """The frame for ``message`` as (kind, lengths and header; body): a large body is sent without a copy."""
     if type(message) not in _KINDS.values():
         raise LocalProtocolError(f"not a protocol message: {message!r}")
     header = encoding.encode(message.header()) if message.FIELDS else b""
     body = message.body
     if len(header) > MAX_HEADER or len(body) > MAX_BODY:
         raise LocalProtocolError(f"{type(message).__name__} is larger than a frame may be")
-    return FRAME_HEAD.pack(message.KIND, len(header), len(body)) + header + body
+    return FRAME_HEAD.pack(message.KIND, len(header), len(body)) + header, body
 
 
 def parse_message(kind: int, header: bytes, body: bytes) -> Message:

@@ -23,7 +23,7 @@ from contextlib import asynccontextmanager
 
 import trio
 
-from ..edge.protocol import FrameReader, Message, RemoteProtocolError, encode_message
+from ..edge.protocol import FrameReader, Message, RemoteProtocolError, encode_frame
 from ..edge.service import EdgeSession
 from . import one_error
 from .tls import EdgeKey, check_pin, client_context, server_context
@@ -33,7 +33,8 @@ __all__ = ["serve_tcp", "open_tcp", "TcpConnection", "TlsChannel", "TransportErr
 log = logging.getLogger("portal.net")
 
 PIPELINE = 8  # requests of one connection in progress at once, on the server
-READ_SIZE = 256 * 1024
+READ_SIZE = 256 * 1024  # bytes taken from the socket at once
+TLS_RECORD = 16384  # most plaintext bytes in one TLS record: what one SSLObject.read can return
 
 
 class TransportError(ConnectionError):
@@ -49,6 +50,7 @@ class TlsChannel(trio.abc.AsyncResource):
         self._outgoing = ssl.MemoryBIO()
         self._tls = context.wrap_bio(self._incoming, self._outgoing, server_side=server_side, server_hostname=None)
         self._send_lock = trio.Lock()  # ciphertext leaves in the order the BIO holds it
+        self._buffer = bytearray(READ_SIZE)  # socket reads land here, then go into the BIO
 
     def getpeercert(self) -> bytes | None:
         return self._tls.getpeercert(binary_form=True)
@@ -67,9 +69,12 @@ class TlsChannel(trio.abc.AsyncResource):
             await self._flush()
             return
 
-    async def send_all(self, data: bytes) -> None:
+    async def send_all(self, *parts: bytes) -> None:
+        """Send ``parts`` one after the other (as one write: another task's data cannot come between)."""
         try:
-            self._tls.write(data)
+            for part in parts:
+                if part:
+                    self._tls.write(part)
         except ssl.SSLError as exc:
             raise trio.BrokenResourceError(f"TLS: {exc.reason or exc}") from exc
         await self._flush()
@@ -80,7 +85,7 @@ class TlsChannel(trio.abc.AsyncResource):
             pieces = []
             try:
                 while True:
-                    pieces.append(self._tls.read(READ_SIZE))
+                    pieces.append(self._tls.read(TLS_RECORD))  # a larger size is allocated, then shrunk
             except ssl.SSLWantReadError:
                 pass
             except ssl.SSLZeroReturnError:
@@ -98,10 +103,14 @@ class TlsChannel(trio.abc.AsyncResource):
         await self.socket_stream.aclose()
 
     async def _fill(self) -> bool:
-        data = await self.socket_stream.receive_some(READ_SIZE)
-        if not data:
+        try:
+            n = await self.socket_stream.socket.recv_into(self._buffer)
+        except OSError as exc:
+            raise trio.BrokenResourceError(f"connection: {exc.strerror or exc}") from exc
+        if not n:
             return False
-        self._incoming.write(data)
+        with memoryview(self._buffer) as view:
+            self._incoming.write(view[:n])
         return True
 
     async def _flush(self) -> None:
@@ -168,13 +177,13 @@ async def serve_tcp(
 async def _serve_connection(stream: TlsChannel, session: EdgeSession) -> None:
     reader = FrameReader()
     answers_send, answers_recv = trio.open_memory_channel[trio.Event](PIPELINE)
-    results: dict[trio.Event, bytes] = {}
+    results: dict[trio.Event, tuple[bytes, bytes]] = {}
     limit = trio.Semaphore(PIPELINE)
 
     async def work(message: Message, done: trio.Event) -> None:
         try:
             answer = await trio.to_thread.run_sync(session.handle, message, time.time_ns())
-            results[done] = encode_message(answer)
+            results[done] = encode_frame(answer)
         finally:
             limit.release()
             done.set()
@@ -184,7 +193,7 @@ async def _serve_connection(stream: TlsChannel, session: EdgeSession) -> None:
             async for done in answers_recv:
                 await done.wait()
                 try:
-                    await stream.send_all(results.pop(done))
+                    await stream.send_all(*results.pop(done))
                 except (trio.BrokenResourceError, trio.ClosedResourceError):
                     return
 
@@ -221,11 +230,11 @@ class TcpConnection:
         if self._failed is not None:
             raise TransportError(f"edge {self.peer}: connection lost") from self._failed
         answer = PendingAnswer()
-        frame = encode_message(message)
+        frame = encode_frame(message)
         async with self._send_lock:
             self._waiting.append(answer)
             try:
-                await self._stream.send_all(frame)
+                await self._stream.send_all(*frame)
             except (trio.BrokenResourceError, trio.ClosedResourceError) as exc:
                 self._fail(exc)
         return await answer.wait(self.peer)
