@@ -71,7 +71,7 @@ async def run_edge(
                     )
                 )
             if directory is not None:
-                await nursery.start(directory.run, f"{config.host}:{port}", config.transports, store)
+                await nursery.start(directory.run, f"{config.host}:{port}", config.transports, store, service.delete)
             log.info("edge %s serving on %s:%d (%s)", key.public.hex(), config.host, port, ", ".join(config.transports))
             task_status.started((key.public, port))
             with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:

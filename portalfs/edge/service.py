@@ -164,6 +164,11 @@ class EdgeService:
         with self._lock:
             return {"in_flight": self._in_flight}
 
+    def delete(self, cid: bytes) -> None:
+        """Remove an object no live portal uses (the hub says which): from the store, then from the quotas."""
+        self.store.delete(cid)
+        self.quotas.release(cid)
+
     # authentication
 
     def authenticate(self, hello: Hello, now_ns: int) -> bytes:

@@ -160,10 +160,11 @@ class EdgeDirectory:
         address: str,
         transports: tuple[str, ...],
         store: ObjectStore,
+        delete: Callable[[bytes], None],
         *,
         task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED,
     ) -> None:
-        """Register, then heartbeat, refresh the device directory and delete garbage, until cancelled."""
+        """Register, then heartbeat, refresh the device directory and ``delete`` garbage, until cancelled."""
         next_garbage = 0.0
         started = False
         async with httpx.AsyncClient(timeout=TIMEOUT) as http:
@@ -182,7 +183,7 @@ class EdgeDirectory:
                         self._last_refresh = time.monotonic()
                     if trio.current_time() >= next_garbage:
                         next_garbage = trio.current_time() + GARBAGE_SECONDS
-                        await self._collect(http, store)
+                        await self._collect(http, delete)
                 except (PortalError, httpx.HTTPError) as exc:
                     log.warning("hub: %s", exc)
                 if not started:
@@ -190,11 +191,11 @@ class EdgeDirectory:
                     task_status.started()
                 await trio.sleep(min(HEARTBEAT_SECONDS, DIRECTORY_SECONDS))
 
-    async def _collect(self, http: httpx.AsyncClient, store: ObjectStore) -> None:
+    async def _collect(self, http: httpx.AsyncClient, delete: Callable[[bytes], None]) -> None:
         garbage = [bytes.fromhex(c) for c in await self._call(http, "GET", "/v1/edges/garbage", None)]
         if not garbage:
             return
         for cid in garbage:
-            await trio.to_thread.run_sync(store.delete, cid)
+            await trio.to_thread.run_sync(delete, cid)
         await self._call(http, "POST", "/v1/edges/forget", {"cids": [c.hex() for c in garbage]})
         log.info("deleted %d objects of expired portals", len(garbage))

@@ -192,3 +192,16 @@ def test_quota_refuses_past_the_limit_and_stores_nothing(tmp_path: Path) -> None
     assert isinstance(answer, Failure) and answer.code == "quota"
     assert f.store.has([third[0]]) == [False]
     assert s.handle(Put(*first), time.time_ns()) == Stored(False)  # already held: no charge, no refusal
+
+
+def test_deleting_garbage_gives_its_bytes_back_to_every_owner(tmp_path: Path) -> None:
+    f = Fixture(tmp_path, quota=12_000)
+    s = f.session()
+    s.handle(f.hello(), time.time_ns())
+    first, second, third = _obj(5000), _obj(5000), _obj(5000)
+    s.handle(Put(*first), time.time_ns())
+    s.handle(Put(*second), time.time_ns())
+    f.service.delete(first[0])  # the hub said no live portal uses it
+    assert f.store.has([first[0]]) == [False]
+    assert f.service.quotas.usage(f.identity.public) == 5000
+    assert s.handle(Put(*third), time.time_ns()) == Stored(True)  # fits again
