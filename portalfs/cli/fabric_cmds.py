@@ -15,7 +15,6 @@ from ..device import Device, Unlocked
 from ..edge.client import parse_address
 from ..errors import NotFound, UsageError, error_for_exit_code
 from ..fabric.grants import Grant, LinkUrl, unwrap_for_link, wrap_for_link
-from ..fabric.store import FabricStore
 from ..fabric.sync import Fabric, FabricConfig, followed_portals, load_config, published_version, save_config
 from ..keys import DOMAIN_REVOKE
 from ..portal import PortalView
@@ -50,11 +49,13 @@ def open_fabric(device: Device, secrets: Unlocked, need_hub: bool = True) -> Fab
     return Fabric(device, secrets, config)
 
 
-def attach_fabric(device: Device, secrets: Unlocked) -> None:
-    """When this device is on a fabric, let reads fetch missing objects from its edges."""
+def attach_fabric(device: Device, secrets: Unlocked) -> bool:
+    """When this device is on a fabric, let reads fetch missing objects from its edges; say whether it is."""
     config = load_config(device)
     if config is not None and (config.hub or config.edges):
         Fabric(device, secrets, config).attach()
+        return True
+    return False
 
 
 def _portal_keys(device: Device, secrets: Unlocked, name: str) -> tuple[PortalView, Fabric]:
@@ -300,11 +301,6 @@ def cmd_open(device: Device, args: argparse.Namespace) -> int:
         device.state.set_meta(f"link:{portal.hex()}", b"1")
         view = PortalView.open(device, name, secrets)
         fabric.take_records(view, [RootRecord.from_bytes(bytes.fromhex(r)) for r in answer["roots"]])
-        fabric.attach()
-        store = device.store
-        assert isinstance(store, FabricStore)
-        # The walk fetches every node, one by one; the chunks it names then come in parallel.
-        store.prefetch(sorted(view.objects(view.root(view.version()).entry, set())))
     finally:
         fabric.close()
     from .portalfs import mount

@@ -66,10 +66,11 @@ def _run_foreground(device, secrets, name, version, mountpoint, options, ready_f
         logging.getLogger("portalfs").info("mounted %s at %s", name, mountpoint)
 
     try:
+        from ..fabric.store import fetch_directories
         from .fabric_cmds import attach_fabric
 
-        attach_fabric(device, secrets)
-        run_mount(device, secrets, name, version, mountpoint, options, ready)
+        on_fabric = attach_fabric(device, secrets)
+        run_mount(device, secrets, name, version, mountpoint, options, ready, fetch_directories if on_fabric else None)
     except PortalError as exc:
         if ready_fd is not None:
             os.write(ready_fd, f"error {exc.exit_code} {exc}\n".encode())

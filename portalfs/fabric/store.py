@@ -5,11 +5,13 @@ from __future__ import annotations
 from collections.abc import Iterator, Sequence
 
 from ..errors import MissingObject
+from ..portal import PortalView
 from ..store.base import StoreStat
 from ..store.local import LocalStore
+from ..tree import Entry, decode_dir
 from .swarm import Swarm
 
-__all__ = ["FabricStore"]
+__all__ = ["FabricStore", "fetch_directories"]
 
 
 class FabricStore:
@@ -30,12 +32,13 @@ class FabricStore:
             self.local.put(cid, data, durable=False)  # a cache: losing it on a crash costs a refetch
             return data
 
-    def prefetch(self, cids: Sequence[bytes]) -> None:
-        """Fetch, in parallel, those of ``cids`` not held locally."""
+    def prefetch(self, cids: Sequence[bytes]) -> int:
+        """Fetch, in parallel, those of ``cids`` not held locally; return how many that was."""
         missing = [c for c, held in zip(cids, self.local.has(cids), strict=True) if not held]
         if missing:
             for cid, data in self.swarm.get_many(missing).items():
                 self.local.put(cid, data, durable=False)
+        return len(missing)
 
     def has(self, cids: Sequence[bytes]) -> list[bool]:
         return self.local.has(cids)
@@ -58,3 +61,24 @@ class FabricStore:
     def close(self) -> None:
         self.swarm.close()
         self.local.close()
+
+
+def fetch_directories(view: PortalView, root: Entry) -> int:
+    """Fetch every directory node under ``root`` this device lacks, one level at a time, each level in parallel.
+
+    A mount reads directories on its event loop, where waiting for the network
+    would stall every request (the first one never finished); file contents are
+    read on worker threads and are fetched when read. Returns the nodes fetched.
+    """
+    store = view.device.store
+    if not isinstance(store, FabricStore):
+        return 0
+    fetched = 0
+    seen: set[bytes] = set()
+    level = [root] if root.is_dir and root.node is not None else []
+    while level:
+        refs = [entry.node for entry in level if entry.node is not None and entry.node.cid not in seen]
+        seen.update(ref.cid for ref in refs)
+        fetched += store.prefetch([ref.cid for ref in refs])
+        level = [child for ref in refs for child in decode_dir(view.load_node(ref)) if child.is_dir]
+    return fetched

@@ -139,7 +139,9 @@ class PortalOperations(pyfuse3.Operations):
         async with trio.open_nursery() as nursery:
             self.reader.nursery = nursery
             task_status.started()
-            if not self.read_only:
+            if self.read_only:
+                await trio.sleep_forever()  # the nursery stays open for read-ahead until the mount ends
+            else:
                 pause = AUTOCOMMIT_SECONDS
                 while True:
                     await trio.sleep(pause)

@@ -24,7 +24,7 @@ from ..device import Device, Unlocked
 from ..errors import MountError
 from ..portal import PortalView
 from ..root import RootPayload
-from ..tree import new_root_entry
+from ..tree import Entry, new_root_entry
 from .journal import writing
 from .operations import PortalOperations
 
@@ -159,8 +159,13 @@ def run_mount(
     mountpoint: Path,
     extra_options: list[str],
     ready: Callable[[], None],
+    prepare: Callable[[PortalView, Entry], object] | None = None,
 ) -> None:
-    """Mount portal ``name`` (or its ``version``, read-only) at ``mountpoint`` until unmounted."""
+    """Mount portal ``name`` (or its ``version``, read-only) at ``mountpoint`` until unmounted.
+
+    ``prepare`` is called with the version's root before the mount serves (a
+    device on a fabric fetches the directories it lacks there).
+    """
     view = PortalView.open(device, name, secrets)
     read_only = version is not None or "ro" in extra_options
     staging = device.home.staging / view.row.id.hex()
@@ -171,7 +176,7 @@ def run_mount(
             # Staging files a killed mount left behind hold uncommitted writes: the
             # journal says what was committed, and that is what this mount shows.
             shutil.rmtree(staging, ignore_errors=True)
-        _serve_portal(view, secrets, version, read_only, staging, mountpoint, extra_options, ready)
+        _serve_portal(view, secrets, version, read_only, staging, mountpoint, extra_options, ready, prepare)
 
 
 def _serve_portal(
@@ -183,6 +188,7 @@ def _serve_portal(
     mountpoint: Path,
     extra_options: list[str],
     ready: Callable[[], None],
+    prepare: Callable[[PortalView, Entry], object] | None,
 ) -> None:
     device, name = view.device, view.row.name
     if version is None:
@@ -193,6 +199,8 @@ def _serve_portal(
         root = view.root(head)
     if root is None:  # a new portal: an empty root directory
         root = RootPayload(new_root_entry(time.time_ns(), os.getuid(), os.getgid()), 0, 0)
+    if prepare is not None:
+        prepare(view, root.entry)
     ops = PortalOperations(
         view,
         None if read_only else secrets,

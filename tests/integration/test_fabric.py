@@ -18,7 +18,7 @@ from portalfs.hub.auth import sign_request
 from portalfs.keys import DeviceKey, Identity, root_from_words
 
 from .fabricutil import FabricLab, fabric
-from .mountutil import force_unmount
+from .mountutil import force_unmount, mounted, needs_fuse
 from .test_cli import fails, ok
 
 SMALL_NAME = "quarterly-plan-zq81.txt"
@@ -201,3 +201,19 @@ def test_the_hub_refuses_bad_requests_and_keeps_serving(tmp_path: Path, lab: Fab
     ok(a, "sync", "race")
     fails(b, 16, "sync", "race", match="another device published first")
     assert lab.hub is not None and lab.hub.process.poll() is None
+
+
+@needs_fuse
+def test_a_second_device_mounts_the_portal_and_reads_chunks_it_never_had(tmp_path: Path, lab: FabricLab) -> None:
+    src = _tree(tmp_path / "src")
+    a, words = _device(tmp_path, "a", lab)
+    ok(a, "portal", "create", "docs")
+    ok(a, "put", "docs", f"{src}/")
+    ok(a, "sync")
+    b, _ = _device(tmp_path, "b", lab, words)
+    objects = b / "store" / "objects"
+    held_before = sum(len(os.listdir(d)) for d in objects.iterdir()) if objects.exists() else 0
+    with mounted(b, "docs", tmp_path / "mnt-b", "ro") as mnt:
+        assert (mnt / SMALL_NAME).read_text() == SMALL_TEXT
+        assert (mnt / "nested" / "big.bin").read_bytes() == (src / "nested" / "big.bin").read_bytes()
+    assert sum(len(os.listdir(d)) for d in objects.iterdir()) > held_before  # fetched as read, and kept
