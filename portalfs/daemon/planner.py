@@ -55,6 +55,11 @@ class SyncPlanner:
         if urgent:
             schedule.not_before = 0.0
 
+    def completion_after_now(self, portal: bytes) -> int:
+        """The count of finished syncs at which one begun after this moment has finished (see ``completed``)."""
+        schedule = self.portals[portal]
+        return schedule.completed + (2 if schedule.running else 1)
+
     def due(self, now: float) -> list[bytes]:
         """Portals to sync now, in a stable order."""
         return sorted(p for p, s in self.portals.items() if not s.running and self._due_at(s) <= now)

@@ -84,12 +84,12 @@ class SyncDaemon:
 
     async def _scan(self, nursery: trio.Nursery) -> None:
         hub, names, pending = await self._on_device(self._look)
-        if hub != self.hub:  # joined a hub, or moved to another: every event stream starts again
+        moved = hub != self.hub
+        if moved:  # joined a hub, or moved to another: every event stream starts again
             for scope in self._streams.values():
                 scope.cancel()
             self._streams.clear()
             self.hub = hub
-            self._wake()
         self._names = names
         first = not self.planner.portals
         new = self.planner.track(names)
@@ -102,7 +102,7 @@ class SyncDaemon:
         for portal in names:
             if portal not in self._streams and hub is not None:
                 self._streams[portal] = await nursery.start(self._follow_events, hub, portal)
-        if new or pending:
+        if moved or new or pending:
             self._wake()
 
     async def _watch_local(self, nursery: trio.Nursery) -> None:
@@ -131,11 +131,10 @@ class SyncDaemon:
                         continue
                     retry = HUB_RETRY_MIN
                     if records:
-                        schedule = self.planner.portals.get(portal)
-                        if schedule is None:
+                        if portal not in self.planner.portals:
                             return
                         log.info("%s: v%d announced by the hub", self._names.get(portal, "?"), after + len(records))
-                        target = schedule.completed + (2 if schedule.running else 1)
+                        target = self.planner.completion_after_now(portal)
                         self.planner.changed(portal)
                         self._wake()
                         await self._wait_completed({portal: target})
@@ -244,8 +243,7 @@ class SyncDaemon:
         )
         targets = {}
         for portal in portals:
-            schedule = self.planner.portals[portal]
-            targets[portal] = schedule.completed + (2 if schedule.running else 1)
+            targets[portal] = self.planner.completion_after_now(portal)
             self.planner.changed(portal, urgent=True)
         self._wake()
         await self._wait_completed(targets)

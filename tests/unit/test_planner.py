@@ -41,7 +41,9 @@ def test_a_change_makes_a_portal_due_before_its_interval() -> None:
 
 def test_a_change_during_a_sync_is_not_lost() -> None:
     planner = _planner()
+    assert planner.completion_after_now(A) == 1
     planner.started(A)
+    assert planner.completion_after_now(A) == 2  # the running sync began before now: the next one counts
     assert A not in planner.due(0.0)  # never twice at once
     planner.changed(A)
     planner.finished(A, 5.0, None)
