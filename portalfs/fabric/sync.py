@@ -17,7 +17,7 @@ from typing import Any
 
 from ..device import Device, Unlocked
 from ..edge.client import EdgeAddress
-from ..errors import Conflict, IntegrityError, UsageError
+from ..errors import Conflict, IntegrityError, PortalBusy, UsageError
 from ..keys import DOMAIN_AGREEMENT, DeviceCertificate, verify_signature
 from ..portal import PortalView
 from ..root import PortalKeys, RootRecord
@@ -304,7 +304,13 @@ class Fabric:
                 f"portal {view.row.name!r}: v{records[0].version} was published elsewhere while this device "
                 f"has unpublished versions {published + 1}..{local} (merging is not supported yet)"
             )
-        self.take_records(view, records)
+        try:
+            # a read-write mount builds its versions on the head it mounted: none may come in beneath it
+            with self.device.portal_writer(view.row.id, "sync"):
+                self.take_records(view, records)
+        except PortalBusy:
+            log.info("%s: mounted read-write; v%d and later wait for the unmount", view.row.name, records[0].version)
+            return 0
         return len(records)
 
     def take_records(self, view: PortalView, records: list[RootRecord]) -> None:

@@ -217,3 +217,14 @@ def test_a_second_device_mounts_the_portal_and_reads_chunks_it_never_had(tmp_pat
         assert (mnt / SMALL_NAME).read_text() == SMALL_TEXT
         assert (mnt / "nested" / "big.bin").read_bytes() == (src / "nested" / "big.bin").read_bytes()
     assert sum(len(os.listdir(d)) for d in objects.iterdir()) > held_before  # fetched as read, and kept
+
+    # while b has it mounted read-write, versions from elsewhere wait: none may land beneath the mount
+    (src / "later.txt").write_text("written on a\n")
+    ok(a, "put", "docs", f"{src}/")
+    ok(a, "sync")
+    with mounted(b, "docs", tmp_path / "mnt-rw") as mnt:
+        assert json.loads(ok(b, "sync", "--json"))[0]["pulled"] == 0
+        assert not (mnt / "later.txt").exists()
+    assert json.loads(ok(b, "sync", "--json"))[0]["pulled"] == 1
+    ok(b, "get", "docs", str(tmp_path / "later.txt"), "--path", "later.txt")
+    assert (tmp_path / "later.txt").read_text() == "written on a\n"
