@@ -169,7 +169,8 @@ def cmd_device_revoke(device: Device, args: argparse.Namespace) -> int:
 
 
 def cmd_sync(device: Device, args: argparse.Namespace) -> int:
-    results = call_daemon(daemon_socket(device.home.data), {"op": "sync", "names": args.names}, SYNC_TIMEOUT)
+    request = {"op": "sync", "names": args.names, "repair": args.repair}
+    results = call_daemon(daemon_socket(device.home.data), request, SYNC_TIMEOUT)
     if results is not None:  # portald syncs for this device: ask it, so that two syncs never race
         failed = [r for r in results if "error" in r]
         if failed:
@@ -183,7 +184,12 @@ def cmd_sync(device: Device, args: argparse.Namespace) -> int:
             names = args.names or sorted(followed)
             for name in names:
                 device.state.portal(name)  # an unknown name is an error, before anything is synced
-            results = [fabric.sync(PortalView.open(device, n, secrets)) for n in names if n in followed]
+            results = []
+            for name in (n for n in names if n in followed):
+                view = PortalView.open(device, name, secrets)
+                results.append(fabric.sync(view))
+                if args.repair:
+                    results[-1]["repair"] = fabric.repair(view)
         finally:
             fabric.close()
     _emit(
@@ -383,6 +389,7 @@ def register(sub: Any, command: Callable[..., argparse.ArgumentParser]) -> None:
     c.add_argument("device")
     c = command("sync", cmd_sync, "push what is pending to the edges, publish it, and pull new versions")
     c.add_argument("names", nargs="*", metavar="NAME")
+    c.add_argument("--repair", action="store_true", help="then put every published object back on R live edges")
     c = command("share", cmd_share, "share a portal with an identity")
     c.add_argument("name")
     c.add_argument("--with", dest="identity", required=True, metavar="IDENTITY", help="their identity key (hex)")

@@ -3,7 +3,8 @@
 A portal is synced when something says it changed (a local version not yet
 published, a version announced by the hub's event stream, a request from
 ``portalctl sync``), and at the latest ``interval`` seconds after its last
-sync. A failed sync is retried after an exponential backoff (``BACKOFF_MIN``
+sync. Every ``repair`` seconds after a successful sync, the portal's objects
+are also brought back to R edges that answer. A failed sync is retried after an exponential backoff (``BACKOFF_MIN``
 doubling to ``BACKOFF_MAX``); an explicit request skips the backoff. Changes
 that arrive while a sync runs mark the portal again, so none is lost.
 """
@@ -28,12 +29,14 @@ class PortalSchedule:
     failures: int = 0  # consecutive
     last_error: str | None = None
     completed: int = 0  # syncs finished, failed or not
+    repaired: float | None = None  # when its objects were last brought back to R edges
 
 
 class SyncPlanner:
-    def __init__(self, interval: float, refresh: float) -> None:
+    def __init__(self, interval: float, refresh: float, repair: float = 600.0) -> None:
         self.interval = interval  # seconds between syncs of a portal nothing announced a change of
         self.refresh = refresh  # seconds between looks at the keyring and shares
+        self.repair = repair  # seconds between checks that a portal's objects are on R edges
         self.portals: dict[bytes, PortalSchedule] = {}
         self._refreshed: float | None = None
 
@@ -63,6 +66,23 @@ class SyncPlanner:
     def due(self, now: float) -> list[bytes]:
         """Portals to sync now, in a stable order."""
         return sorted(p for p, s in self.portals.items() if not s.running and self._due_at(s) <= now)
+
+    def repair_due(self, portal: bytes, now: float) -> bool:
+        """After a successful sync: whether to check its objects' replicas too (first after ``repair`` seconds)."""
+        schedule = self.portals.get(portal)
+        if schedule is None:
+            return False
+        if schedule.repaired is None:
+            schedule.repaired = now  # a daemon that just started has nothing to repair yet
+        return now >= schedule.repaired + self.repair
+
+    def repair_soon(self, portal: bytes) -> None:
+        if portal in self.portals:
+            self.portals[portal].repaired = float("-inf")
+
+    def repaired(self, portal: bytes, now: float) -> None:
+        if portal in self.portals:
+            self.portals[portal].repaired = now
 
     def refresh_due(self, now: float) -> bool:
         return self._refreshed is None or now >= self._refreshed + self.refresh

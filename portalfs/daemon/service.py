@@ -178,6 +178,9 @@ class SyncDaemon:
                     if result["pulled"] or result["published"]:
                         log.info("%s: v%d (pulled %d, published %d)", name, result["version"], result["pulled"],
                                  result["published"])  # fmt: skip
+                    if self.planner.repair_due(portal, trio.current_time()):
+                        result["repair"] = await self._on_device(self._repair_one, fabric, portal)
+                        self.planner.repaired(portal, trio.current_time())
                 except PortalError as exc:
                     error = str(exc)
                     result = {"portal": name, "error": error, "exit_code": exc.exit_code}
@@ -193,11 +196,17 @@ class SyncDaemon:
     def _open_fabric(self) -> Fabric:
         return Fabric(self.device, self.secrets, load_config(self.device) or FabricConfig())
 
-    def _sync_one(self, fabric: Fabric, portal: bytes) -> dict[str, Any]:
+    def _view(self, portal: bytes) -> PortalView:
         row = next((r for r in self.device.state.portals() if r.id == portal), None)
         if row is None:
             raise NotFound("the portal is gone from this device")
-        return fabric.sync(PortalView.open(self.device, row.name, self.secrets))
+        return PortalView.open(self.device, row.name, self.secrets)
+
+    def _sync_one(self, fabric: Fabric, portal: bytes) -> dict[str, Any]:
+        return fabric.sync(self._view(portal))
+
+    def _repair_one(self, fabric: Fabric, portal: bytes) -> dict[str, int]:
+        return fabric.repair(self._view(portal))
 
     async def _wait_completed(self, targets: dict[bytes, int]) -> None:
         """Until each portal has finished ``targets[portal]`` syncs (or is no longer followed)."""
@@ -219,11 +228,11 @@ class SyncDaemon:
             names = request.get("names") or []
             if not isinstance(names, list) or not all(isinstance(n, str) for n in names):
                 raise UsageError("sync: names is a list of portal names")
-            return await self.sync_now(names)
+            return await self.sync_now(names, repair=bool(request.get("repair")))
         raise UsageError(f"unknown request {op!r} (status, sync)")
 
-    async def sync_now(self, names: list[str]) -> list[dict[str, Any]]:
-        """Sync ``names`` (every followed portal when empty) now; return once each finished a sync begun after."""
+    async def sync_now(self, names: list[str], repair: bool = False) -> list[dict[str, Any]]:
+        """Sync ``names`` (every followed portal when empty) now, and ``repair`` them; return once each finished."""
         if self.hub is None:
             raise UsageError("this device has no hub: run `portalctl hub add URL` first")
         fabric = await self._on_device(self._open_fabric)
@@ -245,6 +254,8 @@ class SyncDaemon:
         for portal in portals:
             targets[portal] = self.planner.completion_after_now(portal)
             self.planner.changed(portal, urgent=True)
+            if repair:
+                self.planner.repair_soon(portal)
         self._wake()
         await self._wait_completed(targets)
         return [self._results[p] for p in portals if p in self._results]

@@ -13,6 +13,7 @@ from __future__ import annotations
 import logging
 import threading
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import blake3
@@ -22,11 +23,12 @@ from ..edge.client import EdgeAddress, EdgeClient, connect_edge
 from ..errors import MissingObject, PortalError, Unreachable
 from ..keys import DeviceKey
 
-__all__ = ["Swarm"]
+__all__ = ["Swarm", "Placement"]
 
 log = logging.getLogger("portal.swarm")
 
-RETRY_DOWN_SECONDS = 5.0  # an edge that failed to connect is not tried again for this long
+RETRY_DOWN_SECONDS = 5.0  # an edge that failed to connect is not tried again for this long,
+RETRY_DOWN_MAX = 300.0  # doubling with each failure in a row up to this
 CONCURRENT_PUTS = 16
 
 Locate = Callable[[list[bytes]], dict[bytes, list[bytes]]]
@@ -43,6 +45,12 @@ class _Edge:
         self.error: PortalError | None = None
 
 
+@dataclass(frozen=True, slots=True)
+class Placement:
+    held: dict[bytes, list[bytes]]  # per edge key, the ids it holds now (for the hub's locations)
+    copies: int  # objects put to an edge by this push
+
+
 class Swarm:
     def __init__(self, edges: Sequence[EdgeAddress], device: DeviceKey, cert: bytes, locate: Locate | None) -> None:
         self.addresses = list(edges)
@@ -50,6 +58,7 @@ class Swarm:
         self._cert = cert
         self._locate = locate
         self._edges: dict[bytes, _Edge] = {}
+        self._failures: dict[bytes, int] = {}  # edge key -> connections that failed in a row
         self._token: trio.lowlevel.TrioToken | None = None
         self._nursery: trio.Nursery | None = None
         self._started = threading.Event()
@@ -86,8 +95,10 @@ class Swarm:
     # connections
 
     async def _hold(self, edge: _Edge) -> None:
+        key = edge.address.key
         try:
             async with connect_edge(edge.address, self._device, self._cert) as client:
+                self._failures.pop(key, None)
                 edge.client = client
                 edge.ready.set()
                 await edge.closed.wait()
@@ -99,8 +110,12 @@ class Swarm:
             edge.error = Unreachable(f"edge {edge.address}: connection failed ({exc!r})")
             log.warning("%s", edge.error, exc_info=True)
         finally:
+            failed = edge.client is None  # never connected
             edge.client = None
-            edge.down_until = trio.current_time() + RETRY_DOWN_SECONDS
+            if failed:
+                self._failures[key] = self._failures.get(key, 0) + 1
+            wait = RETRY_DOWN_SECONDS * 2 ** max(0, self._failures.get(key, 0) - 1)
+            edge.down_until = trio.current_time() + min(RETRY_DOWN_MAX, wait)
             edge.ready.set()
 
     async def _client(self, key: bytes, force: bool = False) -> EdgeClient:
@@ -126,9 +141,13 @@ class Swarm:
         if edge is not None:
             edge.closed.set()
 
-    def _load(self, key: bytes) -> int:
+    def _load(self, key: bytes) -> tuple[bool, int]:
+        """Edges known to be down last, then the least busy first."""
         edge = self._edges.get(key)
-        return 0 if edge is None else edge.in_flight
+        if edge is None:
+            return False, 0
+        down = edge.client is None and edge.ready.is_set() and trio.current_time() < edge.down_until
+        return down, edge.in_flight
 
     # GET
 
@@ -189,17 +208,16 @@ class Swarm:
 
     # PUT
 
-    def push(self, objects: Callable[[bytes], bytes], cids: Sequence[bytes], replicas: int) -> dict[bytes, list[bytes]]:
-        """Make every id held by ``replicas`` edges; ``objects(cid)`` reads one from the local store.
+    def push(self, objects: Callable[[bytes], bytes], cids: Sequence[bytes], replicas: int) -> Placement:
+        """Make every id held by ``replicas`` edges that answer; ``objects(cid)`` reads one (on a worker thread).
 
-        Returns, per edge key, the ids it now holds (for the hub's locations).
+        Edges that do not answer count for nothing, so pushing what is already
+        placed copies what a lost edge held to others (self-healing).
         Raises Unreachable if some id could not reach ``replicas`` edges.
         """
-        return self._run(self._push, objects, list(cids), replicas)
+        return self._run(self._push, objects, list(cids), replicas)  # type: ignore[no-any-return]
 
-    async def _push(
-        self, objects: Callable[[bytes], bytes], cids: list[bytes], replicas: int
-    ) -> dict[bytes, list[bytes]]:
+    async def _push(self, objects: Callable[[bytes], bytes], cids: list[bytes], replicas: int) -> Placement:
         keys = [a.key for a in self.addresses]
         if len(keys) < replicas:
             raise Unreachable(f"{replicas} replicas need {replicas} edges; this device knows {len(keys)}")
@@ -214,8 +232,10 @@ class Swarm:
                 log.warning("%s", exc)
         limit = trio.Semaphore(CONCURRENT_PUTS)
         failures: list[str] = []
+        copies = 0
 
         async def place(cid: bytes) -> None:
+            nonlocal copies
             ranked = sorted(keys, key=lambda k: blake3.blake3(k + cid).digest())
             async with limit:
                 data: bytes | None = None
@@ -230,6 +250,7 @@ class Swarm:
                             data = await trio.to_thread.run_sync(objects, cid)
                         await client.put(cid, data)
                         holders[cid].add(key)
+                        copies += 1
                     except PortalError as exc:
                         log.warning("%s", exc)
                         if isinstance(exc, Unreachable):
@@ -246,7 +267,7 @@ class Swarm:
         for cid, held in holders.items():
             for key in held:
                 by_edge.setdefault(key, []).append(cid)
-        return by_edge
+        return Placement(by_edge, copies)
 
     def stat(self) -> list[dict[str, Any]]:
         return self._run(self._stat)

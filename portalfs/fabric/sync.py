@@ -17,14 +17,14 @@ from typing import Any
 
 from ..device import Device, Unlocked
 from ..edge.client import EdgeAddress
-from ..errors import Conflict, IntegrityError, PortalBusy, UsageError
+from ..errors import Conflict, IntegrityError, MissingObject, PortalBusy, UsageError
 from ..keys import DOMAIN_AGREEMENT, DeviceCertificate, verify_signature
 from ..portal import PortalView
 from ..root import PortalKeys, RootRecord
-from ..state import PortalRow
+from ..state import PortalRow, VersionRow
 from .grants import Grant, open_keyring, seal_keyring, unwrap_for_identity, wrap_for_identity
 from .store import FabricStore
-from .swarm import Swarm
+from .swarm import Placement, Swarm
 
 __all__ = ["FabricConfig", "Fabric", "load_config", "save_config", "followed_portals", "published_version"]
 
@@ -341,14 +341,8 @@ class Fabric:
         pending = [v for v in self.device.state.versions(portal) if v.version > published]
         if not pending:
             return {"published": 0, "objects": 0}
-        objects: set[bytes] = set()
-        for version in pending:
-            view.objects(view.root(version).entry, objects)
-        cids = sorted(objects)
-        store = self.device.store_local
-        by_edge = self.swarm.push(store.get, cids, self.config.replicas)
-        for edge, held in by_edge.items():
-            hub.add_locations(portal, edge, held)
+        cids = self._objects(view, pending)
+        self._place(view, cids, self.device.store_local.get)
         for version in pending:
             try:
                 hub.publish(portal, version.record.to_bytes())
@@ -359,6 +353,43 @@ class Fabric:
                 ) from None
             self.device.state.set_meta(f"published:{portal.hex()}", str(version.version).encode())
         return {"published": len(pending), "objects": len(cids)}
+
+    def repair(self, view: PortalView) -> dict[str, int]:
+        """Bring every object of the published versions back to ``replicas`` edges that answer (self-healing).
+
+        What a lost edge held is copied from the local store, or fetched from a
+        replica that is left; the hub learns the new locations.
+        """
+        published = published_version(self.device, view.row.id)
+        versions = [v for v in self.device.state.versions(view.row.id) if v.version <= published]
+        cids = self._objects(view, versions)
+        local = self.device.store_local
+
+        def read(cid: bytes) -> bytes:
+            try:
+                return local.get(cid)
+            except MissingObject:
+                return self.swarm.get(cid)  # verified against its id by the edge client
+
+        placement = self._place(view, cids, read)
+        if placement.copies:
+            log.info("%s: %d copies made to bring %d objects back to %d edges", view.row.name, placement.copies,
+                     len(cids), self.config.replicas)  # fmt: skip
+        return {"checked": len(cids), "copied": placement.copies}
+
+    def _objects(self, view: PortalView, versions: list[VersionRow]) -> list[bytes]:
+        objects: set[bytes] = set()
+        for version in versions:
+            view.objects(view.root(version).entry, objects)
+        return sorted(objects)
+
+    def _place(self, view: PortalView, cids: list[bytes], read: Callable[[bytes], bytes]) -> Placement:
+        """Put ``cids`` on ``replicas`` edges and record where they are at the hub."""
+        hub = self._require_hub()
+        placement = self.swarm.push(read, cids, self.config.replicas)
+        for edge, held in placement.held.items():
+            hub.add_locations(view.row.id, edge, held)
+        return placement
 
     def sync(self, view: PortalView) -> dict[str, Any]:
         if self._grant_owner(view.row) == self.secrets.identity.public:

@@ -115,8 +115,9 @@ def _udp_socket(family: int) -> socket.socket:
 class _Endpoint:
     """A non-blocking UDP socket and the one loop that moves datagrams for its connections."""
 
-    def __init__(self, sock: socket.socket) -> None:
+    def __init__(self, sock: socket.socket, *, one_peer: bool = False) -> None:
         self.sock = sock
+        self.one_peer = one_peer  # a client's socket, connected to its edge: a refusal is the edge's answer
         self._wake: trio.CancelScope | None = None
         self.deadline = float("inf")
 
@@ -129,8 +130,8 @@ class _Endpoint:
             except (BlockingIOError, InterruptedError):
                 return received
             except OSError as exc:  # ICMP errors surface here on Linux
-                if exc.errno in (errno.ECONNREFUSED, errno.EHOSTUNREACH, errno.ENETUNREACH):
-                    continue
+                if exc.errno in (errno.ECONNREFUSED, errno.EHOSTUNREACH, errno.ENETUNREACH) and not self.one_peer:
+                    continue  # about one of a server's many peers: not the socket's end
                 raise
 
     def send(self, connection: Any) -> None:
@@ -141,6 +142,8 @@ class _Endpoint:
             except (BlockingIOError, InterruptedError):
                 pass  # the socket buffer is full: QUIC's loss recovery resends it
             except OSError as exc:
+                if self.one_peer and exc.errno == errno.ECONNREFUSED:
+                    raise  # an earlier datagram was refused: nobody listens there
                 log.debug("sendto %s: %s", addr, exc)
         timer = connection.get_timer()
         if timer is not None and timer < self.deadline:
@@ -386,12 +389,13 @@ async def open_quic(
         raise TransportError(f"edge {peer}: {exc}") from exc
     family, _, _, _, addr = infos[0]
     sock = _udp_socket(family)
+    sock.connect(addr)  # one peer: a refusal (ICMP port unreachable) ends the handshake at once, not at the timeout
     config = quic.configuration(is_client=True)
     config.verify_mode = 0  # ssl.CERT_NONE: the pin is checked below
     config.server_name = "portal-edge"
     connection = quic.QuicConnection(configuration=config)
     connection.connect(addr, now=time.monotonic())
-    client = QuicClient(quic, connection, _Endpoint(sock), peer)
+    client = QuicClient(quic, connection, _Endpoint(sock, one_peer=True), peer)
     try:
         with one_error():
             async with trio.open_nursery() as nursery:

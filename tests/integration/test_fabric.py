@@ -228,3 +228,24 @@ def test_a_second_device_mounts_the_portal_and_reads_chunks_it_never_had(tmp_pat
     assert json.loads(ok(b, "sync", "--json"))[0]["pulled"] == 1
     ok(b, "get", "docs", str(tmp_path / "later.txt"), "--path", "later.txt")
     assert (tmp_path / "later.txt").read_text() == "written on a\n"
+
+
+def test_repair_copies_what_a_lost_edge_held_so_a_second_loss_loses_nothing(tmp_path: Path, lab: FabricLab) -> None:
+    src = tmp_path / "src"
+    src.mkdir()
+    for i in range(12):  # enough objects that each edge holds some of them
+        (src / f"part{i}.bin").write_bytes(os.urandom(300_000))
+    a, words = _device(tmp_path, "a", lab)
+    ok(a, "portal", "create", "archive")
+    ok(a, "put", "archive", f"{src}/")
+    ok(a, "sync")
+    nothing_to_do = json.loads(ok(a, "sync", "--repair", "--json"))[0]["repair"]
+    assert nothing_to_do["checked"] > 12 and nothing_to_do["copied"] == 0
+
+    lab.edges[0].stop(signal.SIGKILL)
+    repaired = json.loads(ok(a, "sync", "--repair", "--json"))[0]["repair"]
+    assert repaired["copied"] > 0  # what edge 0 held is now on both edges that are left
+    lab.edges[1].stop(signal.SIGKILL)
+    b, _ = _device(tmp_path, "b", lab, words)  # another device, with one edge left and nothing local
+    ok(b, "get", "archive", str(tmp_path / "out"))
+    _same(src, tmp_path / "out")
