@@ -111,3 +111,16 @@ def test_whatever_happens_a_changed_portal_is_synced_by_the_time_it_is_due(
     wake = planner.wake_at(refreshing=False)
     assert wake is not None and wake <= now + BACKOFF_MAX
     assert A in planner.due(max(now, planner.portals[A].not_before))
+
+
+def test_repairs_follow_a_sync_once_per_period_and_on_request() -> None:
+    planner = SyncPlanner(interval=60.0, refresh=30.0, repair=600.0)
+    planner.track([A])
+    assert not planner.repair_due(A, 10.0)  # a daemon that just started: the period starts now
+    assert not planner.repair_due(A, 609.0)
+    assert planner.repair_due(A, 610.0)
+    planner.repaired(A, 610.0)
+    assert not planner.repair_due(A, 611.0)
+    planner.repair_soon(A)
+    assert planner.repair_due(A, 612.0)
+    assert not planner.repair_due(B, 10_000.0)  # not followed
