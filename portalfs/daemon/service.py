@@ -10,6 +10,7 @@ syncs never interleave. See docs/design.md, "The daemon".
 from __future__ import annotations
 
 import logging
+import math
 import os
 import time
 from collections.abc import Callable
@@ -45,6 +46,7 @@ class SyncDaemon:
         self.hub: str | None = None
         self.socket = daemon_socket(device.home.data)
         self._limiter = trio.CapacityLimiter(1)  # device work: one piece at a time, on a worker thread
+        self._waiting = trio.CapacityLimiter(math.inf)  # long-polls: a thread each, however many portals
         self._wakeup = trio.Event()
         self._progress = trio.Event()  # set, then replaced, whenever a sync finishes
         self._names: dict[bytes, str] = {}
@@ -123,7 +125,9 @@ class SyncDaemon:
                     head = await self._on_device(self.device.state.head, portal)
                     after = 0 if head is None else head.version
                     try:
-                        records = await trio.to_thread.run_sync(hub.wait_roots, portal, after, abandon_on_cancel=True)
+                        records = await trio.to_thread.run_sync(
+                            hub.wait_roots, portal, after, abandon_on_cancel=True, limiter=self._waiting
+                        )
                     except PortalError as exc:
                         log.info("event stream of %s: %s; again in %.0f s", self._names.get(portal, "?"), exc, retry)
                         await trio.sleep(retry)
