@@ -16,6 +16,7 @@ from ..edge.client import parse_address
 from ..errors import NotFound, UsageError, error_for_exit_code
 from ..fabric.grants import Grant, LinkUrl, unwrap_for_link, wrap_for_link
 from ..fabric.sync import Fabric, FabricConfig, followed_portals, load_config, published_version, save_config
+from ..hub.state import WINDOW
 from ..keys import DOMAIN_REVOKE
 from ..portal import PortalView
 from ..root import RootRecord
@@ -27,7 +28,6 @@ SYNC_TIMEOUT = 3600.0  # seconds `portalctl sync` waits for portald's answer
 STATUS_TIMEOUT = 10.0
 _DURATION = re.compile(r"(\d+)([smhdw])")
 _UNIT_NS = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 7 * 86400}
-_WINDOW = re.compile(r"([01]\d|2[0-3]):[0-5]\d-([01]\d|2[0-3]):[0-5]\d")
 
 
 def parse_duration(text: str) -> int:
@@ -269,7 +269,7 @@ def cmd_link(device: Device, args: argparse.Namespace) -> int:
                 raise UsageError("--max-downloads must be at least 1")
             policy["max_downloads"] = args.max_downloads
         if args.window:
-            if not _WINDOW.fullmatch(args.window):
+            if not WINDOW.fullmatch(args.window):
                 raise UsageError(f"--window {args.window!r}: expected HH:MM-HH:MM (UTC)")
             policy["window"] = args.window
         link, secret = os.urandom(16), os.urandom(32)

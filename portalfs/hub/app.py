@@ -22,13 +22,14 @@ from starlette.routing import Route
 from .. import __version__
 from ..errors import BadSignature
 from .auth import check_signature, parse_headers
-from .state import Caller, HubRefusal, HubState
+from .state import WINDOW, Caller, HubRefusal, HubState
 
 __all__ = ["make_app", "ROUTES"]
 
 log = logging.getLogger("portal.hub")
 
 MAX_BODY = 4 * 1024 * 1024
+INT64_MAX = 2**63 - 1
 LONG_POLL_SECONDS = 25.0
 
 Handler = Callable[[HubState, Caller, dict[str, Any], dict[str, Any], int], Any]
@@ -62,6 +63,36 @@ def _portal(p: dict[str, Any]) -> bytes:
     return _hex(p["portal"], 16, "portal id")
 
 
+def _uint(value: Any, what: str) -> int:
+    """A count or a time in nanoseconds: an integer SQLite can hold, not negative."""
+    try:
+        number = int(value) if isinstance(value, str) else value
+    except ValueError:
+        raise HubRefusal(400, "malformed", f"{what} is not a number") from None
+    if isinstance(number, bool) or not isinstance(number, int) or not 0 <= number <= INT64_MAX:
+        raise HubRefusal(400, "malformed", f"{what} must be a whole number from 0 to {INT64_MAX}")
+    return number
+
+
+def _policy(body: dict[str, Any], allowed: tuple[str, ...]) -> dict[str, Any]:
+    """The policy fields of ``body`` that a route takes, each checked; those absent stay absent."""
+    policy: dict[str, Any] = {}
+    for name in allowed:
+        if name not in body:
+            continue
+        value = body[name]
+        if name == "active":
+            if not isinstance(value, bool):
+                raise HubRefusal(400, "malformed", "active must be true or false")
+        elif name == "window":
+            if value is not None and not (isinstance(value, str) and WINDOW.fullmatch(value)):
+                raise HubRefusal(400, "malformed", "window must be HH:MM-HH:MM (UTC) or null")
+        elif value is not None:
+            value = _uint(value, name)
+        policy[name] = value
+    return policy
+
+
 ROUTES: list[RouteSpec] = [
     RouteSpec("POST", "/v1/devices", "Enroll the calling device with its identity-signed certificate",
               lambda s, c, p, b, now: s.enroll(c, _hex(b["cert"]), now)),
@@ -78,19 +109,20 @@ ROUTES: list[RouteSpec] = [
     RouteSpec("GET", "/v1/keyring", "The caller identity's encrypted keyring",
               lambda s, c, p, b, now: s.keyring(c)),
     RouteSpec("PUT", "/v1/keyring", "Replace the encrypted keyring (compare-and-swap on its version)",
-              lambda s, c, p, b, now: s.put_keyring(c, int(b["version"]), _hex(b["blob"]))),
+              lambda s, c, p, b, now: s.put_keyring(c, _uint(b["version"], "version"), _hex(b["blob"]))),
     RouteSpec("GET", "/v1/portals", "Portals the caller owns or is a member of",
               lambda s, c, p, b, now: s.portals(c, now)),
     RouteSpec("PUT", "/v1/portals/{portal}", "Create a portal owned by the caller's identity",
-              lambda s, c, p, b, now: s.create_portal(c, _portal(p), b.get("expires_ns"), now)),
+              lambda s, c, p, b, now: s.create_portal(
+                  c, _portal(p), _policy(b, ("expires_ns",)).get("expires_ns"), now)),
     RouteSpec("GET", "/v1/portals/{portal}", "A portal's policy, state and head version",
               lambda s, c, p, b, now: s.portal_info(c, _portal(p), now)),
     RouteSpec("PATCH", "/v1/portals/{portal}", "Set a portal's expiry or (de)activate it (owner only)",
-              lambda s, c, p, b, now: s.set_policy(c, _portal(p), b, now)),
+              lambda s, c, p, b, now: s.set_policy(c, _portal(p), _policy(b, ("expires_ns", "active")), now)),
     RouteSpec("POST", "/v1/portals/{portal}/roots", "Publish a root record: compare-and-swap on its parent",
               lambda s, c, p, b, now: s.publish(c, _portal(p), _hex(b["record"]), now)),
     RouteSpec("GET", "/v1/portals/{portal}/roots", "Root records after version ?after=N, oldest first",
-              lambda s, c, p, b, now: s.roots(c, _portal(p), int(p.get("after", 0)), now)),
+              lambda s, c, p, b, now: s.roots(c, _portal(p), _uint(p.get("after", 0), "after"), now)),
     RouteSpec("GET", "/v1/portals/{portal}/members", "The portal's members and their wrapped read keys",
               lambda s, c, p, b, now: s.members(c, _portal(p), now)),
     RouteSpec("PUT", "/v1/portals/{portal}/members/{identity}", "Share: store a member's wrapped read key",
@@ -99,7 +131,9 @@ ROUTES: list[RouteSpec] = [
     RouteSpec("DELETE", "/v1/portals/{portal}/members/{identity}", "Unshare: remove a member",
               lambda s, c, p, b, now: s.remove_member(c, _portal(p), _hex(p["identity"], 32))),
     RouteSpec("POST", "/v1/portals/{portal}/links", "Create a link (its key wrapped under the link secret)",
-              lambda s, c, p, b, now: s.create_link(c, _portal(p), _hex(b["link"], 16), _hex(b["wrapped"]), b)),
+              lambda s, c, p, b, now: s.create_link(
+                  c, _portal(p), _hex(b["link"], 16), _hex(b["wrapped"]),
+                  _policy(b, ("expires_ns", "max_downloads", "window")))),
     RouteSpec("DELETE", "/v1/links/{link}", "Revoke a link",
               lambda s, c, p, b, now: s.revoke_link(c, _hex(p["link"], 16))),
     RouteSpec("POST", "/v1/links/{link}/redeem", "Redeem a link while its policy holds: wrapped key and roots",
@@ -230,7 +264,7 @@ def make_app(state: HubState) -> Starlette:
     async def wait_for_records(request: Request) -> list[str]:
         caller, _, _ = await authenticate(request)
         portal = _portal(dict(request.path_params))
-        after = int(request.query_params.get("after", 0))
+        after = _uint(request.query_params.get("after", 0), "after")
         records: list[str] = []
         with trio.move_on_after(LONG_POLL_SECONDS) as waited:
             while not records:

@@ -8,6 +8,7 @@ hub stores opens a byte of content (docs/design.md, "Threat model").
 
 from __future__ import annotations
 
+import re
 import sqlite3
 import threading
 from collections.abc import Iterator
@@ -62,6 +63,9 @@ class HubRefusal(Exception):
 class Caller:
     key: bytes
     identity: bytes | None  # None: the caller is an edge (or an unenrolled device)
+
+
+WINDOW = re.compile(r"([01]\d|2[0-3]):[0-5]\d-([01]\d|2[0-3]):[0-5]\d")  # a link's daily window, UTC
 
 
 def _window_allows(window: str | None, now_ns: int) -> bool:
