@@ -222,7 +222,8 @@ class Swarm:
         if len(keys) < replicas:
             raise Unreachable(f"{replicas} replicas need {replicas} edges; this device knows {len(keys)}")
         holders: dict[bytes, set[bytes]] = {cid: set() for cid in cids}
-        for key in keys:
+
+        async def ask(key: bytes) -> None:
             try:
                 client = await self._client(key)
                 for cid, present in zip(cids, await client.have(cids), strict=True):
@@ -230,6 +231,10 @@ class Swarm:
                         holders[cid].add(key)
             except PortalError as exc:
                 log.warning("%s", exc)
+
+        async with trio.open_nursery() as nursery:  # every edge at once: one that is down costs one timeout
+            for key in keys:
+                nursery.start_soon(ask, key)
         limit = trio.Semaphore(CONCURRENT_PUTS)
         failures: list[str] = []
         copies = 0
@@ -273,15 +278,18 @@ class Swarm:
         return self._run(self._stat)
 
     async def _stat(self) -> list[dict[str, Any]]:
-        rows = []
-        for address in self.addresses:
-            row: dict[str, Any] = {"edge": str(address), "key": address.key.hex(), "transport": address.transport}
+        rows = [{"edge": str(a), "key": a.key.hex(), "transport": a.transport} for a in self.addresses]
+
+        async def ask(address: EdgeAddress, row: dict[str, Any]) -> None:
             try:
                 status = await (await self._client(address.key)).stat()
                 row.update(up=True, objects=status.objects, used=status.used, usage=status.usage, quota=status.quota)
             except PortalError as exc:
                 row.update(up=False, error=str(exc))
-            rows.append(row)
+
+        async with trio.open_nursery() as nursery:  # every edge at once
+            for address, row in zip(self.addresses, rows, strict=True):
+                nursery.start_soon(ask, address, row)
         return rows
 
     def _run(self, fn: Callable[..., Any], *args: Any) -> Any:
