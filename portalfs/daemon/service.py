@@ -13,7 +13,8 @@ import logging
 import math
 import os
 import time
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable
+from contextlib import asynccontextmanager
 from typing import Any, TypeVar
 
 import trio
@@ -159,43 +160,54 @@ class SyncDaemon:
             if due or refresh:
                 await self._sync_round(due, refresh)
 
-    async def _sync_round(self, due: list[bytes], refresh: bool) -> None:
+    @asynccontextmanager
+    async def _fabric(self) -> AsyncIterator[Fabric]:
+        """A fabric for one round, closed even when the daemon stops (its swarm thread, its hub connections)."""
         fabric = await self._on_device(self._open_fabric)
         try:
-            if refresh:
-                try:
-                    added = await self._on_device(fabric.refresh)
-                    if added:
-                        log.info("portals added from the keyring and shares: %s", ", ".join(added))
-                        self._wake()  # the local watcher follows them from its next look
-                except PortalError as exc:
-                    log.warning("keyring and shares: %s", exc)
-                self.planner.refreshed(trio.current_time())
-            for portal in due:
-                if portal not in self.planner.portals:
-                    continue
-                self.planner.started(portal)
-                name = self._names.get(portal, portal.hex()[:16])
-                error = None
-                try:
-                    result = await self._on_device(self._sync_one, fabric, portal)
-                    if result["pulled"] or result["published"]:
-                        log.info("%s: v%d (pulled %d, published %d)", name, result["version"], result["pulled"],
-                                 result["published"])  # fmt: skip
-                    if self.planner.repair_due(portal, trio.current_time()):
-                        result["repair"] = await self._on_device(self._repair_one, fabric, portal)
-                        self.planner.repaired(portal, trio.current_time())
-                except PortalError as exc:
-                    error = str(exc)
-                    result = {"portal": name, "error": error, "exit_code": exc.exit_code}
-                    log.warning("%s: %s", name, exc)
-                self._results[portal] = result
-                self.planner.finished(portal, trio.current_time(), error)
+            yield fabric
         finally:
-            with trio.CancelScope(shield=True):  # the swarm's thread and the hub's connections end even on stop
+            with trio.CancelScope(shield=True):
                 await self._on_device(fabric.close)
+
+    async def _sync_round(self, due: list[bytes], refresh: bool) -> None:
+        try:
+            async with self._fabric() as fabric:
+                await self._sync_with(fabric, due, refresh)
+        finally:
             self._progress.set()
             self._progress = trio.Event()
+
+    async def _sync_with(self, fabric: Fabric, due: list[bytes], refresh: bool) -> None:
+        if refresh:
+            try:
+                added = await self._on_device(fabric.refresh)
+                if added:
+                    log.info("portals added from the keyring and shares: %s", ", ".join(added))
+                    self._wake()  # the local watcher follows them from its next look
+            except PortalError as exc:
+                log.warning("keyring and shares: %s", exc)
+            self.planner.refreshed(trio.current_time())
+        for portal in due:
+            if portal not in self.planner.portals:
+                continue
+            self.planner.started(portal)
+            name = self._names.get(portal, portal.hex()[:16])
+            error = None
+            try:
+                result = await self._on_device(self._sync_one, fabric, portal)
+                if result["pulled"] or result["published"]:
+                    log.info("%s: v%d (pulled %d, published %d)", name, result["version"], result["pulled"],
+                             result["published"])  # fmt: skip
+                if self.planner.repair_due(portal, trio.current_time()):
+                    result["repair"] = await self._on_device(self._repair_one, fabric, portal)
+                    self.planner.repaired(portal, trio.current_time())
+            except PortalError as exc:
+                error = str(exc)
+                result = {"portal": name, "error": error, "exit_code": exc.exit_code}
+                log.warning("%s: %s", name, exc)
+            self._results[portal] = result
+            self.planner.finished(portal, trio.current_time(), error)
 
     def _open_fabric(self) -> Fabric:
         return Fabric(self.device, self.secrets, load_config(self.device) or FabricConfig())
@@ -239,12 +251,8 @@ class SyncDaemon:
         """Sync ``names`` (every followed portal when empty) now, and ``repair`` them; return once each finished."""
         if self.hub is None:
             raise UsageError("this device has no hub: run `portalctl hub add URL` first")
-        fabric = await self._on_device(self._open_fabric)
-        try:
+        async with self._fabric() as fabric:
             await self._on_device(fabric.refresh)
-        finally:
-            with trio.CancelScope(shield=True):
-                await self._on_device(fabric.close)
         self.planner.refreshed(trio.current_time())
         _, self._names, _ = await self._on_device(self._look)
         self.planner.track(self._names)
