@@ -45,7 +45,9 @@ def _emit(args: argparse.Namespace, data: object, text: str) -> None:
 def open_fabric(device: Device, secrets: Unlocked, need_hub: bool = True) -> Fabric:
     config = load_config(device) or FabricConfig()
     if need_hub and not config.hub:
-        raise UsageError("this device has no hub: run `portalctl hub add URL` first")
+        raise UsageError("this device has no hub: run `portalctl hub add URL`, or portald for its embedded one")
+    if need_hub and config.on_embedded and not daemon_socket(device.home.data).exists():
+        raise UsageError(f"this device's hub ({config.hub}) is portald's embedded one: start portald first")
     return Fabric(device, secrets, config)
 
 
@@ -72,6 +74,8 @@ def cmd_hub_add(device: Device, args: argparse.Namespace) -> int:
     if not re.fullmatch(r"https?://[^/\s]+", url):
         raise UsageError(f"{args.url!r} is not a hub URL (http://HOST:PORT)")
     config = load_config(device) or FabricConfig()
+    if url != config.hub:
+        config.leave_embedded()  # a real fabric from now on: portald stops running its own hub and edge
     config.hub = url
     fabric = Fabric(device, secrets, config)
     try:

@@ -39,17 +39,21 @@ def _only_daemon(lock_path: Path) -> Iterator[None]:
 
 
 def _serve(device: Device, args: argparse.Namespace) -> int:
+    from ..daemon.embedded import wanted
     from ..daemon.service import SyncDaemon
+    from ..fabric.sync import load_config
 
     if args.interval <= 0:
         raise UsageError("--interval must be a positive number of seconds")
     secrets = unlock(device, args)
-    daemon = SyncDaemon(device, secrets, interval=args.interval)
+    embedded = None if args.no_embedded else wanted(load_config(device), args.listen)
+    daemon = SyncDaemon(device, secrets, interval=args.interval, embedded=embedded)
 
     async def main() -> None:
         async with trio.open_nursery() as nursery:
             await nursery.start(daemon.run)
-            print(f"portald: ready, control socket {daemon.socket}", flush=True)
+            where = f", embedded hub {daemon.embedded_hub}" if daemon.embedded_hub else ""
+            print(f"portald: ready, control socket {daemon.socket}{where}", flush=True)
             with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT, signal.SIGHUP) as signals:
                 async for signum in signals:
                     logging.getLogger("portal.daemon").info("%s: stopping", signal.Signals(signum).name)
@@ -69,6 +73,12 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument("--interval", type=float, default=60.0, metavar="SECONDS",
                         help="sync each portal at least this often (default 60)")  # fmt: skip
+    parser.add_argument("--listen", metavar="ADDRESS",
+                        help="where the embedded hub and edge listen, for other devices to join "
+                        "(default 127.0.0.1: this device alone)")  # fmt: skip
+    parser.add_argument("--no-embedded", action="store_true",
+                        help="on a device with no hub, wait for `portalctl hub add` instead of running "
+                        "an embedded hub and edge")  # fmt: skip
     parser.add_argument("--passphrase-file", metavar="FILE", help="the passphrase protecting this device's keys")
     parser.add_argument("-v", "--verbose", action="store_true")
     args = parser.parse_args(argv)
@@ -77,7 +87,7 @@ def main(argv: list[str] | None = None) -> int:
         format="%(asctime)s %(name)s %(levelname)s %(message)s",
         stream=sys.stderr,
     )
-    for noisy in ("httpx", "quic", "portal.net"):
+    for noisy in ("httpx", "quic", "portal.net", "hypercorn.error"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
     return run_command("portald", lambda device: _serve(device, args))
 

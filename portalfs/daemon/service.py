@@ -25,6 +25,7 @@ from ..fabric.sync import Fabric, FabricConfig, followed_portals, load_config, p
 from ..hub.client import HubClient
 from ..portal import PortalView
 from .control import daemon_socket, serve_control
+from .embedded import EmbeddedFabric, run_embedded
 from .planner import SyncPlanner
 
 __all__ = ["SyncDaemon", "DEFAULT_INTERVAL"]
@@ -40,9 +41,18 @@ T = TypeVar("T")
 
 
 class SyncDaemon:
-    def __init__(self, device: Device, secrets: Unlocked, interval: float = DEFAULT_INTERVAL) -> None:
+    def __init__(
+        self,
+        device: Device,
+        secrets: Unlocked,
+        interval: float = DEFAULT_INTERVAL,
+        embedded: EmbeddedFabric | None = None,
+    ) -> None:
         self.device = device
         self.secrets = secrets
+        self.embedded = embedded
+        self.embedded_hub: str | None = None  # the embedded hub's URL while it runs
+        self._embedded_scope = trio.CancelScope()
         self.planner = SyncPlanner(interval, REFRESH_SECONDS)
         self.hub: str | None = None
         self.socket = daemon_socket(device.home.data)
@@ -57,12 +67,19 @@ class SyncDaemon:
 
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         async with trio.open_nursery() as nursery:
+            if self.embedded is not None:
+                self.embedded_hub = await nursery.start(self._run_embedded, self.embedded)
             await self._scan(nursery)
             await nursery.start(serve_control, self.socket, self.handle)
             nursery.start_soon(self._watch_local, nursery)
             nursery.start_soon(self._sync_loop)
             log.info("portald: %d portals followed, hub %s", len(self._names), self.hub or "(none yet)")
             task_status.started()
+
+    async def _run_embedded(self, where: EmbeddedFabric, *, task_status: trio.TaskStatus[str]) -> None:
+        with self._embedded_scope:
+            await run_embedded(self.device, self.secrets, where, task_status=task_status)
+        self.embedded_hub = None
 
     async def _on_device(self, fn: Callable[..., T], *args: Any) -> T:
         return await trio.to_thread.run_sync(fn, *args, limiter=self._limiter)
@@ -93,6 +110,9 @@ class SyncDaemon:
                 scope.cancel()
             self._streams.clear()
             self.hub = hub
+            if self.embedded_hub is not None and hub != self.embedded_hub:
+                log.info("this device moved to hub %s: the embedded hub and edge stop", hub)
+                self._embedded_scope.cancel()
         self._names = names
         first = not self.planner.portals
         new = self.planner.track(names)
@@ -287,4 +307,10 @@ class SyncDaemon:
                     "seconds_since_sync": None if schedule.last_finished is None else now - schedule.last_finished,
                 }
             )
-        return {"pid": os.getpid(), "since_ns": self._started_ns, "hub": self.hub, "portals": portals}
+        return {
+            "pid": os.getpid(),
+            "since_ns": self._started_ns,
+            "hub": self.hub,
+            "embedded": self.embedded_hub is not None,
+            "portals": portals,
+        }

@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import logging
-import signal
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from pathlib import Path
 
 import trio
 
+from ..net import stop_signal
 from ..store import LocalStore
 from .service import DeviceStatus, EdgeService, EdgeSession, QuotaBook
 
@@ -33,10 +34,11 @@ class EdgeConfig:
 
 async def run_edge(
     config: EdgeConfig,
+    until: Callable[[], Awaitable[object]] | None = None,
     *,
     task_status: trio.TaskStatus[tuple[bytes, int]] = trio.TASK_STATUS_IGNORED,
 ) -> None:
-    """Serve until SIGTERM or SIGINT; ``task_status.started((edge key, port))``."""
+    """Serve until ``until()`` returns (default: SIGTERM or SIGINT), then drain; started with (key, port)."""
     from ..net.tcp import serve_tcp
     from ..net.tls import EdgeKey
 
@@ -74,9 +76,7 @@ async def run_edge(
                 await nursery.start(directory.run, f"{config.host}:{port}", config.transports, store, service.delete)
             log.info("edge %s serving on %s:%d (%s)", key.public.hex(), config.host, port, ", ".join(config.transports))
             task_status.started((key.public, port))
-            with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:
-                async for _ in signals:
-                    break
+            await (until or stop_signal)()
             log.info("shutting down: no new objects; %.0f s for requests in progress", DRAIN_SECONDS)
             service.accepting = False
             with trio.move_on_after(DRAIN_SECONDS):

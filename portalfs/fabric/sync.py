@@ -40,9 +40,23 @@ class FabricConfig:
     hub: str | None = None
     edges: list[dict[str, Any]] = field(default_factory=list)  # added by hand: host, port, key, transport
     replicas: int = DEFAULT_REPLICAS
+    embedded: dict[str, Any] | None = None  # portald's own hub and edge: host, hub_port, edge_port
 
     def to_json(self) -> bytes:
-        return json.dumps({"hub": self.hub, "edges": self.edges, "replicas": self.replicas}).encode()
+        return json.dumps(
+            {"hub": self.hub, "edges": self.edges, "replicas": self.replicas, "embedded": self.embedded}
+        ).encode()
+
+    @property
+    def on_embedded(self) -> bool:
+        """Whether the hub is the one portald runs in-process (section 16, "Embedded hub and edge")."""
+        return self.embedded is not None and self.hub == self.embedded.get("hub")
+
+    def leave_embedded(self) -> None:
+        """Forget portald's embedded hub and edge, and the replication factor their one edge allowed."""
+        if self.embedded is not None:
+            self.embedded = None
+            self.replicas = DEFAULT_REPLICAS
 
 
 def load_config(device: Device) -> FabricConfig | None:
@@ -50,7 +64,9 @@ def load_config(device: Device) -> FabricConfig | None:
     if raw is None:
         return None
     value = json.loads(raw)
-    return FabricConfig(value.get("hub"), value.get("edges", []), value.get("replicas", DEFAULT_REPLICAS))
+    return FabricConfig(
+        value.get("hub"), value.get("edges", []), value.get("replicas", DEFAULT_REPLICAS), value.get("embedded")
+    )
 
 
 def save_config(device: Device, config: FabricConfig) -> None:

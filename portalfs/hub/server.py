@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import logging
-import signal
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
@@ -11,6 +11,7 @@ import trio
 from hypercorn.config import Config
 from hypercorn.trio import serve
 
+from ..net import stop_signal
 from .app import make_app
 from .state import HubState
 
@@ -20,13 +21,19 @@ log = logging.getLogger("portal.hub")
 
 
 async def run_hub(
-    db: Path, host: str, port: int, *, task_status: trio.TaskStatus[int] = trio.TASK_STATUS_IGNORED
+    db: Path,
+    host: str,
+    port: int,
+    until: Callable[[], Awaitable[object]] | None = None,
+    *,
+    task_status: trio.TaskStatus[int] = trio.TASK_STATUS_IGNORED,
 ) -> None:
-    """Serve until SIGTERM or SIGINT; ``task_status.started(port)``."""
+    """Serve until ``until()`` returns (default: SIGTERM or SIGINT); ``task_status.started(port)``."""
     state = HubState(db)
     config = Config()
     config.bind = [f"[{host}]:{port}" if ":" in host else f"{host}:{port}"]
     config.accesslog = None
+    config.errorlog = logging.getLogger("hypercorn.error")  # through logging alone, not also to stderr
     config.graceful_timeout = 5.0
     stop = trio.Event()
     try:
@@ -38,9 +45,7 @@ async def run_hub(
             bound = int(binds[0].rsplit(":", 1)[1]) if binds else port
             log.info("hub serving on %s:%d, state in %s", host, bound, db)
             task_status.started(bound)
-            with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:
-                async for _ in signals:
-                    break
+            await (until or stop_signal)()
             stop.set()
     finally:
         state.close()

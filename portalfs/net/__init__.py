@@ -1,9 +1,19 @@
 """Transports for the edge protocol: QUIC (aioquic or qh3) and TLS over TCP. Thin trio adapters."""
 
+import signal
 from collections.abc import Iterator
 from contextlib import contextmanager
 
-__all__ = ["one_error"]
+import trio
+
+__all__ = ["one_error", "stop_signal"]
+
+
+async def stop_signal() -> None:
+    """Until SIGTERM or SIGINT: when a server run on its own stops."""
+    with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:
+        async for _ in signals:
+            return
 
 
 @contextmanager

@@ -86,8 +86,8 @@ def daemons() -> Iterator[list[Daemon]]:
         daemon.stop()
 
 
-def start_daemon(home: Path, started: list[Daemon]) -> Daemon:
-    process = _portald(home, "--interval", "30")
+def start_daemon(home: Path, started: list[Daemon], *args: str) -> Daemon:
+    process = _portald(home, "--interval", "30", *args)
     daemon = Daemon(home, process)
     started.append(daemon)
     assert process.stdout is not None
@@ -148,3 +148,48 @@ def test_a_version_written_on_one_device_reaches_the_other_by_the_daemons_alone(
     assert on_a.stop() == 0
     assert not socket.exists()
     assert json.loads(ok(a, "status", "--json"))["daemon"] is None
+
+
+def test_a_device_with_no_hub_runs_its_own_and_another_device_joins_it(tmp_path: Path, daemons: list[Daemon]) -> None:
+    a, b = tmp_path / "a", tmp_path / "b"
+    words = " ".join(json.loads(ok(a, "init", "--no-passphrase", "--json"))["words"])
+    ok(a, "portal", "create", "notes")
+    src = tmp_path / "src"
+    src.mkdir()
+    (src / "big.bin").write_bytes(os.urandom(3 << 20))  # several chunks
+    ok(a, "put", "notes", f"{src}/")
+
+    on_a = start_daemon(a, daemons)  # no hub: the embedded one, on loopback
+    on_a.wait_for(r"embedded hub http://127\.0\.0\.1:\d+ and edge")
+    on_a.wait_for(r"notes: v1 \(pulled 0, published 1\)")
+    status = json.loads(ok(a, "status", "--json"))
+    hub = status["daemon"]["hub"]
+    assert status["daemon"]["embedded"] and hub.startswith("http://127.0.0.1:")
+    assert (a / "embedded" / "hub.db").exists()
+
+    # another device of the identity joins that hub and reads through the embedded edge: its store had nothing
+    ok(b, "recover", "--no-passphrase", input=words)
+    assert "portals added: notes" in ok(b, "hub", "add", hub)
+    ok(b, "get", "notes", str(tmp_path / "out"))
+    assert (tmp_path / "out" / "big.bin").read_bytes() == (src / "big.bin").read_bytes()
+
+    # the same hub, at the same address, after a restart; without the daemon, sync says what to do
+    assert on_a.stop() == 0
+    fails(a, 2, "sync", match="portald's embedded one: start portald first")
+    on_a = start_daemon(a, daemons)
+    assert json.loads(ok(a, "status", "--json"))["daemon"]["hub"] == hub
+    (src / "second.txt").write_text("two\n")
+    ok(a, "put", "notes", f"{src}/")
+    on_a.wait_for(r"notes: v2 \(pulled 0, published 1\)")
+    ok(b, "sync")
+    ok(b, "get", "notes", str(tmp_path / "out2"))
+    assert (tmp_path / "out2" / "second.txt").read_text() == "two\n"
+
+
+@pytest.mark.parametrize(("listen", "match"), [("0.0.0.0", "not a wildcard"), ("laptop", "give an IP address")])
+def test_portald_refuses_an_embedded_address_others_cannot_use(tmp_path: Path, listen: str, match: str) -> None:
+    ok(tmp_path, "init", "--no-passphrase")
+    process = _portald(tmp_path, "--listen", listen)
+    _, err = process.communicate(timeout=60)
+    assert process.returncode == 2, err
+    assert err.strip().splitlines() == [err.strip()] and match in err and "Traceback" not in err

@@ -1,0 +1,106 @@
+"""portald's embedded hub and edge: the zero-configuration fabric of a device that has no hub.
+
+The hub (SQLite in ``embedded/hub.db``) and the edge (``embedded/edge/``) are
+the very servers ``portal-hub`` and ``portal-edge`` run, started in portald's
+nursery and listening on one address (loopback unless ``portald --listen``
+says otherwise). The device joins its own hub the first time; the ports are
+kept in the fabric config, so the hub's URL, which other devices may have
+joined, stays the same across restarts. See docs/design.md, section 16.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import logging
+from dataclasses import dataclass
+from typing import Any
+
+import trio
+
+from ..device import Device, Unlocked
+from ..edge.server import EdgeConfig, run_edge
+from ..errors import UsageError
+from ..fabric.sync import Fabric, FabricConfig, load_config, save_config
+from ..hub.server import run_hub
+
+__all__ = ["EmbeddedFabric", "wanted", "run_embedded"]
+
+log = logging.getLogger("portal.daemon")
+
+REPLICAS = 1  # one edge: the device's own store holds the other copy
+
+
+@dataclass(frozen=True, slots=True)
+class EmbeddedFabric:
+    """Where the embedded servers listen: ``host``, and the ports of earlier runs (0: any free one)."""
+
+    host: str
+    hub_port: int = 0
+    edge_port: int = 0
+
+    def hub_url(self, port: int) -> str:
+        host = f"[{self.host}]" if ":" in self.host else self.host
+        return f"http://{host}:{port}"
+
+
+def check_listen(host: str) -> str:
+    """``host`` as an address other devices can be told; wildcards and names are refused."""
+    try:
+        address = ipaddress.ip_address(host.strip("[]"))
+    except ValueError:
+        raise UsageError(f"--listen {host!r}: give an IP address of this machine (127.0.0.1: itself alone)") from None
+    if address.is_unspecified:
+        raise UsageError(f"--listen {host}: give the address other devices reach this one at, not a wildcard")
+    return str(address)
+
+
+def wanted(config: FabricConfig | None, listen: str | None) -> EmbeddedFabric | None:
+    """The embedded servers to run for ``config``: none once the device is on another hub."""
+    if config is not None and config.hub and not config.on_embedded:
+        if listen is not None:
+            raise UsageError(f"this device's hub is {config.hub}: --listen is for portald's embedded hub and edge")
+        return None
+    earlier: dict[str, Any] = (config.embedded or {}) if config is not None else {}
+    host = check_listen(listen) if listen is not None else earlier.get("host", "127.0.0.1")
+    return EmbeddedFabric(host, int(earlier.get("hub_port", 0)), int(earlier.get("edge_port", 0)))
+
+
+def _join(device: Device, secrets: Unlocked, url: str) -> None:
+    """Enroll the device at its embedded hub the first time, before the edge asks the hub who is enrolled."""
+    config = load_config(device) or FabricConfig()
+    if config.on_embedded and config.hub == url:
+        return
+    config.hub, config.replicas = url, REPLICAS
+    fabric = Fabric(device, secrets, config)
+    try:
+        fabric.join()
+    finally:
+        fabric.close()
+
+
+def _record(device: Device, where: EmbeddedFabric, url: str, hub_port: int, edge_port: int) -> None:
+    config = load_config(device) or FabricConfig()
+    config.embedded = {"host": where.host, "hub_port": hub_port, "edge_port": edge_port, "hub": url}
+    config.hub, config.replicas = url, REPLICAS
+    save_config(device, config)
+
+
+async def run_embedded(
+    device: Device,
+    secrets: Unlocked,
+    where: EmbeddedFabric,
+    *,
+    task_status: trio.TaskStatus[str] = trio.TASK_STATUS_IGNORED,
+) -> None:
+    """Run the hub, join it, then run the edge (registered at it), until cancelled; ``task_status.started(URL)``."""
+    data = device.home.data / "embedded"
+    data.mkdir(mode=0o700, exist_ok=True)
+    async with trio.open_nursery() as nursery:
+        hub_port = await nursery.start(run_hub, data / "hub.db", where.host, where.hub_port, trio.sleep_forever)
+        url = where.hub_url(hub_port)
+        await trio.to_thread.run_sync(_join, device, secrets, url)
+        edge = EdgeConfig(data / "edge", where.host, where.edge_port, hub=url)
+        _, edge_port = await nursery.start(run_edge, edge, trio.sleep_forever)
+        await trio.to_thread.run_sync(_record, device, where, url, hub_port, edge_port)
+        log.info("embedded hub %s and edge %s:%d, data in %s", url, where.host, edge_port, data)
+        task_status.started(url)
