@@ -44,7 +44,9 @@ __all__ = [
     "Status",
     "Failure",
     "ERROR_CODES",
+    "FRAME_HEAD",
     "FrameReader",
+    "parse_frame_head",
     "encode_frame",
     "encode_message",
     "parse_message",
@@ -326,7 +328,7 @@ def encode_frame(message: Message) -> tuple[bytes, bytes]:
     return FRAME_HEAD.pack(message.KIND, len(header), len(body)) + header, body
 
 
-def parse_message(kind: int, header: bytes, body: bytes) -> Message:
+def parse_message(kind: int, header: bytes, body: bytes | bytearray) -> Message:
     """Check one frame's parts and return its message, or raise RemoteProtocolError."""
     cls = _KINDS.get(kind)
     if cls is None:
@@ -342,6 +344,14 @@ def parse_message(kind: int, header: bytes, body: bytes) -> Message:
         return cls.check(fields)  # type: ignore[attr-defined,no-any-return]
     except (encoding.DecodeError, ValueError, TypeError, KeyError) as exc:
         raise RemoteProtocolError(f"malformed {cls.__name__}: {exc}") from None
+
+
+def parse_frame_head(head: bytes | bytearray) -> tuple[int, int, int]:
+    """A frame's (kind, header length, body length), refused before anything is read when too large."""
+    kind, header_len, body_len = FRAME_HEAD.unpack(head)
+    if header_len > MAX_HEADER or body_len > MAX_BODY:
+        raise RemoteProtocolError(f"frame too large ({header_len}-byte header, {body_len}-byte body)")
+    return kind, header_len, body_len
 
 
 class FrameReader:
@@ -371,10 +381,7 @@ class FrameReader:
         if self._head is None:
             if self._size < FRAME_HEAD.size:
                 return None
-            kind, header_len, body_len = FRAME_HEAD.unpack(self._take(FRAME_HEAD.size))
-            if header_len > MAX_HEADER or body_len > MAX_BODY:
-                raise RemoteProtocolError(f"frame too large ({header_len}-byte header, {body_len}-byte body)")
-            self._head = kind, header_len, body_len
+            self._head = parse_frame_head(self._take(FRAME_HEAD.size))
         kind, header_len, body_len = self._head
         if self._size < header_len + body_len:
             return None

@@ -11,8 +11,11 @@ import pytest
 import trio
 
 from portalfs.edge.client import EdgeAddress, connect_edge
+from portalfs.edge.protocol import FRAME_HEAD, MAX_BODY, Get  # noqa
 from portalfs.errors import CorruptObject, IntegrityError, MissingObject, Unreachable
 from portalfs.keys import DeviceKey, Identity
+from portalfs.net.tcp import TlsChannel
+from portalfs.net.tls import client_context
 from portalfs.sealing import object_id
 
 from .fabricutil import Server, start
@@ -99,3 +102,48 @@ def test_an_edge_that_is_gone_is_unreachable(edge: tuple[Server, EdgeAddress]) -
 
     with pytest.raises(Unreachable):
         trio.run(main)
+
+
+@pytest.fixture
+def tcp_edge(tmp_path: Path) -> Iterator[tuple[Server, EdgeAddress]]:
+    data = tmp_path / "edge"
+    server = start(["edge", "serve", "--data", str(data), "--listen", "127.0.0.1:0", "--transport", "tcp"], data)
+    try:
+        _, port = server.line.split()[2].rsplit(":", 1)
+        yield server, EdgeAddress("127.0.0.1", int(port), bytes.fromhex(server.line.rsplit(" ", 1)[1]), "tcp")
+    finally:
+        server.stop()
+
+
+@pytest.mark.parametrize(
+    "garbage",
+    [
+        FRAME_HEAD.pack(Get.KIND, 0, MAX_BODY + 1),  # a body larger than any frame may carry
+        FRAME_HEAD.pack(Get.KIND, 40, 0) + b"\x01" * 10,  # a frame cut short by the hang-up
+        FRAME_HEAD.pack(0x7E, 0, 0),  # an unknown kind
+    ],
+    ids=["oversized", "truncated", "unknown-kind"],
+)
+def test_a_tls_peer_that_sends_a_bad_frame_is_hung_up_on_and_others_are_served(
+    tcp_edge: tuple[Server, EdgeAddress], garbage: bytes
+) -> None:
+    server, address = tcp_edge
+    device, cert = _device()
+
+    async def main() -> None:
+        with trio.fail_after(30):
+            stream = await trio.open_tcp_stream(address.host, address.port)
+            bad = TlsChannel(stream, client_context(), server_side=False)
+            await bad.do_handshake()
+            await bad.send_all(garbage)
+            if garbage[0] == 0x7E or len(garbage) == FRAME_HEAD.size:
+                with pytest.raises((trio.EndOfChannel, trio.BrokenResourceError)):  # the edge hung up
+                    await bad.receive_exactly(1)
+            await bad.aclose()
+            async with connect_edge(address, device, cert) as client:  # and serves everyone else
+                blob = os.urandom(100_000)
+                await client.put(object_id(blob), blob)
+                assert await client.get(object_id(blob)) == blob
+
+    trio.run(main)
+    assert server.process.poll() is None
