@@ -15,7 +15,15 @@ from ..device import Device, Unlocked
 from ..edge.client import parse_address
 from ..errors import NotFound, UsageError, error_for_exit_code
 from ..fabric.grants import Grant, LinkUrl, unwrap_for_link, wrap_for_link
-from ..fabric.sync import Fabric, FabricConfig, followed_portals, load_config, published_version, save_config
+from ..fabric.sync import (
+    Fabric,
+    FabricConfig,
+    followed_portals,
+    forget_published,
+    load_config,
+    published_version,
+    save_config,
+)
 from ..hub.state import WINDOW
 from ..keys import DOMAIN_REVOKE
 from ..portal import PortalView
@@ -74,12 +82,15 @@ def cmd_hub_add(device: Device, args: argparse.Namespace) -> int:
     if not re.fullmatch(r"https?://[^/\s]+", url):
         raise UsageError(f"{args.url!r} is not a hub URL (http://HOST:PORT)")
     config = load_config(device) or FabricConfig()
+    moved = config.hub is not None and url != config.hub
     if url != config.hub:
         config.leave_embedded()  # a real fabric from now on: portald stops running its own hub and edge
     config.hub = url
     fabric = Fabric(device, secrets, config)
     try:
         result = fabric.join()  # fails before anything is saved if the hub refuses or is down
+        if moved:
+            forget_published(device)
         save_config(device, fabric.config)
     finally:
         fabric.close()

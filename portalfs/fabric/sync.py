@@ -26,7 +26,15 @@ from .grants import Grant, open_keyring, seal_keyring, unwrap_for_identity, wrap
 from .store import FabricStore
 from .swarm import Placement, Swarm
 
-__all__ = ["FabricConfig", "Fabric", "load_config", "save_config", "followed_portals", "published_version"]
+__all__ = [
+    "FabricConfig",
+    "Fabric",
+    "load_config",
+    "save_config",
+    "followed_portals",
+    "published_version",
+    "forget_published",
+]
 
 log = logging.getLogger("portal.sync")
 
@@ -82,6 +90,13 @@ def published_version(device: Device, portal: bytes) -> int:
     """The newest version of ``portal`` this device knows to be at the hub (0: none)."""
     raw = device.state.get_meta(f"published:{portal.hex()}")
     return 0 if raw is None else int(raw)
+
+
+def forget_published(device: Device) -> None:
+    """After a move to another hub, which has none of this device's versions: the next sync publishes each."""
+    with device.state.transaction():
+        for row in device.state.portals():
+            device.state.set_meta(f"published:{row.id.hex()}", b"0")
 
 
 def _address(row: dict[str, Any]) -> EdgeAddress:

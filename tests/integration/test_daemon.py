@@ -193,3 +193,29 @@ def test_portald_refuses_an_embedded_address_others_cannot_use(tmp_path: Path, l
     _, err = process.communicate(timeout=60)
     assert process.returncode == 2, err
     assert err.strip().splitlines() == [err.strip()] and match in err and "Traceback" not in err
+
+
+def test_a_device_moves_from_its_embedded_hub_to_a_fabric_and_publishes_everything_there(
+    tmp_path: Path, lab: FabricLab, daemons: list[Daemon]
+) -> None:
+    a, b = tmp_path / "a", tmp_path / "b"
+    words = " ".join(json.loads(ok(a, "init", "--no-passphrase", "--json"))["words"])
+    ok(a, "portal", "create", "notes")
+    src = tmp_path / "src"
+    src.mkdir()
+    for i in (1, 2):
+        (src / f"v{i}.txt").write_text(f"version {i}\n")
+        ok(a, "put", "notes", f"{src}/")
+    on_a = start_daemon(a, daemons)
+    on_a.wait_for(r"notes: v2 \(pulled 0, published 2\)")  # to the embedded hub
+
+    ok(a, "hub", "add", lab.hub_url)  # the running daemon follows the move
+    on_a.wait_for(r"moved to hub .*: the embedded hub and edge stop")
+    on_a.wait_for(r"notes: v2 \(pulled 0, published 2\)")  # the new hub had none of them
+    status = json.loads(ok(a, "status", "--json"))
+    assert status["daemon"]["hub"] == lab.hub_url and not status["daemon"]["embedded"]
+
+    ok(b, "recover", "--no-passphrase", input=words)
+    ok(b, "hub", "add", lab.hub_url)
+    ok(b, "get", "notes", str(tmp_path / "out"))
+    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["v1.txt", "v2.txt"]
