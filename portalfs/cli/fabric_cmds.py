@@ -13,7 +13,7 @@ from typing import Any
 from ..daemon.control import call_daemon, daemon_socket
 from ..device import Device, Unlocked
 from ..edge.client import parse_address
-from ..errors import NotFound, UsageError, error_for_exit_code
+from ..errors import NotFound, Unreachable, UsageError, error_for_exit_code
 from ..fabric.grants import Grant, LinkUrl, unwrap_for_link, wrap_for_link
 from ..fabric.sync import (
     Fabric,
@@ -363,14 +363,31 @@ def cmd_status(device: Device, args: argparse.Namespace) -> int:
             head = device.state.head(row.id)
             local = 0 if head is None else head.version
             portals.append({"portal": row.name, "version": local, "published": published_version(device, row.id)})
-        edges = fabric.swarm.stat() if (config.hub or config.edges) else []
+        hub_error = None
+        try:
+            edges = fabric.swarm.stat() if (config.hub or config.edges) else []
+        except Unreachable as exc:  # the hub is down: say so, and show what this device knows
+            edges, hub_error = [], str(exc)
     finally:
         fabric.close()
     daemon = call_daemon(daemon_socket(device.home.data), {"op": "status"}, STATUS_TIMEOUT)
-    data = {"identity": secrets.identity.public.hex(), "hub": config.hub, "edges": edges, "portals": portals}
-    data["daemon"] = daemon
-    lines = [f"identity {secrets.identity.fingerprint}", f"hub      {config.hub or '(none: this device alone)'}"]
-    lines.append(f"portald  running (pid {daemon['pid']})" if daemon else "portald  not running: sync is by hand")
+    data: dict[str, Any] = {
+        "identity": secrets.identity.public.hex(),
+        "hub": config.hub,
+        "hub_error": hub_error,
+        "embedded": config.on_embedded,
+        "edges": edges,
+        "portals": portals,
+        "daemon": daemon,
+    }
+    hub = config.hub or "(none: this device alone)"
+    if config.on_embedded:
+        hub += " (portald's embedded hub and edge)" if daemon else " (portald's embedded hub: start portald)"
+    elif hub_error:
+        hub += f" (unreachable: {hub_error})"
+    lines = [f"identity {secrets.identity.fingerprint}", f"hub      {hub}"]
+    idle = "portald  not running" + ("" if config.on_embedded else ": sync is by hand")
+    lines.append(f"portald  running (pid {daemon['pid']})" if daemon else idle)
     for p in daemon["portals"] if daemon else []:
         if p["last_error"]:
             lines.append(f"portald  {p['portal']}: {p['last_error']} (failed {p['failures']} times, retrying)")

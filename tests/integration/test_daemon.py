@@ -176,6 +176,9 @@ def test_a_device_with_no_hub_runs_its_own_and_another_device_joins_it(tmp_path:
     # the same hub, at the same address, after a restart; without the daemon, sync says what to do
     assert on_a.stop() == 0
     fails(a, 2, "sync", match="portald's embedded one: start portald first")
+    stopped = json.loads(ok(a, "status", "--json"))  # the hub is down with it: status still answers
+    assert stopped["embedded"] and stopped["daemon"] is None and stopped["hub_error"]
+    assert "embedded hub: start portald" in ok(a, "status")
     on_a = start_daemon(a, daemons)
     assert json.loads(ok(a, "status", "--json"))["daemon"]["hub"] == hub
     (src / "second.txt").write_text("two\n")
