@@ -187,7 +187,7 @@ def cmd_sync(device: Device, args: argparse.Namespace) -> int:
     request = {"op": "sync", "names": args.names, "repair": args.repair}
     results = call_daemon(daemon_socket(device.home.data), request, SYNC_TIMEOUT)
     if results is not None:  # portald syncs for this device: ask it, so that two syncs never race
-        failed = [r for r in results if "error" in r]
+        failed = [r for r in results if "error" in r] + [r["repair"] for r in results if "error" in r.get("repair", {})]
         if failed:
             raise error_for_exit_code(int(failed[0]["exit_code"]), failed[0]["error"])
     else:

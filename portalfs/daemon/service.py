@@ -219,13 +219,17 @@ class SyncDaemon:
                 if result["pulled"] or result["published"]:
                     log.info("%s: v%d (pulled %d, published %d)", name, result["version"], result["pulled"],
                              result["published"])  # fmt: skip
-                if self.planner.repair_due(portal, trio.current_time()):
-                    result["repair"] = await self._on_device(self._repair_one, fabric, portal)
-                    self.planner.repaired(portal, trio.current_time())
             except PortalError as exc:
                 error = str(exc)
                 result = {"portal": name, "error": error, "exit_code": exc.exit_code}
                 log.warning("%s: %s", name, exc)
+            if error is None and self.planner.repair_due(portal, trio.current_time()):
+                try:  # the sync stands whatever the repair does; a failed repair is tried after the next sync
+                    result["repair"] = await self._on_device(self._repair_one, fabric, portal)
+                    self.planner.repaired(portal, trio.current_time())
+                except PortalError as exc:
+                    result["repair"] = {"error": str(exc), "exit_code": exc.exit_code}
+                    log.warning("%s: repair: %s", name, exc)
             self._results[portal] = result
             self.planner.finished(portal, trio.current_time(), error)
 
