@@ -222,3 +222,25 @@ def test_a_device_moves_from_its_embedded_hub_to_a_fabric_and_publishes_everythi
     ok(b, "hub", "add", lab.hub_url)
     ok(b, "get", "notes", str(tmp_path / "out"))
     assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["v1.txt", "v2.txt"]
+
+
+def test_a_repair_that_cannot_reach_r_edges_fails_alone_and_the_sync_stands(
+    tmp_path: Path, lab: FabricLab, daemons: list[Daemon]
+) -> None:
+    a = tmp_path / "a"
+    ok(a, "init", "--no-passphrase")
+    ok(a, "hub", "add", lab.hub_url)
+    ok(a, "portal", "create", "notes")
+    src = tmp_path / "src"
+    src.mkdir()
+    (src / "one.txt").write_text("one\n")
+    ok(a, "put", "notes", f"{src}/")
+    on_a = start_daemon(a, daemons)
+    on_a.wait_for(r"notes: v1 \(pulled 0, published 1\)")
+    lab.edges[1].stop()
+    lab.edges[2].stop()  # one edge left: R = 2 cannot be met
+
+    fails(a, 14, "sync", "--repair", match="could not reach 2 edges")
+    on_a.wait_for(r"notes: repair: ")
+    status = json.loads(ok(a, "status", "--json"))
+    assert status["daemon"]["portals"][0]["failures"] == 0  # the sync itself succeeded
