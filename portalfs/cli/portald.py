@@ -16,6 +16,7 @@ import trio
 
 from ..device import Device
 from ..errors import PortalBusy, UsageError
+from ..net import one_error
 from .common import run_command, unlock
 
 __all__ = ["main"]
@@ -60,7 +61,7 @@ def _serve(device: Device, args: argparse.Namespace) -> int:
                     break
             nursery.cancel_scope.cancel()
 
-    with _only_daemon(device.home.data / "portald.lock"):
+    with _only_daemon(device.home.data / "portald.lock"), one_error():
         trio.run(main)
     return 0
 

@@ -45,8 +45,11 @@ def _logging(verbose: bool) -> None:
 
 
 def _run(prog: str, main: object) -> int:
+    from ..net import one_error
+
     try:
-        trio.run(main)  # type: ignore[arg-type]
+        with one_error():  # a port in use is the OSError itself, not a group of nurseries around it
+            trio.run(main)  # type: ignore[arg-type]
     except PortalError as exc:
         print(f"{prog}: {exc}", file=sys.stderr)
         return exc.exit_code

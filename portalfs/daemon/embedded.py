@@ -10,8 +10,11 @@ joined, stays the same across restarts. See docs/design.md, section 16.
 
 from __future__ import annotations
 
+import errno
 import ipaddress
 import logging
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
 
@@ -19,9 +22,10 @@ import trio
 
 from ..device import Device, Unlocked
 from ..edge.server import EdgeConfig, run_edge
-from ..errors import UsageError
+from ..errors import PortalBusy, UsageError
 from ..fabric.sync import Fabric, FabricConfig, load_config, save_config
 from ..hub.server import run_hub
+from ..net import one_error
 
 __all__ = ["EmbeddedFabric", "wanted", "run_embedded"]
 
@@ -85,6 +89,23 @@ def _record(device: Device, where: EmbeddedFabric, url: str, hub_port: int, edge
     save_config(device, config)
 
 
+@contextmanager
+def _port_taken(where: EmbeddedFabric, port: int, what: str) -> Iterator[None]:
+    """A server that cannot listen: one line that says which address, not the groups of nurseries around it."""
+    try:
+        with one_error():
+            yield
+    except OSError as exc:
+        if exc.errno == errno.EADDRINUSE:
+            raise PortalBusy(
+                f"the embedded {what}'s address {where.host}:{port} is taken by another program; free it "
+                "(other devices know the hub there)"
+            ) from None
+        if exc.errno == errno.EADDRNOTAVAIL:
+            raise UsageError(f"--listen {where.host}: not an address of this machine") from None
+        raise
+
+
 async def run_embedded(
     device: Device,
     secrets: Unlocked,
@@ -96,11 +117,13 @@ async def run_embedded(
     data = device.home.data / "embedded"
     data.mkdir(mode=0o700, exist_ok=True)
     async with trio.open_nursery() as nursery:
-        hub_port = await nursery.start(run_hub, data / "hub.db", where.host, where.hub_port, trio.sleep_forever)
+        with _port_taken(where, where.hub_port, "hub"):
+            hub_port = await nursery.start(run_hub, data / "hub.db", where.host, where.hub_port, trio.sleep_forever)
         url = where.hub_url(hub_port)
         await trio.to_thread.run_sync(_join, device, secrets, url)
         edge = EdgeConfig(data / "edge", where.host, where.edge_port, hub=url)
-        _, edge_port = await nursery.start(run_edge, edge, trio.sleep_forever)
+        with _port_taken(where, where.edge_port, "edge"):
+            _, edge_port = await nursery.start(run_edge, edge, trio.sleep_forever)
         await trio.to_thread.run_sync(_record, device, where, url, hub_port, edge_port)
         log.info("embedded hub %s and edge %s:%d, data in %s", url, where.host, edge_port, data)
         task_status.started(url)

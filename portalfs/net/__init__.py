@@ -23,11 +23,14 @@ def one_error() -> Iterator[None]:
     A transport's ``open_*`` runs its reader in a nursery around the caller's
     block; without this, whatever the block or the reader raised would reach
     the caller wrapped in an ExceptionGroup, past every ``except`` that names it.
+    Nested nurseries nest groups of one: they are unwrapped to the one inside.
     """
     try:
         yield
     except BaseExceptionGroup as group:
-        if len(group.exceptions) == 1:
-            only = group.exceptions[0]
-            raise only from only.__cause__  # itself, with its own cause and traceback
-        raise
+        only: BaseException = group
+        while isinstance(only, BaseExceptionGroup) and len(only.exceptions) == 1:
+            only = only.exceptions[0]
+        if only is group:
+            raise
+        raise only from only.__cause__  # itself, with its own cause and traceback

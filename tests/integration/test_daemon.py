@@ -6,6 +6,7 @@ import json
 import os
 import re
 import signal
+import socket
 import stat
 import subprocess
 import sys
@@ -179,6 +180,13 @@ def test_a_device_with_no_hub_runs_its_own_and_another_device_joins_it(tmp_path:
     stopped = json.loads(ok(a, "status", "--json"))  # the hub is down with it: status still answers
     assert stopped["embedded"] and stopped["daemon"] is None and stopped["hub_error"]
     assert "embedded hub: start portald" in ok(a, "status")
+    with socket.socket() as squatter:  # another program took the hub's port meanwhile: one line, exit 12
+        squatter.bind(("127.0.0.1", int(hub.rsplit(":", 1)[1])))
+        squatter.listen()
+        process = _portald(a)
+        _, err = process.communicate(timeout=60)
+        assert process.returncode == 12 and err.strip().splitlines() == [err.strip()], err
+        assert "embedded hub's address" in err and "is taken" in err
     on_a = start_daemon(a, daemons)
     assert json.loads(ok(a, "status", "--json"))["daemon"]["hub"] == hub
     (src / "second.txt").write_text("two\n")
