@@ -35,6 +35,7 @@ __all__ = ["serve_tcp", "open_tcp", "TcpConnection", "TlsChannel", "TransportErr
 log = logging.getLogger("portal.net")
 
 PIPELINE = 8  # requests of one connection in progress at once, on the server
+HANDSHAKE_SECONDS = 10.0  # to connect and finish the TLS handshake, for a client and for the edge alike
 RECEIVE_BUFFER = 1 << 20  # bytes a channel decrypts into before it needs a larger buffer
 
 
@@ -212,7 +213,11 @@ async def serve_tcp(
         tls = TlsChannel(stream, context, server_side=True)
         peer = tls.peer
         try:
-            await tls.do_handshake()
+            with trio.move_on_after(HANDSHAKE_SECONDS) as handshake:
+                await tls.do_handshake()
+            if handshake.cancelled_caught:
+                log.info("%s: closed: no TLS handshake within %.0f s", peer, HANDSHAKE_SECONDS)
+                return
             await _serve_connection(tls, new_session(peer))
         except (trio.BrokenResourceError, trio.ClosedResourceError):
             pass
@@ -306,18 +311,12 @@ class TcpConnection:
 
 
 @asynccontextmanager
-async def open_tcp(host: str, port: int, edge_key: bytes) -> AsyncIterator[TcpConnection]:
+async def open_tcp(
+    host: str, port: int, edge_key: bytes, *, timeout: float = HANDSHAKE_SECONDS
+) -> AsyncIterator[TcpConnection]:
     peer = f"{host}:{port}"
+    tls = await _connect(host, port, timeout)
     try:
-        stream = await trio.open_tcp_stream(host, port)
-    except OSError as exc:
-        raise TransportError(f"edge {peer}: {exc.strerror or exc}") from exc
-    tls = TlsChannel(stream, client_context(), server_side=False)
-    try:
-        try:
-            await tls.do_handshake()
-        except (trio.BrokenResourceError, OSError) as exc:
-            raise TransportError(f"edge {peer}: TLS handshake failed") from exc
         check_pin(tls.getpeercert(), edge_key, peer)
         connection = TcpConnection(tls, peer)
         with one_error():
@@ -329,3 +328,24 @@ async def open_tcp(host: str, port: int, edge_key: bytes) -> AsyncIterator[TcpCo
                     nursery.cancel_scope.cancel()
     finally:
         await trio.aclose_forcefully(tls)
+
+
+async def _connect(host: str, port: int, timeout: float) -> TlsChannel:
+    """Connect and shake hands within ``timeout`` seconds (a host that is gone answers nothing at all)."""
+    peer = f"{host}:{port}"
+    with trio.move_on_after(timeout):
+        try:
+            stream = await trio.open_tcp_stream(host, port)
+        except OSError as exc:
+            raise TransportError(f"edge {peer}: {exc.strerror or exc}") from exc
+        tls = TlsChannel(stream, client_context(), server_side=False)
+        try:
+            await tls.do_handshake()
+            return tls
+        except (trio.BrokenResourceError, OSError) as exc:
+            await trio.aclose_forcefully(tls)
+            raise TransportError(f"edge {peer}: TLS handshake failed") from exc
+        except trio.Cancelled:
+            await trio.aclose_forcefully(tls)
+            raise
+    raise TransportError(f"edge {peer}: no TLS handshake within {timeout:.0f} s")

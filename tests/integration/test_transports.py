@@ -14,7 +14,7 @@ from portalfs.edge.client import EdgeAddress, connect_edge
 from portalfs.edge.protocol import FRAME_HEAD, MAX_BODY, Get  # noqa
 from portalfs.errors import CorruptObject, IntegrityError, MissingObject, Unreachable
 from portalfs.keys import DeviceKey, Identity
-from portalfs.net.tcp import TlsChannel
+from portalfs.net.tcp import TlsChannel, TransportError, open_tcp
 from portalfs.net.tls import client_context
 from portalfs.sealing import object_id
 
@@ -147,3 +147,17 @@ def test_a_tls_peer_that_sends_a_bad_frame_is_hung_up_on_and_others_are_served(
 
     trio.run(main)
     assert server.process.poll() is None
+
+
+def test_a_client_gives_up_on_a_tcp_peer_that_never_shakes_hands() -> None:
+    async def main() -> None:
+        listeners = await trio.open_tcp_listeners(0, host="127.0.0.1")  # the kernel accepts; nobody answers
+        port = listeners[0].socket.getsockname()[1]
+        try:
+            with trio.fail_after(10), pytest.raises(TransportError, match="no TLS handshake within"):
+                async with open_tcp("127.0.0.1", port, os.urandom(32), timeout=0.5):
+                    raise AssertionError("a handshake with nobody")
+        finally:
+            await listeners[0].aclose()
+
+    trio.run(main)
