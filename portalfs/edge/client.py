@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
+import logging
 import os
 import time
 from collections.abc import AsyncIterator, Sequence
-from contextlib import AbstractAsyncContextManager, asynccontextmanager
+from contextlib import AbstractAsyncContextManager, AsyncExitStack, asynccontextmanager
 from dataclasses import dataclass
 from typing import Protocol
 
@@ -32,6 +33,8 @@ from .protocol import (
 
 __all__ = ["EdgeAddress", "EdgeClient", "connect_edge", "parse_address"]
 
+log = logging.getLogger("portal.edge")
+
 TRANSPORTS = ("quic", "tcp")
 
 
@@ -41,6 +44,7 @@ class EdgeAddress:
     port: int
     key: bytes  # the edge's Ed25519 public key, pinned
     transport: str = "quic"
+    fallback: str | None = None  # tried when ``transport`` fails at once (refused, reset), not after a timeout
 
     def __str__(self) -> str:
         host = f"[{self.host}]" if ":" in self.host else self.host
@@ -127,20 +131,32 @@ def _failure(address: EdgeAddress, failure: Failure) -> PortalError:
 
 @asynccontextmanager
 async def connect_edge(address: EdgeAddress, device: DeviceKey, cert: bytes) -> AsyncIterator[EdgeClient]:
-    """Open a connection over the address's transport, say HELLO, and yield the client."""
-    from ..net.tcp import TransportError, open_tcp
+    """Open a connection over the address's transport (or its fallback), say HELLO, and yield the client."""
+    from ..net.tcp import HandshakeTimeout, TransportError
 
-    opened: AbstractAsyncContextManager[Transport]
     try:
-        if address.transport == "tcp":
-            opened = open_tcp(address.host, address.port, address.key)
-        else:
-            from ..net.quic import open_quic
-
-            opened = open_quic(address.host, address.port, address.key)
-        async with opened as transport:
+        async with AsyncExitStack() as stack:
+            try:
+                transport = await stack.enter_async_context(_open(address.transport, address))
+            except HandshakeTimeout:
+                raise  # the host is gone: another transport to it would wait as long again
+            except TransportError as exc:
+                if address.fallback is None:
+                    raise
+                log.info("%s; trying %s", exc, address.fallback)
+                transport = await stack.enter_async_context(_open(address.fallback, address))
             client = EdgeClient(transport, address)
             await client.hello(device, cert)
             yield client
     except TransportError as exc:
         raise Unreachable(str(exc)) from exc
+
+
+def _open(kind: str, address: EdgeAddress) -> AbstractAsyncContextManager[Transport]:
+    if kind == "tcp":
+        from ..net.tcp import open_tcp
+
+        return open_tcp(address.host, address.port, address.key)
+    from ..net.quic import open_quic
+
+    return open_quic(address.host, address.port, address.key)

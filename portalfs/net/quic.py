@@ -26,7 +26,7 @@ import trio
 from ..edge.protocol import ALPN, FrameReader, Message, RemoteProtocolError, encode_message
 from ..edge.service import EdgeSession
 from . import one_error
-from .tcp import PendingAnswer, TransportError
+from .tcp import HandshakeTimeout, PendingAnswer, TransportError
 from .tls import EdgeKey, check_pin
 
 __all__ = ["Backend", "backend", "serve_quic", "open_quic", "QuicClient"]
@@ -402,7 +402,9 @@ async def open_quic(
                 nursery.start_soon(client._run)
                 with trio.move_on_after(timeout):
                     await client._handshake.wait()
-                if not client._handshake.is_set() or client._failed is not None:
+                if not client._handshake.is_set():
+                    raise HandshakeTimeout(f"edge {peer}: no QUIC handshake within {timeout:.0f} s")
+                if client._failed is not None:
                     raise TransportError(f"edge {peer}: no QUIC handshake") from client._failed
                 check_pin(quic.peer_certificate(connection), edge_key, peer)
                 try:

@@ -30,7 +30,15 @@ from ..edge.service import EdgeSession
 from . import one_error
 from .tls import EdgeKey, check_pin, client_context, server_context
 
-__all__ = ["serve_tcp", "open_tcp", "TcpConnection", "TlsChannel", "TransportError", "PendingAnswer"]
+__all__ = [
+    "serve_tcp",
+    "open_tcp",
+    "TcpConnection",
+    "TlsChannel",
+    "TransportError",
+    "HandshakeTimeout",
+    "PendingAnswer",
+]
 
 log = logging.getLogger("portal.net")
 
@@ -41,6 +49,10 @@ RECEIVE_BUFFER = 1 << 20  # bytes a channel decrypts into before it needs a larg
 
 class TransportError(ConnectionError):
     """The connection failed or closed before an answer came."""
+
+
+class HandshakeTimeout(TransportError):
+    """Nothing answered within the handshake's time: the host is down or unreachable, not refusing."""
 
 
 class TlsChannel(trio.abc.AsyncResource):
@@ -348,4 +360,4 @@ async def _connect(host: str, port: int, timeout: float) -> TlsChannel:
         except trio.Cancelled:
             await trio.aclose_forcefully(tls)
             raise
-    raise TransportError(f"edge {peer}: no TLS handshake within {timeout:.0f} s")
+    raise HandshakeTimeout(f"edge {peer}: no TLS handshake within {timeout:.0f} s")

@@ -161,3 +161,24 @@ def test_a_client_gives_up_on_a_tcp_peer_that_never_shakes_hands() -> None:
             await listeners[0].aclose()
 
     trio.run(main)
+
+
+def test_a_refused_transport_falls_back_to_the_other(tmp_path: Path) -> None:
+    data = tmp_path / "edge"
+    server = start(["edge", "serve", "--data", str(data), "--listen", "127.0.0.1:0", "--transport", "quic"], data)
+    try:
+        _, port = server.line.split()[2].rsplit(":", 1)
+        key = bytes.fromhex(server.line.rsplit(" ", 1)[1])
+        address = EdgeAddress("127.0.0.1", int(port), key, "tcp", fallback="quic")  # no TCP listener: refused
+        device, cert = _device()
+
+        async def main() -> None:
+            with trio.fail_after(30):
+                async with connect_edge(address, device, cert) as client:
+                    blob = os.urandom(50_000)
+                    await client.put(object_id(blob), blob)
+                    assert await client.get(object_id(blob)) == blob
+
+        trio.run(main)
+    finally:
+        server.stop()
