@@ -97,6 +97,19 @@ def start_daemon(home: Path, started: list[Daemon], *args: str) -> Daemon:
     return daemon
 
 
+def notes_device(home: Path, src: Path, files: dict[str, bytes], hub: str | None = None) -> str:
+    """A new identity on ``home`` (on ``hub``, if given) with the portal notes holding ``files``; its words."""
+    words = " ".join(json.loads(ok(home, "init", "--no-passphrase", "--json"))["words"])
+    if hub is not None:
+        ok(home, "hub", "add", hub)
+    ok(home, "portal", "create", "notes")
+    src.mkdir(exist_ok=True)
+    for name, data in files.items():
+        (src / name).write_bytes(data)
+    ok(home, "put", "notes", f"{src}/")
+    return words
+
+
 @pytest.fixture
 def lab(tmp_path: Path) -> Iterator[FabricLab]:
     with fabric(tmp_path / "fabric") as lab:
@@ -106,14 +119,8 @@ def lab(tmp_path: Path) -> Iterator[FabricLab]:
 def test_a_version_written_on_one_device_reaches_the_other_by_the_daemons_alone(
     tmp_path: Path, lab: FabricLab, daemons: list[Daemon]
 ) -> None:
-    a, b = tmp_path / "a", tmp_path / "b"
-    words = " ".join(json.loads(ok(a, "init", "--no-passphrase", "--json"))["words"])
-    ok(a, "hub", "add", lab.hub_url)
-    ok(a, "portal", "create", "notes")
-    src = tmp_path / "src"
-    src.mkdir()
-    (src / "first.txt").write_text("one\n")
-    ok(a, "put", "notes", f"{src}/")
+    a, b, src = tmp_path / "a", tmp_path / "b", tmp_path / "src"
+    words = notes_device(a, src, {"first.txt": b"one\n"}, hub=lab.hub_url)
     ok(b, "recover", "--no-passphrase", input=words)
     ok(b, "hub", "add", lab.hub_url)
 
@@ -152,13 +159,8 @@ def test_a_version_written_on_one_device_reaches_the_other_by_the_daemons_alone(
 
 
 def test_a_device_with_no_hub_runs_its_own_and_another_device_joins_it(tmp_path: Path, daemons: list[Daemon]) -> None:
-    a, b = tmp_path / "a", tmp_path / "b"
-    words = " ".join(json.loads(ok(a, "init", "--no-passphrase", "--json"))["words"])
-    ok(a, "portal", "create", "notes")
-    src = tmp_path / "src"
-    src.mkdir()
-    (src / "big.bin").write_bytes(os.urandom(3 << 20))  # several chunks
-    ok(a, "put", "notes", f"{src}/")
+    a, b, src = tmp_path / "a", tmp_path / "b", tmp_path / "src"
+    words = notes_device(a, src, {"big.bin": os.urandom(3 << 20)})  # several chunks
 
     on_a = start_daemon(a, daemons)  # no hub: the embedded one, on loopback
     on_a.wait_for(r"embedded hub http://127\.0\.0\.1:\d+ and edge")
@@ -210,14 +212,10 @@ def test_portald_refuses_an_embedded_address_others_cannot_use(tmp_path: Path, l
 def test_a_device_moves_from_its_embedded_hub_to_a_fabric_and_publishes_everything_there(
     tmp_path: Path, lab: FabricLab, daemons: list[Daemon]
 ) -> None:
-    a, b = tmp_path / "a", tmp_path / "b"
-    words = " ".join(json.loads(ok(a, "init", "--no-passphrase", "--json"))["words"])
-    ok(a, "portal", "create", "notes")
-    src = tmp_path / "src"
-    src.mkdir()
-    for i in (1, 2):
-        (src / f"v{i}.txt").write_text(f"version {i}\n")
-        ok(a, "put", "notes", f"{src}/")
+    a, b, src = tmp_path / "a", tmp_path / "b", tmp_path / "src"
+    words = notes_device(a, src, {"v1.txt": b"version 1\n"})
+    (src / "v2.txt").write_text("version 2\n")
+    ok(a, "put", "notes", f"{src}/")
     on_a = start_daemon(a, daemons)
     on_a.wait_for(r"notes: v2 \(pulled 0, published 2\)")  # to the embedded hub
 
@@ -237,13 +235,7 @@ def test_a_repair_that_cannot_reach_r_edges_fails_alone_and_the_sync_stands(
     tmp_path: Path, lab: FabricLab, daemons: list[Daemon]
 ) -> None:
     a = tmp_path / "a"
-    ok(a, "init", "--no-passphrase")
-    ok(a, "hub", "add", lab.hub_url)
-    ok(a, "portal", "create", "notes")
-    src = tmp_path / "src"
-    src.mkdir()
-    (src / "one.txt").write_text("one\n")
-    ok(a, "put", "notes", f"{src}/")
+    notes_device(a, tmp_path / "src", {"one.txt": b"one\n"}, hub=lab.hub_url)
     on_a = start_daemon(a, daemons)
     on_a.wait_for(r"notes: v1 \(pulled 0, published 1\)")
     lab.edges[1].stop()
