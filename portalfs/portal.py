@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import BinaryIO
 
@@ -20,6 +20,7 @@ from .pipeline import store_sealed
 from .root import PortalKeys, RootPayload, make_root_record, verify_chain
 from .sealing import ChunkRef, unseal
 from .state import PortalRow, VersionRow
+from .store.base import Prefetching
 from .tree import Entry, decode_dir, encode_dir, iter_file_chunks
 
 __all__ = ["PortalView", "VerifyReport"]
@@ -53,6 +54,17 @@ class PortalView:
 
     def load_chunk(self, ref: ChunkRef) -> bytes | memoryview:
         return unseal(ref, self.device.store.get(ref.cid), "chunk", id_checked=True)
+
+    @property
+    def fetches(self) -> bool:
+        """Whether objects this device lacks come from a fabric (then ``prefetch`` is worth a batch)."""
+        return isinstance(self.device.store, Prefetching)
+
+    def prefetch(self, refs: Sequence[ChunkRef]) -> None:
+        """Bring the objects of ``refs`` this device lacks in together (one location lookup, fetched in parallel)."""
+        store = self.device.store
+        if isinstance(store, Prefetching):
+            store.prefetch([ref.cid for ref in refs])
 
     def objects(self, entry: Entry, into: set[bytes]) -> set[bytes]:
         """Add to ``into`` the id of every node and chunk ``entry`` reaches; subtrees already there are skipped."""

@@ -3,7 +3,9 @@
 Each file is written to a temp name beside its destination and renamed into
 place once complete, so a restore interrupted at any point leaves whole files
 only. Existing paths are never overwritten unless asked to. Chunks are fetched
-and unsealed by worker threads, a bounded window ahead of the writer.
+and unsealed by worker threads, a bounded window ahead of the writer; on a
+device whose store fetches from a fabric, a file's chunks come from the edges
+in batches, one batch ahead (one location lookup and parallel requests each).
 """
 
 from __future__ import annotations
@@ -11,7 +13,7 @@ from __future__ import annotations
 import os
 import stat
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
@@ -19,9 +21,12 @@ from pathlib import Path
 from .errors import AlreadyExists, PortalError
 from .fsutil import storage_error
 from .portal import PortalView
+from .sealing import ChunkRef
 from .tree import Entry, decode_dir
 
 __all__ = ["Restorer", "RestoreStats"]
+
+PREFETCH_BATCH = 32  # chunks fetched from the fabric together
 
 
 @dataclass(slots=True)
@@ -101,7 +106,7 @@ class Restorer:
         window: deque[Future[bytes | memoryview]] = deque()
         try:
             with open(tmp, "wb") as out:
-                for ref in self.view.file_chunks(entry):
+                for ref in self._fetched_ahead(self.view.file_chunks(entry)):
                     window.append(pool.submit(self.view.load_chunk, ref))
                     if len(window) > 2 * self._workers:
                         self._write_chunk(out, window.popleft().result())
@@ -115,6 +120,31 @@ class Restorer:
                 os.unlink(tmp)
             raise
         self.stats.files += 1
+
+    def _fetched_ahead(self, refs: Iterator[ChunkRef]) -> Iterator[ChunkRef]:
+        """``refs``, each batch of them brought from the fabric together while the batch before is written."""
+        if not self.view.fetches:
+            yield from refs
+            return
+        with ThreadPoolExecutor(1, thread_name_prefix="prefetch") as fetcher:
+            ahead: deque[tuple[list[ChunkRef], Future[None]]] = deque()
+            batch: list[ChunkRef] = []
+            for ref in refs:
+                batch.append(ref)
+                if len(batch) == PREFETCH_BATCH:
+                    ahead.append((batch, fetcher.submit(self.view.prefetch, batch)))
+                    batch = []
+                    if len(ahead) > 1:
+                        yield from self._when_fetched(*ahead.popleft())
+            if batch:
+                ahead.append((batch, fetcher.submit(self.view.prefetch, batch)))
+            while ahead:
+                yield from self._when_fetched(*ahead.popleft())
+
+    @staticmethod
+    def _when_fetched(batch: list[ChunkRef], fetched: Future[None]) -> list[ChunkRef]:
+        fetched.result()
+        return batch
 
     def _write_chunk(self, out: object, data: bytes | memoryview) -> None:
         out.write(data)  # type: ignore[attr-defined]

@@ -3,7 +3,9 @@
 Each file's chunk layout (offsets) is worked out once per file node; chunks
 are fetched and unsealed on worker threads, kept in a bounded cache of
 plaintext chunks, and read ahead of a sequential reader. Concurrent reads of
-one chunk share a single fetch.
+one chunk share a single fetch. On a device whose store fetches from a
+fabric, the chunks ahead come from the edges in batches (one location lookup
+and parallel requests each) before they are unsealed.
 """
 
 from __future__ import annotations
@@ -22,6 +24,7 @@ __all__ = ["ContentReader"]
 
 CHUNK_CACHE_BYTES = 256 * 1024 * 1024
 READ_AHEAD_CHUNKS = 6  # chunks unsealed ahead of a reader, on worker threads
+FETCH_AHEAD_CHUNKS = 32  # chunks ahead of a reader brought from the fabric, half a window per batch
 LAYOUTS_KEPT = 4096
 
 Plaintext = bytes | memoryview
@@ -56,7 +59,8 @@ class ContentReader:
         self.view = view
         self.nursery: trio.Nursery | None = None  # for read-ahead; set once the mount runs
         self._cache = _ChunkCache(cache_bytes)
-        self._loading: dict[bytes, trio.Event] = {}
+        self._loading: dict[bytes, trio.Event] = {}  # chunks being loaded and unsealed
+        self._fetching: dict[bytes, trio.Event] = {}  # chunks in a batch coming from the fabric
         self._layouts: OrderedDict[bytes, tuple[list[int], list[ChunkRef]]] = OrderedDict()
 
     async def layout(self, file_node: ChunkRef | None) -> tuple[list[int], list[ChunkRef]]:
@@ -80,10 +84,12 @@ class ContentReader:
             data = self._cache.get(ref.cid)
             if data is not None:
                 return data
-            loading = self._loading.get(ref.cid)
-            if loading is None:
+            busy = self._loading.get(ref.cid)
+            if busy is None:
+                busy = self._fetching.get(ref.cid)
+            if busy is None:
                 break
-            await loading.wait()
+            await busy.wait()
         event = self._loading[ref.cid] = trio.Event()
         try:
             data = await trio.to_thread.run_sync(self.view.load_chunk, ref)
@@ -110,10 +116,39 @@ class ContentReader:
             position += len(piece)
             index += 1
         if self.nursery is not None:
-            for ref in refs[index : index + READ_AHEAD_CHUNKS]:
-                if self._cache.get(ref.cid) is None and ref.cid not in self._loading:
-                    self.nursery.start_soon(self._prefetch, ref)
+            if self.view.fetches:
+                self._fetch_ahead(refs[index : index + FETCH_AHEAD_CHUNKS])
+            else:
+                for ref in refs[index : index + READ_AHEAD_CHUNKS]:
+                    if self._idle(ref):
+                        self.nursery.start_soon(self._prefetch, ref)
         return pieces
+
+    def _idle(self, ref: ChunkRef) -> bool:
+        return self._cache.get(ref.cid) is None and ref.cid not in self._loading and ref.cid not in self._fetching
+
+    def _fetch_ahead(self, ahead: list[ChunkRef]) -> None:
+        """Bring the chunks ahead of a reader from the fabric in batches of half the window (or what is left)."""
+        wanted = [ref for ref in ahead if self._idle(ref)]
+        if wanted and len(wanted) >= min(FETCH_AHEAD_CHUNKS // 2, len(ahead)):
+            assert self.nursery is not None
+            done = trio.Event()
+            for ref in wanted:
+                self._fetching[ref.cid] = done
+            self.nursery.start_soon(self._fetch_batch, wanted, done)
+
+    async def _fetch_batch(self, refs: list[ChunkRef], done: trio.Event) -> None:
+        try:
+            await trio.to_thread.run_sync(self.view.prefetch, refs)
+        except PortalError:
+            pass  # the foreground read that needs one of them fetches it again, and reports what fails
+        finally:
+            for ref in refs:
+                del self._fetching[ref.cid]
+            done.set()
+        for ref in refs[:READ_AHEAD_CHUNKS]:  # unsealed ahead, from the local store now
+            if self._idle(ref):
+                self.nursery.start_soon(self._prefetch, ref)  # type: ignore[union-attr]
 
     async def _prefetch(self, ref: ChunkRef) -> None:
         try:

@@ -28,12 +28,12 @@ from __future__ import annotations
 
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
-from typing import Protocol
+from typing import Protocol, runtime_checkable
 
 from ..errors import CorruptObject
 from ..sealing import object_id
 
-__all__ = ["ObjectStore", "StoreStat", "check_object"]
+__all__ = ["ObjectStore", "Prefetching", "StoreStat", "check_object"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -58,6 +58,13 @@ class ObjectStore(Protocol):
     def sync(self) -> None: ...
 
     def close(self) -> None: ...
+
+
+@runtime_checkable
+class Prefetching(Protocol):
+    """A store that fetches what it lacks from elsewhere: ``prefetch`` brings many ids in at once, in parallel."""
+
+    def prefetch(self, cids: Sequence[bytes]) -> int: ...
 
 
 def check_object(cid: bytes, data: bytes | bytearray) -> None:

@@ -1,0 +1,85 @@
+"""Restore on a device whose store fetches: a file's chunks come in batches, one batch ahead, each object once."""
+
+from __future__ import annotations
+
+import os
+import threading
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+
+import pytest
+
+from portalfs.device import Device
+from portalfs.fabric.store import FabricStore
+from portalfs.keys import new_entropy_words
+from portalfs.paths import DeviceHome
+from portalfs.portal import PortalView
+from portalfs.restore import PREFETCH_BATCH, Restorer
+from portalfs.store import LocalStore
+from portalfs.store.base import Prefetching
+
+NOW = 1_700_000_000_000_000_000
+
+
+class RemoteObjects:
+    """A swarm stand-in over a store that holds every object; it records how the device asked for them."""
+
+    def __init__(self, remote: LocalStore) -> None:
+        self.remote = remote
+        self.batches: list[list[bytes]] = []
+        self.single: list[bytes] = []
+        self._lock = threading.Lock()
+
+    def get(self, cid: bytes) -> bytes:
+        with self._lock:
+            self.single.append(cid)
+        return self.remote.get(cid)
+
+    def get_many(self, cids: Sequence[bytes]) -> dict[bytes, bytes]:
+        with self._lock:
+            self.batches.append(list(cids))
+        return {cid: self.remote.get(cid) for cid in cids}
+
+    def close(self) -> None:
+        self.remote.close()
+
+
+@pytest.fixture
+def device(tmp_path: Path) -> Iterator[Device]:
+    device = Device(DeviceHome.from_environ({"PORTAL_HOME": str(tmp_path / "home")}))
+    yield device
+    device.close()
+
+
+def test_a_restore_fetches_each_chunk_once_in_batches(tmp_path: Path, device: Device) -> None:
+    device.create_identity(new_entropy_words(os.urandom(32)), "", None, "test", NOW)
+    secrets = device.unlock(None)
+    device.create_portal("big", secrets, NOW)
+    src = tmp_path / "src"
+    src.mkdir()
+    (src / "big.bin").write_bytes(os.urandom(72 << 20))  # more chunks than one batch holds
+    view = PortalView.open(device, "big", secrets)
+    view.put(secrets, [f"{src}/"], NOW)
+
+    # every object moves to a "remote" store; the device's own store starts empty
+    remote = LocalStore(tmp_path / "remote")
+    local = device.store_local
+    for cid in list(local.ids()):
+        remote.put(cid, local.get(cid), durable=False)
+        local.delete(cid)
+    swarm = RemoteObjects(remote)
+    store = FabricStore(local, swarm)  # type: ignore[arg-type]
+    assert isinstance(store, Prefetching)
+    device.attach_store(store)
+
+    view = PortalView.open(device, "big", secrets)
+    version = view.version(None)
+    root = view.root(version).entry
+    restorer = Restorer(view)
+    restorer.restore(root, tmp_path / "out")
+    assert (tmp_path / "out" / "big.bin").read_bytes() == (src / "big.bin").read_bytes()
+
+    chunks = [c for batch in swarm.batches for c in batch]
+    assert len(chunks) == len(set(chunks)) > PREFETCH_BATCH  # each chunk in one batch; more than one batch
+    assert all(len(batch) <= PREFETCH_BATCH for batch in swarm.batches)
+    assert not set(swarm.single) & set(chunks)  # no chunk was fetched alone besides its batch
