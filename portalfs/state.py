@@ -162,6 +162,10 @@ class StateDB:
             (record.portal, record.version, record.to_bytes(), record.time_ns, record.device, size, files),
         )
 
+    def drop_versions_after(self, portal: bytes, version: int) -> None:
+        """Forget the portal's versions after ``version`` (unpublished ones a merge replaced); in a transaction."""
+        self._db.execute("DELETE FROM versions WHERE portal = ? AND version > ?", (portal, version))
+
     def head(self, portal: bytes) -> VersionRow | None:
         row = self._db.execute(
             "SELECT portal, version, record, time_ns, device, size, files FROM versions"

@@ -11,16 +11,23 @@ from __future__ import annotations
 
 import json
 import logging
-from collections.abc import Callable
+import os
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any
 
 from ..device import Device, Unlocked
 from ..edge.client import EdgeAddress
 from ..errors import Conflict, IntegrityError, MissingObject, PortalBusy, UsageError
+from ..ingest import tree_totals
 from ..keys import DOMAIN_AGREEMENT, DeviceCertificate, verify_signature
+from ..merge import conflict_name, merge_trees
+from ..pipeline import store_sealed
 from ..portal import PortalView
-from ..root import PortalKeys, RootRecord
+from ..root import PortalKeys, RootPayload, RootRecord, make_root_record
+from ..sealing import ChunkRef
 from ..state import PortalRow, VersionRow
 from .grants import Grant, open_keyring, seal_keyring, unwrap_for_identity, wrap_for_identity
 from .store import FabricStore
@@ -327,47 +334,120 @@ class Fabric:
         )
 
     def pull(self, view: PortalView) -> int:
-        """Take the versions the hub has beyond this device's; return how many."""
+        """Take the versions the hub has beyond this device's; return how many.
+
+        When another device published after this device's last published
+        version while this device made versions of its own, the two are merged
+        (``merge``) into one new version on top of the hub's.
+        """
         hub = self._require_hub()
         head = self.device.state.head(view.row.id)
         local = 0 if head is None else head.version
         published = published_version(self.device, view.row.id)
-        records = [RootRecord.from_bytes(r) for r in hub.roots(view.row.id, after=local)]
+        records = [RootRecord.from_bytes(r) for r in hub.roots(view.row.id, after=published)]
+        while records and records[0].version <= local:  # the hub has this device's own (a crash forgot it did)
+            if self.device.state.version(view.row.id, records[0].version).record.record_id != records[0].record_id:
+                break
+            published = records.pop(0).version
+            self.device.state.set_meta(f"published:{view.row.id.hex()}", str(published).encode())
         if not records:
             return 0
-        if local > published:
-            raise Conflict(
-                f"portal {view.row.name!r}: v{records[0].version} was published elsewhere while this device "
-                f"has unpublished versions {published + 1}..{local} (merging is not supported yet)"
-            )
         try:
             # a read-write mount builds its versions on the head it mounted: none may come in beneath it
-            with self.device.portal_writer(view.row.id, "sync"):
-                self.take_records(view, records)
+            if local > published:
+                from ..mount.journal import writing
+
+                with writing(view, self.secrets, "sync"):  # what a crashed mount journaled is merged too
+                    self.merge(view, records)
+            else:
+                with self.device.portal_writer(view.row.id, "sync"):
+                    self.take_records(view, [r for r in records if r.version > local])
         except PortalBusy:
             log.info("%s: mounted read-write; v%d and later wait for the unmount", view.row.name, records[0].version)
             return 0
         return len(records)
 
+    def _checked(self, view: PortalView, records: list[RootRecord]) -> list[tuple[RootRecord, RootPayload]]:
+        """``records``, each following the one before it (the first, the device's version before it), opened."""
+        if not records:
+            return []
+        self._trust_writers(view, records)
+        previous = self.device.state.version(view.row.id, records[0].version - 1) if records[0].version > 1 else None
+        parent = None if previous is None else previous.record
+        opened = []
+        for record in records:
+            if (parent is None and record.version != 1) or (
+                parent is not None and (record.version != parent.version + 1 or record.parent != parent.record_id)
+            ):
+                raise IntegrityError(f"root record v{record.version} from the hub does not follow this device's")
+            opened.append((record, record.open(view.keys)))
+            parent = record
+        return opened
+
     def take_records(self, view: PortalView, records: list[RootRecord]) -> None:
         """Record versions that follow this device's head, each checked and signed by an enrolled device."""
         head = self.device.state.head(view.row.id)
         local = 0 if head is None else head.version
-        records = [r for r in records if r.version > local]
-        if not records:
-            return
-        self._trust_writers(view, records)
-        previous = None if head is None else head.record
-        for record in records:
-            if (previous is None and record.version != 1) or (
-                previous is not None and (record.version != previous.version + 1 or record.parent != previous.record_id)
-            ):
-                raise IntegrityError(f"root record v{record.version} from the hub does not follow v{local}")
-            payload = record.open(view.keys)
+        for record, payload in self._checked(view, [r for r in records if r.version > local]):
             with self.device.state.transaction():
-                self.device.state.add_version(record, payload.size, payload.files)
-                self.device.state.set_meta(f"published:{view.row.id.hex()}", str(record.version).encode())
-            previous = record
+                self._record_published(record, payload)
+
+    def _record_published(self, record: RootRecord, payload: RootPayload) -> None:
+        self.device.state.add_version(record, payload.size, payload.files)
+        self.device.state.set_meta(f"published:{record.portal.hex()}", str(record.version).encode())
+
+    def merge(self, view: PortalView, records: list[RootRecord]) -> list[str]:
+        """Replace this device's unpublished versions by the hub's ``records`` and one version merging them.
+
+        The merged tree (section 14, "Merging") is sealed and stored first;
+        then, in one transaction, the unpublished versions are dropped, the
+        hub's recorded, and the merged version added on top: a crash leaves
+        either the device's versions or the merge, never neither. Returns the
+        paths where this device's file was kept beside theirs.
+        """
+        portal = view.row.id
+        published = published_version(self.device, portal)
+        base_row = self.device.state.version(portal, published) if published else None
+        ours_row = self.device.state.head(portal)
+        assert ours_row is not None
+        theirs = self._checked(view, records)
+        base = None if base_row is None else view.root(base_row).entry
+        device_name = self.device.state.device_names().get(self.secrets.device.public, "this device")
+        now_ns = time.time_ns()
+        date = time.strftime("%Y-%m-%d", time.gmtime(now_ns / 1e9))
+
+        def store_node(plaintext: bytes) -> ChunkRef:
+            return store_sealed(self.device.store, view.keys.tree_secret, plaintext)[0]
+
+        with self.fetching():  # theirs' directories may be on the edges alone
+            result = merge_trees(
+                base,
+                view.root(ours_row).entry,
+                theirs[-1][1].entry,
+                view.load_node,
+                store_node,
+                lambda name, taken: conflict_name(name, device_name, date, taken),
+            )
+            size, files = tree_totals(result.root, view.load_node)
+        record = make_root_record(
+            keys=view.keys,
+            device=self.secrets.device,
+            portal=portal,
+            parent=theirs[-1][0],
+            payload=RootPayload(entry=result.root, size=size, files=files),
+            time_ns=now_ns,
+            nonce=os.urandom(12),
+        )
+        self.device.store.sync()
+        with self.device.state.transaction():
+            self.device.state.drop_versions_after(portal, published)
+            for their_record, payload in theirs:
+                self._record_published(their_record, payload)
+            self.device.state.add_version(record, size, files)
+        log.info("%s: v%d..v%d merged with v%d..v%d from the hub into v%d%s", view.row.name, published + 1,
+                 ours_row.version, theirs[0][0].version, theirs[-1][0].version, record.version,
+                 f"; kept beside theirs: {', '.join(result.conflicts)}" if result.conflicts else "")  # fmt: skip
+        return result.conflicts
 
     def push(self, view: PortalView) -> dict[str, int]:
         """Put every object of the unpublished versions on ``replicas`` edges, then publish them in order."""
@@ -385,7 +465,7 @@ class Fabric:
             except Conflict as exc:
                 raise Conflict(
                     f"portal {view.row.name!r}: another device published first; "
-                    f"pull its versions before writing (merging is not supported yet): {exc}"
+                    f"the next sync merges its versions with this device's: {exc}"
                 ) from None
             self.device.state.set_meta(f"published:{portal.hex()}", str(version.version).encode())
         return {"published": len(pending), "objects": len(cids)}
@@ -415,9 +495,23 @@ class Fabric:
 
     def _objects(self, view: PortalView, versions: list[VersionRow]) -> list[bytes]:
         objects: set[bytes] = set()
-        for version in versions:
-            view.objects(view.root(version).entry, objects)
+        with self.fetching():  # a merged version holds nodes of other devices' versions
+            for version in versions:
+                view.objects(view.root(version).entry, objects)
         return sorted(objects)
+
+    @contextmanager
+    def fetching(self) -> Iterator[None]:
+        """While inside, the device's store fetches what it lacks from the edges (and keeps it)."""
+        if isinstance(self.device.store, FabricStore):
+            yield
+            return
+        previous = self.device.store
+        self.device.attach_store(FabricStore(self.device.store_local, self.swarm))  # closed with this fabric
+        try:
+            yield
+        finally:
+            self.device.attach_store(previous)
 
     def _place(self, view: PortalView, cids: list[bytes], read: Callable[[bytes], bytes]) -> Placement:
         """Put ``cids`` on ``replicas`` edges and record where they are at the hub."""

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -14,6 +15,7 @@ from pathlib import Path
 import httpx
 import pytest
 
+from portalfs.errors import Conflict
 from portalfs.hub.auth import sign_request
 from portalfs.keys import DeviceKey, Identity, root_from_words
 
@@ -199,8 +201,75 @@ def test_the_hub_refuses_bad_requests_and_keeps_serving(tmp_path: Path, lab: Fab
     ok(a, "put", "race", str(tmp_path / "f"))
     ok(b, "put", "race", str(tmp_path / "f"))
     ok(a, "sync", "race")
-    fails(b, 16, "sync", "race", match="another device published first")
+    with pytest.raises(Conflict):  # b's v2 names a parent that is no longer the head: compare-and-swap refuses it
+        _publish_head(b, "race", lab.hub_url)
+    synced = json.loads(ok(b, "sync", "race", "--json"))  # ... so b merges a's v2 with its own, into v3
+    assert synced[0]["version"] == 3 and synced[0]["published"] == 1
     assert lab.hub is not None and lab.hub.process.poll() is None
+
+
+def _publish_head(home: Path, name: str, hub_url: str) -> None:
+    from portalfs.device import Device
+    from portalfs.hub.client import HubClient
+    from portalfs.paths import DeviceHome
+
+    device = Device(DeviceHome.from_environ({"PORTAL_HOME": str(home)}))
+    try:
+        secrets = device.unlock(None)
+        row = device.state.portal(name)
+        head = device.state.head(row.id)
+        assert head is not None
+        hub = HubClient(hub_url, secrets.device)
+        try:
+            hub.publish(row.id, head.record.to_bytes())
+        finally:
+            hub.close()
+    finally:
+        device.close()
+
+
+@needs_fuse
+def test_two_devices_that_wrote_at_once_are_merged_and_a_true_conflict_keeps_both(
+    tmp_path: Path, lab: FabricLab
+) -> None:
+    a, words = _device(tmp_path, "a", lab)
+    b, _ = _device(tmp_path, "b", lab, words)
+    src = tmp_path / "src"
+    (src / "sub").mkdir(parents=True)
+    for name, text in {"x.txt": "base\n", "c.txt": "doomed\n", "sub/d.txt": "d0\n", "sub/e.txt": "e0\n"}.items():
+        (src / name).write_text(text)
+    ok(a, "portal", "create", "notes")
+    ok(a, "put", "notes", f"{src}/")
+    ok(a, "sync")
+    ok(b, "sync")  # both at v1
+
+    on_a = tmp_path / "on-a"  # a: a put over v1
+    ok(a, "get", "notes", str(on_a))
+    (on_a / "x.txt").write_text("from a\n")  # both change x.txt: a true conflict
+    (on_a / "a.txt").write_text("new on a\n")
+    (on_a / "sub" / "d.txt").write_text("d on a\n")  # one directory changed on both sides, other files
+    ok(a, "put", "notes", f"{on_a}/")
+    with mounted(b, "notes", tmp_path / "mnt-b") as mnt:  # b: two versions made in a mount
+        (mnt / "x.txt").write_text("from b\n")
+        (mnt / "b.txt").write_text("new on b\n")
+        (mnt / "c.txt").unlink()  # deleted on b only
+        (mnt / "sub" / "e.txt").write_text("e on b\n")
+    with mounted(b, "notes", tmp_path / "mnt-b") as mnt:
+        (mnt / "later.txt").write_text("a second unpublished version on b\n")
+    ok(a, "sync")
+    synced = json.loads(ok(b, "sync", "--json"))
+    assert synced[0]["version"] == 3 and synced[0]["pulled"] == 1 and synced[0]["published"] == 1
+    ok(a, "sync")  # a takes the merge
+
+    for home, out in ((a, tmp_path / "out-a"), (b, tmp_path / "out-b")):
+        ok(home, "get", "notes", str(out))
+        names = sorted(str(p.relative_to(out)) for p in out.rglob("*") if p.is_file())
+        conflict = next(n for n in names if n.startswith("x (conflict "))
+        assert re.fullmatch(r"x \(conflict .+ \d{4}-\d\d-\d\d\)\.txt", conflict), conflict
+        assert names == sorted(["a.txt", "b.txt", "later.txt", "sub/d.txt", "sub/e.txt", "x.txt", conflict])
+        assert (out / "x.txt").read_text() == "from a\n"  # theirs (published first) keeps the name
+        assert (out / conflict).read_text() == "from b\n"
+        assert (out / "sub" / "d.txt").read_text() == "d on a\n" and (out / "sub" / "e.txt").read_text() == "e on b\n"
 
 
 @needs_fuse

@@ -1,0 +1,113 @@
+"""Three-way merge of two versions' trees over the version both were made from.
+
+When another device published first, what this device made since the last
+version it published (*ours*) is merged into the hub's newest version
+(*theirs*) over that common version (*base*), name by name, directory by
+directory (a change is one of content, kind, mode, link target or xattrs, not
+of times or owners): a change made on one side only is taken; the same change on both
+is taken once; a directory changed on both sides is merged inside; a file (or
+a symlink, or a file against a directory) changed differently on both sides is
+a true conflict, and both are kept: theirs under its name, ours beside it as
+``name (conflict DEVICE YYYY-MM-DD).ext``. A deletion on one side against a
+change on the other keeps the change. Nothing but the two callables touches
+storage: nodes are read with ``load_node`` and new directory nodes written
+with ``store_node``. See docs/design.md, "Sync".
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+from .sealing import ChunkRef
+from .tree import Entry, decode_dir, encode_dir
+
+__all__ = ["MergeResult", "merge_trees", "conflict_name"]
+
+NodeLoader = Callable[[ChunkRef], bytes]
+NodeStorer = Callable[[bytes], ChunkRef]
+MAX_NAME = 255  # bytes in a name (tree.validate_name)
+
+
+@dataclass(slots=True)
+class MergeResult:
+    root: Entry
+    conflicts: list[str] = field(default_factory=list)  # paths where ours was kept beside theirs
+
+
+def conflict_name(name: bytes, device: str, date: str, taken: set[bytes]) -> bytes:
+    """``report.txt`` → ``report (conflict laptop 2026-12-02).txt``, numbered past names already ``taken``."""
+    stem, dot, ext = name.rpartition(b".")
+    if not stem or not dot:  # no extension, or a name like ".profile"
+        stem, dot, ext = name, b"", b""
+    for n in range(1, 10_000):
+        label = f" (conflict {device} {date}{'' if n == 1 else f' {n}'})".encode()
+        room = MAX_NAME - len(label) - len(dot) - len(ext)
+        candidate = stem[: max(1, room)] + label + dot + ext
+        if candidate not in taken:
+            return candidate
+    raise ValueError(f"no free name beside {name!r}")
+
+
+def merge_trees(
+    base: Entry | None,
+    ours: Entry,
+    theirs: Entry,
+    load_node: NodeLoader,
+    store_node: NodeStorer,
+    rename: Callable[[bytes, set[bytes]], bytes],
+) -> MergeResult:
+    """Merge the root directories ``ours`` and ``theirs`` over ``base`` (None: they share no version)."""
+    merger = _Merger(load_node, store_node, rename)
+    root = merger.directory(base, ours, theirs, b"")
+    return MergeResult(root, merger.conflicts)
+
+
+def _same(a: Entry | None, b: Entry | None) -> bool:
+    """The same content: kind and mode, bytes (the node), link target and xattrs. Times and owners are not
+    compared: a file copied out and put back, or put by another user, is not a change."""
+    if a is None or b is None:
+        return a is b
+    return (a.mode, a.size, a.node, a.target, a.xattrs) == (b.mode, b.size, b.node, b.target, b.xattrs)
+
+
+class _Merger:
+    def __init__(self, load_node: NodeLoader, store_node: NodeStorer, rename: Callable[[bytes, set[bytes]], bytes]):
+        self._load = load_node
+        self._store = store_node
+        self._rename = rename
+        self.conflicts: list[str] = []
+
+    def _children(self, entry: Entry | None) -> dict[bytes, Entry]:
+        if entry is None or not entry.is_dir or entry.node is None:
+            return {}
+        return {child.name: child for child in decode_dir(self._load(entry.node))}
+
+    def directory(self, base: Entry | None, ours: Entry, theirs: Entry, path: bytes) -> Entry:
+        b, o, t = self._children(base), self._children(ours), self._children(theirs)
+        out = dict(t)
+        for name in sorted(set(b) | set(o) | set(t)):
+            was, mine, other = b.get(name), o.get(name), t.get(name)
+            if _same(mine, was) or _same(mine, other):
+                continue  # we left it as it was, or made their very change: theirs stands
+            if _same(other, was):  # changed here only
+                if mine is None:
+                    del out[name]
+                else:
+                    out[name] = mine
+            elif mine is not None and other is not None and mine.is_dir and other.is_dir:
+                inside = was if was is not None and was.is_dir else None
+                out[name] = self.directory(inside, mine, other, path + name + b"/")
+            elif mine is None:
+                continue  # deleted here, changed there: the change stands
+            elif other is None:
+                out[name] = mine  # changed here, deleted there: the change stands
+            else:
+                beside = self._rename(name, set(out) | set(o))
+                out[beside] = dataclasses.replace(mine, name=beside)
+                self.conflicts.append(os.fsdecode(path + beside))
+        if out == t:
+            return theirs
+        return dataclasses.replace(theirs, node=self._store(encode_dir(list(out.values()))))
