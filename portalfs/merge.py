@@ -65,20 +65,27 @@ def merge_trees(
     return MergeResult(root, merger.conflicts)
 
 
-def _same(a: Entry | None, b: Entry | None) -> bool:
-    """The same content: kind and mode, bytes (the node), link target and xattrs. Times and owners are not
-    compared: a file copied out and put back, or put by another user, is not a change."""
-    if a is None or b is None:
-        return a is b
-    return (a.mode, a.size, a.node, a.target, a.xattrs) == (b.mode, b.size, b.node, b.target, b.xattrs)
-
-
 class _Merger:
     def __init__(self, load_node: NodeLoader, store_node: NodeStorer, rename: Callable[[bytes, set[bytes]], bytes]):
         self._load = load_node
         self._store = store_node
         self._rename = rename
         self.conflicts: list[str] = []
+
+    def _same(self, a: Entry | None, b: Entry | None) -> bool:
+        """The same content: kind and mode, bytes, link target, xattrs; for a directory, the same in it.
+
+        Times and owners are not compared: a file copied out and put back, or
+        put by another user, is not a change.
+        """
+        if a is None or b is None:
+            return a is b
+        if (a.mode, a.size, a.target, a.xattrs) != (b.mode, b.size, b.target, b.xattrs):
+            return False
+        if a.node == b.node or not a.is_dir:
+            return a.node == b.node
+        mine, other = self._children(a), self._children(b)
+        return mine.keys() == other.keys() and all(self._same(mine[n], other[n]) for n in mine)
 
     def _children(self, entry: Entry | None) -> dict[bytes, Entry]:
         if entry is None or not entry.is_dir or entry.node is None:
@@ -90,9 +97,9 @@ class _Merger:
         out = dict(t)
         for name in sorted(set(b) | set(o) | set(t)):
             was, mine, other = b.get(name), o.get(name), t.get(name)
-            if _same(mine, was) or _same(mine, other):
+            if self._same(mine, was) or self._same(mine, other):
                 continue  # we left it as it was, or made their very change: theirs stands
-            if _same(other, was):  # changed here only
+            if self._same(other, was):  # changed here only
                 if mine is None:
                     del out[name]
                 else:

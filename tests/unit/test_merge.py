@@ -1,0 +1,131 @@
+"""Three-way merge of trees, on nodes kept in a dict: no store, no keys."""
+
+from __future__ import annotations
+
+import stat
+
+import blake3
+from hypothesis import given
+from hypothesis import strategies as st
+
+from portalfs.merge import MAX_NAME, conflict_name, merge_trees
+from portalfs.sealing import ChunkRef
+from portalfs.tree import Entry, decode_dir, encode_dir
+
+Tree = dict[str, "str | Tree"]  # a name maps to file content or to a directory
+
+
+class Nodes:
+    def __init__(self) -> None:
+        self.nodes: dict[bytes, bytes] = {}
+
+    def store(self, plaintext: bytes) -> ChunkRef:
+        cid = blake3.blake3(plaintext).digest()
+        self.nodes[cid] = plaintext
+        return ChunkRef(cid, bytes(32), cid, len(plaintext))
+
+    def load(self, ref: ChunkRef) -> bytes:
+        return self.nodes[ref.cid]
+
+    def build(self, tree: Tree, name: bytes = b"", when: int = 1) -> Entry:
+        children = []
+        for child, value in tree.items():
+            if isinstance(value, str):
+                content = self.store(value.encode())  # a file's node stands for its content
+                children.append(Entry(child.encode(), stat.S_IFREG | 0o644, 0, 0, when, when, len(value), content))
+            else:
+                children.append(self.build(value, child.encode(), when))
+        return Entry(name, stat.S_IFDIR | 0o755, 0, 0, when, when, 0, self.store(encode_dir(children)))
+
+    def read(self, entry: Entry) -> Tree:
+        assert entry.node is not None
+        out: Tree = {}
+        for child in decode_dir(self.load(entry.node)):
+            if child.is_dir:
+                out[child.name.decode()] = self.read(child)
+            else:
+                assert child.node is not None
+                out[child.name.decode()] = self.load(child.node).decode()
+        return out
+
+
+def _rename(name: bytes, taken: set[bytes]) -> bytes:
+    return conflict_name(name, "laptop", "2026-12-02", taken)
+
+
+def merge(base: Tree | None, ours: Tree, theirs: Tree) -> tuple[Tree, list[str]]:
+    nodes = Nodes()
+    # ours and base built at other times than theirs: times alone are not changes
+    result = merge_trees(
+        None if base is None else nodes.build(base, when=1),
+        nodes.build(ours, when=2),
+        nodes.build(theirs, when=3),
+        nodes.load,
+        nodes.store,
+        _rename,
+    )
+    return nodes.read(result.root), result.conflicts
+
+
+def test_changes_on_either_side_are_both_taken() -> None:
+    base: Tree = {"keep": "k", "edit-ours": "1", "edit-theirs": "1", "gone-ours": "g", "gone-theirs": "g"}
+    ours: Tree = {"keep": "k", "edit-ours": "2", "edit-theirs": "1", "gone-theirs": "g", "new-ours": "n"}
+    theirs: Tree = {"keep": "k", "edit-ours": "1", "edit-theirs": "3", "gone-ours": "g", "new-theirs": "m"}
+    merged, conflicts = merge(base, ours, theirs)
+    assert merged == {"keep": "k", "edit-ours": "2", "edit-theirs": "3", "new-ours": "n", "new-theirs": "m"}
+    assert conflicts == []
+
+
+def test_a_true_conflict_keeps_both_and_a_deletion_yields_to_a_change() -> None:
+    base: Tree = {"x.txt": "base", "del-ours": "d", "del-theirs": "d", "same": "s"}
+    ours: Tree = {"x.txt": "ours", "del-theirs": "changed here", "same": "both"}
+    theirs: Tree = {"x.txt": "theirs", "del-ours": "changed there", "same": "both"}
+    merged, conflicts = merge(base, ours, theirs)
+    assert merged == {
+        "x.txt": "theirs",
+        "x (conflict laptop 2026-12-02).txt": "ours",
+        "del-ours": "changed there",
+        "del-theirs": "changed here",
+        "same": "both",
+    }
+    assert conflicts == ["x (conflict laptop 2026-12-02).txt"]
+
+
+def test_directories_changed_on_both_sides_merge_inside_and_new_on_both_merge_too() -> None:
+    base: Tree = {"d": {"a": "1", "b": "1"}}
+    ours: Tree = {"d": {"a": "2", "b": "1"}, "n": {"x": "ours", "o": "o"}}
+    theirs: Tree = {"d": {"a": "1", "b": "2"}, "n": {"x": "theirs", "t": "t"}}
+    merged, conflicts = merge(base, ours, theirs)
+    assert merged == {
+        "d": {"a": "2", "b": "2"},
+        "n": {"x": "theirs", "x (conflict laptop 2026-12-02)": "ours", "o": "o", "t": "t"},
+    }
+    assert conflicts == ["n/x (conflict laptop 2026-12-02)"]
+
+
+def test_a_file_against_a_directory_keeps_both() -> None:
+    merged, _ = merge({}, {"p": "a file"}, {"p": {"inner": "i"}})
+    assert merged == {"p": {"inner": "i"}, "p (conflict laptop 2026-12-02)": "a file"}
+
+
+def test_conflict_names_skip_those_taken_and_fit_in_a_name() -> None:
+    assert conflict_name(b".profile", "l", "2026-12-02", set()) == b".profile (conflict l 2026-12-02)"
+    first = conflict_name(b"a.tar.gz", "l", "2026-12-02", set())
+    assert first == b"a.tar (conflict l 2026-12-02).gz"
+    assert conflict_name(b"a.tar.gz", "l", "2026-12-02", {first}) == b"a.tar (conflict l 2026-12-02 2).gz"
+    long = conflict_name(b"n" * 250 + b".txt", "l", "2026-12-02", set())
+    assert len(long) <= MAX_NAME and long.endswith(b"(conflict l 2026-12-02).txt")
+
+
+trees = st.recursive(
+    st.sampled_from(["a", "b", "c"]),
+    lambda inner: st.dictionaries(st.sampled_from(["f", "g", "h.txt"]), inner, max_size=3),
+    max_leaves=8,
+).filter(lambda t: isinstance(t, dict))
+
+
+@given(trees, trees)
+def test_merging_with_no_change_on_one_side_gives_the_other(base: Tree, changed: Tree) -> None:
+    assert merge(base, base, changed) == (changed, [])  # nothing changed here: theirs
+    assert merge(base, changed, base) == (changed, [])  # nothing changed there: ours
+    assert merge(base, changed, changed) == (changed, [])  # the same change on both
