@@ -245,3 +245,30 @@ def test_a_repair_that_cannot_reach_r_edges_fails_alone_and_the_sync_stands(
     on_a.wait_for(r"notes: repair: ")
     status = json.loads(ok(a, "status", "--json"))
     assert status["daemon"]["portals"][0]["failures"] == 0  # the sync itself succeeded
+
+
+def test_a_version_made_while_the_daemon_was_down_is_merged_with_one_published_meanwhile(
+    tmp_path: Path, lab: FabricLab, daemons: list[Daemon]
+) -> None:
+    a, b, src = tmp_path / "a", tmp_path / "b", tmp_path / "src"
+    words = notes_device(a, src, {"shared.txt": b"v1\n"}, hub=lab.hub_url)
+    ok(b, "recover", "--no-passphrase", input=words)
+    ok(b, "hub", "add", lab.hub_url)
+    on_a = start_daemon(a, daemons)
+    on_a.wait_for(r"notes: v1 \(pulled 0, published 1\)")
+    ok(b, "sync")  # b at v1, its daemon not running
+
+    (src / "from-a.txt").write_text("a\n")
+    ok(a, "put", "notes", f"{src}/")
+    on_a.wait_for(r"notes: v2 \(pulled 0, published 1\)")
+    b_src = tmp_path / "b-src"
+    b_src.mkdir()
+    (b_src / "from-b.txt").write_text("b\n")
+    ok(b, "put", "notes", f"{b_src}/")  # b's v2, on v1: a's v2 is at the hub already
+
+    on_b = start_daemon(b, daemons)
+    on_b.wait_for(r"notes: v2\.\.v2 merged with v2\.\.v2 from the hub into v3")
+    on_b.wait_for(r"notes: v3 \(pulled 1, published 1\)")
+    on_a.wait_for(r"notes: v3 \(pulled 1, published 0\)")  # announced by the hub's event stream
+    ok(a, "get", "notes", str(tmp_path / "out"))
+    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["from-a.txt", "from-b.txt", "shared.txt"]
