@@ -59,11 +59,14 @@ def open_fabric(device: Device, secrets: Unlocked, need_hub: bool = True) -> Fab
     return Fabric(device, secrets, config)
 
 
-def attach_fabric(device: Device, secrets: Unlocked) -> bool:
-    """When this device is on a fabric, let reads fetch missing objects from its edges; say whether it is."""
+def attach_fabric(device: Device, secrets: Unlocked, keep: bool = True) -> bool:
+    """When this device is on a fabric, let reads fetch missing objects from its edges; say whether it is.
+
+    ``keep``: keep what is fetched in the local store (not for a restore, which reads each object once).
+    """
     config = load_config(device)
     if config is not None and (config.hub or config.edges):
-        Fabric(device, secrets, config).attach()
+        Fabric(device, secrets, config).attach(keep)
         return True
     return False
 

@@ -228,7 +228,7 @@ def cmd_put(device: Device, args: argparse.Namespace) -> int:
 
 def cmd_get(device: Device, args: argparse.Namespace) -> int:
     secrets = unlock(device, args)
-    fabric_cmds.attach_fabric(device, secrets)
+    fabric_cmds.attach_fabric(device, secrets, keep=False)  # what is written out is not kept twice
     view = PortalView.open(device, args.name, secrets)
     version = view.version(args.version)
     entry = view.lookup(view.root(version).entry, args.path or "")
@@ -281,7 +281,7 @@ def cmd_log(device: Device, args: argparse.Namespace) -> int:
 
 def cmd_check(device: Device, args: argparse.Namespace) -> int:
     secrets = unlock(device, args)
-    fabric_cmds.attach_fabric(device, secrets)
+    fabric_cmds.attach_fabric(device, secrets, keep=False)  # each object is read once
     report = PortalView.open(device, args.name, secrets).verify()
     _emit(
         args,

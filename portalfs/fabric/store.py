@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Iterator, Sequence
 
 from ..errors import MissingObject
@@ -15,11 +16,20 @@ __all__ = ["FabricStore", "fetch_directories"]
 
 
 class FabricStore:
-    """ObjectStore: everything goes to the local store, except that ``get`` falls back to the swarm."""
+    """ObjectStore: everything goes to the local store, except that ``get`` falls back to the swarm.
 
-    def __init__(self, local: LocalStore, swarm: Swarm) -> None:
+    With ``keep`` (a mount), what is fetched is kept in the local store; without
+    (a restore to a directory, which reads each object once), a prefetched
+    object is held in memory until its one ``get`` takes it, and the local
+    store is not filled with a second copy of what the restore writes out.
+    """
+
+    def __init__(self, local: LocalStore, swarm: Swarm, keep: bool = True) -> None:
         self.local = local
         self.swarm = swarm
+        self.keep = keep
+        self._held: dict[bytes, bytes] = {}  # prefetched, not kept: taken by the next get
+        self._lock = threading.Lock()
 
     def put(self, cid: bytes, data: bytes | bytearray, durable: bool = True) -> bool:
         return self.local.put(cid, data, durable)
@@ -28,16 +38,27 @@ class FabricStore:
         try:
             return self.local.get(cid)
         except MissingObject:
-            data = self.swarm.get(cid)  # verified against cid by the edge client
-            self.local.put(cid, data, durable=False)  # a cache: losing it on a crash costs a refetch
+            with self._lock:
+                data = self._held.pop(cid, None)
+            if data is None:
+                data = self.swarm.get(cid)  # verified against cid by the edge client
+                if self.keep:
+                    self.local.put(cid, data, durable=False)  # a cache: losing it on a crash costs a refetch
             return data
 
     def prefetch(self, cids: Sequence[bytes]) -> int:
         """Fetch, in parallel, those of ``cids`` not held locally; return how many that was."""
-        missing = [c for c, held in zip(cids, self.local.has(cids), strict=True) if not held]
+        with self._lock:
+            wanted = [c for c in dict.fromkeys(cids) if c not in self._held]
+        missing = [c for c, held in zip(wanted, self.local.has(wanted), strict=True) if not held]
         if missing:
-            for cid, data in self.swarm.get_many(missing).items():
-                self.local.put(cid, data, durable=False)
+            fetched = self.swarm.get_many(missing)
+            if self.keep:
+                for cid, data in fetched.items():
+                    self.local.put(cid, data, durable=False)
+            else:
+                with self._lock:
+                    self._held.update(fetched)
         return len(missing)
 
     def has(self, cids: Sequence[bytes]) -> list[bool]:

@@ -157,9 +157,9 @@ class Fabric:
             self._swarm = Swarm(self.edges(), self.secrets.device, self.cert, locate).start()
         return self._swarm
 
-    def attach(self) -> None:
-        """Make the device's store fetch what it lacks from the edges."""
-        self.device.attach_store(FabricStore(self.device.store_local, self.swarm))
+    def attach(self, keep: bool = True) -> None:
+        """Make the device's store fetch what it lacks from the edges (and, with ``keep``, keep it)."""
+        self.device.attach_store(FabricStore(self.device.store_local, self.swarm, keep))
         self._swarm = None  # the store owns it now
 
     # joining a hub

@@ -1,4 +1,5 @@
-"""Restore on a device whose store fetches: a file's chunks come in batches, one batch ahead, each object once."""
+"""Restore on a device whose store fetches: a file's chunks come in batches, one batch ahead, each object once;
+kept in the local store, or (as `portalctl get` asks) held in memory until read."""
 
 from __future__ import annotations
 
@@ -51,7 +52,8 @@ def device(tmp_path: Path) -> Iterator[Device]:
     device.close()
 
 
-def test_a_restore_fetches_each_chunk_once_in_batches(tmp_path: Path, device: Device) -> None:
+@pytest.mark.parametrize("keep", [True, False], ids=["kept", "not-kept"])
+def test_a_restore_fetches_each_chunk_once_in_batches(tmp_path: Path, device: Device, keep: bool) -> None:
     device.create_identity(new_entropy_words(os.urandom(32)), "", None, "test", NOW)
     secrets = device.unlock(None)
     device.create_portal("big", secrets, NOW)
@@ -68,7 +70,7 @@ def test_a_restore_fetches_each_chunk_once_in_batches(tmp_path: Path, device: De
         remote.put(cid, local.get(cid), durable=False)
         local.delete(cid)
     swarm = RemoteObjects(remote)
-    store = FabricStore(local, swarm)  # type: ignore[arg-type]
+    store = FabricStore(local, swarm, keep=keep)  # type: ignore[arg-type]
     assert isinstance(store, Prefetching)
     device.attach_store(store)
 
@@ -83,3 +85,4 @@ def test_a_restore_fetches_each_chunk_once_in_batches(tmp_path: Path, device: De
     assert len(chunks) == len(set(chunks)) > PREFETCH_BATCH  # each chunk in one batch; more than one batch
     assert all(len(batch) <= PREFETCH_BATCH for batch in swarm.batches)
     assert not set(swarm.single) & set(chunks)  # no chunk was fetched alone besides its batch
+    assert local.has(chunks) == [keep] * len(chunks)  # kept in the local store, or (a get) not written twice
