@@ -110,6 +110,12 @@ def notes_device(home: Path, src: Path, files: dict[str, bytes], hub: str | None
     return words
 
 
+def recovered(home: Path, words: str, hub: str) -> str:
+    """Another device of the identity, on ``hub``; what `hub add` said."""
+    ok(home, "recover", "--no-passphrase", input=words)
+    return ok(home, "hub", "add", hub)
+
+
 @pytest.fixture
 def lab(tmp_path: Path) -> Iterator[FabricLab]:
     with fabric(tmp_path / "fabric") as lab:
@@ -121,8 +127,7 @@ def test_a_version_written_on_one_device_reaches_the_other_by_the_daemons_alone(
 ) -> None:
     a, b, src = tmp_path / "a", tmp_path / "b", tmp_path / "src"
     words = notes_device(a, src, {"first.txt": b"one\n"}, hub=lab.hub_url)
-    ok(b, "recover", "--no-passphrase", input=words)
-    ok(b, "hub", "add", lab.hub_url)
+    recovered(b, words, lab.hub_url)
 
     on_a = start_daemon(a, daemons)
     on_a.wait_for(r"notes: v1 \(pulled 0, published 1\)")  # v1 was waiting to be published
@@ -171,8 +176,7 @@ def test_a_device_with_no_hub_runs_its_own_and_another_device_joins_it(tmp_path:
     assert (a / "embedded" / "hub.db").exists()
 
     # another device of the identity joins that hub and reads through the embedded edge: its store had nothing
-    ok(b, "recover", "--no-passphrase", input=words)
-    assert "portals added: notes" in ok(b, "hub", "add", hub)
+    assert "portals added: notes" in recovered(b, words, hub)
     ok(b, "get", "notes", str(tmp_path / "out"))
     assert (tmp_path / "out" / "big.bin").read_bytes() == (src / "big.bin").read_bytes()
 
@@ -225,8 +229,7 @@ def test_a_device_moves_from_its_embedded_hub_to_a_fabric_and_publishes_everythi
     status = json.loads(ok(a, "status", "--json"))
     assert status["daemon"]["hub"] == lab.hub_url and not status["daemon"]["embedded"]
 
-    ok(b, "recover", "--no-passphrase", input=words)
-    ok(b, "hub", "add", lab.hub_url)
+    recovered(b, words, lab.hub_url)
     ok(b, "get", "notes", str(tmp_path / "out"))
     assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["v1.txt", "v2.txt"]
 
@@ -252,8 +255,7 @@ def test_a_version_made_while_the_daemon_was_down_is_merged_with_one_published_m
 ) -> None:
     a, b, src = tmp_path / "a", tmp_path / "b", tmp_path / "src"
     words = notes_device(a, src, {"shared.txt": b"v1\n"}, hub=lab.hub_url)
-    ok(b, "recover", "--no-passphrase", input=words)
-    ok(b, "hub", "add", lab.hub_url)
+    recovered(b, words, lab.hub_url)
     on_a = start_daemon(a, daemons)
     on_a.wait_for(r"notes: v1 \(pulled 0, published 1\)")
     ok(b, "sync")  # b at v1, its daemon not running
