@@ -142,7 +142,7 @@ class Fabric:
                 if row["key"] not in found:
                     host, _, port = row["address"].rpartition(":")
                     # TLS over TCP first where an edge offers both: bulk moves several times faster on it
-                    # (bench/transfer); QUIC when TCP is refused or reset, e.g. by a firewall that lets UDP by
+                    # (bench/transfer); QUIC when TCP is refused or reset, e.g. by a firewall that lets only UDP through
                     both = {"tcp", "quic"} <= set(row["transports"])
                     transport = "tcp" if "tcp" in row["transports"] else "quic"
                     found[row["key"]] = EdgeAddress(
