@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import threading
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 
 from ..errors import MissingObject
 from ..portal import PortalView
@@ -24,12 +24,23 @@ class FabricStore:
     store is not filled with a second copy of what the restore writes out.
     """
 
-    def __init__(self, local: LocalStore, swarm: Swarm, keep: bool = True) -> None:
+    def __init__(self, local: LocalStore, swarm: Swarm | Callable[[], Swarm], keep: bool = True) -> None:
         self.local = local
-        self.swarm = swarm
         self.keep = keep
+        self._swarm = swarm if isinstance(swarm, Swarm) else None
+        self._open_swarm = None if isinstance(swarm, Swarm) else swarm
         self._held: dict[bytes, bytes] = {}  # prefetched, not kept: taken by the next get
         self._lock = threading.Lock()
+
+    @property
+    def swarm(self) -> Swarm:
+        """The swarm, opened at the first object this device lacks: a device whose hub is down (or that is
+        offline) reads what it holds as before, and only a read of what it lacks fails."""
+        with self._lock:
+            if self._swarm is None:
+                assert self._open_swarm is not None
+                self._swarm = self._open_swarm()  # raises Unreachable while the hub is down; tried again next time
+            return self._swarm
 
     def put(self, cid: bytes, data: bytes | bytearray, durable: bool = True) -> bool:
         return self.local.put(cid, data, durable)
@@ -80,7 +91,8 @@ class FabricStore:
         return self.local.remove_temp_files()
 
     def close(self) -> None:
-        self.swarm.close()
+        if self._swarm is not None:
+            self._swarm.close()
         self.local.close()
 
 

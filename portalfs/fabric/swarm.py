@@ -186,7 +186,12 @@ class Swarm:
         return self.get_many([cid])[cid]
 
     def get_many(self, cids: Sequence[bytes]) -> dict[bytes, bytes]:
-        located = self._locate(list(cids)) if self._locate is not None else None
+        located = None
+        if self._locate is not None:
+            try:
+                located = self._locate(list(cids))
+            except PortalError as exc:  # the hub is down: every edge is asked instead
+                log.info("locations: %s; asking every edge", exc)
         return self._run(self._get_many, list(cids), located)
 
     async def _get_many(self, cids: list[bytes], located: dict[bytes, list[bytes]] | None) -> dict[bytes, bytes]:

@@ -153,14 +153,19 @@ class Fabric:
     @property
     def swarm(self) -> Swarm:
         if self._swarm is None:
-            locate = self.hub.locations if self.hub is not None else None
-            self._swarm = Swarm(self.edges(), self.secrets.device, self.cert, locate).start()
+            self._swarm = self._open_swarm()
         return self._swarm
 
+    def _open_swarm(self) -> Swarm:
+        locate = self.hub.locations if self.hub is not None else None
+        return Swarm(self.edges(), self.secrets.device, self.cert, locate).start()
+
     def attach(self, keep: bool = True) -> None:
-        """Make the device's store fetch what it lacks from the edges (and, with ``keep``, keep it)."""
-        self.device.attach_store(FabricStore(self.device.store_local, self.swarm, keep))
-        self._swarm = None  # the store owns it now
+        """Make the device's store fetch what it lacks from the edges (and, with ``keep``, keep it).
+
+        Nothing is asked of the hub until an object is missing: what the device holds reads offline.
+        """
+        self.device.attach_store(FabricStore(self.device.store_local, self._open_swarm, keep))  # the store owns it
 
     # joining a hub
 

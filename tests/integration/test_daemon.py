@@ -186,6 +186,8 @@ def test_a_device_with_no_hub_runs_its_own_and_another_device_joins_it(tmp_path:
     stopped = json.loads(ok(a, "status", "--json"))  # the hub is down with it: status still answers
     assert stopped["embedded"] and stopped["daemon"] is None and stopped["hub_error"]
     assert "embedded hub: start portald" in ok(a, "status")
+    ok(a, "get", "notes", str(tmp_path / "offline"))  # what the device holds reads with its hub down
+    assert (tmp_path / "offline" / "big.bin").read_bytes() == (src / "big.bin").read_bytes()
     with socket.socket() as squatter:  # another program took the hub's port meanwhile: one line, exit 12
         squatter.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # past the daemon's TIME_WAIT
         squatter.bind(("127.0.0.1", int(hub.rsplit(":", 1)[1])))
