@@ -24,11 +24,11 @@ class FabricStore:
     store is not filled with a second copy of what the restore writes out.
     """
 
-    def __init__(self, local: LocalStore, swarm: Swarm | Callable[[], Swarm], keep: bool = True) -> None:
+    def __init__(self, local: LocalStore, open_swarm: Callable[[], Swarm], keep: bool = True) -> None:
         self.local = local
         self.keep = keep
-        self._swarm = swarm if isinstance(swarm, Swarm) else None
-        self._open_swarm = None if isinstance(swarm, Swarm) else swarm
+        self._swarm: Swarm | None = None
+        self._open_swarm = open_swarm
         self._held: dict[bytes, bytes] = {}  # prefetched, not kept: taken by the next get
         self._lock = threading.Lock()
 
@@ -38,7 +38,6 @@ class FabricStore:
         offline) reads what it holds as before, and only a read of what it lacks fails."""
         with self._lock:
             if self._swarm is None:
-                assert self._open_swarm is not None
                 self._swarm = self._open_swarm()  # raises Unreachable while the hub is down; tried again next time
             return self._swarm
 

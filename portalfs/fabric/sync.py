@@ -512,7 +512,7 @@ class Fabric:
             yield
             return
         previous = self.device.store
-        self.device.attach_store(FabricStore(self.device.store_local, self.swarm))  # closed with this fabric
+        self.device.attach_store(FabricStore(self.device.store_local, lambda: self.swarm))  # closed with the fabric
         try:
             yield
         finally:

@@ -70,7 +70,7 @@ def test_a_restore_fetches_each_chunk_once_in_batches(tmp_path: Path, device: De
         remote.put(cid, local.get(cid), durable=False)
         local.delete(cid)
     swarm = RemoteObjects(remote)
-    store = FabricStore(local, swarm, keep=keep)  # type: ignore[arg-type]
+    store = FabricStore(local, lambda: swarm, keep=keep)  # type: ignore[arg-type,return-value]
     assert isinstance(store, Prefetching)
     device.attach_store(store)
 
