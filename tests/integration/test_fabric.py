@@ -299,6 +299,21 @@ def test_a_second_device_mounts_the_portal_and_reads_chunks_it_never_had(tmp_pat
     assert (tmp_path / "later.txt").read_text() == "written on a\n"
 
 
+@needs_fuse
+def test_a_mount_reads_what_it_lacks_from_the_edges_while_the_hub_is_down(tmp_path: Path, lab: FabricLab) -> None:
+    src = _tree(tmp_path / "src")
+    a, words = _device(tmp_path, "a", lab)
+    ok(a, "portal", "create", "docs")
+    ok(a, "put", "docs", f"{src}/")
+    ok(a, "sync")
+    b, _ = _device(tmp_path, "b", lab, words)
+    with mounted(b, "docs", tmp_path / "mnt-b", "ro") as mnt:
+        assert (mnt / SMALL_NAME).read_text() == SMALL_TEXT  # the mount has met the edges
+        assert lab.hub is not None
+        lab.hub.stop()  # no more locations: every edge is asked
+        assert (mnt / "nested" / "big.bin").read_bytes() == (src / "nested" / "big.bin").read_bytes()
+
+
 def test_repair_copies_what_a_lost_edge_held_so_a_second_loss_loses_nothing(tmp_path: Path, lab: FabricLab) -> None:
     src = tmp_path / "src"
     src.mkdir()
