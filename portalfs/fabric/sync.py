@@ -99,11 +99,16 @@ def published_version(device: Device, portal: bytes) -> int:
     return 0 if raw is None else int(raw)
 
 
+def mark_published(device: Device, portal: bytes, version: int) -> None:
+    """Record that the hub has ``portal`` up to ``version``."""
+    device.state.set_meta(f"published:{portal.hex()}", str(version).encode())
+
+
 def forget_published(device: Device) -> None:
     """After a move to another hub, which has none of this device's versions: the next sync publishes each."""
     with device.state.transaction():
         for row in device.state.portals():
-            device.state.set_meta(f"published:{row.id.hex()}", b"0")
+            mark_published(device, row.id, 0)
 
 
 def _address(row: dict[str, Any]) -> EdgeAddress:
@@ -354,7 +359,7 @@ class Fabric:
             if self.device.state.version(view.row.id, records[0].version).record.record_id != records[0].record_id:
                 break
             published = records.pop(0).version
-            self.device.state.set_meta(f"published:{view.row.id.hex()}", str(published).encode())
+            mark_published(self.device, view.row.id, published)
         if not records:
             return 0
         try:
@@ -399,7 +404,7 @@ class Fabric:
 
     def _record_published(self, record: RootRecord, payload: RootPayload) -> None:
         self.device.state.add_version(record, payload.size, payload.files)
-        self.device.state.set_meta(f"published:{record.portal.hex()}", str(record.version).encode())
+        mark_published(self.device, record.portal, record.version)
 
     def merge(self, view: PortalView, records: list[RootRecord]) -> list[str]:
         """Replace this device's unpublished versions by the hub's ``records`` and one version merging them.
@@ -472,7 +477,7 @@ class Fabric:
                     f"portal {view.row.name!r}: another device published first; "
                     f"the next sync merges its versions with this device's: {exc}"
                 ) from None
-            self.device.state.set_meta(f"published:{portal.hex()}", str(version.version).encode())
+            mark_published(self.device, portal, version.version)
         return {"published": len(pending), "objects": len(cids)}
 
     def repair(self, view: PortalView) -> dict[str, int]:
