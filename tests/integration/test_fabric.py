@@ -43,6 +43,17 @@ def _device(tmp_path: Path, name: str, lab: FabricLab, words: str | None = None)
     return home, words
 
 
+def _docs_on_two_devices(tmp_path: Path, lab: FabricLab) -> tuple[Path, Path, Path]:
+    """(the source tree, device a that put it in the portal docs and synced, device b of the same identity)."""
+    src = _tree(tmp_path / "src")
+    a, words = _device(tmp_path, "a", lab)
+    ok(a, "portal", "create", "docs")
+    ok(a, "put", "docs", f"{src}/")
+    ok(a, "sync")
+    b, _ = _device(tmp_path, "b", lab, words)
+    return src, a, b
+
+
 def _identity(home: Path) -> str:
     return json.loads(ok(home, "whoami", "--json"))["identity"]
 
@@ -274,12 +285,7 @@ def test_two_devices_that_wrote_at_once_are_merged_and_a_true_conflict_keeps_bot
 
 @needs_fuse
 def test_a_second_device_mounts_the_portal_and_reads_chunks_it_never_had(tmp_path: Path, lab: FabricLab) -> None:
-    src = _tree(tmp_path / "src")
-    a, words = _device(tmp_path, "a", lab)
-    ok(a, "portal", "create", "docs")
-    ok(a, "put", "docs", f"{src}/")
-    ok(a, "sync")
-    b, _ = _device(tmp_path, "b", lab, words)
+    src, a, b = _docs_on_two_devices(tmp_path, lab)
     objects = b / "store" / "objects"
     held_before = sum(len(os.listdir(d)) for d in objects.iterdir()) if objects.exists() else 0
     with mounted(b, "docs", tmp_path / "mnt-b", "ro") as mnt:
@@ -301,12 +307,7 @@ def test_a_second_device_mounts_the_portal_and_reads_chunks_it_never_had(tmp_pat
 
 @needs_fuse
 def test_a_mount_reads_what_it_lacks_from_the_edges_while_the_hub_is_down(tmp_path: Path, lab: FabricLab) -> None:
-    src = _tree(tmp_path / "src")
-    a, words = _device(tmp_path, "a", lab)
-    ok(a, "portal", "create", "docs")
-    ok(a, "put", "docs", f"{src}/")
-    ok(a, "sync")
-    b, _ = _device(tmp_path, "b", lab, words)
+    src, _, b = _docs_on_two_devices(tmp_path, lab)
     with mounted(b, "docs", tmp_path / "mnt-b", "ro") as mnt:
         assert (mnt / SMALL_NAME).read_text() == SMALL_TEXT  # the mount has met the edges
         assert lab.hub is not None
