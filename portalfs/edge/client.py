@@ -137,14 +137,14 @@ async def connect_edge(address: EdgeAddress, device: DeviceKey, cert: bytes) -> 
     try:
         async with AsyncExitStack() as stack:
             try:
-                transport = await stack.enter_async_context(_open(address.transport, address))
+                transport = await stack.enter_async_context(_open(address.transport, address, device))
             except HandshakeTimeout:
                 raise  # the host is gone: another transport to it would wait as long again
             except TransportError as exc:
                 if address.fallback is None:
                     raise
                 log.info("%s; trying %s", exc, address.fallback)
-                transport = await stack.enter_async_context(_open(address.fallback, address))
+                transport = await stack.enter_async_context(_open(address.fallback, address, device))
             client = EdgeClient(transport, address)
             await client.hello(device, cert)
             yield client
@@ -152,11 +152,11 @@ async def connect_edge(address: EdgeAddress, device: DeviceKey, cert: bytes) -> 
         raise Unreachable(str(exc)) from exc
 
 
-def _open(kind: str, address: EdgeAddress) -> AbstractAsyncContextManager[Transport]:
+def _open(kind: str, address: EdgeAddress, device: DeviceKey) -> AbstractAsyncContextManager[Transport]:
     if kind == "tcp":
         from ..net.tcp import open_tcp
 
-        return open_tcp(address.host, address.port, address.key)
+        return open_tcp(address.host, address.port, address.key, device)
     from ..net.quic import open_quic
 
     return open_quic(address.host, address.port, address.key)

@@ -55,8 +55,8 @@ async def run_edge(
         device_status = directory.device_status
     service = EdgeService(store, key.public, quotas, device_status, config.capacity)
 
-    def new_session(peer: str) -> EdgeSession:
-        return EdgeSession(service, peer)
+    def new_session(peer: str, channel_device: bytes | None = None) -> EdgeSession:
+        return EdgeSession(service, peer, channel_device)
 
     try:
         async with trio.open_nursery() as nursery:

@@ -251,16 +251,24 @@ class EdgeService:
 
 
 class EdgeSession:
-    """One connection: nothing but HELLO until it succeeds, then requests for that identity."""
+    """One connection: nothing but HELLO until it succeeds, then requests for that identity.
 
-    def __init__(self, service: EdgeService, peer: str) -> None:
+    ``channel_device`` is the device key the channel itself proved (the client
+    certificate over TLS/TCP), or None where the channel proves none (QUIC): a
+    HELLO for another device is refused.
+    """
+
+    def __init__(self, service: EdgeService, peer: str, channel_device: bytes | None = None) -> None:
         self.service = service
         self.peer = peer
+        self.channel_device = channel_device
         self.identity: bytes | None = None
 
     def handle(self, request: Message, now_ns: int) -> Message:
         if isinstance(request, Hello):
             try:
+                if self.channel_device is not None and request.device != self.channel_device:
+                    raise IntegrityError("HELLO: the device is not the one whose TLS certificate this connection has")
                 self.identity = self.service.authenticate(request, now_ns)
             except IntegrityError as exc:
                 log.warning("%s: refused: %s", self.peer, exc)

@@ -11,24 +11,30 @@ is copied out of once, and encrypting a whole body in one call; the event
 loop is asked only when the socket has nothing to read or no room to write.
 Through memory BIOs (``trio.SSLStream``'s way) every byte was copied twice
 more and every 16 KiB record was a Python object of its own.
+
+Both ends present a certificate (mutual TLS): the client pins the edge's key;
+the edge hands the device key in the client's certificate to the session,
+which holds the HELLO to it.
 """
 
 from __future__ import annotations
 
 import logging
 import socket
-import ssl
 import time
 from collections import deque
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 
 import trio
+from cryptography import x509
+from OpenSSL import SSL
 
 from ..edge.protocol import FRAME_HEAD, Message, RemoteProtocolError, encode_frame, parse_frame_head, parse_message
 from ..edge.service import EdgeSession
+from ..keys import DeviceKey
 from . import one_error
-from .tls import EdgeKey, check_pin, client_context, server_context
+from .tls import EdgeKey, certificate_key, check_pin, client_context, server_context
 
 __all__ = [
     "serve_tcp",
@@ -45,6 +51,7 @@ log = logging.getLogger("portal.net")
 PIPELINE = 8  # requests of one connection in progress at once, on the server
 HANDSHAKE_SECONDS = 10.0  # to connect and finish the TLS handshake, for a client and for the edge alike
 RECEIVE_BUFFER = 1 << 20  # bytes a channel decrypts into before it needs a larger buffer
+RECORD = 16384  # the most plaintext one TLS record carries: what one read can return
 
 
 class TransportError(ConnectionError):
@@ -58,45 +65,49 @@ class HandshakeTimeout(TransportError):
 class TlsChannel(trio.abc.AsyncResource):
     """TLS 1.3 on a non-blocking socket that OpenSSL reads and writes itself, from the trio thread.
 
-    OpenSSL decrypts straight from the socket into one buffer that stays
-    mapped (``receive_exactly`` copies a frame part out of it once) and
-    encrypts a whole body into the socket in one call (``send_all``), so a
-    megabyte costs a few dozen calls and one copy. The SSL object is only
-    ever used on the trio thread; a send or receive cancelled half-way breaks
-    the channel (TLS records cannot be taken back).
+    OpenSSL decrypts straight from the socket, a record at a time, into one
+    buffer that stays mapped (``receive_exactly`` copies a frame part out of it
+    once) and encrypts a whole body into the socket in as few calls as the
+    socket's buffer allows (``send_all``). The SSL object is only ever used on
+    the trio thread; a send or receive cancelled half-way breaks the channel
+    (TLS records cannot be taken back).
     """
 
-    def __init__(self, stream: trio.SocketStream, context: ssl.SSLContext, server_side: bool) -> None:
+    def __init__(self, stream: trio.SocketStream, context: SSL.Context, server_side: bool) -> None:
         trio_socket = stream.socket
-        raw = socket.socket(trio_socket.family, trio_socket.type, trio_socket.proto, fileno=trio_socket.detach())
-        raw.setblocking(False)
-        self._tls = context.wrap_socket(raw, server_side=server_side, do_handshake_on_connect=False)
+        self._socket = socket.socket(trio_socket.family, trio_socket.type, trio_socket.proto, trio_socket.detach())
+        self._socket.setblocking(False)
+        self._tls = SSL.Connection(context, self._socket)
+        if server_side:
+            self._tls.set_accept_state()
+        else:
+            self._tls.set_connect_state()
         self._send_lock = trio.Lock()  # one frame's records at a time
         self._broken: str | None = None
         self._buffer = bytearray(RECEIVE_BUFFER)  # records are decrypted here; grown for a larger frame part
 
-    def getpeercert(self) -> bytes | None:
-        return self._tls.getpeercert(binary_form=True)
+    def peer_certificate(self) -> x509.Certificate | None:
+        return self._tls.get_peer_certificate(as_cryptography=True)
 
     @property
     def peer(self) -> str:
-        host, port = self._tls.getpeername()[:2]
+        host, port = self._socket.getpeername()[:2]
         return f"{host}:{port}"
 
-    async def _wait(self, want: ssl.SSLError) -> None:
-        if isinstance(want, ssl.SSLWantWriteError):
-            await trio.lowlevel.wait_writable(self._tls)
+    async def _wait(self, want: SSL.Error) -> None:
+        if isinstance(want, SSL.WantWriteError):
+            await trio.lowlevel.wait_writable(self._socket)
         else:
-            await trio.lowlevel.wait_readable(self._tls)
+            await trio.lowlevel.wait_readable(self._socket)
 
     async def do_handshake(self) -> None:
         while True:
             try:
                 self._tls.do_handshake()
                 return
-            except (ssl.SSLWantReadError, ssl.SSLWantWriteError) as want:
+            except (SSL.WantReadError, SSL.WantWriteError) as want:
                 await self._wait(want)
-            except (ssl.SSLError, OSError) as exc:
+            except (SSL.Error, OSError) as exc:
                 raise trio.BrokenResourceError(f"TLS handshake: {_reason(exc)}") from exc
 
     async def send_all(self, *parts: bytes | bytearray | memoryview) -> None:
@@ -105,14 +116,13 @@ class TlsChannel(trio.abc.AsyncResource):
             self._check()
             try:
                 for part in parts:
-                    while part:
+                    view = memoryview(part)
+                    while view:
                         try:
-                            self._tls.send(part)  # all of it, or SSLWantWrite: then the same bytes again
-                        except (ssl.SSLWantReadError, ssl.SSLWantWriteError) as want:
-                            await self._wait(want)
-                        else:
-                            break
-            except (ssl.SSLError, OSError) as exc:
+                            view = view[self._tls.send(view) :]  # as many records as the socket takes
+                        except (SSL.WantReadError, SSL.WantWriteError) as want:
+                            await self._wait(want)  # then the same bytes again, as OpenSSL requires
+            except (SSL.Error, OSError) as exc:
                 raise self._break(exc) from exc
             except trio.Cancelled:
                 self._broken = "a send was cancelled half-way"
@@ -130,16 +140,20 @@ class TlsChannel(trio.abc.AsyncResource):
         try:
             while got < n:
                 try:
-                    k = self._tls.recv_into(view[got:n], n - got)  # one record at most, decrypted in place
-                except (ssl.SSLWantReadError, ssl.SSLWantWriteError) as want:
+                    k = self._tls.recv_into(view[got:n], min(n - got, RECORD))  # one record at most
+                except (SSL.WantReadError, SSL.WantWriteError) as want:
                     await self._wait(want)
                     continue
+                except (SSL.ZeroReturnError, SSL.SysCallError) as exc:
+                    if isinstance(exc, SSL.SysCallError) and exc.args[0] != -1:
+                        raise  # an error on the socket; -1 is an end of the stream without close_notify
+                    k = 0
                 if not k:
                     if got == 0:
                         raise trio.EndOfChannel
                     raise trio.BrokenResourceError("the peer closed the connection in the middle of a frame")
                 got += k
-        except (ssl.SSLError, OSError) as exc:
+        except (SSL.Error, OSError) as exc:
             raise self._break(exc) from exc
         except trio.Cancelled:
             if got:
@@ -156,14 +170,18 @@ class TlsChannel(trio.abc.AsyncResource):
         return trio.BrokenResourceError(self._broken)
 
     async def aclose(self) -> None:
-        trio.lowlevel.notify_closing(self._tls)
-        self._tls.close()
+        trio.lowlevel.notify_closing(self._socket)
+        self._socket.close()
         await trio.lowlevel.checkpoint()
 
 
 def _reason(exc: BaseException) -> str:
-    if isinstance(exc, ssl.SSLError):
-        return str(exc.reason or exc)
+    if isinstance(exc, SSL.SysCallError):
+        errno, text = (exc.args + (None, None))[:2]
+        return "the peer closed the connection" if errno == -1 else str(text or exc)
+    if isinstance(exc, SSL.Error):
+        reasons = [entry[2] for entry in exc.args[0] if isinstance(entry, tuple)] if exc.args and exc.args[0] else []
+        return "; ".join(reasons) or type(exc).__name__
     if isinstance(exc, OSError):
         return str(exc.strerror or exc)
     return str(exc)
@@ -213,10 +231,11 @@ async def serve_tcp(
     key: EdgeKey,
     host: str,
     port: int,
-    new_session: Callable[[str], EdgeSession],
+    new_session: Callable[[str, bytes | None], EdgeSession],
     *,
     task_status: trio.TaskStatus[list[trio.SocketListener]] = trio.TASK_STATUS_IGNORED,
 ) -> None:
+    """Serve the edge protocol over TLS; ``new_session(peer, device key in its certificate)`` per connection."""
     context = server_context(key)
     listeners = await trio.open_tcp_listeners(port, host=host)
     task_status.started(listeners)
@@ -230,7 +249,8 @@ async def serve_tcp(
             if handshake.cancelled_caught:
                 log.info("%s: closed: no TLS handshake within %.0f s", peer, HANDSHAKE_SECONDS)
                 return
-            await _serve_connection(tls, new_session(peer))
+            cert = tls.peer_certificate()  # the handshake required one
+            await _serve_connection(tls, new_session(peer, certificate_key(cert) if cert is not None else b""))
         except (trio.BrokenResourceError, trio.ClosedResourceError):
             pass
         finally:
@@ -324,12 +344,13 @@ class TcpConnection:
 
 @asynccontextmanager
 async def open_tcp(
-    host: str, port: int, edge_key: bytes, *, timeout: float = HANDSHAKE_SECONDS
+    host: str, port: int, edge_key: bytes, device: DeviceKey, *, timeout: float = HANDSHAKE_SECONDS
 ) -> AsyncIterator[TcpConnection]:
+    """A TLS connection to the edge at host:port whose key is ``edge_key``, as ``device`` (its certificate)."""
     peer = f"{host}:{port}"
-    tls = await _connect(host, port, timeout)
+    tls = await _connect(host, port, client_context(device.signing_key), timeout)
     try:
-        check_pin(tls.getpeercert(), edge_key, peer)
+        check_pin(tls.peer_certificate(), edge_key, peer)
         connection = TcpConnection(tls, peer)
         with one_error():
             async with trio.open_nursery() as nursery:
@@ -342,7 +363,7 @@ async def open_tcp(
         await trio.aclose_forcefully(tls)
 
 
-async def _connect(host: str, port: int, timeout: float) -> TlsChannel:
+async def _connect(host: str, port: int, context: SSL.Context, timeout: float) -> TlsChannel:
     """Connect and shake hands within ``timeout`` seconds (a host that is gone answers nothing at all)."""
     peer = f"{host}:{port}"
     with trio.move_on_after(timeout):
@@ -350,7 +371,7 @@ async def _connect(host: str, port: int, timeout: float) -> TlsChannel:
             stream = await trio.open_tcp_stream(host, port)
         except OSError as exc:
             raise TransportError(f"edge {peer}: {exc.strerror or exc}") from exc
-        tls = TlsChannel(stream, client_context(), server_side=False)
+        tls = TlsChannel(stream, context, server_side=False)
         try:
             await tls.do_handshake()
             return tls

@@ -9,12 +9,23 @@ from pathlib import Path
 
 import pytest
 import trio
+from OpenSSL import SSL
 
 from portalfs.edge.client import EdgeAddress, connect_edge
-from portalfs.edge.protocol import FRAME_HEAD, MAX_BODY, Get  # noqa
+from portalfs.edge.protocol import (
+    FRAME_HEAD,
+    MAX_BODY,
+    Failure,
+    Get,
+    Hello,
+    Message,
+    Welcome,
+    encode_frame,
+    hello_message,
+)
 from portalfs.errors import CorruptObject, IntegrityError, MissingObject, Unreachable
 from portalfs.keys import DeviceKey, Identity
-from portalfs.net.tcp import TlsChannel, TransportError, open_tcp
+from portalfs.net.tcp import TlsChannel, TransportError, open_tcp, receive_message
 from portalfs.net.tls import client_context
 from portalfs.sealing import object_id
 
@@ -133,7 +144,7 @@ def test_a_tls_peer_that_sends_a_bad_frame_is_hung_up_on_and_others_are_served(
     async def main() -> None:
         with trio.fail_after(30):
             stream = await trio.open_tcp_stream(address.host, address.port)
-            bad = TlsChannel(stream, client_context(), server_side=False)
+            bad = TlsChannel(stream, client_context(device.signing_key), server_side=False)
             await bad.do_handshake()
             await bad.send_all(garbage)
             if garbage[0] == 0x7E or len(garbage) == FRAME_HEAD.size:
@@ -149,13 +160,47 @@ def test_a_tls_peer_that_sends_a_bad_frame_is_hung_up_on_and_others_are_served(
     assert server.process.poll() is None
 
 
+def test_over_tcp_the_edge_requires_a_client_certificate_for_the_hello_device(
+    tcp_edge: tuple[Server, EdgeAddress],
+) -> None:
+    server, address = tcp_edge
+    device, cert = _device()
+    impostor = DeviceKey(os.urandom(32))  # holds a TLS certificate of its own, and replays nothing
+
+    async def hello_over(context: SSL.Context) -> Message | None:
+        stream = await trio.open_tcp_stream(address.host, address.port)
+        channel = TlsChannel(stream, context, server_side=False)
+        try:
+            await channel.do_handshake()
+            now, nonce = time.time_ns(), os.urandom(16)
+            hello = Hello(device.public, cert, now, nonce, device.sign(hello_message(address.key, now, nonce)))
+            await channel.send_all(*encode_frame(hello))
+            return await receive_message(channel)
+        finally:
+            await channel.aclose()
+
+    async def main() -> None:
+        with trio.fail_after(30):
+            answer = await hello_over(client_context(impostor.signing_key))  # a valid HELLO, another device's TLS
+            assert isinstance(answer, Failure) and answer.code == "unauthenticated"
+            bare = SSL.Context(SSL.TLS_METHOD)  # no certificate at all: the handshake is refused
+            bare.set_min_proto_version(SSL.TLS1_3_VERSION)
+            bare.set_alpn_protos([b"portal/1"])
+            with pytest.raises((trio.BrokenResourceError, trio.EndOfChannel)):
+                await hello_over(bare)
+            assert isinstance(await hello_over(client_context(device.signing_key)), Welcome)
+
+    trio.run(main)
+    assert server.process.poll() is None
+
+
 def test_a_client_gives_up_on_a_tcp_peer_that_never_shakes_hands() -> None:
     async def main() -> None:
         listeners = await trio.open_tcp_listeners(0, host="127.0.0.1")  # the kernel accepts; nobody answers
         port = listeners[0].socket.getsockname()[1]
         try:
             with trio.fail_after(10), pytest.raises(TransportError, match="no TLS handshake within"):
-                async with open_tcp("127.0.0.1", port, os.urandom(32), timeout=0.5):
+                async with open_tcp("127.0.0.1", port, os.urandom(32), DeviceKey(os.urandom(32)), timeout=0.5):
                     raise AssertionError("a handshake with nobody")
         finally:
             await listeners[0].aclose()

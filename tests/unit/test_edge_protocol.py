@@ -181,6 +181,15 @@ def test_bad_hellos_are_refused(tmp_path: Path, flaw: str) -> None:
     assert isinstance(answer, Failure) and answer.code == "unauthenticated"
 
 
+def test_a_hello_must_be_for_the_device_the_channel_proved(tmp_path: Path) -> None:
+    f = Fixture(tmp_path)
+    other = DeviceKey(os.urandom(32))
+    answer = EdgeSession(f.service, "test", channel_device=other.public).handle(f.hello(), time.time_ns())
+    assert isinstance(answer, Failure) and answer.code == "unauthenticated" and "TLS certificate" in answer.message
+    session = EdgeSession(f.service, "test", channel_device=f.device.public)
+    assert session.handle(f.hello(), time.time_ns()) == Welcome(f.identity.public)
+
+
 def test_quota_refuses_past_the_limit_and_stores_nothing(tmp_path: Path) -> None:
     f = Fixture(tmp_path, quota=12_000)
     s = f.session()
