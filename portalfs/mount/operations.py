@@ -50,6 +50,7 @@ AUTOCOMMIT_SECONDS = 2.0
 MEMORY_STAGING = CDC_MIN  # files up to this size are staged in memory, not in a file
 UNSTORED_LIMIT = 64 * 1024 * 1024  # checkpoint early when journaled-but-unstored objects reach this
 STREAM_FROM = 4 * 1024 * 1024  # seal sequentially written files in the background past this size
+FOLLOW_SECONDS = 1.0  # how often a read-only mount that follows its portal looks for a newer version
 
 
 def _translated(handler: Callable[P, Coroutine[Any, Any, T]]) -> Callable[P, Coroutine[Any, Any, T]]:
@@ -105,12 +106,17 @@ class PortalOperations(pyfuse3.Operations):
         root: RootPayload,
         staging_dir: Path,
         read_only: bool,
+        newer: Callable[[int], tuple[RootRecord, RootPayload] | None] | None = None,
     ) -> None:
+        """``newer(version)``, for a read-only mount that follows its portal, is the device's newest
+        version past ``version`` with its directories at hand, or None; it blocks (a worker thread runs it).
+        """
         super().__init__()
         self.view = view
         self.secrets = secrets
         self.head = head
         self.read_only = read_only
+        self._newer = newer
         self.workspace = Workspace(root.entry, view.load_node, staging_dir, read_only=read_only)
         self._handles: dict[int, _Handle] = {}
         self._dir_handles: dict[int, list[Inode]] = {}
@@ -140,7 +146,14 @@ class PortalOperations(pyfuse3.Operations):
             self.reader.nursery = nursery
             task_status.started()
             if self.read_only:
-                await trio.sleep_forever()  # the nursery stays open for read-ahead until the mount ends
+                if self._newer is None:
+                    await trio.sleep_forever()  # the nursery stays open for read-ahead until the mount ends
+                while True:
+                    await trio.sleep(FOLLOW_SECONDS)
+                    try:
+                        await self.follow_newest()
+                    except (PortalError, OSError) as exc:
+                        log.error("could not show the newest version: %s", exc)
             else:
                 pause = AUTOCOMMIT_SECONDS
                 while True:
@@ -152,6 +165,23 @@ class PortalOperations(pyfuse3.Operations):
                         log.error("periodic commit failed: %s", exc)
                     # Big trees make checkpoints slow: keep them to a tenth of the time.
                     pause = max(AUTOCOMMIT_SECONDS, 10 * (trio.current_time() - started))
+
+    async def follow_newest(self) -> bool:
+        """Show the device's newest version if it is newer than the one shown; True if it was."""
+        assert self._newer is not None
+        newer = await trio.to_thread.run_sync(self._newer, 0 if self.head is None else self.head.version)
+        if newer is None:
+            return False
+        record, root = newer
+        followed = self.workspace.follow(root.entry)
+        self.head = record
+        for ino in followed.inodes:  # cached pages and attributes
+            with contextlib.suppress(OSError):  # ENOENT: the kernel holds nothing of it
+                pyfuse3.invalidate_inode(cast(pyfuse3.InodeT, ino))
+        for parent, name in followed.entries:  # cached names, and cached absences of names
+            pyfuse3.invalidate_entry_async(cast(pyfuse3.InodeT, parent), name, ignore_enoent=True)
+        log.info("showing version %d", record.version)
+        return True
 
     def _fh(self) -> int:
         self._next_fh += 1

@@ -23,7 +23,7 @@ import trio
 from ..device import Device, Unlocked
 from ..errors import MountError
 from ..portal import PortalView
-from ..root import RootPayload
+from ..root import RootPayload, RootRecord
 from ..tree import Entry, new_root_entry
 from .journal import writing
 from .operations import PortalOperations
@@ -201,6 +201,17 @@ def _serve_portal(
         root = RootPayload(new_root_entry(time.time_ns(), os.getuid(), os.getgid()), 0, 0)
     if prepare is not None:
         prepare(view, root.entry)
+
+    def newer(shown: int) -> tuple[RootRecord, RootPayload] | None:
+        """The newest version past ``shown`` (a sync pulled it, a ``put`` made it), ready to show."""
+        latest = device.state.head(view.row.id)
+        if latest is None or latest.version <= shown:
+            return None
+        payload = view.root(latest)
+        if prepare is not None:
+            prepare(view, payload.entry)
+        return latest.record, payload
+
     ops = PortalOperations(
         view,
         None if read_only else secrets,
@@ -208,5 +219,7 @@ def _serve_portal(
         root,
         staging,
         read_only,
+        # A read-only mount of the portal follows it; one of a past version shows that version.
+        newer if read_only and version is None else None,
     )
     trio.run(_serve, ops, mountpoint, mount_options(name, read_only, extra_options), ready)

@@ -18,13 +18,22 @@ import itertools
 import os
 import stat
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 from ..sealing import ChunkRef
 from ..tree import NAME_MAX, Entry, FileKind, decode_dir
 
-__all__ = ["FsError", "Inode", "Workspace", "ROOT_INODE", "MAX_FILE_SIZE", "RENAME_NOREPLACE", "RENAME_EXCHANGE"]
+__all__ = [
+    "FsError",
+    "Followed",
+    "Inode",
+    "Workspace",
+    "ROOT_INODE",
+    "MAX_FILE_SIZE",
+    "RENAME_NOREPLACE",
+    "RENAME_EXCHANGE",
+]
 
 ROOT_INODE = 1
 RENAME_NOREPLACE = 1  # rename(2) flags, as Linux defines them
@@ -98,6 +107,14 @@ def _check_name(name: bytes) -> None:
         raise FsError(errno.ENAMETOOLONG)
     if not name or name in (b".", b"..") or b"/" in name:
         raise FsError(errno.EINVAL)
+
+
+@dataclass(slots=True)
+class Followed:
+    """What moving a tree onto another version changed, for the kernel's caches."""
+
+    inodes: list[int] = field(default_factory=list)  # content or attributes changed
+    entries: list[tuple[int, bytes]] = field(default_factory=list)  # (directory, name) appeared or went
 
 
 class Workspace:
@@ -214,6 +231,52 @@ class Workspace:
                 self.garbage.pop().unlink()
             except FileNotFoundError:
                 pass
+
+    # following newer versions (read-only trees)
+
+    def follow(self, root: Entry) -> Followed:
+        """Move this read-only tree onto another version whose root is ``root``, in place.
+
+        Inode numbers stay with the names that are still there; what the
+        kernel may have cached is returned: the inodes whose content or
+        attributes changed, and the (directory, name) pairs that appeared or
+        went. Only directories already loaded are walked; the others load
+        from the new version when first used.
+        """
+        if not self.read_only:
+            raise FsError(errno.EROFS)  # a writable tree has changes of its own: it is merged, not moved
+        followed = Followed()
+        self._follow(self.root, root, followed)
+        return followed
+
+    def _follow(self, inode: Inode, entry: Entry, followed: Followed) -> None:
+        if inode.entry() == replace(entry, name=inode.name):
+            return  # the same subtree: nothing below it changed either
+        content = inode.node != entry.node or inode.committed_size != entry.size or inode.target != entry.target
+        inode.mode, inode.uid, inode.gid = entry.mode, entry.uid, entry.gid
+        inode.mtime_ns, inode.ctime_ns, inode.atime_ns = entry.mtime_ns, entry.ctime_ns, entry.mtime_ns
+        inode.size = inode.committed_size = entry.size
+        inode.node, inode.target, inode.xattrs = entry.node, entry.target, dict(entry.xattrs)
+        if content and inode.is_file:
+            inode.content_gen += 1
+            inode.committed_content_gen = inode.content_gen
+        followed.inodes.append(inode.ino)
+        if not inode.is_dir or inode.children is None:
+            return
+        new = {e.name: e for e in decode_dir(self._load_node(entry.node))} if entry.node is not None else {}
+        for name, child in list(inode.children.items()):
+            if name not in new or stat.S_IFMT(new[name].mode) != stat.S_IFMT(child.mode):
+                self._unlink_name(inode, name)
+                child.unlinked, child.parent = True, None
+                self._maybe_free(child)
+                followed.entries.append((inode.ino, name))
+        for name, child_entry in new.items():
+            kept = inode.children.get(name)
+            if kept is None:
+                self._link(inode, name, self._inode_from_entry(child_entry, inode))
+                followed.entries.append((inode.ino, name))  # the kernel may hold "no such name"
+            else:
+                self._follow(kept, child_entry, followed)
 
     # changes
 

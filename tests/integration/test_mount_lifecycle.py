@@ -8,6 +8,7 @@ import select
 import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -83,6 +84,48 @@ def test_history_mounts_are_read_only_and_restore_brings_a_file_back(tmp_path: P
     with mounted(home, "p", tmp_path / "m") as mnt:
         assert (mnt / "dir" / "inner.txt").read_text() == "inner v1"
         assert (mnt / "doc.txt").read_text() == "first draft"
+
+
+def _shows(path: Path, text: str | None, seconds: float = 30) -> bool:
+    """Whether ``path`` reads ``text`` (None: does not exist) within ``seconds``: a mount follows its portal."""
+    deadline = time.monotonic() + seconds
+    while True:
+        try:
+            now: str | None = path.read_text()
+        except FileNotFoundError:
+            now = None
+        if now == text or time.monotonic() > deadline:
+            return now == text
+        time.sleep(0.1)  # another process makes the version; the mount has no event to wait on from here
+
+
+def test_a_read_only_mount_shows_each_new_version_of_its_portal(tmp_path: Path) -> None:
+    home = new_home(tmp_path)
+    src = tmp_path / "src"
+    (src / "dir").mkdir(parents=True)
+    (src / "doc.txt").write_text("v1")
+    (src / "dir" / "old.txt").write_text("old")
+    run(home, "put", "p", f"{src}/")
+    first = log(home)[-1]["version"]
+    with mounted(home, "p", tmp_path / "ro", "ro") as ro, mounted(home, f"p@{first}", tmp_path / "past") as past:
+        assert (ro / "doc.txt").read_text() == "v1" and sorted(os.listdir(ro / "dir")) == ["old.txt"]
+        held = open(ro / "doc.txt")  # open across the change: reads the new content after it
+        assert held.read() == "v1"
+        assert not (ro / "dir" / "new.txt").exists()  # the kernel may remember this absence
+        (src / "doc.txt").write_text("v2, longer than before")
+        (src / "dir" / "old.txt").unlink()
+        (src / "dir" / "new.txt").write_text("new")
+        run(home, "put", "p", f"{src}/")  # another process makes the next version
+        assert _shows(ro / "doc.txt", "v2, longer than before")
+        assert _shows(ro / "dir" / "new.txt", "new") and _shows(ro / "dir" / "old.txt", None)
+        assert sorted(os.listdir(ro / "dir")) == ["new.txt"]
+        held.seek(0)
+        assert held.read() == "v2, longer than before"
+        held.close()
+        assert (past / "doc.txt").read_text() == "v1"  # a mount of a past version stays there
+        with pytest.raises(OSError) as e:
+            (ro / "doc.txt").write_text("no")
+        assert e.value.errno == errno.EROFS
 
 
 def test_a_corrupted_chunk_is_eio_for_that_read_and_the_mount_stays_up(tmp_path: Path) -> None:

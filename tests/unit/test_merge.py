@@ -2,51 +2,12 @@
 
 from __future__ import annotations
 
-import stat
-
-import blake3
 from hypothesis import given
 from hypothesis import strategies as st
 
 from portalfs.merge import MAX_NAME, conflict_name, merge_trees
-from portalfs.sealing import ChunkRef
-from portalfs.tree import Entry, decode_dir, encode_dir
 
-Tree = dict[str, "str | Tree"]  # a name maps to file content or to a directory
-
-
-class Nodes:
-    def __init__(self) -> None:
-        self.nodes: dict[bytes, bytes] = {}
-
-    def store(self, plaintext: bytes) -> ChunkRef:
-        cid = blake3.blake3(plaintext).digest()
-        self.nodes[cid] = plaintext
-        return ChunkRef(cid, bytes(32), cid, len(plaintext))
-
-    def load(self, ref: ChunkRef) -> bytes:
-        return self.nodes[ref.cid]
-
-    def build(self, tree: Tree, name: bytes = b"", when: int = 1) -> Entry:
-        children = []
-        for child, value in tree.items():
-            if isinstance(value, str):
-                content = self.store(value.encode())  # a file's node stands for its content
-                children.append(Entry(child.encode(), stat.S_IFREG | 0o644, 0, 0, when, when, len(value), content))
-            else:
-                children.append(self.build(value, child.encode(), when))
-        return Entry(name, stat.S_IFDIR | 0o755, 0, 0, when, when, 0, self.store(encode_dir(children)))
-
-    def read(self, entry: Entry) -> Tree:
-        assert entry.node is not None
-        out: Tree = {}
-        for child in decode_dir(self.load(entry.node)):
-            if child.is_dir:
-                out[child.name.decode()] = self.read(child)
-            else:
-                assert child.node is not None
-                out[child.name.decode()] = self.load(child.node).decode()
-        return out
+from .trees import Nodes, Tree
 
 
 def _rename(name: bytes, taken: set[bytes]) -> bytes:

@@ -13,6 +13,8 @@ from portalfs.mount.workspace import RENAME_EXCHANGE, RENAME_NOREPLACE, FsError,
 from portalfs.sealing import ChunkRef
 from portalfs.tree import Entry, new_root_entry
 
+from .trees import Nodes
+
 NOW = 1_700_000_000_000_000_000
 
 
@@ -84,3 +86,42 @@ def test_malformed_journal_records_are_refused() -> None:
     directory = Entry(b"d", stat.S_IFDIR | 0o755, 0, 0, NOW, NOW).to_cbor()
     with pytest.raises(ValueError):  # a chain must end with a file
         decode_record(encoding.encode({"chain": [directory], "objects": []}))
+
+
+def test_a_read_only_tree_follows_a_newer_version_in_place(tmp_path: Path) -> None:
+    nodes = Nodes()
+    old = nodes.build({"keep": "same", "edit": "v1", "gone": "x", "dir": {"inner": "a"}, "lazy": {"deep": "d"}})
+    ws = Workspace(old, nodes.load, tmp_path / "staging", read_only=True)
+    root = ws.root
+    keep, edit, gone = (ws.lookup(root, n) for n in (b"keep", b"edit", b"gone"))
+    directory = ws.lookup(root, b"dir")
+    ws.lookup(directory, b"inner")
+    lazy = ws.lookup(root, b"lazy")  # its children are never loaded
+    gone.lookups = 1  # the kernel still knows it
+    cached_gen = edit.content_gen
+
+    new = nodes.build(
+        {"keep": "same", "edit": "v2, longer", "dir": {"inner": "a", "added": "b"}, "lazy": {"deep": "e"}, "new": "n"},
+        when=2,  # new times everywhere: attributes change, content only where it did
+    )
+    followed = ws.follow(new)
+
+    assert ws.lookup(root, b"keep") is keep and ws.lookup(root, b"edit") is edit  # inode numbers stay
+    assert edit.size == len("v2, longer") and edit.content_gen != cached_gen
+    assert nodes.load(edit.node).decode() == "v2, longer"  # type: ignore[arg-type]
+    assert keep.mtime_ns == 2 and keep.content_gen == keep.committed_content_gen
+    assert gone.unlinked and ws.get(gone.ino) is gone  # until the kernel forgets it
+    assert _errno(lambda: ws.lookup(root, b"gone")) == errno.ENOENT
+    assert sorted(ws.children(directory)) == [b"added", b"inner"]
+    assert sorted(ws.children(lazy)) == [b"deep"] and nodes.load(ws.lookup(lazy, b"deep").node).decode() == "e"  # type: ignore[arg-type]
+    assert ws.lookup(root, b"new").size == 1
+    assert {edit.ino, keep.ino, root.ino, directory.ino} <= set(followed.inodes)
+    assert {(root.ino, b"gone"), (root.ino, b"new"), (directory.ino, b"added")} == set(followed.entries)
+    ws.forget(gone, 1)
+    assert gone.ino not in ws.inodes
+
+    assert ws.follow(new) == type(followed)()  # the same version again: nothing to tell the kernel
+
+
+def test_a_writable_tree_does_not_follow(ws: Workspace) -> None:
+    assert _errno(lambda: ws.follow(new_root_entry(NOW, 0, 0))) == errno.EROFS
