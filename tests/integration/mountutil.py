@@ -6,6 +6,7 @@ import json
 import os
 import subprocess
 import sys
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -71,3 +72,16 @@ def mounted(home: Path, target: str, mountpoint: Path, *options: str) -> Iterato
 
 def log(home: Path, portal: str = "p") -> list[dict]:
     return json.loads(run(home, "log", portal, "--json").stdout)
+
+
+def shows(path: Path, text: str | None, seconds: float = 30) -> bool:
+    """Whether ``path`` reads ``text`` (None: does not exist) within ``seconds``: a mount follows its portal."""
+    deadline = time.monotonic() + seconds
+    while True:
+        try:
+            now: str | None = path.read_text()
+        except FileNotFoundError:
+            now = None
+        if now == text or time.monotonic() > deadline:
+            return now == text
+        time.sleep(0.1)  # another process makes the version; the mount has no event to wait on from here

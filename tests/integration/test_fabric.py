@@ -20,7 +20,7 @@ from portalfs.hub.auth import sign_request
 from portalfs.keys import DeviceKey, Identity, root_from_words
 
 from .fabricutil import FabricLab, fabric
-from .mountutil import force_unmount, mounted, needs_fuse
+from .mountutil import force_unmount, mounted, needs_fuse, shows
 from .test_cli import fails, ok
 
 SMALL_NAME = "quarterly-plan-zq81.txt"
@@ -303,6 +303,25 @@ def test_a_second_device_mounts_the_portal_and_reads_chunks_it_never_had(tmp_pat
     assert json.loads(ok(b, "sync", "--json"))[0]["pulled"] == 1
     ok(b, "get", "docs", str(tmp_path / "later.txt"), "--path", "later.txt")
     assert (tmp_path / "later.txt").read_text() == "written on a\n"
+
+
+@needs_fuse
+def test_a_read_only_mount_on_a_second_device_shows_what_another_device_publishes(
+    tmp_path: Path, lab: FabricLab
+) -> None:
+    src, a, b = _docs_on_two_devices(tmp_path, lab)
+    with mounted(b, "docs", tmp_path / "mnt-b", "ro") as mnt:
+        assert (mnt / SMALL_NAME).read_text() == SMALL_TEXT
+        assert (mnt / "nested" / "big.bin").stat().st_size > 0  # the kernel holds this name now
+        (src / "fresh").mkdir()  # a directory b has never had: its node comes from the edges
+        (src / "fresh" / "note.txt").write_text("published by a\n")
+        (src / "nested" / "big.bin").unlink()
+        ok(a, "put", "docs", f"{src}/")  # replaces fresh/ and nested/, keeps the rest
+        ok(a, "sync")
+        assert json.loads(ok(b, "sync", "--json"))[0]["pulled"] == 1  # beneath a read-only mount, it lands
+        assert shows(mnt / "fresh" / "note.txt", "published by a\n")
+        assert shows(mnt / "nested" / "big.bin", None)
+        assert (mnt / SMALL_NAME).read_text() == SMALL_TEXT
 
 
 @needs_fuse

@@ -8,14 +8,13 @@ import select
 import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
 
 from portalfs.mount.runner import is_mounted
 
-from .mountutil import force_unmount, log, mount_pid, mounted, needs_fuse, new_home, run
+from .mountutil import force_unmount, log, mount_pid, mounted, needs_fuse, new_home, run, shows
 
 pytestmark = needs_fuse
 
@@ -86,19 +85,6 @@ def test_history_mounts_are_read_only_and_restore_brings_a_file_back(tmp_path: P
         assert (mnt / "doc.txt").read_text() == "first draft"
 
 
-def _shows(path: Path, text: str | None, seconds: float = 30) -> bool:
-    """Whether ``path`` reads ``text`` (None: does not exist) within ``seconds``: a mount follows its portal."""
-    deadline = time.monotonic() + seconds
-    while True:
-        try:
-            now: str | None = path.read_text()
-        except FileNotFoundError:
-            now = None
-        if now == text or time.monotonic() > deadline:
-            return now == text
-        time.sleep(0.1)  # another process makes the version; the mount has no event to wait on from here
-
-
 def test_a_read_only_mount_shows_each_new_version_of_its_portal(tmp_path: Path) -> None:
     home = new_home(tmp_path)
     src = tmp_path / "src"
@@ -116,8 +102,8 @@ def test_a_read_only_mount_shows_each_new_version_of_its_portal(tmp_path: Path) 
         (src / "dir" / "old.txt").unlink()
         (src / "dir" / "new.txt").write_text("new")
         run(home, "put", "p", f"{src}/")  # another process makes the next version
-        assert _shows(ro / "doc.txt", "v2, longer than before")
-        assert _shows(ro / "dir" / "new.txt", "new") and _shows(ro / "dir" / "old.txt", None)
+        assert shows(ro / "doc.txt", "v2, longer than before")
+        assert shows(ro / "dir" / "new.txt", "new") and shows(ro / "dir" / "old.txt", None)
         assert sorted(os.listdir(ro / "dir")) == ["new.txt"]
         held.seek(0)
         assert held.read() == "v2, longer than before"
