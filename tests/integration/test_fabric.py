@@ -328,7 +328,10 @@ def test_a_read_only_mount_on_a_second_device_shows_what_another_device_publishe
 def test_a_mount_reads_what_it_lacks_from_the_edges_while_the_hub_is_down(tmp_path: Path, lab: FabricLab) -> None:
     src, _, b = _docs_on_two_devices(tmp_path, lab)
     with mounted(b, "docs", tmp_path / "mnt-b", "ro") as mnt:
-        assert (mnt / SMALL_NAME).read_text() == SMALL_TEXT  # the mount has met the edges
+        assert (mnt / SMALL_NAME).read_text() == SMALL_TEXT
+        # Every edge has met b (status says HELLO to each), so each has b in its device directory:
+        # an edge that never saw a device cannot admit it with the hub down.
+        assert all(edge["up"] for edge in json.loads(ok(b, "status", "--json"))["edges"])
         assert lab.hub is not None
         lab.hub.stop()  # no more locations: every edge is asked
         assert (mnt / "nested" / "big.bin").read_bytes() == (src / "nested" / "big.bin").read_bytes()
