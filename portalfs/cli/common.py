@@ -10,6 +10,7 @@ from collections.abc import Callable
 
 from ..device import Device, Unlocked
 from ..errors import PortalError, UsageError
+from ..memory import keep_freed_memory
 from ..paths import DeviceHome
 
 __all__ = ["run_command", "unlock", "read_secret_file"]
@@ -17,6 +18,7 @@ __all__ = ["run_command", "unlock", "read_secret_file"]
 
 def run_command(prog: str, work: Callable[[Device], int]) -> int:
     """Run ``work`` on this device; a ``PortalError`` becomes one line on stderr and its exit code."""
+    keep_freed_memory()  # objects pass through by the megabyte: reuse their buffers warm
     device = None
     try:
         device = Device(DeviceHome.from_environ())

@@ -45,8 +45,10 @@ def _logging(verbose: bool) -> None:
 
 
 def _run(prog: str, main: object) -> int:
+    from ..memory import keep_freed_memory
     from ..net import one_error
 
+    keep_freed_memory()  # objects pass through by the megabyte: reuse their buffers warm
     try:
         with one_error():  # a port in use is the OSError itself, not a group of nurseries around it
             trio.run(main)  # type: ignore[arg-type]
