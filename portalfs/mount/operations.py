@@ -153,7 +153,9 @@ class PortalOperations(pyfuse3.Operations):
                     try:
                         await self.follow_newest()
                     except (PortalError, OSError) as exc:
-                        log.error("could not show the newest version: %s", exc)
+                        if str(exc) not in self._reported:  # tried again every second: said once
+                            self._reported.add(str(exc))
+                            log.error("could not show the newest version: %s", exc)
             else:
                 pause = AUTOCOMMIT_SECONDS
                 while True:
