@@ -92,7 +92,7 @@ class EdgeClient:
         answer = await self._ask(Get(cid), Data)
         assert isinstance(answer, Data)
         check_object(cid, answer.data)  # an edge can withhold an object, never alter it
-        return answer.data
+        return bytes(answer.data)  # bytes already (received): the same object, not a copy
 
     async def put(self, cid: bytes, data: bytes) -> bool:
         answer = await self._ask(Put(cid, bytes(data)), Stored)

@@ -98,7 +98,7 @@ class Message:
         return {name: getattr(self, name) for name in self.FIELDS}
 
     @property
-    def body(self) -> bytes:
+    def body(self) -> bytes | bytearray:
         return b""
 
 
@@ -223,10 +223,10 @@ class Welcome(Message):
 class Data(Message):
     KIND: ClassVar[int] = 0x82
     HAS_BODY: ClassVar[bool] = True
-    data: bytes
+    data: bytes | bytearray  # a bytearray where an edge answers from a buffer it read the object into
 
     @property
-    def body(self) -> bytes:
+    def body(self) -> bytes | bytearray:
         return self.data
 
     @classmethod
@@ -317,7 +317,7 @@ def encode_message(message: Message) -> bytes:
     return head + body
 
 
-def encode_frame(message: Message) -> tuple[bytes, bytes]:
+def encode_frame(message: Message) -> tuple[bytes, bytes | bytearray]:
     """The frame for ``message`` as (kind, lengths and header; body): a large body is sent without a copy."""
     if type(message) not in _KINDS.values():
         raise LocalProtocolError(f"not a protocol message: {message!r}")

@@ -33,7 +33,7 @@ from typing import Protocol, runtime_checkable
 from ..errors import CorruptObject
 from ..sealing import object_id
 
-__all__ = ["ObjectStore", "Prefetching", "StoreStat", "check_object"]
+__all__ = ["CachedReads", "ObjectStore", "Prefetching", "StoreStat", "check_object"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -58,6 +58,19 @@ class ObjectStore(Protocol):
     def sync(self) -> None: ...
 
     def close(self) -> None: ...
+
+
+@runtime_checkable
+class CachedReads(Protocol):
+    """A store that can say at once, without waiting for a disk, what it holds in memory.
+
+    ``read_cached(cid)`` returns the stored bytes unchecked when every one of
+    them is in memory, and None otherwise (absent, on disk, or unknown): the
+    caller then uses ``get``, off its event loop. For serving to a reader that
+    checks the bytes against the id itself (an edge's GET).
+    """
+
+    def read_cached(self, cid: bytes) -> bytearray | None: ...
 
 
 @runtime_checkable

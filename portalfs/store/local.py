@@ -90,6 +90,28 @@ class LocalStore:
         check_object(cid, data)
         return data
 
+    def read_cached(self, cid: bytes) -> bytearray | None:
+        """The bytes stored under ``cid``, unchecked, if the kernel holds every one in memory; else None.
+
+        Never waits for a disk (``RWF_NOWAIT``), so an event loop may call it:
+        None means the object is absent, only partly cached, or the file system
+        cannot say, and the caller reads it with ``get`` on a worker thread.
+        What an edge serves this way its reader checks against the id (docs/design.md, section 12).
+        """
+        try:
+            fd = os.open(self._path(cid), os.O_RDONLY)
+        except OSError:
+            return None
+        try:
+            data = bytearray(os.fstat(fd).st_size)
+            try:
+                n = os.preadv(fd, [data], 0, os.RWF_NOWAIT)
+            except OSError:  # EAGAIN: not all in memory; EOPNOTSUPP: the file system cannot tell
+                return None
+            return data if n == len(data) else None
+        finally:
+            os.close(fd)
+
     def has(self, cids: Sequence[bytes]) -> list[bool]:
         with self._lock:
             return [

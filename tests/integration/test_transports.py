@@ -88,6 +88,25 @@ def test_put_get_have_stat_and_refusals_over_each_transport(edge: tuple[Server, 
     trio.run(main)
 
 
+def test_an_object_damaged_on_the_edge_is_refused_by_the_reader(edge: tuple[Server, EdgeAddress]) -> None:
+    server, address = edge
+    device, cert = _device()
+    blob = os.urandom(200_000)
+    cid = object_id(blob)
+
+    async def main() -> None:
+        async with connect_edge(address, device, cert) as client:
+            await client.put(cid, blob)
+            path = server.data / "store" / "objects" / cid.hex()[:2] / cid.hex()
+            damaged = bytearray(path.read_bytes())
+            damaged[1000] ^= 1
+            path.write_bytes(damaged)  # in the page cache: the edge serves it as it is, unchecked
+            with pytest.raises(CorruptObject):
+                await client.get(cid)
+
+    trio.run(main)
+
+
 def test_a_client_hangs_up_on_an_edge_that_is_not_the_pinned_key(edge: tuple[Server, EdgeAddress]) -> None:
     _, address = edge
     device, cert = _device()

@@ -31,7 +31,7 @@ from portalfs.edge.protocol import (
 from portalfs.edge.service import EdgeService, EdgeSession, QuotaBook
 from portalfs.keys import DeviceKey, Identity
 from portalfs.sealing import object_id
-from portalfs.store import MemoryStore
+from portalfs.store import LocalStore, MemoryStore
 
 EDGE = os.urandom(32)
 
@@ -188,6 +188,21 @@ def test_a_hello_must_be_for_the_device_the_channel_proved(tmp_path: Path) -> No
     assert isinstance(answer, Failure) and answer.code == "unauthenticated" and "TLS certificate" in answer.message
     session = EdgeSession(f.service, "test", channel_device=f.device.public)
     assert session.handle(f.hello(), time.time_ns()) == Welcome(f.identity.public)
+
+
+def test_a_get_of_an_object_in_memory_is_answered_without_a_thread(tmp_path: Path) -> None:
+    f = Fixture(tmp_path)
+    f.service.store = LocalStore(tmp_path / "store")
+    s = f.session()
+    cid, data = _obj()
+    assert s.handle_nowait(Get(cid)) is None  # before HELLO: nothing but HELLO, on the thread
+    s.handle(f.hello(), time.time_ns())
+    assert s.handle(Put(cid, data), time.time_ns()) == Stored(True)
+    assert s.handle_nowait(Get(cid)) == Data(data)
+    assert s.handle_nowait(Put(cid, data)) is None and s.handle_nowait(Stat()) is None
+    missing = os.urandom(32)
+    assert s.handle_nowait(Get(missing)) is None  # the thread says not-found
+    assert s.handle(Get(missing), time.time_ns()).code == "not-found"  # type: ignore[attr-defined]
 
 
 def test_quota_refuses_past_the_limit_and_stores_nothing(tmp_path: Path) -> None:

@@ -12,6 +12,7 @@ import pytest
 from portalfs.errors import CorruptObject, MissingObject
 from portalfs.sealing import object_id
 from portalfs.store import LocalStore, MemoryStore, ObjectStore
+from portalfs.store.base import CachedReads
 
 Factory = Callable[[], ObjectStore]
 
@@ -112,6 +113,19 @@ def test_local_store_detects_damage_on_read(tmp_path: Path) -> None:
     with pytest.raises(CorruptObject, match=cid.hex()):
         store.get(cid)
     assert oct(os.stat(tmp_path / "s" / "objects" / cid.hex()[:2]).st_mode)  # shard exists
+    store.close()
+
+
+def test_local_store_reads_what_is_in_memory_at_once_and_says_none_otherwise(tmp_path: Path) -> None:
+    store = LocalStore(tmp_path / "s")
+    cid, data = _obj()
+    store.put(cid, data)
+    assert store.read_cached(cid) == data  # just written: in the page cache
+    empty = object_id(b"")
+    store.put(empty, b"")
+    assert store.read_cached(empty) == b""
+    assert store.read_cached(object_id(b"never stored")) is None
+    assert isinstance(store, CachedReads) and not isinstance(MemoryStore(), CachedReads)
     store.close()
 
 
