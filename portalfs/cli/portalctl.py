@@ -11,6 +11,7 @@ import argparse
 import getpass
 import json
 import os
+import sqlite3
 import sys
 import time
 from collections.abc import Callable, Iterator, Sequence
@@ -21,7 +22,7 @@ from typing import Any
 
 from .. import __version__
 from ..device import Device
-from ..errors import NotFound, SourceError, UsageError
+from ..errors import NotFound, PortalBusy, SourceError, UsageError
 from ..gc import collect_garbage
 from ..keys import new_entropy_words
 from ..mount.journal import writing
@@ -304,6 +305,38 @@ def cmd_gc(device: Device, args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_cache(device: Device, args: argparse.Namespace) -> int:
+    """What this device keeps of the objects it fetched from the edges: show it, set its limit, drop it."""
+    from ..fabric.cache import LOW_WATER, FetchCache, cache_limit, set_cache_limit
+    from .servers import parse_size
+
+    device.require_initialized()
+    if args.limit is not None:
+        set_cache_limit(device, parse_size(args.limit))
+    local = device.store_local
+    cache = FetchCache(local.root / "fetched.db", cache_limit(device), local.delete)
+    try:
+        if args.drop:
+            dropped = cache.shrink(0)
+        elif cache.limit and cache.statistics()["bytes"] > cache.limit:
+            dropped = cache.shrink(int(cache.limit * LOW_WATER))
+        else:
+            dropped = 0
+        stats = cache.statistics()
+    except sqlite3.OperationalError as exc:  # the store's index is held by a writer: a mount, a put, portald
+        raise PortalBusy(f"the local store is in use ({exc}): unmount this device's portals and try again") from None
+    finally:
+        cache.close()
+    limit = _human(stats["limit"]) if stats["limit"] else "no limit"
+    _emit(
+        args,
+        {**stats, "dropped": dropped},
+        f"fetched and kept: {stats['objects']} objects, {_human(stats['bytes'])} (limit {limit})"
+        + (f"; dropped {dropped}" if dropped else ""),
+    )
+    return 0
+
+
 def _demo_mountpoint(device: Device) -> Path:
     if os.environ.get("PORTAL_HOME"):
         return device.home.data / "mnt" / "demo"
@@ -453,6 +486,9 @@ def _parser() -> argparse.ArgumentParser:
     c.add_argument("name")
     c = command("gc", cmd_gc, "remove stored objects no version uses")
     c.add_argument("--dry-run", action="store_true", help="only count what would be removed")
+    c = command("cache", cmd_cache, "show, limit or drop what this device keeps of the objects it fetched")
+    c.add_argument("--limit", metavar="SIZE", help="keep at most SIZE of them, e.g. 20G (0: no limit; default 10G)")
+    c.add_argument("--drop", action="store_true", help="delete them all now (each is fetched again when read)")
     c = command(
         "mount", cmd_mount, "mount a portal (NAME or NAME@VERSION, read-only) at DIR in the background", json_flag=False
     )

@@ -10,6 +10,7 @@ from ..portal import PortalView
 from ..store.base import StoreStat
 from ..store.local import LocalStore
 from ..tree import Entry, decode_dir
+from .cache import FetchCache
 from .swarm import Swarm
 
 __all__ = ["FabricStore", "fetch_directories"]
@@ -22,11 +23,16 @@ class FabricStore:
     (a restore to a directory, which reads each object once), a prefetched
     object is held in memory until its one ``get`` takes it, and the local
     store is not filled with a second copy of what the restore writes out.
+    With a ``cache`` as well, what is kept is recorded there and dropped again,
+    least recently used first, past the cache's limit.
     """
 
-    def __init__(self, local: LocalStore, open_swarm: Callable[[], Swarm], keep: bool = True) -> None:
+    def __init__(
+        self, local: LocalStore, open_swarm: Callable[[], Swarm], keep: bool = True, cache: FetchCache | None = None
+    ) -> None:
         self.local = local
         self.keep = keep
+        self.cache = cache if keep else None
         self._swarm: Swarm | None = None
         self._open_swarm = open_swarm
         self._held: dict[bytes, bytes] = {}  # prefetched, not kept: taken by the next get
@@ -46,18 +52,30 @@ class FabricStore:
 
     def get(self, cid: bytes) -> bytes:
         try:
-            return self.local.get(cid)
+            data = self.local.get(cid)
         except MissingObject:
             with self._lock:
-                data = self._held.pop(cid, None)
-            if data is None:
-                data = self.swarm.get(cid)  # verified against cid by the edge client
-                if self.keep:
-                    self.local.put(cid, data, durable=False)  # a cache: losing it on a crash costs a refetch
+                held = self._held.pop(cid, None)
+            if held is not None:
+                return held
+            data = self.swarm.get(cid)  # verified against cid by the edge client
+            if self.keep:
+                self._keep(cid, data)
             return data
+        if self.cache is not None:
+            self.cache.read(cid)
+        return data
 
-    def prefetch(self, cids: Sequence[bytes]) -> int:
-        """Fetch, in parallel, those of ``cids`` not held locally; return how many that was."""
+    def _keep(self, cid: bytes, data: bytes, record: bool = True) -> None:
+        self.local.put(cid, data, durable=False)  # a cache: losing it on a crash costs a refetch
+        if record and self.cache is not None:
+            self.cache.fetched(cid, len(data))
+
+    def prefetch(self, cids: Sequence[bytes], pinned: bool = False) -> int:
+        """Fetch, in parallel, those of ``cids`` not held locally; return how many that was.
+
+        ``pinned``: kept for good, never dropped by the cache (what a mount reads on its event loop).
+        """
         with self._lock:
             wanted = [c for c in dict.fromkeys(cids) if c not in self._held]
         missing = [c for c, held in zip(wanted, self.local.has(wanted), strict=True) if not held]
@@ -65,7 +83,7 @@ class FabricStore:
             fetched = self.swarm.get_many(missing)
             if self.keep:
                 for cid, data in fetched.items():
-                    self.local.put(cid, data, durable=False)
+                    self._keep(cid, data, record=not pinned)
             else:
                 with self._lock:
                     self._held.update(fetched)
@@ -76,6 +94,8 @@ class FabricStore:
 
     def delete(self, cid: bytes) -> None:
         self.local.delete(cid)
+        if self.cache is not None:
+            self.cache.forget(cid)
 
     def ids(self) -> Iterator[bytes]:
         return self.local.ids()
@@ -92,6 +112,8 @@ class FabricStore:
     def close(self) -> None:
         if self._swarm is not None:
             self._swarm.close()
+        if self.cache is not None:
+            self.cache.close()
         self.local.close()
 
 
@@ -111,6 +133,6 @@ def fetch_directories(view: PortalView, root: Entry) -> int:
     while level:
         refs = [entry.node for entry in level if entry.node is not None and entry.node.cid not in seen]
         seen.update(ref.cid for ref in refs)
-        fetched += store.prefetch([ref.cid for ref in refs])
+        fetched += store.prefetch([ref.cid for ref in refs], pinned=True)
         level = [child for ref in refs for child in decode_dir(view.load_node(ref)) if child.is_dir]
     return fetched

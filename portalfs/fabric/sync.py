@@ -29,6 +29,7 @@ from ..portal import PortalView
 from ..root import PortalKeys, RootPayload, RootRecord, make_root_record
 from ..sealing import ChunkRef
 from ..state import PortalRow, VersionRow
+from .cache import FetchCache, cache_limit
 from .grants import Grant, open_keyring, seal_keyring, unwrap_for_identity, wrap_for_identity
 from .store import FabricStore
 from .swarm import Placement, Swarm
@@ -170,7 +171,9 @@ class Fabric:
 
         Nothing is asked of the hub until an object is missing: what the device holds reads offline.
         """
-        self.device.attach_store(FabricStore(self.device.store_local, self._open_swarm, keep))  # the store owns it
+        local = self.device.store_local
+        cache = FetchCache(local.root / "fetched.db", cache_limit(self.device), local.delete) if keep else None
+        self.device.attach_store(FabricStore(local, self._open_swarm, keep, cache))  # the store owns both
 
     # joining a hub
 

@@ -53,7 +53,7 @@ class LocalStore:
         self._lock = threading.Lock()
         self._in_txn = False
         self._dirty_shards: set[Path] = set()
-        self._unsynced: list[Path] = []  # objects put with durable=False, fsync'd by sync()
+        self._unsynced: set[Path] = set()  # objects put with durable=False, fsync'd by sync()
         self._known_shards: set[str] = set()
 
     def _path(self, cid: bytes) -> Path:
@@ -72,7 +72,7 @@ class LocalStore:
         write_atomic(path, data, mode=0o600, tmp_dir=self._tmp, fsync=durable)
         with self._lock:
             if not durable:
-                self._unsynced.append(path)
+                self._unsynced.add(path)
             if not self._in_txn:
                 self._db.execute("BEGIN")
                 self._in_txn = True
@@ -119,11 +119,13 @@ class LocalStore:
             ]
 
     def delete(self, cid: bytes) -> None:
-        try:
-            self._path(cid).unlink()
-        except FileNotFoundError:
-            pass
+        path = self._path(cid)
         with self._lock:
+            self._unsynced.discard(path)  # gone before its flush: nothing left to flush
+            try:
+                path.unlink()
+            except FileNotFoundError:
+                pass
             self._db.execute("DELETE FROM objects WHERE cid = ?", (cid,))
 
     def ids(self) -> Iterator[bytes]:
@@ -143,7 +145,7 @@ class LocalStore:
     def sync(self) -> None:
         with self._lock:
             shards, self._dirty_shards = self._dirty_shards, set()
-            files, self._unsynced = self._unsynced, []
+            files, self._unsynced = self._unsynced, set()
             try:
                 if len(files) + len(shards) > SYNCFS_FROM:
                     syncfs(self.root)  # one flush of the file system beats thousands of fsyncs

@@ -325,6 +325,24 @@ def test_a_read_only_mount_on_a_second_device_shows_what_another_device_publishe
 
 
 @needs_fuse
+def test_a_mount_keeps_no_more_of_what_it_fetched_than_the_cache_limit(tmp_path: Path, lab: FabricLab) -> None:
+    src, _, b = _docs_on_two_devices(tmp_path, lab)
+    big = (src / "nested" / "big.bin").read_bytes()  # 6 MiB in several chunks
+    assert "limit 4.0 MiB" in ok(b, "cache", "--limit", "4M")
+    with mounted(b, "docs", tmp_path / "mnt-b", "ro") as mnt:
+        assert (mnt / "nested" / "big.bin").read_bytes() == big
+        kept = json.loads(ok(b, "cache", "--json"))
+        assert 0 < kept["bytes"] <= 4 * 1024 * 1024 and kept["limit"] == 4 * 1024 * 1024
+        assert (mnt / "nested" / "big.bin").read_bytes() == big  # what was dropped comes back from the edges
+    dropped = json.loads(ok(b, "cache", "--drop", "--json"))
+    assert dropped["objects"] == 0 and dropped["bytes"] == 0 and dropped["dropped"] > 0
+    with mounted(b, "docs", tmp_path / "mnt-b", "ro") as mnt:
+        assert (mnt / SMALL_NAME).read_text() == SMALL_TEXT  # its chunk was dropped too: fetched again
+        assert (mnt / "nested" / "big.bin").read_bytes() == big
+    fails(b, 2, "cache", "--limit", "lots", match="is not a size")
+
+
+@needs_fuse
 def test_a_mount_reads_what_it_lacks_from_the_edges_while_the_hub_is_down(tmp_path: Path, lab: FabricLab) -> None:
     src, _, b = _docs_on_two_devices(tmp_path, lab)
     with mounted(b, "docs", tmp_path / "mnt-b", "ro") as mnt:

@@ -74,6 +74,15 @@ def test_has_ids_delete(make_store: Factory) -> None:
     assert len(list(store.ids())) == 4
 
 
+def test_an_object_deleted_before_its_flush_needs_none(make_store: Factory) -> None:
+    store = make_store()
+    cid, data = _obj()
+    store.put(cid, data, durable=False)
+    store.delete(cid)  # a cache dropping what it just fetched
+    store.sync()
+    assert store.has([cid]) == [False]
+
+
 def test_durable_after_sync_and_reopen(make_store: Factory) -> None:
     store = make_store()
     cid, data = _obj()
