@@ -121,12 +121,14 @@ class LocalStore:
     def delete(self, cid: bytes) -> None:
         path = self._path(cid)
         with self._lock:
+            # The row first: if the index is busy this fails with the object intact, and a file
+            # left without its row is only found again by ids() (the files are the truth).
+            self._db.execute("DELETE FROM objects WHERE cid = ?", (cid,))
             self._unsynced.discard(path)  # gone before its flush: nothing left to flush
             try:
                 path.unlink()
             except FileNotFoundError:
                 pass
-            self._db.execute("DELETE FROM objects WHERE cid = ?", (cid,))
 
     def ids(self) -> Iterator[bytes]:
         for shard in sorted(self._objects.iterdir()):
