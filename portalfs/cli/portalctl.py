@@ -307,7 +307,7 @@ def cmd_gc(device: Device, args: argparse.Namespace) -> int:
 
 def cmd_cache(device: Device, args: argparse.Namespace) -> int:
     """What this device keeps of the objects it fetched from the edges: show it, set its limit, drop it."""
-    from ..fabric.cache import LOW_WATER, FetchCache, cache_limit, set_cache_limit
+    from ..fabric.cache import FetchCache, cache_limit, set_cache_limit
     from .servers import parse_size
 
     device.require_initialized()
@@ -316,12 +316,7 @@ def cmd_cache(device: Device, args: argparse.Namespace) -> int:
     local = device.store_local
     cache = FetchCache(local.root / "fetched.db", cache_limit(device), local.delete)
     try:
-        if args.drop:
-            dropped = cache.shrink(0)
-        elif cache.limit and cache.statistics()["bytes"] > cache.limit:
-            dropped = cache.shrink(int(cache.limit * LOW_WATER))
-        else:
-            dropped = 0
+        dropped = cache.shrink(0) if args.drop else cache.trim()  # a lower limit takes effect at once
         stats = cache.statistics()
     except sqlite3.OperationalError as exc:  # the store's index is held by a writer: a mount, a put, portald
         raise PortalBusy(f"the local store is in use ({exc}): unmount this device's portals and try again") from None

@@ -82,9 +82,13 @@ class FetchCache:
                 "INSERT OR IGNORE INTO fetched (cid, size, used) VALUES (?, ?, ?)", (cid, size, self._clock())
             ).rowcount
             self._bytes += size if inserted else 0
-            over = self.limit and self._bytes > self.limit
-        if over:
-            self.shrink(int(self.limit * LOW_WATER))
+        self.trim()
+
+    def trim(self) -> int:
+        """Past the limit, drop the least recently read down to ``LOW_WATER`` of it; how many were dropped."""
+        with self._lock:
+            over = bool(self.limit) and self._bytes > self.limit
+        return self.shrink(int(self.limit * LOW_WATER)) if over else 0
 
     def read(self, cid: bytes) -> None:
         """``cid`` was read from the local store (written down at the next shrink or close)."""
