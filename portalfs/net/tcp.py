@@ -7,8 +7,9 @@ answers in order.
 
 TLS runs on the socket itself (``TlsChannel``): OpenSSL reads and writes the
 non-blocking socket, decrypting records into one buffer that each frame part
-is copied out of once, and encrypting a whole body in one call; the event
-loop is asked only when the socket has nothing to read or no room to write.
+is copied out of once, and encrypting as much of a body per call as the
+socket takes; the event loop is asked only when the socket has nothing to
+read or no room to write.
 Through memory BIOs (``trio.SSLStream``'s way) every byte was copied twice
 more and every 16 KiB record was a Python object of its own.
 
@@ -249,8 +250,8 @@ async def serve_tcp(
             if handshake.cancelled_caught:
                 log.info("%s: closed: no TLS handshake within %.0f s", peer, HANDSHAKE_SECONDS)
                 return
-            cert = tls.peer_certificate()  # the handshake required one
-            await _serve_connection(tls, new_session(peer, certificate_key(cert) if cert is not None else b""))
+            device_key = certificate_key(tls.peer_certificate())  # the handshake required a certificate
+            await _serve_connection(tls, new_session(peer, device_key))
         except (trio.BrokenResourceError, trio.ClosedResourceError):
             pass
         finally:

@@ -83,8 +83,10 @@ def self_signed(key: Ed25519PrivateKey, role: str) -> x509.Certificate:
     )
 
 
-def certificate_key(cert: bytes | x509.Certificate, pem: bool = False) -> bytes:
-    """The raw Ed25519 public key in a certificate (b"" when it holds another kind of key)."""
+def certificate_key(cert: bytes | x509.Certificate | None, pem: bool = False) -> bytes:
+    """The raw Ed25519 public key in a certificate (b"" when it holds another kind of key, or there is none)."""
+    if cert is None:
+        return b""
     if isinstance(cert, x509.Certificate):
         parsed = cert
     else:
@@ -96,8 +98,7 @@ def certificate_key(cert: bytes | x509.Certificate, pem: bool = False) -> bytes:
 
 
 def check_pin(cert: bytes | x509.Certificate | None, expected: bytes, peer: str) -> None:
-    got = certificate_key(cert) if cert is not None else b""
-    if got != expected:
+    if certificate_key(cert) != expected:
         raise PinMismatch(f"edge {peer}: its certificate is not for the expected key {expected.hex()[:16]}…")
 
 
