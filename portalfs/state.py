@@ -103,6 +103,9 @@ class StateDB:
     def set_meta(self, key: str, value: bytes) -> None:
         self._db.execute("INSERT OR REPLACE INTO meta (key, value) VALUES (?, ?)", (key, value))
 
+    def delete_meta(self, key: str) -> None:
+        self._db.execute("DELETE FROM meta WHERE key = ?", (key,))
+
     # devices
 
     def add_device(self, public: bytes, name: str, cert: bytes, enrolled_ns: int) -> None:

@@ -6,6 +6,7 @@ import argparse
 import json
 import os
 import re
+import sys
 import time
 from collections.abc import Callable
 from typing import Any
@@ -13,7 +14,7 @@ from typing import Any
 from ..daemon.control import call_daemon, daemon_socket
 from ..device import Device, Unlocked
 from ..edge.client import parse_address
-from ..errors import NotFound, Unreachable, UsageError, error_for_exit_code
+from ..errors import NotFound, PortalError, Unreachable, UsageError
 from ..fabric.grants import Grant, LinkUrl, unwrap_for_link, wrap_for_link
 from ..fabric.sync import (
     Fabric,
@@ -29,21 +30,12 @@ from ..keys import DOMAIN_REVOKE
 from ..portal import PortalView
 from ..root import RootRecord
 from .common import unlock
+from .servers import parse_duration
 
 __all__ = ["register", "open_fabric", "attach_fabric"]
 
 SYNC_TIMEOUT = 3600.0  # seconds `portalctl sync` waits for portald's answer
 STATUS_TIMEOUT = 10.0
-_DURATION = re.compile(r"(\d+)([smhdw])")
-_UNIT_NS = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 7 * 86400}
-
-
-def parse_duration(text: str) -> int:
-    """``24h``, ``7d``, ``90m`` → nanoseconds."""
-    match = _DURATION.fullmatch(text.strip())
-    if not match:
-        raise UsageError(f"{text!r} is not a duration (try 30m, 24h or 7d)")
-    return int(match[1]) * _UNIT_NS[match[2]] * 10**9
 
 
 def _emit(args: argparse.Namespace, data: object, text: str) -> None:
@@ -97,6 +89,8 @@ def cmd_hub_add(device: Device, args: argparse.Namespace) -> int:
         save_config(device, fabric.config)
     finally:
         fabric.close()
+    for name, error in result["failed"].items():  # joined all the same: the next sync tries them again
+        print(f"portalctl: {name}: {error}", file=sys.stderr)
     added = ", ".join(result["portals_added"]) or "none"
     _emit(args, result, f"Joined hub {url}: {result['edges']} edges; portals added: {added}")
     return 0
@@ -187,40 +181,60 @@ def cmd_device_revoke(device: Device, args: argparse.Namespace) -> int:
 
 
 def cmd_sync(device: Device, args: argparse.Namespace) -> int:
+    """Sync each portal on its own: a failure is one line, and the others go on.
+
+    The exit status is non-zero only when a portal the user named failed (or its repair did).
+    """
     request = {"op": "sync", "names": args.names, "repair": args.repair}
     results = call_daemon(daemon_socket(device.home.data), request, SYNC_TIMEOUT)
-    if results is not None:  # portald syncs for this device: ask it, so that two syncs never race
-        failed = [r for r in results if "error" in r] + [r["repair"] for r in results if "error" in r.get("repair", {})]
-        if failed:
-            raise error_for_exit_code(int(failed[0]["exit_code"]), failed[0]["error"])
-    else:
-        secrets = unlock(device, args)
-        fabric = open_fabric(device, secrets)
-        try:
-            fabric.refresh()
-            followed = {row.name for row in followed_portals(device)}
-            names = args.names or sorted(followed)
-            for name in names:
-                device.state.portal(name)  # an unknown name is an error, before anything is synced
-            results = []
-            for name in (n for n in names if n in followed):
+    if results is None:  # no portald: this process syncs (with one, it asks, so that two syncs never race)
+        results = _sync_here(device, args)
+    failures = [(r["portal"], what) for r in results for what in (r, r.get("repair", {})) if "error" in what]
+    for portal, what in failures:
+        print(f"portalctl: {portal}: {what['error']}", file=sys.stderr)
+    text = "\n".join(
+        f"{r['portal']}: v{r['version']} (pulled {r['pulled']}, published {r['published']}, "
+        f"{r['objects']} objects pushed)" + _repaired(r.get("repair"))
+        for r in results
+        if "error" not in r
+    )
+    if text or args.json or not failures:
+        _emit(args, results, text or "nothing to sync")
+    named = [what for portal, what in failures if portal in args.names]
+    return int(named[0]["exit_code"]) if named else 0
+
+
+def _repaired(repair: dict[str, Any] | None) -> str:
+    if not repair or "error" in repair:
+        return ""
+    return f"; repair checked {repair['checked']}, copied {repair['copied']}, damaged {repair.get('damaged', 0)}"
+
+
+def _sync_here(device: Device, args: argparse.Namespace) -> list[dict[str, Any]]:
+    secrets = unlock(device, args)
+    fabric = open_fabric(device, secrets)
+    try:
+        fabric.refresh()
+        followed = {row.name for row in followed_portals(device)}
+        names = args.names or sorted(followed)
+        for name in names:
+            device.state.portal(name)  # an unknown name is an error, before anything is synced
+        results: list[dict[str, Any]] = []
+        for name in (n for n in names if n in followed):
+            try:
                 view = PortalView.open(device, name, secrets)
                 results.append(fabric.sync(view))
-                if args.repair:
+            except PortalError as exc:
+                results.append({"portal": name, "error": str(exc), "exit_code": exc.exit_code})
+                continue
+            if args.repair:
+                try:
                     results[-1]["repair"] = fabric.repair(view)
-        finally:
-            fabric.close()
-    _emit(
-        args,
-        results,
-        "\n".join(
-            f"{r['portal']}: v{r['version']} (pulled {r['pulled']}, published {r['published']}, "
-            f"{r['objects']} objects pushed)"
-            for r in results
-        )
-        or "nothing to sync",
-    )
-    return 0
+                except PortalError as exc:
+                    results[-1]["repair"] = {"error": f"repair: {exc}", "exit_code": exc.exit_code}
+    finally:
+        fabric.close()
+    return results
 
 
 # sharing
@@ -356,6 +370,52 @@ def cmd_portal_set(device: Device, args: argparse.Namespace) -> int:
     return 0
 
 
+def _until(ns: int | None) -> str:
+    return "never" if ns is None else time.strftime("%Y-%m-%d %H:%M %Z", time.localtime(ns / 1e9))
+
+
+def cmd_portal_delete(device: Device, args: argparse.Namespace) -> int:
+    """Delete a portal at the hub: closed to every device and link at once; its objects stay on the edges
+    through the hub's grace period (``portal restore`` brings it back), then are released."""
+    secrets = unlock(device, args)
+    view, fabric = _portal_keys(device, secrets, args.name)
+    try:
+        if not args.yes:
+            if not sys.stdin.isatty():
+                raise UsageError(f"deleting {args.name} needs confirmation: add --yes")
+            answer = input(f"Delete portal {args.name} for every device and link? Type its name to confirm: ")
+            if answer.strip() != args.name:
+                raise UsageError("not confirmed: nothing deleted")
+        hub = fabric.hub
+        assert hub is not None
+        info = hub.call("DELETE", f"/v1/portals/{view.row.id.hex()}")
+    finally:
+        fabric.close()
+    device.state.set_meta(f"deleted:{view.row.id.hex()}", str(info["release_ns"]).encode())
+    _emit(
+        args,
+        {"portal": args.name, **info},
+        f"Deleted {args.name}; `portalctl portal restore {args.name}` brings it back "
+        f"until {_until(info['release_ns'])}",
+    )
+    return 0
+
+
+def cmd_portal_restore(device: Device, args: argparse.Namespace) -> int:
+    """Bring back a deleted or expired portal within the hub's grace period."""
+    secrets = unlock(device, args)
+    view, fabric = _portal_keys(device, secrets, args.name)
+    try:
+        hub = fabric.hub
+        assert hub is not None
+        info = hub.call("POST", f"/v1/portals/{view.row.id.hex()}/restore")
+    finally:
+        fabric.close()
+    device.state.delete_meta(f"deleted:{view.row.id.hex()}")
+    _emit(args, {"portal": args.name, **info}, f"Restored {args.name}: {info['state']}")
+    return 0
+
+
 def cmd_status(device: Device, args: argparse.Namespace) -> int:
     secrets = unlock(device, args)
     config = load_config(device) or FabricConfig()
@@ -444,6 +504,13 @@ def register(sub: Any, command: Callable[..., argparse.ArgumentParser]) -> None:
 
 
 def register_portal_set(portal: Any, command: Callable[..., argparse.ArgumentParser]) -> None:
+    c = command("delete", cmd_portal_delete, "delete a portal at the hub (restorable during the grace period)",
+                parent=portal)  # fmt: skip
+    c.add_argument("name")
+    c.add_argument("--yes", action="store_true", help="do not ask for confirmation")
+    c = command("restore", cmd_portal_restore, "bring back a deleted or expired portal within the grace period",
+                parent=portal)  # fmt: skip
+    c.add_argument("name")
     c = command("set", cmd_portal_set, "set a portal's expiry or (de)activate it at the hub", parent=portal)
     c.add_argument("name")
     c.add_argument("--expires", help="e.g. 24h, 30d, or never")

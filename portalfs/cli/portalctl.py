@@ -148,6 +148,12 @@ def cmd_portal_create(device: Device, args: argparse.Namespace) -> int:
     return 0
 
 
+def _deleted_until(device: Device, portal: bytes) -> int | None:
+    """When a portal this device deleted at the hub stops being restorable; None if it was not deleted."""
+    raw = device.state.get_meta(f"deleted:{portal.hex()}")
+    return None if raw is None else int(raw)
+
+
 def cmd_portal_ls(device: Device, args: argparse.Namespace) -> int:
     device.require_initialized()
     rows: list[dict[str, Any]] = []
@@ -161,13 +167,17 @@ def cmd_portal_ls(device: Device, args: argparse.Namespace) -> int:
                 "size": 0 if head is None else head.size,
                 "files": 0 if head is None else head.files,
                 "created": row.created_ns,
+                "deleted_until": _deleted_until(device, row.id),
             }
         )
     if args.json:
         print(json.dumps(rows, sort_keys=True))
     else:
         for r in rows:
-            print(f"{r['name']}\t{r['versions']} versions\t{r['files']} files\t{_human(r['size'])}")
+            line = f"{r['name']}\t{r['versions']} versions\t{r['files']} files\t{_human(r['size'])}"
+            if r["deleted_until"] is not None:
+                line += f"\tdeleted (restorable until {_when(r['deleted_until'])})"
+            print(line)
     return 0
 
 

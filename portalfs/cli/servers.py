@@ -4,16 +4,34 @@ from __future__ import annotations
 
 import argparse
 import logging
+import re
 import sys
+from functools import partial
 from pathlib import Path
 
 import trio
 
 from ..errors import PortalError, UsageError
 
-__all__ = ["hub_main", "edge_main", "parse_size"]
+__all__ = ["hub_main", "edge_main", "parse_size", "parse_duration"]
 
 _UNITS = {"": 1, "K": 1 << 10, "M": 1 << 20, "G": 1 << 30, "T": 1 << 40}
+_DURATION = re.compile(r"(\d{1,9})([smhdw])")
+_UNIT_SECONDS = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 7 * 86400}
+MAX_SIZE = 2**63 - 1  # what SQLite and the protocols hold
+
+
+def parse_duration(text: str, what: str = "") -> int:
+    """``24h``, ``7d``, ``90m``, ``0s`` → nanoseconds; ``what`` names the option in the error."""
+    match = _DURATION.fullmatch(text.strip())
+    if not match:
+        raise UsageError(f"{what + ' ' if what else ''}{_shown(text)} is not a duration (try 30m, 24h or 7d)")
+    return int(match[1]) * _UNIT_SECONDS[match[2]] * 10**9
+
+
+def _shown(text: str, limit: int = 40) -> str:
+    """``text`` quoted for an error message, cut short when long."""
+    return repr(text if len(text) <= limit else text[:limit] + "…")
 
 
 def parse_size(text: str) -> int:
@@ -21,9 +39,12 @@ def parse_size(text: str) -> int:
     value = text.strip().upper().removesuffix("B").removesuffix("I")
     unit = value[-1:] if value[-1:] in _UNITS else ""
     number = value[: len(value) - len(unit)]
-    if not number.isdigit():
-        raise UsageError(f"{text!r} is not a size (try 512M or 10G)")
-    return int(number) * _UNITS[unit]
+    if not number.isdigit() or len(number) > 20:
+        raise UsageError(f"{_shown(text)} is not a size (try 512M or 10G)")
+    size = int(number) * _UNITS[unit]
+    if size > MAX_SIZE:
+        raise UsageError(f"{_shown(text)} is too large (at most 8E bytes, 2^63-1)")
+    return size
 
 
 def _listen(text: str) -> tuple[str, int]:
@@ -69,10 +90,16 @@ def hub_main(argv: list[str] | None = None) -> int:
     serve = sub.add_parser("serve", help="serve the hub API")
     serve.add_argument("--db", required=True, type=Path, help="SQLite file (created if missing)")
     serve.add_argument("--listen", default="127.0.0.1:8470", help="HOST:PORT (default 127.0.0.1:8470)")
+    serve.add_argument(
+        "--grace",
+        default="7d",
+        help="how long a deleted or expired portal can be restored before its objects are released (default 7d)",
+    )
     serve.add_argument("-v", "--verbose", action="store_true")
     args = parser.parse_args(argv)
     try:
         host, port = _listen(args.listen)
+        grace_ns = parse_duration(args.grace, "--grace")
     except UsageError as exc:
         parser.error(str(exc))
     _logging(args.verbose)
@@ -80,7 +107,7 @@ def hub_main(argv: list[str] | None = None) -> int:
 
     async def main() -> None:
         async with trio.open_nursery() as nursery:
-            bound = await nursery.start(run_hub, args.db, host, port)
+            bound = await nursery.start(partial(run_hub, args.db, host, port, grace_ns=grace_ns))
             print(f"portal-hub: serving http://{host}:{bound}/v1/", flush=True)
 
     return _run("portal-hub", main)
@@ -97,6 +124,11 @@ def edge_main(argv: list[str] | None = None) -> int:
     serve.add_argument("--capacity", default="0", help="bytes this edge may store in all (default: the disk)")
     serve.add_argument("--transport", default="quic,tcp", help="quic, tcp or both (default quic,tcp)")
     serve.add_argument("--quic", choices=["qh3", "aioquic"], help="QUIC library (default: qh3 when installed)")
+    serve.add_argument("--scrub-rate", default="16M", help="bytes a second the scrub reads (default 16M; 0: off)")
+    serve.add_argument("--scrub-interval", default="1d", help="time between scrub passes (default 1d)")
+    serve.add_argument("--gc-interval", default="60s", help="time between garbage passes (default 60s)")
+    serve.add_argument("--gc-hold", default="120s", help="how long condemned objects wait (default 120s; "
+                       "less than twice a device's 60 s trust in a HAVE answer can lose objects)")  # fmt: skip
     serve.add_argument("-v", "--verbose", action="store_true")
     args = parser.parse_args(argv)
     try:
@@ -105,12 +137,25 @@ def edge_main(argv: list[str] | None = None) -> int:
         if not transports or set(transports) - {"quic", "tcp"}:
             raise UsageError(f"--transport {args.transport!r}: use quic, tcp or quic,tcp")
         quota, capacity = parse_size(args.quota), parse_size(args.capacity)
+        scrub_rate = parse_size(args.scrub_rate)
+        scrub_interval, gc_interval, gc_hold = (
+            parse_duration(text, what) / 1e9
+            for text, what in (
+                (args.scrub_interval, "--scrub-interval"),
+                (args.gc_interval, "--gc-interval"),
+                (args.gc_hold, "--gc-hold"),
+            )
+        )
     except UsageError as exc:
         parser.error(str(exc))
     _logging(args.verbose)
     from ..edge.server import EdgeConfig, run_edge
 
-    config = EdgeConfig(args.data, host, port, transports, quota, capacity, args.hub, args.quic)
+    config = EdgeConfig(
+        args.data, host, port, transports, quota, capacity, args.hub, args.quic,
+        gc_interval=max(gc_interval, 1.0), gc_hold=gc_hold, scrub_rate=scrub_rate,
+        scrub_interval=max(scrub_interval, 1.0),
+    )  # fmt: skip
 
     async def main() -> None:
         async with trio.open_nursery() as nursery:

@@ -276,7 +276,10 @@ class SyncDaemon:
         if self.hub is None:
             raise UsageError("this device has no hub: run `portalctl hub add URL` first")
         async with self._fabric() as fabric:
-            await self._on_device(fabric.refresh)
+            try:
+                await self._on_device(fabric.refresh)
+            except PortalError as exc:  # the keyring or the hub's portal list: the sync goes on without them
+                log.warning("keyring and shares: %s", exc)
         self.planner.refreshed(trio.current_time())
         _, self._names, _ = await self._on_device(self._look)
         self.planner.track(self._names)

@@ -15,6 +15,7 @@ from ..keys import DeviceKey
 from ..store.base import check_object
 from .protocol import (
     MAX_HAVE,
+    MAX_VERIFY,
     Bitmap,
     Data,
     Failure,
@@ -27,6 +28,7 @@ from .protocol import (
     Stat,
     Status,
     Stored,
+    Verify,
     Welcome,
     hello_message,
 )
@@ -100,13 +102,21 @@ class EdgeClient:
         return answer.new
 
     async def have(self, cids: Sequence[bytes]) -> list[bool]:
+        """Whether the edge holds each id."""
+        return await self._bitmap(Have, MAX_HAVE, cids)
+
+    async def verify(self, cids: Sequence[bytes]) -> list[bool]:
+        """Whether the edge holds each id intact: it reads and hashes each (and removes a damaged copy)."""
+        return await self._bitmap(Verify, MAX_VERIFY, cids)
+
+    async def _bitmap(self, request: type[Have] | type[Verify], most: int, cids: Sequence[bytes]) -> list[bool]:
         flags: list[bool] = []
-        for start in range(0, len(cids), MAX_HAVE):
-            batch = tuple(cids[start : start + MAX_HAVE])
-            answer = await self._ask(Have(batch), Bitmap)
+        for start in range(0, len(cids), most):
+            batch = tuple(cids[start : start + most])
+            answer = await self._ask(request(batch), Bitmap)
             assert isinstance(answer, Bitmap)
             if answer.count != len(batch):
-                raise Unreachable(f"edge {self.address}: HAVE answer has {answer.count} bits for {len(batch)} ids")
+                raise Unreachable(f"edge {self.address}: answer has {answer.count} bits for {len(batch)} ids")
             flags += answer.flags()
         return flags
 

@@ -27,6 +27,8 @@ __all__ = [
     "ALPN",
     "MAX_BODY",
     "MAX_HAVE",
+    "MAX_VERIFY",
+    "Verify",
     "MAX_HEADER",
     "ProtocolError",
     "LocalProtocolError",
@@ -60,6 +62,7 @@ FRAME_HEAD = struct.Struct(">BII")
 MAX_HEADER = 256 * 1024  # bytes of CBOR header (a HAVE of MAX_HAVE ids fits)
 MAX_BODY = 8 * 1024 * 1024  # bytes of object body (a sealed 4 MiB chunk plus overhead fits)
 MAX_HAVE = 4096  # ids in one HAVE
+MAX_VERIFY = 256  # ids in one VERIFY (the edge reads each: up to 256 MiB of objects)
 DOMAIN_HELLO = b"portal edge hello v1\x00"
 
 ERROR_CODES = frozenset(
@@ -197,6 +200,25 @@ class Have(Message):
 
 
 @dataclass(frozen=True, slots=True)
+class Verify(Message):
+    """HAVE that reads and hashes each object first: a damaged copy is removed and answered 0."""
+
+    KIND: ClassVar[int] = 0x06
+    FIELDS: ClassVar[tuple[str, ...]] = ("cids",)
+    cids: tuple[bytes, ...]
+
+    def header(self) -> dict[str, Any]:
+        return {"cids": list(self.cids)}
+
+    @classmethod
+    def check(cls, h: dict[str, Any]) -> Verify:
+        cids = h["cids"]
+        if not isinstance(cids, list) or len(cids) > MAX_VERIFY:
+            raise ValueError(f"VERIFY takes at most {MAX_VERIFY} ids")
+        return cls(tuple(_cid(c) for c in cids))
+
+
+@dataclass(frozen=True, slots=True)
 class Stat(Message):
     KIND: ClassVar[int] = 0x05
 
@@ -306,9 +328,9 @@ class Failure(Message):
 
 
 _KINDS: dict[int, type[Message]] = {
-    cls.KIND: cls for cls in (Hello, Get, Put, Have, Stat, Welcome, Data, Stored, Bitmap, Status, Failure)
+    cls.KIND: cls for cls in (Hello, Get, Put, Have, Verify, Stat, Welcome, Data, Stored, Bitmap, Status, Failure)
 }
-REQUESTS = frozenset({Hello, Get, Put, Have, Stat})
+REQUESTS = frozenset({Hello, Get, Put, Have, Verify, Stat})
 
 
 def encode_message(message: Message) -> bytes:

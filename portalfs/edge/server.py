@@ -12,12 +12,15 @@ import trio
 from ..net import stop_signal
 from ..store import LocalStore
 from .service import DeviceStatus, EdgeService, EdgeSession, QuotaBook
+from .upkeep import GARBAGE_HOLD_SECONDS, GARBAGE_INTERVAL_SECONDS, collect_garbage, scrub
 
 __all__ = ["EdgeConfig", "run_edge"]
 
 log = logging.getLogger("portal.edge")
 
 DRAIN_SECONDS = 5.0  # on shutdown, how long requests in progress may take to finish
+SCRUB_RATE = 16 << 20  # bytes a second
+SCRUB_INTERVAL_SECONDS = 86400.0  # a scrub pass a day
 
 
 @dataclass(frozen=True, slots=True)
@@ -30,6 +33,10 @@ class EdgeConfig:
     capacity: int = 0  # bytes in all; 0: the disk
     hub: str | None = None
     quic_backend: str | None = None
+    gc_interval: float = GARBAGE_INTERVAL_SECONDS  # seconds between garbage passes
+    gc_hold: float = GARBAGE_HOLD_SECONDS  # seconds condemned ids wait; at least twice HAVE_TRUST_SECONDS
+    scrub_rate: int = SCRUB_RATE  # bytes a second the scrub reads; 0: no scrub
+    scrub_interval: float = SCRUB_INTERVAL_SECONDS
 
 
 async def run_edge(
@@ -73,7 +80,10 @@ async def run_edge(
                     )
                 )
             if directory is not None:
-                await nursery.start(directory.run, f"{config.host}:{port}", config.transports, store, service.delete)
+                await nursery.start(directory.run, f"{config.host}:{port}", config.transports, store, service.check)
+                nursery.start_soon(collect_garbage, directory.request, service, config.gc_interval, config.gc_hold)
+            if config.scrub_rate:
+                nursery.start_soon(scrub, service, config.scrub_rate, config.scrub_interval)
             log.info("edge %s serving on %s:%d (%s)", key.public.hex(), config.host, port, ", ".join(config.transports))
             task_status.started((key.public, port))
             await (until or stop_signal)()

@@ -31,6 +31,7 @@ from .protocol import (
     Stat,
     Status,
     Stored,
+    Verify,
     Welcome,
     hello_message,
 )
@@ -129,12 +130,16 @@ class QuotaBook:
         """Forget every owner of ``cid`` (the object was deleted)."""
         with self._lock:
             self._db.execute("BEGIN IMMEDIATE")
-            for identity, size in self._db.execute(
-                "SELECT identity, size FROM owners WHERE cid = ?", (cid,)
-            ).fetchall():
-                self._db.execute("UPDATE usage SET bytes = max(0, bytes - ?) WHERE identity = ?", (size, identity))
-            self._db.execute("DELETE FROM owners WHERE cid = ?", (cid,))
-            self._db.execute("COMMIT")
+            try:
+                for identity, size in self._db.execute(
+                    "SELECT identity, size FROM owners WHERE cid = ?", (cid,)
+                ).fetchall():
+                    self._db.execute("UPDATE usage SET bytes = max(0, bytes - ?) WHERE identity = ?", (size, identity))
+                self._db.execute("DELETE FROM owners WHERE cid = ?", (cid,))
+                self._db.execute("COMMIT")
+            except BaseException:
+                self._db.execute("ROLLBACK")
+                raise
 
     def close(self) -> None:
         self._db.close()
@@ -159,15 +164,79 @@ class EdgeService:
         self._nonces: OrderedDict[bytes, int] = OrderedDict()
         self._lock = threading.Lock()
         self._in_flight = 0
+        self._damaged = 0
+        self._gc_lock = threading.Lock()  # a deletion of condemned ids against a PUT that saves one
+        self._condemned: set[bytes] = set()
 
     def statistics(self) -> dict[str, int]:
         with self._lock:
-            return {"in_flight": self._in_flight}
+            return {"in_flight": self._in_flight, "damaged": self._damaged, "condemned": len(self._condemned)}
 
     def delete(self, cid: bytes) -> None:
-        """Remove an object no live portal uses (the hub says which): from the store, then from the quotas."""
+        """Remove an object: from the store, then from the quotas (a later PUT stores and charges it again)."""
         self.store.delete(cid)
         self.quotas.release(cid)
+
+    # garbage (docs/design.md, section 13, "Garbage")
+
+    def condemn(self, cids: list[bytes]) -> None:
+        """Hold ``cids`` for deletion: HAVE answers 0 for them from now on, so a device that needs one PUTs it,
+        and a PUT of one pardons it."""
+        with self._gc_lock:
+            self._condemned.update(cids)
+
+    def release(self, cids: list[bytes]) -> list[bytes]:
+        """Delete those of ``cids`` still condemned, pardon the rest, and return the ids deleted."""
+        deleted = []
+        with self._gc_lock:
+            for cid in cids:
+                if cid in self._condemned:
+                    self.delete(cid)
+                    deleted.append(cid)
+            self._condemned.clear()
+        return deleted
+
+    def _held(self, cids: tuple[bytes, ...], flags: list[bool]) -> Bitmap:
+        """HAVE's and VERIFY's answer: a condemned id is not held, so a device that needs it PUTs it."""
+        with self._gc_lock:
+            return Bitmap.from_flags([f and c not in self._condemned for f, c in zip(flags, cids, strict=True)])
+
+    def _pardon(self, cid: bytes) -> None:
+        with self._gc_lock:
+            self._condemned.discard(cid)
+
+    # damage
+
+    def check(self, cids: tuple[bytes, ...] | list[bytes]) -> list[bool]:
+        """Read and hash each object: True where it is held intact; a damaged copy is removed (False)."""
+        intact = []
+        for cid in cids:
+            try:
+                self.store.get(cid)  # raises CorruptObject when the bytes no longer match the id
+                intact.append(True)
+            except MissingObject:
+                intact.append(False)
+            except CorruptObject:
+                self.remove_damaged(cid)
+                intact.append(False)
+        return intact
+
+    def scrub_one(self, cid: bytes) -> tuple[int, bool]:
+        """Read and hash one stored object: (bytes read, whether it is intact); a damaged one is removed."""
+        try:
+            return len(self.store.get(cid)), True
+        except MissingObject:  # deleted since the scrub listed it
+            return 0, True
+        except CorruptObject:
+            self.remove_damaged(cid)
+            return 0, False
+
+    def remove_damaged(self, cid: bytes) -> None:
+        """A copy whose bytes no longer match its id is removed, so HAVE says 0 and a repair puts a good one."""
+        log.warning("object %s is damaged on this edge's disk: removed (a repair puts a good copy back)", cid.hex())
+        self.delete(cid)
+        with self._lock:
+            self._damaged += 1
 
     # authentication
 
@@ -220,9 +289,15 @@ class EdgeService:
 
     def _serve(self, identity: bytes, request: Message) -> Message:
         if isinstance(request, Get):
-            return Data(self.store.get(request.cid))
+            try:
+                return Data(self.store.get(request.cid))
+            except CorruptObject:
+                self.remove_damaged(request.cid)
+                raise
         if isinstance(request, Have):
-            return Bitmap.from_flags(self.store.has(request.cids))
+            return self._held(request.cids, self.store.has(request.cids))
+        if isinstance(request, Verify):
+            return self._held(request.cids, self.check(request.cids))
         if isinstance(request, Put):
             return self._put(identity, request)
         if isinstance(request, Stat):
@@ -237,6 +312,7 @@ class EdgeService:
         if not self.accepting:
             return Failure("unavailable", "the edge is shutting down")
         check_object(request.cid, request.data)  # a wrong id is refused before anything else
+        self._pardon(request.cid)  # a device counts on it from now on: garbage no more
         size = len(request.data)
         if self.quotas.owns(identity, request.cid):
             return Stored(False)

@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
+import logging
 import threading
 from collections.abc import Callable, Iterator, Sequence
 
-from ..errors import MissingObject
+from ..errors import CorruptObject, MissingObject
 from ..portal import PortalView
 from ..store.base import StoreStat
 from ..store.local import LocalStore
@@ -13,7 +14,16 @@ from ..tree import Entry, decode_dir
 from .cache import FetchCache
 from .swarm import Swarm
 
-__all__ = ["FabricStore", "fetch_directories"]
+__all__ = ["FabricStore", "fetch_directories", "heal_local"]
+
+log = logging.getLogger("portal.store")
+
+
+def heal_local(local: LocalStore, cid: bytes, data: bytes) -> None:
+    """Replace a damaged object in the local store by ``data``, a good copy (checked against ``cid``)."""
+    local.delete(cid)
+    local.put(cid, data)  # durable: it may be an object this device made, on no edge but the one it came from
+    local.sync()
 
 
 class FabricStore:
@@ -37,6 +47,7 @@ class FabricStore:
         self._open_swarm = open_swarm
         self._held: dict[bytes, bytes] = {}  # prefetched, not kept: taken by the next get
         self._lock = threading.Lock()
+        self.healed = 0  # damaged local objects replaced by good copies from the edges
 
     @property
     def swarm(self) -> Swarm:
@@ -53,6 +64,13 @@ class FabricStore:
     def get(self, cid: bytes) -> bytes:
         try:
             data = self.local.get(cid)
+        except CorruptObject as exc:
+            log.warning("%s in the local store; replacing it with a copy from the edges", exc)
+            data = self.swarm.get(cid)  # CorruptObject too if every copy is damaged
+            heal_local(self.local, cid, data)
+            with self._lock:
+                self.healed += 1
+            return data
         except MissingObject:
             with self._lock:
                 held = self._held.pop(cid, None)

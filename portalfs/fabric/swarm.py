@@ -20,7 +20,7 @@ import blake3
 import trio
 
 from ..edge.client import EdgeAddress, EdgeClient, connect_edge
-from ..errors import MissingObject, PortalError, Unreachable
+from ..errors import CorruptObject, MissingObject, PortalError, Unreachable
 from ..keys import DeviceKey
 
 __all__ = ["Swarm", "Placement"]
@@ -32,6 +32,7 @@ RETRY_DOWN_MAX = 300.0  # doubling with each failure in a row up to this
 CONCURRENT_PUTS = 16
 
 Locate = Callable[[list[bytes]], dict[bytes, list[bytes]]]
+Report = Callable[[bytes, list[bytes]], None]  # (edge key, ids of the damaged copies read from it)
 
 
 class _Edge:
@@ -49,14 +50,27 @@ class _Edge:
 class Placement:
     held: dict[bytes, list[bytes]]  # per edge key, the ids it holds now (for the hub's locations)
     copies: int  # objects put to an edge by this push
+    damaged: int = 0  # copies an edge held but found damaged when asked to verify them (and removed)
 
 
 class Swarm:
-    def __init__(self, edges: Sequence[EdgeAddress], device: DeviceKey, cert: bytes, locate: Locate | None) -> None:
+    """``locate`` asks the hub which edges hold ids; ``report`` tells it of damaged copies a read met."""
+
+    def __init__(
+        self,
+        edges: Sequence[EdgeAddress],
+        device: DeviceKey,
+        cert: bytes,
+        locate: Locate | None,
+        report: Report | None = None,
+    ) -> None:
         self.addresses = list(edges)
         self._device = device
         self._cert = cert
         self._locate = locate
+        self._report = report
+        self._damaged: dict[bytes, set[bytes]] = {}  # edge key -> damaged copies met, not yet reported
+        self._damage_seen: set[tuple[bytes, bytes]] = set()  # (edge, cid) already logged
         self._edges: dict[bytes, _Edge] = {}
         self._failures: dict[bytes, int] = {}  # edge key -> connections that failed in a row
         self._token: trio.lowlevel.TrioToken | None = None
@@ -157,8 +171,28 @@ class Swarm:
         rest = [k for k in known if k not in held]
         return sorted(held, key=self._load) + sorted(rest, key=self._load)
 
+    def _damage(self, key: bytes, cid: bytes, exc: CorruptObject) -> None:
+        """A copy on edge ``key`` did not match its id: say so once, and keep it for the hub."""
+        if (key, cid) not in self._damage_seen:
+            self._damage_seen.add((key, cid))
+            log.warning("damaged copy: %s; reading the next replica and telling the hub", exc)
+        self._damaged.setdefault(key, set()).add(cid)
+
+    def report_damage(self) -> None:
+        """Tell the hub of the damaged copies met since the last report (it asks their edges to check them)."""
+        damaged, self._damaged = self._damaged, {}
+        if self._report is None:
+            return
+        for key, cids in damaged.items():
+            try:
+                self._report(key, sorted(cids))
+            except PortalError as exc:
+                log.warning("could not report %d damaged copies on edge %s: %s", len(cids), key.hex()[:16], exc)
+
     async def _get(self, cid: bytes, located: dict[bytes, list[bytes]] | None) -> bytes:
         failures: list[str] = []
+        corrupt: list[str] = []
+        unreachable = 0
         candidates = self._candidates(cid, located)
         # A second round reconnects to edges that were down: the last replica may be one of them.
         for key, force in [(k, False) for k in candidates] + [(k, True) for k in candidates]:
@@ -173,13 +207,24 @@ class Swarm:
                     edge_state.in_flight -= 1
             except MissingObject as exc:
                 failures.append(str(exc))
-            except PortalError as exc:  # unreachable, corrupt, refused: the next replica
+            except CorruptObject as exc:  # the edge's copy is damaged: the next replica
+                self._damage(key, cid, exc)
+                corrupt.append(str(exc))
+            except PortalError as exc:  # unreachable, refused: the next replica
                 failures.append(str(exc))
                 if isinstance(exc, Unreachable):
+                    unreachable += 1
                     self._drop(key)
             del edge_state
-        detail = "; ".join(failures[-3:]) or "no edges"
+        if corrupt and not unreachable:  # every copy that could be read was damaged
+            edges = sorted({self._name(k) for k, c in self._damage_seen if c == cid})
+            raise CorruptObject(f"object {cid.hex()}: every copy is damaged (on {', '.join(edges)})")
+        detail = "; ".join((corrupt + failures)[-3:]) or "no edges"
         raise MissingObject(f"object {cid.hex()} is on no reachable edge ({detail})")
+
+    def _name(self, key: bytes) -> str:
+        address = next((a for a in self.addresses if a.key == key), None)
+        return str(address) if address is not None else key.hex()[:16]
 
     def get(self, cid: bytes) -> bytes:
         """Fetch one object from the fabric (blocking; not from the swarm's own thread)."""
@@ -192,7 +237,11 @@ class Swarm:
                 located = self._locate(list(cids))
             except PortalError as exc:  # the hub is down: every edge is asked instead
                 log.info("locations: %s; asking every edge", exc)
-        return self._run(self._get_many, list(cids), located)
+        try:
+            return self._run(self._get_many, list(cids), located)  # type: ignore[no-any-return]
+        finally:
+            if self._damaged:
+                self.report_damage()
 
     async def _get_many(self, cids: list[bytes], located: dict[bytes, list[bytes]] | None) -> dict[bytes, bytes]:
         found: dict[bytes, bytes] = {}
@@ -213,25 +262,38 @@ class Swarm:
 
     # PUT
 
-    def push(self, objects: Callable[[bytes], bytes], cids: Sequence[bytes], replicas: int) -> Placement:
+    def push(
+        self, objects: Callable[[bytes], bytes], cids: Sequence[bytes], replicas: int, verify: bool = False
+    ) -> Placement:
         """Make every id held by ``replicas`` edges that answer; ``objects(cid)`` reads one (on a worker thread).
 
         Edges that do not answer count for nothing, so pushing what is already
-        placed copies what a lost edge held to others (self-healing).
+        placed copies what a lost edge held to others (self-healing). With
+        ``verify`` (a repair), an edge counts only the copies it read back
+        intact (VERIFY, not HAVE), and removes a damaged one, so it is replaced.
         Raises Unreachable if some id could not reach ``replicas`` edges.
         """
-        return self._run(self._push, objects, list(cids), replicas)  # type: ignore[no-any-return]
+        return self._run(self._push, objects, list(cids), replicas, verify)  # type: ignore[no-any-return]
 
-    async def _push(self, objects: Callable[[bytes], bytes], cids: list[bytes], replicas: int) -> Placement:
+    async def _push(
+        self, objects: Callable[[bytes], bytes], cids: list[bytes], replicas: int, verify: bool
+    ) -> Placement:
         keys = [a.key for a in self.addresses]
         if len(keys) < replicas:
             raise Unreachable(f"{replicas} replicas need {replicas} edges; this device knows {len(keys)}")
         holders: dict[bytes, set[bytes]] = {cid: set() for cid in cids}
+        damaged = 0
 
         async def ask(key: bytes) -> None:
+            nonlocal damaged
             try:
                 client = await self._client(key)
-                for cid, present in zip(cids, await client.have(cids), strict=True):
+                if verify:
+                    held, intact = await client.have(cids), await client.verify(cids)
+                    damaged += sum(h and not i for h, i in zip(held, intact, strict=True))
+                else:
+                    intact = await client.have(cids)
+                for cid, present in zip(cids, intact, strict=True):
                     if present:
                         holders[cid].add(key)
             except PortalError as exc:
@@ -277,7 +339,7 @@ class Swarm:
         for cid, held in holders.items():
             for key in held:
                 by_edge.setdefault(key, []).append(cid)
-        return Placement(by_edge, copies)
+        return Placement(by_edge, copies, damaged)
 
     def stat(self) -> list[dict[str, Any]]:
         return self._run(self._stat)

@@ -20,7 +20,18 @@ from typing import Any
 
 from ..device import Device, Unlocked
 from ..edge.client import EdgeAddress
-from ..errors import Conflict, IntegrityError, MissingObject, PortalBusy, UsageError
+from ..edge.upkeep import HAVE_TRUST_SECONDS
+from ..errors import (
+    Conflict,
+    CorruptObject,
+    IntegrityError,
+    MissingObject,
+    PortalBusy,
+    PortalError,
+    Unreachable,
+    UsageError,
+)
+from ..hub.state import CLOSED_STATES
 from ..ingest import tree_totals
 from ..keys import DOMAIN_AGREEMENT, DeviceCertificate, verify_signature
 from ..merge import conflict_name, merge_trees
@@ -31,7 +42,7 @@ from ..sealing import ChunkRef
 from ..state import PortalRow, VersionRow
 from .cache import FetchCache, cache_limit
 from .grants import Grant, open_keyring, seal_keyring, unwrap_for_identity, wrap_for_identity
-from .store import FabricStore
+from .store import FabricStore, heal_local
 from .swarm import Placement, Swarm
 
 __all__ = [
@@ -49,6 +60,7 @@ log = logging.getLogger("portal.sync")
 META = "fabric"
 DEFAULT_REPLICAS = 2
 KEYRING_ATTEMPTS = 5  # compare-and-swap rounds before giving up on a busy keyring
+PLACE_ATTEMPTS = 3  # pushes in a row whose HAVE answers were too old when their locations were recorded
 
 
 @dataclass
@@ -90,8 +102,13 @@ def save_config(device: Device, config: FabricConfig) -> None:
 
 
 def followed_portals(device: Device) -> list[PortalRow]:
-    """The portals sync keeps up to date: all but those opened from a link (read-only, refreshed by `open`)."""
-    return [row for row in device.state.portals() if not device.state.get_meta(f"link:{row.id.hex()}")]
+    """The portals sync keeps up to date: all but those opened from a link (read-only, refreshed by `open`)
+    and those this device deleted at the hub (until `portal restore`)."""
+    return [
+        row
+        for row in device.state.portals()
+        if not device.state.get_meta(f"link:{row.id.hex()}") and not device.state.get_meta(f"deleted:{row.id.hex()}")
+    ]
 
 
 def published_version(device: Device, portal: bytes) -> int:
@@ -164,7 +181,8 @@ class Fabric:
 
     def _open_swarm(self) -> Swarm:
         locate = self.hub.locations if self.hub is not None else None
-        return Swarm(self.edges(), self.secrets.device, self.cert, locate).start()
+        report = self.hub.report_damage if self.hub is not None else None
+        return Swarm(self.edges(), self.secrets.device, self.cert, locate, report).start()
 
     def attach(self, keep: bool = True) -> None:
         """Make the device's store fetch what it lacks from the edges (and, with ``keep``, keep it).
@@ -178,7 +196,13 @@ class Fabric:
     # joining a hub
 
     def join(self) -> dict[str, Any]:
-        """Enroll this device, publish the agreement key, and merge portals both ways with the keyring."""
+        """Enroll this device, publish the agreement key, and merge portals both ways with the keyring.
+
+        What the join saves on this device (the portals it adopts, the hub and
+        edges in the configuration) is saved in one transaction, or nothing is.
+        Then each added portal is pulled on its own: one that fails (closed at
+        the hub, its key gone) is named in ``failed`` and the others go on.
+        """
         hub = self._require_hub()
         identity = self.secrets.identity
         hub.enroll(self.cert)
@@ -187,11 +211,18 @@ class Fabric:
         for row in self.device.state.portals():
             if self._grant_owner(row) == identity.public:
                 hub.call("PUT", f"/v1/portals/{row.id.hex()}", {})
-        added = self.merge_keyring()
-        added += self.accept_shares()
+        with self.device.state.transaction():
+            added = self.merge_keyring()
+            added += self.accept_shares()
+            save_config(self.device, self.config)
+        failed = {}
         for name in added:
-            self.pull(PortalView.open(self.device, name, self.secrets))
-        return {"hub": hub.url, "portals_added": added, "edges": len(self.edges())}
+            try:
+                self.pull(PortalView.open(self.device, name, self.secrets))
+            except PortalError as exc:
+                log.warning("%s: %s", name, exc)
+                failed[name] = str(exc)
+        return {"hub": hub.url, "portals_added": added, "edges": len(self.edges()), "failed": failed}
 
     def refresh(self) -> list[str]:
         """Adopt the keyring's portals and the shares accepted since; return the names added."""
@@ -268,23 +299,29 @@ class Fabric:
         return added
 
     def accept_shares(self) -> list[str]:
-        """Add the portals other identities shared with this one."""
+        """Add the portals other identities shared with this one; one that fails is logged and skipped."""
         hub = self._require_hub()
         added = []
         for info in hub.call("GET", "/v1/portals"):
             portal = bytes.fromhex(info["id"])
             if info["role"] == "owner" or any(row.id == portal for row in self.device.state.portals()):
                 continue
-            if info["state"] in ("expired", "deactivated"):
+            if info["state"] in CLOSED_STATES:
                 continue
-            me = self.secrets.identity.public.hex()
-            members = hub.call("GET", f"/v1/portals/{info['id']}/members")
-            wrapped = next((m["wrapped"] for m in members if m["identity"] == me), None)
-            if wrapped is None:
-                continue
-            grant = unwrap_for_identity(self.secrets.identity, portal, bytes.fromhex(wrapped))
-            added.append(self.adopt_grant(portal, grant))
+            try:
+                added += self._accept_share(portal)
+            except PortalError as exc:  # unshared or closed meanwhile, a grant that does not open
+                log.warning("portal %s shared with this identity: %s", info["id"][:16], exc)
         return added
+
+    def _accept_share(self, portal: bytes) -> list[str]:
+        me = self.secrets.identity.public.hex()
+        members = self._require_hub().call("GET", f"/v1/portals/{portal.hex()}/members")
+        wrapped = next((m["wrapped"] for m in members if m["identity"] == me), None)
+        if wrapped is None:
+            return []
+        grant = unwrap_for_identity(self.secrets.identity, portal, bytes.fromhex(wrapped))
+        return [self.adopt_grant(portal, grant)]
 
     def adopt_grant(self, portal: bytes, grant: Grant) -> str:
         name = self._free_name(grant.name)
@@ -484,27 +521,37 @@ class Fabric:
         return {"published": len(pending), "objects": len(cids)}
 
     def repair(self, view: PortalView) -> dict[str, int]:
-        """Bring every object of the published versions back to ``replicas`` edges that answer (self-healing).
+        """Bring every object of the published versions back to ``replicas`` intact copies on edges that answer.
 
-        What a lost edge held is copied from the local store, or fetched from a
-        replica that is left; the hub learns the new locations.
+        Each edge reads back and hashes what it counts (VERIFY) and removes a
+        damaged copy; what a lost edge held, or a damaged copy, is copied from
+        the local store, or fetched from a replica that is intact (a damaged
+        local copy is replaced by it); the hub learns the new locations.
         """
         published = published_version(self.device, view.row.id)
         versions = [v for v in self.device.state.versions(view.row.id) if v.version <= published]
         cids = self._objects(view, versions)
         local = self.device.store_local
+        healed = 0
 
         def read(cid: bytes) -> bytes:
+            nonlocal healed
             try:
                 return local.get(cid)
             except MissingObject:
                 return self.swarm.get(cid)  # verified against its id by the edge client
+            except CorruptObject as exc:
+                log.warning("%s; replacing it with a copy from the edges", exc)
+                data = self.swarm.get(cid)
+                heal_local(local, cid, data)
+                healed += 1
+                return data
 
-        placement = self._place(view, cids, read)
+        placement = self._place(view, cids, read, verify=True)
         if placement.copies:
             log.info("%s: %d copies made to bring %d objects back to %d edges", view.row.name, placement.copies,
                      len(cids), self.config.replicas)  # fmt: skip
-        return {"checked": len(cids), "copied": placement.copies}
+        return {"checked": len(cids), "copied": placement.copies, "damaged": placement.damaged, "healed": healed}
 
     def _objects(self, view: PortalView, versions: list[VersionRow]) -> list[bytes]:
         objects: set[bytes] = set()
@@ -526,13 +573,28 @@ class Fabric:
         finally:
             self.device.attach_store(previous)
 
-    def _place(self, view: PortalView, cids: list[bytes], read: Callable[[bytes], bytes]) -> Placement:
-        """Put ``cids`` on ``replicas`` edges and record where they are at the hub."""
+    def _place(
+        self, view: PortalView, cids: list[bytes], read: Callable[[bytes], bytes], verify: bool = False
+    ) -> Placement:
+        """Put ``cids`` on ``replicas`` edges and record where they are at the hub.
+
+        The locations of what a HAVE (or VERIFY) found are recorded within
+        HAVE_TRUST_SECONDS of it, or the edges are asked again: an edge deletes
+        garbage only after holding it condemned longer (section 13, "Garbage"),
+        so a copy this device counted on cannot be deleted before the hub knows.
+        """
         hub = self._require_hub()
-        placement = self.swarm.push(read, cids, self.config.replicas)
-        for edge, held in placement.held.items():
-            hub.add_locations(view.row.id, edge, held)
-        return placement
+        copies = damaged = 0
+        for _attempt in range(PLACE_ATTEMPTS):
+            asked = time.monotonic()
+            placement = self.swarm.push(read, cids, self.config.replicas, verify)
+            for edge, held in placement.held.items():
+                hub.add_locations(view.row.id, edge, held)
+            copies, damaged = copies + placement.copies, damaged + placement.damaged
+            if time.monotonic() - asked < HAVE_TRUST_SECONDS:
+                return Placement(placement.held, copies, damaged)
+            log.info("%s: placing took over %.0f s; asking the edges again", view.row.name, HAVE_TRUST_SECONDS)
+        raise Unreachable(f"portal {view.row.name!r}: the edges are too slow to place its objects; try again")
 
     def sync(self, view: PortalView) -> dict[str, Any]:
         if self._grant_owner(view.row) == self.secrets.identity.public:

@@ -119,6 +119,11 @@ ROUTES: list[RouteSpec] = [
               lambda s, c, p, b, now: s.portal_info(c, _portal(p), now)),
     RouteSpec("PATCH", "/v1/portals/{portal}", "Set a portal's expiry or (de)activate it (owner only)",
               lambda s, c, p, b, now: s.set_policy(c, _portal(p), _policy(b, ("expires_ns", "active")), now)),
+    RouteSpec("DELETE", "/v1/portals/{portal}", "Delete a portal (owner only): closed at once, restorable "
+              "until its grace period ends, when its objects are released",
+              lambda s, c, p, b, now: s.delete_portal(c, _portal(p), now)),
+    RouteSpec("POST", "/v1/portals/{portal}/restore", "Undo a deletion or an expiry within the grace period",
+              lambda s, c, p, b, now: s.restore_portal(c, _portal(p), now)),
     RouteSpec("POST", "/v1/portals/{portal}/roots", "Publish a root record: compare-and-swap on its parent",
               lambda s, c, p, b, now: s.publish(c, _portal(p), _hex(b["record"]), now)),
     RouteSpec("GET", "/v1/portals/{portal}/roots", "Root records after version ?after=N, oldest first",
@@ -149,10 +154,14 @@ ROUTES: list[RouteSpec] = [
               lambda s, c, p, b, now: s.edges(now)),
     RouteSpec("GET", "/v1/directory/devices", "Every enrolled device and whether it is revoked (edges only)",
               lambda s, c, p, b, now: s.device_directory(c)),
-    RouteSpec("GET", "/v1/edges/garbage", "Ids this edge holds only for expired or deactivated portals",
+    RouteSpec("POST", "/v1/damage", "Report copies on an edge whose bytes did not match their ids",
+              lambda s, c, p, b, now: s.report_damage(c, _hex(b["edge"], 32, "edge key"), _ids(b["cids"]), now)),
+    RouteSpec("GET", "/v1/edges/garbage", "Ids this edge holds only for portals whose grace period has ended",
               lambda s, c, p, b, now: s.garbage(c, now)),
     RouteSpec("POST", "/v1/edges/forget", "The calling edge deleted these ids",
-              lambda s, c, p, b, now: s.forget_locations(c, _ids(b["cids"]))),
+              lambda s, c, p, b, now: s.forget_locations(c, _ids(b["cids"]), now)),
+    RouteSpec("GET", "/v1/edges/suspects", "Copies on this edge that readers reported damaged (each handed once)",
+              lambda s, c, p, b, now: s.take_suspects(c)),
 ]  # fmt: skip
 
 
@@ -175,7 +184,7 @@ def openapi() -> dict[str, Any]:
                 "403": {"description": "not allowed to this identity"},
                 "404": {"description": "not found"},
                 "409": {"description": "stale parent or version: the body carries the head"},
-                "410": {"description": "expired, deactivated, revoked or used up"},
+                "410": {"description": "expired, deactivated, deleted, released, revoked or used up"},
             },
         }
     paths["/v1/portals/{portal}/events"] = {

@@ -17,20 +17,27 @@ from ..keys import DeviceKey
 from ..store.base import ObjectStore
 from .auth import sign_request
 
-__all__ = ["HubClient", "EdgeDirectory", "HubConflict"]
+__all__ = ["HubClient", "EdgeDirectory", "HubConflict", "HubRefused"]
 
 log = logging.getLogger("portal.hub")
 
 TIMEOUT = httpx.Timeout(10.0, read=40.0)  # reads cover the 25 s long-poll
 HEARTBEAT_SECONDS = 15.0
 DIRECTORY_SECONDS = 10.0
-GARBAGE_SECONDS = 60.0
 
 
 class HubConflict(Conflict):
     def __init__(self, message: str, extra: dict[str, Any]) -> None:
         super().__init__(message)
         self.extra = extra
+
+
+class HubRefused(Refused):
+    """The hub refused (401, 403, 410): ``code`` is its stable error code, e.g. ``deleted`` or ``revoked``."""
+
+    def __init__(self, message: str, code: str) -> None:
+        super().__init__(message)
+        self.code = code
 
 
 def _error(url: str, response: httpx.Response) -> PortalError:
@@ -45,7 +52,7 @@ def _error(url: str, response: httpx.Response) -> PortalError:
     if response.status_code == 404:
         return NotFound(text)
     if response.status_code in (401, 403, 410):
-        return Refused(text)
+        return HubRefused(text, str(code))
     return Refused(f"{text} ({code}, HTTP {response.status_code})")
 
 
@@ -111,6 +118,10 @@ class HubClient:
             found.update({bytes.fromhex(k): [bytes.fromhex(e) for e in v] for k, v in answer.items()})
         return found
 
+    def report_damage(self, edge: bytes, cids: list[bytes]) -> None:
+        for start in range(0, len(cids), 5000):
+            self.call("POST", "/v1/damage", {"edge": edge.hex(), "cids": [c.hex() for c in cids[start : start + 5000]]})
+
     def add_locations(self, portal: bytes, edge: bytes, cids: list[bytes]) -> None:
         for start in range(0, len(cids), 5000):
             batch = [c.hex() for c in cids[start : start + 5000]]
@@ -155,17 +166,25 @@ class EdgeDirectory:
         url, body, headers = self._signer.prepare(method, path, payload)
         return self._signer.result(await http.request(method, url, content=body, headers=headers))
 
+    async def request(self, method: str, path: str, payload: dict[str, Any] | None = None) -> Any:
+        """One signed request as this edge (for the garbage pass: section 13, "Garbage")."""
+        async with httpx.AsyncClient(timeout=TIMEOUT) as http:
+            try:
+                return await self._call(http, method, path, payload)
+            except httpx.HTTPError as exc:
+                raise Unreachable(f"hub {self._signer.url}: {exc}") from exc
+
     async def run(
         self,
         address: str,
         transports: tuple[str, ...],
         store: ObjectStore,
-        delete: Callable[[bytes], None],
+        check: Callable[[list[bytes]], list[bool]],
         *,
         task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED,
     ) -> None:
-        """Register, then heartbeat, refresh the device directory and ``delete`` garbage, until cancelled."""
-        next_garbage = 0.0
+        """Register, then heartbeat, refresh the device directory and ``check`` the copies readers reported
+        damaged, until cancelled."""
         started = False
         async with httpx.AsyncClient(timeout=TIMEOUT) as http:
             while True:
@@ -181,21 +200,14 @@ class EdgeDirectory:
                     with self._lock:
                         self._devices = {bytes.fromhex(k): v for k, v in devices.items()}
                         self._last_refresh = time.monotonic()
-                    if trio.current_time() >= next_garbage:
-                        next_garbage = trio.current_time() + GARBAGE_SECONDS
-                        await self._collect(http, delete)
+                    suspects = [bytes.fromhex(c) for c in await self._call(http, "GET", "/v1/edges/suspects", None)]
+                    if suspects:
+                        intact = await trio.to_thread.run_sync(check, suspects)
+                        log.info("checked %d copies readers reported damaged: %d were (removed)", len(suspects),
+                                 intact.count(False))  # fmt: skip
                 except (PortalError, httpx.HTTPError) as exc:
                     log.warning("hub: %s", exc)
                 if not started:
                     started = True
                     task_status.started()
                 await trio.sleep(min(HEARTBEAT_SECONDS, DIRECTORY_SECONDS))
-
-    async def _collect(self, http: httpx.AsyncClient, delete: Callable[[bytes], None]) -> None:
-        garbage = [bytes.fromhex(c) for c in await self._call(http, "GET", "/v1/edges/garbage", None)]
-        if not garbage:
-            return
-        for cid in garbage:
-            await trio.to_thread.run_sync(delete, cid)
-        await self._call(http, "POST", "/v1/edges/forget", {"cids": [c.hex() for c in garbage]})
-        log.info("deleted %d objects of expired portals", len(garbage))

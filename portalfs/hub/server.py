@@ -13,7 +13,7 @@ from hypercorn.trio import serve
 
 from ..net import stop_signal
 from .app import make_app
-from .state import HubState
+from .state import DEFAULT_GRACE_NS, HubState
 
 __all__ = ["run_hub"]
 
@@ -26,10 +26,14 @@ async def run_hub(
     port: int,
     until: Callable[[], Awaitable[object]] | None = None,
     *,
+    grace_ns: int = DEFAULT_GRACE_NS,
     task_status: trio.TaskStatus[int] = trio.TASK_STATUS_IGNORED,
 ) -> None:
-    """Serve until ``until()`` returns (default: SIGTERM or SIGINT); ``task_status.started(port)``."""
-    state = HubState(db)
+    """Serve until ``until()`` returns (default: SIGTERM or SIGINT); ``task_status.started(port)``.
+
+    ``grace_ns``: how long a deleted or expired portal stays restorable before its objects are released.
+    """
+    state = HubState(db, grace_ns)
     config = Config()
     config.bind = [f"[{host}]:{port}" if ":" in host else f"{host}:{port}"]
     config.accesslog = None

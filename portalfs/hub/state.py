@@ -8,6 +8,7 @@ hub stores opens a byte of content (docs/design.md, "Threat model").
 
 from __future__ import annotations
 
+import logging
 import re
 import sqlite3
 import threading
@@ -22,10 +23,13 @@ from ..keys import DOMAIN_AGREEMENT, DOMAIN_REVOKE, DeviceCertificate, verify_si
 from ..root import RootRecord
 from .auth import CLOCK_SKEW_NS
 
-__all__ = ["HubState", "HubRefusal", "Caller", "EDGE_LIVE_NS"]
+__all__ = ["HubState", "HubRefusal", "Caller", "EDGE_LIVE_NS", "DEFAULT_GRACE_NS", "CLOSED_STATES"]
 
 EDGE_LIVE_NS = 60 * 10**9  # an edge without a heartbeat for this long leaves the directory
 MAX_LOCATIONS = 10_000  # ids in one locations request
+DEFAULT_GRACE_NS = 7 * 86400 * 10**9  # a deleted or expired portal's objects are kept this long (restorable)
+MAX_SUSPECTS = 1000  # damaged copies handed to an edge in one answer
+CLOSED_STATES = ("expired", "deactivated", "deleted")  # no reads, no writes; the data stays (section 13)
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS identities (identity BLOB PRIMARY KEY, agreement BLOB, agreement_sig BLOB,
@@ -35,7 +39,7 @@ CREATE TABLE IF NOT EXISTS devices (device BLOB PRIMARY KEY, identity BLOB NOT N
 CREATE TABLE IF NOT EXISTS nonces (nonce BLOB PRIMARY KEY, time_ns INTEGER NOT NULL);
 CREATE TABLE IF NOT EXISTS keyrings (identity BLOB PRIMARY KEY, version INTEGER NOT NULL, blob BLOB NOT NULL);
 CREATE TABLE IF NOT EXISTS portals (id BLOB PRIMARY KEY, owner BLOB NOT NULL, created_ns INTEGER NOT NULL,
-    expires_ns INTEGER, deactivated_ns INTEGER);
+    expires_ns INTEGER, deactivated_ns INTEGER, deleted_ns INTEGER);
 CREATE TABLE IF NOT EXISTS members (portal BLOB NOT NULL, identity BLOB NOT NULL, wrapped BLOB NOT NULL,
     write INTEGER NOT NULL, PRIMARY KEY (portal, identity));
 CREATE TABLE IF NOT EXISTS roots (portal BLOB NOT NULL, version INTEGER NOT NULL, record BLOB NOT NULL,
@@ -48,6 +52,8 @@ CREATE TABLE IF NOT EXISTS edges (key BLOB PRIMARY KEY, address TEXT NOT NULL, t
 CREATE TABLE IF NOT EXISTS locations (cid BLOB NOT NULL, edge BLOB NOT NULL, portal BLOB NOT NULL,
     PRIMARY KEY (cid, edge, portal)) WITHOUT ROWID;
 CREATE INDEX IF NOT EXISTS locations_portal ON locations (portal);
+CREATE TABLE IF NOT EXISTS suspects (cid BLOB NOT NULL, edge BLOB NOT NULL, reported_ns INTEGER NOT NULL,
+    PRIMARY KEY (cid, edge)) WITHOUT ROWID;
 """
 
 
@@ -65,6 +71,8 @@ class Caller:
     identity: bytes | None  # None: the caller is an edge (or an unenrolled device)
 
 
+log = logging.getLogger("portal.hub")
+
 WINDOW = re.compile(r"([01]\d|2[0-3]):[0-5]\d-([01]\d|2[0-3]):[0-5]\d")  # a link's daily window, UTC
 
 
@@ -78,11 +86,18 @@ def _window_allows(window: str | None, now_ns: int) -> bool:
 
 
 class HubState:
-    def __init__(self, path: Path) -> None:
+    """``grace_ns``: how long a deleted or expired portal can be restored; its objects are released after."""
+
+    def __init__(self, path: Path, grace_ns: int = DEFAULT_GRACE_NS) -> None:
+        self.grace_ns = grace_ns
         self._db = sqlite3.connect(path, check_same_thread=False, isolation_level=None)
         self._db.execute("PRAGMA journal_mode=WAL")
         self._db.execute("PRAGMA synchronous=FULL")
+        self._db.execute("PRAGMA busy_timeout=10000")
         self._db.executescript(_SCHEMA)
+        columns = {row[1] for row in self._db.execute("PRAGMA table_info(portals)")}
+        if "deleted_ns" not in columns:  # a hub database from before deletion existed
+            self._db.execute("ALTER TABLE portals ADD COLUMN deleted_ns INTEGER")
         self._lock = threading.Lock()
 
     def close(self) -> None:
@@ -238,20 +253,41 @@ class HubState:
 
     # portals
 
-    def _portal(self, portal: bytes) -> tuple[bytes, int, int | None, int | None]:
-        row = self._one("SELECT owner, created_ns, expires_ns, deactivated_ns FROM portals WHERE id = ?", portal)
+    def _portal(self, portal: bytes) -> tuple[bytes, int, int | None, int | None, int | None]:
+        row = self._one(
+            "SELECT owner, created_ns, expires_ns, deactivated_ns, deleted_ns FROM portals WHERE id = ?", portal
+        )
         if row is None:
             raise HubRefusal(404, "not-found", f"no portal {portal.hex()} at this hub")
         return row  # type: ignore[no-any-return]
 
     def portal_state(self, portal: bytes, now_ns: int) -> str:
-        _, _, expires, deactivated = self._portal(portal)
+        _, _, expires, deactivated, deleted = self._portal(portal)
+        if deleted is not None:
+            return "deleted"
         if deactivated is not None:
             return "deactivated"
         if expires is not None and now_ns >= expires:
             return "expired"
         has_root = self._one("SELECT 1 FROM roots WHERE portal = ? LIMIT 1", portal) is not None
         return "active" if has_root else "created"
+
+    def release_ns(self, portal: bytes) -> int | None:
+        """When the portal's objects are released to the edges' garbage collection: the end of the grace
+        period after its deletion or expiry; None while neither is set. Deactivation never releases them."""
+        _, _, expires, _, deleted = self._portal(portal)
+        ends = [t + self.grace_ns for t in (expires, deleted) if t is not None]
+        return min(ends) if ends else None
+
+    def _released(self, now_ns: int) -> list[bytes]:
+        """Portals whose grace period has ended."""
+        rows = self._all(
+            "SELECT id FROM portals WHERE (deleted_ns IS NOT NULL AND deleted_ns <= ?) "
+            "OR (expires_ns IS NOT NULL AND expires_ns <= ?)",
+            now_ns - self.grace_ns,
+            now_ns - self.grace_ns,
+        )
+        return [r[0] for r in rows]
 
     def _access(self, caller: Caller, portal: bytes, now_ns: int, write: bool = False) -> bytes:
         """The portal's owner; raise unless the caller may read (or write) it now."""
@@ -264,9 +300,13 @@ class HubState:
                     403, "forbidden", "this identity may not " + ("write" if write else "read") + " the portal"
                 )
         state = self.portal_state(portal, now_ns)
-        if state in ("expired", "deactivated"):
+        if state in CLOSED_STATES:
             raise HubRefusal(410, state, f"the portal is {state}")
         return bytes(owner)
+
+    def _require_owner(self, caller: Caller, portal: bytes, what: str) -> None:
+        if self._portal(portal)[0] != self.require_device(caller):
+            raise HubRefusal(403, "forbidden", f"only the portal's owner {what}")
 
     def create_portal(self, caller: Caller, portal: bytes, expires_ns: int | None, now_ns: int) -> None:
         identity = self.require_device(caller)
@@ -283,9 +323,9 @@ class HubState:
                     raise HubRefusal(409, "exists", "a portal with this id already exists")
 
     def set_policy(self, caller: Caller, portal: bytes, fields: dict[str, Any], now_ns: int) -> dict[str, Any]:
-        identity = self.require_device(caller)
-        if self._portal(portal)[0] != identity:
-            raise HubRefusal(403, "forbidden", "only the portal's owner sets its policy")
+        self._require_owner(caller, portal, "sets its policy")
+        if self.portal_state(portal, now_ns) == "deleted":
+            raise HubRefusal(410, "deleted", "the portal is deleted: restore it first")
         with self._txn() as db:
             if "expires_ns" in fields:
                 db.execute("UPDATE portals SET expires_ns = ? WHERE id = ?", (fields["expires_ns"], portal))
@@ -296,9 +336,29 @@ class HubState:
                 )
         return self.portal_info(caller, portal, now_ns)
 
+    def delete_portal(self, caller: Caller, portal: bytes, now_ns: int) -> dict[str, Any]:
+        """Close the portal to everyone and release its objects once the grace period ends (restorable until)."""
+        self._require_owner(caller, portal, "deletes it")
+        with self._txn() as db:
+            db.execute("UPDATE portals SET deleted_ns = coalesce(deleted_ns, ?) WHERE id = ?", (now_ns, portal))
+        return self.portal_info(caller, portal, now_ns)
+
+    def restore_portal(self, caller: Caller, portal: bytes, now_ns: int) -> dict[str, Any]:
+        """Undo a deletion, and an expiry that passed, while the grace period lasts."""
+        self._require_owner(caller, portal, "restores it")
+        expires = self._portal(portal)[2]
+        release = self.release_ns(portal)
+        if release is not None and now_ns >= release:
+            raise HubRefusal(410, "released", "the portal's grace period is over: its objects were released")
+        with self._txn() as db:
+            db.execute("UPDATE portals SET deleted_ns = NULL WHERE id = ?", (portal,))
+            if expires is not None and now_ns >= expires:
+                db.execute("UPDATE portals SET expires_ns = NULL WHERE id = ?", (portal,))
+        return self.portal_info(caller, portal, now_ns)
+
     def portal_info(self, caller: Caller, portal: bytes, now_ns: int) -> dict[str, Any]:
         identity = self.require_device(caller)
-        owner, created, expires, _ = self._portal(portal)
+        owner, created, expires, _, deleted = self._portal(portal)
         member = self._one("SELECT write FROM members WHERE portal = ? AND identity = ?", portal, identity)
         if owner != identity and member is None:
             raise HubRefusal(403, "forbidden", "this identity may not read the portal")
@@ -309,6 +369,8 @@ class HubState:
             "created_ns": created,
             "expires_ns": expires,
             "state": self.portal_state(portal, now_ns),
+            "deleted_ns": deleted,
+            "release_ns": self.release_ns(portal),
             "head": head or 0,
             "role": "owner" if owner == identity else ("writer" if member[0] else "reader"),
         }
@@ -369,16 +431,12 @@ class HubState:
     def set_member(
         self, caller: Caller, portal: bytes, member: bytes, wrapped: bytes, write: bool, now_ns: int
     ) -> None:
-        identity = self.require_device(caller)
-        if self._portal(portal)[0] != identity:
-            raise HubRefusal(403, "forbidden", "only the portal's owner shares it")
+        self._require_owner(caller, portal, "shares it")
         with self._txn() as db:
             db.execute("INSERT OR REPLACE INTO members VALUES (?, ?, ?, ?)", (portal, member, wrapped, int(write)))
 
     def remove_member(self, caller: Caller, portal: bytes, member: bytes) -> None:
-        identity = self.require_device(caller)
-        if self._portal(portal)[0] != identity:
-            raise HubRefusal(403, "forbidden", "only the portal's owner unshares it")
+        self._require_owner(caller, portal, "unshares it")
         with self._txn() as db:
             if db.execute("DELETE FROM members WHERE portal = ? AND identity = ?", (portal, member)).rowcount == 0:
                 raise HubRefusal(404, "not-found", "that identity is not a member")
@@ -393,9 +451,7 @@ class HubState:
     # links
 
     def create_link(self, caller: Caller, portal: bytes, link: bytes, wrapped: bytes, policy: dict[str, Any]) -> None:
-        identity = self.require_device(caller)
-        if self._portal(portal)[0] != identity:
-            raise HubRefusal(403, "forbidden", "only the portal's owner makes links")
+        self._require_owner(caller, portal, "makes links")
         with self._txn() as db:
             db.execute(
                 "INSERT INTO links (id, portal, wrapped, expires_ns, max_downloads, window) VALUES (?, ?, ?, ?, ?, ?)",
@@ -429,8 +485,10 @@ class HubState:
                 raise HubRefusal(410, "exhausted", f"the link's {max_downloads} downloads are used up")
             if not _window_allows(window, now_ns):
                 raise HubRefusal(403, "outside-window", f"the link opens only during {window} UTC")
-            prow = db.execute("SELECT expires_ns, deactivated_ns FROM portals WHERE id = ?", (portal,)).fetchone()
-            if prow[1] is not None or (prow[0] is not None and now_ns >= prow[0]):
+            prow = db.execute(
+                "SELECT expires_ns, deactivated_ns, deleted_ns FROM portals WHERE id = ?", (portal,)
+            ).fetchone()
+            if prow[1] is not None or prow[2] is not None or (prow[0] is not None and now_ns >= prow[0]):
                 raise HubRefusal(410, "expired", "the portal is no longer available")
             db.execute("UPDATE links SET downloads = downloads + 1 WHERE id = ?", (link,))
             records = db.execute("SELECT record FROM roots WHERE portal = ? ORDER BY version", (portal,)).fetchall()
@@ -474,26 +532,59 @@ class HubState:
         return found
 
     def garbage(self, caller: Caller, now_ns: int) -> list[str]:
-        """Ids this edge holds only for portals that have expired or been deactivated."""
+        """Ids this edge holds only for portals whose grace period after deletion or expiry has ended.
+
+        An id that any other portal's locations name is never garbage, whatever
+        that portal's state: a deactivated portal keeps every object. The edge
+        deletes what it is told only after holding the ids condemned and asking
+        again (section 13, "Garbage"), so a location recorded meanwhile saves it.
+        """
         self.require_edge(caller)
-        dead = [
-            row[0]
-            for row in self._all("SELECT id FROM portals")
-            if self.portal_state(row[0], now_ns) in ("expired", "deactivated")
-        ]
-        if not dead:
+        released = self._released(now_ns)
+        if not released:
             return []
-        marks = ",".join("?" * len(dead))
+        marks = ",".join("?" * len(released))
         rows = self._all(
             f"SELECT DISTINCT cid FROM locations WHERE edge = ? AND portal IN ({marks}) AND cid NOT IN "
             f"(SELECT cid FROM locations WHERE portal NOT IN ({marks}))",
             caller.key,
-            *dead,
-            *dead,
+            *released,
+            *released,
         )
         return [r[0].hex() for r in rows]
 
-    def forget_locations(self, caller: Caller, cids: list[bytes]) -> None:
+    def forget_locations(self, caller: Caller, cids: list[bytes], now_ns: int) -> None:
+        """The edge deleted ``cids``: forget where released portals had them there (other portals' rows stay)."""
+        self.require_edge(caller)
+        released = self._released(now_ns)
+        if not released:
+            return
+        marks = ",".join("?" * len(released))
+        with self._txn() as db:
+            db.executemany(
+                f"DELETE FROM locations WHERE cid = ? AND edge = ? AND portal IN ({marks})",
+                [(c, caller.key, *released) for c in cids],
+            )
+
+    # damaged copies
+
+    def report_damage(self, caller: Caller, edge: bytes, cids: list[bytes], now_ns: int) -> None:
+        """A device read copies on ``edge`` that did not match their ids: the edge is asked to check them."""
+        self.require_device(caller)
+        if len(cids) > MAX_LOCATIONS:
+            raise HubRefusal(413, "too-large", f"at most {MAX_LOCATIONS} ids per request")
+        log.warning(
+            "edge %s: %d damaged copies reported by device %s", edge.hex()[:16], len(cids), caller.key.hex()[:16]
+        )
+        with self._txn() as db:
+            db.executemany("INSERT OR IGNORE INTO suspects VALUES (?, ?, ?)", [(c, edge, now_ns) for c in cids])
+
+    def take_suspects(self, caller: Caller) -> list[str]:
+        """The copies readers reported damaged on this edge, handed over once: the edge checks each itself."""
         self.require_edge(caller)
         with self._txn() as db:
-            db.executemany("DELETE FROM locations WHERE cid = ? AND edge = ?", [(c, caller.key) for c in cids])
+            rows = db.execute(
+                "SELECT cid FROM suspects WHERE edge = ? ORDER BY reported_ns LIMIT ?", (caller.key, MAX_SUSPECTS)
+            ).fetchall()
+            db.executemany("DELETE FROM suspects WHERE cid = ? AND edge = ?", [(r[0], caller.key) for r in rows])
+        return [r[0].hex() for r in rows]

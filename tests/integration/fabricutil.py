@@ -7,6 +7,7 @@ import re
 import signal
 import subprocess
 import sys
+import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -52,6 +53,24 @@ class FabricLab:
     def edge_address(self, i: int) -> str:
         return self.edges[i].line.split()[2]
 
+    def edge_objects(self, i: int) -> list[Path]:
+        """The object files edge ``i`` stores."""
+        return sorted(p for p in (self.edges[i].data / "store" / "objects").rglob("*") if p.is_file())
+
+
+def log_lines(server: Server, text: str) -> int:
+    """How many lines of the server's log contain ``text``."""
+    return sum(text in line for line in server.data.with_suffix(".log").read_text(errors="replace").splitlines())
+
+
+def wait_for_log(server: Server, text: str, count: int = 1, timeout: float = 60.0) -> None:
+    """Wait until ``count`` lines of the server's log contain ``text`` (polled, bounded by ``timeout``)."""
+    deadline = time.monotonic() + timeout
+    while log_lines(server, text) < count:
+        if time.monotonic() > deadline:
+            raise AssertionError(f"{count} log lines with {text!r} did not come within {timeout:.0f} s")
+        time.sleep(0.1)
+
 
 def start(args: list[str], data: Path, enter: Callable[[], None] | None = None) -> Server:
     """Start a server (in the namespace ``enter`` moves it to) and wait for its one ready line on stdout."""
@@ -73,8 +92,17 @@ def start(args: list[str], data: Path, enter: Callable[[], None] | None = None) 
 
 
 @contextmanager
-def fabric(root: Path, edges: int = 3, quota: str = "0", lan: Lan | None = None) -> Iterator[FabricLab]:
-    """A hub and ``edges`` edges: on loopback, or each on its own host of ``lan`` (hosts hub, edge0, edge1, ...)."""
+def fabric(
+    root: Path,
+    edges: int = 3,
+    quota: str = "0",
+    lan: Lan | None = None,
+    hub_args: tuple[str, ...] = (),
+    edge_args: tuple[str, ...] = (),
+) -> Iterator[FabricLab]:
+    """A hub and ``edges`` edges: on loopback, or each on its own host of ``lan`` (hosts hub, edge0, edge1, ...).
+
+    ``hub_args`` and ``edge_args`` are added to each server's command line (e.g. a short grace period)."""
 
     def place(host: str) -> tuple[str, Callable[[], None] | None]:
         return ("127.0.0.1", None) if lan is None else (lan.address(host), lan.enter(host))
@@ -83,14 +111,16 @@ def fabric(root: Path, edges: int = 3, quota: str = "0", lan: Lan | None = None)
     lab = FabricLab(root)
     try:
         address, enter = place("hub")
-        lab.hub = start(["hub", "serve", "--db", str(root / "hub.db"), "--listen", f"{address}:0"], root / "hub", enter)
+        lab.hub = start(
+            ["hub", "serve", "--db", str(root / "hub.db"), "--listen", f"{address}:0", *hub_args], root / "hub", enter
+        )
         for i in range(edges):
             data = root / f"edge{i}"
             address, enter = place(f"edge{i}")
             lab.edges.append(
                 start(
                     ["edge", "serve", "--data", str(data), "--listen", f"{address}:0", "--hub", lab.hub_url,
-                     "--quota", quota],
+                     "--quota", quota, *edge_args],
                     data,
                     enter,
                 )

@@ -18,7 +18,7 @@ from pathlib import Path
 import pytest
 
 from .fabricutil import FabricLab, fabric
-from .test_cli import fails, ok
+from .test_cli import fails, ok, portalctl
 
 WAIT_SECONDS = 60.0
 
@@ -246,8 +246,10 @@ def test_a_repair_that_cannot_reach_r_edges_fails_alone_and_the_sync_stands(
     lab.edges[1].stop()
     lab.edges[2].stop()  # one edge left: R = 2 cannot be met
 
-    fails(a, 14, "sync", "--repair", match="could not reach 2 edges")
+    fails(a, 14, "sync", "notes", "--repair", match="could not reach 2 edges")  # named: its failure is the exit
     on_a.wait_for(r"notes: repair: ")
+    unnamed = portalctl(a, "sync", "--repair")  # every portal: each failure is a line, and the command goes on
+    assert unnamed.returncode == 0 and "could not reach 2 edges" in unnamed.stderr
     status = json.loads(ok(a, "status", "--json"))
     assert status["daemon"]["portals"][0]["failures"] == 0  # the sync itself succeeded
 

@@ -78,4 +78,4 @@ def test_a_route_answers_or_refuses_whatever_it_is_sent(
         route.handler(state, caller, params, body, time.time_ns())  # type: ignore[attr-defined]
     except REFUSED:
         pass
-    assert state.portal_state(PORTAL, time.time_ns()) in ("created", "active", "expired", "deactivated")
+    assert state.portal_state(PORTAL, time.time_ns()) in ("created", "active", "expired", "deactivated", "deleted")

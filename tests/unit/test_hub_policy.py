@@ -77,7 +77,13 @@ def test_a_revoked_link_and_an_unknown_one_are_refused(hub: HubState) -> None:
     assert _refusal(hub.redeem, stranger, b"?" * 16, NOON) == (404, "not-found")
 
 
-def test_an_expired_or_deactivated_portal_is_closed_to_members_and_links_and_its_objects_become_garbage(
+def _edge(hub: HubState) -> Caller:
+    edge = Caller(b"E" * 32, None)
+    hub.register_edge(edge.key, "127.0.0.1:1", ["tcp"], {"capacity": 0, "used": 0, "objects": 0}, NOON)
+    return edge
+
+
+def test_an_expired_or_deactivated_portal_is_closed_to_members_and_links_but_keeps_its_objects(
     hub: HubState,
 ) -> None:
     owner, member = _enrolled(hub, NOON), _enrolled(hub, NOON)
@@ -85,21 +91,80 @@ def test_an_expired_or_deactivated_portal_is_closed_to_members_and_links_and_its
     assert member.identity is not None
     hub.set_member(owner, PORTAL, member.identity, b"grant", False, NOON)
     hub.create_link(owner, PORTAL, b"L" * 16, b"w", {})
-    edge = Caller(b"E" * 32, None)
-    hub.register_edge(edge.key, "127.0.0.1:1", ["tcp"], {"capacity": 0, "used": 0, "objects": 0}, NOON)
+    edge = _edge(hub)
     other = b"q" * 16  # a live portal that shares one object with the one that expires
     hub.create_portal(owner, other, None, NOON)
     hub.add_locations(owner, PORTAL, edge.key, [b"only" * 8, b"both" * 8], NOON)
     hub.add_locations(owner, other, edge.key, [b"both" * 8], NOON)
-    assert hub.garbage(edge, NOON) == []
     assert hub.portal_state(PORTAL, NOON) in ("created", "active")
     hub.roots(member, PORTAL, 0, NOON)  # a member reads while it lives
     assert hub.portal_state(PORTAL, NOON + MINUTE) == "expired"
     assert _refusal(hub.roots, member, PORTAL, 0, NOON + MINUTE) == (410, "expired")
     assert _refusal(hub.redeem, member, b"L" * 16, NOON + MINUTE) == (410, "expired")
-    assert hub.garbage(edge, NOON + MINUTE) == [(b"only" * 8).hex()]  # the shared object stays
+    assert hub.garbage(edge, NOON + MINUTE) == []  # expired: restorable through the grace period
+    released = NOON + MINUTE + hub.grace_ns
+    assert hub.garbage(edge, released - 1) == []
+    assert hub.garbage(edge, released) == [(b"only" * 8).hex()]  # the shared object stays
+
     hub.set_policy(owner, PORTAL, {"expires_ns": None, "active": False}, NOON + 2 * MINUTE)
     assert hub.portal_state(PORTAL, NOON + 2 * MINUTE) == "deactivated"
+    assert hub.garbage(edge, NOON + 1000 * hub.grace_ns) == []  # deactivation is access only: never garbage
     hub.set_policy(owner, PORTAL, {"active": True}, NOON + 3 * MINUTE)
     hub.roots(member, PORTAL, 0, NOON + 3 * MINUTE)
     assert _refusal(hub.set_policy, member, PORTAL, {"active": False}, NOON) == (403, "forbidden")
+
+
+def test_a_deleted_portal_is_closed_restorable_through_the_grace_period_then_released(hub: HubState) -> None:
+    owner, member = _enrolled(hub, NOON), _enrolled(hub, NOON)
+    assert member.identity is not None
+    hub.create_portal(owner, PORTAL, None, NOON)
+    hub.set_member(owner, PORTAL, member.identity, b"grant", False, NOON)
+    edge = _edge(hub)
+    hub.add_locations(owner, PORTAL, edge.key, [b"only" * 8], NOON)
+    assert _refusal(hub.delete_portal, member, PORTAL, NOON) == (403, "forbidden")
+    info = hub.delete_portal(owner, PORTAL, NOON)
+    assert info["state"] == "deleted" and info["release_ns"] == NOON + hub.grace_ns
+    assert _refusal(hub.roots, member, PORTAL, 0, NOON) == (410, "deleted")
+    assert _refusal(hub.set_policy, owner, PORTAL, {"active": True}, NOON) == (410, "deleted")
+    assert hub.garbage(edge, NOON + hub.grace_ns - 1) == []
+    assert hub.restore_portal(owner, PORTAL, NOON + hub.grace_ns - 1)["state"] in ("created", "active")
+    hub.roots(member, PORTAL, 0, NOON + hub.grace_ns)
+    assert hub.garbage(edge, NOON + 2 * hub.grace_ns) == []  # restored: kept for good
+
+    hub.delete_portal(owner, PORTAL, NOON + MINUTE)
+    gone = NOON + MINUTE + hub.grace_ns
+    assert hub.garbage(edge, gone) == [(b"only" * 8).hex()]
+    assert _refusal(hub.restore_portal, owner, PORTAL, gone) == (410, "released")
+    hub.forget_locations(edge, [b"only" * 8], gone)
+    assert hub.garbage(edge, gone) == []
+
+
+def test_an_expired_portal_is_restored_without_its_expiry(hub: HubState) -> None:
+    owner = _enrolled(hub, NOON)
+    hub.create_portal(owner, PORTAL, NOON + MINUTE, NOON)
+    assert hub.portal_state(PORTAL, NOON + MINUTE) == "expired"
+    info = hub.restore_portal(owner, PORTAL, NOON + 2 * MINUTE)
+    assert info["expires_ns"] is None and info["state"] != "expired"
+
+
+def test_forgetting_what_an_edge_deleted_keeps_the_rows_of_portals_still_alive(hub: HubState) -> None:
+    owner = _enrolled(hub, NOON)
+    edge = _edge(hub)
+    live = b"q" * 16
+    hub.create_portal(owner, PORTAL, None, NOON)
+    hub.create_portal(owner, live, None, NOON)
+    hub.add_locations(owner, PORTAL, edge.key, [b"x" * 32], NOON)
+    hub.delete_portal(owner, PORTAL, NOON)
+    hub.add_locations(owner, live, edge.key, [b"x" * 32], NOON)  # stored again for a live portal meanwhile
+    hub.forget_locations(edge, [b"x" * 32], NOON + hub.grace_ns)
+    assert hub.locations(owner, [b"x" * 32]) == {(b"x" * 32).hex(): [edge.key.hex()]}
+
+
+def test_damaged_copies_reported_by_readers_are_handed_to_their_edge_once(hub: HubState) -> None:
+    reader = _enrolled(hub, NOON)
+    edge = _edge(hub)
+    hub.report_damage(reader, edge.key, [b"a" * 32, b"b" * 32], NOON)
+    hub.report_damage(reader, edge.key, [b"a" * 32], NOON)
+    assert sorted(hub.take_suspects(edge)) == [(b"a" * 32).hex(), (b"b" * 32).hex()]
+    assert hub.take_suspects(edge) == []
+    assert _refusal(hub.take_suspects, reader) == (401, "unknown-edge")
