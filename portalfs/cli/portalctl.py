@@ -291,15 +291,42 @@ def cmd_log(device: Device, args: argparse.Namespace) -> int:
 
 
 def cmd_check(device: Device, args: argparse.Namespace) -> int:
+    """Verify every version, node and chunk; a damaged local object is replaced from the edges.
+
+    With ``--repair``, then bring every object back to R intact copies on the edges (as ``sync --repair``).
+    """
+    from ..fabric.store import FabricStore
+
     secrets = unlock(device, args)
-    fabric_cmds.attach_fabric(device, secrets, keep=False)  # each object is read once
-    report = PortalView.open(device, args.name, secrets).verify()
-    _emit(
-        args,
-        {"versions": report.versions, "nodes": report.nodes, "chunks": report.chunks, "bytes": report.bytes},
+    on_fabric = fabric_cmds.attach_fabric(device, secrets, keep=False)  # each object is read once
+    view = PortalView.open(device, args.name, secrets)
+    report = view.verify()
+    healed = device.store.healed if isinstance(device.store, FabricStore) else 0
+    result: dict[str, Any] = {
+        "versions": report.versions,
+        "nodes": report.nodes,
+        "chunks": report.chunks,
+        "bytes": report.bytes,
+        "healed": healed,
+    }
+    text = (
         f"{args.name}: {report.versions} versions, {report.nodes} nodes, {report.chunks} chunks "
-        f"({_human(report.bytes)}) verified",
+        f"({_human(report.bytes)}) verified"
+        + (f"; {healed} damaged local objects replaced from the edges" if healed else "")
     )
+    if args.repair:
+        if not on_fabric:
+            raise UsageError("--repair puts copies back on the edges: this device has no hub (`portalctl hub add`)")
+        fabric = fabric_cmds.open_fabric(device, secrets)
+        try:
+            result["repair"] = repair = fabric.repair(view)
+        finally:
+            fabric.close()
+        text += (
+            f"\nedges: {repair['checked']} objects checked, {repair['damaged']} damaged copies found, "
+            f"{repair['copied']} copies made"
+        )
+    _emit(args, result, text)
     return 0
 
 
@@ -489,6 +516,7 @@ def _parser() -> argparse.ArgumentParser:
     c.add_argument("--version", type=int, required=True, help="the version to bring it back from")
     c = command("check", cmd_check, "verify every version, node and chunk of a portal")
     c.add_argument("name")
+    c.add_argument("--repair", action="store_true", help="then put every object back on R intact edge copies")
     c = command("gc", cmd_gc, "remove stored objects no version uses")
     c.add_argument("--dry-run", action="store_true", help="only count what would be removed")
     c = command("cache", cmd_cache, "show, limit or drop what this device keeps of the objects it fetched")

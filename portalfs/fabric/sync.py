@@ -268,9 +268,9 @@ class Fabric:
             if set(mine) <= known and not new_edges:
                 return False
             ring["portals"] = [p for p in ring.get("portals", [])] + [
-                {"id": pid, "name": row.name, "keys": self.secrets.unwrap_portal_key(row).to_bytes()}
+                {"id": pid, "name": row.name, "keys": keys.to_bytes()}
                 for pid, row in mine.items()
-                if pid not in known
+                if pid not in known and (keys := self._keys(row)) is not None
             ]
             ring["edges"] = list(edges.values()) + list(new_edges.values())
             return True
@@ -285,7 +285,7 @@ class Fabric:
             keys = PortalKeys.from_bytes(entry["keys"])
             existing = next((row for row in self.device.state.portals() if row.id == portal), None)
             if existing is not None:
-                if self.secrets.unwrap_portal_key(existing) != keys:  # rotated on another device
+                if self._keys(existing) != keys:  # rotated on another device (or lost here: the keyring's)
                     self.device.state.set_portal_key(portal, self.secrets.wrap_portal_key(portal, keys))
                 continue
             name = self._free_name(entry["name"])
@@ -297,6 +297,14 @@ class Fabric:
                 self.config.edges.append(edge)
         save_config(self.device, self.config)
         return added
+
+    def _keys(self, row: PortalRow) -> PortalKeys | None:
+        """The portal's keys, or None when they no longer open on this device (its sync says so)."""
+        try:
+            return self.secrets.unwrap_portal_key(row)
+        except IntegrityError as exc:
+            log.info("keyring: %s", exc)
+            return None
 
     def accept_shares(self) -> list[str]:
         """Add the portals other identities shared with this one; one that fails is logged and skipped."""

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import os
+import sqlite3
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -15,10 +16,10 @@ import blake3
 import pytest
 
 from .fabricutil import FabricLab, fabric, log_lines, wait_for_log
-from .test_cli import fails, ok
+from .test_cli import fails, ok, portalctl
 from .test_fabric import _device, _same
 
-FAST_GC = ("--gc-interval", "1s", "--gc-hold", "1s")
+FAST_GC = ("--gc-interval", "1s", "--gc-hold", "1s", "--scrub-rate", "0")  # damaged copies stay for readers
 
 
 def _flip(path: Path) -> None:
@@ -96,3 +97,154 @@ def test_a_deleted_portal_is_restored_within_its_grace_period_and_released_after
         assert time.monotonic() < deadline, f"{_objects_on_edges(lab)} objects are still on the edges"
         time.sleep(0.2)
     fails(a, 15, "portal", "restore", "docs", match="grace period is over")
+
+
+# damaged copies
+
+
+def _holders(lab: FabricLab) -> dict[str, list[int]]:
+    """Per object id (hex), the edges that hold it, in the order the hub lists them to readers."""
+    index = {lab.edge_key(i): i for i in range(len(lab.edges))}
+    with sqlite3.connect(lab.root / "hub.db") as db:
+        cids = [row[0] for row in db.execute("SELECT DISTINCT cid FROM locations")]
+        return {
+            cid.hex(): [
+                index[e.hex()] for (e,) in db.execute("SELECT DISTINCT edge FROM locations WHERE cid = ?", (cid,))
+            ]
+            for cid in cids
+        }
+
+
+def _edge_copy(lab: FabricLab, edge: int, cid: str) -> Path:
+    return lab.edges[edge].data / "store" / "objects" / cid[:2] / cid
+
+
+def _all_intact_on_two_edges(lab: FabricLab, cids: list[str]) -> None:
+    for cid in cids:
+        copies = [i for i in range(len(lab.edges)) if _edge_copy(lab, i, cid).exists()]
+        assert len(copies) >= 2, cid
+        assert all(_intact(_edge_copy(lab, i, cid)) for i in copies), cid
+
+
+def test_a_damaged_copy_on_one_edge_is_read_around_named_reported_and_replaced(tmp_path: Path, lab: FabricLab) -> None:
+    src, a, words = _synced(tmp_path, lab)
+    holders = _holders(lab)
+    for cid, edges in holders.items():  # the copy readers are sent to first, of every object
+        _flip(_edge_copy(lab, edges[0], cid))
+    b, _ = _device(tmp_path, "b", lab, words)
+    got = portalctl(b, "get", "docs", str(tmp_path / "out"))
+    assert got.returncode == 0, got.stderr
+    _same(src, tmp_path / "out")
+    assert "damaged copy" in got.stderr  # named, with the edge and the object, and reported to the hub
+    assert any(log_lines(edge, "readers reported damaged") for edge in lab.edges) or _wait_reported(lab)
+
+    repaired = json.loads(ok(a, "sync", "--repair", "--json"))[0]["repair"]
+    assert repaired["copied"] >= 1  # every damaged copy removed (by its edge or the repair) and put back
+    _all_intact_on_two_edges(lab, list(holders))
+
+
+def _wait_reported(lab: FabricLab) -> bool:
+    deadline = time.monotonic() + 60
+    while not any(log_lines(edge, "readers reported damaged") for edge in lab.edges):
+        assert time.monotonic() < deadline, "no edge checked the copies readers reported"
+        time.sleep(0.2)
+    return True
+
+
+def test_sync_repair_replaces_damaged_copies_it_was_not_told_of(tmp_path: Path, lab: FabricLab) -> None:
+    _, a, _ = _synced(tmp_path, lab)
+    holders = _holders(lab)
+    for cid, edges in holders.items():
+        _flip(_edge_copy(lab, edges[-1], cid))
+    repaired = json.loads(ok(a, "sync", "--repair", "--json"))[0]["repair"]
+    assert repaired["damaged"] == len(holders) and repaired["copied"] == len(holders)
+    _all_intact_on_two_edges(lab, list(holders))
+
+
+def test_an_object_damaged_on_every_edge_is_exit_8_and_repair_puts_the_owners_copy_back(
+    tmp_path: Path, lab: FabricLab
+) -> None:
+    src, a, words = _synced(tmp_path, lab)
+    holders = _holders(lab)
+    cid, edges = max(holders.items(), key=lambda item: _edge_copy(lab, item[1][0], item[0]).stat().st_size)
+    for edge in edges:
+        _flip(_edge_copy(lab, edge, cid))
+    b, _ = _device(tmp_path, "b", lab, words)
+    got = portalctl(b, "get", "docs", str(tmp_path / "out"))
+    assert got.returncode == 8, got.stderr
+    last = got.stderr.strip().splitlines()[-1]
+    assert last.startswith("portalctl: ") and "every copy is damaged" in last and cid in last
+
+    ok(a, "sync", "--repair")  # the owner's local copy is intact
+    ok(b, "get", "docs", str(tmp_path / "out"), "--overwrite")
+    _same(src, tmp_path / "out")
+
+
+def test_a_damaged_local_object_is_replaced_from_the_edges(tmp_path: Path, lab: FabricLab) -> None:
+    src, a, _ = _synced(tmp_path, lab)
+    local = sorted(p for p in (a / "store" / "objects").rglob("*") if p.is_file())
+    for path in local:
+        _flip(path)
+    checked = json.loads(ok(a, "check", "docs", "--json"))
+    assert checked["healed"] == len(local)
+    assert all(_intact(path) for path in local)  # the local store healed itself
+    ok(a, "get", "docs", str(tmp_path / "out"))
+    _same(src, tmp_path / "out")
+
+
+def test_check_repair_heals_the_local_store_and_the_edges(tmp_path: Path, lab: FabricLab) -> None:
+    _, a, _ = _synced(tmp_path, lab)
+    holders = _holders(lab)
+    cid, edges = next(iter(holders.items()))
+    local = a / "store" / "objects" / cid[:2] / cid
+    _flip(local)
+    _flip(_edge_copy(lab, edges[-1], cid))
+    result = json.loads(ok(a, "check", "docs", "--repair", "--json"))
+    assert result["healed"] == 1 and result["repair"]["copied"] >= 1
+    assert _intact(local)
+    _all_intact_on_two_edges(lab, list(holders))
+
+
+def test_an_edge_scrub_finds_a_damaged_copy_and_repair_replaces_it(tmp_path: Path) -> None:
+    with fabric(tmp_path / "fabric", edge_args=("--scrub-interval", "1s", "--scrub-rate", "64M")) as lab:
+        _, a, _ = _synced(tmp_path, lab)
+        holders = _holders(lab)
+        cid, edges = next(iter(holders.items()))
+        copy = _edge_copy(lab, edges[0], cid)
+        _flip(copy)
+        wait_for_log(lab.edges[edges[0]], f"object {cid} is damaged")
+        assert not copy.exists()
+        repaired = json.loads(ok(a, "sync", "--repair", "--json"))[0]["repair"]
+        assert repaired["copied"] == 1
+        _all_intact_on_two_edges(lab, list(holders))
+
+
+# portals fail alone
+
+
+def test_a_removed_share_and_a_lost_key_fail_alone_and_the_other_portals_sync(tmp_path: Path, lab: FabricLab) -> None:
+    _, a, _ = _synced(tmp_path, lab)
+    x, _ = _device(tmp_path, "x", lab)  # another identity shares its portal with a's
+    ok(x, "portal", "create", "theirs")
+    ok(x, "put", "theirs", str(tmp_path / "src" / "notes.txt"))
+    ok(x, "sync")
+    me = json.loads(ok(a, "whoami", "--json"))["identity"]
+    ok(x, "share", "theirs", "--with", me)
+    ok(a, "sync")
+    assert "theirs" in ok(a, "portal", "ls")
+    ok(x, "unshare", "theirs", me)
+    ok(a, "portal", "create", "lost")
+    with sqlite3.connect(a / "state.db") as db:  # the portal's key no longer opens
+        db.execute("UPDATE portals SET wrapped_key = zeroblob(length(wrapped_key)) WHERE name = 'lost'")
+    (tmp_path / "more.txt").write_text("more\n")
+    ok(a, "put", "docs", str(tmp_path / "more.txt"))
+
+    synced = portalctl(a, "sync", "--json")
+    assert synced.returncode == 0, synced.stderr  # nothing the user named failed
+    results = {r["portal"]: r for r in json.loads(synced.stdout)}
+    assert results["docs"]["published"] == 1  # the user's own portal is published all the same
+    assert results["theirs"]["exit_code"] == 15 and results["lost"]["exit_code"] == 8
+    failed = sorted(line.split(":")[1].strip() for line in synced.stderr.strip().splitlines())
+    assert failed == ["lost", "theirs"]  # one line each
+    fails(a, 15, "sync", "theirs", match="theirs")
+    fails(a, 8, "sync", "lost", match="lost")
