@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
-from .errors import AlreadyExists, IntegrityError, NotInitialized, PortalBusy, UsageError
+from .errors import AlreadyExists, IntegrityError, NotInitialized, PortalBusy, UsageError, shown
 from .keyfile import KeyFileSecrets, keyfile_is_locked, read_keyfile, write_keyfile
 from .keys import DeviceKey, Identity, fingerprint, root_from_words
 from .paths import DeviceHome
@@ -33,7 +33,8 @@ _KEYRING_AAD = b"portal keyring v1\x00"
 def validate_portal_name(name: str) -> str:
     if not _PORTAL_NAME.fullmatch(name):
         raise UsageError(
-            f"invalid portal name {name!r}: use 1-64 letters, digits, '.', '_' or '-', starting with a letter or digit"
+            f"invalid portal name {shown(name)}: "
+            "use 1-64 letters, digits, '.', '_' or '-', starting with a letter or digit"
         )
     return name
 

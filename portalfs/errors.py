@@ -29,7 +29,13 @@ __all__ = [
     "Refused",
     "Conflict",
     "error_for_exit_code",
+    "shown",
 ]
+
+
+def shown(text: str, limit: int = 64) -> str:
+    """``text`` quoted for a message, cut short when it is long: an error never echoes a whole input back."""
+    return repr(text) if len(text) <= limit else repr(text[:limit]) + f"… ({len(text)} characters)"
 
 
 class PortalError(Exception):

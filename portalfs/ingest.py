@@ -48,6 +48,7 @@ class IngestStats:
     chunks: int = 0
     chunks_stored: int = 0
     bytes_stored: int = 0
+    unchanged: bool = False  # the sources changed nothing: no new version was made
 
 
 @dataclass(slots=True)
@@ -148,9 +149,8 @@ class Ingester:
     def _walk_file(self, pipeline: ChunkPipeline, path: bytes, name: bytes, st: os.stat_result) -> _PendingFile:
         pending = _PendingFile(name, path, st, _read_xattrs(path))
         self.stats.files += 1
-        if st.st_size == 0:
-            return pending
-        cached = self.state.cached_file(self.portal, path)
+        cached = self.state.cached_file(self.portal, path) if st.st_size else None  # a size 0 file is read:
+        # it may be empty, or a file whose size its file system does not know (/proc, /sys)
         if cached is not None and (cached.ino, cached.size, cached.mtime_ns, cached.ctime_ns) == (
             st.st_ino,
             st.st_size,
@@ -213,7 +213,7 @@ class Ingester:
                 item.node, size = build_file(refs, self.store_node)
             else:
                 size = item.st.st_size
-            if item.st.st_mtime_ns < self._now_ns - _RACY_NS:
+            if item.st.st_mtime_ns < self._now_ns - _RACY_NS and item.st.st_size:
                 self._cache_rows.append(
                     (
                         item.path,

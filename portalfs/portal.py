@@ -140,6 +140,10 @@ class PortalView:
             warn=warn,
         )
         entry = ingester.ingest(sources, previous, self.load_node, stream)
+        if head is not None and previous is not None and entry.node == previous.node:
+            ingester.remember_files()  # the same tree: the newest version stands
+            ingester.stats.unchanged = True
+            return head, ingester.stats
         version = self._record(secrets, head, entry, now_ns, ingester.remember_files)
         return version, ingester.stats
 

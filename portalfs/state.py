@@ -14,7 +14,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
-from .errors import AlreadyExists, NotFound, StorageError
+from .errors import AlreadyExists, NotFound, StorageError, shown
 from .root import RootRecord
 
 __all__ = ["StateDB", "PortalRow", "VersionRow", "CachedFile"]
@@ -130,7 +130,7 @@ class StateDB:
                 (row.id, row.name, row.wrapped_key, row.created_ns),
             )
         except sqlite3.IntegrityError:
-            raise AlreadyExists(f"portal {row.name!r} already exists") from None
+            raise AlreadyExists(f"portal {shown(row.name)} already exists") from None
 
     def set_portal_key(self, portal: bytes, wrapped_key: bytes) -> None:
         self._db.execute("UPDATE portals SET wrapped_key = ? WHERE id = ?", (wrapped_key, portal))
@@ -140,7 +140,7 @@ class StateDB:
             "SELECT id, name, wrapped_key, created_ns FROM portals WHERE name = ?", (name,)
         ).fetchone()
         if row is None:
-            raise NotFound(f"no portal named {name!r} (see `portalctl portal ls`)")
+            raise NotFound(f"no portal named {shown(name)} (see `portalctl portal ls`)")
         return PortalRow(bytes(row[0]), row[1], bytes(row[2]), row[3])
 
     def portals(self) -> list[PortalRow]:

@@ -14,7 +14,7 @@ from typing import Any
 from ..daemon.control import call_daemon, daemon_socket
 from ..device import Device, Unlocked
 from ..edge.client import parse_address
-from ..errors import NotFound, PortalError, Unreachable, UsageError
+from ..errors import NotFound, PortalError, Refused, Unreachable, UsageError
 from ..fabric.grants import Grant, LinkUrl, unwrap_for_link, wrap_for_link
 from ..fabric.sync import (
     Fabric,
@@ -429,8 +429,8 @@ def cmd_status(device: Device, args: argparse.Namespace) -> int:
         hub_error = None
         try:
             edges = fabric.swarm.stat() if (config.hub or config.edges) else []
-        except Unreachable as exc:  # the hub is down: say so, and show what this device knows
-            edges, hub_error = [], str(exc)
+        except (Unreachable, Refused) as exc:  # the hub is down, or refuses this (revoked) device:
+            edges, hub_error = [], str(exc)  # say so, and show what this device knows
     finally:
         fabric.close()
     daemon = call_daemon(daemon_socket(device.home.data), {"op": "status"}, STATUS_TIMEOUT)
@@ -447,7 +447,7 @@ def cmd_status(device: Device, args: argparse.Namespace) -> int:
     if config.on_embedded:
         hub += " (portald's embedded hub and edge)" if daemon else " (portald's embedded hub: start portald)"
     elif hub_error:
-        hub += f" (unreachable: {hub_error})"
+        hub += f" ({hub_error})"
     lines = [f"identity {secrets.identity.fingerprint}", f"hub      {hub}"]
     idle = "portald  not running" + ("" if config.on_embedded else ": sync is by hand")
     lines.append(f"portald  running (pid {daemon['pid']})" if daemon else idle)

@@ -12,6 +12,7 @@ import getpass
 import json
 import os
 import sqlite3
+import stat
 import sys
 import time
 from collections.abc import Callable, Iterator, Sequence
@@ -134,6 +135,7 @@ def cmd_whoami(device: Device, args: argparse.Namespace) -> int:
         args,
         info,
         f"identity {info['fingerprint']}\n"
+        f"key      {info['identity']}   (what `portalctl share --with` takes)\n"
         f"device   {info['device'][:16]} ({info['device_name']})\n"
         f"home     {info['home']}",
     )
@@ -181,6 +183,26 @@ def cmd_portal_ls(device: Device, args: argparse.Namespace) -> int:
     return 0
 
 
+_KINDS = {stat.S_IFIFO: "a FIFO", stat.S_IFCHR: "a character device", stat.S_IFBLK: "a block device",
+          stat.S_IFSOCK: "a socket"}  # fmt: skip
+
+
+def _check_source(source: str) -> None:
+    """A source that ``put`` can take: an existing, readable file, directory or symlink."""
+    try:
+        st = os.lstat(source)
+    except FileNotFoundError:
+        raise SourceError(f"cannot read {source}: no such file or directory") from None
+    except OSError as exc:
+        raise SourceError(f"cannot read {source}: {exc.strerror}") from None
+    kind = _KINDS.get(stat.S_IFMT(st.st_mode))
+    if kind is not None:
+        hint = f"; to store what it gives, `portalctl put NAME - --name FILE < {source}`" if kind == "a FIFO" else ""
+        raise SourceError(f"cannot put {source}: it is {kind}, not a file, directory or symlink{hint}")
+    if not os.access(source, os.R_OK):
+        raise SourceError(f"cannot read {source}: permission denied")
+
+
 def cmd_put(device: Device, args: argparse.Namespace) -> int:
     secrets = unlock(device, args)
     fabric_cmds.attach_fabric(device, secrets)
@@ -194,10 +216,7 @@ def cmd_put(device: Device, args: argparse.Namespace) -> int:
             raise UsageError(f"--name {args.name_for_stdin!r}: {exc}") from None
         args.sources = [s for s in args.sources if s != "-"]
     for source in args.sources:
-        if not os.path.lexists(source):
-            raise SourceError(f"cannot read {source}: no such file or directory")
-        if not os.access(source, os.R_OK):
-            raise SourceError(f"cannot read {source}: permission denied")
+        _check_source(source)
     show = not args.json
     view = PortalView.open(device, args.name, secrets)
     with writing(view, secrets, f"put {args.name}"):
@@ -227,7 +246,11 @@ def cmd_put(device: Device, args: argparse.Namespace) -> int:
         "chunks": stats.chunks,
         "chunks_stored": stats.chunks_stored,
         "seconds": round(elapsed, 3),
+        "unchanged": stats.unchanged,
     }
+    if stats.unchanged:
+        _emit(args, result, f"{args.name} v{version.version}: unchanged, no new version")
+        return 0
     _emit(
         args,
         result,
@@ -245,7 +268,8 @@ def cmd_get(device: Device, args: argparse.Namespace) -> int:
     entry = view.lookup(view.root(version).entry, args.path or "")
     dest = Path(args.dest)
     if not dest.parent.is_dir() and not dest.is_dir():
-        raise NotFound(f"destination {dest}: {dest.parent} is not a directory")
+        what = "is not a directory" if dest.parent.exists() else "does not exist"
+        raise NotFound(f"destination {dest}: {dest.parent} {what}")
     with _progress(entry.size if entry.is_file else version.size, not args.json) as progress:
         restorer = Restorer(view, overwrite=args.overwrite, progress=progress)
         restorer.restore(entry, dest)
@@ -404,7 +428,8 @@ def cmd_demo(device: Device, args: argparse.Namespace) -> int:
             with device.exclusive():
                 version, stats = view.put(secrets, [str(source)], time.time_ns())
         size = _human(stats.bytes_read + stats.bytes_reused)
-        print(f"Put {source} into demo v{version.version}: {stats.files} files, {size}")
+        change = "unchanged since" if stats.unchanged else "into"
+        print(f"Put {source} {change} demo v{version.version}: {stats.files} files, {size}")
         mountpoint.mkdir(parents=True, exist_ok=True)
         mount_args = argparse.Namespace(
             target="demo",

@@ -21,7 +21,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from ..device import Device
-from ..errors import MountError, PortalError
+from ..errors import MountError, NotFound, PortalError
 from ..mount import registry
 from .common import run_command, unlock
 
@@ -40,7 +40,10 @@ def mount(device: Device, args: argparse.Namespace, options: list[str]) -> int:
 
     view = PortalView.open(device, name, secrets)  # an unknown portal or version fails here, in the foreground
     if version is not None:
-        view.version(version)
+        try:
+            view.version(version)
+        except NotFound as exc:  # a bad NAME@VERSION is the mount's error (docs/design.md, "Exit codes")
+            raise MountError(str(exc)) from None
     if args.foreground:
         return _run_foreground(device, secrets, name, version, mountpoint, options, args.ready_fd)
     return _spawn_background(args, mountpoint)

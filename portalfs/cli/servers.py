@@ -11,7 +11,7 @@ from pathlib import Path
 
 import trio
 
-from ..errors import PortalError, UsageError
+from ..errors import PortalError, UsageError, shown
 
 __all__ = ["hub_main", "edge_main", "parse_size", "parse_duration"]
 
@@ -25,13 +25,8 @@ def parse_duration(text: str, what: str = "") -> int:
     """``24h``, ``7d``, ``90m``, ``0s`` → nanoseconds; ``what`` names the option in the error."""
     match = _DURATION.fullmatch(text.strip())
     if not match:
-        raise UsageError(f"{what + ' ' if what else ''}{_shown(text)} is not a duration (try 30m, 24h or 7d)")
+        raise UsageError(f"{what + ' ' if what else ''}{shown(text)} is not a duration (try 30m, 24h or 7d)")
     return int(match[1]) * _UNIT_SECONDS[match[2]] * 10**9
-
-
-def _shown(text: str, limit: int = 40) -> str:
-    """``text`` quoted for an error message, cut short when long."""
-    return repr(text if len(text) <= limit else text[:limit] + "…")
 
 
 def parse_size(text: str) -> int:
@@ -40,10 +35,10 @@ def parse_size(text: str) -> int:
     unit = value[-1:] if value[-1:] in _UNITS else ""
     number = value[: len(value) - len(unit)]
     if not number.isdigit() or len(number) > 20:
-        raise UsageError(f"{_shown(text)} is not a size (try 512M or 10G)")
+        raise UsageError(f"{shown(text)} is not a size (try 512M or 10G)")
     size = int(number) * _UNITS[unit]
     if size > MAX_SIZE:
-        raise UsageError(f"{_shown(text)} is too large (at most 8E bytes, 2^63-1)")
+        raise UsageError(f"{shown(text)} is too large (at most 8E bytes, 2^63-1)")
     return size
 
 

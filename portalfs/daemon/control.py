@@ -18,7 +18,7 @@ from typing import Any
 
 import trio
 
-from ..errors import PortalError, Unreachable, UsageError, error_for_exit_code
+from ..errors import PortalError, Unreachable, UsageError, error_for_exit_code, shown
 
 __all__ = ["serve_control", "call_daemon", "daemon_socket", "MAX_LINE"]
 
@@ -113,7 +113,13 @@ def call_daemon(path: Path, request: dict[str, Any], timeout: float | None = Non
                     raise Unreachable("portald's answer is too long")
         except TimeoutError:
             raise Unreachable(f"portald did not answer within {timeout:.0f} s") from None
-    reply = json.loads(data.split(b"\n", 1)[0])
+    try:
+        reply = json.loads(data.split(b"\n", 1)[0])
+        if not isinstance(reply, dict):
+            raise ValueError("not a JSON object")
+    except ValueError:  # something else listens there, or another version of portald
+        answer = shown(data[:80].decode(errors="replace"))
+        raise PortalError(f"the answer on {path} is not portald's: {answer}") from None
     if not reply.get("ok"):
         raise error_for_exit_code(int(reply.get("exit_code", 1)), str(reply.get("error", "portald refused")))
     return reply.get("result")

@@ -214,7 +214,7 @@ def test_demo_is_the_main_job(tmp_path: Path) -> None:
         ok(home, "unmount", str(mnt))
     out = ok(home, "demo")
     try:
-        assert "\nv2\t" in out and "Identity:" not in out
+        assert "unchanged since demo v1" in out and "Identity:" not in out  # the same folder: no new version
     finally:
         ok(home, "unmount", str(mnt))
 
@@ -314,3 +314,68 @@ def test_a_full_disk_fails_cleanly(tmp_path: Path) -> None:
         ok(home, "check", "docs")
     finally:
         subprocess.run(["umount", str(mnt)], check=True)
+
+
+# what a new user and a hostile tester tried
+
+
+def test_whoami_prints_the_identity_key_that_share_takes(home: Path) -> None:
+    key = json.loads(ok(home, "whoami", "--json"))["identity"]
+    assert len(key) == 64 and key in ok(home, "whoami")
+
+
+def test_a_cache_limit_too_large_to_hold_is_refused(home: Path) -> None:
+    fails(home, 2, "cache", "--limit", "99999999999999999999G", match="too large")
+    fails(home, 2, "cache", "--limit", "9" * 400, match="is not a size")
+
+
+def test_a_fifo_or_a_device_is_refused_and_makes_no_version(home: Path, tmp_path: Path) -> None:
+    fifo = tmp_path / "pipe"
+    os.mkfifo(fifo)
+    fails(home, 11, "put", "docs", str(fifo), match="a FIFO")
+    fails(home, 11, "put", "docs", "/dev/null", match="a character device")
+    assert json.loads(ok(home, "log", "docs", "--json")) == []
+
+
+def test_putting_the_same_files_again_makes_no_new_version(home: Path, tmp_path: Path) -> None:
+    make_tree(tmp_path / "src")
+    ok(home, "put", "docs", str(tmp_path / "src"))
+    again = json.loads(ok(home, "put", "docs", str(tmp_path / "src"), "--json"))
+    assert again["unchanged"] and again["version"] == 1
+    assert "unchanged" in ok(home, "put", "docs", str(tmp_path / "src"))
+    assert len(json.loads(ok(home, "log", "docs", "--json"))) == 1
+    (tmp_path / "src" / "small.txt").write_text("changed\n")
+    assert json.loads(ok(home, "put", "docs", str(tmp_path / "src"), "--json"))["version"] == 2
+
+
+def test_a_file_whose_size_its_file_system_does_not_know_is_stored_whole(home: Path, tmp_path: Path) -> None:
+    proc = Path("/proc/version")
+    assert proc.stat().st_size == 0
+    ok(home, "put", "docs", str(proc))
+    ok(home, "get", "docs", str(tmp_path / "out"))
+    assert (tmp_path / "out" / "version").read_bytes() == proc.read_bytes() != b""
+
+
+def test_a_bad_version_to_mount_is_a_mount_error(home: Path, tmp_path: Path) -> None:
+    (tmp_path / "f").write_text("x")
+    ok(home, "put", "docs", str(tmp_path / "f"))
+    (tmp_path / "mnt").mkdir()
+    fails(home, 13, "mount", "docs@99", str(tmp_path / "mnt"), match="no version 99")
+    fails(home, 13, "mount", "docs@x", str(tmp_path / "mnt"), match="positive number")
+
+
+def test_a_long_name_is_not_echoed_whole(home: Path, tmp_path: Path) -> None:
+    name = "n" * 5000
+    for line in (
+        fails(home, 2, "portal", "create", name, match="invalid portal name"),
+        fails(home, 3, "log", name, match="no portal named"),
+    ):
+        assert len(line) < 300 and "5000 characters" in line
+
+
+def test_a_destination_whose_parent_is_missing_is_named_as_missing(home: Path, tmp_path: Path) -> None:
+    (tmp_path / "f").write_text("x")
+    ok(home, "put", "docs", str(tmp_path / "f"))
+    fails(home, 3, "get", "docs", str(tmp_path / "nodir" / "out"), match="nodir does not exist")
+    (tmp_path / "plain").write_text("a file")
+    fails(home, 3, "get", "docs", str(tmp_path / "plain" / "out"), match="plain is not a directory")

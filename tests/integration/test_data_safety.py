@@ -248,3 +248,14 @@ def test_a_removed_share_and_a_lost_key_fail_alone_and_the_other_portals_sync(tm
     assert failed == ["lost", "theirs"]  # one line each
     fails(a, 15, "sync", "theirs", match="theirs")
     fails(a, 8, "sync", "lost", match="lost")
+
+
+def test_status_on_a_revoked_device_shows_what_it_holds(tmp_path: Path, lab: FabricLab) -> None:
+    _, a, words = _synced(tmp_path, lab)
+    b, _ = _device(tmp_path, "b", lab, words)
+    ok(b, "sync")
+    ok(a, "device", "revoke", json.loads(ok(b, "whoami", "--json"))["device"])
+    status = json.loads(ok(b, "status", "--json"))
+    assert "revoked" in status["hub_error"]
+    assert status["portals"] == [{"portal": "docs", "version": 1, "published": 1}]
+    assert "revoked" in ok(b, "status")
