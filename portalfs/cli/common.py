@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import argparse
 import getpass
-import logging
 import os
 import sys
 from collections.abc import Callable
@@ -20,7 +19,6 @@ __all__ = ["run_command", "unlock", "read_secret_file"]
 def run_command(prog: str, work: Callable[[Device], int]) -> int:
     """Run ``work`` on this device; a ``PortalError`` becomes one line on stderr and its exit code."""
     keep_freed_memory()  # objects pass through by the megabyte: reuse their buffers warm
-    logging.basicConfig(level=logging.WARNING, format=f"{prog}: warning: %(message)s", stream=sys.stderr)
     device = None
     try:
         device = Device(DeviceHome.from_environ())

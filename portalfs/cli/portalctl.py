@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 import getpass
 import json
+import logging
 import os
 import sqlite3
 import stat
@@ -563,6 +564,7 @@ def _parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
+    logging.basicConfig(level=logging.WARNING, format="portalctl: warning: %(message)s", stream=sys.stderr)
     return run_command("portalctl", lambda device: args.func(device, args))
 
 

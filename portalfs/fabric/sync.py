@@ -307,20 +307,31 @@ class Fabric:
             return None
 
     def accept_shares(self) -> list[str]:
-        """Add the portals other identities shared with this one; one that fails is logged and skipped."""
+        """Add the portals other identities shared with this one (one that fails is logged and skipped), and
+        follow the hub's deletions and restores of the portals this device has."""
         hub = self._require_hub()
         added = []
+        local = {row.id: row for row in self.device.state.portals()}
         for info in hub.call("GET", "/v1/portals"):
             portal = bytes.fromhex(info["id"])
-            if info["role"] == "owner" or any(row.id == portal for row in self.device.state.portals()):
+            if portal in local:
+                self._note_deleted(portal, info)
                 continue
-            if info["state"] in CLOSED_STATES:
+            if info["role"] == "owner" or info["state"] in CLOSED_STATES:
                 continue
             try:
                 added += self._accept_share(portal)
             except PortalError as exc:  # unshared or closed meanwhile, a grant that does not open
                 log.warning("portal %s shared with this identity: %s", info["id"][:16], exc)
         return added
+
+    def _note_deleted(self, portal: bytes, info: dict[str, Any]) -> None:
+        """A portal deleted at the hub is not followed here until it is restored (section 14)."""
+        key = f"deleted:{portal.hex()}"
+        if info["state"] == "deleted":
+            self.device.state.set_meta(key, str(info["release_ns"]).encode())
+        else:
+            self.device.state.delete_meta(key)
 
     def _accept_share(self, portal: bytes) -> list[str]:
         me = self.secrets.identity.public.hex()

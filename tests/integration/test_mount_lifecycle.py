@@ -45,7 +45,7 @@ def test_bad_mount_points_and_targets(tmp_path: Path) -> None:
     _fails(home, 13, "not empty", "mount", "p", str(tmp_path / "full"))
     (tmp_path / "m").mkdir()
     _fails(home, 3, "no portal named 'nope'", "mount", "nope", str(tmp_path / "m"))
-    _fails(home, 3, "has no version 7", "mount", "p@7", str(tmp_path / "m"))
+    _fails(home, 13, "has no version 7", "mount", "p@7", str(tmp_path / "m"))  # a bad NAME@VERSION
     _fails(home, 13, "positive number", "mount", "p@x", str(tmp_path / "m"))
     with mounted(home, "p", tmp_path / "m") as mnt:
         _fails(home, 13, "already a mount point", "mount", "p", str(mnt))
