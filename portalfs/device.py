@@ -158,7 +158,7 @@ class Device:
             raise IntegrityError("the key file does not belong to this device's state")
         return Unlocked(identity, device)
 
-    def whoami(self) -> dict:
+    def whoami(self) -> dict[str, str]:
         self.require_initialized()
         identity = self.state.get_meta("identity") or b""
         device = self.state.get_meta("device") or b""

@@ -14,6 +14,7 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from argon2.low_level import Type, hash_secret_raw
 from cryptography.exceptions import InvalidTag
@@ -38,7 +39,7 @@ class KeyFileSecrets:
     device: bytes
 
 
-def _stretch(passphrase: str, kdf: dict) -> bytes:
+def _stretch(passphrase: str, kdf: dict[str, Any]) -> bytes:
     return hash_secret_raw(
         passphrase.encode("utf-8"),
         kdf["salt"],
@@ -61,12 +62,12 @@ def write_keyfile(path: Path, secrets: KeyFileSecrets, passphrase: str | None) -
     write_atomic(path, encoding.encode({"v": 1, "kdf": kdf, "box": box}), mode=0o600)
 
 
-def _load(path: Path) -> dict:
+def _load(path: Path) -> dict[str, Any]:
     try:
         outer = encoding.decode(path.read_bytes())
         if outer.get("v") != 1:
             raise IntegrityError(f"key file {path}: unknown version {outer.get('v')!r}")
-        return outer
+        return dict(outer)
     except (encoding.DecodeError, AttributeError) as exc:
         raise IntegrityError(f"key file {path} is damaged") from exc
 

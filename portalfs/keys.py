@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import base64
 from dataclasses import dataclass
+from typing import Any
 
 import blake3
 from cryptography.exceptions import InvalidSignature
@@ -178,10 +179,10 @@ class DeviceCertificate:
         outer = encoding.decode(data)
         return cls(body=outer["body"], signature=outer["sig"])
 
-    def fields(self) -> dict:
-        return encoding.decode(self.body)
+    def fields(self) -> dict[str, Any]:
+        return dict(encoding.decode(self.body))
 
-    def verify(self, identity_public: bytes) -> dict:
+    def verify(self, identity_public: bytes) -> dict[str, Any]:
         """Check the signature by ``identity_public``; return the certificate fields."""
         fields = self.fields()
         if fields.get("identity") != identity_public:

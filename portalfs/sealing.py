@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import threading
 from dataclasses import dataclass
+from typing import Any
 
 import blake3
 import zstandard
@@ -76,7 +77,7 @@ class ChunkRef:
     pid: bytes  # BLAKE3 of its plaintext
     length: int  # plaintext length
 
-    def to_cbor(self) -> list:
+    def to_cbor(self) -> list[Any]:
         return [self.cid, self.key, self.pid, self.length]
 
     @classmethod

@@ -13,6 +13,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from .errors import AlreadyExists, NotFound, StorageError, shown
 from .root import RootRecord
@@ -149,7 +150,7 @@ class StateDB:
 
     # versions
 
-    def _version_row(self, row: tuple) -> VersionRow:
+    def _version_row(self, row: tuple[Any, ...]) -> VersionRow:
         return VersionRow(
             bytes(row[0]), row[1], RootRecord.from_bytes(bytes(row[2])), row[3], bytes(row[4]), row[5], row[6]
         )

@@ -25,6 +25,7 @@ import itertools
 import stat
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
+from typing import Any
 
 from . import encoding
 from .errors import CorruptObject
@@ -96,8 +97,8 @@ class Entry(FileKind):
     target: bytes | None = None
     xattrs: dict[bytes, bytes] = field(default_factory=dict)
 
-    def to_cbor(self) -> dict:
-        out: dict = {
+    def to_cbor(self) -> dict[str, Any]:
+        out: dict[str, Any] = {
             "name": self.name,
             "mode": self.mode,
             "uid": self.uid,
@@ -159,7 +160,7 @@ def new_root_entry(now_ns: int, uid: int, gid: int) -> Entry:
     return Entry(b"", stat.S_IFDIR | 0o755, uid, gid, now_ns, now_ns)
 
 
-def _decode_node(plaintext: bytes, expected: tuple[str, ...]) -> dict:
+def _decode_node(plaintext: bytes, expected: tuple[str, ...]) -> dict[str, Any]:
     try:
         node = encoding.decode(plaintext)
     except encoding.DecodeError as exc:
@@ -192,7 +193,7 @@ def decode_dir(plaintext: bytes) -> list[Entry]:
         raise CorruptObject(f"directory node: {exc}") from exc
 
 
-def _span_list(refs: list[tuple[ChunkRef, int]]) -> list:
+def _span_list(refs: list[tuple[ChunkRef, int]]) -> list[Any]:
     return [[ref.to_cbor(), span] for ref, span in refs]
 
 
@@ -233,7 +234,7 @@ def iter_file_chunks(
     ``visit_node`` is called with the ref of the file node and of every index node loaded.
     """
 
-    def parse(ref: ChunkRef, kinds: tuple[str, ...]) -> dict:
+    def parse(ref: ChunkRef, kinds: tuple[str, ...]) -> dict[str, Any]:
         if visit_node is not None:
             visit_node(ref)
         try:
@@ -241,7 +242,7 @@ def iter_file_chunks(
         except ValueError as exc:
             raise CorruptObject(f"file node {ref.cid.hex()}: {exc}") from exc
 
-    def walk(ref: ChunkRef, node: dict, expected_size: int, depth: int) -> Iterator[ChunkRef]:
+    def walk(ref: ChunkRef, node: dict[str, Any], expected_size: int, depth: int) -> Iterator[ChunkRef]:
         if depth > depth_limit:
             raise CorruptObject(f"file node {file_ref.cid.hex()}: index nesting too deep")
         try:

@@ -499,8 +499,14 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--passphrase-file", metavar="FILE", help="read the key-file passphrase from FILE")
     sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
-    def command(name: str, func: Callable[[Device, argparse.Namespace], int], help: str, parent=sub, json_flag=True):
-        c = parent.add_parser(name, help=help, description=help)
+    def command(
+        name: str,
+        func: Callable[[Device, argparse.Namespace], int],
+        help: str,
+        parent: Any = sub,
+        json_flag: bool = True,
+    ) -> argparse.ArgumentParser:
+        c: argparse.ArgumentParser = parent.add_parser(name, help=help, description=help)
         c.set_defaults(func=func)
         if json_flag:
             c.add_argument("--json", action="store_true", help="machine-readable output")

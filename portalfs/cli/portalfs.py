@@ -19,6 +19,7 @@ import subprocess
 import sys
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 from ..device import Device
 from ..errors import MountError, NotFound, PortalError
@@ -118,7 +119,7 @@ class _Relayed(PortalError):
         self.exit_code = code
 
 
-def live_mounts(device: Device) -> list[dict]:
+def live_mounts(device: Device) -> list[dict[str, Any]]:
     """This device's mounts that are mounted and whose process still runs."""
     from ..mount.runner import is_mounted
 

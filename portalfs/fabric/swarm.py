@@ -342,7 +342,7 @@ class Swarm:
         return Placement(by_edge, copies, damaged)
 
     def stat(self) -> list[dict[str, Any]]:
-        return self._run(self._stat)
+        return self._run(self._stat)  # type: ignore[no-any-return]
 
     async def _stat(self) -> list[dict[str, Any]]:
         rows = [{"edge": str(a), "key": a.key.hex(), "transport": a.transport} for a in self.addresses]

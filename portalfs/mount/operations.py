@@ -179,9 +179,9 @@ class PortalOperations(pyfuse3.Operations):
         self.head = record
         for ino in followed.inodes:  # cached pages and attributes
             with contextlib.suppress(OSError):  # ENOENT: the kernel holds nothing of it
-                pyfuse3.invalidate_inode(cast(pyfuse3.InodeT, ino))
+                pyfuse3.invalidate_inode(ino)
         for parent, name in followed.entries:  # cached names, and cached absences of names
-            pyfuse3.invalidate_entry_async(cast(pyfuse3.InodeT, parent), name, ignore_enoent=True)
+            pyfuse3.invalidate_entry_async(parent, name, ignore_enoent=True)
         log.info("showing version %d", record.version)
         return True
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import os
 from pathlib import Path
+from typing import Any
 
 from ..device import Device
 
@@ -30,7 +31,7 @@ def unregister(device: Device, mountpoint: Path) -> None:
     _record(device, mountpoint).unlink(missing_ok=True)
 
 
-def running(device: Device) -> list[dict]:
+def running(device: Device) -> list[dict[str, Any]]:
     """Records of this device's mounts whose process is alive (mounted, or still starting)."""
     found = []
     for record in device.home.mounts.iterdir():
@@ -43,9 +44,9 @@ def running(device: Device) -> list[dict]:
     return found
 
 
-def find(device: Device, mountpoint: Path) -> dict | None:
+def find(device: Device, mountpoint: Path) -> dict[str, Any] | None:
     path = _record(device, mountpoint)
     try:
-        return json.loads(path.read_text())
+        return dict(json.loads(path.read_text()))
     except (OSError, ValueError):
         return None
