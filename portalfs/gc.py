@@ -13,10 +13,10 @@ from dataclasses import dataclass
 
 from .device import Device, Unlocked
 from .errors import PortalBusy
-from .mount import registry
-from .mount.journal import decode_record, writing
 from .portal import PortalView
 from .sealing import object_id
+from .worktree import registry
+from .worktree.journal import decode_record, writing
 
 __all__ = ["GcReport", "collect_garbage", "live_objects"]
 

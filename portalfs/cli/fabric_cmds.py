@@ -32,7 +32,7 @@ from ..root import RootRecord
 from .common import unlock
 from .servers import parse_duration
 
-__all__ = ["register", "open_fabric", "attach_fabric"]
+__all__ = ["register", "open_fabric"]
 
 SYNC_TIMEOUT = 3600.0  # seconds `portalctl sync` waits for portald's answer
 STATUS_TIMEOUT = 10.0
@@ -49,18 +49,6 @@ def open_fabric(device: Device, secrets: Unlocked, need_hub: bool = True) -> Fab
     if need_hub and config.on_embedded and not daemon_socket(device.home.data).exists():
         raise UsageError(f"this device's hub ({config.hub}) is portald's embedded one: start portald first")
     return Fabric(device, secrets, config)
-
-
-def attach_fabric(device: Device, secrets: Unlocked, keep: bool = True) -> bool:
-    """When this device is on a fabric, let reads fetch missing objects from its edges; say whether it is.
-
-    ``keep``: keep what is fetched in the local store (not for a restore, which reads each object once).
-    """
-    config = load_config(device)
-    if config is not None and (config.hub or config.edges):
-        Fabric(device, secrets, config).attach(keep)
-        return True
-    return False
 
 
 def _portal_keys(device: Device, secrets: Unlocked, name: str) -> tuple[PortalView, Fabric]:

@@ -25,12 +25,13 @@ from typing import Any
 from .. import __version__
 from ..device import Device
 from ..errors import NotFound, PortalBusy, SourceError, UsageError
+from ..fabric.sync import attach_fabric
 from ..gc import collect_garbage
 from ..keys import new_entropy_words
-from ..mount.journal import writing
 from ..portal import PortalView
 from ..restore import Restorer
 from ..tree import validate_name
+from ..worktree.journal import writing
 from . import fabric_cmds
 from .common import read_secret_file, run_command, unlock
 
@@ -206,7 +207,7 @@ def _check_source(source: str) -> None:
 
 def cmd_put(device: Device, args: argparse.Namespace) -> int:
     secrets = unlock(device, args)
-    fabric_cmds.attach_fabric(device, secrets)
+    attach_fabric(device, secrets)
     stream = None
     if "-" in args.sources:
         if args.sources.count("-") > 1 or not args.name_for_stdin:
@@ -263,7 +264,7 @@ def cmd_put(device: Device, args: argparse.Namespace) -> int:
 
 def cmd_get(device: Device, args: argparse.Namespace) -> int:
     secrets = unlock(device, args)
-    fabric_cmds.attach_fabric(device, secrets, keep=False)  # what is written out is not kept twice
+    attach_fabric(device, secrets, keep=False)  # what is written out is not kept twice
     view = PortalView.open(device, args.name, secrets)
     version = view.version(args.version)
     entry = view.lookup(view.root(version).entry, args.path or "")
@@ -323,7 +324,7 @@ def cmd_check(device: Device, args: argparse.Namespace) -> int:
     from ..fabric.store import FabricStore
 
     secrets = unlock(device, args)
-    on_fabric = fabric_cmds.attach_fabric(device, secrets, keep=False)  # each object is read once
+    on_fabric = attach_fabric(device, secrets, keep=False)  # each object is read once
     view = PortalView.open(device, args.name, secrets)
     report = view.verify()
     healed = device.store.healed if isinstance(device.store, FabricStore) else 0
@@ -454,7 +455,7 @@ def cmd_restore(device: Device, args: argparse.Namespace) -> int:
     from .portalfs import live_mounts
 
     secrets = unlock(device, args)
-    fabric_cmds.attach_fabric(device, secrets)
+    attach_fabric(device, secrets)
     view = PortalView.open(device, args.name, secrets)
     old = view.lookup(view.root(view.version(args.version)).entry, args.path)
     relative = args.path.strip("/")

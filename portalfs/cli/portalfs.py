@@ -23,7 +23,7 @@ from typing import Any
 
 from ..device import Device
 from ..errors import MountError, NotFound, PortalError
-from ..mount import registry
+from ..worktree import registry
 from .common import run_command, unlock
 
 __all__ = ["main", "mount_helper_main", "mount", "unmount", "live_mounts"]
@@ -71,7 +71,7 @@ def _run_foreground(device, secrets, name, version, mountpoint, options, ready_f
 
     try:
         from ..fabric.store import fetch_directories
-        from .fabric_cmds import attach_fabric
+        from ..fabric.sync import attach_fabric
 
         on_fabric = attach_fabric(device, secrets)
         run_mount(device, secrets, name, version, mountpoint, options, ready, fetch_directories if on_fabric else None)

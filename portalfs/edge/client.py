@@ -12,8 +12,7 @@ from typing import Protocol
 
 from ..errors import CorruptObject, MissingObject, PortalError, Refused, StoreFull, Unreachable
 from ..keys import DeviceKey
-from ..store.base import check_object
-from .protocol import (
+from ..protocol.edge import (
     MAX_HAVE,
     MAX_VERIFY,
     Bitmap,
@@ -32,6 +31,7 @@ from .protocol import (
     Welcome,
     hello_message,
 )
+from ..store.base import check_object
 
 __all__ = ["EdgeAddress", "EdgeClient", "connect_edge", "parse_address"]
 

@@ -18,8 +18,7 @@ from pathlib import Path
 
 from ..errors import CorruptObject, IntegrityError, MissingObject, StorageError, StoreFull
 from ..keys import DeviceCertificate, verify_signature
-from ..store.base import CachedReads, ObjectStore, check_object
-from .protocol import (
+from ..protocol.edge import (
     Bitmap,
     Data,
     Failure,
@@ -35,6 +34,7 @@ from .protocol import (
     Welcome,
     hello_message,
 )
+from ..store.base import CachedReads, ObjectStore, check_object
 
 __all__ = ["EdgeService", "EdgeSession", "DeviceStatus", "QuotaBook", "GroupSync"]
 

@@ -46,6 +46,7 @@ from .store import FabricStore, heal_local
 from .swarm import Placement, Swarm
 
 __all__ = [
+    "attach_fabric",
     "FabricConfig",
     "Fabric",
     "load_config",
@@ -99,6 +100,18 @@ def load_config(device: Device) -> FabricConfig | None:
 
 def save_config(device: Device, config: FabricConfig) -> None:
     device.state.set_meta(META, config.to_json())
+
+
+def attach_fabric(device: Device, secrets: Unlocked, keep: bool = True) -> bool:
+    """When this device is on a fabric, let reads fetch missing objects from its edges; say whether it is.
+
+    ``keep``: keep what is fetched in the local store (not for a restore, which reads each object once).
+    """
+    config = load_config(device)
+    if config is not None and (config.hub or config.edges):
+        Fabric(device, secrets, config).attach(keep)
+        return True
+    return False
 
 
 def followed_portals(device: Device) -> list[PortalRow]:
@@ -424,7 +437,7 @@ class Fabric:
         try:
             # a read-write mount builds its versions on the head it mounted: none may come in beneath it
             if local > published:
-                from ..mount.journal import writing
+                from ..worktree.journal import writing
 
                 with writing(view, self.secrets, "sync"):  # what a crashed mount journaled is merged too
                     self.merge(view, records)

@@ -33,11 +33,11 @@ from ..device import Unlocked
 from ..errors import IntegrityError, MissingObject, PortalError
 from ..portal import PortalView
 from ..root import RootPayload, RootRecord
-from .commit import abandon, apply, checkpoint, journal_file, snapshot, staged_inodes
-from .journal import encode_record, journal_chain
+from ..worktree.commit import abandon, apply, checkpoint, journal_file, snapshot, staged_inodes
+from ..worktree.journal import encode_record, journal_chain
+from ..worktree.streaming import StreamingSeal
+from ..worktree.workspace import MAX_FILE_SIZE, FsError, Inode, Workspace
 from .reader import ContentReader
-from .streaming import StreamingSeal
-from .workspace import MAX_FILE_SIZE, FsError, Inode, Workspace
 
 __all__ = ["PortalOperations"]
 

@@ -25,7 +25,7 @@ from ..errors import MountError
 from ..portal import PortalView
 from ..root import RootPayload, RootRecord
 from ..tree import Entry, new_root_entry
-from .journal import writing
+from ..worktree.journal import writing
 from .operations import PortalOperations
 
 __all__ = ["check_mountpoint", "mount_options", "run_mount", "parse_target", "bdi_of", "is_mounted"]

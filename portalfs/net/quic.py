@@ -23,8 +23,8 @@ from typing import Any
 
 import trio
 
-from ..edge.protocol import ALPN, FrameReader, Message, RemoteProtocolError, encode_message
-from ..edge.service import EdgeSession
+from ..protocol.edge import ALPN, FrameReader, Message, RemoteProtocolError, encode_message
+from ..protocol.session import Session
 from . import one_error
 from .tcp import HandshakeTimeout, PendingAnswer, TransportError
 from .tls import EdgeKey, check_pin
@@ -184,7 +184,7 @@ async def serve_quic(
     key: EdgeKey,
     host: str,
     port: int,
-    new_session: Callable[[str], EdgeSession],
+    new_session: Callable[[str], Session],
     *,
     quic: Backend | None = None,
     task_status: trio.TaskStatus[tuple[str, int]] = trio.TASK_STATUS_IGNORED,
@@ -253,7 +253,7 @@ class _ServerConnection:
         backend: Backend,
         quic: Any,
         peer: str,
-        new_session: Callable[[str], EdgeSession],
+        new_session: Callable[[str], Session],
         endpoint: _Endpoint,
         nursery: trio.Nursery,
     ) -> None:

@@ -31,9 +31,9 @@ import trio
 from cryptography import x509
 from OpenSSL import SSL
 
-from ..edge.protocol import FRAME_HEAD, Message, RemoteProtocolError, encode_frame, parse_frame_head, parse_message
-from ..edge.service import EdgeSession
 from ..keys import DeviceKey
+from ..protocol.edge import FRAME_HEAD, Message, RemoteProtocolError, encode_frame, parse_frame_head, parse_message
+from ..protocol.session import Session
 from . import one_error
 from .tls import EdgeKey, certificate_key, check_pin, client_context, server_context
 
@@ -232,7 +232,7 @@ async def serve_tcp(
     key: EdgeKey,
     host: str,
     port: int,
-    new_session: Callable[[str, bytes | None], EdgeSession],
+    new_session: Callable[[str, bytes | None], Session],
     *,
     task_status: trio.TaskStatus[list[trio.SocketListener]] = trio.TASK_STATUS_IGNORED,
 ) -> None:
@@ -260,7 +260,7 @@ async def serve_tcp(
     await trio.serve_listeners(handle, listeners)
 
 
-async def _serve_connection(stream: TlsChannel, session: EdgeSession) -> None:
+async def _serve_connection(stream: TlsChannel, session: Session) -> None:
     answers_send, answers_recv = trio.open_memory_channel[trio.Event](PIPELINE)
     results: dict[trio.Event, tuple[bytes, bytes | bytearray]] = {}
     limit = trio.Semaphore(PIPELINE)

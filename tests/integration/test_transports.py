@@ -12,7 +12,11 @@ import trio
 from OpenSSL import SSL
 
 from portalfs.edge.client import EdgeAddress, connect_edge
-from portalfs.edge.protocol import (
+from portalfs.errors import CorruptObject, IntegrityError, MissingObject, Unreachable
+from portalfs.keys import DeviceKey, Identity
+from portalfs.net.tcp import TlsChannel, TransportError, open_tcp, receive_message
+from portalfs.net.tls import client_context
+from portalfs.protocol.edge import (
     FRAME_HEAD,
     MAX_BODY,
     Failure,
@@ -23,10 +27,6 @@ from portalfs.edge.protocol import (
     encode_frame,
     hello_message,
 )
-from portalfs.errors import CorruptObject, IntegrityError, MissingObject, Unreachable
-from portalfs.keys import DeviceKey, Identity
-from portalfs.net.tcp import TlsChannel, TransportError, open_tcp, receive_message
-from portalfs.net.tls import client_context
 from portalfs.sealing import object_id
 
 from .fabricutil import Server, start

@@ -10,7 +10,9 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from portalfs.edge.protocol import (
+from portalfs.edge.service import EdgeService, EdgeSession, QuotaBook
+from portalfs.keys import DeviceKey, Identity
+from portalfs.protocol.edge import (
     MAX_BODY,
     Bitmap,
     Data,
@@ -28,8 +30,6 @@ from portalfs.edge.protocol import (
     encode_message,
     hello_message,
 )
-from portalfs.edge.service import EdgeService, EdgeSession, QuotaBook
-from portalfs.keys import DeviceKey, Identity
 from portalfs.sealing import object_id
 from portalfs.store import LocalStore, MemoryStore
 

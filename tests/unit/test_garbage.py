@@ -11,11 +11,11 @@ import pytest
 import trio
 import trio.testing
 
-from portalfs.edge.protocol import Bitmap, Have, Put, Stored
 from portalfs.edge.service import EdgeService, QuotaBook
 from portalfs.edge.upkeep import garbage_pass
 from portalfs.hub.state import Caller, HubRefusal, HubState
 from portalfs.keys import DeviceKey, Identity
+from portalfs.protocol.edge import Bitmap, Have, Put, Stored
 from portalfs.sealing import object_id
 from portalfs.store import LocalStore
 

@@ -8,10 +8,10 @@ from pathlib import Path
 
 import pytest
 
-from portalfs.mount.journal import apply_record, decode_record, encode_record, journal_chain
-from portalfs.mount.workspace import RENAME_EXCHANGE, RENAME_NOREPLACE, FsError, Workspace
 from portalfs.sealing import ChunkRef
 from portalfs.tree import Entry, new_root_entry
+from portalfs.worktree.journal import apply_record, decode_record, encode_record, journal_chain
+from portalfs.worktree.workspace import RENAME_EXCHANGE, RENAME_NOREPLACE, FsError, Workspace
 
 from .trees import Nodes
 
