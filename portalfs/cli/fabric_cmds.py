@@ -14,7 +14,7 @@ from typing import Any
 from ..daemon.control import call_daemon, daemon_socket
 from ..device import Device, Unlocked
 from ..edge.client import parse_address
-from ..errors import NotFound, PortalError, Refused, Unreachable, UsageError
+from ..errors import NotFound, PortalError, Refused, Unreachable, UsageError, shown
 from ..fabric.grants import Grant, LinkUrl, unwrap_for_link, wrap_for_link
 from ..fabric.sync import (
     Fabric,
@@ -25,6 +25,7 @@ from ..fabric.sync import (
     published_version,
     save_config,
 )
+from ..hub.client import DeviceInfo
 from ..hub.state import WINDOW
 from ..keys import DOMAIN_REVOKE
 from ..portal import PortalView
@@ -95,7 +96,8 @@ def cmd_edge_add(device: Device, args: argparse.Namespace) -> int:
     if key is None and config.hub:
         fabric = Fabric(device, secrets, config)
         try:
-            key = next((r["key"] for r in fabric.hub.edges() if r["address"] == f"{host}:{port}"), None)  # type: ignore[union-attr]
+            found = next((e.key for e in fabric.require_hub().edges() if e.address == f"{host}:{port}"), None)
+            key = None if found is None else found.hex()
         finally:
             fabric.close()
     if key is None:
@@ -130,11 +132,21 @@ def cmd_edge_ls(device: Device, args: argparse.Namespace) -> int:
     return 0
 
 
+def _device_json(d: DeviceInfo) -> dict[str, Any]:
+    return {
+        "device": d.device.hex(),
+        "name": d.name,
+        "enrolled_ns": d.enrolled_ns,
+        "revoked_ns": d.revoked_ns,
+        "cert": d.cert.hex(),
+    }
+
+
 def cmd_device_ls(device: Device, args: argparse.Namespace) -> int:
     secrets = unlock(device, args)
     fabric = open_fabric(device, secrets)
     try:
-        rows = fabric.hub.call("GET", "/v1/devices")  # type: ignore[union-attr]
+        rows = [_device_json(d) for d in fabric.require_hub().devices()]
     finally:
         fabric.close()
     me = secrets.device.public.hex()
@@ -152,13 +164,12 @@ def cmd_device_revoke(device: Device, args: argparse.Namespace) -> int:
     secrets = unlock(device, args)
     fabric = open_fabric(device, secrets)
     try:
-        rows = fabric.hub.call("GET", "/v1/devices")  # type: ignore[union-attr]
-        match = [r["device"] for r in rows if r["device"].startswith(args.device.lower())]
+        hub = fabric.require_hub()
+        match = [d.device.hex() for d in hub.devices() if d.device.hex().startswith(args.device.lower())]
         if len(match) != 1:
-            raise NotFound(f"{args.device!r} names {len(match)} devices of this identity; give more digits")
+            raise NotFound(f"{shown(args.device)} names {len(match)} devices of this identity; give more digits")
         target = bytes.fromhex(match[0])
-        sig = secrets.identity.signing_key.sign(DOMAIN_REVOKE + target)
-        fabric.hub.call("POST", f"/v1/devices/{target.hex()}/revoke", {"sig": sig.hex()})  # type: ignore[union-attr]
+        hub.revoke_device(target, secrets.identity.signing_key.sign(DOMAIN_REVOKE + target))
     finally:
         fabric.close()
     _emit(args, {"revoked": match[0]}, f"Revoked device {match[0][:16]}")
@@ -233,7 +244,7 @@ def cmd_share(device: Device, args: argparse.Namespace) -> int:
     view, fabric = _portal_keys(device, secrets, args.name)
     try:
         recipient = _identity_arg(args.identity)
-        fabric.hub.call("PUT", f"/v1/portals/{view.row.id.hex()}", {})  # type: ignore[union-attr]
+        fabric.require_hub().create_portal(view.row.id)
         fabric.grant(view.row.id, recipient, Grant(view.row.name, view.keys, secrets.identity.public), bool(args.write))
     finally:
         fabric.close()
@@ -257,15 +268,14 @@ def cmd_unshare(device: Device, args: argparse.Namespace) -> int:
     view, fabric = _portal_keys(device, secrets, args.name)
     try:
         member = _identity_arg(args.identity)
-        hub = fabric.hub
-        assert hub is not None
-        hub.call("DELETE", f"/v1/portals/{view.row.id.hex()}/members/{member.hex()}")
+        hub = fabric.require_hub()
+        hub.remove_member(view.row.id, member)
         # Rotate: versions from now on are sealed under a read key the removed member never had.
         keys = view.keys.rotated(os.urandom(32))
         device.state.set_portal_key(view.row.id, secrets.wrap_portal_key(view.row.id, keys))
         grant = Grant(view.row.name, keys, secrets.identity.public)
-        for row in hub.call("GET", f"/v1/portals/{view.row.id.hex()}/members"):
-            fabric.grant(view.row.id, bytes.fromhex(row["identity"]), grant, row["write"])
+        for row in hub.members(view.row.id):
+            fabric.grant(view.row.id, row.identity, grant, row.write)
         fabric.update_keyring_keys(view.row.id, keys)
     finally:
         fabric.close()
@@ -294,12 +304,9 @@ def cmd_link(device: Device, args: argparse.Namespace) -> int:
             policy["window"] = args.window
         link, secret = os.urandom(16), os.urandom(32)
         wrapped = wrap_for_link(secret, link, view.row.id, Grant(view.row.name, view.keys, secrets.identity.public))
-        hub = fabric.hub
-        assert hub is not None
-        hub.call("PUT", f"/v1/portals/{view.row.id.hex()}", {})
-        hub.call(
-            "POST", f"/v1/portals/{view.row.id.hex()}/links", {"link": link.hex(), "wrapped": wrapped.hex(), **policy}
-        )
+        hub = fabric.require_hub()
+        hub.create_portal(view.row.id)
+        hub.create_link(view.row.id, link, wrapped, policy)
         url = str(LinkUrl(hub.url, link, secret))
     finally:
         fabric.close()
@@ -319,14 +326,14 @@ def cmd_open(device: Device, args: argparse.Namespace) -> int:
     try:
         fabric.join()
         save_config(device, fabric.config)
-        answer = fabric.hub.call("POST", f"/v1/links/{url.link.hex()}/redeem")  # type: ignore[union-attr]
-        portal = bytes.fromhex(answer["portal"])
-        grant = unwrap_for_link(url.secret, url.link, portal, bytes.fromhex(answer["wrapped"]))
+        answer = fabric.require_hub().redeem(url.link)
+        portal = answer.portal
+        grant = unwrap_for_link(url.secret, url.link, portal, answer.wrapped)
         existing = next((row for row in device.state.portals() if row.id == portal), None)
         name = existing.name if existing else fabric.adopt_grant(portal, grant)
         device.state.set_meta(f"link:{portal.hex()}", b"1")
         view = PortalView.open(device, name, secrets)
-        fabric.take_records(view, [RootRecord.from_bytes(bytes.fromhex(r)) for r in answer["roots"]])
+        fabric.take_records(view, [RootRecord.from_bytes(r) for r in answer.roots])
     finally:
         fabric.close()
     from .portalfs import mount
@@ -338,7 +345,7 @@ def cmd_open(device: Device, args: argparse.Namespace) -> int:
 def cmd_portal_set(device: Device, args: argparse.Namespace) -> int:
     secrets = unlock(device, args)
     view, fabric = _portal_keys(device, secrets, args.name)
-    fields: dict[str, Any] = {}
+    fields: dict[str, int | bool | None] = {}
     if args.expires:
         fields["expires_ns"] = None if args.expires == "never" else time.time_ns() + parse_duration(args.expires)
     if args.deactivate or args.activate:
@@ -346,15 +353,13 @@ def cmd_portal_set(device: Device, args: argparse.Namespace) -> int:
     if not fields:
         raise UsageError("nothing to set: give --expires, --deactivate or --activate")
     try:
-        hub = fabric.hub
-        assert hub is not None
-        hub.call("PUT", f"/v1/portals/{view.row.id.hex()}", {})
-        info = hub.call("PATCH", f"/v1/portals/{view.row.id.hex()}", fields)
+        hub = fabric.require_hub()
+        hub.create_portal(view.row.id)
+        info = hub.set_policy(view.row.id, fields)
     finally:
         fabric.close()
-    _emit(
-        args, info, f"{args.name}: {info['state']}" + (f", expires {info['expires_ns']}" if info["expires_ns"] else "")
-    )
+    expires = f", expires {_until(info.expires_ns)}" if info.expires_ns else ""
+    _emit(args, info.to_json(), f"{args.name}: {info.state}{expires}")
     return 0
 
 
@@ -374,17 +379,14 @@ def cmd_portal_delete(device: Device, args: argparse.Namespace) -> int:
             answer = input(f"Delete portal {args.name} for every device and link? Type its name to confirm: ")
             if answer.strip() != args.name:
                 raise UsageError("not confirmed: nothing deleted")
-        hub = fabric.hub
-        assert hub is not None
-        info = hub.call("DELETE", f"/v1/portals/{view.row.id.hex()}")
+        info = fabric.require_hub().delete_portal(view.row.id)
     finally:
         fabric.close()
-    device.state.set_meta(f"deleted:{view.row.id.hex()}", str(info["release_ns"]).encode())
+    device.state.set_meta(f"deleted:{view.row.id.hex()}", str(info.release_ns).encode())
     _emit(
         args,
-        {"portal": args.name, **info},
-        f"Deleted {args.name}; `portalctl portal restore {args.name}` brings it back "
-        f"until {_until(info['release_ns'])}",
+        {"portal": args.name, **info.to_json()},
+        f"Deleted {args.name}; `portalctl portal restore {args.name}` brings it back until {_until(info.release_ns)}",
     )
     return 0
 
@@ -394,13 +396,11 @@ def cmd_portal_restore(device: Device, args: argparse.Namespace) -> int:
     secrets = unlock(device, args)
     view, fabric = _portal_keys(device, secrets, args.name)
     try:
-        hub = fabric.hub
-        assert hub is not None
-        info = hub.call("POST", f"/v1/portals/{view.row.id.hex()}/restore")
+        info = fabric.require_hub().restore_portal(view.row.id)
     finally:
         fabric.close()
     device.state.delete_meta(f"deleted:{view.row.id.hex()}")
-    _emit(args, {"portal": args.name, **info}, f"Restored {args.name}: {info['state']}")
+    _emit(args, {"portal": args.name, **info.to_json()}, f"Restored {args.name}: {info.state}")
     return 0
 
 

@@ -54,12 +54,13 @@ async def run_edge(
     store = LocalStore(config.data / "store")
     quotas = QuotaBook(config.data / "edge.db", config.quota)
     device_status: DeviceStatus | None = None
-    directory = None
+    agent = None
     if config.hub:
-        from ..hub.client import EdgeDirectory
+        from ..hub.client import EdgeHubClient
+        from .hub_agent import HubAgent
 
-        directory = EdgeDirectory(config.hub, key)
-        device_status = directory.device_status
+        agent = HubAgent(EdgeHubClient(config.hub, key.public, key.sign))
+        device_status = agent.device_status
     service = EdgeService(store, key.public, quotas, device_status, config.capacity)
 
     def new_session(peer: str, channel_device: bytes | None = None) -> EdgeSession:
@@ -79,9 +80,9 @@ async def run_edge(
                         key, config.host, port, new_session, quic=backend(config.quic_backend), task_status=task_status
                     )
                 )
-            if directory is not None:
-                await nursery.start(directory.run, f"{config.host}:{port}", config.transports, store, service.check)
-                nursery.start_soon(collect_garbage, directory.request, service, config.gc_interval, config.gc_hold)
+            if agent is not None:
+                await nursery.start(agent.run, f"{config.host}:{port}", config.transports, store, service.check)
+                nursery.start_soon(collect_garbage, agent.client, service, config.gc_interval, config.gc_hold)
             if config.scrub_rate:
                 nursery.start_soon(scrub, service, config.scrub_rate, config.scrub_interval)
             log.info("edge %s serving on %s:%d (%s)", key.public.hex(), config.host, port, ", ".join(config.transports))

@@ -17,16 +17,14 @@ repair puts a good copy back.
 from __future__ import annotations
 
 import logging
-from collections.abc import Awaitable, Callable
-from typing import Any
+from typing import Protocol
 
-import httpx
 import trio
 
 from ..errors import PortalError
 from .service import EdgeService
 
-__all__ = ["collect_garbage", "scrub", "garbage_pass", "HAVE_TRUST_SECONDS", "GARBAGE_HOLD_SECONDS"]
+__all__ = ["collect_garbage", "scrub", "garbage_pass", "GarbageHub", "HAVE_TRUST_SECONDS", "GARBAGE_HOLD_SECONDS"]
 
 log = logging.getLogger("portal.edge")
 
@@ -35,34 +33,40 @@ GARBAGE_HOLD_SECONDS = 2 * HAVE_TRUST_SECONDS  # condemned ids wait at least thi
 GARBAGE_INTERVAL_SECONDS = 60.0
 SCRUB_FIRST_SECONDS = 60.0  # the first scrub pass starts this long after the edge (or one interval, if shorter)
 
-HubRequest = Callable[[str, str, dict[str, Any] | None], Awaitable[Any]]
+
+class GarbageHub(Protocol):
+    """What a garbage pass asks of the hub (``EdgeHubClient``)."""
+
+    async def garbage(self) -> list[bytes]: ...
+
+    async def forget(self, cids: list[bytes]) -> None: ...
 
 
-async def garbage_pass(hub: HubRequest, service: EdgeService, hold: float) -> tuple[int, int]:
+async def garbage_pass(hub: GarbageHub, service: EdgeService, hold: float) -> tuple[int, int]:
     """Condemn what the hub names, wait ``hold``, delete what it still names; return (condemned, deleted)."""
-    condemned = [bytes.fromhex(c) for c in await hub("GET", "/v1/edges/garbage", None)]
+    condemned = await hub.garbage()
     if not condemned:
         return 0, 0
     service.condemn(condemned)
     try:
         await trio.sleep(hold)
-        still = {bytes.fromhex(c) for c in await hub("GET", "/v1/edges/garbage", None)}
+        still = set(await hub.garbage())
     except BaseException:
         service.release([])  # pardon them all: the next pass starts over
         raise
     deleted = await trio.to_thread.run_sync(service.release, [c for c in condemned if c in still])
     if deleted:
-        await hub("POST", "/v1/edges/forget", {"cids": [c.hex() for c in deleted]})
+        await hub.forget(deleted)
     return len(condemned), len(deleted)
 
 
-async def collect_garbage(hub: HubRequest, service: EdgeService, interval: float, hold: float) -> None:
+async def collect_garbage(hub: GarbageHub, service: EdgeService, interval: float, hold: float) -> None:
     """A garbage pass every ``interval`` seconds, until cancelled."""
     while True:
         await trio.sleep(interval)
         try:
             condemned, deleted = await garbage_pass(hub, service, hold)
-        except (PortalError, httpx.HTTPError) as exc:
+        except PortalError as exc:
             log.warning("garbage pass: %s", exc)
             continue
         log.info("garbage pass: %d condemned, %d deleted (portals whose grace period ended)", condemned, deleted)

@@ -31,6 +31,7 @@ from ..errors import (
     Unreachable,
     UsageError,
 )
+from ..hub.client import HubClient, PortalInfo
 from ..hub.state import CLOSED_STATES
 from ..ingest import tree_totals
 from ..keys import DOMAIN_AGREEMENT, DeviceCertificate, verify_signature
@@ -150,8 +151,6 @@ class Fabric:
     """The hub client, the edge list and the swarm of one device, for one command."""
 
     def __init__(self, device: Device, secrets: Unlocked, config: FabricConfig) -> None:
-        from ..hub.client import HubClient
-
         self.device = device
         self.secrets = secrets
         self.config = config
@@ -174,15 +173,15 @@ class Fabric:
     def edges(self) -> list[EdgeAddress]:
         found = {row["key"]: _address(row) for row in self.config.edges}
         if self.hub is not None:
-            for row in self.hub.edges():
-                if row["key"] not in found:
-                    host, _, port = row["address"].rpartition(":")
+            for edge in self.hub.edges():
+                if edge.key.hex() not in found:
+                    host, _, port = edge.address.rpartition(":")
                     # TLS over TCP first where an edge offers both: bulk moves several times faster on it
                     # (bench/transfer); QUIC when TCP is refused or reset, e.g. by a firewall that lets only UDP through
-                    both = {"tcp", "quic"} <= set(row["transports"])
-                    transport = "tcp" if "tcp" in row["transports"] else "quic"
-                    found[row["key"]] = EdgeAddress(
-                        host.strip("[]"), int(port), bytes.fromhex(row["key"]), transport, "quic" if both else None
+                    both = {"tcp", "quic"} <= set(edge.transports)
+                    transport = "tcp" if "tcp" in edge.transports else "quic"
+                    found[edge.key.hex()] = EdgeAddress(
+                        host.strip("[]"), int(port), edge.key, transport, "quic" if both else None
                     )
         return list(found.values())
 
@@ -216,14 +215,14 @@ class Fabric:
         Then each added portal is pulled on its own: one that fails (closed at
         the hub, its key gone) is named in ``failed`` and the others go on.
         """
-        hub = self._require_hub()
+        hub = self.require_hub()
         identity = self.secrets.identity
         hub.enroll(self.cert)
         sig = identity.signing_key.sign(DOMAIN_AGREEMENT + identity.agreement_public)
-        hub.call("PUT", "/v1/identity", {"agreement": identity.agreement_public.hex(), "sig": sig.hex()})
+        hub.set_agreement(identity.agreement_public, sig)
         for row in self.device.state.portals():
             if self._grant_owner(row) == identity.public:
-                hub.call("PUT", f"/v1/portals/{row.id.hex()}", {})
+                hub.create_portal(row.id)
         with self.device.state.transaction():
             added = self.merge_keyring()
             added += self.accept_shares()
@@ -250,16 +249,15 @@ class Fabric:
 
         ``change`` edits the opened keyring in place and says whether there is anything to write.
         """
-        hub = self._require_hub()
+        hub = self.require_hub()
         identity = self.secrets.identity
         for _attempt in range(KEYRING_ATTEMPTS):
-            current = hub.call("GET", "/v1/keyring")
-            ring = open_keyring(identity, bytes.fromhex(current["blob"]))
+            current = hub.keyring()
+            ring = open_keyring(identity, current.blob)
             if not change(ring):
                 return
             try:
-                blob = seal_keyring(identity, ring).hex()
-                hub.call("PUT", "/v1/keyring", {"version": current["version"] + 1, "blob": blob})
+                hub.put_keyring(current.version + 1, seal_keyring(identity, ring))
                 return
             except Conflict:
                 continue
@@ -322,37 +320,36 @@ class Fabric:
     def accept_shares(self) -> list[str]:
         """Add the portals other identities shared with this one (one that fails is logged and skipped), and
         follow the hub's deletions and restores of the portals this device has."""
-        hub = self._require_hub()
+        hub = self.require_hub()
         added = []
         local = {row.id: row for row in self.device.state.portals()}
-        for info in hub.call("GET", "/v1/portals"):
-            portal = bytes.fromhex(info["id"])
-            if portal in local:
-                self._note_deleted(portal, info)
+        for info in hub.portals():
+            if info.id in local:
+                self._note_deleted(info)
                 continue
-            if info["role"] == "owner" or info["state"] in CLOSED_STATES:
+            if info.role == "owner" or info.state in CLOSED_STATES:
                 continue
             try:
-                added += self._accept_share(portal)
+                added += self._accept_share(info.id)
             except PortalError as exc:  # unshared or closed meanwhile, a grant that does not open
-                log.warning("portal %s shared with this identity: %s", info["id"][:16], exc)
+                log.warning("portal %s shared with this identity: %s", info.id.hex()[:16], exc)
         return added
 
-    def _note_deleted(self, portal: bytes, info: dict[str, Any]) -> None:
+    def _note_deleted(self, info: PortalInfo) -> None:
         """A portal deleted at the hub is not followed here until it is restored (section 14)."""
-        key = f"deleted:{portal.hex()}"
-        if info["state"] == "deleted":
-            self.device.state.set_meta(key, str(info["release_ns"]).encode())
+        key = f"deleted:{info.id.hex()}"
+        if info.state == "deleted":
+            self.device.state.set_meta(key, str(info.release_ns).encode())
         else:
             self.device.state.delete_meta(key)
 
     def _accept_share(self, portal: bytes) -> list[str]:
-        me = self.secrets.identity.public.hex()
-        members = self._require_hub().call("GET", f"/v1/portals/{portal.hex()}/members")
-        wrapped = next((m["wrapped"] for m in members if m["identity"] == me), None)
+        me = self.secrets.identity.public
+        members = self.require_hub().members(portal)
+        wrapped = next((m.wrapped for m in members if m.identity == me), None)
         if wrapped is None:
             return []
-        grant = unwrap_for_identity(self.secrets.identity, portal, bytes.fromhex(wrapped))
+        grant = unwrap_for_identity(self.secrets.identity, portal, wrapped)
         return [self.adopt_grant(portal, grant)]
 
     def adopt_grant(self, portal: bytes, grant: Grant) -> str:
@@ -368,7 +365,7 @@ class Fabric:
             candidate, n = f"{name}-{n}", n + 1
         return candidate
 
-    def _require_hub(self) -> Any:
+    def require_hub(self) -> HubClient:
         if self.hub is None:
             raise UsageError("no hub: run `portalctl hub add URL` first")
         return self.hub
@@ -381,8 +378,8 @@ class Fabric:
         if all(r.device in known for r in records):
             return
         owner = self._grant_owner(view.row)
-        for row in self._require_hub().call("GET", f"/v1/identities/{owner.hex()}/devices"):
-            cert = DeviceCertificate.from_bytes(bytes.fromhex(row["cert"]))
+        for row in self.require_hub().identity_devices(owner):
+            cert = DeviceCertificate.from_bytes(row.cert)
             fields = cert.verify(owner)
             if fields["device"] not in known:
                 self.device.state.add_device(
@@ -406,14 +403,10 @@ class Fabric:
 
     def grant(self, portal: bytes, member: bytes, grant: Grant, write: bool) -> None:
         """Wrap ``grant`` to ``member``'s agreement key, checked against its identity, and store it at the hub."""
-        hub = self._require_hub()
-        info = hub.call("GET", f"/v1/identities/{member.hex()}")
-        agreement = bytes.fromhex(info["agreement"])
-        verify_signature(member, bytes.fromhex(info["sig"]), DOMAIN_AGREEMENT + agreement, "agreement key")
-        wrapped = wrap_for_identity(agreement, portal, grant)
-        hub.call(
-            "PUT", f"/v1/portals/{portal.hex()}/members/{member.hex()}", {"wrapped": wrapped.hex(), "write": write}
-        )
+        hub = self.require_hub()
+        info = hub.identity(member)
+        verify_signature(member, info.sig, DOMAIN_AGREEMENT + info.agreement, "agreement key")
+        hub.set_member(portal, member, wrap_for_identity(info.agreement, portal, grant), write)
 
     def pull(self, view: PortalView) -> int:
         """Take the versions the hub has beyond this device's; return how many.
@@ -422,7 +415,7 @@ class Fabric:
         version while this device made versions of its own, the two are merged
         (``merge``) into one new version on top of the hub's.
         """
-        hub = self._require_hub()
+        hub = self.require_hub()
         head = self.device.state.head(view.row.id)
         local = 0 if head is None else head.version
         published = published_version(self.device, view.row.id)
@@ -533,7 +526,7 @@ class Fabric:
 
     def push(self, view: PortalView) -> dict[str, int]:
         """Put every object of the unpublished versions on ``replicas`` edges, then publish them in order."""
-        hub = self._require_hub()
+        hub = self.require_hub()
         portal = view.row.id
         published = published_version(self.device, portal)
         pending = [v for v in self.device.state.versions(portal) if v.version > published]
@@ -615,7 +608,7 @@ class Fabric:
         garbage only after holding it condemned longer (section 13, "Garbage"),
         so a copy this device counted on cannot be deleted before the hub knows.
         """
-        hub = self._require_hub()
+        hub = self.require_hub()
         copies = damaged = 0
         for _attempt in range(PLACE_ATTEMPTS):
             asked = time.monotonic()
@@ -630,7 +623,7 @@ class Fabric:
 
     def sync(self, view: PortalView) -> dict[str, Any]:
         if self._grant_owner(view.row) == self.secrets.identity.public:
-            self._require_hub().call("PUT", f"/v1/portals/{view.row.id.hex()}", {})  # created there, if it was not
+            self.require_hub().create_portal(view.row.id)  # created there, if it was not
         pulled = self.pull(view)
         pushed = self.push(view)
         head = self.device.state.head(view.row.id)

@@ -1,29 +1,55 @@
-"""Clients of the hub API: ``HubClient`` (a device, blocking) and ``EdgeDirectory`` (an edge, trio)."""
+"""Clients of the hub API (docs/design.md, section 13): ``HubClient`` for a device (blocking) and
+``EdgeHubClient`` for an edge (trio).
+
+Each method is one route of the hub's table (``hub/app.py``), named by the
+``@route`` it carries, with typed arguments and results; a test holds the two
+clients and the table to each other. No hub request is built anywhere else.
+"""
 
 from __future__ import annotations
 
 import json
-import logging
-import threading
-import time
 from collections.abc import Callable
-from typing import Any
+from dataclasses import dataclass
+from typing import Any, TypeVar
 
 import httpx
-import trio
 
 from ..errors import Conflict, NotFound, PortalError, Refused, Unreachable
 from ..keys import DeviceKey
-from ..store.base import ObjectStore
 from .auth import sign_request
 
-__all__ = ["HubClient", "EdgeDirectory", "HubConflict", "HubRefused"]
-
-log = logging.getLogger("portal.hub")
+__all__ = [
+    "HubClient",
+    "EdgeHubClient",
+    "HubConflict",
+    "HubRefused",
+    "DeviceInfo",
+    "DeviceCert",
+    "IdentityKey",
+    "Keyring",
+    "PortalInfo",
+    "Member",
+    "Redeemed",
+    "EdgeInfo",
+    "route",
+    "LOCATION_BATCH",
+]
 
 TIMEOUT = httpx.Timeout(10.0, read=40.0)  # reads cover the 25 s long-poll
-HEARTBEAT_SECONDS = 15.0
-DIRECTORY_SECONDS = 10.0
+LOCATION_BATCH = 5000  # ids in one locations request (the hub takes up to 10,000)
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+
+def route(method: str, path: str) -> Callable[[F], F]:
+    """Mark a client method as the one that calls ``method path`` (checked against the hub's table)."""
+
+    def mark(fn: F) -> F:
+        fn.route = (method, path)  # type: ignore[attr-defined]
+        return fn
+
+    return mark
 
 
 class HubConflict(Conflict):
@@ -38,6 +64,92 @@ class HubRefused(Refused):
     def __init__(self, message: str, code: str) -> None:
         super().__init__(message)
         self.code = code
+
+
+# results
+
+
+@dataclass(frozen=True, slots=True)
+class DeviceInfo:
+    device: bytes
+    name: str
+    enrolled_ns: int
+    revoked_ns: int | None
+    cert: bytes
+
+
+@dataclass(frozen=True, slots=True)
+class DeviceCert:
+    device: bytes
+    cert: bytes
+    revoked_ns: int | None
+
+
+@dataclass(frozen=True, slots=True)
+class IdentityKey:
+    identity: bytes
+    agreement: bytes
+    sig: bytes  # by the identity, over DOMAIN_AGREEMENT || agreement
+
+
+@dataclass(frozen=True, slots=True)
+class Keyring:
+    version: int
+    blob: bytes  # empty before the first
+
+
+@dataclass(frozen=True, slots=True)
+class PortalInfo:
+    id: bytes
+    owner: bytes
+    created_ns: int
+    expires_ns: int | None
+    state: str  # created, active, expired, deactivated, deleted
+    deleted_ns: int | None
+    release_ns: int | None  # when a deleted or expired portal's objects are released
+    head: int
+    role: str  # owner, writer, reader
+
+    @classmethod
+    def from_json(cls, v: dict[str, Any]) -> PortalInfo:
+        return cls(
+            bytes.fromhex(v["id"]), bytes.fromhex(v["owner"]), v["created_ns"], v.get("expires_ns"), v["state"],
+            v.get("deleted_ns"), v.get("release_ns"), v["head"], v["role"],
+        )  # fmt: skip
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "id": self.id.hex(), "owner": self.owner.hex(), "created_ns": self.created_ns,
+            "expires_ns": self.expires_ns, "state": self.state, "deleted_ns": self.deleted_ns,
+            "release_ns": self.release_ns, "head": self.head, "role": self.role,
+        }  # fmt: skip
+
+
+@dataclass(frozen=True, slots=True)
+class Member:
+    identity: bytes
+    wrapped: bytes
+    write: bool
+
+
+@dataclass(frozen=True, slots=True)
+class Redeemed:
+    portal: bytes
+    wrapped: bytes
+    roots: list[bytes]
+
+
+@dataclass(frozen=True, slots=True)
+class EdgeInfo:
+    key: bytes
+    address: str  # HOST:PORT
+    transports: list[str]
+    capacity: int
+    used: int
+    objects: int
+
+
+# the wire
 
 
 def _error(url: str, response: httpx.Response) -> PortalError:
@@ -74,8 +186,12 @@ class _Signer:
         return response.json().get("result")
 
 
+def _batches(cids: list[bytes]) -> list[list[str]]:
+    return [[c.hex() for c in cids[i : i + LOCATION_BATCH]] for i in range(0, len(cids), LOCATION_BATCH)]
+
+
 class HubClient:
-    """A device's blocking client; each method is one route of the API (hub/app.py)."""
+    """A device's blocking client: one method per route of the API."""
 
     def __init__(self, url: str, device: DeviceKey) -> None:
         self._signer = _Signer(url, device.public, device.sign)
@@ -85,7 +201,7 @@ class HubClient:
     def close(self) -> None:
         self._http.close()
 
-    def call(self, method: str, path: str, payload: dict[str, Any] | None = None) -> Any:
+    def _call(self, method: str, path: str, payload: dict[str, Any] | None = None) -> Any:
         url, body, headers = self._signer.prepare(method, path, payload)
         try:
             response = self._http.request(method, url, content=body, headers=headers)
@@ -93,121 +209,198 @@ class HubClient:
             raise Unreachable(f"hub {self.url}: {exc}") from exc
         return self._signer.result(response)
 
-    # convenience wrappers used by the CLI and the sync engine
+    # identities and devices
 
-    def enroll(self, cert: bytes) -> Any:
-        return self.call("POST", "/v1/devices", {"cert": cert.hex()})
+    @route("POST", "/v1/devices")
+    def enroll(self, cert: bytes) -> None:
+        self._call("POST", "/v1/devices", {"cert": cert.hex()})
 
-    def edges(self) -> list[dict[str, Any]]:
-        return list(self.call("GET", "/v1/edges"))
+    @route("GET", "/v1/devices")
+    def devices(self) -> list[DeviceInfo]:
+        return [
+            DeviceInfo(
+                bytes.fromhex(r["device"]), r["name"], r["enrolled_ns"], r["revoked_ns"], bytes.fromhex(r["cert"])
+            )
+            for r in self._call("GET", "/v1/devices")
+        ]
 
+    @route("POST", "/v1/devices/{device}/revoke")
+    def revoke_device(self, device: bytes, sig: bytes) -> None:
+        self._call("POST", f"/v1/devices/{device.hex()}/revoke", {"sig": sig.hex()})
+
+    @route("PUT", "/v1/identity")
+    def set_agreement(self, agreement: bytes, sig: bytes) -> None:
+        self._call("PUT", "/v1/identity", {"agreement": agreement.hex(), "sig": sig.hex()})
+
+    @route("GET", "/v1/identities/{identity}")
+    def identity(self, identity: bytes) -> IdentityKey:
+        r = self._call("GET", f"/v1/identities/{identity.hex()}")
+        return IdentityKey(bytes.fromhex(r["identity"]), bytes.fromhex(r["agreement"]), bytes.fromhex(r["sig"]))
+
+    @route("GET", "/v1/identities/{identity}/devices")
+    def identity_devices(self, identity: bytes) -> list[DeviceCert]:
+        return [
+            DeviceCert(bytes.fromhex(r["device"]), bytes.fromhex(r["cert"]), r["revoked_ns"])
+            for r in self._call("GET", f"/v1/identities/{identity.hex()}/devices")
+        ]
+
+    # keyring
+
+    @route("GET", "/v1/keyring")
+    def keyring(self) -> Keyring:
+        r = self._call("GET", "/v1/keyring")
+        return Keyring(r["version"], bytes.fromhex(r["blob"]))
+
+    @route("PUT", "/v1/keyring")
+    def put_keyring(self, version: int, blob: bytes) -> None:
+        """Compare-and-swap: ``version`` is the stored one plus one (HubConflict otherwise)."""
+        self._call("PUT", "/v1/keyring", {"version": version, "blob": blob.hex()})
+
+    # portals
+
+    @route("GET", "/v1/portals")
+    def portals(self) -> list[PortalInfo]:
+        return [PortalInfo.from_json(r) for r in self._call("GET", "/v1/portals")]
+
+    @route("PUT", "/v1/portals/{portal}")
+    def create_portal(self, portal: bytes, expires_ns: int | None = None) -> None:
+        """Create the portal for this identity (nothing happens if it exists and is this identity's)."""
+        self._call("PUT", f"/v1/portals/{portal.hex()}", {} if expires_ns is None else {"expires_ns": expires_ns})
+
+    @route("GET", "/v1/portals/{portal}")
+    def portal(self, portal: bytes) -> PortalInfo:
+        return PortalInfo.from_json(self._call("GET", f"/v1/portals/{portal.hex()}"))
+
+    @route("PATCH", "/v1/portals/{portal}")
+    def set_policy(self, portal: bytes, policy: dict[str, int | bool | None]) -> PortalInfo:
+        """``policy``: ``expires_ns`` (None: never) and/or ``active``."""
+        return PortalInfo.from_json(self._call("PATCH", f"/v1/portals/{portal.hex()}", dict(policy)))
+
+    @route("DELETE", "/v1/portals/{portal}")
+    def delete_portal(self, portal: bytes) -> PortalInfo:
+        return PortalInfo.from_json(self._call("DELETE", f"/v1/portals/{portal.hex()}"))
+
+    @route("POST", "/v1/portals/{portal}/restore")
+    def restore_portal(self, portal: bytes) -> PortalInfo:
+        return PortalInfo.from_json(self._call("POST", f"/v1/portals/{portal.hex()}/restore"))
+
+    # root records
+
+    @route("POST", "/v1/portals/{portal}/roots")
+    def publish(self, portal: bytes, record: bytes) -> int:
+        """Publish a root record on top of the head (HubConflict when it is not); return its version."""
+        return int(self._call("POST", f"/v1/portals/{portal.hex()}/roots", {"record": record.hex()})["version"])
+
+    @route("GET", "/v1/portals/{portal}/roots")
     def roots(self, portal: bytes, after: int = 0) -> list[bytes]:
-        return [bytes.fromhex(r) for r in self.call("GET", f"/v1/portals/{portal.hex()}/roots?after={after}")]
+        return [bytes.fromhex(r) for r in self._call("GET", f"/v1/portals/{portal.hex()}/roots?after={after}")]
 
+    @route("GET", "/v1/portals/{portal}/events")
     def wait_roots(self, portal: bytes, after: int) -> list[bytes]:
-        return [bytes.fromhex(r) for r in self.call("GET", f"/v1/portals/{portal.hex()}/events?after={after}")]
+        """The root records after ``after``, waiting up to 25 s for one (long-poll)."""
+        return [bytes.fromhex(r) for r in self._call("GET", f"/v1/portals/{portal.hex()}/events?after={after}")]
 
-    def publish(self, portal: bytes, record: bytes) -> Any:
-        return self.call("POST", f"/v1/portals/{portal.hex()}/roots", {"record": record.hex()})
+    # members and links
 
+    @route("GET", "/v1/portals/{portal}/members")
+    def members(self, portal: bytes) -> list[Member]:
+        return [
+            Member(bytes.fromhex(r["identity"]), bytes.fromhex(r["wrapped"]), bool(r["write"]))
+            for r in self._call("GET", f"/v1/portals/{portal.hex()}/members")
+        ]
+
+    @route("PUT", "/v1/portals/{portal}/members/{identity}")
+    def set_member(self, portal: bytes, identity: bytes, wrapped: bytes, write: bool) -> None:
+        self._call(
+            "PUT", f"/v1/portals/{portal.hex()}/members/{identity.hex()}", {"wrapped": wrapped.hex(), "write": write}
+        )
+
+    @route("DELETE", "/v1/portals/{portal}/members/{identity}")
+    def remove_member(self, portal: bytes, identity: bytes) -> None:
+        self._call("DELETE", f"/v1/portals/{portal.hex()}/members/{identity.hex()}")
+
+    @route("POST", "/v1/portals/{portal}/links")
+    def create_link(self, portal: bytes, link: bytes, wrapped: bytes, policy: dict[str, int | str]) -> None:
+        """``policy``: ``expires_ns``, ``max_downloads`` and ``window`` (HH:MM-HH:MM UTC), each optional."""
+        self._call(
+            "POST", f"/v1/portals/{portal.hex()}/links", {"link": link.hex(), "wrapped": wrapped.hex(), **policy}
+        )
+
+    @route("DELETE", "/v1/links/{link}")
+    def revoke_link(self, link: bytes) -> None:
+        self._call("DELETE", f"/v1/links/{link.hex()}")
+
+    @route("POST", "/v1/links/{link}/redeem")
+    def redeem(self, link: bytes) -> Redeemed:
+        r = self._call("POST", f"/v1/links/{link.hex()}/redeem")
+        return Redeemed(bytes.fromhex(r["portal"]), bytes.fromhex(r["wrapped"]), [bytes.fromhex(x) for x in r["roots"]])
+
+    # edges, locations, damage
+
+    @route("GET", "/v1/edges")
+    def edges(self) -> list[EdgeInfo]:
+        return [
+            EdgeInfo(
+                bytes.fromhex(r["key"]), r["address"], list(r["transports"]), r["capacity"], r["used"], r["objects"]
+            )
+            for r in self._call("GET", "/v1/edges")
+        ]
+
+    @route("POST", "/v1/portals/{portal}/locations")
+    def add_locations(self, portal: bytes, edge: bytes, cids: list[bytes]) -> None:
+        for batch in _batches(cids):
+            self._call("POST", f"/v1/portals/{portal.hex()}/locations", {"edge": edge.hex(), "cids": batch})
+
+    @route("POST", "/v1/locations")
     def locations(self, cids: list[bytes]) -> dict[bytes, list[bytes]]:
         found: dict[bytes, list[bytes]] = {}
-        for start in range(0, len(cids), 5000):
-            batch = [c.hex() for c in cids[start : start + 5000]]
-            answer = self.call("POST", "/v1/locations", {"cids": batch})
+        for batch in _batches(cids):
+            answer = self._call("POST", "/v1/locations", {"cids": batch})
             found.update({bytes.fromhex(k): [bytes.fromhex(e) for e in v] for k, v in answer.items()})
         return found
 
+    @route("POST", "/v1/damage")
     def report_damage(self, edge: bytes, cids: list[bytes]) -> None:
-        for start in range(0, len(cids), 5000):
-            self.call("POST", "/v1/damage", {"edge": edge.hex(), "cids": [c.hex() for c in cids[start : start + 5000]]})
-
-    def add_locations(self, portal: bytes, edge: bytes, cids: list[bytes]) -> None:
-        for start in range(0, len(cids), 5000):
-            batch = [c.hex() for c in cids[start : start + 5000]]
-            self.call("POST", f"/v1/portals/{portal.hex()}/locations", {"edge": edge.hex(), "cids": batch})
+        for batch in _batches(cids):
+            self._call("POST", "/v1/damage", {"edge": edge.hex(), "cids": batch})
 
 
-class EdgeDirectory:
-    """An edge's view of the hub: it registers and heartbeats, and keeps the device directory fresh."""
+class EdgeHubClient:
+    """An edge's client (trio): its routes of the API, signed with the edge's key."""
 
-    def __init__(self, url: str, key: Any) -> None:
-        from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+    def __init__(self, url: str, public: bytes, sign: Callable[[bytes], bytes]) -> None:
+        self._signer = _Signer(url, public, sign)
+        self.url = self._signer.url
 
-        private = Ed25519PrivateKey.from_private_bytes(key.private)
-        self._signer = _Signer(url, key.public, private.sign)
-        self._devices: dict[bytes, str] = {}
-        self._lock = threading.Lock()
-        self._last_refresh = 0.0
-
-    def _fetch_devices(self) -> dict[bytes, str]:
-        url, body, headers = self._signer.prepare("GET", "/v1/directory/devices", None)
-        with httpx.Client(timeout=TIMEOUT) as http:
-            answer = self._signer.result(http.get(url, headers=headers))
-        return {bytes.fromhex(k): v for k, v in answer.items()}
-
-    def device_status(self, device: bytes) -> str | None:
-        """Called from worker threads; an unknown device triggers one refresh (at most once a second)."""
-        with self._lock:
-            status = self._devices.get(device)
-            stale = time.monotonic() - self._last_refresh > 1.0
-        if status is None and stale:
-            try:
-                devices = self._fetch_devices()
-            except (PortalError, httpx.HTTPError) as exc:
-                log.warning("device directory: %s", exc)
-                return None
-            with self._lock:
-                self._devices, self._last_refresh = devices, time.monotonic()
-                status = devices.get(device)
-        return status
-
-    async def _call(self, http: httpx.AsyncClient, method: str, path: str, payload: dict[str, Any] | None) -> Any:
+    async def _call(self, method: str, path: str, payload: dict[str, Any] | None = None) -> Any:
         url, body, headers = self._signer.prepare(method, path, payload)
-        return self._signer.result(await http.request(method, url, content=body, headers=headers))
+        try:  # a connection per request: an edge asks a few times a minute
+            async with httpx.AsyncClient(timeout=TIMEOUT) as http:
+                response = await http.request(method, url, content=body, headers=headers)
+        except httpx.HTTPError as exc:
+            raise Unreachable(f"hub {self.url}: {exc}") from exc
+        return self._signer.result(response)
 
-    async def request(self, method: str, path: str, payload: dict[str, Any] | None = None) -> Any:
-        """One signed request as this edge (for the garbage pass: section 13, "Garbage")."""
-        async with httpx.AsyncClient(timeout=TIMEOUT) as http:
-            try:
-                return await self._call(http, method, path, payload)
-            except httpx.HTTPError as exc:
-                raise Unreachable(f"hub {self._signer.url}: {exc}") from exc
+    @route("POST", "/v1/edges")
+    async def register(self, address: str, transports: tuple[str, ...], used: int, objects: int) -> None:
+        """Register, or heartbeat: the directory lists an edge seen in the last 60 s."""
+        stat = {"capacity": 0, "used": used, "objects": objects}
+        await self._call("POST", "/v1/edges", {"address": address, "transports": list(transports), "stat": stat})
 
-    async def run(
-        self,
-        address: str,
-        transports: tuple[str, ...],
-        store: ObjectStore,
-        check: Callable[[list[bytes]], list[bool]],
-        *,
-        task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED,
-    ) -> None:
-        """Register, then heartbeat, refresh the device directory and ``check`` the copies readers reported
-        damaged, until cancelled."""
-        started = False
-        async with httpx.AsyncClient(timeout=TIMEOUT) as http:
-            while True:
-                try:
-                    stat = await trio.to_thread.run_sync(store.stat)
-                    payload = {
-                        "address": address,
-                        "transports": list(transports),
-                        "stat": {"capacity": 0, "used": stat.bytes, "objects": stat.objects},
-                    }
-                    await self._call(http, "POST", "/v1/edges", payload)
-                    devices = await self._call(http, "GET", "/v1/directory/devices", None)
-                    with self._lock:
-                        self._devices = {bytes.fromhex(k): v for k, v in devices.items()}
-                        self._last_refresh = time.monotonic()
-                    suspects = [bytes.fromhex(c) for c in await self._call(http, "GET", "/v1/edges/suspects", None)]
-                    if suspects:
-                        intact = await trio.to_thread.run_sync(check, suspects)
-                        log.info("checked %d copies readers reported damaged: %d were (removed)", len(suspects),
-                                 intact.count(False))  # fmt: skip
-                except (PortalError, httpx.HTTPError) as exc:
-                    log.warning("hub: %s", exc)
-                if not started:
-                    started = True
-                    task_status.started()
-                await trio.sleep(min(HEARTBEAT_SECONDS, DIRECTORY_SECONDS))
+    @route("GET", "/v1/directory/devices")
+    async def device_directory(self) -> dict[bytes, str]:
+        """Every enrolled device: "active" or "revoked"."""
+        return {bytes.fromhex(k): v for k, v in (await self._call("GET", "/v1/directory/devices")).items()}
+
+    @route("GET", "/v1/edges/garbage")
+    async def garbage(self) -> list[bytes]:
+        return [bytes.fromhex(c) for c in await self._call("GET", "/v1/edges/garbage")]
+
+    @route("POST", "/v1/edges/forget")
+    async def forget(self, cids: list[bytes]) -> None:
+        for batch in _batches(cids):
+            await self._call("POST", "/v1/edges/forget", {"cids": batch})
+
+    @route("GET", "/v1/edges/suspects")
+    async def suspects(self) -> list[bytes]:
+        return [bytes.fromhex(c) for c in await self._call("GET", "/v1/edges/suspects")]

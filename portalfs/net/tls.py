@@ -53,6 +53,10 @@ class EdgeKey:
     def public(self) -> bytes:
         return public_bytes(Ed25519PrivateKey.from_private_bytes(self.private))
 
+    def sign(self, message: bytes) -> bytes:
+        """Ed25519 over ``message`` (the edge's hub requests)."""
+        return Ed25519PrivateKey.from_private_bytes(self.private).sign(message)
+
     @classmethod
     def load_or_create(cls, data: Path) -> EdgeKey:
         raw_file, cert_file, key_file = data / "edge.key", data / "edge-cert.pem", data / "edge-key.pem"

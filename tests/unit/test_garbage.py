@@ -138,15 +138,15 @@ def test_the_timing_rule_is_what_keeps_the_other_orders_safe(tmp_path: Path, ord
 def test_a_garbage_pass_deletes_only_what_the_hub_still_names_after_the_hold(tmp_path: Path) -> None:
     world = World(tmp_path)
 
-    async def hub(method: str, path: str, payload: dict[str, object] | None) -> object:
-        if path == "/v1/edges/garbage":
-            return world.hub.garbage(world.edge, NOW)
-        assert path == "/v1/edges/forget" and payload is not None
-        world.hub.forget_locations(world.edge, [bytes.fromhex(c) for c in payload["cids"]], NOW)  # type: ignore[union-attr]
-        return None
+    class Hub:  # the hub's side of a garbage pass, on the real hub state
+        async def garbage(self) -> list[bytes]:
+            return [bytes.fromhex(c) for c in world.hub.garbage(world.edge, NOW)]
+
+        async def forget(self, cids: list[bytes]) -> None:
+            world.hub.forget_locations(world.edge, cids, NOW)
 
     async def main() -> tuple[int, int]:
-        return await garbage_pass(hub, world.service, hold=1.0)
+        return await garbage_pass(Hub(), world.service, hold=1.0)
 
     assert trio.run(main, clock=trio.testing.MockClock(autojump_threshold=0)) == (1, 1)
     assert not world.holds(world.shared) and world.holds(world.own)

@@ -1,0 +1,120 @@
+"""The typed hub clients against a real hub on loopback: every route, with what it gives back."""
+
+from __future__ import annotations
+
+import os
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+import trio
+
+from portalfs.errors import NotFound
+from portalfs.hub.client import EdgeHubClient, HubClient, HubConflict, HubRefused
+from portalfs.keys import DOMAIN_AGREEMENT, DOMAIN_REVOKE, DeviceKey, Identity
+from portalfs.net.tls import EdgeKey
+
+from .fabricutil import FabricLab, fabric
+
+
+@pytest.fixture(scope="module")
+def lab(tmp_path_factory: pytest.TempPathFactory) -> Iterator[FabricLab]:
+    with fabric(tmp_path_factory.mktemp("hub"), edges=0) as lab:
+        yield lab
+
+
+def _device(lab: FabricLab) -> tuple[Identity, DeviceKey, HubClient]:
+    identity, device = Identity(os.urandom(32)), DeviceKey(os.urandom(32))
+    hub = HubClient(lab.hub_url, device)
+    hub.enroll(identity.enroll(device.public, "laptop", time.time_ns()).to_bytes())
+    return identity, device, hub
+
+
+def test_a_device_walks_every_route(lab: FabricLab, tmp_path: Path) -> None:
+    owner, device, hub = _device(lab)
+    friend, _, friends_hub = _device(lab)
+    try:
+        assert [d.device for d in hub.devices()] == [device.public]
+        hub.set_agreement(owner.agreement_public, owner.signing_key.sign(DOMAIN_AGREEMENT + owner.agreement_public))
+        assert hub.identity(owner.public).agreement == owner.agreement_public
+        assert [d.device for d in friends_hub.identity_devices(owner.public)] == [device.public]
+
+        assert hub.keyring().version == 0
+        hub.put_keyring(1, b"sealed keyring")
+        with pytest.raises(HubConflict):
+            hub.put_keyring(1, b"another")  # compare-and-swap on the version
+        assert hub.keyring().blob == b"sealed keyring"
+
+        portal = os.urandom(16)
+        hub.create_portal(portal)
+        assert [p.id for p in hub.portals()] == [portal] and hub.portal(portal).state == "created"
+        assert hub.set_policy(portal, {"active": False}).state == "deactivated"
+        assert hub.set_policy(portal, {"active": True}).state == "created"
+        assert hub.roots(portal) == []  # (wait_roots, the long-poll, is the daemon's: its tests use it)
+
+        hub.set_member(portal, friend.public, b"wrapped grant", write=False)
+        assert [(m.identity, m.wrapped, m.write) for m in hub.members(portal)] == [
+            (friend.public, b"wrapped grant", False)
+        ]
+        assert friends_hub.portal(portal).role == "reader"
+        hub.remove_member(portal, friend.public)
+        with pytest.raises(HubRefused) as refused:
+            friends_hub.members(portal)
+        assert refused.value.code == "forbidden"
+
+        link = os.urandom(16)
+        hub.create_link(portal, link, b"link-wrapped", {"max_downloads": 1})
+        redeemed = friends_hub.redeem(link)
+        assert (redeemed.portal, redeemed.wrapped, redeemed.roots) == (portal, b"link-wrapped", [])
+        with pytest.raises(HubRefused):
+            friends_hub.redeem(link)  # its one download is used
+        hub.revoke_link(link)
+
+        cid = os.urandom(32)
+        hub.add_locations(portal, b"E" * 32, [cid])
+        assert hub.locations([cid]) == {cid: [b"E" * 32]}
+        hub.report_damage(b"E" * 32, [cid])
+        assert hub.edges() == []
+
+        deleted = hub.delete_portal(portal)
+        assert deleted.state == "deleted" and deleted.release_ns is not None
+        assert hub.restore_portal(portal).state == "created"
+        with pytest.raises(NotFound):
+            hub.portal(os.urandom(16))
+
+        other = DeviceKey(os.urandom(32))
+        other_hub = HubClient(lab.hub_url, other)
+        other_hub.enroll(owner.enroll(other.public, "phone", time.time_ns()).to_bytes())
+        hub.revoke_device(other.public, owner.signing_key.sign(DOMAIN_REVOKE + other.public))
+        with pytest.raises(HubRefused) as revoked:
+            other_hub.devices()
+        assert revoked.value.code == "revoked"
+        other_hub.close()
+    finally:
+        hub.close()
+        friends_hub.close()
+
+
+def test_an_edge_walks_its_routes(lab: FabricLab, tmp_path: Path) -> None:
+    key = EdgeKey.load_or_create(tmp_path)
+    _, device, hub = _device(lab)
+    portal, cid = os.urandom(16), os.urandom(32)
+    hub.create_portal(portal)
+
+    async def walk() -> None:
+        edge = EdgeHubClient(lab.hub_url, key.public, key.sign)
+        await edge.register("127.0.0.1:9", ("tcp",), used=10, objects=1)
+        assert (await edge.device_directory())[device.public] == "active"
+        assert await edge.garbage() == []
+        hub.add_locations(portal, key.public, [cid])
+        hub.report_damage(key.public, [cid])
+        assert await edge.suspects() == [cid]
+        assert await edge.suspects() == []  # handed over once
+        await edge.forget([cid])
+
+    try:
+        trio.run(walk)
+        assert [e.key for e in hub.edges()] == [key.public]
+    finally:
+        hub.close()
