@@ -17,6 +17,7 @@ from typing import Any
 
 from .errors import AlreadyExists, NotFound, StorageError, shown
 from .root import RootRecord
+from .sqlite import open_db, transaction
 
 __all__ = ["StateDB", "PortalRow", "VersionRow", "CachedFile"]
 
@@ -74,10 +75,7 @@ class CachedFile:
 class StateDB:
     def __init__(self, path: Path) -> None:
         try:
-            self._db = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
-            self._db.execute("PRAGMA journal_mode=WAL")
-            self._db.execute("PRAGMA synchronous=FULL")
-            self._db.execute("PRAGMA foreign_keys=ON")
+            self._db = open_db(path, durability="full", foreign_keys=True)
             self._db.executescript(_SCHEMA)
         except sqlite3.Error as exc:
             raise StorageError(f"cannot open the device state {path}: {exc}") from exc
@@ -87,13 +85,8 @@ class StateDB:
 
     @contextmanager
     def transaction(self) -> Iterator[None]:
-        self._db.execute("BEGIN IMMEDIATE")
-        try:
+        with transaction(self._db):
             yield
-        except BaseException:
-            self._db.execute("ROLLBACK")
-            raise
-        self._db.execute("COMMIT")
 
     # meta
 

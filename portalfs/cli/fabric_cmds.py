@@ -15,9 +15,7 @@ from ..daemon.control import call_daemon, daemon_socket
 from ..device import Device, Unlocked
 from ..edge.client import parse_address
 from ..errors import NotFound, PortalError, Refused, Unreachable, UsageError, shown
-from ..fabric.grants import Grant, LinkUrl, unwrap_for_link, wrap_for_link
-from ..fabric.sync import (
-    Fabric,
+from ..fabric.config import (
     FabricConfig,
     followed_portals,
     forget_published,
@@ -25,6 +23,8 @@ from ..fabric.sync import (
     published_version,
     save_config,
 )
+from ..fabric.grants import Grant, LinkUrl, unwrap_for_link, wrap_for_link
+from ..fabric.sync import Fabric
 from ..hub.client import DeviceInfo
 from ..hub.state import WINDOW
 from ..keys import DOMAIN_REVOKE

@@ -42,7 +42,7 @@ def _only_daemon(lock_path: Path) -> Iterator[None]:
 def _serve(device: Device, args: argparse.Namespace) -> int:
     from ..daemon.embedded import wanted
     from ..daemon.service import SyncDaemon
-    from ..fabric.sync import load_config
+    from ..fabric.config import load_config
 
     if args.interval <= 0:
         raise UsageError("--interval must be a positive number of seconds")

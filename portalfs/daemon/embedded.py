@@ -23,7 +23,8 @@ import trio
 from ..device import Device, Unlocked
 from ..edge.server import EdgeConfig, run_edge
 from ..errors import PortalBusy, UsageError
-from ..fabric.sync import Fabric, FabricConfig, load_config, save_config
+from ..fabric.config import FabricConfig, load_config, save_config
+from ..fabric.sync import Fabric
 from ..hub.server import run_hub
 from ..net import one_error
 

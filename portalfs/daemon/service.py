@@ -21,7 +21,8 @@ import trio
 
 from ..device import Device, Unlocked
 from ..errors import NotFound, PortalError, UsageError
-from ..fabric.sync import Fabric, FabricConfig, followed_portals, load_config, published_version
+from ..fabric.config import FabricConfig, followed_portals, load_config, published_version
+from ..fabric.sync import Fabric
 from ..hub.client import HubClient
 from ..portal import PortalView
 from .control import daemon_socket, serve_control

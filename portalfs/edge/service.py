@@ -10,7 +10,6 @@ section "Edge protocol".
 from __future__ import annotations
 
 import logging
-import sqlite3
 import threading
 from collections import OrderedDict
 from collections.abc import Callable
@@ -34,6 +33,7 @@ from ..protocol.edge import (
     Welcome,
     hello_message,
 )
+from ..sqlite import open_db, transaction
 from ..store.base import CachedReads, ObjectStore, check_object
 
 __all__ = ["EdgeService", "EdgeSession", "DeviceStatus", "QuotaBook", "GroupSync"]
@@ -89,8 +89,7 @@ class QuotaBook:
     def __init__(self, path: Path, quota: int) -> None:
         self.quota = quota  # bytes per identity; 0 means no limit
         self._lock = threading.Lock()
-        self._db = sqlite3.connect(path, check_same_thread=False, isolation_level=None)
-        self._db.execute("PRAGMA journal_mode=WAL")
+        self._db = open_db(path, durability="full")
         self._db.executescript(self._SCHEMA)
 
     def usage(self, identity: bytes) -> int:
@@ -109,37 +108,23 @@ class QuotaBook:
         return self.quota == 0 or self.usage(identity) + size <= self.quota
 
     def charge(self, identity: bytes, cid: bytes, size: int) -> None:
-        with self._lock:
-            self._db.execute("BEGIN IMMEDIATE")
-            try:
-                inserted = self._db.execute(
-                    "INSERT OR IGNORE INTO owners (cid, identity, size) VALUES (?, ?, ?)", (cid, identity, size)
-                ).rowcount
-                if inserted:
-                    self._db.execute(
-                        "INSERT INTO usage (identity, bytes) VALUES (?, ?) "
-                        "ON CONFLICT (identity) DO UPDATE SET bytes = bytes + excluded.bytes",
-                        (identity, size),
-                    )
-                self._db.execute("COMMIT")
-            except BaseException:
-                self._db.execute("ROLLBACK")
-                raise
+        with transaction(self._db, self._lock) as db:
+            inserted = db.execute(
+                "INSERT OR IGNORE INTO owners (cid, identity, size) VALUES (?, ?, ?)", (cid, identity, size)
+            ).rowcount
+            if inserted:
+                db.execute(
+                    "INSERT INTO usage (identity, bytes) VALUES (?, ?) "
+                    "ON CONFLICT (identity) DO UPDATE SET bytes = bytes + excluded.bytes",
+                    (identity, size),
+                )
 
     def release(self, cid: bytes) -> None:
         """Forget every owner of ``cid`` (the object was deleted)."""
-        with self._lock:
-            self._db.execute("BEGIN IMMEDIATE")
-            try:
-                for identity, size in self._db.execute(
-                    "SELECT identity, size FROM owners WHERE cid = ?", (cid,)
-                ).fetchall():
-                    self._db.execute("UPDATE usage SET bytes = max(0, bytes - ?) WHERE identity = ?", (size, identity))
-                self._db.execute("DELETE FROM owners WHERE cid = ?", (cid,))
-                self._db.execute("COMMIT")
-            except BaseException:
-                self._db.execute("ROLLBACK")
-                raise
+        with transaction(self._db, self._lock) as db:
+            for identity, size in db.execute("SELECT identity, size FROM owners WHERE cid = ?", (cid,)).fetchall():
+                db.execute("UPDATE usage SET bytes = max(0, bytes - ?) WHERE identity = ?", (size, identity))
+            db.execute("DELETE FROM owners WHERE cid = ?", (cid,))
 
     def close(self) -> None:
         self._db.close()

@@ -25,6 +25,7 @@ from pathlib import Path
 
 from ..device import Device
 from ..errors import StorageError
+from ..sqlite import open_db
 
 __all__ = ["FetchCache", "DEFAULT_LIMIT", "LOW_WATER", "cache_limit", "set_cache_limit"]
 
@@ -62,9 +63,7 @@ class FetchCache:
         self._lock = threading.Lock()
         self._read: dict[bytes, int] = {}  # reads not yet written down: cid -> when
         try:
-            self._db = sqlite3.connect(path, check_same_thread=False, isolation_level=None)
-            self._db.execute("PRAGMA journal_mode=WAL")
-            self._db.execute("PRAGMA synchronous=NORMAL")
+            self._db = open_db(path, durability="normal")  # a cache: a lost write costs a refetch
             self._db.executescript(_SCHEMA)
             self._bytes = int(self._db.execute("SELECT coalesce(sum(size), 0) FROM fetched").fetchone()[0])
         except sqlite3.Error as exc:

@@ -9,13 +9,11 @@ read.
 
 from __future__ import annotations
 
-import json
 import logging
 import os
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass, field
 from typing import Any
 
 from ..device import Device, Unlocked
@@ -42,65 +40,17 @@ from ..root import PortalKeys, RootPayload, RootRecord, make_root_record
 from ..sealing import ChunkRef
 from ..state import PortalRow, VersionRow
 from .cache import FetchCache, cache_limit
+from .config import FabricConfig, load_config, mark_published, published_version, save_config
 from .grants import Grant, open_keyring, seal_keyring, unwrap_for_identity, wrap_for_identity
 from .store import FabricStore, heal_local
 from .swarm import Placement, Swarm
 
-__all__ = [
-    "attach_fabric",
-    "FabricConfig",
-    "Fabric",
-    "load_config",
-    "save_config",
-    "followed_portals",
-    "published_version",
-    "forget_published",
-]
+__all__ = ["attach_fabric", "Fabric"]
 
 log = logging.getLogger("portal.sync")
 
-META = "fabric"
-DEFAULT_REPLICAS = 2
 KEYRING_ATTEMPTS = 5  # compare-and-swap rounds before giving up on a busy keyring
 PLACE_ATTEMPTS = 3  # pushes in a row whose HAVE answers were too old when their locations were recorded
-
-
-@dataclass
-class FabricConfig:
-    hub: str | None = None
-    edges: list[dict[str, Any]] = field(default_factory=list)  # added by hand: host, port, key, transport
-    replicas: int = DEFAULT_REPLICAS
-    embedded: dict[str, Any] | None = None  # portald's own hub and edge: host, hub_port, edge_port
-
-    def to_json(self) -> bytes:
-        return json.dumps(
-            {"hub": self.hub, "edges": self.edges, "replicas": self.replicas, "embedded": self.embedded}
-        ).encode()
-
-    @property
-    def on_embedded(self) -> bool:
-        """Whether the hub is the one portald runs in-process (section 16, "Embedded hub and edge")."""
-        return self.embedded is not None and self.hub == self.embedded.get("hub")
-
-    def leave_embedded(self) -> None:
-        """Forget portald's embedded hub and edge, and the replication factor their one edge allowed."""
-        if self.embedded is not None:
-            self.embedded = None
-            self.replicas = DEFAULT_REPLICAS
-
-
-def load_config(device: Device) -> FabricConfig | None:
-    raw = device.state.get_meta(META)
-    if raw is None:
-        return None
-    value = json.loads(raw)
-    return FabricConfig(
-        value.get("hub"), value.get("edges", []), value.get("replicas", DEFAULT_REPLICAS), value.get("embedded")
-    )
-
-
-def save_config(device: Device, config: FabricConfig) -> None:
-    device.state.set_meta(META, config.to_json())
 
 
 def attach_fabric(device: Device, secrets: Unlocked, keep: bool = True) -> bool:
@@ -113,34 +63,6 @@ def attach_fabric(device: Device, secrets: Unlocked, keep: bool = True) -> bool:
         Fabric(device, secrets, config).attach(keep)
         return True
     return False
-
-
-def followed_portals(device: Device) -> list[PortalRow]:
-    """The portals sync keeps up to date: all but those opened from a link (read-only, refreshed by `open`)
-    and those this device deleted at the hub (until `portal restore`)."""
-    return [
-        row
-        for row in device.state.portals()
-        if not device.state.get_meta(f"link:{row.id.hex()}") and not device.state.get_meta(f"deleted:{row.id.hex()}")
-    ]
-
-
-def published_version(device: Device, portal: bytes) -> int:
-    """The newest version of ``portal`` this device knows to be at the hub (0: none)."""
-    raw = device.state.get_meta(f"published:{portal.hex()}")
-    return 0 if raw is None else int(raw)
-
-
-def mark_published(device: Device, portal: bytes, version: int) -> None:
-    """Record that the hub has ``portal`` up to ``version``."""
-    device.state.set_meta(f"published:{portal.hex()}", str(version).encode())
-
-
-def forget_published(device: Device) -> None:
-    """After a move to another hub, which has none of this device's versions: the next sync publishes each."""
-    with device.state.transaction():
-        for row in device.state.portals():
-            mark_published(device, row.id, 0)
 
 
 def _address(row: dict[str, Any]) -> EdgeAddress:

@@ -12,8 +12,7 @@ import logging
 import re
 import sqlite3
 import threading
-from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import AbstractContextManager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -21,6 +20,7 @@ from typing import Any
 from ..errors import BadSignature, CorruptObject
 from ..keys import DOMAIN_AGREEMENT, DOMAIN_REVOKE, DeviceCertificate, verify_signature
 from ..root import RootRecord
+from ..sqlite import open_db, transaction
 from .auth import CLOCK_SKEW_NS
 
 __all__ = ["HubState", "HubRefusal", "Caller", "EDGE_LIVE_NS", "DEFAULT_GRACE_NS", "CLOSED_STATES"]
@@ -90,10 +90,7 @@ class HubState:
 
     def __init__(self, path: Path, grace_ns: int = DEFAULT_GRACE_NS) -> None:
         self.grace_ns = grace_ns
-        self._db = sqlite3.connect(path, check_same_thread=False, isolation_level=None)
-        self._db.execute("PRAGMA journal_mode=WAL")
-        self._db.execute("PRAGMA synchronous=FULL")
-        self._db.execute("PRAGMA busy_timeout=10000")
+        self._db = open_db(path, durability="full")
         self._db.executescript(_SCHEMA)
         columns = {row[1] for row in self._db.execute("PRAGMA table_info(portals)")}
         if "deleted_ns" not in columns:  # a hub database from before deletion existed
@@ -103,16 +100,8 @@ class HubState:
     def close(self) -> None:
         self._db.close()
 
-    @contextmanager
-    def _txn(self) -> Iterator[sqlite3.Connection]:
-        with self._lock:
-            self._db.execute("BEGIN IMMEDIATE")
-            try:
-                yield self._db
-            except BaseException:
-                self._db.execute("ROLLBACK")
-                raise
-            self._db.execute("COMMIT")
+    def _txn(self) -> AbstractContextManager[sqlite3.Connection]:
+        return transaction(self._db, self._lock)
 
     def _one(self, sql: str, *args: Any) -> Any:
         with self._lock:

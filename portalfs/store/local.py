@@ -25,6 +25,7 @@ from pathlib import Path
 
 from ..errors import MissingObject, StorageError
 from ..fsutil import fsync_dir, fsync_file, storage_error, syncfs, write_atomic
+from ..sqlite import open_db
 from .base import StoreStat, check_object
 
 __all__ = ["LocalStore"]
@@ -44,9 +45,7 @@ class LocalStore:
         try:
             self._objects.mkdir(parents=True, exist_ok=True)
             self._tmp.mkdir(exist_ok=True)
-            self._db = sqlite3.connect(self.root / "index.db", check_same_thread=False, isolation_level=None)
-            self._db.execute("PRAGMA journal_mode=WAL")
-            self._db.execute("PRAGMA synchronous=NORMAL")
+            self._db = open_db(self.root / "index.db", durability="normal")  # the files are the truth
             self._db.executescript(_SCHEMA)
         except (OSError, sqlite3.Error) as exc:
             raise StorageError(f"cannot open the store at {self.root}: {exc}") from exc

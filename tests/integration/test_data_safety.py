@@ -17,7 +17,8 @@ import pytest
 
 from portalfs.device import Device
 from portalfs.errors import Unreachable
-from portalfs.fabric.sync import Fabric, FabricConfig, load_config
+from portalfs.fabric.config import FabricConfig, load_config
+from portalfs.fabric.sync import Fabric
 from portalfs.paths import DeviceHome
 
 from .fabricutil import FabricLab, fabric, log_lines, wait_for_log

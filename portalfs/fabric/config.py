@@ -1,0 +1,96 @@
+"""A device's fabric configuration and what it records of its portals at the hub (docs/design.md, section 14).
+
+The ``fabric`` meta row holds the hub URL, hand-added edges, the replication
+factor and portald's embedded fabric (JSON); per portal, ``published:<id>`` is
+the newest version this device knows the hub has, ``link:<id>`` marks a portal
+opened from a link, and ``deleted:<id>`` one deleted at the hub (its release time).
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from typing import Any
+
+from ..device import Device
+from ..state import PortalRow
+
+__all__ = [
+    "DEFAULT_REPLICAS",
+    "FabricConfig",
+    "load_config",
+    "save_config",
+    "followed_portals",
+    "published_version",
+    "mark_published",
+    "forget_published",
+]
+
+META = "fabric"
+DEFAULT_REPLICAS = 2
+
+
+@dataclass
+class FabricConfig:
+    hub: str | None = None
+    edges: list[dict[str, Any]] = field(default_factory=list)  # added by hand: host, port, key, transport
+    replicas: int = DEFAULT_REPLICAS
+    embedded: dict[str, Any] | None = None  # portald's own hub and edge: host, hub_port, edge_port
+
+    def to_json(self) -> bytes:
+        return json.dumps(
+            {"hub": self.hub, "edges": self.edges, "replicas": self.replicas, "embedded": self.embedded}
+        ).encode()
+
+    @property
+    def on_embedded(self) -> bool:
+        """Whether the hub is the one portald runs in-process (section 16, "Embedded hub and edge")."""
+        return self.embedded is not None and self.hub == self.embedded.get("hub")
+
+    def leave_embedded(self) -> None:
+        """Forget portald's embedded hub and edge, and the replication factor their one edge allowed."""
+        if self.embedded is not None:
+            self.embedded = None
+            self.replicas = DEFAULT_REPLICAS
+
+
+def load_config(device: Device) -> FabricConfig | None:
+    raw = device.state.get_meta(META)
+    if raw is None:
+        return None
+    value = json.loads(raw)
+    return FabricConfig(
+        value.get("hub"), value.get("edges", []), value.get("replicas", DEFAULT_REPLICAS), value.get("embedded")
+    )
+
+
+def save_config(device: Device, config: FabricConfig) -> None:
+    device.state.set_meta(META, config.to_json())
+
+
+def followed_portals(device: Device) -> list[PortalRow]:
+    """The portals sync keeps up to date: all but those opened from a link (read-only, refreshed by `open`)
+    and those this device deleted at the hub (until `portal restore`)."""
+    return [
+        row
+        for row in device.state.portals()
+        if not device.state.get_meta(f"link:{row.id.hex()}") and not device.state.get_meta(f"deleted:{row.id.hex()}")
+    ]
+
+
+def published_version(device: Device, portal: bytes) -> int:
+    """The newest version of ``portal`` this device knows to be at the hub (0: none)."""
+    raw = device.state.get_meta(f"published:{portal.hex()}")
+    return 0 if raw is None else int(raw)
+
+
+def mark_published(device: Device, portal: bytes, version: int) -> None:
+    """Record that the hub has ``portal`` up to ``version``."""
+    device.state.set_meta(f"published:{portal.hex()}", str(version).encode())
+
+
+def forget_published(device: Device) -> None:
+    """After a move to another hub, which has none of this device's versions: the next sync publishes each."""
+    with device.state.transaction():
+        for row in device.state.portals():
+            mark_published(device, row.id, 0)
