@@ -8,7 +8,6 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-import trio
 
 from portalfs.errors import NotFound
 from portalfs.hub.client import EdgeHubClient, HubClient, HubConflict, HubRefused
@@ -96,13 +95,12 @@ def test_a_device_walks_every_route(lab: FabricLab, tmp_path: Path) -> None:
         friends_hub.close()
 
 
-def test_an_edge_walks_its_routes(lab: FabricLab, tmp_path: Path) -> None:
+async def test_an_edge_walks_its_routes(lab: FabricLab, tmp_path: Path) -> None:
     key = EdgeKey.load_or_create(tmp_path)
     _, device, hub = _device(lab)
     portal, cid = os.urandom(16), os.urandom(32)
-    hub.create_portal(portal)
-
-    async def walk() -> None:
+    try:
+        hub.create_portal(portal)
         edge = EdgeHubClient(lab.hub_url, key.public, key.sign)
         await edge.register("127.0.0.1:9", ("tcp",), used=10, objects=1)
         assert (await edge.device_directory())[device.public] == "active"
@@ -112,9 +110,6 @@ def test_an_edge_walks_its_routes(lab: FabricLab, tmp_path: Path) -> None:
         assert await edge.suspects() == [cid]
         assert await edge.suspects() == []  # handed over once
         await edge.forget([cid])
-
-    try:
-        trio.run(walk)
         assert [e.key for e in hub.edges()] == [key.public]
     finally:
         hub.close()

@@ -54,84 +54,72 @@ def _device() -> tuple[DeviceKey, bytes]:
     return device, identity.enroll(device.public, "test", time.time_ns()).to_bytes()
 
 
-def test_put_get_have_stat_and_refusals_over_each_transport(edge: tuple[Server, EdgeAddress]) -> None:
+async def test_put_get_have_stat_and_refusals_over_each_transport(edge: tuple[Server, EdgeAddress]) -> None:
     _, address = edge
     device, cert = _device()
     blobs = [os.urandom(n) for n in (0, 1, 70_000, 3 * 1024 * 1024 + 7)]  # empty to larger than any read
 
-    async def main() -> None:
-        async with connect_edge(address, device, cert) as client:
-            cids = [object_id(b) for b in blobs]
-            async with trio.open_nursery() as nursery:  # pipelined: every PUT at once
-                for cid, blob in zip(cids, blobs, strict=True):
-                    nursery.start_soon(client.put, cid, blob)
-            assert await client.put(cids[2], blobs[2]) is False  # already held
-            got: dict[bytes, bytes] = {}
+    async with connect_edge(address, device, cert) as client:
+        cids = [object_id(b) for b in blobs]
+        async with trio.open_nursery() as nursery:  # pipelined: every PUT at once
+            for cid, blob in zip(cids, blobs, strict=True):
+                nursery.start_soon(client.put, cid, blob)
+        assert await client.put(cids[2], blobs[2]) is False  # already held
+        got: dict[bytes, bytes] = {}
 
-            async def fetch(cid: bytes) -> None:
-                got[cid] = await client.get(cid)
+        async def fetch(cid: bytes) -> None:
+            got[cid] = await client.get(cid)
 
-            async with trio.open_nursery() as nursery:
-                for cid in cids * 3:
-                    nursery.start_soon(fetch, cid)
-            assert [got[c] for c in cids] == blobs
-            missing = object_id(b"never stored")
-            assert await client.have([cids[3], missing, cids[0]]) == [True, False, True]
-            status = await client.stat()
-            assert status.objects == len(blobs) and status.used >= sum(map(len, blobs))
-            with pytest.raises(CorruptObject):
-                await client.put(missing, b"not what the id says")
-            with pytest.raises(MissingObject):
-                await client.get(missing)
-            assert await client.have([missing]) == [False]  # the refused PUT stored nothing
-
-    trio.run(main)
+        async with trio.open_nursery() as nursery:
+            for cid in cids * 3:
+                nursery.start_soon(fetch, cid)
+        assert [got[c] for c in cids] == blobs
+        missing = object_id(b"never stored")
+        assert await client.have([cids[3], missing, cids[0]]) == [True, False, True]
+        status = await client.stat()
+        assert status.objects == len(blobs) and status.used >= sum(map(len, blobs))
+        with pytest.raises(CorruptObject):
+            await client.put(missing, b"not what the id says")
+        with pytest.raises(MissingObject):
+            await client.get(missing)
+        assert await client.have([missing]) == [False]  # the refused PUT stored nothing
 
 
-def test_an_object_damaged_on_the_edge_is_refused_by_the_reader(edge: tuple[Server, EdgeAddress]) -> None:
+async def test_an_object_damaged_on_the_edge_is_refused_by_the_reader(edge: tuple[Server, EdgeAddress]) -> None:
     server, address = edge
     device, cert = _device()
     blob = os.urandom(200_000)
     cid = object_id(blob)
 
-    async def main() -> None:
-        async with connect_edge(address, device, cert) as client:
-            await client.put(cid, blob)
-            path = server.data / "store" / "objects" / cid.hex()[:2] / cid.hex()
-            damaged = bytearray(path.read_bytes())
-            damaged[1000] ^= 1
-            path.write_bytes(damaged)  # in the page cache: the edge serves it as it is, unchecked
-            with pytest.raises(CorruptObject):
-                await client.get(cid)
-
-    trio.run(main)
+    async with connect_edge(address, device, cert) as client:
+        await client.put(cid, blob)
+        path = server.data / "store" / "objects" / cid.hex()[:2] / cid.hex()
+        damaged = bytearray(path.read_bytes())
+        damaged[1000] ^= 1
+        path.write_bytes(damaged)  # in the page cache: the edge serves it as it is, unchecked
+        with pytest.raises(CorruptObject):
+            await client.get(cid)
 
 
-def test_a_client_hangs_up_on_an_edge_that_is_not_the_pinned_key(edge: tuple[Server, EdgeAddress]) -> None:
+async def test_a_client_hangs_up_on_an_edge_that_is_not_the_pinned_key(edge: tuple[Server, EdgeAddress]) -> None:
     _, address = edge
     device, cert = _device()
     impostor = EdgeAddress(address.host, address.port, DeviceKey(os.urandom(32)).public, address.transport)
 
-    async def main() -> None:
+    with pytest.raises((IntegrityError, Unreachable)):
         async with connect_edge(impostor, device, cert):
             raise AssertionError("connected to an edge with another key")
 
-    with pytest.raises((IntegrityError, Unreachable)):
-        trio.run(main)
 
-
-def test_an_edge_that_is_gone_is_unreachable(edge: tuple[Server, EdgeAddress]) -> None:
+async def test_an_edge_that_is_gone_is_unreachable(edge: tuple[Server, EdgeAddress]) -> None:
     server, address = edge
     server.stop()
     device, cert = _device()
 
-    async def main() -> None:
+    with pytest.raises(Unreachable):
         with trio.fail_after(30):
             async with connect_edge(address, device, cert):
                 raise AssertionError("connected to a stopped edge")
-
-    with pytest.raises(Unreachable):
-        trio.run(main)
 
 
 @pytest.fixture
@@ -154,32 +142,29 @@ def tcp_edge(tmp_path: Path) -> Iterator[tuple[Server, EdgeAddress]]:
     ],
     ids=["oversized", "truncated", "unknown-kind"],
 )
-def test_a_tls_peer_that_sends_a_bad_frame_is_hung_up_on_and_others_are_served(
+async def test_a_tls_peer_that_sends_a_bad_frame_is_hung_up_on_and_others_are_served(
     tcp_edge: tuple[Server, EdgeAddress], garbage: bytes
 ) -> None:
     server, address = tcp_edge
     device, cert = _device()
 
-    async def main() -> None:
-        with trio.fail_after(30):
-            stream = await trio.open_tcp_stream(address.host, address.port)
-            bad = TlsChannel(stream, client_context(device.signing_key), server_side=False)
-            await bad.do_handshake()
-            await bad.send_all(garbage)
-            if garbage[0] == 0x7E or len(garbage) == FRAME_HEAD.size:
-                with pytest.raises((trio.EndOfChannel, trio.BrokenResourceError)):  # the edge hung up
-                    await bad.receive_exactly(1)
-            await bad.aclose()
-            async with connect_edge(address, device, cert) as client:  # and serves everyone else
-                blob = os.urandom(100_000)
-                await client.put(object_id(blob), blob)
-                assert await client.get(object_id(blob)) == blob
-
-    trio.run(main)
+    with trio.fail_after(30):
+        stream = await trio.open_tcp_stream(address.host, address.port)
+        bad = TlsChannel(stream, client_context(device.signing_key), server_side=False)
+        await bad.do_handshake()
+        await bad.send_all(garbage)
+        if garbage[0] == 0x7E or len(garbage) == FRAME_HEAD.size:
+            with pytest.raises((trio.EndOfChannel, trio.BrokenResourceError)):  # the edge hung up
+                await bad.receive_exactly(1)
+        await bad.aclose()
+        async with connect_edge(address, device, cert) as client:  # and serves everyone else
+            blob = os.urandom(100_000)
+            await client.put(object_id(blob), blob)
+            assert await client.get(object_id(blob)) == blob
     assert server.process.poll() is None
 
 
-def test_over_tcp_the_edge_requires_a_client_certificate_for_the_hello_device(
+async def test_over_tcp_the_edge_requires_a_client_certificate_for_the_hello_device(
     tcp_edge: tuple[Server, EdgeAddress],
 ) -> None:
     server, address = tcp_edge
@@ -198,36 +183,30 @@ def test_over_tcp_the_edge_requires_a_client_certificate_for_the_hello_device(
         finally:
             await channel.aclose()
 
-    async def main() -> None:
-        with trio.fail_after(30):
-            answer = await hello_over(client_context(impostor.signing_key))  # a valid HELLO, another device's TLS
-            assert isinstance(answer, Failure) and answer.code == "unauthenticated"
-            bare = SSL.Context(SSL.TLS_METHOD)  # no certificate at all: the handshake is refused
-            bare.set_min_proto_version(SSL.TLS1_3_VERSION)
-            bare.set_alpn_protos([b"portal/1"])
-            with pytest.raises((trio.BrokenResourceError, trio.EndOfChannel)):
-                await hello_over(bare)
-            assert isinstance(await hello_over(client_context(device.signing_key)), Welcome)
-
-    trio.run(main)
+    with trio.fail_after(30):
+        answer = await hello_over(client_context(impostor.signing_key))  # a valid HELLO, another device's TLS
+        assert isinstance(answer, Failure) and answer.code == "unauthenticated"
+        bare = SSL.Context(SSL.TLS_METHOD)  # no certificate at all: the handshake is refused
+        bare.set_min_proto_version(SSL.TLS1_3_VERSION)
+        bare.set_alpn_protos([b"portal/1"])
+        with pytest.raises((trio.BrokenResourceError, trio.EndOfChannel)):
+            await hello_over(bare)
+        assert isinstance(await hello_over(client_context(device.signing_key)), Welcome)
     assert server.process.poll() is None
 
 
-def test_a_client_gives_up_on_a_tcp_peer_that_never_shakes_hands() -> None:
-    async def main() -> None:
-        listeners = await trio.open_tcp_listeners(0, host="127.0.0.1")  # the kernel accepts; nobody answers
-        port = listeners[0].socket.getsockname()[1]
-        try:
-            with trio.fail_after(10), pytest.raises(TransportError, match="no TLS handshake within"):
-                async with open_tcp("127.0.0.1", port, os.urandom(32), DeviceKey(os.urandom(32)), timeout=0.5):
-                    raise AssertionError("a handshake with nobody")
-        finally:
-            await listeners[0].aclose()
-
-    trio.run(main)
+async def test_a_client_gives_up_on_a_tcp_peer_that_never_shakes_hands() -> None:
+    listeners = await trio.open_tcp_listeners(0, host="127.0.0.1")  # the kernel accepts; nobody answers
+    port = listeners[0].socket.getsockname()[1]
+    try:
+        with trio.fail_after(10), pytest.raises(TransportError, match="no TLS handshake within"):
+            async with open_tcp("127.0.0.1", port, os.urandom(32), DeviceKey(os.urandom(32)), timeout=0.5):
+                raise AssertionError("a handshake with nobody")
+    finally:
+        await listeners[0].aclose()
 
 
-def test_a_refused_transport_falls_back_to_the_other(tmp_path: Path) -> None:
+async def test_a_refused_transport_falls_back_to_the_other(tmp_path: Path) -> None:
     data = tmp_path / "edge"
     server = start(["edge", "serve", "--data", str(data), "--listen", "127.0.0.1:0", "--transport", "quic"], data)
     try:
@@ -235,14 +214,10 @@ def test_a_refused_transport_falls_back_to_the_other(tmp_path: Path) -> None:
         key = bytes.fromhex(server.line.rsplit(" ", 1)[1])
         address = EdgeAddress("127.0.0.1", int(port), key, "tcp", fallback="quic")  # no TCP listener: refused
         device, cert = _device()
-
-        async def main() -> None:
-            with trio.fail_after(30):
-                async with connect_edge(address, device, cert) as client:
-                    blob = os.urandom(50_000)
-                    await client.put(object_id(blob), blob)
-                    assert await client.get(object_id(blob)) == blob
-
-        trio.run(main)
+        with trio.fail_after(30):
+            async with connect_edge(address, device, cert) as client:
+                blob = os.urandom(50_000)
+                await client.put(object_id(blob), blob)
+                assert await client.get(object_id(blob)) == blob
     finally:
         server.stop()
