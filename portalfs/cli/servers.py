@@ -43,10 +43,12 @@ def parse_size(text: str) -> int:
 
 
 def _listen(text: str) -> tuple[str, int]:
-    host, sep, port = text.rpartition(":")
-    if not sep or not host or not port.isdigit() or int(port) > 65535:
-        raise UsageError(f"--listen {text!r}: expected HOST:PORT")
-    return host.strip("[]"), int(port)
+    from ..edge.client import parse_address
+
+    try:
+        return parse_address(text, any_port=True)
+    except ValueError:
+        raise UsageError(f"--listen {shown(text)}: expected HOST:PORT") from None
 
 
 def _logging(verbose: bool) -> None:

@@ -14,10 +14,13 @@ from __future__ import annotations
 from collections.abc import Iterable
 from dataclasses import dataclass
 
+from ..backoff import Backoff
+
 __all__ = ["SyncPlanner", "PortalSchedule", "BACKOFF_MIN", "BACKOFF_MAX"]
 
 BACKOFF_MIN = 1.0  # seconds before the first retry of a failed sync
 BACKOFF_MAX = 60.0
+SYNC_BACKOFF = Backoff(BACKOFF_MIN, BACKOFF_MAX)
 
 
 @dataclass(slots=True)
@@ -113,7 +116,7 @@ class SyncPlanner:
         else:
             schedule.failures += 1
             schedule.dirty = True
-            schedule.not_before = now + min(BACKOFF_MAX, BACKOFF_MIN * 2 ** (schedule.failures - 1))
+            schedule.not_before = now + SYNC_BACKOFF.delay(schedule.failures)
 
     def wake_at(self, *, refreshing: bool = True) -> float | None:
         """The earliest time anything becomes due (refreshes too, when ``refreshing``); None: nothing ever is."""

@@ -19,6 +19,7 @@ from typing import Any, TypeVar
 
 import trio
 
+from ..backoff import Backoff
 from ..device import Device, Unlocked
 from ..errors import NotFound, PortalError, UsageError
 from ..fabric.config import FabricConfig, followed_portals, load_config, published_version
@@ -36,7 +37,7 @@ log = logging.getLogger("portal.daemon")
 DEFAULT_INTERVAL = 60.0  # seconds between syncs of a portal that nothing announced a change of
 REFRESH_SECONDS = 30.0  # between looks at the keyring and the shares
 LOCAL_POLL_SECONDS = 1.0  # between looks at the local heads (versions made by mounts and `put`)
-HUB_RETRY_MIN, HUB_RETRY_MAX = 2.0, 60.0  # backoff of an event stream the hub refused or did not answer
+EVENTS_BACKOFF = Backoff(2.0, 60.0)  # an event stream the hub refused or did not answer
 
 T = TypeVar("T")
 
@@ -141,7 +142,7 @@ class SyncDaemon:
         with trio.CancelScope() as scope:
             task_status.started(scope)
             hub = HubClient(hub_url, self.secrets.device)
-            retry = HUB_RETRY_MIN
+            failures = 0
             try:
                 while True:
                     head = await self._on_device(self.device.state.head, portal)
@@ -151,11 +152,12 @@ class SyncDaemon:
                             hub.wait_roots, portal, after, abandon_on_cancel=True, limiter=self._waiting
                         )
                     except PortalError as exc:
+                        failures += 1
+                        retry = EVENTS_BACKOFF.delay(failures)
                         log.info("event stream of %s: %s; again in %.0f s", self._names.get(portal, "?"), exc, retry)
                         await trio.sleep(retry)
-                        retry = min(HUB_RETRY_MAX, retry * 2)
                         continue
-                    retry = HUB_RETRY_MIN
+                    failures = 0
                     if records:
                         if portal not in self.planner.portals:
                             return

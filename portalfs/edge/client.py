@@ -10,7 +10,7 @@ from contextlib import AbstractAsyncContextManager, AsyncExitStack, asynccontext
 from dataclasses import dataclass
 from typing import Protocol
 
-from ..errors import CorruptObject, MissingObject, PortalError, Refused, StoreFull, Unreachable
+from ..errors import CorruptObject, MissingObject, PortalError, Refused, StoreFull, Unreachable, shown
 from ..keys import DeviceKey
 from ..protocol.edge import (
     MAX_HAVE,
@@ -53,11 +53,15 @@ class EdgeAddress:
         return f"{host}:{self.port}"
 
 
-def parse_address(text: str) -> tuple[str, int]:
-    """``HOST:PORT`` or ``[V6]:PORT`` → (host, port), or raise ValueError."""
+def parse_address(text: str, any_port: bool = False) -> tuple[str, int]:
+    """``HOST:PORT`` or ``[V6]:PORT`` → (host, port), or raise ValueError; every address is parsed here.
+
+    ``any_port``: port 0 is allowed (a server's ``--listen``: the kernel picks one).
+    """
     host, sep, port = text.rpartition(":")
-    if not sep or not host or not port.isdigit() or not 0 < int(port) < 65536:
-        raise ValueError(f"{text!r} is not HOST:PORT")
+    lowest = 0 if any_port else 1
+    if not sep or not host or not port.isdigit() or not lowest <= int(port) < 65536:
+        raise ValueError(f"{shown(text)} is not HOST:PORT")
     return host.strip("[]"), int(port)
 
 

@@ -19,6 +19,7 @@ from typing import Any
 import blake3
 import trio
 
+from ..backoff import Backoff
 from ..edge.client import EdgeAddress, EdgeClient, connect_edge
 from ..errors import CorruptObject, MissingObject, PortalError, Unreachable
 from ..keys import DeviceKey
@@ -29,6 +30,7 @@ log = logging.getLogger("portal.swarm")
 
 RETRY_DOWN_SECONDS = 5.0  # an edge that failed to connect is not tried again for this long,
 RETRY_DOWN_MAX = 300.0  # doubling with each failure in a row up to this
+EDGE_BACKOFF = Backoff(RETRY_DOWN_SECONDS, RETRY_DOWN_MAX)
 CONCURRENT_PUTS = 16
 
 Locate = Callable[[list[bytes]], dict[bytes, list[bytes]]]
@@ -128,8 +130,8 @@ class Swarm:
             edge.client = None
             if failed:
                 self._failures[key] = self._failures.get(key, 0) + 1
-            wait = RETRY_DOWN_SECONDS * 2 ** max(0, self._failures.get(key, 0) - 1)
-            edge.down_until = trio.current_time() + min(RETRY_DOWN_MAX, wait)
+            wait = EDGE_BACKOFF.delay(max(1, self._failures.get(key, 0)))  # a dropped connection: the first wait
+            edge.down_until = trio.current_time() + wait
             edge.ready.set()
 
     async def _client(self, key: bytes, force: bool = False) -> EdgeClient:

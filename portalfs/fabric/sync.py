@@ -17,7 +17,7 @@ from contextlib import contextmanager
 from typing import Any
 
 from ..device import Device, Unlocked
-from ..edge.client import EdgeAddress
+from ..edge.client import EdgeAddress, parse_address
 from ..edge.upkeep import HAVE_TRUST_SECONDS
 from ..errors import (
     Conflict,
@@ -97,14 +97,16 @@ class Fabric:
         if self.hub is not None:
             for edge in self.hub.edges():
                 if edge.key.hex() not in found:
-                    host, _, port = edge.address.rpartition(":")
+                    try:
+                        host, port = parse_address(edge.address)
+                    except ValueError as exc:  # the hub's word: a malformed one leaves that edge out
+                        log.warning("edge %s in the hub's directory: %s", edge.key.hex()[:16], exc)
+                        continue
                     # TLS over TCP first where an edge offers both: bulk moves several times faster on it
                     # (bench/transfer); QUIC when TCP is refused or reset, e.g. by a firewall that lets only UDP through
                     both = {"tcp", "quic"} <= set(edge.transports)
                     transport = "tcp" if "tcp" in edge.transports else "quic"
-                    found[edge.key.hex()] = EdgeAddress(
-                        host.strip("[]"), int(port), edge.key, transport, "quic" if both else None
-                    )
+                    found[edge.key.hex()] = EdgeAddress(host, port, edge.key, transport, "quic" if both else None)
         return list(found.values())
 
     @property

@@ -229,3 +229,15 @@ def test_deleting_garbage_gives_its_bytes_back_to_every_owner(tmp_path: Path) ->
     assert f.store.has([first[0]]) == [False]
     assert f.service.quotas.usage(f.identity.public) == 5000
     assert s.handle(Put(*third), time.time_ns()) == Stored(True)  # fits again
+
+
+def test_every_edge_address_is_parsed_by_one_function() -> None:
+    from portalfs.edge.client import parse_address
+
+    assert parse_address("10.0.0.1:8471") == ("10.0.0.1", 8471)
+    assert parse_address("[fd00::1]:8471") == ("fd00::1", 8471)
+    assert parse_address("127.0.0.1:0", any_port=True) == ("127.0.0.1", 0)
+    for bad in ("127.0.0.1:0", "no-port", ":80", "host:99999", "host:x", "h" * 500 + ":1x"):
+        with pytest.raises(ValueError, match="is not HOST:PORT") as caught:
+            parse_address(bad)
+        assert len(str(caught.value)) < 200

@@ -124,3 +124,11 @@ def test_repairs_follow_a_sync_once_per_period_and_on_request() -> None:
     planner.repair_soon(A)
     assert planner.repair_due(A, 612.0)
     assert not planner.repair_due(B, 10_000.0)  # not followed
+
+
+def test_the_one_backoff_doubles_from_its_first_wait_to_its_most() -> None:
+    from portalfs.backoff import Backoff
+
+    backoff = Backoff(1.0, 60.0)
+    assert [backoff.delay(n) for n in range(9)] == [0.0, 1.0, 2.0, 4.0, 8.0, 16.0, 32.0, 60.0, 60.0]
+    assert backoff.delay(10**6) == 60.0  # no overflow after a very long outage
