@@ -17,7 +17,7 @@ from .device import Device, Unlocked
 from .errors import NotFound
 from .ingest import Ingester, IngestStats, tree_totals
 from .pipeline import store_sealed
-from .root import PortalKeys, RootPayload, make_root_record, verify_chain
+from .root import PortalKeys, RootPayload, RootRecord, make_root_record, verify_chain
 from .sealing import ChunkRef, unseal
 from .state import PortalRow, VersionRow
 from .store.base import Prefetching
@@ -180,23 +180,33 @@ class PortalView:
         now_ns: int,
         also: Callable[[], None] | None = None,
     ) -> VersionRow:
-        """Sign and journal a root record for ``root`` after the store is synced (chunks, nodes, root)."""
+        """Sign and record a version for ``root`` after the store is synced (chunks, nodes, root)."""
         size, files = tree_totals(root, self.load_node)
-        record = make_root_record(
+        payload = RootPayload(entry=root, size=size, files=files)
+        record = self.sign(secrets, None if head is None else head.record, payload, now_ns)
+        self.record_version(record, payload, also)
+        return self.version(record.version)
+
+    def sign(self, secrets: Unlocked, parent: RootRecord | None, payload: RootPayload, now_ns: int) -> RootRecord:
+        """A root record for ``payload`` on top of ``parent``, sealed and signed by this device (section 6)."""
+        return make_root_record(
             keys=self.keys,
             device=secrets.device,
             portal=self.row.id,
-            parent=None if head is None else head.record,
-            payload=RootPayload(entry=root, size=size, files=files),
+            parent=parent,
+            payload=payload,
             time_ns=now_ns,
             nonce=os.urandom(12),
         )
+
+    def record_version(self, record: RootRecord, payload: RootPayload, along: Callable[[], None] | None = None) -> None:
+        """Make every object ``record`` reaches durable, then record it, with ``along`` in the same transaction
+        (run first): the one way a version is recorded (section 7, "Write ordering")."""
         self.device.store.sync()
         with self.device.state.transaction():
-            self.device.state.add_version(record, size, files)
-            if also is not None:
-                also()
-        return self.version(record.version)
+            if along is not None:
+                along()
+            self.device.state.add_version(record, payload.size, payload.files)
 
     # verification
 

@@ -186,9 +186,13 @@ def make_root_record(
     return RootRecord.from_bytes(encoding.encode({"body": body, "sig": device.sign(DOMAIN_ROOT + body)}))
 
 
-def verify_chain(records: list[RootRecord], writers: set[bytes]) -> None:
-    """Check that ``records`` (oldest first) form one chain, each signed by an allowed writer."""
-    previous: RootRecord | None = None
+def verify_chain(records: list[RootRecord], writers: set[bytes], after: RootRecord | None = None) -> None:
+    """Check that ``records`` (oldest first) form one chain, each signed by an allowed writer.
+
+    The chain starts at version 1, or continues ``after`` (a version already checked): the one chain check,
+    for a portal's whole history and for the records a device pulls from the hub.
+    """
+    previous = after
     for record in records:
         if record.device not in writers:
             raise BadSignature(f"root record v{record.version}: signed by a device that may not write")

@@ -10,7 +10,6 @@ read.
 from __future__ import annotations
 
 import logging
-import os
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -36,7 +35,7 @@ from ..keys import DOMAIN_AGREEMENT, DeviceCertificate, verify_signature
 from ..merge import conflict_name, merge_trees
 from ..pipeline import store_sealed
 from ..portal import PortalView
-from ..root import PortalKeys, RootPayload, RootRecord, make_root_record
+from ..root import PortalKeys, RootPayload, RootRecord, verify_chain
 from ..sealing import ChunkRef
 from ..state import PortalRow, VersionRow
 from .cache import FetchCache, cache_limit
@@ -372,16 +371,8 @@ class Fabric:
             return []
         self._trust_writers(view, records)
         previous = self.device.state.version(view.row.id, records[0].version - 1) if records[0].version > 1 else None
-        parent = None if previous is None else previous.record
-        opened = []
-        for record in records:
-            if (parent is None and record.version != 1) or (
-                parent is not None and (record.version != parent.version + 1 or record.parent != parent.record_id)
-            ):
-                raise IntegrityError(f"root record v{record.version} from the hub does not follow this device's")
-            opened.append((record, record.open(view.keys)))
-            parent = record
-        return opened
+        verify_chain(records, set(self.device.state.device_names()), None if previous is None else previous.record)
+        return [(record, record.open(view.keys)) for record in records]
 
     def take_records(self, view: PortalView, records: list[RootRecord]) -> None:
         """Record versions that follow this device's head, each checked and signed by an enrolled device."""
@@ -428,21 +419,15 @@ class Fabric:
                 lambda name, taken: conflict_name(name, device_name, date, taken),
             )
             size, files = tree_totals(result.root, view.load_node)
-        record = make_root_record(
-            keys=view.keys,
-            device=self.secrets.device,
-            portal=portal,
-            parent=theirs[-1][0],
-            payload=RootPayload(entry=result.root, size=size, files=files),
-            time_ns=now_ns,
-            nonce=os.urandom(12),
-        )
-        self.device.store.sync()
-        with self.device.state.transaction():
+        payload = RootPayload(entry=result.root, size=size, files=files)
+        record = view.sign(self.secrets, theirs[-1][0], payload, now_ns)
+
+        def replace_ours() -> None:  # in the same transaction as the merge: a crash leaves one or the other
             self.device.state.drop_versions_after(portal, published)
-            for their_record, payload in theirs:
-                self._record_published(their_record, payload)
-            self.device.state.add_version(record, size, files)
+            for their_record, their_payload in theirs:
+                self._record_published(their_record, their_payload)
+
+        view.record_version(record, payload, replace_ours)  # the merged tree's new nodes are synced first
         log.info("%s: v%d..v%d merged with v%d..v%d from the hub into v%d%s", view.row.name, published + 1,
                  ours_row.version, theirs[0][0].version, theirs[-1][0].version, record.version,
                  f"; kept beside theirs: {', '.join(result.conflicts)}" if result.conflicts else "")  # fmt: skip

@@ -23,7 +23,7 @@ from ..device import Unlocked
 from ..ingest import tree_totals
 from ..pipeline import ChunkPipeline, store_sealed
 from ..portal import PortalView
-from ..root import RootPayload, RootRecord, make_root_record
+from ..root import RootPayload, RootRecord
 from ..sealing import ChunkRef, object_id, seal
 from ..store import ObjectStore
 from ..tree import Entry, NodeLoader, build_file, encode_dir
@@ -239,18 +239,9 @@ def checkpoint(
             device.store.put(object_id(sealed), sealed, durable=False)  # synced by execute
         sealer = Sealer(device.store, secrets.identity.convergence_secret, view.keys.tree_secret)
         result = execute(plan, sealer, view.load_node, totals)
-        record = make_root_record(
-            keys=view.keys,
-            device=secrets.device,
-            portal=view.row.id,
-            parent=head,
-            payload=RootPayload(result.root, result.size, result.files),
-            time_ns=now_ns,
-            nonce=os.urandom(12),
-        )
-        with device.state.transaction():
-            device.state.add_version(record, result.size, result.files)
-            device.state.clear_journal(view.row.id, journal_up_to)
+        payload = RootPayload(result.root, result.size, result.files)
+        record = view.sign(secrets, head, payload, now_ns)
+        view.record_version(record, payload, lambda: device.state.clear_journal(view.row.id, journal_up_to))
     return result, record
 
 
