@@ -79,6 +79,27 @@ class PortalView:
                 into.add(chunk.cid)
         return into
 
+    def changed_objects(self, entry: Entry, base: Entry | None, into: set[bytes]) -> set[bytes]:
+        """Add to ``into`` what ``entry`` reaches that ``base``, the same path in an older version, does not
+        share there: a subtree whose node is base's is skipped whole, a changed file adds only its chunks and
+        nodes that base's file lacks. What is left out is reachable from ``base``. O(change), not O(portal)."""
+        if entry.node is None or (base is not None and base.node == entry.node):
+            return into
+        if base is None or base.node is None or base.is_dir != entry.is_dir:
+            return self.objects(entry, into)
+        if entry.is_dir:
+            into.add(entry.node.cid)
+            before = {child.name: child for child in decode_dir(self.load_node(base.node))}
+            for child in decode_dir(self.load_node(entry.node)):
+                self.changed_objects(child, before.get(child.name), into)
+            return into
+        old: set[bytes] = set()
+        self.objects(base, old)
+        new: set[bytes] = set()
+        self.objects(entry, new)
+        into.update(new - old)
+        return into
+
     def version(self, number: int | None = None) -> VersionRow:
         """The version ``number``, or the newest one."""
         if number is None:

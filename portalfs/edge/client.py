@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 import os
 import time
+from collections import Counter
 from collections.abc import AsyncIterator, Sequence
 from contextlib import AbstractAsyncContextManager, AsyncExitStack, asynccontextmanager
 from dataclasses import dataclass
@@ -73,8 +74,10 @@ class EdgeClient:
     def __init__(self, transport: Transport, address: EdgeAddress) -> None:
         self.address = address
         self._transport = transport
+        self.requests: Counter[str] = Counter()  # requests sent, by kind (HELLO, GET, PUT, HAVE, VERIFY, STAT)
 
     async def _ask(self, message: Message, expect: type[Message]) -> Message:
+        self.requests[type(message).__name__.upper()] += 1
         try:
             answer = await self._transport.request(message)
         except ConnectionError as exc:
@@ -115,6 +118,7 @@ class EdgeClient:
 
     async def _bitmap(self, request: type[Have] | type[Verify], most: int, cids: Sequence[bytes]) -> list[bool]:
         flags: list[bool] = []
+        self.requests[f"{request.__name__.upper()} ids"] += len(cids)
         for start in range(0, len(cids), most):
             batch = tuple(cids[start : start + most])
             answer = await self._ask(request(batch), Bitmap)

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import logging
 import threading
+from collections import Counter
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -72,6 +73,7 @@ class Swarm:
         self._locate = locate
         self._report = report
         self._damaged: dict[bytes, set[bytes]] = {}  # edge key -> damaged copies met, not yet reported
+        self._requests: list[Counter[str]] = []  # each connection's requests, by kind
         self._damage_seen: set[tuple[bytes, bytes]] = set()  # (edge, cid) already logged
         self._edges: dict[bytes, _Edge] = {}
         self._failures: dict[bytes, int] = {}  # edge key -> connections that failed in a row
@@ -114,6 +116,7 @@ class Swarm:
         key = edge.address.key
         try:
             async with connect_edge(edge.address, self._device, self._cert) as client:
+                self._requests.append(client.requests)
                 self._failures.pop(key, None)
                 edge.client = client
                 edge.ready.set()
@@ -342,6 +345,14 @@ class Swarm:
             for key in held:
                 by_edge.setdefault(key, []).append(cid)
         return Placement(by_edge, copies, damaged)
+
+    def statistics(self) -> dict[str, int]:
+        """The requests this swarm sent to edges so far, by kind (HELLO, GET, PUT, HAVE, VERIFY, STAT), and the
+        ids it asked about ("HAVE ids", "VERIFY ids")."""
+        return self._run(self._statistics)  # type: ignore[no-any-return]
+
+    async def _statistics(self) -> dict[str, int]:
+        return dict(sum(self._requests, Counter()))
 
     def stat(self) -> list[dict[str, Any]]:
         return self._run(self._stat)  # type: ignore[no-any-return]

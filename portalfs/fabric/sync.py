@@ -434,14 +434,19 @@ class Fabric:
         return result.conflicts
 
     def push(self, view: PortalView) -> dict[str, int]:
-        """Put every object of the unpublished versions on ``replicas`` edges, then publish them in order."""
+        """Put what the unpublished versions added on ``replicas`` edges, then publish them in order.
+
+        Each version is compared with the one before it (section 14, "Publishing costs what changed"): only
+        what it does not share with that version is asked of the edges; the rest is there already.
+        """
         hub = self.require_hub()
         portal = view.row.id
         published = published_version(self.device, portal)
-        pending = [v for v in self.device.state.versions(portal) if v.version > published]
+        versions = self.device.state.versions(portal)
+        pending = [v for v in versions if v.version > published]
         if not pending:
             return {"published": 0, "objects": 0}
-        cids = self._objects(view, pending)
+        cids = self._changed_objects(view, {v.version: v for v in versions}, pending)
         self._place(view, cids, self.device.store_local.get)
         for version in pending:
             try:
@@ -486,6 +491,17 @@ class Fabric:
             log.info("%s: %d copies made to bring %d objects back to %d edges", view.row.name, placement.copies,
                      len(cids), self.config.replicas)  # fmt: skip
         return {"checked": len(cids), "copied": placement.copies, "damaged": placement.damaged, "healed": healed}
+
+    def _changed_objects(
+        self, view: PortalView, versions: dict[int, VersionRow], pending: list[VersionRow]
+    ) -> list[bytes]:
+        objects: set[bytes] = set()
+        with self.fetching():  # an older version's directories may be on the edges alone
+            for version in pending:
+                before = versions.get(version.version - 1)
+                base = None if before is None else view.root(before).entry
+                view.changed_objects(view.root(version).entry, base, objects)
+        return sorted(objects)
 
     def _objects(self, view: PortalView, versions: list[VersionRow]) -> list[bytes]:
         objects: set[bytes] = set()
