@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import re
 import sys
 import time
@@ -14,7 +13,8 @@ from typing import Any
 from ..daemon.control import call_daemon, daemon_socket
 from ..device import Device, Unlocked
 from ..edge.client import parse_address
-from ..errors import NotFound, PortalError, Refused, Unreachable, UsageError, shown
+from ..errors import PortalError, Refused, Unreachable, UsageError
+from ..fabric import sharing
 from ..fabric.config import (
     FabricConfig,
     followed_portals,
@@ -23,13 +23,11 @@ from ..fabric.config import (
     published_version,
     save_config,
 )
-from ..fabric.grants import Grant, LinkUrl, unwrap_for_link, wrap_for_link
+from ..fabric.grants import LinkUrl
 from ..fabric.sync import Fabric
 from ..hub.client import DeviceInfo
 from ..hub.state import WINDOW
-from ..keys import DOMAIN_REVOKE
 from ..portal import PortalView
-from ..root import RootRecord
 from .common import unlock
 from .servers import parse_duration
 
@@ -164,15 +162,10 @@ def cmd_device_revoke(device: Device, args: argparse.Namespace) -> int:
     secrets = unlock(device, args)
     fabric = open_fabric(device, secrets)
     try:
-        hub = fabric.require_hub()
-        match = [d.device.hex() for d in hub.devices() if d.device.hex().startswith(args.device.lower())]
-        if len(match) != 1:
-            raise NotFound(f"{shown(args.device)} names {len(match)} devices of this identity; give more digits")
-        target = bytes.fromhex(match[0])
-        hub.revoke_device(target, secrets.identity.signing_key.sign(DOMAIN_REVOKE + target))
+        revoked = sharing.revoke_device(fabric, args.device).hex()
     finally:
         fabric.close()
-    _emit(args, {"revoked": match[0]}, f"Revoked device {match[0][:16]}")
+    _emit(args, {"revoked": revoked}, f"Revoked device {revoked[:16]}")
     return 0
 
 
@@ -213,6 +206,7 @@ def _sync_here(device: Device, args: argparse.Namespace) -> list[dict[str, Any]]
     secrets = unlock(device, args)
     fabric = open_fabric(device, secrets)
     try:
+        sharing.resume_rotations(fabric)  # an unshare a crash left half-done, before anything is published
         fabric.refresh()
         followed = {row.name for row in followed_portals(device)}
         names = args.names or sorted(followed)
@@ -244,8 +238,7 @@ def cmd_share(device: Device, args: argparse.Namespace) -> int:
     view, fabric = _portal_keys(device, secrets, args.name)
     try:
         recipient = _identity_arg(args.identity)
-        fabric.require_hub().create_portal(view.row.id)
-        fabric.grant(view.row.id, recipient, Grant(view.row.name, view.keys, secrets.identity.public), bool(args.write))
+        sharing.share(fabric, view, recipient, bool(args.write))
     finally:
         fabric.close()
     role = "read and write" if args.write else "read"
@@ -268,15 +261,7 @@ def cmd_unshare(device: Device, args: argparse.Namespace) -> int:
     view, fabric = _portal_keys(device, secrets, args.name)
     try:
         member = _identity_arg(args.identity)
-        hub = fabric.require_hub()
-        hub.remove_member(view.row.id, member)
-        # Rotate: versions from now on are sealed under a read key the removed member never had.
-        keys = view.keys.rotated(os.urandom(32))
-        device.state.set_portal_key(view.row.id, secrets.wrap_portal_key(view.row.id, keys))
-        grant = Grant(view.row.name, keys, secrets.identity.public)
-        for row in hub.members(view.row.id):
-            fabric.grant(view.row.id, row.identity, grant, row.write)
-        fabric.update_keyring_keys(view.row.id, keys)
+        sharing.unshare(fabric, view, member)
     finally:
         fabric.close()
     _emit(
@@ -302,12 +287,7 @@ def cmd_link(device: Device, args: argparse.Namespace) -> int:
             if not WINDOW.fullmatch(args.window):
                 raise UsageError(f"--window {args.window!r}: expected HH:MM-HH:MM (UTC)")
             policy["window"] = args.window
-        link, secret = os.urandom(16), os.urandom(32)
-        wrapped = wrap_for_link(secret, link, view.row.id, Grant(view.row.name, view.keys, secrets.identity.public))
-        hub = fabric.require_hub()
-        hub.create_portal(view.row.id)
-        hub.create_link(view.row.id, link, wrapped, policy)
-        url = str(LinkUrl(hub.url, link, secret))
+        url = sharing.make_link(fabric, view, policy)
     finally:
         fabric.close()
     _emit(args, {"url": url, **policy}, url)
@@ -324,16 +304,7 @@ def cmd_open(device: Device, args: argparse.Namespace) -> int:
     config.hub = url.hub
     fabric = Fabric(device, secrets, config)
     try:
-        fabric.join()
-        save_config(device, fabric.config)
-        answer = fabric.require_hub().redeem(url.link)
-        portal = answer.portal
-        grant = unwrap_for_link(url.secret, url.link, portal, answer.wrapped)
-        existing = next((row for row in device.state.portals() if row.id == portal), None)
-        name = existing.name if existing else fabric.adopt_grant(portal, grant)
-        device.state.set_meta(f"link:{portal.hex()}", b"1")
-        view = PortalView.open(device, name, secrets)
-        fabric.take_records(view, [RootRecord.from_bytes(r) for r in answer.roots])
+        name = sharing.open_link(fabric, url)
     finally:
         fabric.close()
     from .portalfs import mount
@@ -353,9 +324,7 @@ def cmd_portal_set(device: Device, args: argparse.Namespace) -> int:
     if not fields:
         raise UsageError("nothing to set: give --expires, --deactivate or --activate")
     try:
-        hub = fabric.require_hub()
-        hub.create_portal(view.row.id)
-        info = hub.set_policy(view.row.id, fields)
+        info = sharing.set_policy(fabric, view, fields)
     finally:
         fabric.close()
     expires = f", expires {_until(info.expires_ns)}" if info.expires_ns else ""
@@ -379,10 +348,9 @@ def cmd_portal_delete(device: Device, args: argparse.Namespace) -> int:
             answer = input(f"Delete portal {args.name} for every device and link? Type its name to confirm: ")
             if answer.strip() != args.name:
                 raise UsageError("not confirmed: nothing deleted")
-        info = fabric.require_hub().delete_portal(view.row.id)
+        info = sharing.delete_portal(fabric, view)
     finally:
         fabric.close()
-    device.state.set_meta(f"deleted:{view.row.id.hex()}", str(info.release_ns).encode())
     _emit(
         args,
         {"portal": args.name, **info.to_json()},
@@ -396,10 +364,9 @@ def cmd_portal_restore(device: Device, args: argparse.Namespace) -> int:
     secrets = unlock(device, args)
     view, fabric = _portal_keys(device, secrets, args.name)
     try:
-        info = fabric.require_hub().restore_portal(view.row.id)
+        info = sharing.restore_portal(fabric, view)
     finally:
         fabric.close()
-    device.state.delete_meta(f"deleted:{view.row.id.hex()}")
     _emit(args, {"portal": args.name, **info.to_json()}, f"Restored {args.name}: {info.state}")
     return 0
 

@@ -22,6 +22,7 @@ import trio
 from ..backoff import Backoff
 from ..device import Device, Unlocked
 from ..errors import NotFound, PortalError, UsageError
+from ..fabric import sharing
 from ..fabric.config import FabricConfig, followed_portals, load_config, published_version
 from ..fabric.sync import Fabric
 from ..hub.client import HubClient
@@ -204,7 +205,7 @@ class SyncDaemon:
     async def _sync_with(self, fabric: Fabric, due: list[bytes], refresh: bool) -> None:
         if refresh:
             try:
-                added = await self._on_device(fabric.refresh)
+                added = await self._on_device(self._refresh, fabric)
                 if added:
                     log.info("portals added from the keyring and shares: %s", ", ".join(added))
                     self._wake()  # the local watcher follows them from its next look
@@ -235,6 +236,12 @@ class SyncDaemon:
                     log.warning("%s: repair: %s", name, exc)
             self._results[portal] = result
             self.planner.finished(portal, trio.current_time(), error)
+
+    @staticmethod
+    def _refresh(fabric: Fabric) -> list[str]:
+        """Finish an unshare a crash left half-done, then adopt the keyring's portals and the shares."""
+        sharing.resume_rotations(fabric)
+        return fabric.refresh()
 
     def _open_fabric(self) -> Fabric:
         return Fabric(self.device, self.secrets, load_config(self.device) or FabricConfig())
@@ -280,7 +287,7 @@ class SyncDaemon:
             raise UsageError("this device has no hub: run `portalctl hub add URL` first")
         async with self._fabric() as fabric:
             try:
-                await self._on_device(fabric.refresh)
+                await self._on_device(self._refresh, fabric)
             except PortalError as exc:  # the keyring or the hub's portal list: the sync goes on without them
                 log.warning("keyring and shares: %s", exc)
         self.planner.refreshed(trio.current_time())

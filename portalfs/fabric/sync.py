@@ -249,14 +249,28 @@ class Fabric:
         for info in hub.portals():
             if info.id in local:
                 self._note_deleted(info)
-                continue
             if info.role == "owner" or info.state in CLOSED_STATES:
                 continue
             try:
-                added += self._accept_share(info.id)
+                if info.id in local:
+                    self._take_rotated_keys(local[info.id])
+                else:
+                    added += self._accept_share(info.id)
             except PortalError as exc:  # unshared or closed meanwhile, a grant that does not open
                 log.warning("portal %s shared with this identity: %s", info.id.hex()[:16], exc)
         return added
+
+    def _my_grant(self, portal: bytes) -> Grant | None:
+        me = self.secrets.identity.public
+        wrapped = next((m.wrapped for m in self.require_hub().members(portal) if m.identity == me), None)
+        return None if wrapped is None else unwrap_for_identity(self.secrets.identity, portal, wrapped)
+
+    def _take_rotated_keys(self, row: PortalRow) -> None:
+        """A portal shared with this identity whose owner rotated its read key (an unshare): take the new keys."""
+        grant = self._my_grant(row.id)
+        if grant is not None and grant.keys != self._keys(row):
+            self.device.state.set_portal_key(row.id, self.secrets.wrap_portal_key(row.id, grant.keys))
+            log.info("%s: the owner rotated its read key; this device has the new one", row.name)
 
     def _note_deleted(self, info: PortalInfo) -> None:
         """A portal deleted at the hub is not followed here until it is restored (section 14)."""
@@ -267,13 +281,8 @@ class Fabric:
             self.device.state.delete_meta(key)
 
     def _accept_share(self, portal: bytes) -> list[str]:
-        me = self.secrets.identity.public
-        members = self.require_hub().members(portal)
-        wrapped = next((m.wrapped for m in members if m.identity == me), None)
-        if wrapped is None:
-            return []
-        grant = unwrap_for_identity(self.secrets.identity, portal, wrapped)
-        return [self.adopt_grant(portal, grant)]
+        grant = self._my_grant(portal)
+        return [] if grant is None else [self.adopt_grant(portal, grant)]
 
     def adopt_grant(self, portal: bytes, grant: Grant) -> str:
         name = self._free_name(grant.name)

@@ -1,0 +1,53 @@
+"""What the fabric benchmarks share: portalctl in a PORTAL_HOME, and a hub with edges on loopback, each process
+stopped by PID. Imported by bench/fetch, bench/publish and bench/latency, beside it."""
+
+from __future__ import annotations
+
+import os
+import re
+import subprocess
+import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+SERVERS = [sys.executable, "-m", "portalfs.cli.servers"]
+
+
+def portalctl(home: Path, *args: str, stdin: str | None = None) -> str:
+    env = {**os.environ, "PORTAL_HOME": str(home)}
+    return subprocess.run(
+        [sys.executable, "-m", "portalfs.cli.portalctl", *args],
+        env=env, input=stdin, capture_output=True, text=True, check=True,
+    ).stdout  # fmt: skip
+
+
+def serve(args: list[str], log: Path) -> tuple[subprocess.Popen[str], str]:
+    """Start a server; return it and the one line it prints once it listens."""
+    process = subprocess.Popen(SERVERS + args, stdout=subprocess.PIPE, stderr=log.open("wb"), text=True)
+    assert process.stdout is not None
+    return process, process.stdout.readline().strip()
+
+
+@contextmanager
+def fabric(root: Path, edges: int = 2, transports: str = "quic,tcp") -> Iterator[str]:
+    """A hub and ``edges`` edges offering ``transports``; yields the hub URL."""
+    processes = []
+    try:
+        hub, line = serve(["hub", "serve", "--db", str(root / "hub.db"), "--listen", "127.0.0.1:0"], root / "hub.log")
+        processes.append(hub)
+        match = re.search(r"http://\S+?(?=/v1/)", line)
+        assert match, line
+        url = match.group(0)
+        for i in range(edges):
+            edge, _ = serve(
+                ["edge", "serve", "--data", str(root / f"edge{i}"), "--listen", "127.0.0.1:0", "--hub", url,
+                 "--transport", transports],
+                root / f"edge{i}.log",
+            )  # fmt: skip
+            processes.append(edge)
+        yield url
+    finally:
+        for process in processes:
+            process.terminate()
+            process.wait(timeout=30)

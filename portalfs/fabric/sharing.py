@@ -1,0 +1,145 @@
+"""Sharing a portal and the policy around it: with an identity, by link, taking it back (with key rotation that
+resumes after a crash), revoking a device, and a portal's lifecycle at the hub (docs/design.md, section 15).
+
+The CLI parses and prints; what these do, and in which order, lives here.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+
+from ..errors import NotFound, shown
+from ..hub.client import PortalInfo
+from ..keys import DOMAIN_REVOKE
+from ..portal import PortalView
+from ..root import RootRecord
+from ..state import PortalRow
+from .grants import Grant, LinkUrl, unwrap_for_link, wrap_for_link
+from .sync import Fabric
+
+__all__ = [
+    "share",
+    "unshare",
+    "resume_rotations",
+    "make_link",
+    "open_link",
+    "revoke_device",
+    "set_policy",
+    "delete_portal",
+    "restore_portal",
+]
+
+log = logging.getLogger("portal.sharing")
+
+ROTATION = "rotation:"  # meta key prefix: an unshare under way, {"member": hex, "keys": wrapped rotated keys}
+
+
+def share(fabric: Fabric, view: PortalView, recipient: bytes, write: bool) -> None:
+    """Give ``recipient`` the portal's read keys (wrapped to its checked agreement key) and, with ``write``,
+    the right to publish."""
+    fabric.require_hub().create_portal(view.row.id)
+    grant = Grant(view.row.name, view.keys, fabric.secrets.identity.public)
+    fabric.grant(view.row.id, recipient, grant, write)
+
+
+def unshare(fabric: Fabric, view: PortalView, member: bytes) -> None:
+    """Remove ``member`` and rotate the read key, so that what comes after is sealed under a key it never had.
+
+    The rotated keys are recorded first (wrapped, meta ``rotation:<portal>``); each step after is idempotent,
+    and ``resume_rotations`` (at every sync) finishes what a crash left.
+    """
+    portal = view.row.id
+    keys = view.keys.rotated(os.urandom(32))
+    intent = {"member": member.hex(), "keys": fabric.secrets.wrap_portal_key(portal, keys).hex()}
+    fabric.device.state.set_meta(ROTATION + portal.hex(), json.dumps(intent).encode())
+    _finish_rotation(fabric, view.row)
+
+
+def resume_rotations(fabric: Fabric) -> list[str]:
+    """Finish every unshare a crash (or a hub that went away) left half-done; return the portals' names."""
+    done = []
+    for row in fabric.device.state.portals():
+        if fabric.device.state.get_meta(ROTATION + row.id.hex()) is not None:
+            _finish_rotation(fabric, row)
+            done.append(row.name)
+    return done
+
+
+def _finish_rotation(fabric: Fabric, row: PortalRow) -> None:
+    state, secrets = fabric.device.state, fabric.secrets
+    raw = state.get_meta(ROTATION + row.id.hex())
+    if raw is None:
+        return
+    intent = json.loads(raw)
+    member, wrapped = bytes.fromhex(intent["member"]), bytes.fromhex(intent["keys"])
+    keys = secrets.unwrap_portal_key(PortalRow(row.id, row.name, wrapped, row.created_ns))
+    # 1. versions from now on are sealed under the new key, before the member is told anything
+    state.set_portal_key(row.id, wrapped)
+    hub = fabric.require_hub()
+    # 2. the member loses access at the hub (already gone: a step done before a crash)
+    try:
+        hub.remove_member(row.id, member)
+    except NotFound:
+        pass
+    # 3. the members left, and this identity's other devices, get the new keys
+    grant = Grant(row.name, keys, secrets.identity.public)
+    for kept in hub.members(row.id):
+        fabric.grant(row.id, kept.identity, grant, kept.write)
+    fabric.update_keyring_keys(row.id, keys)
+    state.delete_meta(ROTATION + row.id.hex())
+    log.info("%s: %s removed, read key rotated", row.name, member.hex()[:16])
+
+
+def make_link(fabric: Fabric, view: PortalView, policy: dict[str, int | str]) -> str:
+    """A ``portal://`` URL whose secret (in the fragment) unwraps the read keys the hub releases under ``policy``."""
+    link, secret = os.urandom(16), os.urandom(32)
+    grant = Grant(view.row.name, view.keys, fabric.secrets.identity.public)
+    hub = fabric.require_hub()
+    hub.create_portal(view.row.id)
+    hub.create_link(view.row.id, link, wrap_for_link(secret, link, view.row.id, grant), policy)
+    return str(LinkUrl(hub.url, link, secret))
+
+
+def open_link(fabric: Fabric, url: LinkUrl) -> str:
+    """Join the link's hub, redeem the link (one download) and take the portal's versions; return its name here."""
+    fabric.join()
+    device = fabric.device
+    answer = fabric.require_hub().redeem(url.link)
+    grant = unwrap_for_link(url.secret, url.link, answer.portal, answer.wrapped)
+    existing = next((row for row in device.state.portals() if row.id == answer.portal), None)
+    name = existing.name if existing else fabric.adopt_grant(answer.portal, grant)
+    device.state.set_meta(f"link:{answer.portal.hex()}", b"1")
+    view = PortalView.open(device, name, fabric.secrets)
+    fabric.take_records(view, [RootRecord.from_bytes(r) for r in answer.roots])
+    return name
+
+
+def revoke_device(fabric: Fabric, prefix: str) -> bytes:
+    """Revoke the one device of this identity whose key starts with ``prefix`` (hex); return its key."""
+    hub = fabric.require_hub()
+    match = [d.device for d in hub.devices() if d.device.hex().startswith(prefix.lower())]
+    if len(match) != 1:
+        raise NotFound(f"{shown(prefix)} names {len(match)} devices of this identity; give more digits")
+    hub.revoke_device(match[0], fabric.secrets.identity.signing_key.sign(DOMAIN_REVOKE + match[0]))
+    return match[0]
+
+
+def set_policy(fabric: Fabric, view: PortalView, policy: dict[str, int | bool | None]) -> PortalInfo:
+    hub = fabric.require_hub()
+    hub.create_portal(view.row.id)
+    return hub.set_policy(view.row.id, policy)
+
+
+def delete_portal(fabric: Fabric, view: PortalView) -> PortalInfo:
+    """Delete at the hub (restorable until ``release_ns``); this device follows it no more until restored."""
+    info = fabric.require_hub().delete_portal(view.row.id)
+    fabric.device.state.set_meta(f"deleted:{view.row.id.hex()}", str(info.release_ns).encode())
+    return info
+
+
+def restore_portal(fabric: Fabric, view: PortalView) -> PortalInfo:
+    info = fabric.require_hub().restore_portal(view.row.id)
+    fabric.device.state.delete_meta(f"deleted:{view.row.id.hex()}")
+    return info
