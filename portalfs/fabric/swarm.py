@@ -24,6 +24,7 @@ from ..backoff import Backoff
 from ..edge.client import EdgeAddress, EdgeClient, connect_edge
 from ..errors import CorruptObject, MissingObject, PortalError, Unreachable
 from ..keys import DeviceKey
+from .locations import LocationCache
 
 __all__ = ["Swarm", "Placement"]
 
@@ -74,6 +75,7 @@ class Swarm:
         self._report = report
         self._damaged: dict[bytes, set[bytes]] = {}  # edge key -> damaged copies met, not yet reported
         self._requests: list[Counter[str]] = []  # each connection's requests, by kind
+        self.locations = LocationCache()  # what the hub said, so that a read does not ask again
         self._damage_seen: set[tuple[bytes, bytes]] = set()  # (edge, cid) already logged
         self._edges: dict[bytes, _Edge] = {}
         self._failures: dict[bytes, int] = {}  # edge key -> connections that failed in a row
@@ -212,6 +214,7 @@ class Swarm:
                     edge_state.in_flight -= 1
             except MissingObject as exc:
                 failures.append(str(exc))
+                self.locations.forget(cid, key)
             except CorruptObject as exc:  # the edge's copy is damaged: the next replica
                 self._damage(key, cid, exc)
                 corrupt.append(str(exc))
@@ -236,12 +239,16 @@ class Swarm:
         return self.get_many([cid])[cid]
 
     def get_many(self, cids: Sequence[bytes]) -> dict[bytes, bytes]:
-        located = None
-        if self._locate is not None:
+        located = self.locations.known(cids)
+        unknown = [cid for cid in cids if cid not in located]
+        if unknown and self._locate is not None:
             try:
-                located = self._locate(list(cids))
+                answer = self._locate(unknown)
             except PortalError as exc:  # the hub is down: every edge is asked instead
                 log.info("locations: %s; asking every edge", exc)
+            else:
+                self.locations.learn(answer)
+                located.update(answer)
         try:
             return self._run(self._get_many, list(cids), located)  # type: ignore[no-any-return]
         finally:

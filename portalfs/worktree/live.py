@@ -46,6 +46,7 @@ AUTOCOMMIT_SECONDS = 2.0
 MEMORY_STAGING = CDC_MIN  # files up to this size are staged in memory, not in a file
 UNSTORED_LIMIT = 64 * 1024 * 1024  # checkpoint early when journaled-but-unstored objects reach this
 STREAM_FROM = 4 * 1024 * 1024  # seal sequentially written files in the background past this size
+STAGE_BATCH = 32  # chunks of a file opened for writing fetched together, when the device lacks them
 
 
 def now_ns() -> int:
@@ -252,8 +253,12 @@ class LiveTree:
         self.workspace.staging_dir.mkdir(parents=True, exist_ok=True)
         try:
             with open(scratch, "wb") as out:
-                for ref in refs:
-                    out.write(await self.reader.chunk(ref))
+                for start in range(0, len(refs), STAGE_BATCH):
+                    batch = refs[start : start + STAGE_BATCH]
+                    # a file the device lacks comes from the edges a batch at a time, in parallel
+                    await trio.to_thread.run_sync(self.view.prefetch, batch)
+                    for ref in batch:
+                        out.write(await self.reader.chunk(ref))
         except BaseException:
             scratch.unlink(missing_ok=True)
             raise

@@ -18,6 +18,7 @@ from portalfs.portal import PortalView
 from portalfs.restore import PREFETCH_BATCH, Restorer
 from portalfs.store import LocalStore
 from portalfs.store.base import Prefetching
+from portalfs.worktree.live import LiveTree
 
 NOW = 1_700_000_000_000_000_000
 
@@ -52,8 +53,8 @@ def device(tmp_path: Path) -> Iterator[Device]:
     device.close()
 
 
-@pytest.mark.parametrize("keep", [True, False], ids=["kept", "not-kept"])
-def test_a_restore_fetches_each_chunk_once_in_batches(tmp_path: Path, device: Device, keep: bool) -> None:
+def _remote_portal(tmp_path: Path, device: Device, keep: bool) -> tuple[PortalView, RemoteObjects, Path]:
+    """Portal "big" with one 72 MiB file whose every object lives in a "remote" store the device fetches from."""
     device.create_identity(new_entropy_words(os.urandom(32)), "", None, "test", NOW)
     secrets = device.unlock(None)
     device.create_portal("big", secrets, NOW)
@@ -73,16 +74,33 @@ def test_a_restore_fetches_each_chunk_once_in_batches(tmp_path: Path, device: De
     store = FabricStore(local, lambda: swarm, keep=keep)  # type: ignore[arg-type,return-value]
     assert isinstance(store, Prefetching)
     device.attach_store(store)
+    return PortalView.open(device, "big", secrets), swarm, src / "big.bin"
 
-    view = PortalView.open(device, "big", secrets)
-    version = view.version(None)
-    root = view.root(version).entry
-    restorer = Restorer(view)
-    restorer.restore(root, tmp_path / "out")
-    assert (tmp_path / "out" / "big.bin").read_bytes() == (src / "big.bin").read_bytes()
 
+def _each_chunk_once_in_batches(swarm: RemoteObjects) -> list[bytes]:
     chunks = [c for batch in swarm.batches for c in batch]
     assert len(chunks) == len(set(chunks)) > PREFETCH_BATCH  # each chunk in one batch; more than one batch
     assert all(len(batch) <= PREFETCH_BATCH for batch in swarm.batches)
     assert not set(swarm.single) & set(chunks)  # no chunk was fetched alone besides its batch
-    assert local.has(chunks) == [keep] * len(chunks)  # kept in the local store, or (a get) not written twice
+    return chunks
+
+
+@pytest.mark.parametrize("keep", [True, False], ids=["kept", "not-kept"])
+def test_a_restore_fetches_each_chunk_once_in_batches(tmp_path: Path, device: Device, keep: bool) -> None:
+    view, swarm, original = _remote_portal(tmp_path, device, keep)
+    root = view.root(view.version(None)).entry
+    Restorer(view).restore(root, tmp_path / "out")
+    assert (tmp_path / "out" / "big.bin").read_bytes() == original.read_bytes()
+    chunks = _each_chunk_once_in_batches(swarm)
+    assert device.store_local.has(chunks) == [keep] * len(chunks)  # kept, or (a get) not written twice
+
+
+async def test_a_remote_file_opened_for_writing_is_staged_in_batches(tmp_path: Path, device: Device) -> None:
+    view, swarm, original = _remote_portal(tmp_path, device, keep=True)
+    version = view.version(None)
+    tree = LiveTree(view, device.unlock(None), version.record, view.root(version), tmp_path / "staging", False)
+    node = tree.workspace.lookup(tree.workspace.get(tree.workspace.root.ino), b"big.bin")
+    fh, _ = await tree.open(node, os.O_RDWR)
+    assert await tree.read(fh, 0, 1 << 20) == original.read_bytes()[: 1 << 20]
+    _each_chunk_once_in_batches(swarm)
+    tree.abandon_streams()
