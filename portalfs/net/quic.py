@@ -24,7 +24,7 @@ from typing import Any
 import trio
 
 from ..protocol.edge import ALPN, FrameReader, Message, RemoteProtocolError, encode_message
-from ..protocol.session import Session
+from ..protocol.session import Outstanding, Session
 from . import one_error
 from .tcp import HandshakeTimeout, PendingAnswer, TransportError
 from .tls import EdgeKey, check_pin
@@ -305,7 +305,7 @@ class QuicClient:
         self._conn = connection
         self._endpoint = endpoint
         self._streams = _Streams()
-        self._answers: dict[int, PendingAnswer] = {}
+        self._outstanding: Outstanding[PendingAnswer] = Outstanding(ordered=False)  # by stream
         self._handshake = trio.Event()
         self._failed: BaseException | None = None
         self._slots = trio.Semaphore(CONCURRENT_REQUESTS)
@@ -318,7 +318,8 @@ class QuicClient:
         if self._failed is not None:
             raise TransportError(f"edge {self.peer}: connection lost") from self._failed
         stream_id = self._conn.get_next_available_stream_id()
-        answer = self._answers[stream_id] = PendingAnswer()
+        answer = PendingAnswer()
+        self._outstanding.sent(answer, stream_id)
         try:
             self._conn.send_stream_data(stream_id, encode_message(message), end_stream=True)
             self._endpoint.send(self._conn)
@@ -330,9 +331,8 @@ class QuicClient:
         if self._failed is None:
             self._failed = exc
         self._handshake.set()
-        for answer in self._answers.values():
+        for answer in self._outstanding.failed():
             answer.abandon(self._failed)
-        self._answers.clear()
 
     async def _run(self) -> None:
         try:
@@ -362,11 +362,11 @@ class QuicClient:
                     except RemoteProtocolError as exc:
                         self._fail(exc)
                         break
-                    if message is not None and event.stream_id in self._answers:
-                        self._answers.pop(event.stream_id).deliver(message)
+                    if message is not None and event.stream_id in self._outstanding:
+                        self._outstanding.answered(event.stream_id).deliver(message)
                 elif isinstance(event, events.StreamReset):
-                    if event.stream_id in self._answers:
-                        self._answers.pop(event.stream_id).abandon(self._failed)
+                    if event.stream_id in self._outstanding:
+                        self._outstanding.answered(event.stream_id).abandon(self._failed)
                 elif isinstance(event, events.ConnectionTerminated):
                     self._fail(TransportError(f"closed: {event.reason_phrase or event.error_code}"))
 

@@ -23,7 +23,6 @@ from __future__ import annotations
 import logging
 import socket
 import time
-from collections import deque
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 
@@ -33,7 +32,7 @@ from OpenSSL import SSL
 
 from ..keys import DeviceKey
 from ..protocol.edge import FRAME_HEAD, Message, RemoteProtocolError, encode_frame, parse_frame_head, parse_message
-from ..protocol.session import Session
+from ..protocol.session import Outstanding, Session
 from . import one_error
 from .tls import EdgeKey, certificate_key, check_pin, client_context, server_context
 
@@ -310,7 +309,7 @@ class TcpConnection:
         self.peer = peer
         self._stream = stream
         self._send_lock = trio.Lock()
-        self._waiting: deque[PendingAnswer] = deque()
+        self._outstanding: Outstanding[PendingAnswer] = Outstanding(ordered=True)  # answers come in order
         self._failed: BaseException | None = None
 
     async def request(self, message: Message) -> Message:
@@ -319,7 +318,7 @@ class TcpConnection:
         answer = PendingAnswer()
         frame = encode_frame(message)
         async with self._send_lock:
-            self._waiting.append(answer)
+            self._outstanding.sent(answer)
             try:
                 await self._stream.send_all(*frame)
             except (trio.BrokenResourceError, trio.ClosedResourceError) as exc:
@@ -329,8 +328,8 @@ class TcpConnection:
     def _fail(self, exc: BaseException) -> None:
         if self._failed is None:
             self._failed = exc
-        while self._waiting:
-            self._waiting.popleft().abandon(self._failed)
+        for answer in self._outstanding.failed():
+            answer.abandon(self._failed)
 
     async def _read_answers(self) -> None:
         try:
@@ -338,9 +337,7 @@ class TcpConnection:
                 message = await receive_message(self._stream)
                 if message is None:
                     raise TransportError("closed by the edge")
-                if not self._waiting:
-                    raise RemoteProtocolError("an answer nobody asked for")
-                self._waiting.popleft().deliver(message)
+                self._outstanding.answered().deliver(message)
         except (trio.BrokenResourceError, trio.ClosedResourceError, TransportError, RemoteProtocolError) as exc:
             self._fail(exc)
 

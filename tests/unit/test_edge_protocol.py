@@ -241,3 +241,26 @@ def test_every_edge_address_is_parsed_by_one_function() -> None:
         with pytest.raises(ValueError, match="is not HOST:PORT") as caught:
             parse_address(bad)
         assert len(str(caught.value)) < 200
+
+
+def test_answers_are_matched_to_requests_in_order_or_by_stream() -> None:
+    from portalfs.protocol.edge import LocalProtocolError, RemoteProtocolError
+    from portalfs.protocol.session import Outstanding
+
+    ordered: Outstanding[str] = Outstanding(ordered=True)  # TLS over TCP: answers in request order
+    for waiter in ("first", "second", "third"):
+        ordered.sent(waiter)
+    assert [ordered.answered(), ordered.answered()] == ["first", "second"]
+    assert ordered.failed() == ["third"] and len(ordered) == 0
+    with pytest.raises(RemoteProtocolError, match="nobody asked"):
+        ordered.answered()
+
+    keyed: Outstanding[str] = Outstanding(ordered=False)  # QUIC: each answer on its request's stream
+    keyed.sent("on 0", 0)
+    keyed.sent("on 4", 4)
+    assert 4 in keyed and keyed.answered(4) == "on 4" and 4 not in keyed
+    with pytest.raises(RemoteProtocolError):
+        keyed.answered(8)
+    with pytest.raises(LocalProtocolError):
+        keyed.sent("again on 0", 0)
+    assert keyed.failed() == ["on 0"]
