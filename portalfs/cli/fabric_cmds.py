@@ -108,7 +108,7 @@ def cmd_edge_add(device: Device, args: argparse.Namespace) -> int:
     if config.hub:
         fabric = Fabric(device, secrets, config)
         try:
-            fabric.merge_keyring()  # so a recovered device finds this edge too
+            fabric.membership.merge_keyring()  # so a recovered device finds this edge too
         finally:
             fabric.close()
     _emit(args, {"edge": f"{host}:{port}", "key": key}, f"Added edge {host}:{port} ({args.transport})")

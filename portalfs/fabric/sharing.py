@@ -41,7 +41,7 @@ def share(fabric: Fabric, view: PortalView, recipient: bytes, write: bool) -> No
     the right to publish."""
     fabric.require_hub().create_portal(view.row.id)
     grant = Grant(view.row.name, view.keys, fabric.secrets.identity.public)
-    fabric.grant(view.row.id, recipient, grant, write)
+    fabric.membership.grant(view.row.id, recipient, grant, write)
 
 
 def unshare(fabric: Fabric, view: PortalView, member: bytes) -> None:
@@ -86,8 +86,8 @@ def _finish_rotation(fabric: Fabric, row: PortalRow) -> None:
     # 3. the members left, and this identity's other devices, get the new keys
     grant = Grant(row.name, keys, secrets.identity.public)
     for kept in hub.members(row.id):
-        fabric.grant(row.id, kept.identity, grant, kept.write)
-    fabric.update_keyring_keys(row.id, keys)
+        fabric.membership.grant(row.id, kept.identity, grant, kept.write)
+    fabric.membership.update_keyring_keys(row.id, keys)
     state.delete_meta(ROTATION + row.id.hex())
     log.info("%s: %s removed, read key rotated", row.name, member.hex()[:16])
 
@@ -109,7 +109,7 @@ def open_link(fabric: Fabric, url: LinkUrl) -> str:
     answer = fabric.require_hub().redeem(url.link)
     grant = unwrap_for_link(url.secret, url.link, answer.portal, answer.wrapped)
     existing = next((row for row in device.state.portals() if row.id == answer.portal), None)
-    name = existing.name if existing else fabric.adopt_grant(answer.portal, grant)
+    name = existing.name if existing else fabric.membership.adopt_grant(answer.portal, grant)
     device.state.set_meta(f"link:{answer.portal.hex()}", b"1")
     view = PortalView.open(device, name, fabric.secrets)
     fabric.take_records(view, [RootRecord.from_bytes(r) for r in answer.roots])

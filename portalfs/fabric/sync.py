@@ -1,4 +1,6 @@
-"""A device on a fabric: joining a hub, pulling and pushing versions, and the store that fetches.
+"""The sync engine of a device on a fabric: pull (and merge), push, publish, repair; and ``Fabric``, which holds
+the device's hub client, edges and swarm for them. Membership (enrollment, keyring, shares) is in
+membership.py, who may write a portal in trust.py, sharing in sharing.py, the configuration in config.py.
 
 Write ordering (docs/design.md, "Sync"): every object a version reaches is
 held by ``replicas`` edges, and its locations recorded at the hub, before the
@@ -28,21 +30,20 @@ from ..errors import (
     Unreachable,
     UsageError,
 )
-from ..hub.client import HubClient, PortalInfo
-from ..hub.state import CLOSED_STATES
+from ..hub.client import HubClient
 from ..ingest import tree_totals
-from ..keys import DOMAIN_AGREEMENT, DeviceCertificate, verify_signature
 from ..merge import conflict_name, merge_trees
 from ..pipeline import store_sealed
 from ..portal import PortalView
-from ..root import PortalKeys, RootPayload, RootRecord, verify_chain
+from ..root import RootPayload, RootRecord
 from ..sealing import ChunkRef
-from ..state import PortalRow, VersionRow
+from ..state import VersionRow
 from .cache import FetchCache, cache_limit
 from .config import FabricConfig, load_config, mark_published, published_version, save_config
-from .grants import Grant, open_keyring, seal_keyring, unwrap_for_identity, wrap_for_identity
+from .membership import Membership
 from .store import FabricStore, heal_local
 from .swarm import Placement, Swarm
+from .trust import checked_records
 
 __all__ = ["attach_fabric", "Fabric"]
 
@@ -69,7 +70,8 @@ def _address(row: dict[str, Any]) -> EdgeAddress:
 
 
 class Fabric:
-    """The hub client, the edge list and the swarm of one device, for one command."""
+    """The hub client, the edge list and the swarm of one device, for one command or one daemon round; its
+    methods are the sync engine."""
 
     def __init__(self, device: Device, secrets: Unlocked, config: FabricConfig) -> None:
         self.device = device
@@ -77,6 +79,7 @@ class Fabric:
         self.config = config
         self.hub = HubClient(config.hub, secrets.device) if config.hub else None
         self._swarm: Swarm | None = None
+        self.membership = Membership(device, secrets, config, self.require_hub)
 
     def close(self) -> None:
         if self._swarm is not None:
@@ -139,16 +142,9 @@ class Fabric:
         the hub, its key gone) is named in ``failed`` and the others go on.
         """
         hub = self.require_hub()
-        identity = self.secrets.identity
-        hub.enroll(self.cert)
-        sig = identity.signing_key.sign(DOMAIN_AGREEMENT + identity.agreement_public)
-        hub.set_agreement(identity.agreement_public, sig)
-        for row in self.device.state.portals():
-            if self._grant_owner(row) == identity.public:
-                hub.create_portal(row.id)
+        self.membership.enroll(self.cert)
         with self.device.state.transaction():
-            added = self.merge_keyring()
-            added += self.accept_shares()
+            added = self.membership.refresh()
             save_config(self.device, self.config)
         failed = {}
         for name in added:
@@ -161,141 +157,7 @@ class Fabric:
 
     def refresh(self) -> list[str]:
         """Adopt the keyring's portals and the shares accepted since; return the names added."""
-        return self.merge_keyring() + self.accept_shares()
-
-    def _grant_owner(self, row: PortalRow) -> bytes:
-        owner = self.device.state.get_meta(f"owner:{row.id.hex()}")
-        return owner if owner is not None else self.secrets.identity.public
-
-    def _change_keyring(self, change: Callable[[dict[str, Any]], bool]) -> None:
-        """Apply ``change`` to the hub's keyring and write it back (compare-and-swap), retrying on a race.
-
-        ``change`` edits the opened keyring in place and says whether there is anything to write.
-        """
-        hub = self.require_hub()
-        identity = self.secrets.identity
-        for _attempt in range(KEYRING_ATTEMPTS):
-            current = hub.keyring()
-            ring = open_keyring(identity, current.blob)
-            if not change(ring):
-                return
-            try:
-                hub.put_keyring(current.version + 1, seal_keyring(identity, ring))
-                return
-            except Conflict:
-                continue
-        raise Conflict("the hub's keyring kept changing while this device updated it; try again")
-
-    def merge_keyring(self) -> list[str]:
-        """Adopt the keyring's portals and edges, and add this identity's own that it lacks; return added names."""
-        identity = self.secrets.identity
-        added: list[str] = []
-
-        def merge(ring: dict[str, Any]) -> bool:
-            added.extend(self._adopt(ring))
-            mine = {
-                row.id.hex(): row for row in self.device.state.portals() if self._grant_owner(row) == identity.public
-            }
-            known = {p["id"] for p in ring.get("portals", [])}
-            edges = {e["key"]: e for e in ring.get("edges", [])}
-            new_edges = {e["key"]: e for e in self.config.edges if e["key"] not in edges}
-            if set(mine) <= known and not new_edges:
-                return False
-            ring["portals"] = [p for p in ring.get("portals", [])] + [
-                {"id": pid, "name": row.name, "keys": keys.to_bytes()}
-                for pid, row in mine.items()
-                if pid not in known and (keys := self._keys(row)) is not None
-            ]
-            ring["edges"] = list(edges.values()) + list(new_edges.values())
-            return True
-
-        self._change_keyring(merge)
-        return added
-
-    def _adopt(self, ring: dict[str, Any]) -> list[str]:
-        added = []
-        for entry in ring.get("portals", []):
-            portal = bytes.fromhex(entry["id"])
-            keys = PortalKeys.from_bytes(entry["keys"])
-            existing = next((row for row in self.device.state.portals() if row.id == portal), None)
-            if existing is not None:
-                if self._keys(existing) != keys:  # rotated on another device (or lost here: the keyring's)
-                    self.device.state.set_portal_key(portal, self.secrets.wrap_portal_key(portal, keys))
-                continue
-            name = self._free_name(entry["name"])
-            self.device.state.add_portal(PortalRow(portal, name, self.secrets.wrap_portal_key(portal, keys), 0))
-            added.append(name)
-        known = {e["key"] for e in self.config.edges}
-        for edge in ring.get("edges", []):
-            if edge["key"] not in known:
-                self.config.edges.append(edge)
-        save_config(self.device, self.config)
-        return added
-
-    def _keys(self, row: PortalRow) -> PortalKeys | None:
-        """The portal's keys, or None when they no longer open on this device (its sync says so)."""
-        try:
-            return self.secrets.unwrap_portal_key(row)
-        except IntegrityError as exc:
-            log.info("keyring: %s", exc)
-            return None
-
-    def accept_shares(self) -> list[str]:
-        """Add the portals other identities shared with this one (one that fails is logged and skipped), and
-        follow the hub's deletions and restores of the portals this device has."""
-        hub = self.require_hub()
-        added = []
-        local = {row.id: row for row in self.device.state.portals()}
-        for info in hub.portals():
-            if info.id in local:
-                self._note_deleted(info)
-            if info.role == "owner" or info.state in CLOSED_STATES:
-                continue
-            try:
-                if info.id in local:
-                    self._take_rotated_keys(local[info.id])
-                else:
-                    added += self._accept_share(info.id)
-            except PortalError as exc:  # unshared or closed meanwhile, a grant that does not open
-                log.warning("portal %s shared with this identity: %s", info.id.hex()[:16], exc)
-        return added
-
-    def _my_grant(self, portal: bytes) -> Grant | None:
-        me = self.secrets.identity.public
-        wrapped = next((m.wrapped for m in self.require_hub().members(portal) if m.identity == me), None)
-        return None if wrapped is None else unwrap_for_identity(self.secrets.identity, portal, wrapped)
-
-    def _take_rotated_keys(self, row: PortalRow) -> None:
-        """A portal shared with this identity whose owner rotated its read key (an unshare): take the new keys."""
-        grant = self._my_grant(row.id)
-        if grant is not None and grant.keys != self._keys(row):
-            self.device.state.set_portal_key(row.id, self.secrets.wrap_portal_key(row.id, grant.keys))
-            log.info("%s: the owner rotated its read key; this device has the new one", row.name)
-
-    def _note_deleted(self, info: PortalInfo) -> None:
-        """A portal deleted at the hub is not followed here until it is restored (section 14)."""
-        key = f"deleted:{info.id.hex()}"
-        if info.state == "deleted":
-            self.device.state.set_meta(key, str(info.release_ns).encode())
-        else:
-            self.device.state.delete_meta(key)
-
-    def _accept_share(self, portal: bytes) -> list[str]:
-        grant = self._my_grant(portal)
-        return [] if grant is None else [self.adopt_grant(portal, grant)]
-
-    def adopt_grant(self, portal: bytes, grant: Grant) -> str:
-        name = self._free_name(grant.name)
-        self.device.state.add_portal(PortalRow(portal, name, self.secrets.wrap_portal_key(portal, grant.keys), 0))
-        self.device.state.set_meta(f"owner:{portal.hex()}", grant.owner)
-        return name
-
-    def _free_name(self, name: str) -> str:
-        taken = {row.name for row in self.device.state.portals()}
-        candidate, n = name, 2
-        while candidate in taken:
-            candidate, n = f"{name}-{n}", n + 1
-        return candidate
+        return self.membership.refresh()
 
     def require_hub(self) -> HubClient:
         if self.hub is None:
@@ -303,42 +165,6 @@ class Fabric:
         return self.hub
 
     # versions
-
-    def _trust_writers(self, view: PortalView, records: list[RootRecord]) -> None:
-        """Add to the device table the enrolled devices of the portal's owner that signed ``records``."""
-        known = self.device.state.device_names()
-        if all(r.device in known for r in records):
-            return
-        owner = self._grant_owner(view.row)
-        for row in self.require_hub().identity_devices(owner):
-            cert = DeviceCertificate.from_bytes(row.cert)
-            fields = cert.verify(owner)
-            if fields["device"] not in known:
-                self.device.state.add_device(
-                    fields["device"], str(fields["name"]), cert.to_bytes(), int(fields["time"])
-                )
-        known = self.device.state.device_names()
-        for record in records:
-            if record.device not in known:
-                raise IntegrityError(f"root record v{record.version}: signed by a device the owner never enrolled")
-
-    def update_keyring_keys(self, portal: bytes, keys: PortalKeys) -> None:
-        """Store a portal's rotated keys in the hub's keyring."""
-
-        def rotate(ring: dict[str, Any]) -> bool:
-            for entry in ring.get("portals", []):
-                if entry["id"] == portal.hex():
-                    entry["keys"] = keys.to_bytes()
-            return True
-
-        self._change_keyring(rotate)
-
-    def grant(self, portal: bytes, member: bytes, grant: Grant, write: bool) -> None:
-        """Wrap ``grant`` to ``member``'s agreement key, checked against its identity, and store it at the hub."""
-        hub = self.require_hub()
-        info = hub.identity(member)
-        verify_signature(member, info.sig, DOMAIN_AGREEMENT + info.agreement, "agreement key")
-        hub.set_member(portal, member, wrap_for_identity(info.agreement, portal, grant), write)
 
     def pull(self, view: PortalView) -> int:
         """Take the versions the hub has beyond this device's; return how many.
@@ -376,12 +202,7 @@ class Fabric:
 
     def _checked(self, view: PortalView, records: list[RootRecord]) -> list[tuple[RootRecord, RootPayload]]:
         """``records``, each following the one before it (the first, the device's version before it), opened."""
-        if not records:
-            return []
-        self._trust_writers(view, records)
-        previous = self.device.state.version(view.row.id, records[0].version - 1) if records[0].version > 1 else None
-        verify_chain(records, set(self.device.state.device_names()), None if previous is None else previous.record)
-        return [(record, record.open(view.keys)) for record in records]
+        return checked_records(view, self.require_hub(), self.membership.owner_of(view.row), records)
 
     def take_records(self, view: PortalView, records: list[RootRecord]) -> None:
         """Record versions that follow this device's head, each checked and signed by an enrolled device."""
@@ -556,7 +377,7 @@ class Fabric:
         raise Unreachable(f"portal {view.row.name!r}: the edges are too slow to place its objects; try again")
 
     def sync(self, view: PortalView) -> dict[str, Any]:
-        if self._grant_owner(view.row) == self.secrets.identity.public:
+        if self.membership.owner_of(view.row) == self.secrets.identity.public:
             self.require_hub().create_portal(view.row.id)  # created there, if it was not
         pulled = self.pull(view)
         pushed = self.push(view)

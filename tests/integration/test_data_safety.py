@@ -280,7 +280,7 @@ def test_a_join_that_fails_half_way_saves_nothing(
         def hub_gone() -> list[str]:  # the hub goes away after the keyring gave this device its portals
             raise Unreachable("hub: connection refused")
 
-        monkeypatch.setattr(fabric, "accept_shares", hub_gone)
+        monkeypatch.setattr(fabric.membership, "accept_shares", hub_gone)
         with pytest.raises(Unreachable):
             fabric.join()
         fabric.close()

@@ -51,7 +51,7 @@ def test_an_unshare_cut_short_is_finished_by_the_next_sync(
         def hub_gone(*args: object) -> None:  # the hub goes away after the member was removed there
             raise Unreachable("hub: connection refused")
 
-        monkeypatch.setattr(fab, "grant", hub_gone)
+        monkeypatch.setattr(fab.membership, "grant", hub_gone)
         gone_identity = bytes.fromhex(json.loads(ok(gone, "whoami", "--json"))["identity"])
         with pytest.raises(Unreachable):
             sharing.unshare(fab, PortalView.open(device, "team", secrets), gone_identity)

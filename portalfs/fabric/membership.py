@@ -1,0 +1,203 @@
+"""A device's membership in its identity and its hub: enrollment, the identity's keyring (portals, keys and
+edges shared by the identity's devices), shares from other identities, and the grants that give portals away
+(docs/design.md, sections 13 to 15). What the sync engine and sharing build on; no pulls or pushes here."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from typing import Any
+
+from ..device import Device, Unlocked
+from ..errors import Conflict, IntegrityError, PortalError
+from ..hub.client import HubClient, PortalInfo
+from ..hub.state import CLOSED_STATES
+from ..keys import DOMAIN_AGREEMENT, verify_signature
+from ..root import PortalKeys
+from ..state import PortalRow
+from .config import FabricConfig, save_config
+from .grants import Grant, open_keyring, seal_keyring, unwrap_for_identity, wrap_for_identity
+
+__all__ = ["Membership", "KEYRING_ATTEMPTS"]
+
+log = logging.getLogger("portal.sync")
+
+KEYRING_ATTEMPTS = 5  # compare-and-swap rounds before giving up on a busy keyring
+
+
+class Membership:
+    """``require_hub`` gives the device's hub client, or raises UsageError when it has none."""
+
+    def __init__(
+        self, device: Device, secrets: Unlocked, config: FabricConfig, require_hub: Callable[[], HubClient]
+    ) -> None:
+        self.device = device
+        self.secrets = secrets
+        self.config = config
+        self.require_hub = require_hub
+
+    def enroll(self, cert: bytes) -> None:
+        """Enroll this device, publish the identity's agreement key, and create this identity's portals there."""
+        hub = self.require_hub()
+        identity = self.secrets.identity
+        hub.enroll(cert)
+        hub.set_agreement(
+            identity.agreement_public, identity.signing_key.sign(DOMAIN_AGREEMENT + identity.agreement_public)
+        )
+        for row in self.device.state.portals():
+            if self.owner_of(row) == identity.public:
+                hub.create_portal(row.id)
+
+    def refresh(self) -> list[str]:
+        """Adopt the keyring's portals and the shares accepted since; return the names added."""
+        return self.merge_keyring() + self.accept_shares()
+
+    def owner_of(self, row: PortalRow) -> bytes:
+        owner = self.device.state.get_meta(f"owner:{row.id.hex()}")
+        return owner if owner is not None else self.secrets.identity.public
+
+    def _change_keyring(self, change: Callable[[dict[str, Any]], bool]) -> None:
+        """Apply ``change`` to the hub's keyring and write it back (compare-and-swap), retrying on a race.
+
+        ``change`` edits the opened keyring in place and says whether there is anything to write.
+        """
+        hub = self.require_hub()
+        identity = self.secrets.identity
+        for _attempt in range(KEYRING_ATTEMPTS):
+            current = hub.keyring()
+            ring = open_keyring(identity, current.blob)
+            if not change(ring):
+                return
+            try:
+                hub.put_keyring(current.version + 1, seal_keyring(identity, ring))
+                return
+            except Conflict:
+                continue
+        raise Conflict("the hub's keyring kept changing while this device updated it; try again")
+
+    def merge_keyring(self) -> list[str]:
+        """Adopt the keyring's portals and edges, and add this identity's own that it lacks; return added names."""
+        identity = self.secrets.identity
+        added: list[str] = []
+
+        def merge(ring: dict[str, Any]) -> bool:
+            added.extend(self._adopt(ring))
+            mine = {row.id.hex(): row for row in self.device.state.portals() if self.owner_of(row) == identity.public}
+            known = {p["id"] for p in ring.get("portals", [])}
+            edges = {e["key"]: e for e in ring.get("edges", [])}
+            new_edges = {e["key"]: e for e in self.config.edges if e["key"] not in edges}
+            if set(mine) <= known and not new_edges:
+                return False
+            ring["portals"] = [p for p in ring.get("portals", [])] + [
+                {"id": pid, "name": row.name, "keys": keys.to_bytes()}
+                for pid, row in mine.items()
+                if pid not in known and (keys := self._keys(row)) is not None
+            ]
+            ring["edges"] = list(edges.values()) + list(new_edges.values())
+            return True
+
+        self._change_keyring(merge)
+        return added
+
+    def _adopt(self, ring: dict[str, Any]) -> list[str]:
+        added = []
+        for entry in ring.get("portals", []):
+            portal = bytes.fromhex(entry["id"])
+            keys = PortalKeys.from_bytes(entry["keys"])
+            existing = next((row for row in self.device.state.portals() if row.id == portal), None)
+            if existing is not None:
+                if self._keys(existing) != keys:  # rotated on another device (or lost here: the keyring's)
+                    self.device.state.set_portal_key(portal, self.secrets.wrap_portal_key(portal, keys))
+                continue
+            name = self._free_name(entry["name"])
+            self.device.state.add_portal(PortalRow(portal, name, self.secrets.wrap_portal_key(portal, keys), 0))
+            added.append(name)
+        known = {e["key"] for e in self.config.edges}
+        for edge in ring.get("edges", []):
+            if edge["key"] not in known:
+                self.config.edges.append(edge)
+        save_config(self.device, self.config)
+        return added
+
+    def _keys(self, row: PortalRow) -> PortalKeys | None:
+        """The portal's keys, or None when they no longer open on this device (its sync says so)."""
+        try:
+            return self.secrets.unwrap_portal_key(row)
+        except IntegrityError as exc:
+            log.info("keyring: %s", exc)
+            return None
+
+    def accept_shares(self) -> list[str]:
+        """Add the portals other identities shared with this one (one that fails is logged and skipped), and
+        follow the hub's deletions and restores of the portals this device has."""
+        hub = self.require_hub()
+        added = []
+        local = {row.id: row for row in self.device.state.portals()}
+        for info in hub.portals():
+            if info.id in local:
+                self._note_deleted(info)
+            if info.role == "owner" or info.state in CLOSED_STATES:
+                continue
+            try:
+                if info.id in local:
+                    self._take_rotated_keys(local[info.id])
+                else:
+                    added += self._accept_share(info.id)
+            except PortalError as exc:  # unshared or closed meanwhile, a grant that does not open
+                log.warning("portal %s shared with this identity: %s", info.id.hex()[:16], exc)
+        return added
+
+    def _my_grant(self, portal: bytes) -> Grant | None:
+        me = self.secrets.identity.public
+        wrapped = next((m.wrapped for m in self.require_hub().members(portal) if m.identity == me), None)
+        return None if wrapped is None else unwrap_for_identity(self.secrets.identity, portal, wrapped)
+
+    def _take_rotated_keys(self, row: PortalRow) -> None:
+        """A portal shared with this identity whose owner rotated its read key (an unshare): take the new keys."""
+        grant = self._my_grant(row.id)
+        if grant is not None and grant.keys != self._keys(row):
+            self.device.state.set_portal_key(row.id, self.secrets.wrap_portal_key(row.id, grant.keys))
+            log.info("%s: the owner rotated its read key; this device has the new one", row.name)
+
+    def _note_deleted(self, info: PortalInfo) -> None:
+        """A portal deleted at the hub is not followed here until it is restored (section 14)."""
+        key = f"deleted:{info.id.hex()}"
+        if info.state == "deleted":
+            self.device.state.set_meta(key, str(info.release_ns).encode())
+        else:
+            self.device.state.delete_meta(key)
+
+    def _accept_share(self, portal: bytes) -> list[str]:
+        grant = self._my_grant(portal)
+        return [] if grant is None else [self.adopt_grant(portal, grant)]
+
+    def adopt_grant(self, portal: bytes, grant: Grant) -> str:
+        name = self._free_name(grant.name)
+        self.device.state.add_portal(PortalRow(portal, name, self.secrets.wrap_portal_key(portal, grant.keys), 0))
+        self.device.state.set_meta(f"owner:{portal.hex()}", grant.owner)
+        return name
+
+    def _free_name(self, name: str) -> str:
+        taken = {row.name for row in self.device.state.portals()}
+        candidate, n = name, 2
+        while candidate in taken:
+            candidate, n = f"{name}-{n}", n + 1
+        return candidate
+
+    def update_keyring_keys(self, portal: bytes, keys: PortalKeys) -> None:
+        """Store a portal's rotated keys in the hub's keyring."""
+
+        def rotate(ring: dict[str, Any]) -> bool:
+            for entry in ring.get("portals", []):
+                if entry["id"] == portal.hex():
+                    entry["keys"] = keys.to_bytes()
+            return True
+
+        self._change_keyring(rotate)
+
+    def grant(self, portal: bytes, member: bytes, grant: Grant, write: bool) -> None:
+        """Wrap ``grant`` to ``member``'s agreement key, checked against its identity, and store it at the hub."""
+        hub = self.require_hub()
+        info = hub.identity(member)
+        verify_signature(member, info.sig, DOMAIN_AGREEMENT + info.agreement, "agreement key")
+        hub.set_member(portal, member, wrap_for_identity(info.agreement, portal, grant), write)
