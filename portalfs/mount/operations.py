@@ -17,15 +17,12 @@ import logging
 import os
 import stat
 from collections.abc import Callable, Coroutine, Sequence
-from pathlib import Path
 from typing import Any, ParamSpec, TypeVar
 
 import pyfuse3
 import trio
 
-from ..device import Unlocked
 from ..errors import IntegrityError, MissingObject, PortalError
-from ..portal import PortalView
 from ..root import RootPayload, RootRecord
 from ..worktree.live import LiveTree, now_ns, settled
 from ..worktree.workspace import FsError, Inode
@@ -69,24 +66,18 @@ class PortalOperations(pyfuse3.Operations):
     enable_acl = False
 
     def __init__(
-        self,
-        view: PortalView,
-        secrets: Unlocked | None,
-        head: RootRecord | None,
-        root: RootPayload,
-        staging_dir: Path,
-        read_only: bool,
-        newer: Callable[[int], tuple[RootRecord, RootPayload] | None] | None = None,
+        self, tree: LiveTree, newer: Callable[[int], tuple[RootRecord, RootPayload] | None] | None = None
     ) -> None:
-        """``newer(version)``, for a read-only mount that follows its portal, is the device's newest
-        version past ``version`` with its directories at hand, or None; it blocks (a worker thread runs it).
+        """The handlers of ``tree``'s mount. ``newer(version)``, for a read-only mount that follows its portal,
+        is the device's newest version past ``version`` with its directories at hand, or None; it blocks (a
+        worker thread runs it).
         """
         super().__init__()
-        self.view = view
-        self.read_only = read_only
+        self.tree = tree
+        self.view = tree.view
+        self.read_only = tree.read_only
         self._newer = newer
-        self.tree = LiveTree(view, secrets, head, root, staging_dir, read_only)
-        self.workspace = self.tree.workspace
+        self.workspace = tree.workspace
         self._dir_handles: dict[int, list[Inode]] = {}
         self._reported: set[str] = set()
 

@@ -26,6 +26,7 @@ from ..portal import PortalView
 from ..root import RootPayload, RootRecord
 from ..tree import Entry, new_root_entry
 from ..worktree.journal import writing
+from ..worktree.live import LiveTree
 from .operations import PortalOperations
 
 __all__ = ["check_mountpoint", "mount_options", "run_mount", "parse_target", "bdi_of", "is_mounted"]
@@ -212,14 +213,9 @@ def _serve_portal(
             prepare(view, payload.entry)
         return latest.record, payload
 
-    ops = PortalOperations(
-        view,
-        None if read_only else secrets,
-        None if head is None else head.record,
-        root,
-        staging,
-        read_only,
-        # A read-only mount of the portal follows it; one of a past version shows that version.
-        newer if read_only and version is None else None,
+    tree = LiveTree(
+        view, None if read_only else secrets, None if head is None else head.record, root, staging, read_only
     )
+    # A read-only mount of the portal follows it; one of a past version shows that version.
+    ops = PortalOperations(tree, newer if read_only and version is None else None)
     trio.run(_serve, ops, mountpoint, mount_options(name, read_only, extra_options), ready)

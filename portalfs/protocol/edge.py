@@ -182,6 +182,13 @@ class Put(Message):
         return cls(_cid(h["cid"]), body)
 
 
+def _cid_list(h: dict[str, Any], most: int, what: str) -> tuple[bytes, ...]:
+    cids = h["cids"]
+    if not isinstance(cids, list) or len(cids) > most:
+        raise ValueError(f"{what} takes at most {most} ids")
+    return tuple(_cid(c) for c in cids)
+
+
 @dataclass(frozen=True, slots=True)
 class Have(Message):
     KIND: ClassVar[int] = 0x04
@@ -193,10 +200,7 @@ class Have(Message):
 
     @classmethod
     def check(cls, h: dict[str, Any]) -> Have:
-        cids = h["cids"]
-        if not isinstance(cids, list) or len(cids) > MAX_HAVE:
-            raise ValueError(f"HAVE takes at most {MAX_HAVE} ids")
-        return cls(tuple(_cid(c) for c in cids))
+        return cls(_cid_list(h, MAX_HAVE, "HAVE"))
 
 
 @dataclass(frozen=True, slots=True)
@@ -212,10 +216,7 @@ class Verify(Message):
 
     @classmethod
     def check(cls, h: dict[str, Any]) -> Verify:
-        cids = h["cids"]
-        if not isinstance(cids, list) or len(cids) > MAX_VERIFY:
-            raise ValueError(f"VERIFY takes at most {MAX_VERIFY} ids")
-        return cls(tuple(_cid(c) for c in cids))
+        return cls(_cid_list(h, MAX_VERIFY, "VERIFY"))
 
 
 @dataclass(frozen=True, slots=True)

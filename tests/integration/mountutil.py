@@ -85,3 +85,16 @@ def shows(path: Path, text: str | None, seconds: float = 30) -> bool:
         if now == text or time.monotonic() > deadline:
             return now == text
         time.sleep(0.1)  # another process makes the version; the mount has no event to wait on from here
+
+
+@contextmanager
+def small_disk(where: Path, size: str = "3m") -> Iterator[Path]:
+    """A tmpfs of ``size`` mounted at ``where`` (created), for a full disk; unmounted after. Needs root."""
+    if os.geteuid() != 0:
+        pytest.skip("mounting a small tmpfs needs root")
+    where.mkdir(parents=True, exist_ok=True)
+    subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(where)], check=True)
+    try:
+        yield where
+    finally:
+        subprocess.run(["umount", str(where)], check=True)

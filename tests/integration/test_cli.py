@@ -17,6 +17,8 @@ from portalfs import encoding
 from portalfs.sealing import object_id
 from portalfs.store import LocalStore
 
+from .mountutil import small_disk
+
 
 def portalctl(
     home: Path,
@@ -295,12 +297,8 @@ def test_gc_removes_orphans_and_keeps_every_live_version(home: Path, tmp_path: P
     ok(home, "get", "docs", str(tmp_path / "v1"), "--version", "1")
 
 
-@pytest.mark.skipif(os.geteuid() != 0, reason="mounting a small tmpfs needs root")
 def test_a_full_disk_fails_cleanly(tmp_path: Path) -> None:
-    mnt = tmp_path / "small"
-    mnt.mkdir()
-    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=3m", "tmpfs", str(mnt)], check=True)
-    try:
+    with small_disk(tmp_path / "small") as mnt:
         home = mnt / "home"
         ok(home, "init", "--no-passphrase")
         ok(home, "portal", "create", "docs")
@@ -312,8 +310,6 @@ def test_a_full_disk_fails_cleanly(tmp_path: Path) -> None:
         (tmp_path / "small.txt").write_text("fits")
         ok(home, "put", "docs", str(tmp_path / "small.txt"))
         ok(home, "check", "docs")
-    finally:
-        subprocess.run(["umount", str(mnt)], check=True)
 
 
 # what a new user and a hostile tester tried

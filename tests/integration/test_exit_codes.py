@@ -21,6 +21,7 @@ import pytest
 from portalfs.errors import PortalError
 
 from .fabricutil import FabricLab, fabric
+from .mountutil import small_disk
 from .test_cli import fails, ok, portalctl
 from .test_fabric import _device
 
@@ -135,19 +136,12 @@ def _missing(tmp_path: Path, lab: FabricLab) -> None:
 
 
 def _storage(tmp_path: Path, lab: FabricLab) -> None:
-    if os.geteuid() != 0:
-        pytest.skip("mounting a small tmpfs needs root")
-    small = tmp_path / "small"
-    small.mkdir()
-    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=3m", "tmpfs", str(small)], check=True)
-    try:
+    with small_disk(tmp_path / "small") as small:
         home = small / "home"
         ok(home, "init", "--no-passphrase")
         ok(home, "portal", "create", "docs")
         (tmp_path / "big.bin").write_bytes(os.urandom(6 * 1024 * 1024))
         fails(home, 10, "put", "docs", str(tmp_path / "big.bin"), match="no space left")
-    finally:
-        subprocess.run(["umount", str(small)], check=True)
 
 
 def _source(tmp_path: Path, lab: FabricLab) -> None:
