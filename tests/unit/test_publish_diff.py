@@ -20,12 +20,17 @@ NOW = 1_700_000_000_000_000_000
 
 
 @pytest.fixture
-def made(tmp_path: Path) -> Iterator[tuple[Device, Unlocked, PortalView]]:
+def made(tmp_path: Path) -> Iterator[tuple[Unlocked, PortalView, Path]]:
+    """A portal whose version 1 holds the tree at the path given (which the test then changes)."""
     device = Device(DeviceHome.from_environ({"PORTAL_HOME": str(tmp_path / "home")}))
     device.create_identity(new_entropy_words(os.urandom(32)), "", None, "test", NOW)
     secrets = device.unlock(None)
     device.create_portal("p", secrets, NOW)
-    yield device, secrets, PortalView.open(device, "p", secrets)
+    view = PortalView.open(device, "p", secrets)
+    src = tmp_path / "src"
+    _tree(src)
+    view.put(secrets, [f"{src}/"], NOW)
+    yield secrets, view, src
     device.close()
 
 
@@ -52,23 +57,17 @@ def _check(view: PortalView, old: Entry, new: Entry, most: int) -> set[bytes]:
 
 
 def test_one_changed_file_deep_in_a_portal_is_a_path_of_nodes_and_its_chunks(
-    tmp_path: Path, made: tuple[Device, Unlocked, PortalView]
+    made: tuple[Unlocked, PortalView, Path],
 ) -> None:
-    device, secrets, view = made
-    src = tmp_path / "src"
-    _tree(src)
-    view.put(secrets, [f"{src}/"], NOW)
+    secrets, view, src = made
     (src / "d7" / "deep" / "x.bin").write_bytes(os.urandom(3000))
     view.put(secrets, [f"{src}/"], NOW + 1)
     _check(view, _root(view, 1), _root(view, 2), most=5)  # the root, d7 and deep, and x's node and chunk
     assert len(view.objects(_root(view, 2), set())) > 200
 
 
-def test_additions_renames_and_an_appended_file(tmp_path: Path, made: tuple[Device, Unlocked, PortalView]) -> None:
-    device, secrets, view = made
-    src = tmp_path / "src"
-    _tree(src)
-    view.put(secrets, [f"{src}/"], NOW)
+def test_additions_renames_and_an_appended_file(made: tuple[Unlocked, PortalView, Path]) -> None:
+    secrets, view, src = made
     (src / "d4").rename(src / "d4-renamed")
     (src / "d5" / "new.txt").write_text("new\n")
     with open(src / "big.bin", "ab") as big:
@@ -81,12 +80,9 @@ def test_additions_renames_and_an_appended_file(tmp_path: Path, made: tuple[Devi
 
 
 def test_a_first_version_and_one_that_changed_a_directory_into_a_file(
-    tmp_path: Path, made: tuple[Device, Unlocked, PortalView]
+    made: tuple[Unlocked, PortalView, Path],
 ) -> None:
-    device, secrets, view = made
-    src = tmp_path / "src"
-    _tree(src)
-    view.put(secrets, [f"{src}/"], NOW)
+    secrets, view, src = made
     new = _root(view, 1)
     assert view.changed_objects(new, None, set()) == view.objects(new, set())  # no version before: all of it
     shutil.rmtree(src / "d1")
