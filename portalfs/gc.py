@@ -9,16 +9,20 @@ If any node cannot be loaded during the mark, nothing is swept.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import time
+from dataclasses import dataclass, field
 
 from .device import Device, Unlocked
 from .errors import PortalBusy
 from .portal import PortalView
 from .sealing import object_id
+from .state import PortalRow
 from .worktree import registry
 from .worktree.journal import decode_record, writing
 
-__all__ = ["GcReport", "collect_garbage", "live_objects"]
+__all__ = ["GcReport", "collect_garbage", "live_objects", "DELETE_GRACE_NS"]
+
+DELETE_GRACE_NS = 7 * 86400 * 10**9  # a portal deleted on a device alone stays restorable this long
 
 
 @dataclass(frozen=True, slots=True)
@@ -27,6 +31,7 @@ class GcReport:
     removed: int
     bytes_freed: int
     temp_files: int
+    portals_removed: list[str] = field(default_factory=list)  # deleted portals whose grace period was over
 
 
 def live_objects(device: Device, secrets: Unlocked) -> set[bytes]:
@@ -44,8 +49,20 @@ def live_objects(device: Device, secrets: Unlocked) -> set[bytes]:
     return live
 
 
+def _released(device: Device, now_ns: int) -> list[PortalRow]:
+    """Portals deleted on this device alone whose grace period is over: it forgets them."""
+    return [
+        row
+        for row in device.state.portals()
+        if (until := device.state.forgotten_after(row.id)) is not None and until <= now_ns
+    ]
+
+
 def collect_garbage(device: Device, secrets: Unlocked, dry_run: bool = False) -> GcReport:
+    released = _released(device, time.time_ns())
     if not dry_run:
+        for row in released:  # their versions go, and with them what only they reach
+            device.state.remove_portal(row.id)
         # A journal left by a stopped mount may hold objects the store lacks: make it a version first.
         for row in device.state.portals():
             if device.state.journal(row.id):
@@ -62,9 +79,9 @@ def collect_garbage(device: Device, secrets: Unlocked, dry_run: bool = False) ->
         before = store.stat().bytes
         dead = [cid for cid in store.ids() if cid not in live]
         if dry_run:
-            return GcReport(len(live), len(dead), 0, 0)
+            return GcReport(len(live), len(dead), 0, 0, [row.name for row in released])
         for cid in dead:
             store.delete(cid)
         store.sync()
         temp = store.remove_temp_files()
-    return GcReport(len(live), len(dead), before - store.stat().bytes, temp)
+    return GcReport(len(live), len(dead), before - store.stat().bytes, temp, [row.name for row in released])

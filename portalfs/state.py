@@ -159,6 +159,37 @@ class StateDB:
             (record.portal, record.version, record.to_bytes(), record.time_ns, record.device, size, files),
         )
 
+    def deleted_until(self, portal: bytes) -> int | None:
+        """When a deleted portal stops being restorable (ns since the epoch); None if it is not deleted."""
+        raw = self.get_meta(f"deleted:{portal.hex()}")
+        return None if raw is None else int(raw)
+
+    def set_deleted(self, portal: bytes, until_ns: int | None, here: bool = False) -> None:
+        """Mark the portal deleted, restorable until ``until_ns``; None: not deleted (restored).
+
+        ``here``: deleted on this device alone (no hub), which garbage collection forgets after ``until_ns``;
+        a portal deleted at the hub stays in the identity's keyring, and on this device.
+        """
+        if until_ns is None:
+            self.delete_meta(f"deleted:{portal.hex()}")
+            self.delete_meta(f"deleted-here:{portal.hex()}")
+        else:
+            self.set_meta(f"deleted:{portal.hex()}", str(until_ns).encode())
+            if here:
+                self.set_meta(f"deleted-here:{portal.hex()}", b"1")
+
+    def forgotten_after(self, portal: bytes) -> int | None:
+        """When garbage collection forgets a portal deleted on this device alone; None for any other."""
+        return self.deleted_until(portal) if self.get_meta(f"deleted-here:{portal.hex()}") else None
+
+    def remove_portal(self, portal: bytes) -> None:
+        """Forget the portal on this device: its versions, journal, files cache and what is recorded of it."""
+        with self.transaction():
+            for table in ("journal", "files_cache", "versions"):
+                self._db.execute(f"DELETE FROM {table} WHERE portal = ?", (portal,))  # noqa: S608 - fixed names
+            self._db.execute("DELETE FROM portals WHERE id = ?", (portal,))
+            self._db.execute("DELETE FROM meta WHERE key LIKE ?", (f"%:{portal.hex()}",))
+
     def drop_versions_after(self, portal: bytes, version: int) -> None:
         """Forget the portal's versions after ``version`` (unpublished ones a merge replaced); in a transaction."""
         self._db.execute("DELETE FROM versions WHERE portal = ? AND version > ?", (portal, version))

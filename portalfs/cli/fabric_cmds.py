@@ -25,6 +25,7 @@ from ..fabric.config import (
 )
 from ..fabric.grants import LinkUrl
 from ..fabric.sync import Fabric
+from ..gc import DELETE_GRACE_NS
 from ..hub.client import DeviceInfo
 from ..hub.state import WINDOW
 from ..portal import PortalView
@@ -336,38 +337,58 @@ def _until(ns: int | None) -> str:
     return "never" if ns is None else time.strftime("%Y-%m-%d %H:%M %Z", time.localtime(ns / 1e9))
 
 
+def _on_hub(device: Device) -> bool:
+    config = load_config(device)
+    return config is not None and bool(config.hub)
+
+
 def cmd_portal_delete(device: Device, args: argparse.Namespace) -> int:
-    """Delete a portal at the hub: closed to every device and link at once; its objects stay on the edges
-    through the hub's grace period (``portal restore`` brings it back), then are released."""
+    """Delete a portal: at the hub, closed to every device and link at once, its objects kept on the edges
+    through the hub's grace period; on a device alone, kept here through the same grace period. Either way
+    ``portal restore`` brings it back until then, and ``gc`` removes it from this device after."""
     secrets = unlock(device, args)
-    view, fabric = _portal_keys(device, secrets, args.name)
-    try:
-        if not args.yes:
-            if not sys.stdin.isatty():
-                raise UsageError(f"deleting {args.name} needs confirmation: add --yes")
-            answer = input(f"Delete portal {args.name} for every device and link? Type its name to confirm: ")
-            if answer.strip() != args.name:
-                raise UsageError("not confirmed: nothing deleted")
-        info = sharing.delete_portal(fabric, view)
-    finally:
-        fabric.close()
+    view = PortalView.open(device, args.name, secrets)
+    if not args.yes:
+        if not sys.stdin.isatty():
+            raise UsageError(f"deleting {args.name} needs confirmation: add --yes")
+        answer = input(f"Delete portal {args.name} for every device and link? Type its name to confirm: ")
+        if answer.strip() != args.name:
+            raise UsageError("not confirmed: nothing deleted")
+    if _on_hub(device):
+        fabric = open_fabric(device, secrets)
+        try:
+            result = sharing.delete_portal(fabric, view).to_json()
+        finally:
+            fabric.close()
+    else:  # a device alone: the deletion is its own
+        until = time.time_ns() + DELETE_GRACE_NS
+        device.state.set_deleted(view.row.id, until, here=True)
+        result = {"id": view.row.id.hex(), "state": "deleted", "release_ns": until}
     _emit(
         args,
-        {"portal": args.name, **info.to_json()},
-        f"Deleted {args.name}; `portalctl portal restore {args.name}` brings it back until {_until(info.release_ns)}",
+        {"portal": args.name, **result},
+        f"Deleted {args.name}; `portalctl portal restore {args.name}` brings it back until "
+        f"{_until(result['release_ns'])}" + ("" if _on_hub(device) else "; after that, `portalctl gc` removes it"),
     )
     return 0
 
 
 def cmd_portal_restore(device: Device, args: argparse.Namespace) -> int:
-    """Bring back a deleted or expired portal within the hub's grace period."""
+    """Bring back a deleted or expired portal within its grace period."""
     secrets = unlock(device, args)
-    view, fabric = _portal_keys(device, secrets, args.name)
-    try:
-        info = sharing.restore_portal(fabric, view)
-    finally:
-        fabric.close()
-    _emit(args, {"portal": args.name, **info.to_json()}, f"Restored {args.name}: {info.state}")
+    view = PortalView.open(device, args.name, secrets)
+    if _on_hub(device):
+        fabric = open_fabric(device, secrets)
+        try:
+            state = sharing.restore_portal(fabric, view).state
+        finally:
+            fabric.close()
+    else:
+        if device.state.deleted_until(view.row.id) is None:
+            raise UsageError(f"portal {args.name} is not deleted")
+        device.state.set_deleted(view.row.id, None)
+        state = "active"
+    _emit(args, {"portal": args.name, "state": state}, f"Restored {args.name}: {state}")
     return 0
 
 

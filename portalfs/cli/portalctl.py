@@ -152,12 +152,6 @@ def cmd_portal_create(device: Device, args: argparse.Namespace) -> int:
     return 0
 
 
-def _deleted_until(device: Device, portal: bytes) -> int | None:
-    """When a portal this device deleted at the hub stops being restorable; None if it was not deleted."""
-    raw = device.state.get_meta(f"deleted:{portal.hex()}")
-    return None if raw is None else int(raw)
-
-
 def cmd_portal_ls(device: Device, args: argparse.Namespace) -> int:
     device.require_initialized()
     rows: list[dict[str, Any]] = []
@@ -171,7 +165,7 @@ def cmd_portal_ls(device: Device, args: argparse.Namespace) -> int:
                 "size": 0 if head is None else head.size,
                 "files": 0 if head is None else head.files,
                 "created": row.created_ns,
-                "deleted_until": _deleted_until(device, row.id),
+                "deleted_until": device.state.deleted_until(row.id),
             }
         )
     if args.json:
@@ -360,11 +354,13 @@ def cmd_gc(device: Device, args: argparse.Namespace) -> int:
     secrets = unlock(device, args)
     report = collect_garbage(device, secrets, dry_run=args.dry_run)
     verb = "would remove" if args.dry_run else "removed"
+    forgotten = f"; {verb} the deleted portals {', '.join(report.portals_removed)}" if report.portals_removed else ""
     _emit(
         args,
-        {"live": report.live, "removed": report.removed, "bytes_freed": report.bytes_freed, "dry_run": args.dry_run},
-        f"{report.live} live objects; {verb} {report.removed} ({_human(report.bytes_freed)})",
-    )
+        {"live": report.live, "removed": report.removed, "bytes_freed": report.bytes_freed, "dry_run": args.dry_run,
+         "portals_removed": report.portals_removed},
+        f"{report.live} live objects; {verb} {report.removed} ({_human(report.bytes_freed)}){forgotten}",
+    )  # fmt: skip
     return 0
 
 

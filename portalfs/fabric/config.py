@@ -74,7 +74,7 @@ def followed_portals(device: Device) -> list[PortalRow]:
     return [
         row
         for row in device.state.portals()
-        if not device.state.get_meta(f"link:{row.id.hex()}") and not device.state.get_meta(f"deleted:{row.id.hex()}")
+        if not device.state.get_meta(f"link:{row.id.hex()}") and device.state.deleted_until(row.id) is None
     ]
 
 

@@ -161,11 +161,7 @@ class Membership:
 
     def _note_deleted(self, info: PortalInfo) -> None:
         """A portal deleted at the hub is not followed here until it is restored (section 14)."""
-        key = f"deleted:{info.id.hex()}"
-        if info.state == "deleted":
-            self.device.state.set_meta(key, str(info.release_ns).encode())
-        else:
-            self.device.state.delete_meta(key)
+        self.device.state.set_deleted(info.id, info.release_ns if info.state == "deleted" else None)
 
     def _accept_share(self, portal: bytes) -> list[str]:
         grant = self._my_grant(portal)

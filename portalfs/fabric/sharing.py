@@ -135,11 +135,11 @@ def set_policy(fabric: Fabric, view: PortalView, policy: dict[str, int | bool | 
 def delete_portal(fabric: Fabric, view: PortalView) -> PortalInfo:
     """Delete at the hub (restorable until ``release_ns``); this device follows it no more until restored."""
     info = fabric.require_hub().delete_portal(view.row.id)
-    fabric.device.state.set_meta(f"deleted:{view.row.id.hex()}", str(info.release_ns).encode())
+    fabric.device.state.set_deleted(view.row.id, info.release_ns)
     return info
 
 
 def restore_portal(fabric: Fabric, view: PortalView) -> PortalInfo:
     info = fabric.require_hub().restore_portal(view.row.id)
-    fabric.device.state.delete_meta(f"deleted:{view.row.id.hex()}")
+    fabric.device.state.set_deleted(view.row.id, None)
     return info

@@ -375,3 +375,25 @@ def test_a_destination_whose_parent_is_missing_is_named_as_missing(home: Path, t
     fails(home, 3, "get", "docs", str(tmp_path / "nodir" / "out"), match="nodir does not exist")
     (tmp_path / "plain").write_text("a file")
     fails(home, 3, "get", "docs", str(tmp_path / "plain" / "out"), match="plain is not a directory")
+
+
+def test_a_portal_deleted_on_a_device_alone_is_restorable_then_gc_forgets_it(home: Path, tmp_path: Path) -> None:
+    make_tree(tmp_path / "src")
+    ok(home, "put", "docs", str(tmp_path / "src"))
+    ok(home, "portal", "create", "kept")
+    fails(home, 2, "portal", "delete", "docs", match="--yes")  # no terminal to confirm on: nothing deleted
+    assert "brings it back until" in ok(home, "portal", "delete", "docs", "--yes")
+    assert "deleted (restorable until" in ok(home, "portal", "ls")
+    assert "deleted portals" not in ok(home, "gc") and objects(home)  # within the grace period: all kept
+    ok(home, "portal", "restore", "docs")
+    fails(home, 2, "portal", "restore", "docs", match="not deleted")
+    ok(home, "check", "docs")
+
+    ok(home, "portal", "delete", "docs", "--yes")
+    portal = json.loads(ok(home, "portal", "ls", "--json"))[0]["id"]
+    with sqlite3.connect(home / "state.db") as db:  # the grace period has passed
+        db.execute("UPDATE meta SET value = ? WHERE key = ?", (b"1", f"deleted:{portal}"))
+    assert "removed the deleted portals docs" in ok(home, "gc")
+    assert [p["name"] for p in json.loads(ok(home, "portal", "ls", "--json"))] == ["kept"]
+    assert objects(home) == []  # what only docs reached is gone with it
+    fails(home, 3, "log", "docs", match="no portal named")
