@@ -354,7 +354,8 @@ def cmd_portal_delete(device: Device, args: argparse.Namespace) -> int:
         answer = input(f"Delete portal {args.name} for every device and link? Type its name to confirm: ")
         if answer.strip() != args.name:
             raise UsageError("not confirmed: nothing deleted")
-    if _on_hub(device):
+    on_hub = _on_hub(device)
+    if on_hub:
         fabric = open_fabric(device, secrets)
         try:
             result = sharing.delete_portal(fabric, view).to_json()
@@ -368,7 +369,7 @@ def cmd_portal_delete(device: Device, args: argparse.Namespace) -> int:
         args,
         {"portal": args.name, **result},
         f"Deleted {args.name}; `portalctl portal restore {args.name}` brings it back until "
-        f"{_until(result['release_ns'])}" + ("" if _on_hub(device) else "; after that, `portalctl gc` removes it"),
+        f"{_until(result['release_ns'])}" + ("" if on_hub else "; after that, `portalctl gc` removes it"),
     )
     return 0
 

@@ -192,28 +192,32 @@ class EdgeService:
 
     # damage
 
+    def read_back(self, cid: bytes) -> bytes:
+        """The stored bytes, hashed against the id; a damaged copy is removed and raises CorruptObject."""
+        try:
+            return self.store.get(cid)
+        except CorruptObject:
+            self.remove_damaged(cid)
+            raise
+
     def check(self, cids: tuple[bytes, ...] | list[bytes]) -> list[bool]:
         """Read and hash each object: True where it is held intact; a damaged copy is removed (False)."""
         intact = []
         for cid in cids:
             try:
-                self.store.get(cid)  # raises CorruptObject when the bytes no longer match the id
+                self.read_back(cid)
                 intact.append(True)
-            except MissingObject:
-                intact.append(False)
-            except CorruptObject:
-                self.remove_damaged(cid)
+            except (MissingObject, CorruptObject):
                 intact.append(False)
         return intact
 
     def scrub_one(self, cid: bytes) -> tuple[int, bool]:
         """Read and hash one stored object: (bytes read, whether it is intact); a damaged one is removed."""
         try:
-            return len(self.store.get(cid)), True
+            return len(self.read_back(cid)), True
         except MissingObject:  # deleted since the scrub listed it
             return 0, True
         except CorruptObject:
-            self.remove_damaged(cid)
             return 0, False
 
     def remove_damaged(self, cid: bytes) -> None:
@@ -274,11 +278,7 @@ class EdgeService:
 
     def _serve(self, identity: bytes, request: Message) -> Message:
         if isinstance(request, Get):
-            try:
-                return Data(self.store.get(request.cid))
-            except CorruptObject:
-                self.remove_damaged(request.cid)
-                raise
+            return Data(self.read_back(request.cid))
         if isinstance(request, Have):
             return self._held(request.cids, self.store.has(request.cids))
         if isinstance(request, Verify):

@@ -59,19 +59,15 @@ def unshare(fabric: Fabric, view: PortalView, member: bytes) -> None:
 
 def resume_rotations(fabric: Fabric) -> list[str]:
     """Finish every unshare a crash (or a hub that went away) left half-done; return the portals' names."""
-    done = []
-    for row in fabric.device.state.portals():
-        if fabric.device.state.get_meta(ROTATION + row.id.hex()) is not None:
-            _finish_rotation(fabric, row)
-            done.append(row.name)
-    return done
+    return [row.name for row in fabric.device.state.portals() if _finish_rotation(fabric, row)]
 
 
-def _finish_rotation(fabric: Fabric, row: PortalRow) -> None:
+def _finish_rotation(fabric: Fabric, row: PortalRow) -> bool:
+    """Finish the portal's recorded rotation; False if none is recorded."""
     state, secrets = fabric.device.state, fabric.secrets
     raw = state.get_meta(ROTATION + row.id.hex())
     if raw is None:
-        return
+        return False
     intent = json.loads(raw)
     member, wrapped = bytes.fromhex(intent["member"]), bytes.fromhex(intent["keys"])
     keys = secrets.unwrap_portal_key(PortalRow(row.id, row.name, wrapped, row.created_ns))
@@ -90,6 +86,7 @@ def _finish_rotation(fabric: Fabric, row: PortalRow) -> None:
     fabric.membership.update_keyring_keys(row.id, keys)
     state.delete_meta(ROTATION + row.id.hex())
     log.info("%s: %s removed, read key rotated", row.name, member.hex()[:16])
+    return True
 
 
 def make_link(fabric: Fabric, view: PortalView, policy: dict[str, int | str]) -> str:

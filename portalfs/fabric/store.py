@@ -14,16 +14,9 @@ from ..tree import Entry, decode_dir
 from .cache import FetchCache
 from .swarm import Swarm
 
-__all__ = ["FabricStore", "fetch_directories", "heal_local"]
+__all__ = ["FabricStore", "fetch_directories"]
 
 log = logging.getLogger("portal.store")
-
-
-def heal_local(local: LocalStore, cid: bytes, data: bytes) -> None:
-    """Replace a damaged object in the local store by ``data``, a good copy (checked against ``cid``)."""
-    local.delete(cid)
-    local.put(cid, data)  # durable: it may be an object this device made, on no edge but the one it came from
-    local.sync()
 
 
 class FabricStore:
@@ -67,7 +60,9 @@ class FabricStore:
         except CorruptObject as exc:
             log.warning("%s in the local store; replacing it with a copy from the edges", exc)
             data = self.swarm.get(cid)  # CorruptObject too if every copy is damaged
-            heal_local(self.local, cid, data)
+            self.local.delete(cid)
+            self.local.put(cid, data)  # durable: it may be an object this device made, on one edge only
+            self.local.sync()
             with self._lock:
                 self.healed += 1
             return data

@@ -22,9 +22,7 @@ from ..edge.client import EdgeAddress, parse_address
 from ..edge.upkeep import HAVE_TRUST_SECONDS
 from ..errors import (
     Conflict,
-    CorruptObject,
     IntegrityError,
-    MissingObject,
     PortalBusy,
     PortalError,
     Unreachable,
@@ -41,7 +39,7 @@ from ..state import VersionRow
 from .cache import FetchCache, cache_limit
 from .config import FabricConfig, load_config, mark_published, published_version, save_config
 from .membership import Membership
-from .store import FabricStore, heal_local
+from .store import FabricStore
 from .swarm import Placement, Swarm
 from .trust import checked_records
 
@@ -49,7 +47,6 @@ __all__ = ["attach_fabric", "Fabric"]
 
 log = logging.getLogger("portal.sync")
 
-KEYRING_ATTEMPTS = 5  # compare-and-swap rounds before giving up on a busy keyring
 PLACE_ATTEMPTS = 3  # pushes in a row whose HAVE answers were too old when their locations were recorded
 
 
@@ -276,7 +273,7 @@ class Fabric:
         pending = [v for v in versions if v.version > published]
         if not pending:
             return {"published": 0, "objects": 0}
-        cids = self._changed_objects(view, {v.version: v for v in versions}, pending)
+        cids = self._objects(view, pending, {v.version: v for v in versions})
         self._place(view, cids, self.device.store_local.get)
         for version in pending:
             try:
@@ -300,44 +297,25 @@ class Fabric:
         published = published_version(self.device, view.row.id)
         versions = [v for v in self.device.state.versions(view.row.id) if v.version <= published]
         cids = self._objects(view, versions)
-        local = self.device.store_local
-        healed = 0
-
-        def read(cid: bytes) -> bytes:
-            nonlocal healed
-            try:
-                return local.get(cid)
-            except MissingObject:
-                return self.swarm.get(cid)  # verified against its id by the edge client
-            except CorruptObject as exc:
-                log.warning("%s; replacing it with a copy from the edges", exc)
-                data = self.swarm.get(cid)
-                heal_local(local, cid, data)
-                healed += 1
-                return data
-
-        placement = self._place(view, cids, read, verify=True)
+        # the local store, or a replica: what it lacks is fetched (not kept), a damaged copy of its own replaced
+        store = FabricStore(self.device.store_local, lambda: self.swarm, keep=False)
+        placement = self._place(view, cids, store.get, verify=True)
         if placement.copies:
             log.info("%s: %d copies made to bring %d objects back to %d edges", view.row.name, placement.copies,
                      len(cids), self.config.replicas)  # fmt: skip
-        return {"checked": len(cids), "copied": placement.copies, "damaged": placement.damaged, "healed": healed}
+        return {"checked": len(cids), "copied": placement.copies, "damaged": placement.damaged, "healed": store.healed}
 
-    def _changed_objects(
-        self, view: PortalView, versions: dict[int, VersionRow], pending: list[VersionRow]
+    def _objects(
+        self, view: PortalView, versions: list[VersionRow], by_number: dict[int, VersionRow] | None = None
     ) -> list[bytes]:
+        """Every object ``versions`` reach; with ``by_number`` (the portal's versions), only what each of them
+        does not share with the version before it (a publish: section 14)."""
         objects: set[bytes] = set()
-        with self.fetching():  # an older version's directories may be on the edges alone
-            for version in pending:
-                before = versions.get(version.version - 1)
+        with self.fetching():  # a merged or an older version's nodes may be on the edges alone
+            for version in versions:
+                before = None if by_number is None else by_number.get(version.version - 1)
                 base = None if before is None else view.root(before).entry
                 view.changed_objects(view.root(version).entry, base, objects)
-        return sorted(objects)
-
-    def _objects(self, view: PortalView, versions: list[VersionRow]) -> list[bytes]:
-        objects: set[bytes] = set()
-        with self.fetching():  # a merged version holds nodes of other devices' versions
-            for version in versions:
-                view.objects(view.root(version).entry, objects)
         return sorted(objects)
 
     @contextmanager
