@@ -114,6 +114,25 @@ class Device:
             finally:
                 fcntl.flock(lock, fcntl.LOCK_UN)
 
+    @contextmanager
+    def portal_syncer(self, portal_id: bytes, wait: bool) -> Iterator[bool]:
+        """Be the one process that syncs a portal (portald, a command, or the read-write mount that writes it).
+
+        Yields whether this process holds the claim: with ``wait``, always (it
+        waits for the holder to let go); without, False when another holds it.
+        The claim ends with the process that held it, however it ends.
+        """
+        with open(self.home.locks / f"{portal_id.hex()}.sync", "a+b") as lock:
+            try:
+                fcntl.flock(lock, fcntl.LOCK_EX | (0 if wait else fcntl.LOCK_NB))
+            except BlockingIOError:
+                yield False
+                return
+            try:
+                yield True
+            finally:
+                fcntl.flock(lock, fcntl.LOCK_UN)
+
     # identity
 
     @property

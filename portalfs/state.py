@@ -9,7 +9,8 @@ made durable since the newest version. See docs/design.md, sections 8 and 9.
 from __future__ import annotations
 
 import sqlite3
-from collections.abc import Iterator
+import threading
+from collections.abc import Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -72,20 +73,42 @@ class CachedFile:
     node: bytes
 
 
+class _Serialized:
+    """A connection whose statements each wait for ``lock`` (held by a transaction in another thread)."""
+
+    def __init__(self, db: sqlite3.Connection, lock: threading.RLock) -> None:
+        self._db = db
+        self._lock = lock
+
+    def execute(self, sql: str, parameters: Sequence[Any] = ()) -> sqlite3.Cursor:
+        with self._lock:
+            return self._db.execute(sql, parameters)
+
+    def executemany(self, sql: str, rows: Iterable[Sequence[Any]]) -> sqlite3.Cursor:
+        with self._lock:
+            return self._db.executemany(sql, rows)
+
+
 class StateDB:
     def __init__(self, path: Path) -> None:
         try:
-            self._db = open_db(path, durability="full", foreign_keys=True)
-            self._db.executescript(_SCHEMA)
+            self._connection = open_db(path, durability="full", foreign_keys=True)
+            self._connection.executescript(_SCHEMA)
         except sqlite3.Error as exc:
             raise StorageError(f"cannot open the device state {path}: {exc}") from exc
 
+        # One connection, used by several threads of a process (a mount's commits and journal writes, its
+        # publisher): a transaction holds the lock, so another thread's statement waits for its end rather
+        # than landing inside it.
+        self._lock = threading.RLock()
+        self._db = _Serialized(self._connection, self._lock)
+
     def close(self) -> None:
-        self._db.close()
+        self._connection.close()
 
     @contextmanager
     def transaction(self) -> Iterator[None]:
-        with transaction(self._db):
+        with transaction(self._connection, self._lock):
             yield
 
     # meta

@@ -187,7 +187,9 @@ def cmd_sync(device: Device, args: argparse.Namespace) -> int:
         print(f"portalctl: {portal}: {what['error']}", file=sys.stderr)
     text = "\n".join(
         f"{r['portal']}: v{r['version']} (pulled {r['pulled']}, published {r['published']}, "
-        f"{r['objects']} objects pushed)" + _repaired(r.get("repair"))
+        f"{r['objects']} objects pushed)"
+        + _repaired(r.get("repair"))
+        + ("; its read-write mount syncs it" if r.get("elsewhere") else "")
         for r in results
         if "error" not in r
     )

@@ -8,6 +8,7 @@ failure is one line on stderr and a stable exit code (docs/design.md, "Exit code
 from __future__ import annotations
 
 import argparse
+import contextlib
 import getpass
 import json
 import logging
@@ -23,8 +24,9 @@ from pathlib import Path
 from typing import Any
 
 from .. import __version__
+from ..daemon.control import call_daemon, daemon_socket
 from ..device import Device
-from ..errors import NotFound, PortalBusy, SourceError, UsageError
+from ..errors import NotFound, PortalBusy, PortalError, SourceError, UsageError
 from ..fabric.sync import attach_fabric
 from ..gc import collect_garbage
 from ..keys import new_entropy_words
@@ -34,6 +36,8 @@ from ..tree import validate_name
 from ..worktree.journal import writing
 from . import fabric_cmds
 from .common import read_secret_file, run_command, unlock
+
+NUDGE_TIMEOUT = 2.0  # seconds for portald to take "look now"
 
 __all__ = ["main"]
 
@@ -568,7 +572,16 @@ def _parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     logging.basicConfig(level=logging.WARNING, format="portalctl: warning: %(message)s", stream=sys.stderr)
-    return run_command("portalctl", lambda device: args.func(device, args))
+    return run_command("portalctl", lambda device: _then_tell_portald(device, args.func(device, args)))
+
+
+def _then_tell_portald(device: Device, code: int) -> int:
+    """After a command that may have changed the device, tell its portald to look (docs/design.md, section 16):
+    it learns of new versions, portals and settings from this, not by polling."""
+    if code == 0:
+        with contextlib.suppress(PortalError):  # no portald, or one that cannot answer now: it looks on its own
+            call_daemon(daemon_socket(device.home.data), {"op": "changed"}, NUDGE_TIMEOUT)
+    return code
 
 
 if __name__ == "__main__":

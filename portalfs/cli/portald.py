@@ -17,6 +17,7 @@ import trio
 from ..device import Device
 from ..errors import PortalBusy, UsageError
 from ..net import one_error
+from ..runtime import hosting
 from .common import run_command, unlock
 
 __all__ = ["main"]
@@ -51,7 +52,7 @@ def _serve(device: Device, args: argparse.Namespace) -> int:
     daemon = SyncDaemon(device, secrets, interval=args.interval, embedded=embedded)
 
     async def main() -> None:
-        async with trio.open_nursery() as nursery:
+        async with hosting(), trio.open_nursery() as nursery:  # the process's one loop (portalfs.runtime)
             await nursery.start(daemon.run)
             where = f", embedded hub {daemon.embedded_hub}" if daemon.embedded_hub else ""
             print(f"portald: ready, control socket {daemon.socket}{where}", flush=True)

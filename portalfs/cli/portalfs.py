@@ -11,6 +11,7 @@ mount is ready (or prints why it failed). Its log is PORTAL_HOME/logs/mount.log.
 from __future__ import annotations
 
 import argparse
+import functools
 import logging
 import os
 import select
@@ -51,7 +52,10 @@ def mount(device: Device, args: argparse.Namespace, options: list[str]) -> int:
 
 
 def _run_foreground(device, secrets, name, version, mountpoint, options, ready_fd) -> int:  # type: ignore[no-untyped-def]
-    from ..mount.runner import run_mount
+    import trio
+
+    from ..mount.runner import serve_mount
+    from ..net import one_error
 
     if ready_fd is None:
         logging.basicConfig(level=logging.INFO, format="portalfs: %(message)s")
@@ -69,17 +73,26 @@ def _run_foreground(device, secrets, name, version, mountpoint, options, ready_f
             os.close(ready_fd)
         logging.getLogger("portalfs").info("mounted %s at %s", name, mountpoint)
 
+    fabric = None
     try:
+        from ..daemon.publisher import MountPublisher
         from ..fabric.store import fetch_directories
         from ..fabric.sync import attach_fabric
 
-        on_fabric = attach_fabric(device, secrets)
-        run_mount(device, secrets, name, version, mountpoint, options, ready, fetch_directories if on_fabric else None)
+        fabric = attach_fabric(device, secrets)
+        prepare = fetch_directories if fabric is not None else None
+        # a read-write mount on a hub publishes what it commits itself (docs/design.md, section 16)
+        on_hub = fabric if fabric is not None and fabric.hub is not None else None
+        syncer = None if on_hub is None else functools.partial(MountPublisher, on_hub)
+        with one_error():
+            trio.run(serve_mount, device, secrets, name, version, mountpoint, options, ready, prepare, syncer)
     except PortalError as exc:
         if ready_fd is not None:
             os.write(ready_fd, f"error {exc.exit_code} {exc}\n".encode())
         raise
     finally:
+        if fabric is not None:
+            fabric.close()
         registry.unregister(device, mountpoint)
     return 0
 

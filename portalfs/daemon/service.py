@@ -1,10 +1,14 @@
 """portald's one nursery: the control socket, the local watcher, the hub's event streams and the sync loop.
 
 What to sync and when is decided by ``SyncPlanner`` (sans-I/O); this module
-only feeds it events and carries out its decisions. Every use of the device
-(its SQLite state, its store, the fabric's blocking hub client and swarm) runs
-on a worker thread, one at a time, so the trio thread never blocks and two
-syncs never interleave. See docs/design.md, "The daemon".
+only feeds it events and carries out its decisions. One ``Fabric`` (hub
+client, edges, swarm on the daemon's loop) serves every round for the
+daemon's life, and is opened again only when the configuration changes. Every
+use of the device (its SQLite state, its store, the fabric's blocking hub
+client and swarm) runs on a worker thread, one at a time, so the trio thread
+never blocks and two syncs never interleave. A portal that a read-write mount
+syncs itself (it holds the portal's sync claim) is left to it. See
+docs/design.md, "The daemon".
 """
 
 from __future__ import annotations
@@ -13,8 +17,7 @@ import logging
 import math
 import os
 import time
-from collections.abc import AsyncIterator, Callable
-from contextlib import asynccontextmanager
+from collections.abc import Callable
 from typing import Any, TypeVar
 
 import trio
@@ -37,7 +40,7 @@ log = logging.getLogger("portal.daemon")
 
 DEFAULT_INTERVAL = 60.0  # seconds between syncs of a portal that nothing announced a change of
 REFRESH_SECONDS = 30.0  # between looks at the keyring and the shares
-LOCAL_POLL_SECONDS = 1.0  # between looks at the local heads (versions made by mounts and `put`)
+LOCAL_LOOK_SECONDS = 30.0  # between looks at the local heads unasked (commands and mounts say when they change them)
 EVENTS_BACKOFF = Backoff(2.0, 60.0)  # an event stream the hub refused or did not answer
 
 T = TypeVar("T")
@@ -62,6 +65,8 @@ class SyncDaemon:
         self._limiter = trio.CapacityLimiter(1)  # device work: one piece at a time, on a worker thread
         self._waiting = trio.CapacityLimiter(math.inf)  # long-polls: a thread each, however many portals
         self._wakeup = trio.Event()
+        self._look_now = trio.Event()  # a command or a mount changed something on the device
+        self._fabric: Fabric | None = None  # for the daemon's life; opened again when the configuration changes
         self._progress = trio.Event()  # set, then replaced, whenever a sync finishes
         self._names: dict[bytes, str] = {}
         self._results: dict[bytes, dict[str, Any]] = {}
@@ -78,6 +83,11 @@ class SyncDaemon:
             nursery.start_soon(self._sync_loop)
             log.info("portald: %d portals followed, hub %s", len(self._names), self.hub or "(none yet)")
             task_status.started()
+            try:
+                await trio.sleep_forever()
+            finally:
+                with trio.CancelScope(shield=True):
+                    await self._close_fabric()
 
     async def _run_embedded(self, where: EmbeddedFabric, *, task_status: trio.TaskStatus[str]) -> None:
         with self._embedded_scope:
@@ -102,7 +112,9 @@ class SyncDaemon:
         for row in rows:
             head = self.device.state.head(row.id)
             if head is not None and head.version > published_version(self.device, row.id):
-                pending.append(row.id)
+                with self.device.portal_syncer(row.id, wait=False) as ours:
+                    if ours:  # else its read-write mount publishes it
+                        pending.append(row.id)
         return config.hub, {row.id: row.name for row in rows}, pending
 
     async def _scan(self, nursery: trio.Nursery) -> None:
@@ -132,8 +144,11 @@ class SyncDaemon:
             self._wake()
 
     async def _watch_local(self, nursery: trio.Nursery) -> None:
+        """Look at the device when a command or a mount says it changed it, and every LOCAL_LOOK_SECONDS."""
         while True:
-            await trio.sleep(LOCAL_POLL_SECONDS)
+            with trio.move_on_after(LOCAL_LOOK_SECONDS):
+                await self._look_now.wait()
+            self._look_now = trio.Event()
             await self._scan(nursery)
 
     async def _follow_events(
@@ -144,10 +159,11 @@ class SyncDaemon:
             task_status.started(scope)
             hub = HubClient(hub_url, self.secrets.device)
             failures = 0
+            announced = 0  # versions the hub announced that this device could not take (its mount holds them)
             try:
                 while True:
                     head = await self._on_device(self.device.state.head, portal)
-                    after = 0 if head is None else head.version
+                    after = max(announced, 0 if head is None else head.version)
                     try:
                         records = await trio.to_thread.run_sync(
                             hub.wait_roots, portal, after, abandon_on_cancel=True, limiter=self._waiting
@@ -162,7 +178,8 @@ class SyncDaemon:
                     if records:
                         if portal not in self.planner.portals:
                             return
-                        log.info("%s: v%d announced by the hub", self._names.get(portal, "?"), after + len(records))
+                        announced = after + len(records)
+                        log.info("%s: v%d announced by the hub", self._names.get(portal, "?"), announced)
                         target = self.planner.completion_after_now(portal)
                         self.planner.changed(portal)
                         self._wake()
@@ -184,20 +201,23 @@ class SyncDaemon:
             if due or refresh:
                 await self._sync_round(due, refresh)
 
-    @asynccontextmanager
-    async def _fabric(self) -> AsyncIterator[Fabric]:
-        """A fabric for one round, closed even when the daemon stops (its swarm thread, its hub connections)."""
-        fabric = await self._on_device(self._open_fabric)
-        try:
-            yield fabric
-        finally:
-            with trio.CancelScope(shield=True):
-                await self._on_device(fabric.close)
+    async def _current_fabric(self) -> Fabric:
+        """The daemon's fabric, opened again when the configuration changed (a hub added, an edge, R)."""
+        config = await self._on_device(load_config, self.device)
+        if self._fabric is not None and self._fabric.config == (config or FabricConfig()):
+            return self._fabric
+        await self._close_fabric()
+        self._fabric = await self._on_device(Fabric, self.device, self.secrets, config or FabricConfig())
+        return self._fabric
+
+    async def _close_fabric(self) -> None:
+        fabric, self._fabric = self._fabric, None
+        if fabric is not None:
+            await self._on_device(fabric.close)
 
     async def _sync_round(self, due: list[bytes], refresh: bool) -> None:
         try:
-            async with self._fabric() as fabric:
-                await self._sync_with(fabric, due, refresh)
+            await self._sync_with(await self._current_fabric(), due, refresh)
         finally:
             self._progress.set()
             self._progress = trio.Event()
@@ -239,12 +259,12 @@ class SyncDaemon:
 
     @staticmethod
     def _refresh(fabric: Fabric) -> list[str]:
-        """Finish an unshare a crash left half-done, then adopt the keyring's portals and the shares."""
+        """Finish an unshare a crash left half-done, adopt the keyring's portals and the shares, and give the
+        swarm the edges the hub lists now."""
         sharing.resume_rotations(fabric)
-        return fabric.refresh()
-
-    def _open_fabric(self) -> Fabric:
-        return Fabric(self.device, self.secrets, load_config(self.device) or FabricConfig())
+        added = fabric.refresh()
+        fabric.refresh_edges()
+        return added
 
     def _view(self, portal: bytes) -> PortalView:
         row = next((r for r in self.device.state.portals() if r.id == portal), None)
@@ -274,22 +294,24 @@ class SyncDaemon:
         op = request.get("op")
         if op == "status":
             return self.status()
+        if op == "changed":  # a command or a mount changed the device: look now, answer at once
+            self._look_now.set()
+            return None
         if op == "sync":
             names = request.get("names") or []
             if not isinstance(names, list) or not all(isinstance(n, str) for n in names):
                 raise UsageError("sync: names is a list of portal names")
             return await self.sync_now(names, repair=bool(request.get("repair")))
-        raise UsageError(f"unknown request {op!r} (status, sync)")
+        raise UsageError(f"unknown request {op!r} (status, sync, changed)")
 
     async def sync_now(self, names: list[str], repair: bool = False) -> list[dict[str, Any]]:
         """Sync ``names`` (every followed portal when empty) now, and ``repair`` them; return once each finished."""
         if self.hub is None:
             raise UsageError("this device has no hub: run `portalctl hub add URL` first")
-        async with self._fabric() as fabric:
-            try:
-                await self._on_device(self._refresh, fabric)
-            except PortalError as exc:  # the keyring or the hub's portal list: the sync goes on without them
-                log.warning("keyring and shares: %s", exc)
+        try:
+            await self._on_device(self._refresh, await self._current_fabric())
+        except PortalError as exc:  # the keyring or the hub's portal list: the sync goes on without them
+            log.warning("keyring and shares: %s", exc)
         self.planner.refreshed(trio.current_time())
         _, self._names, _ = await self._on_device(self._look)
         self.planner.track(self._names)

@@ -1,6 +1,9 @@
-"""The swarm: a device's connections to every edge, on a trio loop in a thread of its own.
+"""The swarm: a device's connections to every edge, on the process's one trio loop (``portalfs.runtime``).
 
-Blocking callers (the mount's reader threads, the CLI) use ``get`` and
+It lives as long as its owner (a command, portald, a mount) and keeps its
+connections, the edges' state and the hub's locations across uses; the edge
+set can change while it runs (``set_edges``). Blocking callers on worker
+threads (the mount's readers, the sync engine, the CLI) use ``get`` and
 ``push``; inside, requests run concurrently across edges. A GET goes to the
 edges that hold the id (the hub's locations, else every edge), least busy
 first, and fails over to the next one at once when an edge errs or
@@ -11,7 +14,6 @@ disconnects. A PUT goes to ``replicas`` edges chosen by rendezvous hashing
 from __future__ import annotations
 
 import logging
-import threading
 from collections import Counter
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -24,6 +26,7 @@ from ..backoff import Backoff
 from ..edge.client import EdgeAddress, EdgeClient, connect_edge
 from ..errors import CorruptObject, MissingObject, PortalError, Unreachable
 from ..keys import DeviceKey
+from ..runtime import Runtime, current
 from .locations import LocationCache
 
 __all__ = ["Swarm", "Placement"]
@@ -67,6 +70,7 @@ class Swarm:
         cert: bytes,
         locate: Locate | None,
         report: Report | None = None,
+        runtime: Runtime | None = None,
     ) -> None:
         self.addresses = list(edges)
         self._device = device
@@ -79,38 +83,56 @@ class Swarm:
         self._damage_seen: set[tuple[bytes, bytes]] = set()  # (edge, cid) already logged
         self._edges: dict[bytes, _Edge] = {}
         self._failures: dict[bytes, int] = {}  # edge key -> connections that failed in a row
-        self._token: trio.lowlevel.TrioToken | None = None
+        self._runtime = runtime
         self._nursery: trio.Nursery | None = None
-        self._started = threading.Event()
-        self._thread = threading.Thread(target=self._thread_main, name="portal-swarm", daemon=True)
-        self._stop: trio.Event | None = None
+        self._stop = trio.Event()
+        self._done = trio.Event()
 
     # lifecycle
 
     def start(self) -> Swarm:
-        self._thread.start()
-        self._started.wait()
+        """Start on the process's runtime (from a worker thread or a blocking program, not the loop itself)."""
+        if self._runtime is None:
+            self._runtime = current()
+        self._runtime.start(self._main)
         return self
 
     def close(self) -> None:
-        if self._token is not None and self._stop is not None:
-            try:
-                trio.from_thread.run_sync(self._stop.set, trio_token=self._token)
-            except trio.RunFinishedError:
-                pass
-        self._thread.join(timeout=10)
+        """Close every connection and wait for them to end (from a thread that is not the loop's)."""
+        if self._runtime is None or self._nursery is None:
+            return
+        try:
+            self._runtime.call(self._close)
+        except trio.RunFinishedError:  # the loop ended first, and every connection with it
+            pass
 
-    def _thread_main(self) -> None:
-        trio.run(self._main)
+    async def _close(self) -> None:
+        self._stop.set()
+        with trio.move_on_after(10):
+            await self._done.wait()
 
-    async def _main(self) -> None:
-        self._token = trio.lowlevel.current_trio_token()
-        self._stop = trio.Event()
-        async with trio.open_nursery() as nursery:
-            self._nursery = nursery
-            self._started.set()
-            await self._stop.wait()
-            nursery.cancel_scope.cancel()
+    async def _main(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+        try:
+            async with trio.open_nursery() as nursery:
+                self._nursery = nursery
+                task_status.started()
+                await self._stop.wait()
+                nursery.cancel_scope.cancel()
+        finally:
+            self._done.set()
+
+    def set_edges(self, edges: Sequence[EdgeAddress]) -> None:
+        """Use ``edges`` from now on: an edge that left is disconnected, one that came is connected when first
+        used, and those that stay keep their connections and state."""
+        self._runtime_call_sync(self._set_edges, list(edges))
+
+    def _set_edges(self, edges: list[EdgeAddress]) -> None:
+        keep = {a.key: a for a in edges}
+        for key, edge in list(self._edges.items()):
+            if keep.get(key) != edge.address:
+                edge.closed.set()
+                del self._edges[key]
+        self.addresses = edges
 
     # connections
 
@@ -380,6 +402,11 @@ class Swarm:
         return rows
 
     def _run(self, fn: Callable[..., Any], *args: Any) -> Any:
-        if self._token is None:
+        if self._runtime is None:
             raise RuntimeError("the swarm is not started")
-        return trio.from_thread.run(fn, *args, trio_token=self._token)
+        return self._runtime.call(fn, *args)
+
+    def _runtime_call_sync(self, fn: Callable[..., Any], *args: Any) -> Any:
+        if self._runtime is None:
+            raise RuntimeError("the swarm is not started")
+        return self._runtime.call_sync(fn, *args)

@@ -12,6 +12,7 @@ read.
 from __future__ import annotations
 
 import logging
+import threading
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -50,16 +51,18 @@ log = logging.getLogger("portal.sync")
 PLACE_ATTEMPTS = 3  # pushes in a row whose HAVE answers were too old when their locations were recorded
 
 
-def attach_fabric(device: Device, secrets: Unlocked, keep: bool = True) -> bool:
-    """When this device is on a fabric, let reads fetch missing objects from its edges; say whether it is.
+def attach_fabric(device: Device, secrets: Unlocked, keep: bool = True) -> Fabric | None:
+    """When this device is on a fabric, let reads fetch missing objects from its edges, and return the fabric
+    (one swarm for the store and the sync engine); None when it is not.
 
     ``keep``: keep what is fetched in the local store (not for a restore, which reads each object once).
     """
     config = load_config(device)
     if config is not None and (config.hub or config.edges):
-        Fabric(device, secrets, config).attach(keep)
-        return True
-    return False
+        fabric = Fabric(device, secrets, config)
+        fabric.attach(keep)
+        return fabric
+    return None
 
 
 def _address(row: dict[str, Any]) -> EdgeAddress:
@@ -76,6 +79,7 @@ class Fabric:
         self.config = config
         self.hub = HubClient(config.hub, secrets.device) if config.hub else None
         self._swarm: Swarm | None = None
+        self._swarm_lock = threading.Lock()
         self.membership = Membership(device, secrets, config, self.require_hub)
 
     def close(self) -> None:
@@ -110,14 +114,18 @@ class Fabric:
 
     @property
     def swarm(self) -> Swarm:
-        if self._swarm is None:
-            self._swarm = self._open_swarm()
-        return self._swarm
+        """The device's swarm, on the process's runtime: opened at first use, kept until ``close``."""
+        with self._swarm_lock:
+            if self._swarm is None:
+                locate = self.hub.locations if self.hub is not None else None
+                report = self.hub.report_damage if self.hub is not None else None
+                self._swarm = Swarm(self.edges(), self.secrets.device, self.cert, locate, report).start()
+            return self._swarm
 
-    def _open_swarm(self) -> Swarm:
-        locate = self.hub.locations if self.hub is not None else None
-        report = self.hub.report_damage if self.hub is not None else None
-        return Swarm(self.edges(), self.secrets.device, self.cert, locate, report).start()
+    def refresh_edges(self) -> None:
+        """Give the swarm, if it is open, the edges the hub lists now (edges come and go while it runs)."""
+        if self._swarm is not None:
+            self._swarm.set_edges(self.edges())
 
     def attach(self, keep: bool = True) -> None:
         """Make the device's store fetch what it lacks from the edges (and, with ``keep``, keep it).
@@ -126,7 +134,7 @@ class Fabric:
         """
         local = self.device.store_local
         cache = FetchCache(local.root / "fetched.db", cache_limit(self.device), local.delete) if keep else None
-        self.device.attach_store(FabricStore(local, self._open_swarm, keep, cache))  # the store owns both
+        self.device.attach_store(FabricStore(local, lambda: self.swarm, keep, cache))  # the store owns both
 
     # joining a hub
 
@@ -354,10 +362,18 @@ class Fabric:
             log.info("%s: placing took over %.0f s; asking the edges again", view.row.name, HAVE_TRUST_SECONDS)
         raise Unreachable(f"portal {view.row.name!r}: the edges are too slow to place its objects; try again")
 
-    def sync(self, view: PortalView) -> dict[str, Any]:
+    def create_if_owner(self, view: PortalView) -> None:
+        """Create the portal at the hub, if this identity owns it and it was not."""
         if self.membership.owner_of(view.row) == self.secrets.identity.public:
-            self.require_hub().create_portal(view.row.id)  # created there, if it was not
-        pulled = self.pull(view)
-        pushed = self.push(view)
+            self.require_hub().create_portal(view.row.id)
+
+    def sync(self, view: PortalView) -> dict[str, Any]:
+        """Pull, then push and publish; a portal whose read-write mount syncs it (section 16) is left to it."""
+        with self.device.portal_syncer(view.row.id, wait=False) as ours:
+            if ours:
+                self.create_if_owner(view)
+                pulled, pushed = self.pull(view), self.push(view)
+            else:
+                pulled, pushed = 0, {"published": 0, "objects": 0, "elsewhere": True}
         head = self.device.state.head(view.row.id)
         return {"portal": view.row.name, "pulled": pulled, **pushed, "version": 0 if head is None else head.version}

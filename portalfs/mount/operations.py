@@ -60,6 +60,18 @@ def _translated(handler: Callable[P, Coroutine[Any, Any, T]]) -> Callable[P, Cor
     return wrapper
 
 
+def _changes(handler: Callable[P, Coroutine[Any, Any, T]]) -> Callable[P, Coroutine[Any, Any, T]]:
+    """A handler that changes the tree: once it succeeded, the tree commits soon (``LiveTree.changed``)."""
+
+    @functools.wraps(handler)
+    async def wrapper(*args: P.args, **kwargs: P.kwargs) -> T:
+        result = await handler(*args, **kwargs)
+        args[0].tree.changed()  # type: ignore[attr-defined]
+        return result
+
+    return wrapper
+
+
 class PortalOperations(pyfuse3.Operations):
     supports_dot_lookup = True
     enable_writeback_cache = False
@@ -164,6 +176,7 @@ class PortalOperations(pyfuse3.Operations):
         return self._attrs(self.workspace.get(inode))
 
     @_translated
+    @_changes
     async def setattr(
         self,
         ino: int,
@@ -201,6 +214,7 @@ class PortalOperations(pyfuse3.Operations):
         raise FsError(errno.EPERM)  # only files, directories and symlinks live in a portal
 
     @_translated
+    @_changes
     async def mkdir(
         self, parent_inode: int, name: bytes, mode: int, ctx: pyfuse3.RequestContext
     ) -> pyfuse3.EntryAttributes:
@@ -211,15 +225,18 @@ class PortalOperations(pyfuse3.Operations):
         return self._attrs(inode)
 
     @_translated
+    @_changes
     async def unlink(self, parent_inode: int, name: bytes, ctx: pyfuse3.RequestContext) -> None:
         self.workspace.unlink(self.workspace.get(parent_inode), name, now_ns())
         self.tree.collect_garbage()
 
     @_translated
+    @_changes
     async def rmdir(self, parent_inode: int, name: bytes, ctx: pyfuse3.RequestContext) -> None:
         self.workspace.rmdir(self.workspace.get(parent_inode), name, now_ns())
 
     @_translated
+    @_changes
     async def symlink(
         self, parent_inode: int, name: bytes, target: bytes, ctx: pyfuse3.RequestContext
     ) -> pyfuse3.EntryAttributes:
@@ -229,6 +246,7 @@ class PortalOperations(pyfuse3.Operations):
         return self._attrs(inode)
 
     @_translated
+    @_changes
     async def rename(
         self,
         parent_old: int,
@@ -322,6 +340,7 @@ class PortalOperations(pyfuse3.Operations):
         return value
 
     @_translated
+    @_changes
     async def setxattr(self, inode: int, name: bytes, value: bytes, ctx: pyfuse3.RequestContext) -> None:
         self.workspace.set_xattr(self.workspace.get(inode), name, value, now_ns())
 
@@ -330,6 +349,7 @@ class PortalOperations(pyfuse3.Operations):
         return sorted(self.workspace.get(inode).xattrs)
 
     @_translated
+    @_changes
     async def removexattr(self, inode: int, name: bytes, ctx: pyfuse3.RequestContext) -> None:
         self.workspace.remove_xattr(self.workspace.get(inode), name, now_ns())
 

@@ -1,4 +1,9 @@
-"""Running one mount: checks, pyfuse3 + trio main loop, signals, read-ahead, unmount.
+"""Running one mount: checks, pyfuse3 on the process's trio loop, signals, read-ahead, unmount.
+
+``serve_mount`` is the mount process's main coroutine (its entry point, in
+``portalfs.cli.portalfs``, runs it with ``trio.run``). A ``Syncer`` given to
+it (the sync engine of the mounted portal, on a fabric) runs in the mount's
+nursery and hears of each version the mount commits.
 
 SIGTERM, SIGINT and SIGHUP commit what is staged and unmount. If the mount is
 unmounted from outside (`portalctl unmount`, `fusermount3 -u`), whatever is
@@ -16,6 +21,7 @@ import signal
 import time
 from collections.abc import Callable
 from pathlib import Path
+from typing import Protocol
 
 import pyfuse3
 import trio
@@ -24,15 +30,29 @@ from ..device import Device, Unlocked
 from ..errors import MountError
 from ..portal import PortalView
 from ..root import RootPayload, RootRecord
+from ..runtime import hosting
 from ..tree import Entry, new_root_entry
 from ..worktree.journal import writing
 from ..worktree.live import LiveTree
 from .operations import PortalOperations
 
-__all__ = ["check_mountpoint", "mount_options", "run_mount", "parse_target", "bdi_of", "is_mounted"]
+__all__ = ["check_mountpoint", "mount_options", "serve_mount", "parse_target", "bdi_of", "is_mounted", "Syncer"]
 
 log = logging.getLogger("portalfs")
 READ_AHEAD_KB = 1024
+
+
+class Syncer(Protocol):
+    """What syncs the mounted portal from inside the mount process (docs/design.md, section 16)."""
+
+    async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+        """Until cancelled: push and publish what was committed."""
+
+    def committed(self, record: RootRecord) -> None:
+        """The mount committed ``record`` (called on the loop; must not block)."""
+
+    async def finish(self) -> None:
+        """After the unmount's last commit: publish what is left, for a bounded time."""
 
 
 def parse_target(target: str) -> tuple[str, int | None]:
@@ -136,10 +156,15 @@ async def _when_answering(mountpoint: Path, ready: Callable[[], None]) -> None:
     ready()
 
 
-async def _serve(ops: PortalOperations, mountpoint: Path, options: set[str], ready: Callable[[], None]) -> None:
+async def _serve(
+    ops: PortalOperations, mountpoint: Path, options: set[str], ready: Callable[[], None], syncer: Syncer | None
+) -> None:
     pyfuse3.init(ops, str(mountpoint), options)
     try:
         async with trio.open_nursery() as nursery:
+            if syncer is not None:
+                await nursery.start(syncer.run)
+                ops.tree.on_commit = syncer.committed
             await nursery.start(ops.run_background)
             nursery.start_soon(_watch_signals, ops)
             nursery.start_soon(_when_answering, mountpoint, ready)
@@ -150,9 +175,11 @@ async def _serve(ops: PortalOperations, mountpoint: Path, options: set[str], rea
         pyfuse3.close(unmount=True)
     await ops.commit()
     log.info("unmounted %s (%d versions committed)", mountpoint, ops.versions_committed)
+    if syncer is not None:
+        await syncer.finish()
 
 
-def run_mount(
+async def serve_mount(
     device: Device,
     secrets: Unlocked,
     name: str,
@@ -161,37 +188,44 @@ def run_mount(
     extra_options: list[str],
     ready: Callable[[], None],
     prepare: Callable[[PortalView, Entry], object] | None = None,
+    syncer: Callable[[PortalView], Syncer] | None = None,
 ) -> None:
     """Mount portal ``name`` (or its ``version``, read-only) at ``mountpoint`` until unmounted.
 
     ``prepare`` is called with the version's root before the mount serves (a
-    device on a fabric fetches the directories it lacks there).
+    device on a fabric fetches the directories it lacks there), on a worker
+    thread; ``syncer``, for a read-write mount on a fabric, makes the sync
+    engine of the portal. The loop is the process's runtime (``portalfs.runtime``).
     """
-    view = PortalView.open(device, name, secrets)
-    read_only = version is not None or "ro" in extra_options
-    staging = device.home.staging / view.row.id.hex()
-    with contextlib.ExitStack() as held:
-        if not read_only:
-            # One lock from the replay to the unmount: no other writer between them.
-            held.enter_context(writing(view, secrets, f"mount {name}"))
-            # Staging files a killed mount left behind hold uncommitted writes: the
-            # journal says what was committed, and that is what this mount shows.
-            shutil.rmtree(staging, ignore_errors=True)
-        _serve_portal(view, secrets, version, read_only, staging, mountpoint, extra_options, ready, prepare)
+    async with hosting():
+        view = PortalView.open(device, name, secrets)
+        read_only = version is not None or "ro" in extra_options
+        staging = device.home.staging / view.row.id.hex()
+        with contextlib.ExitStack() as held:
+            if not read_only:
+                # One lock from the replay to the unmount: no other writer between them.
+                await trio.to_thread.run_sync(held.enter_context, writing(view, secrets, f"mount {name}"))
+                # Staging files a killed mount left behind hold uncommitted writes: the
+                # journal says what was committed, and that is what this mount shows.
+                shutil.rmtree(staging, ignore_errors=True)
+            tree = await trio.to_thread.run_sync(_live_tree, view, secrets, version, read_only, staging, prepare)
+            newer = _follower(view, prepare) if read_only and version is None else None
+            # A read-only mount of the portal follows it; one of a past version shows that version.
+            ops = PortalOperations(tree, newer)
+            options = mount_options(name, read_only, extra_options)
+            await _serve(ops, mountpoint, options, ready, None if read_only or syncer is None else syncer(view))
 
 
-def _serve_portal(
+def _live_tree(
     view: PortalView,
     secrets: Unlocked,
     version: int | None,
     read_only: bool,
     staging: Path,
-    mountpoint: Path,
-    extra_options: list[str],
-    ready: Callable[[], None],
     prepare: Callable[[PortalView, Entry], object] | None,
-) -> None:
-    device, name = view.device, view.row.name
+) -> LiveTree:
+    """The working tree the mount shows: the head (or ``version``), its directories at hand (a worker thread)."""
+    device = view.device
     if version is None:
         head = device.state.head(view.row.id)
         root = view.root(head) if head is not None else None
@@ -202,10 +236,17 @@ def _serve_portal(
         root = RootPayload(new_root_entry(time.time_ns(), os.getuid(), os.getgid()), 0, 0)
     if prepare is not None:
         prepare(view, root.entry)
+    return LiveTree(
+        view, None if read_only else secrets, None if head is None else head.record, root, staging, read_only
+    )
 
+
+def _follower(
+    view: PortalView, prepare: Callable[[PortalView, Entry], object] | None
+) -> Callable[[int], tuple[RootRecord, RootPayload] | None]:
     def newer(shown: int) -> tuple[RootRecord, RootPayload] | None:
         """The newest version past ``shown`` (a sync pulled it, a ``put`` made it), ready to show."""
-        latest = device.state.head(view.row.id)
+        latest = view.device.state.head(view.row.id)
         if latest is None or latest.version <= shown:
             return None
         payload = view.root(latest)
@@ -213,9 +254,4 @@ def _serve_portal(
             prepare(view, payload.entry)
         return latest.record, payload
 
-    tree = LiveTree(
-        view, None if read_only else secrets, None if head is None else head.record, root, staging, read_only
-    )
-    # A read-only mount of the portal follows it; one of a past version shows that version.
-    ops = PortalOperations(tree, newer if read_only and version is None else None)
-    trio.run(_serve, ops, mountpoint, mount_options(name, read_only, extra_options), ready)
+    return newer

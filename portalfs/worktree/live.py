@@ -5,8 +5,10 @@ request into a call here; nothing here knows FUSE (docs/design.md, sections 9 an
 Writes go to staging per inode: in memory while small, in a staging file past
 ``MEMORY_STAGING``. A file's new content is made durable (sealed, stored,
 journaled) on flush, release and fsync (``journal``); new versions are
-checkpointed (``commit``) every ``AUTOCOMMIT_SECONDS`` while something
-changed (``run_commits``), on fsync of a directory and on unmount. Clean
+checkpointed (``commit``) soon after a change (``changed``: a file closed
+after writing, a name made, removed or renamed; ``SETTLE_SECONDS`` later, so
+that a burst of changes makes one version), every ``AUTOCOMMIT_SECONDS``
+while something is dirty, on fsync of a directory and on unmount. Clean
 content comes from the ``ContentReader``. Runs on the mount's trio loop; CPU
 and disk work go to worker threads.
 """
@@ -43,6 +45,8 @@ __all__ = ["LiveTree", "settled", "AUTOCOMMIT_SECONDS", "MEMORY_STAGING"]
 log = logging.getLogger("portalfs")
 
 AUTOCOMMIT_SECONDS = 2.0
+SETTLE_SECONDS = 0.05  # after a change, wait this long for more before committing
+COMMIT_SHARE = 0.2  # at most this share of the time goes to checkpoints while changes keep coming
 MEMORY_STAGING = CDC_MIN  # files up to this size are staged in memory, not in a file
 UNSTORED_LIMIT = 64 * 1024 * 1024  # checkpoint early when journaled-but-unstored objects reach this
 STREAM_FROM = 4 * 1024 * 1024  # seal sequentially written files in the background past this size
@@ -89,6 +93,8 @@ class LiveTree:
         self._totals: dict[bytes, tuple[int, int]] = {}
         self._reported: set[str] = set()
         self._commit_lock = trio.Lock()  # one checkpoint at a time
+        self._changed = trio.Event()  # something changed since the last checkpoint began
+        self.on_commit: Callable[[RootRecord], None] | None = None  # told of each version committed
         self._content_locks: dict[int, trio.Lock] = {}  # per inode: no write while it is being sealed
         self._journal_seq = 0  # the newest journal record whose inode state is applied
         self._sealing = 0  # journal writes in flight (they read staging files)
@@ -187,8 +193,10 @@ class LiveTree:
         if node.unlinked:
             self._abandon_stream(node)
         try:
-            if handle.writable and self._content_dirty(node):
-                await self.journal(node)
+            if handle.writable:
+                if self._content_dirty(node):
+                    await self.journal(node)
+                self.changed()
         finally:
             stored = node.ino not in self._unstored_inodes
             if node.opens == 0 and node.staged and stored and not self._content_dirty(node) and not node.unlinked:
@@ -200,6 +208,7 @@ class LiveTree:
 
     async def fsync(self, fh: int) -> None:
         await self.journal(self._handles[fh].inode)
+        self.changed()
 
     # staging
 
@@ -317,18 +326,26 @@ class LiveTree:
 
     # durability and versions
 
+    def changed(self) -> None:
+        """Something was written and closed, or a name changed: checkpoint it soon (``run_commits``)."""
+        self._changed.set()
+
     async def run_commits(self) -> None:
-        """Checkpoint what changed every AUTOCOMMIT_SECONDS (longer while checkpoints are slow), until cancelled."""
-        pause = AUTOCOMMIT_SECONDS
+        """Checkpoint soon after each change, and every AUTOCOMMIT_SECONDS while something is dirty, until
+        cancelled. Big trees make checkpoints slow: they are kept to a share of the time (COMMIT_SHARE while
+        changes keep coming, a tenth otherwise)."""
+        took = 0.0
         while True:
-            await trio.sleep(pause)
+            with trio.move_on_after(max(AUTOCOMMIT_SECONDS, 10 * took)):
+                await self._changed.wait()
+                await trio.sleep(max(SETTLE_SECONDS, took / COMMIT_SHARE - took))
+            self._changed = trio.Event()
             started = trio.current_time()
             try:
                 await self.commit(settled)
             except (PortalError, OSError) as exc:
-                log.error("periodic commit failed: %s", exc)
-            # Big trees make checkpoints slow: keep them to a tenth of the time.
-            pause = max(AUTOCOMMIT_SECONDS, 10 * (trio.current_time() - started))
+                log.error("commit failed: %s", exc)
+            took = trio.current_time() - started
 
     async def journal(self, node: Inode) -> None:
         """Make ``node``'s content durable now: sealed, stored, journaled (no version yet)."""
@@ -387,6 +404,8 @@ class LiveTree:
             apply(result)
             self.head = record
             self.versions_committed += 1
+            if self.on_commit is not None:
+                self.on_commit(record)
             for seq in batch:
                 node, kept = self._unstored.pop(seq)
                 self._unstored_bytes -= sum(map(len, kept))

@@ -15,7 +15,7 @@ PACKAGE = Path(__file__).resolve().parents[2] / "portalfs"
 # Bottom first. A module is in the layer of the longest prefix that names it.
 LAYERS: list[tuple[str, list[str]]] = [
     ("base", ["portalfs", "portalfs.errors", "portalfs.encoding", "portalfs.paths", "portalfs.memory",
-              "portalfs.fsutil", "portalfs.sqlite", "portalfs.backoff"]),
+              "portalfs.fsutil", "portalfs.sqlite", "portalfs.backoff", "portalfs.runtime"]),
     ("primitives", ["portalfs.keys", "portalfs.keyfile", "portalfs.chunking", "portalfs.sealing", "portalfs.tree",
                     "portalfs.root", "portalfs.merge"]),
     ("protocol core", ["portalfs.protocol"]),
@@ -121,3 +121,28 @@ def test_a_planted_wrong_way_import_and_a_cycle_are_caught(tmp_path: Path) -> No
     memory = copy / "store" / "memory.py"
     memory.write_text(memory.read_text() + "\n\ndef _planted() -> None:\n    from .local import LocalStore  # noqa\n")
     assert any(v.startswith("cycle: ") and "portalfs.store.local" in v for v in violations(copy))
+
+
+def trio_runs(root: Path) -> list[str]:
+    """Every use of ``trio.run`` outside the entry points (cli) and the process's runtime (runtime.py)."""
+    found = []
+    for module, path in sorted(_modules(root).items()):
+        if module.startswith("portalfs.cli") or module == "portalfs.runtime":
+            continue
+        for node in ast.walk(ast.parse(path.read_text())):
+            named = isinstance(node, ast.Attribute) and node.attr == "run"
+            if named and isinstance(node.value, ast.Name) and node.value.id == "trio":  # type: ignore[attr-defined]
+                found.append(f"{module}:{node.lineno}")
+            if isinstance(node, ast.ImportFrom) and node.module == "trio" and any(a.name == "run" for a in node.names):
+                found.append(f"{module}:{node.lineno}")
+    return found
+
+
+def test_one_trio_loop_per_process(tmp_path: Path) -> None:
+    """Only entry points start a loop; everything else runs on the process's runtime (docs/design.md, section 17)."""
+    assert trio_runs(PACKAGE) == []
+    copy = tmp_path / "portalfs"
+    shutil.copytree(PACKAGE, copy, ignore=shutil.ignore_patterns("__pycache__"))
+    swarm = copy / "fabric" / "swarm.py"
+    swarm.write_text(swarm.read_text() + "\n\ndef _planted() -> None:\n    trio.run(trio.sleep, 0)\n")
+    assert [f for f in trio_runs(copy) if f.startswith("portalfs.fabric.swarm:")]
