@@ -12,6 +12,7 @@ import socket
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
+from typing import Protocol
 
 from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
@@ -22,7 +23,7 @@ from .keys import DeviceKey, Identity, fingerprint, root_from_words
 from .paths import DeviceHome
 from .root import PortalKeys
 from .state import PortalRow, StateDB
-from .store import LocalStore, ObjectStore
+from .store import LocalStore
 
 __all__ = ["Device", "Unlocked", "validate_portal_name"]
 
@@ -60,36 +61,34 @@ class Unlocked:
         return PortalKeys.from_bytes(key)
 
 
+class Closable(Protocol):
+    def close(self) -> None: ...
+
+
 class Device:
     def __init__(self, home: DeviceHome) -> None:
         self.home = home
         home.ensure()
         self.state = StateDB(home.state_db)
         self._local: LocalStore | None = None
-        self._store: ObjectStore | None = None  # the local store, or a store that also fetches from edges
+        self._held: list[Closable] = []  # what lives as long as the device object (its fabric, for a command)
 
     def close(self) -> None:
-        if self._store is not None and self._store is not self._local:
-            self._store.close()  # closes the local store too
-        elif self._local is not None:
+        for resource in reversed(self._held):
+            resource.close()
+        if self._local is not None:
             self._local.close()
         self.state.close()
+
+    def hold(self, resource: Closable) -> None:
+        """Close ``resource`` with the device (before its store and state)."""
+        self._held.append(resource)
 
     @property
     def store_local(self) -> LocalStore:
         if self._local is None:
             self._local = LocalStore(self.home.store)
         return self._local
-
-    @property
-    def store(self) -> ObjectStore:
-        if self._store is None:
-            self._store = self.store_local
-        return self._store
-
-    def attach_store(self, store: ObjectStore) -> None:
-        """Read through ``store`` (which wraps ``store_local``) from now on."""
-        self._store = store
 
     @contextmanager
     def exclusive(self) -> Iterator[None]:

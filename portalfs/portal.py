@@ -20,7 +20,7 @@ from .pipeline import store_sealed
 from .root import PortalKeys, RootPayload, RootRecord, make_root_record, verify_chain
 from .sealing import ChunkRef, unseal
 from .state import PortalRow, VersionRow
-from .store.base import Prefetching
+from .store.base import ObjectStore, Prefetching, Priority
 from .tree import Entry, decode_dir, encode_dir, iter_file_chunks
 
 __all__ = ["PortalView", "VerifyReport"]
@@ -35,36 +35,40 @@ class VerifyReport:
 
 
 class PortalView:
-    def __init__(self, device: Device, row: PortalRow, keys: PortalKeys) -> None:
+    def __init__(self, device: Device, row: PortalRow, keys: PortalKeys, store: ObjectStore | None = None) -> None:
+        """``store``: where the portal's objects are read and written; the device's local store unless given
+        (a store that also fetches from the edges, built by the device's fabric and passed in)."""
         self.device = device
         self.row = row
         self.keys = keys
+        self.store: ObjectStore = store if store is not None else device.store_local
 
     @classmethod
-    def open(cls, device: Device, name: str, secrets: Unlocked) -> PortalView:
+    def open(cls, device: Device, name: str, secrets: Unlocked, store: ObjectStore | None = None) -> PortalView:
         row = device.state.portal(name)
-        return cls(device, row, secrets.unwrap_portal_key(row))
+        return cls(device, row, secrets.unwrap_portal_key(row), store)
 
     # reading
 
     # ObjectStore.get verifies the id of what it returns: unseal need not hash it again.
 
     def load_node(self, ref: ChunkRef) -> bytes:
-        return bytes(unseal(ref, self.device.store.get(ref.cid), "node", id_checked=True))
+        return bytes(unseal(ref, self.store.get(ref.cid), "node", id_checked=True))
 
     def load_chunk(self, ref: ChunkRef) -> bytes | memoryview:
-        return unseal(ref, self.device.store.get(ref.cid), "chunk", id_checked=True)
+        return unseal(ref, self.store.get(ref.cid), "chunk", id_checked=True)
 
     @property
     def fetches(self) -> bool:
         """Whether objects this device lacks come from a fabric (then ``prefetch`` is worth a batch)."""
-        return isinstance(self.device.store, Prefetching)
+        return isinstance(self.store, Prefetching)
 
-    def prefetch(self, refs: Sequence[ChunkRef]) -> None:
-        """Bring the objects of ``refs`` this device lacks in together (one location lookup, fetched in parallel)."""
-        store = self.device.store
+    def prefetch(self, refs: Sequence[ChunkRef], priority: Priority = Priority.READAHEAD) -> None:
+        """Bring the objects of ``refs`` this device lacks in together (one location lookup, fetched in parallel),
+        as urgently as ``priority`` says."""
+        store = self.store
         if isinstance(store, Prefetching):
-            store.prefetch([ref.cid for ref in refs])
+            store.prefetch([ref.cid for ref in refs], priority)
 
     def objects(self, entry: Entry, into: set[bytes]) -> set[bytes]:
         """Add to ``into`` the id of every node and chunk ``entry`` reaches; subtrees already there are skipped."""
@@ -151,7 +155,7 @@ class PortalView:
         head = self.device.state.head(self.row.id)
         previous = None if head is None else self.root(head).entry
         ingester = Ingester(
-            store=self.device.store,
+            store=self.store,
             convergence_secret=secrets.identity.convergence_secret,
             tree_secret=self.keys.tree_secret,
             state=self.device.state,
@@ -176,7 +180,7 @@ class PortalView:
         head = self.version()
 
         def store_node(plaintext: bytes) -> ChunkRef:
-            return store_sealed(self.device.store, self.keys.tree_secret, plaintext)[0]
+            return store_sealed(self.store, self.keys.tree_secret, plaintext)[0]
 
         def place(directory: Entry, names: list[bytes]) -> Entry:
             if not directory.is_dir or directory.node is None:
@@ -223,7 +227,7 @@ class PortalView:
     def record_version(self, record: RootRecord, payload: RootPayload, along: Callable[[], None] | None = None) -> None:
         """Make every object ``record`` reaches durable, then record it, with ``along`` in the same transaction
         (run first): the one way a version is recorded (section 7, "Write ordering")."""
-        self.device.store.sync()
+        self.store.sync()
         with self.device.state.transaction():
             if along is not None:
                 along()

@@ -218,7 +218,7 @@ def _sync_here(device: Device, args: argparse.Namespace) -> list[dict[str, Any]]
         results: list[dict[str, Any]] = []
         for name in (n for n in names if n in followed):
             try:
-                view = PortalView.open(device, name, secrets)
+                view = fabric.view(name)
                 results.append(fabric.sync(view))
             except PortalError as exc:
                 results.append({"portal": name, "error": str(exc), "exit_code": exc.exit_code})

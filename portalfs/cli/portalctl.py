@@ -27,7 +27,7 @@ from .. import __version__
 from ..daemon.control import call_daemon, daemon_socket
 from ..device import Device
 from ..errors import NotFound, PortalBusy, PortalError, SourceError, UsageError
-from ..fabric.sync import attach_fabric
+from ..fabric.sync import open_view
 from ..gc import collect_garbage
 from ..keys import new_entropy_words
 from ..portal import PortalView
@@ -205,7 +205,6 @@ def _check_source(source: str) -> None:
 
 def cmd_put(device: Device, args: argparse.Namespace) -> int:
     secrets = unlock(device, args)
-    attach_fabric(device, secrets)
     stream = None
     if "-" in args.sources:
         if args.sources.count("-") > 1 or not args.name_for_stdin:
@@ -218,7 +217,7 @@ def cmd_put(device: Device, args: argparse.Namespace) -> int:
     for source in args.sources:
         _check_source(source)
     show = not args.json
-    view = PortalView.open(device, args.name, secrets)
+    view = open_view(device, secrets, args.name)  # an unchanged file's chunks may be on the edges alone
     with writing(view, secrets, f"put {args.name}"):
         started = time.monotonic()
         total = _source_size([Path(s) for s in args.sources]) if show and sys.stderr.isatty() else None
@@ -262,8 +261,7 @@ def cmd_put(device: Device, args: argparse.Namespace) -> int:
 
 def cmd_get(device: Device, args: argparse.Namespace) -> int:
     secrets = unlock(device, args)
-    attach_fabric(device, secrets, keep=False)  # what is written out is not kept twice
-    view = PortalView.open(device, args.name, secrets)
+    view = open_view(device, secrets, args.name, keep=False)  # what is written out is not kept twice
     version = view.version(args.version)
     entry = view.lookup(view.root(version).entry, args.path or "")
     dest = Path(args.dest)
@@ -322,10 +320,10 @@ def cmd_check(device: Device, args: argparse.Namespace) -> int:
     from ..fabric.store import FabricStore
 
     secrets = unlock(device, args)
-    on_fabric = attach_fabric(device, secrets, keep=False)  # each object is read once
-    view = PortalView.open(device, args.name, secrets)
+    view = open_view(device, secrets, args.name, keep=False)  # each object is read once
+    on_fabric = isinstance(view.store, FabricStore)
     report = view.verify()
-    healed = device.store.healed if isinstance(device.store, FabricStore) else 0
+    healed = view.store.healed if isinstance(view.store, FabricStore) else 0
     result: dict[str, Any] = {
         "versions": report.versions,
         "nodes": report.nodes,
@@ -455,8 +453,7 @@ def cmd_restore(device: Device, args: argparse.Namespace) -> int:
     from .portalfs import live_mounts
 
     secrets = unlock(device, args)
-    attach_fabric(device, secrets)
-    view = PortalView.open(device, args.name, secrets)
+    view = open_view(device, secrets, args.name)
     old = view.lookup(view.root(view.version(args.version)).entry, args.path)
     relative = args.path.strip("/")
     mounts = [m for m in live_mounts(device) if m["portal"] == args.name and m["writable"]]

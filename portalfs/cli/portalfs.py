@@ -73,26 +73,24 @@ def _run_foreground(device, secrets, name, version, mountpoint, options, ready_f
             os.close(ready_fd)
         logging.getLogger("portalfs").info("mounted %s at %s", name, mountpoint)
 
-    fabric = None
     try:
         from ..daemon.publisher import MountPublisher
         from ..fabric.store import fetch_directories
-        from ..fabric.sync import attach_fabric
+        from ..fabric.sync import device_fabric
 
-        fabric = attach_fabric(device, secrets)
-        prepare = fetch_directories if fabric is not None else None
+        fabric = device_fabric(device, secrets)  # closed with the device
+        store = None if fabric is None else fabric.store()
+        prepare = None if fabric is None else fetch_directories
         # a read-write mount on a hub publishes what it commits itself (docs/design.md, section 16)
         on_hub = fabric if fabric is not None and fabric.hub is not None else None
         syncer = None if on_hub is None else functools.partial(MountPublisher, on_hub)
         with one_error():
-            trio.run(serve_mount, device, secrets, name, version, mountpoint, options, ready, prepare, syncer)
+            trio.run(serve_mount, device, secrets, name, version, mountpoint, options, ready, store, prepare, syncer)
     except PortalError as exc:
         if ready_fd is not None:
             os.write(ready_fd, f"error {exc.exit_code} {exc}\n".encode())
         raise
     finally:
-        if fabric is not None:
-            fabric.close()
         registry.unregister(device, mountpoint)
     return 0
 

@@ -266,17 +266,17 @@ class SyncDaemon:
         fabric.refresh_edges()
         return added
 
-    def _view(self, portal: bytes) -> PortalView:
+    def _view(self, fabric: Fabric, portal: bytes) -> PortalView:
         row = next((r for r in self.device.state.portals() if r.id == portal), None)
         if row is None:
             raise NotFound("the portal is gone from this device")
-        return PortalView.open(self.device, row.name, self.secrets)
+        return fabric.view(row.name)
 
     def _sync_one(self, fabric: Fabric, portal: bytes) -> dict[str, Any]:
-        return fabric.sync(self._view(portal))
+        return fabric.sync(self._view(fabric, portal))
 
     def _repair_one(self, fabric: Fabric, portal: bytes) -> dict[str, int]:
-        return fabric.repair(self._view(portal))
+        return fabric.repair(self._view(fabric, portal))
 
     async def _wait_completed(self, targets: dict[bytes, int]) -> None:
         """Until each portal has finished ``targets[portal]`` syncs (or is no longer followed)."""

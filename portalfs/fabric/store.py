@@ -8,7 +8,7 @@ from collections.abc import Callable, Iterator, Sequence
 
 from ..errors import CorruptObject, MissingObject
 from ..portal import PortalView
-from ..store.base import StoreStat
+from ..store.base import Priority, StoreStat
 from ..store.local import LocalStore
 from ..tree import Entry, decode_dir
 from .cache import FetchCache
@@ -31,9 +31,15 @@ class FabricStore:
     """
 
     def __init__(
-        self, local: LocalStore, open_swarm: Callable[[], Swarm], keep: bool = True, cache: FetchCache | None = None
+        self,
+        local: LocalStore,
+        open_swarm: Callable[[], Swarm],
+        keep: bool = True,
+        cache: FetchCache | None = None,
+        priority: Priority = Priority.FOREGROUND,
     ) -> None:
         self.local = local
+        self.priority = priority  # of what ``get`` fetches: the reader waits (a mount), or a sync's or repair's walk
         self.keep = keep
         self.cache = cache if keep else None
         self._swarm: Swarm | None = None
@@ -59,7 +65,7 @@ class FabricStore:
             data = self.local.get(cid)
         except CorruptObject as exc:
             log.warning("%s in the local store; replacing it with a copy from the edges", exc)
-            data = self.swarm.get(cid)  # CorruptObject too if every copy is damaged
+            data = self.swarm.get(cid, self.priority)  # CorruptObject too if every copy is damaged
             self.local.delete(cid)
             self.local.put(cid, data)  # durable: it may be an object this device made, on one edge only
             self.local.sync()
@@ -71,7 +77,7 @@ class FabricStore:
                 held = self._held.pop(cid, None)
             if held is not None:
                 return held
-            data = self.swarm.get(cid)  # verified against cid by the edge client
+            data = self.swarm.get(cid, self.priority)  # verified against cid by the edge client
             if self.keep:
                 self._keep(cid, data)
             return data
@@ -84,7 +90,7 @@ class FabricStore:
         if record and self.cache is not None:
             self.cache.fetched(cid, len(data))
 
-    def prefetch(self, cids: Sequence[bytes], pinned: bool = False) -> int:
+    def prefetch(self, cids: Sequence[bytes], priority: Priority = Priority.READAHEAD, pinned: bool = False) -> int:
         """Fetch, in parallel, those of ``cids`` not held locally; return how many that was.
 
         ``pinned``: kept for good, never dropped by the cache (what a mount reads on its event loop).
@@ -93,7 +99,7 @@ class FabricStore:
             wanted = [c for c in dict.fromkeys(cids) if c not in self._held]
         missing = [c for c, held in zip(wanted, self.local.has(wanted), strict=True) if not held]
         if missing:
-            fetched = self.swarm.get_many(missing)
+            fetched = self.swarm.get_many(missing, priority)
             if self.keep:
                 for cid, data in fetched.items():
                     self._keep(cid, data, record=not pinned)
@@ -123,11 +129,7 @@ class FabricStore:
         return self.local.remove_temp_files()
 
     def close(self) -> None:
-        if self._swarm is not None:
-            self._swarm.close()
-        if self.cache is not None:
-            self.cache.close()
-        self.local.close()
+        """Nothing of its own to close: the local store is the device's, the swarm and the cache the fabric's."""
 
 
 def fetch_directories(view: PortalView, root: Entry) -> int:
@@ -137,7 +139,7 @@ def fetch_directories(view: PortalView, root: Entry) -> int:
     would stall every request (the first one never finished); file contents are
     read on worker threads and are fetched when read. Returns the nodes fetched.
     """
-    store = view.device.store
+    store = view.store
     if not isinstance(store, FabricStore):
         return 0
     fetched = 0
@@ -146,6 +148,6 @@ def fetch_directories(view: PortalView, root: Entry) -> int:
     while level:
         refs = [entry.node for entry in level if entry.node is not None and entry.node.cid not in seen]
         seen.update(ref.cid for ref in refs)
-        fetched += store.prefetch([ref.cid for ref in refs], pinned=True)
+        fetched += store.prefetch([ref.cid for ref in refs], Priority.FOREGROUND, pinned=True)
         level = [child for ref in refs for child in decode_dir(view.load_node(ref)) if child.is_dir]
     return fetched

@@ -4,7 +4,10 @@ It lives as long as its owner (a command, portald, a mount) and keeps its
 connections, the edges' state and the hub's locations across uses; the edge
 set can change while it runs (``set_edges``). Blocking callers on worker
 threads (the mount's readers, the sync engine, the CLI) use ``get`` and
-``push``; inside, requests run concurrently across edges. A GET goes to the
+``push``; inside, requests run concurrently across edges. Every GET says why
+it is made (``Priority``): at most CONCURRENT_GETS are in flight, and a
+waiting one of a more urgent kind goes first (``PriorityGate``), so that a
+read a process waits for is not queued behind read-ahead, a sync or a repair. A GET goes to the
 edges that hold the id (the hub's locations, else every edge), least busy
 first, and fails over to the next one at once when an edge errs or
 disconnects. A PUT goes to ``replicas`` edges chosen by rendezvous hashing
@@ -13,9 +16,12 @@ disconnects. A PUT goes to ``replicas`` edges chosen by rendezvous hashing
 
 from __future__ import annotations
 
+import heapq
+import itertools
 import logging
 from collections import Counter
-from collections.abc import Callable, Sequence
+from collections.abc import AsyncIterator, Callable, Sequence
+from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from typing import Any
 
@@ -27,9 +33,10 @@ from ..edge.client import EdgeAddress, EdgeClient, connect_edge
 from ..errors import CorruptObject, MissingObject, PortalError, Unreachable
 from ..keys import DeviceKey
 from ..runtime import Runtime, current
+from ..store.base import Priority
 from .locations import LocationCache
 
-__all__ = ["Swarm", "Placement"]
+__all__ = ["Swarm", "Placement", "PriorityGate"]
 
 log = logging.getLogger("portal.swarm")
 
@@ -37,6 +44,7 @@ RETRY_DOWN_SECONDS = 5.0  # an edge that failed to connect is not tried again fo
 RETRY_DOWN_MAX = 300.0  # doubling with each failure in a row up to this
 EDGE_BACKOFF = Backoff(RETRY_DOWN_SECONDS, RETRY_DOWN_MAX)
 CONCURRENT_PUTS = 16
+CONCURRENT_GETS = 64
 
 Locate = Callable[[list[bytes]], dict[bytes, list[bytes]]]
 Report = Callable[[bytes, list[bytes]], None]  # (edge key, ids of the damaged copies read from it)
@@ -51,6 +59,47 @@ class _Edge:
         self.down_until = 0.0
         self.in_flight = 0
         self.error: PortalError | None = None
+
+
+class PriorityGate:
+    """At most ``slots`` holders at a time; a freed slot goes to the most urgent waiter (lowest priority value),
+    the earliest of equals. Runs on one trio loop."""
+
+    def __init__(self, slots: int) -> None:
+        self.free = slots
+        self._waiting: list[tuple[int, int, trio.Event]] = []  # a heap
+        self._order = itertools.count()
+
+    @asynccontextmanager
+    async def slot(self, priority: Priority) -> AsyncIterator[None]:
+        if self.free > 0 and not self._waiting:
+            self.free -= 1
+        else:
+            entry = (int(priority), next(self._order), trio.Event())
+            heapq.heappush(self._waiting, entry)
+            try:
+                await entry[2].wait()
+            except BaseException:
+                if entry[2].is_set():  # handed a slot as it was cancelled: pass it on
+                    self._release()
+                else:
+                    self._waiting.remove(entry)
+                    heapq.heapify(self._waiting)
+                raise
+        try:
+            yield
+        finally:
+            self._release()
+
+    def _release(self) -> None:
+        if self._waiting:
+            heapq.heappop(self._waiting)[2].set()  # the slot passes straight to it
+        else:
+            self.free += 1
+
+    @property
+    def waiting(self) -> int:
+        return len(self._waiting)
 
 
 @dataclass(frozen=True, slots=True)
@@ -85,6 +134,7 @@ class Swarm:
         self._failures: dict[bytes, int] = {}  # edge key -> connections that failed in a row
         self._runtime = runtime
         self._nursery: trio.Nursery | None = None
+        self._gets = PriorityGate(CONCURRENT_GETS)
         self._stop = trio.Event()
         self._done = trio.Event()
 
@@ -218,7 +268,11 @@ class Swarm:
             except PortalError as exc:
                 log.warning("could not report %d damaged copies on edge %s: %s", len(cids), key.hex()[:16], exc)
 
-    async def _get(self, cid: bytes, located: dict[bytes, list[bytes]] | None) -> bytes:
+    async def _get(self, cid: bytes, located: dict[bytes, list[bytes]] | None, priority: Priority) -> bytes:
+        async with self._gets.slot(priority):
+            return await self._get_now(cid, located)
+
+    async def _get_now(self, cid: bytes, located: dict[bytes, list[bytes]] | None) -> bytes:
         failures: list[str] = []
         corrupt: list[str] = []
         unreachable = 0
@@ -256,11 +310,11 @@ class Swarm:
         address = next((a for a in self.addresses if a.key == key), None)
         return str(address) if address is not None else key.hex()[:16]
 
-    def get(self, cid: bytes) -> bytes:
-        """Fetch one object from the fabric (blocking; not from the swarm's own thread)."""
-        return self.get_many([cid])[cid]
+    def get(self, cid: bytes, priority: Priority = Priority.FOREGROUND) -> bytes:
+        """Fetch one object from the fabric (blocking; from a worker thread, not the loop)."""
+        return self.get_many([cid], priority)[cid]
 
-    def get_many(self, cids: Sequence[bytes]) -> dict[bytes, bytes]:
+    def get_many(self, cids: Sequence[bytes], priority: Priority = Priority.FOREGROUND) -> dict[bytes, bytes]:
         located = self.locations.known(cids)
         unknown = [cid for cid in cids if cid not in located]
         if unknown and self._locate is not None:
@@ -272,18 +326,20 @@ class Swarm:
                 self.locations.learn(answer)
                 located.update(answer)
         try:
-            return self._run(self._get_many, list(cids), located)  # type: ignore[no-any-return]
+            return self._run(self._get_many, list(cids), located, priority)  # type: ignore[no-any-return]
         finally:
             if self._damaged:
                 self.report_damage()
 
-    async def _get_many(self, cids: list[bytes], located: dict[bytes, list[bytes]] | None) -> dict[bytes, bytes]:
+    async def _get_many(
+        self, cids: list[bytes], located: dict[bytes, list[bytes]] | None, priority: Priority
+    ) -> dict[bytes, bytes]:
         found: dict[bytes, bytes] = {}
         errors: list[PortalError] = []
 
         async def one(cid: bytes) -> None:
             try:
-                found[cid] = await self._get(cid, located)
+                found[cid] = await self._get(cid, located, priority)
             except PortalError as exc:
                 errors.append(exc)
 

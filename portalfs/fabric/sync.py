@@ -14,8 +14,7 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from collections.abc import Callable
 from typing import Any
 
 from ..device import Device, Unlocked
@@ -37,6 +36,7 @@ from ..portal import PortalView
 from ..root import RootPayload, RootRecord
 from ..sealing import ChunkRef
 from ..state import VersionRow
+from ..store.base import Priority
 from .cache import FetchCache, cache_limit
 from .config import FabricConfig, load_config, mark_published, published_version, save_config
 from .membership import Membership
@@ -44,25 +44,29 @@ from .store import FabricStore
 from .swarm import Placement, Swarm
 from .trust import checked_records
 
-__all__ = ["attach_fabric", "Fabric"]
+__all__ = ["device_fabric", "open_view", "Fabric"]
 
 log = logging.getLogger("portal.sync")
 
 PLACE_ATTEMPTS = 3  # pushes in a row whose HAVE answers were too old when their locations were recorded
 
 
-def attach_fabric(device: Device, secrets: Unlocked, keep: bool = True) -> Fabric | None:
-    """When this device is on a fabric, let reads fetch missing objects from its edges, and return the fabric
-    (one swarm for the store and the sync engine); None when it is not.
-
-    ``keep``: keep what is fetched in the local store (not for a restore, which reads each object once).
-    """
+def device_fabric(device: Device, secrets: Unlocked) -> Fabric | None:
+    """The fabric of this device when it is on one (a hub, or edges added by hand), closed with ``device``; None
+    when it is not."""
     config = load_config(device)
-    if config is not None and (config.hub or config.edges):
-        fabric = Fabric(device, secrets, config)
-        fabric.attach(keep)
-        return fabric
-    return None
+    if config is None or not (config.hub or config.edges):
+        return None
+    fabric = Fabric(device, secrets, config)
+    device.hold(fabric)
+    return fabric
+
+
+def open_view(device: Device, secrets: Unlocked, name: str, keep: bool = True) -> PortalView:
+    """Portal ``name``, reading through the device's fabric when it is on one: what the device lacks is fetched
+    from the edges and, with ``keep``, kept (not for `get` and `check`, which read each object once)."""
+    fabric = device_fabric(device, secrets)
+    return PortalView.open(device, name, secrets, None if fabric is None else fabric.store(keep=keep))
 
 
 def _address(row: dict[str, Any]) -> EdgeAddress:
@@ -80,11 +84,15 @@ class Fabric:
         self.hub = HubClient(config.hub, secrets.device) if config.hub else None
         self._swarm: Swarm | None = None
         self._swarm_lock = threading.Lock()
+        self._stores: dict[tuple[Priority, bool], FabricStore] = {}
+        self._cache: FetchCache | None = None
         self.membership = Membership(device, secrets, config, self.require_hub)
 
     def close(self) -> None:
         if self._swarm is not None:
             self._swarm.close()
+        if self._cache is not None:
+            self._cache.close()
         if self.hub is not None:
             self.hub.close()
 
@@ -127,14 +135,33 @@ class Fabric:
         if self._swarm is not None:
             self._swarm.set_edges(self.edges())
 
-    def attach(self, keep: bool = True) -> None:
-        """Make the device's store fetch what it lacks from the edges (and, with ``keep``, keep it).
+    def store(self, priority: Priority = Priority.FOREGROUND, keep: bool = True) -> FabricStore:
+        """The device's store with the edges behind it: what the device lacks is fetched, at ``priority``, and
+        with ``keep`` kept (within the fetch cache's limit). The one place such a store is built; views that
+        read through it are given it (``PortalView.open(..., store)``).
 
         Nothing is asked of the hub until an object is missing: what the device holds reads offline.
         """
         local = self.device.store_local
-        cache = FetchCache(local.root / "fetched.db", cache_limit(self.device), local.delete) if keep else None
-        self.device.attach_store(FabricStore(local, lambda: self.swarm, keep, cache))  # the store owns both
+        with self._swarm_lock:
+            store = self._stores.get((priority, keep))
+            if store is None:
+                if keep and self._cache is None:
+                    self._cache = FetchCache(local.root / "fetched.db", cache_limit(self.device), local.delete)
+                cache = self._cache if keep else None
+                store = self._stores[(priority, keep)] = FabricStore(local, lambda: self.swarm, keep, cache, priority)
+            return store
+
+    def view(self, name: str) -> PortalView:
+        """Portal ``name`` as the sync engine reads it: what the device lacks is fetched (a sync's priority)."""
+        return PortalView.open(self.device, name, self.secrets, self.store(Priority.PULL))
+
+    def _reading(self, view: PortalView) -> PortalView:
+        """``view``, reading through this fabric if it does not already (a merged or an older version's nodes
+        may be on the edges alone)."""
+        if isinstance(view.store, FabricStore):
+            return view
+        return PortalView(view.device, view.row, view.keys, self.store(Priority.PULL))
 
     # joining a hub
 
@@ -154,7 +181,7 @@ class Fabric:
         failed = {}
         for name in added:
             try:
-                self.pull(PortalView.open(self.device, name, self.secrets))
+                self.pull(self.view(name))
             except PortalError as exc:
                 log.warning("%s: %s", name, exc)
                 failed[name] = str(exc)
@@ -179,6 +206,7 @@ class Fabric:
         (``merge``) into one new version on top of the hub's.
         """
         hub = self.require_hub()
+        view = self._reading(view)
         head = self.device.state.head(view.row.id)
         local = 0 if head is None else head.version
         published = published_version(self.device, view.row.id)
@@ -231,6 +259,7 @@ class Fabric:
         paths where this device's file was kept beside theirs.
         """
         portal = view.row.id
+        view = self._reading(view)  # theirs' directories may be on the edges alone
         published = published_version(self.device, portal)
         base_row = self.device.state.version(portal, published) if published else None
         ours_row = self.device.state.head(portal)
@@ -242,18 +271,17 @@ class Fabric:
         date = time.strftime("%Y-%m-%d", time.gmtime(now_ns / 1e9))
 
         def store_node(plaintext: bytes) -> ChunkRef:
-            return store_sealed(self.device.store, view.keys.tree_secret, plaintext)[0]
+            return store_sealed(view.store, view.keys.tree_secret, plaintext)[0]
 
-        with self.fetching():  # theirs' directories may be on the edges alone
-            result = merge_trees(
-                base,
-                view.root(ours_row).entry,
-                theirs[-1][1].entry,
-                view.load_node,
-                store_node,
-                lambda name, taken: conflict_name(name, device_name, date, taken),
-            )
-            size, files = tree_totals(result.root, view.load_node)
+        result = merge_trees(
+            base,
+            view.root(ours_row).entry,
+            theirs[-1][1].entry,
+            view.load_node,
+            store_node,
+            lambda name, taken: conflict_name(name, device_name, date, taken),
+        )
+        size, files = tree_totals(result.root, view.load_node)
         payload = RootPayload(entry=result.root, size=size, files=files)
         record = view.sign(self.secrets, theirs[-1][0], payload, now_ns)
 
@@ -306,12 +334,14 @@ class Fabric:
         versions = [v for v in self.device.state.versions(view.row.id) if v.version <= published]
         cids = self._objects(view, versions)
         # the local store, or a replica: what it lacks is fetched (not kept), a damaged copy of its own replaced
-        store = FabricStore(self.device.store_local, lambda: self.swarm, keep=False)
+        store = self.store(Priority.REPAIR, keep=False)
+        healed = store.healed
         placement = self._place(view, cids, store.get, verify=True)
         if placement.copies:
             log.info("%s: %d copies made to bring %d objects back to %d edges", view.row.name, placement.copies,
                      len(cids), self.config.replicas)  # fmt: skip
-        return {"checked": len(cids), "copied": placement.copies, "damaged": placement.damaged, "healed": store.healed}
+        healed = store.healed - healed
+        return {"checked": len(cids), "copied": placement.copies, "damaged": placement.damaged, "healed": healed}
 
     def _objects(
         self, view: PortalView, versions: list[VersionRow], by_number: dict[int, VersionRow] | None = None
@@ -319,25 +349,12 @@ class Fabric:
         """Every object ``versions`` reach; with ``by_number`` (the portal's versions), only what each of them
         does not share with the version before it (a publish: section 14)."""
         objects: set[bytes] = set()
-        with self.fetching():  # a merged or an older version's nodes may be on the edges alone
-            for version in versions:
-                before = None if by_number is None else by_number.get(version.version - 1)
-                base = None if before is None else view.root(before).entry
-                view.changed_objects(view.root(version).entry, base, objects)
+        view = self._reading(view)  # a merged or an older version's nodes may be on the edges alone
+        for version in versions:
+            before = None if by_number is None else by_number.get(version.version - 1)
+            base = None if before is None else view.root(before).entry
+            view.changed_objects(view.root(version).entry, base, objects)
         return sorted(objects)
-
-    @contextmanager
-    def fetching(self) -> Iterator[None]:
-        """While inside, the device's store fetches what it lacks from the edges (and keeps it)."""
-        if isinstance(self.device.store, FabricStore):
-            yield
-            return
-        previous = self.device.store
-        self.device.attach_store(FabricStore(self.device.store_local, lambda: self.swarm))  # closed with the fabric
-        try:
-            yield
-        finally:
-            self.device.attach_store(previous)
 
     def _place(
         self, view: PortalView, cids: list[bytes], read: Callable[[bytes], bytes], verify: bool = False

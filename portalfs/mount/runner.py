@@ -31,6 +31,7 @@ from ..errors import MountError
 from ..portal import PortalView
 from ..root import RootPayload, RootRecord
 from ..runtime import hosting
+from ..store import ObjectStore
 from ..tree import Entry, new_root_entry
 from ..worktree.journal import writing
 from ..worktree.live import LiveTree
@@ -187,18 +188,21 @@ async def serve_mount(
     mountpoint: Path,
     extra_options: list[str],
     ready: Callable[[], None],
+    store: ObjectStore | None = None,
     prepare: Callable[[PortalView, Entry], object] | None = None,
     syncer: Callable[[PortalView], Syncer] | None = None,
 ) -> None:
     """Mount portal ``name`` (or its ``version``, read-only) at ``mountpoint`` until unmounted.
 
+    ``store`` is where the portal's objects are read and written (the device's
+    fabric's, which fetches what the device lacks; the local store if None).
     ``prepare`` is called with the version's root before the mount serves (a
     device on a fabric fetches the directories it lacks there), on a worker
     thread; ``syncer``, for a read-write mount on a fabric, makes the sync
     engine of the portal. The loop is the process's runtime (``portalfs.runtime``).
     """
     async with hosting():
-        view = PortalView.open(device, name, secrets)
+        view = PortalView.open(device, name, secrets, store)
         read_only = version is not None or "ro" in extra_options
         staging = device.home.staging / view.row.id.hex()
         with contextlib.ExitStack() as held:

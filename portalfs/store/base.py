@@ -28,12 +28,13 @@ from __future__ import annotations
 
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
+from enum import IntEnum
 from typing import Protocol, runtime_checkable
 
 from ..errors import CorruptObject
 from ..sealing import object_id
 
-__all__ = ["CachedReads", "ObjectStore", "Prefetching", "StoreStat", "check_object"]
+__all__ = ["CachedReads", "ObjectStore", "Prefetching", "Priority", "StoreStat", "check_object"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -73,11 +74,22 @@ class CachedReads(Protocol):
     def read_cached(self, cid: bytes) -> bytearray | None: ...
 
 
+class Priority(IntEnum):
+    """Why an object is fetched, most urgent first: a fetching store serves a waiting read before read-ahead,
+    and both before a sync's or a repair's walk (docs/design.md, section 14)."""
+
+    FOREGROUND = 0  # a read that waits for it (a mount's request, a directory a mount needs, `get`)
+    READAHEAD = 1  # what a reader will ask for next
+    STAGING = 2  # a file opened for writing, copied to staging
+    PULL = 3  # a sync: the trees it merges and walks
+    REPAIR = 4  # a repair's copies
+
+
 @runtime_checkable
 class Prefetching(Protocol):
     """A store that fetches what it lacks from elsewhere: ``prefetch`` brings many ids in at once, in parallel."""
 
-    def prefetch(self, cids: Sequence[bytes]) -> int: ...
+    def prefetch(self, cids: Sequence[bytes], priority: Priority = Priority.READAHEAD) -> int: ...
 
 
 def check_object(cid: bytes, data: bytes | bytearray) -> None:

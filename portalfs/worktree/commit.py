@@ -236,8 +236,8 @@ def checkpoint(
     device = view.device
     with device.exclusive():
         for sealed in journaled_objects or ():
-            device.store.put(object_id(sealed), sealed, durable=False)  # synced by execute
-        sealer = Sealer(device.store, secrets.identity.convergence_secret, view.keys.tree_secret)
+            view.store.put(object_id(sealed), sealed, durable=False)  # synced by execute
+        sealer = Sealer(view.store, secrets.identity.convergence_secret, view.keys.tree_secret)
         result = execute(plan, sealer, view.load_node, totals)
         payload = RootPayload(result.root, result.size, result.files)
         record = view.sign(secrets, head, payload, now_ns)
@@ -267,14 +267,14 @@ def journal_file(
     device = view.device
     inline = chunks is None and _content_size(content) <= CDC_MIN
     with device.exclusive():
-        sealer = Sealer(device.store, secrets.identity.convergence_secret, view.keys.tree_secret, keep=inline)
+        sealer = Sealer(view.store, secrets.identity.convergence_secret, view.keys.tree_secret, keep=inline)
         if chunks is None:
             ref, size = sealer.seal_file(content)
         else:
             refs = chunks()
             ref, size = build_file(refs, sealer.store_node) if refs else (None, 0)
         if not inline:
-            device.store.sync()
+            view.store.sync()
         with device.state.transaction():
             seq = device.state.add_journal(view.row.id, base, record(ref, size, sealer.sealed))
     return ref, size, seq, sealer.sealed

@@ -115,7 +115,7 @@ def replay_journal(view: PortalView, secrets: Unlocked, now_ns: int) -> int:
     workspace = Workspace(root, view.load_node, view.device.home.staging / "replay")
     for _, _, data in rows:
         chain, objects = decode_record(data)
-        restore_objects(view.device.store, objects)
+        restore_objects(view.store, objects)
         apply_record(workspace, chain)
     plan = snapshot(workspace, lambda inode: True)
     if plan is None:

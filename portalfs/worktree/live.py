@@ -34,6 +34,7 @@ from ..device import Unlocked
 from ..errors import IntegrityError, MissingObject, PortalError
 from ..portal import PortalView
 from ..root import RootPayload, RootRecord
+from ..store.base import Priority
 from .commit import abandon, apply, checkpoint, journal_file, snapshot, staged_inodes
 from .journal import encode_record, journal_chain
 from .reader import ContentReader
@@ -265,7 +266,7 @@ class LiveTree:
                 for start in range(0, len(refs), STAGE_BATCH):
                     batch = refs[start : start + STAGE_BATCH]
                     # a file the device lacks comes from the edges a batch at a time, in parallel
-                    await trio.to_thread.run_sync(self.view.prefetch, batch)
+                    await trio.to_thread.run_sync(self.view.prefetch, batch, Priority.STAGING)
                     for ref in batch:
                         out.write(await self.reader.chunk(ref))
         except BaseException:
@@ -284,7 +285,7 @@ class LiveTree:
             stream.grow(node.size)
         elif node.size >= STREAM_FROM and node.writers == 1 and self.secrets is not None and node.staging is not None:
             stream = self._streams[node.ino] = StreamingSeal(
-                self.view.device.store, self.secrets.identity.convergence_secret, node.staging
+                self.view.store, self.secrets.identity.convergence_secret, node.staging
             )
             stream.grow(node.size)
 

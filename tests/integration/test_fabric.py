@@ -260,14 +260,14 @@ def test_two_devices_that_wrote_at_once_are_merged_and_a_true_conflict_keeps_bot
     (on_a / "a.txt").write_text("new on a\n")
     (on_a / "sub" / "d.txt").write_text("d on a\n")  # one directory changed on both sides, other files
     ok(a, "put", "notes", f"{on_a}/")
-    with mounted(b, "notes", tmp_path / "mnt-b") as mnt:  # b: two versions made in a mount
+    ok(a, "sync")  # a publishes first: b's mounts cannot publish theirs, and the versions wait on b
+    with mounted(b, "notes", tmp_path / "mnt-b") as mnt:  # b: versions made in a mount
         (mnt / "x.txt").write_text("from b\n")
         (mnt / "b.txt").write_text("new on b\n")
         (mnt / "c.txt").unlink()  # deleted on b only
         (mnt / "sub" / "e.txt").write_text("e on b\n")
     with mounted(b, "notes", tmp_path / "mnt-b") as mnt:
         (mnt / "later.txt").write_text("a second unpublished version on b\n")
-    ok(a, "sync")
     synced = json.loads(ok(b, "sync", "--json"))
     assert synced[0]["version"] == 3 and synced[0]["pulled"] == 1 and synced[0]["published"] == 1
     ok(a, "sync")  # a takes the merge
@@ -303,6 +303,34 @@ def test_a_second_device_mounts_the_portal_and_reads_chunks_it_never_had(tmp_pat
     assert json.loads(ok(b, "sync", "--json"))[0]["pulled"] == 1
     ok(b, "get", "docs", str(tmp_path / "later.txt"), "--path", "later.txt")
     assert (tmp_path / "later.txt").read_text() == "written on a\n"
+
+
+@needs_fuse
+def test_a_read_write_mount_publishes_what_it_commits_and_a_sync_beside_it_leaves_it_alone(
+    tmp_path: Path, lab: FabricLab
+) -> None:
+    a, words = _device(tmp_path, "a", lab)
+    b, _ = _device(tmp_path, "b", lab, words)
+    ok(a, "portal", "create", "live")
+    ok(a, "sync")  # the keyring names it now
+    ok(b, "sync")  # b follows it, with no version yet
+    with mounted(a, "live", tmp_path / "mnt-a") as mnt:  # no portald: the mount publishes by itself
+        (mnt / "note.txt").write_text("closed on a\n")
+        deadline = time.monotonic() + 30
+        while not json.loads(ok(b, "sync", "--json"))[0]["pulled"]:
+            assert time.monotonic() < deadline, "the mount did not publish within 30 s"
+            time.sleep(0.1)
+        ok(b, "get", "live", str(tmp_path / "on-b.txt"), "--path", "note.txt")
+        assert (tmp_path / "on-b.txt").read_text() == "closed on a\n"
+        beside = json.loads(ok(a, "sync", "--json"))[0]  # the mount holds the portal's sync claim
+        assert beside["elsewhere"] is True and beside["published"] == 0
+        assert "its read-write mount syncs it" in ok(a, "sync", "live")
+        (mnt / "last.txt").write_text("written just before the unmount\n")
+    after = json.loads(ok(a, "sync", "--json"))[0]  # the unmount's last version was published by the mount
+    assert after["published"] == 0 and "elsewhere" not in after
+    ok(b, "sync")
+    ok(b, "get", "live", str(tmp_path / "last.txt"), "--path", "last.txt")
+    assert (tmp_path / "last.txt").read_text() == "written just before the unmount\n"
 
 
 @needs_fuse

@@ -11,6 +11,7 @@ from portalfs.fabric.cache import FetchCache
 from portalfs.fabric.store import FabricStore
 from portalfs.sealing import object_id
 from portalfs.store import LocalStore
+from portalfs.store.base import Priority
 
 KIB = 1024
 
@@ -56,14 +57,14 @@ class FakeSwarm:
         self.objects = objects
         self.fetches = 0
 
-    def get(self, cid: bytes) -> bytes:
+    def get(self, cid: bytes, priority: Priority = Priority.FOREGROUND) -> bytes:
         self.fetches += 1
         try:
             return self.objects[cid]
         except KeyError:
             raise MissingObject(cid.hex()) from None
 
-    def get_many(self, cids: list[bytes]) -> dict[bytes, bytes]:
+    def get_many(self, cids: list[bytes], priority: Priority = Priority.FOREGROUND) -> dict[bytes, bytes]:
         return {cid: self.get(cid) for cid in cids}
 
     def close(self) -> None:
@@ -90,4 +91,5 @@ def test_a_store_that_fetches_drops_what_it_fetched_past_its_limit_and_nothing_i
     for blob in blobs[1:]:  # dropped ones come back from the edges, byte for byte
         assert store.get(object_id(blob)) == blob
     assert swarm.fetches > fetches
-    store.close()
+    cache.close()
+    local.close()

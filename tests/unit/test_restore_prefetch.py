@@ -17,7 +17,7 @@ from portalfs.paths import DeviceHome
 from portalfs.portal import PortalView
 from portalfs.restore import PREFETCH_BATCH, Restorer
 from portalfs.store import LocalStore
-from portalfs.store.base import Prefetching
+from portalfs.store.base import Prefetching, Priority
 from portalfs.worktree.live import LiveTree
 
 NOW = 1_700_000_000_000_000_000
@@ -32,12 +32,12 @@ class RemoteObjects:
         self.single: list[bytes] = []
         self._lock = threading.Lock()
 
-    def get(self, cid: bytes) -> bytes:
+    def get(self, cid: bytes, priority: Priority = Priority.FOREGROUND) -> bytes:
         with self._lock:
             self.single.append(cid)
         return self.remote.get(cid)
 
-    def get_many(self, cids: Sequence[bytes]) -> dict[bytes, bytes]:
+    def get_many(self, cids: Sequence[bytes], priority: Priority = Priority.FOREGROUND) -> dict[bytes, bytes]:
         with self._lock:
             self.batches.append(list(cids))
         return {cid: self.remote.get(cid) for cid in cids}
@@ -73,8 +73,7 @@ def _remote_portal(tmp_path: Path, device: Device, keep: bool) -> tuple[PortalVi
     swarm = RemoteObjects(remote)
     store = FabricStore(local, lambda: swarm, keep=keep)  # type: ignore[arg-type,return-value]
     assert isinstance(store, Prefetching)
-    device.attach_store(store)
-    return PortalView.open(device, "big", secrets), swarm, src / "big.bin"
+    return PortalView.open(device, "big", secrets, store), swarm, src / "big.bin"
 
 
 def _each_chunk_once_in_batches(swarm: RemoteObjects) -> list[bytes]:
