@@ -28,7 +28,17 @@ from .pipeline import ChunkPipeline, store_sealed
 from .sealing import ChunkRef
 from .state import CachedFile, StateDB
 from .store import ObjectStore
-from .tree import Entry, NodeLoader, build_file, decode_dir, encode_dir, new_root_entry, validate_name
+from .tree import (
+    SPECIAL_TYPES,
+    Entry,
+    NodeLoader,
+    build_file,
+    decode_dir,
+    encode_dir,
+    holds_links,
+    new_root_entry,
+    validate_name,
+)
 
 __all__ = ["Ingester", "IngestStats", "tree_totals"]
 
@@ -42,6 +52,7 @@ class IngestStats:
     files: int = 0
     dirs: int = 0
     symlinks: int = 0
+    special: int = 0  # FIFOs, sockets and device nodes, kept as nodes
     skipped: int = 0
     bytes_read: int = 0
     bytes_reused: int = 0
@@ -184,6 +195,10 @@ class Ingester:
         if stat.S_ISLNK(st.st_mode):
             self.stats.symlinks += 1
             return _entry(name, st, {}, target=os.readlink(path))
+        if stat.S_IFMT(st.st_mode) in SPECIAL_TYPES:  # the node itself: nothing is read from it
+            self.stats.special += 1
+            device = stat.S_ISCHR(st.st_mode) or stat.S_ISBLK(st.st_mode)
+            return _entry(name, st, _read_xattrs(path), rdev=st.st_rdev if device else 0)
         if stat.S_ISDIR(st.st_mode):
             pending = _PendingDir(name, st, _read_xattrs(path))
             self.stats.dirs += 1
@@ -197,7 +212,7 @@ class Ingester:
                     pending.children.append(item)
             return pending
         self.stats.skipped += 1
-        self._warn(f"skipping {os.fsdecode(path)}: not a regular file, directory or symlink")
+        self._warn(f"skipping {os.fsdecode(path)}: not a file type a portal keeps")
         return None
 
     # phase 2: finish bottom-up
@@ -303,6 +318,7 @@ class Ingester:
             self._now_ns,
             node=root_node,
             xattrs=previous.xattrs,
+            links=holds_links(entries.values()),  # what the put kept of the version before may hold hard links
         )
 
     def remember_files(self) -> None:

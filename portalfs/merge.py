@@ -9,7 +9,11 @@ is taken once; a directory changed on both sides is merged inside; a file (or
 a symlink, or a file against a directory) changed differently on both sides is
 a true conflict, and both are kept: theirs under its name, ours beside it as
 ``name (conflict DEVICE YYYY-MM-DD).ext``. A deletion on one side against a
-change on the other keeps the change. Nothing but the two callables touches
+change on the other keeps the change. Each name of a hard-linked file is
+merged as a file; a conflict copy is a file of its own (it leaves the link
+group), and a link group whose names came out with different content or
+metadata is split, one group per variant, so that no name's bytes are hidden
+behind another's (``split_links``). Nothing but the two callables touches
 storage: nodes are read with ``load_node`` and new directory nodes written
 with ``store_node``. See docs/design.md, "Sync".
 """
@@ -22,7 +26,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from .sealing import ChunkRef
-from .tree import Entry, decode_dir, encode_dir
+from .tree import Entry, decode_dir, encode_dir, holds_links
 
 __all__ = ["MergeResult", "merge_trees", "conflict_name"]
 
@@ -62,7 +66,51 @@ def merge_trees(
     """Merge the root directories ``ours`` and ``theirs`` over ``base`` (None: they share no version)."""
     merger = _Merger(load_node, store_node, rename)
     root = merger.directory(base, ours, theirs, b"")
-    return MergeResult(root, merger.conflicts)
+    return MergeResult(split_links(root, load_node, store_node), merger.conflicts)
+
+
+def _variant(entry: Entry) -> tuple[object, ...]:
+    """What the names of one hard-linked file must share: everything but the name."""
+    return (entry.mode, entry.uid, entry.gid, entry.mtime_ns, entry.ctime_ns, entry.size, entry.node, entry.target,
+            tuple(sorted(entry.xattrs.items())), entry.rdev)  # fmt: skip
+
+
+def split_links(root: Entry, load_node: NodeLoader, store_node: NodeStorer) -> Entry:
+    """``root`` with every link group whose names differ split into one group per variant (a variant with one
+    name leaves its group), walking only the directories that hold links."""
+    variants: dict[bytes, dict[tuple[object, ...], int]] = {}  # link -> variant -> names
+
+    def collect(entry: Entry) -> None:
+        if entry.is_dir and entry.links and entry.node is not None:
+            for child in decode_dir(load_node(entry.node)):
+                if child.link is not None:
+                    seen = variants.setdefault(child.link, {})
+                    seen[_variant(child)] = seen.get(_variant(child), 0) + 1
+                collect(child)
+
+    collect(root)
+    new_ids: dict[tuple[bytes, tuple[object, ...]], bytes | None] = {}
+    for link, seen in variants.items():
+        for i, (variant, names) in enumerate(seen.items()):
+            if names < 2:
+                new_ids[(link, variant)] = None
+            elif i > 0:
+                new_ids[(link, variant)] = os.urandom(len(link))
+    if not new_ids:
+        return root
+
+    def rewrite(entry: Entry) -> Entry:
+        if not (entry.is_dir and entry.links and entry.node is not None):
+            return entry
+        children = []
+        for child in decode_dir(load_node(entry.node)):
+            if child.link is not None and (child.link, _variant(child)) in new_ids:
+                child = dataclasses.replace(child, link=new_ids[(child.link, _variant(child))])
+            child = rewrite(child)
+            children.append(child)
+        return dataclasses.replace(entry, node=store_node(encode_dir(children)), links=holds_links(children))
+
+    return rewrite(root)
 
 
 class _Merger:
@@ -73,14 +121,14 @@ class _Merger:
         self.conflicts: list[str] = []
 
     def _same(self, a: Entry | None, b: Entry | None) -> bool:
-        """The same content: kind and mode, bytes, link target, xattrs; for a directory, the same in it.
+        """The same content: kind and mode, bytes, link target, xattrs, device number; for a directory, the same in it.
 
         Times and owners are not compared: a file copied out and put back, or
         put by another user, is not a change.
         """
         if a is None or b is None:
             return a is b
-        if (a.mode, a.size, a.target, a.xattrs) != (b.mode, b.size, b.target, b.xattrs):
+        if (a.mode, a.size, a.target, a.xattrs, a.rdev) != (b.mode, b.size, b.target, b.xattrs, b.rdev):
             return False
         if a.node == b.node or not a.is_dir:
             return a.node == b.node
@@ -113,8 +161,9 @@ class _Merger:
                 out[name] = mine  # changed here, deleted there: the change stands
             else:
                 beside = self._rename(name, set(out) | set(o))
-                out[beside] = dataclasses.replace(mine, name=beside)
+                out[beside] = dataclasses.replace(mine, name=beside, link=None)  # a file of its own
                 self.conflicts.append(os.fsdecode(path + beside))
         if out == t:
             return theirs
-        return dataclasses.replace(theirs, node=self._store(encode_dir(list(out.values()))))
+        node = self._store(encode_dir(list(out.values())))
+        return dataclasses.replace(theirs, node=node, links=holds_links(out.values()))

@@ -16,12 +16,13 @@ from typing import BinaryIO
 from .device import Device, Unlocked
 from .errors import NotFound
 from .ingest import Ingester, IngestStats, tree_totals
+from .merge import split_links
 from .pipeline import store_sealed
 from .root import PortalKeys, RootPayload, RootRecord, make_root_record, verify_chain
 from .sealing import ChunkRef, unseal
 from .state import PortalRow, VersionRow
 from .store.base import ObjectStore, Prefetching, Priority
-from .tree import Entry, decode_dir, encode_dir, iter_file_chunks
+from .tree import Entry, decode_dir, encode_dir, holds_links, iter_file_chunks
 
 __all__ = ["PortalView", "VerifyReport"]
 
@@ -192,9 +193,11 @@ class PortalView:
                 children[names[0]] = place(children[names[0]], names[1:])
             else:
                 raise NotFound(f"{path!r}: its parent directory is not in the newest version")
-            return dataclasses.replace(directory, node=store_node(encode_dir(list(children.values()))), mtime_ns=now_ns)
+            node = store_node(encode_dir(list(children.values())))
+            return dataclasses.replace(directory, node=node, mtime_ns=now_ns, links=holds_links(children.values()))
 
-        root = place(self.root(head).entry, parts)
+        # an old name of a hard-linked file may differ from its group now: it becomes a file of its own
+        root = split_links(place(self.root(head).entry, parts), self.load_node, store_node)
         return self._record(secrets, head, root, now_ns)
 
     def _record(

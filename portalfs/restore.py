@@ -34,6 +34,7 @@ class RestoreStats:
     files: int = 0
     dirs: int = 0
     symlinks: int = 0
+    special: int = 0  # FIFOs, sockets and device nodes made
     bytes: int = 0
 
 
@@ -51,6 +52,7 @@ class Restorer:
         self._workers = workers or os.cpu_count() or 2
         self._progress = progress or (lambda n: None)
         self._as_root = os.geteuid() == 0
+        self._linked: dict[bytes, Path] = {}  # link group -> the path its first name was restored at
 
     def restore(self, entry: Entry, dest: Path) -> None:
         """Restore ``entry`` at ``dest``; an existing directory ``dest`` receives it by name.
@@ -80,6 +82,13 @@ class Restorer:
             self._fill_dir(pool, entry, path)
         elif exists and not self.overwrite:
             self._refuse(path)
+        elif entry.link is not None and entry.link in self._linked:  # another name of a file restored here
+            tmp = path.with_name(f".{path.name}.portal-tmp")
+            if os.path.lexists(tmp):
+                os.unlink(tmp)
+            os.link(self._linked[entry.link], tmp, follow_symlinks=False)
+            os.replace(tmp, path)
+            return
         elif entry.is_file:
             self._write_file(pool, entry, path)
         elif entry.is_symlink:
@@ -90,6 +99,15 @@ class Restorer:
             os.symlink(entry.target, tmp)
             os.replace(tmp, path)
             self.stats.symlinks += 1
+        elif entry.is_special:
+            tmp = path.with_name(f".{path.name}.portal-tmp")
+            if os.path.lexists(tmp):
+                os.unlink(tmp)
+            os.mknod(tmp, entry.mode, entry.rdev)  # a device node needs root (CAP_MKNOD): EPERM otherwise
+            os.replace(tmp, path)
+            self.stats.special += 1
+        if entry.link is not None:
+            self._linked[entry.link] = path  # its other names become hard links to it
         self._apply_meta(entry, path)
 
     def _refuse(self, path: Path) -> None:

@@ -6,6 +6,7 @@ versions. Metadata lives in the parent's entry, content in the child node: two
 files with the same bytes share one file node whatever their names or modes.
 
     dir node   {"v": 1, "t": "dir",   "entries": [Entry...]}         sorted by name, unique
+             | {"v": 2, "t": "dir",   "entries": [Entry...]}         when it holds a special file or a link
     file node  {"v": 1, "t": "file",  "size": n, "chunks": [Ref...]}  at most FANOUT refs
              | {"v": 1, "t": "file",  "size": n, "index": [[Ref, span]...]}
     index node {"v": 1, "t": "index", "chunks": [Ref...]} | {"v": 1, "t": "index", "index": [[Ref, span]...]}
@@ -13,6 +14,10 @@ files with the same bytes share one file node whatever their names or modes.
                 ["size": n, "node": Ref]       regular file (no "node" when n == 0)
                 ["node": Ref]                  directory
                 ["target": bytes]              symlink
+                                               FIFO, socket: nothing more (v2 directories only)
+                ["rdev": int]                  character or block device (v2 directories only)
+                ["link": bytes(8)]             a name of a hard-linked file: its link group (v2 only)
+                ["links": true]                a directory whose subtree holds hard links (v2 only)
                 ["xattrs": {bytes: bytes}]}    only when not empty
     Ref        [cid, key, pid, length]         see sealing.ChunkRef
 
@@ -23,7 +28,7 @@ from __future__ import annotations
 
 import itertools
 import stat
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -48,6 +53,10 @@ __all__ = [
 ]
 
 NODE_VERSION = 1
+SPECIAL_NODE_VERSION = 2  # a directory node with special files or hard links in it (version-1 readers refuse it)
+LINK_ID_SIZE = 8
+DIR_VERSIONS = (NODE_VERSION, SPECIAL_NODE_VERSION)
+SPECIAL_TYPES = (stat.S_IFIFO, stat.S_IFSOCK, stat.S_IFCHR, stat.S_IFBLK)
 FANOUT = 1024  # refs per file or index node
 NAME_MAX = 255
 
@@ -81,6 +90,15 @@ class FileKind:
     def is_symlink(self) -> bool:
         return stat.S_ISLNK(self.mode)
 
+    @property
+    def is_special(self) -> bool:
+        """A FIFO, a socket, or a character or block device: a name and a mode (and a device number), no content."""
+        return stat.S_IFMT(self.mode) in SPECIAL_TYPES
+
+    @property
+    def is_device(self) -> bool:
+        return stat.S_ISCHR(self.mode) or stat.S_ISBLK(self.mode)
+
 
 @dataclass(frozen=True, slots=True)
 class Entry(FileKind):
@@ -96,6 +114,14 @@ class Entry(FileKind):
     node: ChunkRef | None = None
     target: bytes | None = None
     xattrs: dict[bytes, bytes] = field(default_factory=dict)
+    rdev: int = 0  # a device's number (st_rdev)
+    link: bytes | None = None  # a hard-linked name: the group of names that are one file
+    links: bool = False  # a directory whose subtree holds hard-linked names
+
+    @property
+    def needs_v2(self) -> bool:
+        """Whether a directory node holding this entry must be version 2."""
+        return self.is_special or self.link is not None or self.links
 
     def to_cbor(self) -> dict[str, Any]:
         out: dict[str, Any] = {
@@ -112,6 +138,12 @@ class Entry(FileKind):
             out["node"] = self.node.to_cbor()
         if self.target is not None:
             out["target"] = self.target
+        if self.is_device:
+            out["rdev"] = self.rdev
+        if self.link is not None:
+            out["link"] = self.link
+        if self.links:
+            out["links"] = True
         if self.xattrs:
             out["xattrs"] = dict(self.xattrs)
         return out
@@ -121,7 +153,8 @@ class Entry(FileKind):
         """Parse and validate an entry. ``allow_new_dir``: a directory may lack its node (journal records)."""
         if not isinstance(value, dict):
             raise ValueError("an entry is a map")
-        known = {"name", "mode", "uid", "gid", "mtime", "ctime", "size", "node", "target", "xattrs"}
+        known = {"name", "mode", "uid", "gid", "mtime", "ctime", "size", "node", "target", "xattrs", "rdev", "link",
+                 "links"}  # fmt: skip
         if set(value) - known:
             raise ValueError(f"unknown entry fields {sorted(set(value) - known)}")
         name = value["name"]
@@ -150,9 +183,28 @@ class Entry(FileKind):
         elif stat.S_ISLNK(mode):
             if not isinstance(target, bytes) or node is not None or "size" in value:
                 raise ValueError("a symlink entry has a target and nothing else")
+        elif stat.S_IFMT(mode) in SPECIAL_TYPES:
+            device = stat.S_ISCHR(mode) or stat.S_ISBLK(mode)
+            rdev = value.get("rdev")
+            if node is not None or target is not None or "size" in value or (rdev is not None) != device:
+                raise ValueError("a FIFO or socket entry has no content; a device entry has an rdev and no content")
+            if device and not (isinstance(rdev, int) and rdev >= 0):
+                raise ValueError("a device number is a non-negative integer")
         else:
             raise ValueError(f"unsupported file type in mode {mode:#o}")
-        return cls(name, mode, value["uid"], value["gid"], value["mtime"], value["ctime"], size, node, target, xattrs)
+        if "rdev" in value and stat.S_IFMT(mode) not in SPECIAL_TYPES:
+            raise ValueError("only a device entry has an rdev")
+        rdev = value.get("rdev", 0)
+        link = value.get("link")
+        if link is not None and (not isinstance(link, bytes) or len(link) != LINK_ID_SIZE or stat.S_ISDIR(mode)):
+            raise ValueError(f"a link group is {LINK_ID_SIZE} bytes, on an entry that is not a directory")
+        links = value.get("links", False)
+        if "links" in value and (links is not True or not stat.S_ISDIR(mode)):
+            raise ValueError("only a directory entry says that hard links are below it, as true")
+        return cls(
+            name, mode, value["uid"], value["gid"], value["mtime"], value["ctime"], size, node, target, xattrs, rdev,
+            link, links,
+        )  # fmt: skip
 
 
 def new_root_entry(now_ns: int, uid: int, gid: int) -> Entry:
@@ -160,31 +212,43 @@ def new_root_entry(now_ns: int, uid: int, gid: int) -> Entry:
     return Entry(b"", stat.S_IFDIR | 0o755, uid, gid, now_ns, now_ns)
 
 
-def _decode_node(plaintext: bytes, expected: tuple[str, ...]) -> dict[str, Any]:
+def _decode_node(
+    plaintext: bytes, expected: tuple[str, ...], versions: tuple[int, ...] = (NODE_VERSION,)
+) -> dict[str, Any]:
     try:
         node = encoding.decode(plaintext)
     except encoding.DecodeError as exc:
         raise ValueError(str(exc)) from exc
-    if not isinstance(node, dict) or node.get("v") != NODE_VERSION or node.get("t") not in expected:
-        raise ValueError(f"not a version-{NODE_VERSION} {'/'.join(expected)} node")
+    if not isinstance(node, dict) or node.get("v") not in versions or node.get("t") not in expected:
+        raise ValueError(f"not a version-{'/'.join(map(str, versions))} {'/'.join(expected)} node")
     return node
 
 
+def holds_links(children: Iterable[Entry]) -> bool:
+    """Whether a directory with ``children`` says ``links``: a hard-linked name in it, or below it."""
+    return any(child.link is not None or child.links for child in children)
+
+
 def encode_dir(entries: list[Entry]) -> bytes:
+    """A directory node: version 1, or 2 when it holds a special file (so that trees without any stay
+    byte for byte what they were, and share their objects with older versions)."""
     ordered = sorted(entries, key=lambda e: validate_name(e.name))
     for a, b in itertools.pairwise(ordered):
         if a.name == b.name:
             raise ValueError(f"duplicate entry name {a.name!r}")
-    return encoding.encode({"v": NODE_VERSION, "t": "dir", "entries": [e.to_cbor() for e in ordered]})
+    version = SPECIAL_NODE_VERSION if any(e.needs_v2 for e in ordered) else NODE_VERSION
+    return encoding.encode({"v": version, "t": "dir", "entries": [e.to_cbor() for e in ordered]})
 
 
 def decode_dir(plaintext: bytes) -> list[Entry]:
     """Parse a directory node; raise CorruptObject when it is not a valid one."""
     try:
-        node = _decode_node(plaintext, ("dir",))
+        node = _decode_node(plaintext, ("dir",), DIR_VERSIONS)
         if set(node) != {"v", "t", "entries"} or not isinstance(node["entries"], list):
             raise ValueError("malformed directory node")
         entries = [Entry.from_cbor(e) for e in node["entries"]]
+        if node["v"] == NODE_VERSION and any(e.needs_v2 for e in entries):
+            raise ValueError("a version-1 directory node holds no special files or links")
         names = [e.name for e in entries]
         if names != sorted(set(names)):
             raise ValueError("directory entries are not sorted and unique")

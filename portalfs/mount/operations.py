@@ -90,7 +90,7 @@ class PortalOperations(pyfuse3.Operations):
         self.read_only = tree.read_only
         self._newer = newer
         self.workspace = tree.workspace
-        self._dir_handles: dict[int, list[Inode]] = {}
+        self._dir_handles: dict[int, tuple[Inode, list[tuple[bytes, Inode]]]] = {}
         self._reported: set[str] = set()
 
     # lifecycle
@@ -142,7 +142,7 @@ class PortalOperations(pyfuse3.Operations):
         a.st_nlink = self.workspace.nlink(inode)
         a.st_uid = inode.uid
         a.st_gid = inode.gid
-        a.st_rdev = 0
+        a.st_rdev = inode.rdev
         a.st_size = 4096 if inode.is_dir else inode.size
         a.st_blksize = 128 * 1024
         a.st_blocks = (a.st_size + 511) // 512
@@ -210,8 +210,18 @@ class PortalOperations(pyfuse3.Operations):
         return node.target
 
     @_translated
-    async def mknod(self, parent_inode: int, name: bytes, mode: int, rdev: int, ctx: pyfuse3.RequestContext) -> Any:
-        raise FsError(errno.EPERM)  # only files, directories and symlinks live in a portal
+    @_changes
+    async def mknod(
+        self, parent_inode: int, name: bytes, mode: int, rdev: int, ctx: pyfuse3.RequestContext
+    ) -> pyfuse3.EntryAttributes:
+        """A FIFO, a socket (bind), a device node, or an empty file: the kernel serves the special ones."""
+        parent = self.workspace.get(parent_inode)
+        perm = stat.S_IMODE(mode) & ~ctx.umask
+        inode = self.workspace.mknod(
+            parent, name, stat.S_IFMT(mode) | perm, rdev, ctx.uid, self._new_gid(parent, ctx), now_ns()
+        )
+        inode.lookups += 1
+        return self._attrs(inode)
 
     @_translated
     @_changes
@@ -261,8 +271,14 @@ class PortalOperations(pyfuse3.Operations):
         self.tree.collect_garbage()
 
     @_translated
-    async def link(self, inode: int, new_parent: int, new_name: bytes, ctx: pyfuse3.RequestContext) -> Any:
-        raise FsError(errno.EPERM)  # a tree entry is one name: no hard links
+    @_changes
+    async def link(
+        self, inode: int, new_parent: int, new_name: bytes, ctx: pyfuse3.RequestContext
+    ) -> pyfuse3.EntryAttributes:
+        node = self.workspace.get(inode)
+        self.workspace.link(node, self.workspace.get(new_parent), new_name, now_ns())
+        node.lookups += 1
+        return self._attrs(node)
 
     # directories
 
@@ -271,17 +287,17 @@ class PortalOperations(pyfuse3.Operations):
         directory = self.workspace.get(inode)
         fh = self.tree.new_fh()
         # A snapshot: offsets stay stable whatever changes while it is read.
-        self._dir_handles[fh] = sorted(self.workspace.children(directory).values(), key=lambda c: c.name)
+        self._dir_handles[fh] = directory, sorted(self.workspace.children(directory).items())
         return fh
 
     @_translated
     async def readdir(self, fh: int, start_id: int, token: pyfuse3.ReaddirToken) -> None:
-        entries = self._dir_handles[fh]
+        directory, entries = self._dir_handles[fh]
         for index in range(start_id, len(entries)):
-            child = entries[index]
-            if child.unlinked:
+            name, child = entries[index]
+            if child.unlinked or (directory.children or {}).get(name) is not child:  # gone since the opendir
                 continue
-            if not pyfuse3.readdir_reply(token, child.name, self._attrs(child), index + 1):
+            if not pyfuse3.readdir_reply(token, name, self._attrs(child), index + 1):
                 break
             child.lookups += 1
 
@@ -365,7 +381,9 @@ class PortalOperations(pyfuse3.Operations):
 
     @_translated
     async def statfs(self, ctx: pyfuse3.RequestContext) -> pyfuse3.StatvfsData:
-        host = os.statvfs(self.view.device.home.store)
+        host = os.statvfs(
+            self.view.device.home.data
+        )  # the filesystem that holds PORTAL_HOME (and, once made, its store)
         s = pyfuse3.StatvfsData()
         s.f_bsize = host.f_bsize
         s.f_frsize = host.f_frsize

@@ -26,7 +26,7 @@ from ..portal import PortalView
 from ..root import RootPayload, RootRecord
 from ..sealing import ChunkRef, object_id, seal
 from ..store import ObjectStore
-from ..tree import Entry, NodeLoader, build_file, encode_dir
+from ..tree import Entry, NodeLoader, build_file, encode_dir, holds_links
 from .workspace import Inode, Workspace
 
 __all__ = ["FilePlan", "DirPlan", "snapshot", "execute", "CommitResult", "checkpoint", "journal_file"]
@@ -40,6 +40,7 @@ class FilePlan:
     content_gen: int
     ref: ChunkRef | None = None
     size: int = 0
+    first: FilePlan | None = None  # another name of a hard-linked file: sealed once, by its first name's plan
 
 
 @dataclass(slots=True)
@@ -70,33 +71,49 @@ def snapshot(workspace: Workspace, content_of: Callable[[Inode], bool]) -> DirPl
     if not (root.dirty or root.dirty_below):
         return None
     deferred: list[Inode] = []
-    plan = _plan_dir(workspace, root, content_of, deferred)
+    plan = _plan_dir(workspace, root, content_of, deferred, {})
     for inode in deferred:
         workspace.touch(inode)
     return plan
 
 
 def _plan_dir(
-    workspace: Workspace, inode: Inode, content_of: Callable[[Inode], bool], deferred: list[Inode]
+    workspace: Workspace,
+    inode: Inode,
+    content_of: Callable[[Inode], bool],
+    deferred: list[Inode],
+    linked: dict[int, FilePlan | None],
 ) -> DirPlan:
+    """``linked``: the hard-linked files planned so far, by inode (None: committed without new content)."""
     plan = DirPlan(inode, inode.entry())
     inode.committed_gen = inode.gen
     inode.dirty_below = False
-    for child in sorted(workspace.children(inode).values(), key=lambda c: c.name):
+    for name, child in sorted(workspace.children(inode).items()):
         child_plan: Entry | FilePlan | DirPlan
         if child.is_dir and child.children is not None and (child.dirty or child.dirty_below or child.node is None):
-            child_plan = _plan_dir(workspace, child, content_of, deferred)
+            child_plan = _plan_dir(workspace, child, content_of, deferred, linked)
+        elif child.is_file and child.others and child.ino in linked:  # a name after the first of a linked file
+            first = linked[child.ino]
+            entry = dataclasses.replace(child.entry(), name=name)
+            child_plan = (
+                entry if first is None else FilePlan(child, entry, first.staging, first.content_gen, first=first)
+            )
         elif child.is_file and child.staged and child.committed_content_gen != child.content_gen:
             if content_of(child):
                 content = bytes(child.memory) if child.memory is not None else str(child.staging)
-                child_plan = FilePlan(child, child.entry(), content, child.content_gen)
+                child_plan = FilePlan(child, dataclasses.replace(child.entry(), name=name), content, child.content_gen)
             else:
-                child_plan = child.entry()
+                child_plan = dataclasses.replace(child.entry(), name=name)
                 deferred.append(child)
         else:
-            child_plan = child.entry()
+            child_plan = dataclasses.replace(child.entry(), name=name)
+        if child.is_file and child.others and child.ino not in linked:
+            linked[child.ino] = child_plan if isinstance(child_plan, FilePlan) else None
         child.committed_gen = child.gen
         plan.children.append(child_plan)
+    # hard links below: the next mount loads this directory at once
+    inode.links = holds_links(c.entry if isinstance(c, (FilePlan, DirPlan)) else c for c in plan.children)
+    plan.entry = dataclasses.replace(plan.entry, links=inode.links)
     return plan
 
 
@@ -106,7 +123,7 @@ def staged_inodes(plan: DirPlan) -> list[Inode]:
     for child in plan.children:
         if isinstance(child, DirPlan):
             found.extend(staged_inodes(child))
-        elif isinstance(child, FilePlan):
+        elif isinstance(child, FilePlan) and child.first is None:
             found.append(child.inode)
     return found
 
@@ -189,7 +206,10 @@ def execute(plan: DirPlan, sealer: Sealer, load_node: NodeLoader, totals: dict[b
             if isinstance(child, DirPlan):
                 entry, s, f = run(child)
             elif isinstance(child, FilePlan):
-                child.ref, child.size = sealer.seal_file(child.staging)
+                if child.first is None:
+                    child.ref, child.size = sealer.seal_file(child.staging)
+                else:  # another name of a linked file: its first name's plan, earlier in the walk, sealed it
+                    child.ref, child.size = child.first.ref, child.first.size
                 entry = dataclasses.replace(child.entry, node=child.ref, size=child.size)
                 done.append(child)
                 s, f = child.size, 1

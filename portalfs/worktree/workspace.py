@@ -8,7 +8,12 @@ read from the version's chunks by the filesystem layer.
 
 No FUSE and no trio here: every method is synchronous, raises ``FsError(errno)``
 for the filesystem layer to translate, and takes the time as a parameter.
-Hard links are refused with EPERM: a tree entry is one name.
+FIFOs, sockets and device nodes are entries with a mode (and a device
+number): the kernel serves them, this tree only keeps them. A hard-linked
+file is one inode with several names (its first, ``name``/``parent``, and
+``others``); in the tree each name is an entry carrying the same link group
+id, and every directory above one says so (``links``), so that the workspace
+loads all of a group's names when it opens the tree (docs/design.md, "Tree").
 """
 
 from __future__ import annotations
@@ -22,7 +27,7 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 from ..sealing import ChunkRef
-from ..tree import NAME_MAX, Entry, FileKind, decode_dir
+from ..tree import LINK_ID_SIZE, NAME_MAX, Entry, FileKind, decode_dir
 
 __all__ = [
     "FsError",
@@ -62,6 +67,10 @@ class Inode(FileKind):
     node: ChunkRef | None = None  # committed content: a file or directory node
     target: bytes | None = None
     xattrs: dict[bytes, bytes] = field(default_factory=dict)
+    rdev: int = 0  # a device node's number
+    others: list[tuple[Inode, bytes]] = field(default_factory=list)  # (directory, name): its other hard links
+    link: bytes | None = None  # its link group in the tree, while it has several names
+    links: bool = False  # a directory: hard-linked names below it, as last committed
     children: dict[bytes, Inode] | None = None  # directories, once loaded
     subdirs: int = 0  # directories among ``children`` (for the link count)
     staging: Path | None = None  # files whose content changed: in a staging file,
@@ -86,6 +95,10 @@ class Inode(FileKind):
     def dirty(self) -> bool:
         return self.gen != self.committed_gen
 
+    @property
+    def names(self) -> int:
+        return 0 if self.parent is None else 1 + len(self.others)
+
     def entry(self) -> Entry:
         """This inode as a tree entry, with the content last committed."""
         return Entry(
@@ -99,6 +112,9 @@ class Inode(FileKind):
             node=self.node if (not self.is_file or self.committed_size > 0) else None,
             target=self.target,
             xattrs=dict(self.xattrs),
+            rdev=self.rdev if self.is_device else 0,
+            link=self.link if self.others else None,
+            links=self.links,
         )
 
 
@@ -131,8 +147,17 @@ class Workspace:
         self._next_ino = itertools.count(ROOT_INODE + 1)
         self.inodes: dict[int, Inode] = {}
         self.garbage: list[Path] = []
+        self._groups: dict[bytes, Inode] = {}  # link group -> its inode, for the names loaded so far
         self.root = self._inode_from_entry(root, None, ino=ROOT_INODE)
         self.root.lookups = 1
+        self._load_linked(self.root)
+
+    def _load_linked(self, directory: Inode) -> None:
+        """Load every directory whose subtree holds hard-linked names, so that each group is one inode."""
+        if directory.links:
+            for child in self.children(directory).values():
+                if child.is_dir:
+                    self._load_linked(child)
 
     # inodes
 
@@ -152,16 +177,30 @@ class Workspace:
             node=entry.node,
             target=entry.target,
             xattrs=dict(entry.xattrs),
+            rdev=entry.rdev,
+            link=entry.link,
+            links=entry.links,
         )
         self.inodes[inode.ino] = inode
+        if entry.link is not None:
+            self._groups.setdefault(entry.link, inode)
         return inode
 
     def adopt(self, parent: Inode, entry: Entry) -> Inode:
-        """Place ``entry`` (a committed subtree) under ``parent``, replacing what has its name."""
+        """Place ``entry`` (a committed subtree) under ``parent``, replacing what has its name. A name of a
+        hard-linked file that is loaded takes the entry's content and metadata for every name of it."""
+        group = None if entry.link is None or entry.is_dir else self._groups.get(entry.link)
+        if group is not None and not group.unlinked:
+            if self.children(parent).get(entry.name) is not group:
+                if entry.name in self.children(parent):
+                    self._gone(self._unlink_name(parent, entry.name))
+                self._link(parent, entry.name, group)
+            self._take(group, entry)
+            self.touch(group)
+            self.touch(parent)
+            return group
         if entry.name in self.children(parent):
-            old = self._unlink_name(parent, entry.name)
-            old.unlinked, old.parent = True, None
-            self._maybe_free(old)
+            self._gone(self._unlink_name(parent, entry.name))
         inode = self._inode_from_entry(entry, parent)
         self._link(parent, entry.name, inode)
         if inode.is_dir and inode.node is None:
@@ -180,12 +219,14 @@ class Workspace:
         if not directory.is_dir:
             raise FsError(errno.ENOTDIR)
         if directory.children is None:
-            loaded: dict[bytes, Inode] = {}
+            directory.children = {}
             if directory.node is not None:
                 for entry in decode_dir(self._load_node(directory.node)):
-                    loaded[entry.name] = self._inode_from_entry(entry, directory)
-            directory.children = loaded
-            directory.subdirs = sum(1 for child in loaded.values() if child.is_dir)
+                    linked = None if entry.link is None else self._groups.get(entry.link)
+                    if linked is not None and not entry.is_dir:  # another name of a file already loaded
+                        self._link(directory, entry.name, linked)
+                    else:
+                        self._link(directory, entry.name, self._inode_from_entry(entry, directory))
         return directory.children
 
     def lookup(self, parent: Inode, name: bytes) -> Inode:
@@ -204,17 +245,38 @@ class Workspace:
         if inode.is_dir:
             self.children(inode)  # loads it, counting subdirectories
             return 2 + inode.subdirs
-        return 0 if inode.unlinked else 1
+        return 0 if inode.unlinked else inode.names
 
     def _link(self, parent: Inode, name: bytes, inode: Inode) -> None:
-        self.children(parent)[name] = inode
-        inode.name, inode.parent = name, parent
+        """Give ``inode`` the name ``name`` in ``parent``: its first, or another hard link."""
+        siblings = parent.children if parent.children is not None else self.children(parent)
+        siblings[name] = inode
+        if inode.parent is None or (inode.parent is parent and inode.name == name):
+            inode.name, inode.parent = name, parent
+        else:
+            inode.others.append((parent, name))
         parent.subdirs += inode.is_dir
 
     def _unlink_name(self, parent: Inode, name: bytes) -> Inode:
+        """Take the name ``name`` in ``parent`` away from its inode; the inode keeps its other names (or has
+        no parent left)."""
         inode = self.children(parent).pop(name)
         parent.subdirs -= inode.is_dir
+        if inode.parent is parent and inode.name == name:
+            inode.parent = None
+            if inode.others:
+                inode.parent, inode.name = inode.others.pop(0)
+        else:
+            inode.others.remove((parent, name))
+        if not inode.others:
+            inode.link = None  # one name again: no group in the tree
         return inode
+
+    def _gone(self, inode: Inode) -> None:
+        """``inode`` lost a name: if it was its last, it is unlinked (and freed once nothing holds it)."""
+        if inode.parent is None:
+            inode.unlinked = True
+            self._maybe_free(inode)
 
     def forget(self, inode: Inode, count: int) -> None:
         inode.lookups = max(0, inode.lookups - count)
@@ -252,31 +314,38 @@ class Workspace:
     def _follow(self, inode: Inode, entry: Entry, followed: Followed) -> None:
         if inode.entry() == replace(entry, name=inode.name):
             return  # the same subtree: nothing below it changed either
-        content = inode.node != entry.node or inode.committed_size != entry.size or inode.target != entry.target
-        inode.mode, inode.uid, inode.gid = entry.mode, entry.uid, entry.gid
-        inode.mtime_ns, inode.ctime_ns, inode.atime_ns = entry.mtime_ns, entry.ctime_ns, entry.mtime_ns
-        inode.size = inode.committed_size = entry.size
-        inode.node, inode.target, inode.xattrs = entry.node, entry.target, dict(entry.xattrs)
-        if content and inode.is_file:
-            inode.content_gen += 1
-            inode.committed_content_gen = inode.content_gen
+        self._take(inode, entry)
         followed.inodes.append(inode.ino)
         if not inode.is_dir or inode.children is None:
             return
         new = {e.name: e for e in decode_dir(self._load_node(entry.node))} if entry.node is not None else {}
         for name, child in list(inode.children.items()):
-            if name not in new or stat.S_IFMT(new[name].mode) != stat.S_IFMT(child.mode):
-                self._unlink_name(inode, name)
-                child.unlinked, child.parent = True, None
-                self._maybe_free(child)
+            linked = child.names > 1 or (name in new and new[name].link is not None)  # a linked name: taken anew
+            if name not in new or stat.S_IFMT(new[name].mode) != stat.S_IFMT(child.mode) or linked:
+                self._gone(self._unlink_name(inode, name))
                 followed.entries.append((inode.ino, name))
         for name, child_entry in new.items():
             kept = inode.children.get(name)
             if kept is None:
-                self._link(inode, name, self._inode_from_entry(child_entry, inode))
+                group = None if child_entry.link is None else self._groups.get(child_entry.link)
+                if group is not None and group.unlinked:
+                    group = None
+                self._link(inode, name, group or self._inode_from_entry(child_entry, inode))
                 followed.entries.append((inode.ino, name))  # the kernel may hold "no such name"
             else:
                 self._follow(kept, child_entry, followed)
+
+    @staticmethod
+    def _take(inode: Inode, entry: Entry) -> None:
+        """Give ``inode`` the metadata and committed content of ``entry``."""
+        content = inode.node != entry.node or inode.committed_size != entry.size or inode.target != entry.target
+        inode.mode, inode.uid, inode.gid = entry.mode, entry.uid, entry.gid
+        inode.mtime_ns, inode.ctime_ns, inode.atime_ns = entry.mtime_ns, entry.ctime_ns, entry.mtime_ns
+        inode.size = inode.committed_size = entry.size
+        inode.node, inode.target, inode.xattrs, inode.rdev = entry.node, entry.target, dict(entry.xattrs), entry.rdev
+        if content and inode.is_file:
+            inode.content_gen += 1
+            inode.committed_content_gen = inode.content_gen
 
     # changes
 
@@ -285,12 +354,12 @@ class Workspace:
             raise FsError(errno.EROFS)
 
     def touch(self, inode: Inode) -> None:
-        """Record a change to ``inode``: it and its ancestors must be committed again."""
+        """Record a change to ``inode``: it and the ancestors of each of its names must be committed again."""
         inode.gen += 1
-        parent = inode.parent
-        while parent is not None and not parent.dirty_below:
-            parent.dirty_below = True
-            parent = parent.parent
+        for parent in [inode.parent] + [directory for directory, _ in inode.others]:
+            while parent is not None and not parent.dirty_below:
+                parent.dirty_below = True
+                parent = parent.parent
 
     def _changed_dir(self, directory: Inode, now_ns: int) -> None:
         directory.mtime_ns = directory.ctime_ns = now_ns
@@ -330,12 +399,24 @@ class Workspace:
         inode.memory = bytearray()
         return inode
 
+    def mknod(self, parent: Inode, name: bytes, mode: int, rdev: int, uid: int, gid: int, now_ns: int) -> Inode:
+        """A FIFO, a socket, a device node (``mode`` holds the type), or an empty regular file."""
+        kind = stat.S_IFMT(mode)
+        if kind == stat.S_IFREG:
+            return self.create(parent, name, mode, uid, gid, now_ns)
+        if kind not in (stat.S_IFIFO, stat.S_IFSOCK, stat.S_IFCHR, stat.S_IFBLK):
+            raise FsError(errno.EINVAL)
+        device = kind in (stat.S_IFCHR, stat.S_IFBLK)
+        return self._add(parent, name, kind | stat.S_IMODE(mode), uid, gid, now_ns, rdev=rdev if device else 0)
+
     def symlink(self, parent: Inode, name: bytes, target: bytes, uid: int, gid: int, now_ns: int) -> Inode:
         return self._add(parent, name, stat.S_IFLNK | 0o777, uid, gid, now_ns, target=target, size=len(target))
 
     def _detach(self, parent: Inode, name: bytes, now_ns: int) -> Inode:
         inode = self._unlink_name(parent, name)
         inode.ctime_ns = now_ns
+        if inode.parent is not None:
+            self.touch(inode)  # its other names' entries change too (link count, ctime)
         self._changed_dir(parent, now_ns)
         return inode
 
@@ -344,10 +425,24 @@ class Workspace:
         inode = self.lookup(parent, name)
         if inode.is_dir:
             raise FsError(errno.EISDIR)
-        self._detach(parent, name, now_ns)
-        inode.unlinked = True
-        inode.parent = None
-        self._maybe_free(inode)
+        self._gone(self._detach(parent, name, now_ns))
+
+    def link(self, inode: Inode, parent: Inode, name: bytes, now_ns: int) -> None:
+        """link(2): ``inode`` gets the name ``name`` in ``parent`` as well."""
+        self._writable()
+        _check_name(name)
+        if inode.is_dir:
+            raise FsError(errno.EPERM)
+        if inode.unlinked:
+            raise FsError(errno.ENOENT)
+        if name in self.children(parent):
+            raise FsError(errno.EEXIST)
+        if inode.link is None:
+            inode.link = os.urandom(LINK_ID_SIZE)  # a new group: random, so that two devices' groups never meet
+        self._link(parent, name, inode)
+        inode.ctime_ns = now_ns
+        self.touch(inode)
+        self._changed_dir(parent, now_ns)
 
     def rmdir(self, parent: Inode, name: bytes, now_ns: int) -> None:
         self._writable()
@@ -356,10 +451,7 @@ class Workspace:
             raise FsError(errno.ENOTDIR)
         if self.children(inode):
             raise FsError(errno.ENOTEMPTY)
-        self._detach(parent, name, now_ns)
-        inode.unlinked = True
-        inode.parent = None
-        self._maybe_free(inode)
+        self._gone(self._detach(parent, name, now_ns))
 
     def rename(self, old_parent: Inode, old: bytes, new_parent: Inode, new: bytes, flags: int, now_ns: int) -> None:
         """rename(2) with RENAME_NOREPLACE (1) and RENAME_EXCHANGE (2)."""
@@ -405,10 +497,10 @@ class Workspace:
         self._unlink_name(old_parent, old)
         if target is not None:
             self._unlink_name(new_parent, new)
-            target.unlinked = True
-            target.parent = None
             target.ctime_ns = now_ns
-            self._maybe_free(target)
+            if target.parent is not None:
+                self.touch(target)
+            self._gone(target)
         self._link(new_parent, new, source)
         source.ctime_ns = now_ns
         self.touch(source)

@@ -333,6 +333,19 @@ def test_a_fifo_or_a_device_is_refused_and_makes_no_version(home: Path, tmp_path
     assert json.loads(ok(home, "log", "docs", "--json")) == []
 
 
+def test_special_files_inside_a_directory_are_kept_as_nodes_and_restored(home: Path, tmp_path: Path) -> None:
+    src = tmp_path / "src"
+    src.mkdir()
+    (src / "a.txt").write_text("a\n")
+    os.mkfifo(src / "pipe", 0o600)  # a source named on the command line is refused; one inside is a node
+    os.mknod(src / "tty", stat.S_IFCHR | 0o620, os.makedev(5, 0))
+    ok(home, "put", "docs", f"{src}/")
+    out = tmp_path / "out"
+    ok(home, "get", "docs", str(out))
+    assert stat.S_ISFIFO(os.lstat(out / "pipe").st_mode) and stat.S_IMODE(os.lstat(out / "pipe").st_mode) == 0o600
+    assert os.lstat(out / "tty").st_rdev == os.makedev(5, 0) and (out / "a.txt").read_text() == "a\n"
+
+
 def test_putting_the_same_files_again_makes_no_new_version(home: Path, tmp_path: Path) -> None:
     make_tree(tmp_path / "src")
     ok(home, "put", "docs", str(tmp_path / "src"))

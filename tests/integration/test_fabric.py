@@ -326,11 +326,15 @@ def test_a_read_write_mount_publishes_what_it_commits_and_a_sync_beside_it_leave
         assert beside["elsewhere"] is True and beside["published"] == 0
         assert "its read-write mount syncs it" in ok(a, "sync", "live")
         (mnt / "last.txt").write_text("written just before the unmount\n")
+        os.link(mnt / "last.txt", mnt / "hard-link.txt")  # a link group travels with the tree
     after = json.loads(ok(a, "sync", "--json"))[0]  # the unmount's last version was published by the mount
     assert after["published"] == 0 and "elsewhere" not in after
     ok(b, "sync")
     ok(b, "get", "live", str(tmp_path / "last.txt"), "--path", "last.txt")
     assert (tmp_path / "last.txt").read_text() == "written just before the unmount\n"
+    with mounted(b, "live", tmp_path / "mnt-b") as mnt:  # on the other device, still one file with two names
+        assert os.stat(mnt / "last.txt").st_ino == os.stat(mnt / "hard-link.txt").st_ino
+        assert os.stat(mnt / "hard-link.txt").st_nlink == 2
 
 
 @needs_fuse

@@ -43,6 +43,10 @@ def test_kill_minus_nine_loses_nothing_closed_and_tears_nothing(tmp_path: Path) 
     rng = random.Random(1234)
     closed: dict[int, int] = {}
     generation = 0
+    with mounted(home, "p", mnt):  # every file has a second name: a rewrite through one is seen through both
+        for i in range(FILES):
+            (mnt / f"f{i}").write_bytes(content(i, 0))
+            os.link(mnt / f"f{i}", mnt / f"link{i}")
     for round_ in range(ROUNDS):
         run(home, "mount", "p", str(mnt), program="portalfs")
         try:
@@ -87,4 +91,6 @@ def test_kill_minus_nine_loses_nothing_closed_and_tears_nothing(tmp_path: Path) 
                 assert file_index == i and file_gen >= k, (i, k, header)
                 assert data == content(i, file_gen), f"f{i} holds a torn or mixed generation {file_gen}"
                 closed[i] = file_gen
+                assert os.stat(mnt / f"link{i}").st_ino == os.stat(mnt / f"f{i}").st_ino  # still one file
+                assert (mnt / f"link{i}").read_bytes() == data
         run(home, "check", "p")

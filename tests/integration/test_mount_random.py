@@ -1,8 +1,10 @@
 """The same random operations on the mount and on a tmpfs directory must give the same results.
 
 After every step the two trees are compared: names, types, permissions,
-sizes, contents, link targets, extended attributes and directory link counts;
-and every operation must succeed on both or fail on both with the same errno.
+sizes, contents, link targets, device numbers, extended attributes and
+directory link counts; and every operation must succeed on both or fail on
+both with the same errno. Both are mounted nodev (a FUSE mount is), and files
+are opened with O_NONBLOCK, so that opening a FIFO never waits for a reader.
 """
 
 from __future__ import annotations
@@ -29,7 +31,7 @@ SEEDS = [int(s) for s in os.environ.get("PORTAL_RANDOM_SEEDS", "1,2,3").split(",
 def reference(tmp_path: Path) -> Iterator[Path]:
     path = tmp_path / "tmpfs"
     path.mkdir()
-    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=64m", "tmpfs", str(path)], check=True)
+    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=64m,nodev", "tmpfs", str(path)], check=True)
     try:
         yield path
     finally:
@@ -57,13 +59,17 @@ def _op(rng: random.Random) -> tuple[str, Callable[[Path], object]]:
             "chmod",
             "symlink",
             "xattr",
+            "mkfifo",
+            "mknod",
+            "link",
+            "link",
         ]
     )
     if kind == "write":
         data = rng.randbytes(rng.choice([0, 1, 100, 5000, 300_000]))
 
         def write(root: Path) -> object:
-            fd = os.open(root / path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
+            fd = os.open(root / path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NONBLOCK, 0o644)
             try:
                 return os.write(fd, data)
             finally:
@@ -74,7 +80,7 @@ def _op(rng: random.Random) -> tuple[str, Callable[[Path], object]]:
         offset, data = rng.randint(0, 400_000), rng.randbytes(rng.randint(1, 70_000))
 
         def pwrite(root: Path) -> object:
-            fd = os.open(root / path, os.O_WRONLY)
+            fd = os.open(root / path, os.O_WRONLY | os.O_NONBLOCK)
             try:
                 return os.pwrite(fd, data, offset)
             finally:
@@ -99,6 +105,17 @@ def _op(rng: random.Random) -> tuple[str, Callable[[Path], object]]:
     if kind == "symlink":
         target = rng.choice(["a", "../b", "/nowhere", "dd/c"])
         return f"symlink {path} -> {target}", lambda root: os.symlink(target, root / path)
+    if kind == "link":
+        other = _random_path(rng)
+        return f"link {path} {other}", lambda root: os.link(root / path, root / other, follow_symlinks=False)
+    if kind == "mkfifo":
+        return f"mkfifo {path}", lambda root: os.mkfifo(root / path, 0o640)
+    if kind == "mknod":
+        mode, rdev = rng.choice(
+            [(stat.S_IFREG | 0o600, 0), (stat.S_IFSOCK | 0o755, 0), (stat.S_IFCHR | 0o666, os.makedev(1, 3)),
+             (stat.S_IFBLK | 0o660, os.makedev(7, 0)), (stat.S_IFIFO | 0o600, 0)]
+        )  # fmt: skip
+        return f"mknod {path} {mode:o} {rdev}", lambda root: os.mknod(root / path, mode, rdev)
     name, value = f"user.{rng.choice(['x', 'y'])}", rng.randbytes(rng.randint(0, 40))
     return f"setxattr {path} {name}", lambda root: os.setxattr(root / path, name, value, follow_symlinks=False)
 
@@ -123,8 +140,11 @@ def _tree(root: Path) -> list[tuple]:
                 out.append((rel, "link", os.readlink(path), xattrs))
             elif stat.S_ISDIR(st.st_mode):
                 out.append((rel, "dir", stat.S_IMODE(st.st_mode), st.st_nlink, xattrs))
+            elif not stat.S_ISREG(st.st_mode):  # a FIFO, a socket, a device node: never opened
+                out.append((rel, "special", stat.S_IFMT(st.st_mode), stat.S_IMODE(st.st_mode), st.st_rdev, st.st_nlink,
+                            xattrs))  # fmt: skip
             else:
-                out.append((rel, "file", stat.S_IMODE(st.st_mode), st.st_size, path.read_bytes(), xattrs))
+                out.append((rel, "file", stat.S_IMODE(st.st_mode), st.st_size, st.st_nlink, path.read_bytes(), xattrs))
     return out
 
 

@@ -90,3 +90,27 @@ def test_merging_with_no_change_on_one_side_gives_the_other(base: Tree, changed:
     assert merge(base, base, changed) == (changed, [])  # nothing changed here: theirs
     assert merge(base, changed, base) == (changed, [])  # nothing changed there: ours
     assert merge(base, changed, changed) == (changed, [])  # the same change on both
+
+
+def test_link_groups_merge_per_name_and_a_group_whose_names_diverged_is_split() -> None:
+    nodes = Nodes()
+    base: Tree = {"x": "0|g", "d": {"y": "0|g"}, "solo": "s"}
+    ours: Tree = {"a": "0|g", "d": {"y": "0|g"}, "solo": "s"}  # x renamed to a here
+    theirs: Tree = {"x": "1|g", "d": {"y": "1|g"}, "solo": "s|h"}  # both names rewritten there
+    result = merge_trees(nodes.build(base), nodes.build(ours), nodes.build(theirs), nodes.load, nodes.store, _rename)
+    merged = nodes.read(result.root)
+    assert merged == {"a": "0", "x": "1", "d": {"y": "1"}, "solo": "s"}
+    groups = sorted(sorted(paths) for paths in nodes.groups(result.root).values())
+    # x and d/y stay one file; a (the old bytes, renamed here) is a file of its own; a group of one is no group
+    assert groups == [["d/y", "x"]]
+
+
+def test_a_conflict_copy_of_a_linked_file_leaves_its_group() -> None:
+    nodes = Nodes()
+    base: Tree = {"x": "0|g", "y": "0|g"}
+    ours: Tree = {"x": "ours|g", "y": "ours|g"}
+    theirs: Tree = {"x": "theirs|g", "y": "theirs|g"}
+    result = merge_trees(nodes.build(base), nodes.build(ours), nodes.build(theirs), nodes.load, nodes.store, _rename)
+    assert nodes.read(result.root) == {"x": "theirs", "y": "theirs", "x (conflict laptop 2026-12-02)": "ours",
+                                       "y (conflict laptop 2026-12-02)": "ours"}  # fmt: skip
+    assert sorted(sorted(p) for p in nodes.groups(result.root).values()) == [["x", "y"]]

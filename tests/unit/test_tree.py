@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import os
 import stat
 
 import pytest
@@ -121,3 +122,33 @@ def test_any_single_bit_flip_of_a_root_record_is_rejected(data: st.DataObject) -
 
     with pytest.raises(IntegrityError):
         RootRecord.from_bytes(bytes(damaged)).open(keys)
+
+
+def test_special_files_round_trip_in_version_2_directories_and_only_there() -> None:
+    from portalfs import encoding
+
+    special = [
+        Entry(b"pipe", stat.S_IFIFO | 0o640, 1, 2, 3, 4),
+        Entry(b"sock", stat.S_IFSOCK | 0o755, 1, 2, 3, 4),
+        Entry(b"null", stat.S_IFCHR | 0o666, 0, 0, 3, 4, rdev=os.makedev(1, 3)),
+        Entry(b"disk", stat.S_IFBLK | 0o660, 0, 6, 3, 4, rdev=os.makedev(8, 0), xattrs={b"user.k": b"v"}),
+    ]
+    encoded = encode_dir(special + [_file(b"plain")])
+    assert encoding.decode(encoded)["v"] == 2
+    assert decode_dir(encoded) == sorted(special + [_file(b"plain")], key=lambda e: e.name)
+    assert encoding.decode(encode_dir([_file(b"plain")]))["v"] == 1  # trees without them do not change
+    assert all(e.is_special for e in special) and [e.is_device for e in special] == [False, False, True, True]
+
+    def node(version: int, entry: dict) -> bytes:
+        return encoding.encode({"v": version, "t": "dir", "entries": [entry]})
+
+    fifo = {"name": b"p", "mode": stat.S_IFIFO | 0o644, "uid": 0, "gid": 0, "mtime": 0, "ctime": 0}
+    with pytest.raises(CorruptObject, match="version-1"):
+        decode_dir(node(1, fifo))  # a version-1 reader's promise: no special files
+    for bad in ({**fifo, "rdev": 5}, {**fifo, "size": 0}, {**fifo, "mode": stat.S_IFCHR | 0o600}):
+        with pytest.raises(CorruptObject):
+            decode_dir(node(2, bad))  # a FIFO has no rdev or size; a device needs its rdev
+    with pytest.raises(CorruptObject):
+        decode_dir(node(2, {**fifo, "mode": stat.S_IFREG | 0o644, "rdev": 1}))
+    with pytest.raises(CorruptObject):
+        decode_dir(node(3, fifo))

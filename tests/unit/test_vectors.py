@@ -142,7 +142,29 @@ def tree_vectors() -> dict:
     }
 
 
-CASES = {"keys.json": keys_vectors, "chunks.json": chunk_vectors, "tree.json": tree_vectors}
+def special_vectors() -> dict:
+    """A version-2 directory node (format 2): a FIFO, a socket and a character device beside a symlink."""
+    keys = PortalKeys(bytes(range(100, 132)))
+    when = 1_700_000_000_000_000_000
+    plaintext = encode_dir(
+        [
+            Entry(b"fifo", stat.S_IFIFO | 0o640, 1000, 1000, when, when),
+            Entry(b"sock", stat.S_IFSOCK | 0o755, 1000, 1000, when, when, xattrs={b"user.k": b"v"}),
+            Entry(b"null", stat.S_IFCHR | 0o666, 0, 0, when, when, rdev=os.makedev(1, 3)),
+            Entry(b"link", stat.S_IFLNK | 0o777, 1000, 1000, when, when, target=b"fifo"),
+        ]
+    )
+    ref, sealed = seal(keys.tree_secret, plaintext)
+    return {"tree_secret": keys.tree_secret.hex(), "dir_node": plaintext.hex(), "cid": ref.cid.hex(),
+            "sealed": sealed.hex()}  # fmt: skip
+
+
+CASES = {
+    "keys.json": keys_vectors,
+    "chunks.json": chunk_vectors,
+    "tree.json": tree_vectors,
+    "special.json": special_vectors,
+}
 
 
 @pytest.mark.parametrize("name", sorted(CASES))

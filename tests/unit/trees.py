@@ -7,11 +7,11 @@ import stat
 import blake3
 
 from portalfs.sealing import ChunkRef
-from portalfs.tree import Entry, decode_dir, encode_dir
+from portalfs.tree import LINK_ID_SIZE, Entry, decode_dir, encode_dir, holds_links
 
 __all__ = ["Nodes", "Tree"]
 
-Tree = dict[str, "str | Tree"]  # a name maps to file content or to a directory
+Tree = dict[str, "str | Tree"]  # a name maps to file content ("content|group": a hard link) or to a directory
 
 
 class Nodes:
@@ -30,11 +30,29 @@ class Nodes:
         children = []
         for child, value in tree.items():
             if isinstance(value, str):
+                value, _, group = value.partition("|")
                 content = self.store(value.encode())  # a file's node stands for its content
-                children.append(Entry(child.encode(), stat.S_IFREG | 0o644, 0, 0, when, when, len(value), content))
+                link = group.encode().ljust(LINK_ID_SIZE, b"_") if group else None
+                children.append(
+                    Entry(child.encode(), stat.S_IFREG | 0o644, 0, 0, when, when, len(value), content, link=link)
+                )
             else:
                 children.append(self.build(value, child.encode(), when))
-        return Entry(name, stat.S_IFDIR | 0o755, 0, 0, when, when, 0, self.store(encode_dir(children)))
+        node = self.store(encode_dir(children))
+        return Entry(name, stat.S_IFDIR | 0o755, 0, 0, when, when, 0, node, links=holds_links(children))
+
+    def groups(self, entry: Entry, path: str = "") -> dict[bytes, set[str]]:
+        """The link groups below ``entry``: each group's paths."""
+        assert entry.node is not None
+        found: dict[bytes, set[str]] = {}
+        for child in decode_dir(self.load(entry.node)):
+            name = path + child.name.decode()
+            if child.is_dir:
+                for link, paths in self.groups(child, name + "/").items():
+                    found.setdefault(link, set()).update(paths)
+            elif child.link is not None:
+                found.setdefault(child.link, set()).add(name)
+        return found
 
     def read(self, entry: Entry) -> Tree:
         assert entry.node is not None
