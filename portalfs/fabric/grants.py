@@ -27,7 +27,7 @@ from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
 
 from .. import encoding
 from ..errors import IntegrityError, UsageError
-from ..keys import Identity, derive
+from ..keys import DOMAIN_LINK_REDEEM, DeviceKey, Identity, derive
 from ..root import PortalKeys
 
 __all__ = [
@@ -42,6 +42,7 @@ __all__ = [
 ]
 
 CONTEXT_MEMBER_WRAP = "portal 2026-11-21 member key wrap"
+CONTEXT_LINK_REDEEM = "portal 2026-12-04 link redeem key"
 CONTEXT_LINK_WRAP = "portal 2026-11-21 link key wrap"
 DOMAIN_KEYRING = b"portal hub keyring v1\x00"
 _ZERO_NONCE = bytes(12)
@@ -90,6 +91,17 @@ def unwrap_for_identity(identity: Identity, portal: bytes, wrapped: bytes) -> Gr
 def wrap_for_link(secret: bytes, link: bytes, portal: bytes, grant: Grant) -> bytes:
     nonce = os.urandom(12)
     return nonce + AESGCM(derive(CONTEXT_LINK_WRAP, secret)).encrypt(nonce, grant.to_bytes(), link + portal)
+
+
+def link_redeem_key(secret: bytes) -> DeviceKey:
+    """The Ed25519 key a link's secret derives: the hub keeps its public half, and a redeem must be signed by it,
+    so that knowing the link id (it travels in URL paths) is not enough to use a link up."""
+    return DeviceKey(derive(CONTEXT_LINK_REDEEM, secret))
+
+
+def redeem_proof(secret: bytes, link: bytes, device: bytes) -> bytes:
+    """Proof, for ``device``'s redeem of ``link``, that it knows the link's secret."""
+    return link_redeem_key(secret).sign(DOMAIN_LINK_REDEEM + link + device)
 
 
 def unwrap_for_link(secret: bytes, link: bytes, portal: bytes, wrapped: bytes) -> Grant:

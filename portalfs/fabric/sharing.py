@@ -16,7 +16,7 @@ from ..keys import DOMAIN_REVOKE
 from ..portal import PortalView
 from ..root import RootRecord
 from ..state import PortalRow
-from .grants import Grant, LinkUrl, unwrap_for_link, wrap_for_link
+from .grants import Grant, LinkUrl, link_redeem_key, redeem_proof, unwrap_for_link, wrap_for_link
 from .sync import Fabric
 
 __all__ = [
@@ -95,7 +95,8 @@ def make_link(fabric: Fabric, view: PortalView, policy: dict[str, int | str]) ->
     grant = Grant(view.row.name, view.keys, fabric.secrets.identity.public)
     hub = fabric.require_hub()
     hub.create_portal(view.row.id)
-    hub.create_link(view.row.id, link, wrap_for_link(secret, link, view.row.id, grant), policy)
+    redeem_key = link_redeem_key(secret).public
+    hub.create_link(view.row.id, link, wrap_for_link(secret, link, view.row.id, grant), redeem_key, policy)
     return str(LinkUrl(hub.url, link, secret))
 
 
@@ -103,7 +104,8 @@ def open_link(fabric: Fabric, url: LinkUrl) -> str:
     """Join the link's hub, redeem the link (one download) and take the portal's versions; return its name here."""
     fabric.join()
     device = fabric.device
-    answer = fabric.require_hub().redeem(url.link)
+    proof = redeem_proof(url.secret, url.link, fabric.secrets.device.public)  # a wrong secret counts nothing
+    answer = fabric.require_hub().redeem(url.link, proof)
     grant = unwrap_for_link(url.secret, url.link, answer.portal, answer.wrapped)
     existing = next((row for row in device.state.portals() if row.id == answer.portal), None)
     name = existing.name if existing else fabric.membership.adopt_grant(answer.portal, grant)

@@ -9,7 +9,9 @@ from __future__ import annotations
 import json
 import logging
 import time
-from collections.abc import Awaitable, Callable
+from collections import Counter
+from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from typing import Any
 
@@ -21,7 +23,7 @@ from starlette.routing import Route
 
 from .. import __version__
 from ..errors import BadSignature
-from .auth import check_signature, parse_headers
+from .auth import check_signature, check_time, parse_headers
 from .state import WINDOW, Caller, HubRefusal, HubState
 
 __all__ = ["make_app", "ROUTES"]
@@ -31,6 +33,8 @@ log = logging.getLogger("portal.hub")
 MAX_BODY = 4 * 1024 * 1024
 INT64_MAX = 2**63 - 1
 LONG_POLL_SECONDS = 25.0
+MAX_POLLS_PER_KEY = 256  # event streams one key may hold open at once (a device follows each portal with one)
+MAX_REQUESTS_PER_KEY = 64  # other requests one key may have in progress at once
 
 Handler = Callable[[HubState, Caller, dict[str, Any], dict[str, Any], int], Any]
 
@@ -135,14 +139,17 @@ ROUTES: list[RouteSpec] = [
                   c, _portal(p), _hex(p["identity"], 32), _hex(b["wrapped"]), bool(b.get("write")), now)),
     RouteSpec("DELETE", "/v1/portals/{portal}/members/{identity}", "Unshare: remove a member",
               lambda s, c, p, b, now: s.remove_member(c, _portal(p), _hex(p["identity"], 32))),
-    RouteSpec("POST", "/v1/portals/{portal}/links", "Create a link (its key wrapped under the link secret)",
+    RouteSpec("POST", "/v1/portals/{portal}/links",
+              "Create a link (its key wrapped under the link secret; redeem_key: the key the secret derives)",
               lambda s, c, p, b, now: s.create_link(
-                  c, _portal(p), _hex(b["link"], 16), _hex(b["wrapped"]),
+                  c, _portal(p), _hex(b["link"], 16), _hex(b["wrapped"]), _hex(b["redeem_key"], 32, "redeem key"),
                   _policy(b, ("expires_ns", "max_downloads", "window")))),
     RouteSpec("DELETE", "/v1/links/{link}", "Revoke a link",
               lambda s, c, p, b, now: s.revoke_link(c, _hex(p["link"], 16))),
-    RouteSpec("POST", "/v1/links/{link}/redeem", "Redeem a link while its policy holds: wrapped key and roots",
-              lambda s, c, p, b, now: s.redeem(c, _hex(p["link"], 16), now)),
+    RouteSpec("POST", "/v1/links/{link}/redeem",
+              "Redeem a link while its policy holds, proving its secret (proof): wrapped key and roots",
+              lambda s, c, p, b, now: s.redeem(
+                  c, _hex(p["link"], 16), _hex(b["proof"], 64, "proof") if "proof" in b else None, now)),
     RouteSpec("POST", "/v1/portals/{portal}/locations", "Record that an edge holds these object ids",
               lambda s, c, p, b, now: s.add_locations(c, _portal(p), _hex(b["edge"], 32), _ids(b["cids"]), now)),
     RouteSpec("POST", "/v1/locations", "Which edges hold these object ids",
@@ -185,6 +192,8 @@ def openapi() -> dict[str, Any]:
                 "404": {"description": "not found"},
                 "409": {"description": "stale parent or version: the body carries the head"},
                 "410": {"description": "expired, deactivated, deleted, released, revoked or used up"},
+                "413": {"description": "the body is over 4 MiB (refused before it is read)"},
+                "429": {"description": "this key has too many requests in progress"},
             },
         }
     paths["/v1/portals/{portal}/events"] = {
@@ -215,18 +224,48 @@ def openapi() -> dict[str, Any]:
 _ERROR = {"type": "object", "properties": {"error": {"type": "string"}, "message": {"type": "string"}}}
 
 
+async def _capped_body(request: Request) -> bytes:
+    """The request's body, refused (413) once it passes MAX_BODY bytes: never held whole beyond that."""
+    parts: list[bytes] = []
+    size = 0
+    async for part in request.stream():
+        size += len(part)
+        if size > MAX_BODY:
+            raise HubRefusal(413, "too-large", f"request body over {MAX_BODY} bytes")
+        parts.append(part)
+    return b"".join(parts)
+
+
 def make_app(state: HubState) -> Starlette:
     new_version: dict[bytes, trio.Event] = {}
+    in_progress: Counter[tuple[str, bytes]] = Counter()  # (what, key): requests running now
+
+    @asynccontextmanager
+    async def bounded(what: str, key: bytes, limit: int) -> AsyncIterator[None]:
+        """At most ``limit`` of ``what`` for one key at a time: one client cannot hold the hub's memory."""
+        if in_progress[(what, key)] >= limit:
+            raise HubRefusal(429, "busy", f"at most {limit} {what} at once per key")
+        in_progress[(what, key)] += 1
+        try:
+            yield
+        finally:
+            in_progress[(what, key)] -= 1
+            if not in_progress[(what, key)]:
+                del in_progress[(what, key)]
 
     async def authenticate(request: Request) -> tuple[Caller, dict[str, Any], int]:
-        body = await request.body()
-        if len(body) > MAX_BODY:
-            raise HubRefusal(413, "too-large", "request body too large")
-        target = request.url.path + (f"?{request.url.query}" if request.url.query else "")
+        # Limits before work: the signature headers and the declared size are checked before a byte of the
+        # body is read, and the body is read with a cap whatever it declared.
+        signed = parse_headers(dict(request.headers))
         now = time.time_ns()
+        check_time(signed, now)
+        declared = request.headers.get("content-length")
+        if declared is not None and (not declared.isdigit() or int(declared) > MAX_BODY):
+            raise HubRefusal(413, "too-large", f"request body over {MAX_BODY} bytes")
+        body = await _capped_body(request)
+        target = request.url.path + (f"?{request.url.query}" if request.url.query else "")
 
         def check() -> Caller:
-            signed = parse_headers(dict(request.headers))
             check_signature(signed, request.method, target, body, now)
             state.remember_nonce(signed.nonce, now)
             return state.caller(signed.key)
@@ -260,7 +299,8 @@ def make_app(state: HubState) -> Starlette:
         async def work(request: Request) -> Any:
             caller, payload, now = await authenticate(request)
             params = {**request.path_params, **request.query_params}
-            result = await trio.to_thread.run_sync(spec.handler, state, caller, params, payload, now)
+            async with bounded("requests", caller.key, MAX_REQUESTS_PER_KEY):
+                result = await trio.to_thread.run_sync(spec.handler, state, caller, params, payload, now)
             if spec.path.endswith("/roots") and spec.method == "POST":
                 new_version.pop(bytes.fromhex(request.path_params["portal"]), trio.Event()).set()
             return result
@@ -274,6 +314,10 @@ def make_app(state: HubState) -> Starlette:
         caller, _, _ = await authenticate(request)
         portal = _portal(dict(request.path_params))
         after = _uint(request.query_params.get("after", 0), "after")
+        async with bounded("event streams", caller.key, MAX_POLLS_PER_KEY):
+            return await _wait(caller, portal, after)
+
+    async def _wait(caller: Caller, portal: bytes, after: int) -> list[str]:
         records: list[str] = []
         with trio.move_on_after(LONG_POLL_SECONDS) as waited:
             while not records:

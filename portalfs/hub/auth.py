@@ -23,7 +23,16 @@ import blake3
 from ..errors import BadSignature
 from ..keys import verify_signature
 
-__all__ = ["DOMAIN_REQUEST", "CLOCK_SKEW_NS", "SignedHeaders", "sign_request", "request_message", "parse_headers"]
+__all__ = [
+    "DOMAIN_REQUEST",
+    "CLOCK_SKEW_NS",
+    "SignedHeaders",
+    "sign_request",
+    "request_message",
+    "parse_headers",
+    "check_time",
+    "check_signature",
+]
 
 DOMAIN_REQUEST = b"portal hub request v1\x00"
 CLOCK_SKEW_NS = 300 * 10**9
@@ -77,8 +86,12 @@ def parse_headers(headers: dict[str, str]) -> SignedHeaders:
     return SignedHeaders(key, time_ns, nonce, signature)
 
 
-def check_signature(signed: SignedHeaders, method: str, target: str, body: bytes, now_ns: int) -> None:
+def check_time(signed: SignedHeaders, now_ns: int) -> None:
     if abs(now_ns - signed.time_ns) > CLOCK_SKEW_NS:
         raise BadSignature("request time is too far from the hub's clock")
+
+
+def check_signature(signed: SignedHeaders, method: str, target: str, body: bytes, now_ns: int) -> None:
+    check_time(signed, now_ns)
     message = request_message(method, target, signed.time_ns, signed.nonce, body)
     verify_signature(signed.key, signed.signature, message, "request")

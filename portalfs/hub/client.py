@@ -320,19 +320,22 @@ class HubClient:
         self._call("DELETE", f"/v1/portals/{portal.hex()}/members/{identity.hex()}")
 
     @route("POST", "/v1/portals/{portal}/links")
-    def create_link(self, portal: bytes, link: bytes, wrapped: bytes, policy: dict[str, int | str]) -> None:
-        """``policy``: ``expires_ns``, ``max_downloads`` and ``window`` (HH:MM-HH:MM UTC), each optional."""
-        self._call(
-            "POST", f"/v1/portals/{portal.hex()}/links", {"link": link.hex(), "wrapped": wrapped.hex(), **policy}
-        )
+    def create_link(
+        self, portal: bytes, link: bytes, wrapped: bytes, redeem_key: bytes, policy: dict[str, int | str]
+    ) -> None:
+        """``redeem_key``: the public key the link's secret derives. ``policy``: ``expires_ns``, ``max_downloads``
+        and ``window`` (HH:MM-HH:MM UTC), each optional."""
+        body = {"link": link.hex(), "wrapped": wrapped.hex(), "redeem_key": redeem_key.hex(), **policy}
+        self._call("POST", f"/v1/portals/{portal.hex()}/links", body)
 
     @route("DELETE", "/v1/links/{link}")
     def revoke_link(self, link: bytes) -> None:
         self._call("DELETE", f"/v1/links/{link.hex()}")
 
     @route("POST", "/v1/links/{link}/redeem")
-    def redeem(self, link: bytes) -> Redeemed:
-        r = self._call("POST", f"/v1/links/{link.hex()}/redeem")
+    def redeem(self, link: bytes, proof: bytes) -> Redeemed:
+        """``proof``: the link's redeem key's signature of the link and this device (``grants.redeem_proof``)."""
+        r = self._call("POST", f"/v1/links/{link.hex()}/redeem", {"proof": proof.hex()})
         return Redeemed(bytes.fromhex(r["portal"]), bytes.fromhex(r["wrapped"]), [bytes.fromhex(x) for x in r["roots"]])
 
     # edges, locations, damage

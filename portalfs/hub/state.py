@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import BadSignature, CorruptObject
-from ..keys import DOMAIN_AGREEMENT, DOMAIN_REVOKE, DeviceCertificate, verify_signature
+from ..keys import DOMAIN_AGREEMENT, DOMAIN_LINK_REDEEM, DOMAIN_REVOKE, DeviceCertificate, verify_signature
 from ..root import RootRecord
 from ..sqlite import open_db, transaction
 from .auth import CLOCK_SKEW_NS
@@ -46,7 +46,7 @@ CREATE TABLE IF NOT EXISTS roots (portal BLOB NOT NULL, version INTEGER NOT NULL
     record_id BLOB NOT NULL, PRIMARY KEY (portal, version));
 CREATE TABLE IF NOT EXISTS links (id BLOB PRIMARY KEY, portal BLOB NOT NULL, wrapped BLOB NOT NULL,
     expires_ns INTEGER, max_downloads INTEGER, window TEXT, downloads INTEGER NOT NULL DEFAULT 0,
-    revoked INTEGER NOT NULL DEFAULT 0);
+    revoked INTEGER NOT NULL DEFAULT 0, redeem_key BLOB);
 CREATE TABLE IF NOT EXISTS edges (key BLOB PRIMARY KEY, address TEXT NOT NULL, transports TEXT NOT NULL,
     capacity INTEGER NOT NULL, used INTEGER NOT NULL, objects INTEGER NOT NULL, last_seen_ns INTEGER NOT NULL);
 CREATE TABLE IF NOT EXISTS locations (cid BLOB NOT NULL, edge BLOB NOT NULL, portal BLOB NOT NULL,
@@ -95,6 +95,8 @@ class HubState:
         columns = {row[1] for row in self._db.execute("PRAGMA table_info(portals)")}
         if "deleted_ns" not in columns:  # a hub database from before deletion existed
             self._db.execute("ALTER TABLE portals ADD COLUMN deleted_ns INTEGER")
+        if "redeem_key" not in {row[1] for row in self._db.execute("PRAGMA table_info(links)")}:
+            self._db.execute("ALTER TABLE links ADD COLUMN redeem_key BLOB")  # links from before revision 3
         self._lock = threading.Lock()
 
     def close(self) -> None:
@@ -439,13 +441,18 @@ class HubState:
 
     # links
 
-    def create_link(self, caller: Caller, portal: bytes, link: bytes, wrapped: bytes, policy: dict[str, Any]) -> None:
+    def create_link(
+        self, caller: Caller, portal: bytes, link: bytes, wrapped: bytes, redeem_key: bytes, policy: dict[str, Any]
+    ) -> None:
+        """``redeem_key``: the public key the link's secret derives; every redeem must be signed by it."""
         self._require_owner(caller, portal, "makes links")
         with self._txn() as db:
             db.execute(
-                "INSERT INTO links (id, portal, wrapped, expires_ns, max_downloads, window) VALUES (?, ?, ?, ?, ?, ?)",
-                (link, portal, wrapped, policy.get("expires_ns"), policy.get("max_downloads"), policy.get("window")),
-            )
+                "INSERT INTO links (id, portal, wrapped, expires_ns, max_downloads, window, redeem_key) "
+                "VALUES (?, ?, ?, ?, ?, ?, ?)",
+                (link, portal, wrapped, policy.get("expires_ns"), policy.get("max_downloads"), policy.get("window"),
+                 redeem_key),
+            )  # fmt: skip
 
     def revoke_link(self, caller: Caller, link: bytes) -> None:
         identity = self.require_device(caller)
@@ -455,17 +462,25 @@ class HubState:
         with self._txn() as db:
             db.execute("UPDATE links SET revoked = 1 WHERE id = ?", (link,))
 
-    def redeem(self, caller: Caller, link: bytes, now_ns: int) -> dict[str, Any]:
-        """Release a link's wrapped key and the portal's head, counting one download, while the policy holds."""
+    def redeem(self, caller: Caller, link: bytes, proof: bytes | None, now_ns: int) -> dict[str, Any]:
+        """Release a link's wrapped key and the portal's head, counting one download, while the policy holds and
+        ``proof`` shows that the caller knows the link's secret (a link made before revision 3 has no redeem key,
+        and needs none)."""
         self.require_device(caller)
         with self._txn() as db:
             row = db.execute(
-                "SELECT portal, wrapped, expires_ns, max_downloads, window, downloads, revoked FROM links WHERE id = ?",
+                "SELECT portal, wrapped, expires_ns, max_downloads, window, downloads, revoked, redeem_key "
+                "FROM links WHERE id = ?",
                 (link,),
             ).fetchone()
             if row is None:
                 raise HubRefusal(404, "not-found", "no such link")
-            portal, wrapped, expires, max_downloads, window, downloads, revoked = row
+            portal, wrapped, expires, max_downloads, window, downloads, revoked, redeem_key = row
+            if redeem_key is not None:  # before anything is counted: the link id alone redeems nothing
+                try:
+                    verify_signature(redeem_key, proof or b"", DOMAIN_LINK_REDEEM + link + caller.key, "redeem")
+                except BadSignature:
+                    raise HubRefusal(403, "bad-proof", "the redeem does not prove the link's secret") from None
             if revoked:
                 raise HubRefusal(410, "revoked", "the link has been revoked")
             if expires is not None and now_ns >= expires:

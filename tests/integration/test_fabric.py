@@ -219,6 +219,43 @@ def test_the_hub_refuses_bad_requests_and_keeps_serving(tmp_path: Path, lab: Fab
     assert lab.hub is not None and lab.hub.process.poll() is None
 
 
+def _peak_rss(pid: int) -> int:
+    """The most memory process ``pid`` has held, in bytes (VmHWM)."""
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1]) * 1024
+    raise AssertionError("no VmHWM")
+
+
+def _huge_post(url: str, headers: dict[str, str], declared: bool) -> int | None:
+    """POST 512 MiB (with its Content-Length, or chunked); the status, or None when the hub cut it off."""
+    size, block = 512 << 20, bytes(1 << 20)
+
+    def body() -> Iterator[bytes]:
+        for _ in range(size // len(block)):
+            yield block
+
+    if declared:
+        headers = {**headers, "Content-Length": str(size)}
+    try:
+        return httpx.post(url, content=body(), headers=headers, timeout=30).status_code
+    except (httpx.RemoteProtocolError, httpx.WriteError, httpx.ReadError):
+        return None
+
+
+def test_the_hub_refuses_an_oversized_body_before_holding_it(tmp_path: Path, lab: FabricLab) -> None:
+    assert lab.hub is not None
+    pid, url = lab.hub.process.pid, lab.hub_url + "/v1/edges"
+    before = _peak_rss(pid)
+    stranger = DeviceKey(os.urandom(32))
+    signed = sign_request(stranger.sign, stranger.public, "POST", "/v1/edges", b"{}")  # the right size is unknown
+    for headers, declared in (({}, True), ({}, False), (signed, True), (signed, False)):
+        assert _huge_post(url, headers, declared) in (None, 401, 413)  # unsigned, then oversized: refused
+    grown = _peak_rss(pid) - before
+    assert grown < 32 << 20, f"the hub grew by {grown >> 20} MiB for 4 x 512 MiB it refused"
+    assert httpx.get(lab.hub_url + "/v1/openapi.json", timeout=10).status_code == 200  # and still serves
+
+
 def _publish_head(home: Path, name: str, hub_url: str) -> None:
     from portalfs.device import Device
     from portalfs.hub.client import HubClient

@@ -10,6 +10,7 @@ from pathlib import Path
 import pytest
 
 from portalfs.errors import NotFound
+from portalfs.fabric.grants import link_redeem_key, redeem_proof
 from portalfs.hub.client import EdgeHubClient, HubClient, HubConflict, HubRefused
 from portalfs.keys import DOMAIN_AGREEMENT, DOMAIN_REVOKE, DeviceKey, Identity
 from portalfs.net.tls import EdgeKey
@@ -32,7 +33,7 @@ def _device(lab: FabricLab) -> tuple[Identity, DeviceKey, HubClient]:
 
 def test_a_device_walks_every_route(lab: FabricLab, tmp_path: Path) -> None:
     owner, device, hub = _device(lab)
-    friend, _, friends_hub = _device(lab)
+    friend, friend_device, friends_hub = _device(lab)
     try:
         assert [d.device for d in hub.devices()] == [device.public]
         hub.set_agreement(owner.agreement_public, owner.signing_key.sign(DOMAIN_AGREEMENT + owner.agreement_public))
@@ -62,12 +63,15 @@ def test_a_device_walks_every_route(lab: FabricLab, tmp_path: Path) -> None:
             friends_hub.members(portal)
         assert refused.value.code == "forbidden"
 
-        link = os.urandom(16)
-        hub.create_link(portal, link, b"link-wrapped", {"max_downloads": 1})
-        redeemed = friends_hub.redeem(link)
+        link, secret = os.urandom(16), os.urandom(32)
+        hub.create_link(portal, link, b"link-wrapped", link_redeem_key(secret).public, {"max_downloads": 1})
+        with pytest.raises(HubRefused) as refused:
+            friends_hub.redeem(link, redeem_proof(os.urandom(32), link, friend_device.public))
+        assert refused.value.code == "bad-proof"  # and counts no download
+        redeemed = friends_hub.redeem(link, redeem_proof(secret, link, friend_device.public))
         assert (redeemed.portal, redeemed.wrapped, redeemed.roots) == (portal, b"link-wrapped", [])
         with pytest.raises(HubRefused):
-            friends_hub.redeem(link)  # its one download is used
+            friends_hub.redeem(link, redeem_proof(secret, link, friend_device.public))  # its one download is used
         hub.revoke_link(link)
 
         cid = os.urandom(32)

@@ -9,12 +9,19 @@ from pathlib import Path
 
 import pytest
 
+from portalfs.fabric.grants import link_redeem_key, redeem_proof
 from portalfs.hub.state import Caller, HubRefusal, HubState
 from portalfs.keys import DeviceKey, Identity
 
 NOON = int(datetime(2026, 12, 1, 12, 0, tzinfo=UTC).timestamp()) * 10**9
 MINUTE = 60 * 10**9
 PORTAL = b"p" * 16
+LINK, SECRET = b"L" * 16, b"s" * 32
+REDEEM_KEY = link_redeem_key(SECRET).public
+
+
+def _proof(caller: Caller, secret: bytes = SECRET) -> bytes:
+    return redeem_proof(secret, LINK, caller.key)
 
 
 def _enrolled(hub: HubState, now: int) -> Caller:
@@ -38,18 +45,18 @@ def _refusal(call: object, *args: object) -> tuple[int, str]:
 def test_a_link_opens_until_it_expires(hub: HubState) -> None:
     owner, stranger = _enrolled(hub, NOON), _enrolled(hub, NOON)
     hub.create_portal(owner, PORTAL, None, NOON)
-    hub.create_link(owner, PORTAL, b"L" * 16, b"wrapped", {"expires_ns": NOON + MINUTE})
-    assert hub.redeem(stranger, b"L" * 16, NOON + MINUTE - 1)["wrapped"] == b"wrapped".hex()
-    assert _refusal(hub.redeem, stranger, b"L" * 16, NOON + MINUTE) == (410, "expired")
+    hub.create_link(owner, PORTAL, LINK, b"wrapped", REDEEM_KEY, {"expires_ns": NOON + MINUTE})
+    assert hub.redeem(stranger, LINK, _proof(stranger), NOON + MINUTE - 1)["wrapped"] == b"wrapped".hex()
+    assert _refusal(hub.redeem, stranger, LINK, _proof(stranger), NOON + MINUTE) == (410, "expired")
 
 
 def test_a_link_opens_as_many_times_as_it_allows(hub: HubState) -> None:
     owner, stranger = _enrolled(hub, NOON), _enrolled(hub, NOON)
     hub.create_portal(owner, PORTAL, None, NOON)
-    hub.create_link(owner, PORTAL, b"L" * 16, b"w", {"max_downloads": 2})
-    hub.redeem(stranger, b"L" * 16, NOON)
-    hub.redeem(owner, b"L" * 16, NOON)
-    assert _refusal(hub.redeem, stranger, b"L" * 16, NOON) == (410, "exhausted")
+    hub.create_link(owner, PORTAL, LINK, b"w", REDEEM_KEY, {"max_downloads": 2})
+    hub.redeem(stranger, LINK, _proof(stranger), NOON)
+    hub.redeem(owner, LINK, _proof(owner), NOON)
+    assert _refusal(hub.redeem, stranger, LINK, _proof(stranger), NOON) == (410, "exhausted")
 
 
 @pytest.mark.parametrize(
@@ -60,21 +67,32 @@ def test_a_link_opens_as_many_times_as_it_allows(hub: HubState) -> None:
 def test_a_link_opens_only_inside_its_utc_window(hub: HubState, window: str, minute: int, opens: bool) -> None:
     owner, stranger = _enrolled(hub, NOON), _enrolled(hub, NOON)
     hub.create_portal(owner, PORTAL, None, NOON)
-    hub.create_link(owner, PORTAL, b"L" * 16, b"w", {"window": window})
+    hub.create_link(owner, PORTAL, LINK, b"w", REDEEM_KEY, {"window": window})
     now = NOON - 12 * 60 * MINUTE + minute * MINUTE  # that minute of the day, UTC
     if opens:
-        hub.redeem(stranger, b"L" * 16, now)
+        hub.redeem(stranger, LINK, _proof(stranger), now)
     else:
-        assert _refusal(hub.redeem, stranger, b"L" * 16, now) == (403, "outside-window")
+        assert _refusal(hub.redeem, stranger, LINK, _proof(stranger), now) == (403, "outside-window")
+
+
+def test_a_link_is_used_only_by_who_knows_its_secret_and_a_failed_redeem_counts_nothing(hub: HubState) -> None:
+    owner, stranger, friend = _enrolled(hub, NOON), _enrolled(hub, NOON), _enrolled(hub, NOON)
+    hub.create_portal(owner, PORTAL, None, NOON)
+    hub.create_link(owner, PORTAL, LINK, b"w", REDEEM_KEY, {"max_downloads": 1})
+    assert _refusal(hub.redeem, stranger, LINK, None, NOON) == (403, "bad-proof")  # the link id alone
+    assert _refusal(hub.redeem, stranger, LINK, _proof(stranger, b"x" * 32), NOON) == (403, "bad-proof")
+    assert _refusal(hub.redeem, stranger, LINK, _proof(friend), NOON) == (403, "bad-proof")  # another's proof
+    assert hub.redeem(friend, LINK, _proof(friend), NOON)["wrapped"] == b"w".hex()  # its one download is left
+    assert _refusal(hub.redeem, friend, LINK, _proof(friend), NOON) == (410, "exhausted")
 
 
 def test_a_revoked_link_and_an_unknown_one_are_refused(hub: HubState) -> None:
     owner, stranger = _enrolled(hub, NOON), _enrolled(hub, NOON)
     hub.create_portal(owner, PORTAL, None, NOON)
-    hub.create_link(owner, PORTAL, b"L" * 16, b"w", {})
+    hub.create_link(owner, PORTAL, LINK, b"w", REDEEM_KEY, {})
     hub.revoke_link(owner, b"L" * 16)
-    assert _refusal(hub.redeem, stranger, b"L" * 16, NOON) == (410, "revoked")
-    assert _refusal(hub.redeem, stranger, b"?" * 16, NOON) == (404, "not-found")
+    assert _refusal(hub.redeem, stranger, LINK, _proof(stranger), NOON) == (410, "revoked")
+    assert _refusal(hub.redeem, stranger, b"?" * 16, None, NOON) == (404, "not-found")
 
 
 def _edge(hub: HubState) -> Caller:
@@ -90,7 +108,7 @@ def test_an_expired_or_deactivated_portal_is_closed_to_members_and_links_but_kee
     hub.create_portal(owner, PORTAL, NOON + MINUTE, NOON)
     assert member.identity is not None
     hub.set_member(owner, PORTAL, member.identity, b"grant", False, NOON)
-    hub.create_link(owner, PORTAL, b"L" * 16, b"w", {})
+    hub.create_link(owner, PORTAL, LINK, b"w", REDEEM_KEY, {})
     edge = _edge(hub)
     other = b"q" * 16  # a live portal that shares one object with the one that expires
     hub.create_portal(owner, other, None, NOON)
@@ -100,7 +118,7 @@ def test_an_expired_or_deactivated_portal_is_closed_to_members_and_links_but_kee
     hub.roots(member, PORTAL, 0, NOON)  # a member reads while it lives
     assert hub.portal_state(PORTAL, NOON + MINUTE) == "expired"
     assert _refusal(hub.roots, member, PORTAL, 0, NOON + MINUTE) == (410, "expired")
-    assert _refusal(hub.redeem, member, b"L" * 16, NOON + MINUTE) == (410, "expired")
+    assert _refusal(hub.redeem, member, LINK, _proof(member), NOON + MINUTE) == (410, "expired")
     assert hub.garbage(edge, NOON + MINUTE) == []  # expired: restorable through the grace period
     released = NOON + MINUTE + hub.grace_ns
     assert hub.garbage(edge, released - 1) == []
