@@ -74,7 +74,7 @@ def _run_foreground(device, secrets, name, version, mountpoint, options, ready_f
         logging.getLogger("portalfs").info("mounted %s at %s", name, mountpoint)
 
     try:
-        from ..daemon.publisher import MountPublisher
+        from ..daemon.mountsync import MountSync
         from ..fabric.store import fetch_directories
         from ..fabric.sync import device_fabric
 
@@ -83,7 +83,7 @@ def _run_foreground(device, secrets, name, version, mountpoint, options, ready_f
         prepare = None if fabric is None else fetch_directories
         # a read-write mount on a hub publishes what it commits itself (docs/design.md, section 16)
         on_hub = fabric if fabric is not None and fabric.hub is not None else None
-        syncer = None if on_hub is None else functools.partial(MountPublisher, on_hub)
+        syncer = None if on_hub is None else functools.partial(MountSync, on_hub)
         with one_error():
             trio.run(serve_mount, device, secrets, name, version, mountpoint, options, ready, store, prepare, syncer)
     except PortalError as exc:

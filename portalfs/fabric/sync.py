@@ -205,19 +205,11 @@ class Fabric:
         version while this device made versions of its own, the two are merged
         (``merge``) into one new version on top of the hub's.
         """
-        hub = self.require_hub()
         view = self._reading(view)
-        head = self.device.state.head(view.row.id)
-        local = 0 if head is None else head.version
-        published = published_version(self.device, view.row.id)
-        records = [RootRecord.from_bytes(r) for r in hub.roots(view.row.id, after=published)]
-        while records and records[0].version <= local:  # the hub has this device's own (a crash forgot it did)
-            if self.device.state.version(view.row.id, records[0].version).record.record_id != records[0].record_id:
-                break
-            published = records.pop(0).version
-            mark_published(self.device, view.row.id, published)
+        records = self._incoming(view)
         if not records:
             return 0
+        local, published = self._local_and_published(view)
         try:
             # a read-write mount builds its versions on the head it mounted: none may come in beneath it
             if local > published:
@@ -232,6 +224,34 @@ class Fabric:
             log.info("%s: mounted read-write; v%d and later wait for the unmount", view.row.name, records[0].version)
             return 0
         return len(records)
+
+    def land(self, view: PortalView) -> int:
+        """``pull``, for the process that holds the portal's writer lock (its read-write mount, which then moves
+        its tree onto the new head): the hub's versions, merged with this device's when it has its own."""
+        view = self._reading(view)
+        records = self._incoming(view)
+        if records:
+            local, published = self._local_and_published(view)
+            if local > published:
+                self.merge(view, records)
+            else:
+                self.take_records(view, records)
+        return len(records)
+
+    def _local_and_published(self, view: PortalView) -> tuple[int, int]:
+        head = self.device.state.head(view.row.id)
+        return 0 if head is None else head.version, published_version(self.device, view.row.id)
+
+    def _incoming(self, view: PortalView) -> list[RootRecord]:
+        """The hub's records after this device's newest published version that are not this device's own."""
+        local, published = self._local_and_published(view)
+        records = [RootRecord.from_bytes(r) for r in self.require_hub().roots(view.row.id, after=published)]
+        while records and records[0].version <= local:  # the hub has this device's own (a crash forgot it did)
+            if self.device.state.version(view.row.id, records[0].version).record.record_id != records[0].record_id:
+                break
+            published = records.pop(0).version
+            mark_published(self.device, view.row.id, published)
+        return records
 
     def _checked(self, view: PortalView, records: list[RootRecord]) -> list[tuple[RootRecord, RootPayload]]:
         """``records``, each following the one before it (the first, the device's version before it), opened."""

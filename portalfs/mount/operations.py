@@ -25,7 +25,7 @@ import trio
 from ..errors import IntegrityError, MissingObject, PortalError
 from ..root import RootPayload, RootRecord
 from ..worktree.live import LiveTree, now_ns, settled
-from ..worktree.workspace import FsError, Inode
+from ..worktree.workspace import Followed, FsError, Inode
 
 __all__ = ["PortalOperations"]
 
@@ -70,6 +70,15 @@ def _changes(handler: Callable[P, Coroutine[Any, Any, T]]) -> Callable[P, Corout
         return result
 
     return wrapper
+
+
+def _invalidate(followed: Followed) -> None:
+    """Drop what the kernel cached of what changed: pages and attributes, names and absences of names."""
+    for ino in followed.inodes:
+        with contextlib.suppress(OSError):  # ENOENT: the kernel holds nothing of it
+            pyfuse3.invalidate_inode(ino)
+    for parent, name in followed.entries:
+        pyfuse3.invalidate_entry_async(parent, name, ignore_enoent=True)
 
 
 class PortalOperations(pyfuse3.Operations):
@@ -124,12 +133,18 @@ class PortalOperations(pyfuse3.Operations):
         record, root = newer
         followed = self.workspace.follow(root.entry)
         self.tree.head = record
-        for ino in followed.inodes:  # cached pages and attributes
-            with contextlib.suppress(OSError):  # ENOENT: the kernel holds nothing of it
-                pyfuse3.invalidate_inode(ino)
-        for parent, name in followed.entries:  # cached names, and cached absences of names
-            pyfuse3.invalidate_entry_async(parent, name, ignore_enoent=True)
+        _invalidate(followed)
         log.info("showing version %d", record.version)
+        return True
+
+    async def absorb(self, take: Callable[[], tuple[RootRecord, RootPayload] | None]) -> bool:
+        """Land versions from elsewhere in this read-write mount (``LiveTree.absorb``); True if some came."""
+        followed = await self.tree.absorb(take)
+        if followed is None:
+            return False
+        _invalidate(followed)
+        assert self.tree.head is not None
+        log.info("now at version %d, with what came from elsewhere", self.tree.head.version)
         return True
 
     def _attrs(self, inode: Inode) -> pyfuse3.EntryAttributes:

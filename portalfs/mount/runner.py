@@ -46,8 +46,10 @@ READ_AHEAD_KB = 1024
 class Syncer(Protocol):
     """What syncs the mounted portal from inside the mount process (docs/design.md, section 16)."""
 
-    async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
-        """Until cancelled: push and publish what was committed."""
+    async def run(
+        self, mount: PortalOperations, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED
+    ) -> None:
+        """Until cancelled: publish what ``mount`` commits, and land in it what other devices publish."""
 
     def committed(self, record: RootRecord) -> None:
         """The mount committed ``record`` (called on the loop; must not block)."""
@@ -164,7 +166,7 @@ async def _serve(
     try:
         async with trio.open_nursery() as nursery:
             if syncer is not None:
-                await nursery.start(syncer.run)
+                await nursery.start(syncer.run, ops)
                 ops.tree.on_commit = syncer.committed
             await nursery.start(ops.run_background)
             nursery.start_soon(_watch_signals, ops)

@@ -32,6 +32,7 @@ import trio
 from ..chunking import CDC_MIN
 from ..device import Unlocked
 from ..errors import IntegrityError, MissingObject, PortalError
+from ..merge import conflict_name
 from ..portal import PortalView
 from ..root import RootPayload, RootRecord
 from ..store.base import Priority
@@ -39,7 +40,7 @@ from .commit import abandon, apply, checkpoint, journal_file, snapshot, staged_i
 from .journal import encode_record, journal_chain
 from .reader import ContentReader
 from .streaming import StreamingSeal
-from .workspace import MAX_FILE_SIZE, FsError, Inode, Workspace
+from .workspace import MAX_FILE_SIZE, Followed, FsError, Inode, Workspace
 
 __all__ = ["LiveTree", "settled", "AUTOCOMMIT_SECONDS", "MEMORY_STAGING"]
 
@@ -386,33 +387,66 @@ class LiveTree:
         if self.read_only or self.secrets is None:
             return
         async with self._commit_lock:
-            plan = snapshot(self.workspace, content_of)
-            if plan is None:
-                return
-            secrets, head, journal_up_to = self.secrets, self.head, self._journal_seq
-            batch = [seq for seq in self._unstored if seq <= journal_up_to]
-            objects = [sealed for seq in batch for sealed in self._unstored[seq][1]]
-            try:
-                async with contextlib.AsyncExitStack() as locks:
-                    for inode in sorted(staged_inodes(plan), key=lambda i: i.ino):
-                        await locks.enter_async_context(self._content_lock(inode))
-                    result, record = await trio.to_thread.run_sync(
-                        checkpoint, self.view, secrets, plan, head, self._totals, now_ns(), journal_up_to, objects
-                    )
-            except BaseException:
-                abandon(self.workspace, plan)
-                raise
-            apply(result)
-            self.head = record
-            self.versions_committed += 1
-            if self.on_commit is not None:
-                self.on_commit(record)
-            for seq in batch:
-                node, kept = self._unstored.pop(seq)
-                self._unstored_bytes -= sum(map(len, kept))
-                self._unstored_inodes[node.ino] -= 1
-                if not self._unstored_inodes[node.ino]:
-                    del self._unstored_inodes[node.ino]
-                    if node.opens == 0 and not self._content_dirty(node):
-                        self.workspace.drop_staging(node)
+            await self._commit(content_of)
         self.collect_garbage()
+
+    async def absorb(self, take: Callable[[], tuple[RootRecord, RootPayload] | None]) -> Followed | None:
+        """Take versions from elsewhere into this live tree (docs/design.md, section 16, "Live sync").
+
+        Under the commit lock: what is settled here is committed first; then ``take`` (a worker thread) lands
+        the hub's versions, merged with this device's, and returns the new head (None: nothing came); the
+        tree moves onto it in place, keeping what changed here meanwhile (``Workspace.rebase``). Returns what
+        the kernel may have cached, for the caller to invalidate.
+        """
+        if self.read_only or self.secrets is None:
+            return None
+        async with self._commit_lock:
+            await self._commit(settled)
+            taken = await trio.to_thread.run_sync(take)
+            if taken is None:
+                return None
+            record, root = taken
+            followed = self.workspace.rebase(root.entry, self._conflict_name)
+            self.head = record
+            if root.entry.node is not None:
+                self._totals[root.entry.node.cid] = (root.size, root.files)
+        self.collect_garbage()
+        return followed
+
+    def _conflict_name(self, name: bytes, taken: set[bytes]) -> bytes:
+        assert self.secrets is not None
+        device = self.view.device.state.device_names().get(self.secrets.device.public, "this device")
+        return conflict_name(name, device, time.strftime("%Y-%m-%d", time.gmtime()), taken)
+
+    async def _commit(self, content_of: Callable[[Inode], bool]) -> None:
+        """``commit``, with the commit lock held."""
+        assert self.secrets is not None
+        plan = snapshot(self.workspace, content_of)
+        if plan is None:
+            return
+        secrets, head, journal_up_to = self.secrets, self.head, self._journal_seq
+        batch = [seq for seq in self._unstored if seq <= journal_up_to]
+        objects = [sealed for seq in batch for sealed in self._unstored[seq][1]]
+        try:
+            async with contextlib.AsyncExitStack() as locks:
+                for inode in sorted(staged_inodes(plan), key=lambda i: i.ino):
+                    await locks.enter_async_context(self._content_lock(inode))
+                result, record = await trio.to_thread.run_sync(
+                    checkpoint, self.view, secrets, plan, head, self._totals, now_ns(), journal_up_to, objects
+                )
+        except BaseException:
+            abandon(self.workspace, plan)
+            raise
+        apply(result)
+        self.head = record
+        self.versions_committed += 1
+        if self.on_commit is not None:
+            self.on_commit(record)
+        for seq in batch:
+            node, kept = self._unstored.pop(seq)
+            self._unstored_bytes -= sum(map(len, kept))
+            self._unstored_inodes[node.ino] -= 1
+            if not self._unstored_inodes[node.ino]:
+                del self._unstored_inodes[node.ino]
+                if node.opens == 0 and not self._content_dirty(node):
+                    self.workspace.drop_staging(node)

@@ -118,6 +118,16 @@ class Inode(FileKind):
         )
 
 
+def _changed_here(inode: Inode) -> bool:
+    """Changed since the last checkpoint: a name made or changed, or content written and not yet committed."""
+    return inode.dirty or (inode.is_file and inode.content_gen != inode.committed_content_gen)
+
+
+def _replaced_while_open(inode: Inode, entry: Entry, here: Callable[[Inode], bool]) -> bool:
+    changed = inode.node != entry.node or inode.committed_size != entry.size
+    return inode.is_file and inode.opens > 0 and not here(inode) and changed and entry.is_file
+
+
 def _check_name(name: bytes) -> None:
     if len(name) > NAME_MAX:
         raise FsError(errno.ENAMETOOLONG)
@@ -306,26 +316,69 @@ class Workspace:
         from the new version when first used.
         """
         if not self.read_only:
-            raise FsError(errno.EROFS)  # a writable tree has changes of its own: it is merged, not moved
+            raise FsError(errno.EROFS)  # a writable tree has changes of its own: it is rebased, not moved
         followed = Followed()
-        self._follow(self.root, root, followed)
+        self._follow(self.root, root, followed, lambda inode: False, None)
         return followed
 
-    def _follow(self, inode: Inode, entry: Entry, followed: Followed) -> None:
-        if inode.entry() == replace(entry, name=inode.name):
+    def rebase(self, root: Entry, conflict: Callable[[bytes, set[bytes]], bytes]) -> Followed:
+        """Move this writable tree, in place, onto a version of the portal that holds its last checkpoint (the
+        hub's versions merged with this device's), keeping what changed here since that checkpoint.
+
+        What is unchanged here takes the new version's state; a name changed or made here since (a file still
+        being written, a rename made meanwhile) stays as it is here. A file changed here whose content the new
+        version changed too keeps this device's bytes under its name, and the new version's file appears
+        beside it as ``conflict(name, names taken)``. A file open here and unchanged here whose content the
+        new version changed is replaced by a new inode under its name: its open handles keep reading what
+        they opened, and the next open reads the new bytes. Returns what the kernel may have cached.
+        """
+        self._writable()
+        followed = Followed()
+        self._follow(self.root, root, followed, _changed_here, conflict)
+        return followed
+
+    def _follow(
+        self,
+        inode: Inode,
+        entry: Entry,
+        followed: Followed,
+        here: Callable[[Inode], bool],
+        conflict: Callable[[bytes, set[bytes]], bytes] | None,
+    ) -> None:
+        committed = inode.entry()
+        if committed == replace(entry, name=inode.name):
             return  # the same subtree: nothing below it changed either
-        self._take(inode, entry)
-        followed.inodes.append(inode.ino)
+        if not here(inode):
+            had = inode.node
+            self._take(inode, entry)
+            if inode.is_file and inode.staged and had != inode.node:
+                self.drop_staging(inode)  # staged unchanged (opened for writing, not written): the new bytes
+            followed.inodes.append(inode.ino)
+        elif conflict is not None and inode.is_file and inode.parent is not None and committed.node != entry.node:
+            parent = inode.parent
+            beside = conflict(inode.name, set(self.children(parent)))
+            copy = replace(entry, name=beside, link=None)
+            self._link(parent, beside, self._inode_from_entry(copy, parent))
+            self.touch(parent)
+            followed.entries.append((parent.ino, beside))
         if not inode.is_dir or inode.children is None:
             return
         new = {e.name: e for e in decode_dir(self._load_node(entry.node))} if entry.node is not None else {}
         for name, child in list(inode.children.items()):
+            if here(child):
+                continue  # made or changed here since the checkpoint: it stays
             linked = child.names > 1 or (name in new and new[name].link is not None)  # a linked name: taken anew
             if name not in new or stat.S_IFMT(new[name].mode) != stat.S_IFMT(child.mode) or linked:
                 self._gone(self._unlink_name(inode, name))
                 followed.entries.append((inode.ino, name))
         for name, child_entry in new.items():
             kept = inode.children.get(name)
+            if kept is not None and conflict is not None and _replaced_while_open(kept, child_entry, here):
+                # Open here, unchanged here, changed there: a new inode takes the name, and the open handles keep
+                # the one they opened, as after a rename(2) over it on a local filesystem.
+                self._gone(self._unlink_name(inode, name))
+                followed.entries.append((inode.ino, name))
+                kept = None
             if kept is None:
                 group = None if child_entry.link is None else self._groups.get(child_entry.link)
                 if group is not None and group.unlinked:
@@ -333,7 +386,7 @@ class Workspace:
                 self._link(inode, name, group or self._inode_from_entry(child_entry, inode))
                 followed.entries.append((inode.ino, name))  # the kernel may hold "no such name"
             else:
-                self._follow(kept, child_entry, followed)
+                self._follow(kept, child_entry, followed, here, conflict)
 
     @staticmethod
     def _take(inode: Inode, entry: Entry) -> None:
