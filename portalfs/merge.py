@@ -9,7 +9,9 @@ is taken once; a directory changed on both sides is merged inside; a file (or
 a symlink, or a file against a directory) changed differently on both sides is
 a true conflict, and both are kept: theirs under its name, ours beside it as
 ``name (conflict DEVICE YYYY-MM-DD).ext``. A deletion on one side against a
-change on the other keeps the change. Each name of a hard-linked file is
+change on the other keeps the change; a directory deleted on one side and
+changed inside on the other is merged inside as if emptied, so that only
+what the other side changed stays. Each name of a hard-linked file is
 merged as a file; a conflict copy is a file of its own (it leaves the link
 group), and a link group whose names came out with different content or
 metadata is split, one group per variant, so that no name's bytes are hidden
@@ -113,6 +115,12 @@ def split_links(root: Entry, load_node: NodeLoader, store_node: NodeStorer) -> E
     return rewrite(root)
 
 
+def _one_dir(mine: Entry | None, other: Entry | None) -> bool:
+    """One side deleted the name and the other has a directory there."""
+    survivor = mine if other is None else other if mine is None else None
+    return survivor is not None and survivor.is_dir
+
+
 class _Merger:
     def __init__(self, load_node: NodeLoader, store_node: NodeStorer, rename: Callable[[bytes, set[bytes]], bytes]):
         self._load = load_node
@@ -155,6 +163,15 @@ class _Merger:
             elif mine is not None and other is not None and mine.is_dir and other.is_dir:
                 inside = was if was is not None and was.is_dir else None
                 out[name] = self.directory(inside, mine, other, path + name + b"/")
+            elif was is not None and was.is_dir and _one_dir(mine, other):
+                # a directory deleted on one side and changed inside on the other: merged inside, as if emptied,
+                # so that what the deleting side removed and the other left alone stays removed
+                empty = dataclasses.replace(was, node=self._store(encode_dir([])), links=False)
+                inside = self.directory(was, mine or empty, other or empty, path + name + b"/")
+                if self._children(inside):
+                    out[name] = dataclasses.replace(inside, name=name)
+                else:
+                    out.pop(name, None)
             elif mine is None:
                 continue  # deleted here, changed there: the change stands
             elif other is None:

@@ -114,3 +114,100 @@ def test_a_conflict_copy_of_a_linked_file_leaves_its_group() -> None:
     assert nodes.read(result.root) == {"x": "theirs", "y": "theirs", "x (conflict laptop 2026-12-02)": "ours",
                                        "y (conflict laptop 2026-12-02)": "ours"}  # fmt: skip
     assert sorted(sorted(p) for p in nodes.groups(result.root).values()) == [["x", "y"]]
+
+
+def _sync_model(seed: int) -> tuple[dict[str, str], set[str], dict[str, str | None]]:
+    """Two devices edit a small tree and sync at random moments through a hub that takes a version only on top of
+    its head (as the real one does): a device that is behind lands the hub's versions first, merging its own.
+    Returns the final tree (both devices end equal), the files both devices changed, and each file's last
+    write (None: deleted) by the device that made it."""
+    import random
+
+    rng = random.Random(seed)
+    nodes = Nodes()
+    names = ["a", "b", "c", "d/x", "d/y", "e"]
+    owner = {name: rng.choice(["A", "B", "both"]) for name in names}
+
+    def tree(flat: dict[str, str]) -> Tree:
+        out: Tree = {}
+        for path, content in flat.items():
+            *dirs, leaf = path.split("/")
+            where = out
+            for d in dirs:
+                where = where.setdefault(d, {})  # type: ignore[assignment]
+            where[leaf] = content
+        return out
+
+    def flat(t: Tree, prefix: str = "") -> dict[str, str]:
+        out: dict[str, str] = {}
+        for name, value in t.items():
+            if isinstance(value, str):
+                out[prefix + name] = value
+            else:
+                out.update(flat(value, prefix + name + "/"))
+        return out
+
+    start = {name: "base" for name in names}
+    hub = [start]
+    devices = {d: {"base": 0, "local": dict(start)} for d in "AB"}
+    last: dict[str, str | None] = {}
+    changed_by: dict[str, set[str]] = {name: set() for name in names}
+
+    def land(d: str) -> None:
+        state = devices[d]
+        head = len(hub) - 1
+        if state["base"] == head:
+            return
+        base, ours, theirs = hub[state["base"]], state["local"], hub[head]
+        if ours == base:
+            state["local"] = dict(theirs)
+        else:
+            merged = merge_trees(
+                nodes.build(tree(base)), nodes.build(tree(ours)), nodes.build(tree(theirs)), nodes.load, nodes.store,
+                lambda name, taken: conflict_name(name, d, "2026-12-04", taken),
+            )  # fmt: skip
+            state["local"] = flat(nodes.read(merged.root))
+        state["base"] = head
+
+    def sync(d: str) -> None:
+        land(d)
+        state = devices[d]
+        if state["local"] != hub[state["base"]]:
+            hub.append(dict(state["local"]))
+            state["base"] = len(hub) - 1
+
+    for step in range(rng.randint(5, 30)):
+        d = rng.choice("AB")
+        action = rng.random()
+        mine = [n for n in names if owner[n] in (d, "both")]
+        if action < 0.55 and mine:
+            name = rng.choice(mine)
+            local = devices[d]["local"]
+            if rng.random() < 0.15 and name in local:
+                del local[name]
+                last[name] = None
+            else:
+                local[name] = last[name] = f"{d}{step}"
+            changed_by[name].add(d)
+        elif action < 0.8:
+            sync(d)
+        else:
+            land(d)
+    for _ in range(2):
+        sync("A")
+        sync("B")
+    assert devices["A"]["local"] == devices["B"]["local"] == hub[-1]
+    both = {name for name, who in changed_by.items() if len(who) > 1}
+    return hub[-1], both, last
+
+
+def test_a_file_only_one_device_changed_never_conflicts_in_1000_interleavings() -> None:
+    for seed in range(1000):
+        final, both, last = _sync_model(seed)
+        conflicted = {name.split(" (conflict ")[0] for name in final if " (conflict " in name}
+        assert conflicted <= both, (seed, conflicted, both)  # only a file both changed can conflict
+        for name, content in last.items():
+            if name not in both:  # one writer: its last write is what the portal holds
+                assert final.get(name) == content, (seed, name)
+            elif content is not None:  # both wrote: the last write survives, under its name or beside it
+                assert content in final.values(), (seed, name)
