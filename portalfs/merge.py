@@ -27,10 +27,14 @@ import os
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
+from . import encoding
 from .sealing import ChunkRef
 from .tree import Entry, decode_dir, encode_dir, holds_links
 
-__all__ = ["MergeResult", "merge_trees", "conflict_name"]
+__all__ = ["MergeResult", "merge_trees", "conflict_name", "conflict_copy", "CONFLICT_XATTR", "Beside", "Writer"]
+
+CONFLICT_XATTR = b"user.portal.conflict"  # on a conflict copy: CBOR {of, copy, name} (docs/design.md, section 14)
+Beside = Callable[[Entry, set[bytes]], Entry]  # (the entry to keep beside, names taken) -> the conflict copy
 
 NodeLoader = Callable[[ChunkRef], bytes]
 NodeStorer = Callable[[bytes], ChunkRef]
@@ -57,16 +61,36 @@ def conflict_name(name: bytes, device: str, date: str, taken: set[bytes]) -> byt
     raise ValueError(f"no free name beside {name!r}")
 
 
+@dataclass(frozen=True, slots=True)
+class Writer:
+    """A device, as a conflict copy names it: its name, and its key (names need not differ)."""
+
+    name: str
+    key: bytes
+
+
+def conflict_copy(entry: Entry, taken: set[bytes], copy: Writer, kept: Writer, date: str) -> Entry:
+    """``entry`` (``copy``'s bytes) kept beside the name it lost to ``kept``'s, as a conflict copy: renamed
+    (``conflict_name``), out of any link group, and marked with CONFLICT_XATTR, CBOR
+    ``{of: the name, copy: name, copy_key: key, name: name, name_key: key}``."""
+    name = conflict_name(entry.name, copy.name, date, taken)
+    mark = encoding.encode(
+        {"of": entry.name, "copy": copy.name, "copy_key": copy.key, "name": kept.name, "name_key": kept.key}
+    )
+    return dataclasses.replace(entry, name=name, link=None, xattrs={**entry.xattrs, CONFLICT_XATTR: mark})
+
+
 def merge_trees(
     base: Entry | None,
     ours: Entry,
     theirs: Entry,
     load_node: NodeLoader,
     store_node: NodeStorer,
-    rename: Callable[[bytes, set[bytes]], bytes],
+    beside: Beside,
 ) -> MergeResult:
-    """Merge the root directories ``ours`` and ``theirs`` over ``base`` (None: they share no version)."""
-    merger = _Merger(load_node, store_node, rename)
+    """Merge the root directories ``ours`` and ``theirs`` over ``base`` (None: they share no version);
+    ``beside`` makes the conflict copy of ours' entry (``conflict_copy``)."""
+    merger = _Merger(load_node, store_node, beside)
     root = merger.directory(base, ours, theirs, b"")
     return MergeResult(split_links(root, load_node, store_node), merger.conflicts)
 
@@ -122,10 +146,10 @@ def _one_dir(mine: Entry | None, other: Entry | None) -> bool:
 
 
 class _Merger:
-    def __init__(self, load_node: NodeLoader, store_node: NodeStorer, rename: Callable[[bytes, set[bytes]], bytes]):
+    def __init__(self, load_node: NodeLoader, store_node: NodeStorer, beside: Beside):
         self._load = load_node
         self._store = store_node
-        self._rename = rename
+        self._beside = beside
         self.conflicts: list[str] = []
 
     def _same(self, a: Entry | None, b: Entry | None) -> bool:
@@ -177,9 +201,9 @@ class _Merger:
             elif other is None:
                 out[name] = mine  # changed here, deleted there: the change stands
             else:
-                beside = self._rename(name, set(out) | set(o))
-                out[beside] = dataclasses.replace(mine, name=beside, link=None)  # a file of its own
-                self.conflicts.append(os.fsdecode(path + beside))
+                copy = self._beside(mine, set(out) | set(o))  # a file of its own
+                out[copy.name] = copy
+                self.conflicts.append(os.fsdecode(path + copy.name))
         if out == t:
             return theirs
         node = self._store(encode_dir(list(out.values())))

@@ -175,29 +175,41 @@ class PortalView:
 
     def graft(self, secrets: Unlocked, path: str, entry: Entry, now_ns: int) -> VersionRow:
         """A new version: the newest one with ``entry`` placed at ``path``. Hold the writer locks."""
-        parts = [os.fsencode(p) for p in path.split("/") if p and p != "."]
-        if not parts:
-            raise NotFound("give the path of a file or directory inside the portal, not its root")
+        return self.edit(secrets, {path: entry}, now_ns)
+
+    def edit(self, secrets: Unlocked, changes: dict[str, Entry | None], now_ns: int) -> VersionRow:
+        """A new version: the newest one with each path of ``changes`` given its entry (None: removed), in
+        order. Hold the writer locks."""
         head = self.version()
 
         def store_node(plaintext: bytes) -> ChunkRef:
             return store_sealed(self.store, self.keys.tree_secret, plaintext)[0]
 
-        def place(directory: Entry, names: list[bytes]) -> Entry:
+        def place(directory: Entry, names: list[bytes], entry: Entry | None, path: str) -> Entry:
             if not directory.is_dir or directory.node is None:
                 raise NotFound(f"{path!r}: a parent of it is not a directory in the newest version")
             children = {e.name: e for e in decode_dir(self.load_node(directory.node))}
             if len(names) == 1:
-                children[names[0]] = dataclasses.replace(entry, name=names[0])
+                if entry is None:
+                    if children.pop(names[0], None) is None:
+                        raise NotFound(f"{path!r} is not in the newest version")
+                else:
+                    children[names[0]] = dataclasses.replace(entry, name=names[0])
             elif names[0] in children:
-                children[names[0]] = place(children[names[0]], names[1:])
+                children[names[0]] = place(children[names[0]], names[1:], entry, path)
             else:
                 raise NotFound(f"{path!r}: its parent directory is not in the newest version")
             node = store_node(encode_dir(list(children.values())))
             return dataclasses.replace(directory, node=node, mtime_ns=now_ns, links=holds_links(children.values()))
 
+        root = self.root(head).entry
+        for path, entry in changes.items():
+            parts = [os.fsencode(p) for p in path.split("/") if p and p != "."]
+            if not parts:
+                raise NotFound("give the path of a file or directory inside the portal, not its root")
+            root = place(root, parts, entry, path)
         # an old name of a hard-linked file may differ from its group now: it becomes a file of its own
-        root = split_links(place(self.root(head).entry, parts), self.load_node, store_node)
+        root = split_links(root, self.load_node, store_node)
         return self._record(secrets, head, root, now_ns)
 
     def _record(

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import getpass
+import json
 import os
 import sys
 from collections.abc import Callable
@@ -13,7 +14,7 @@ from ..errors import PortalError, UsageError
 from ..memory import keep_freed_memory
 from ..paths import DeviceHome
 
-__all__ = ["run_command", "unlock", "read_secret_file"]
+__all__ = ["run_command", "unlock", "read_secret_file", "emit"]
 
 
 def run_command(prog: str, work: Callable[[Device], int]) -> int:
@@ -38,6 +39,11 @@ def run_command(prog: str, work: Callable[[Device], int]) -> int:
     finally:
         if device is not None:
             device.close()
+
+
+def emit(args: argparse.Namespace, data: object, text: str) -> None:
+    """The command's answer: ``data`` as JSON with --json, else ``text``."""
+    print(json.dumps(data, sort_keys=True) if getattr(args, "json", False) else text)
 
 
 def read_secret_file(path: str, what: str) -> str:

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import json
 import re
 import sys
 import time
@@ -29,17 +28,13 @@ from ..gc import DELETE_GRACE_NS
 from ..hub.client import DeviceInfo
 from ..hub.state import WINDOW
 from ..portal import PortalView
-from .common import unlock
+from .common import emit, unlock
 from .servers import parse_duration
 
 __all__ = ["register", "open_fabric"]
 
 SYNC_TIMEOUT = 3600.0  # seconds `portalctl sync` waits for portald's answer
 STATUS_TIMEOUT = 10.0
-
-
-def _emit(args: argparse.Namespace, data: object, text: str) -> None:
-    print(json.dumps(data, sort_keys=True) if getattr(args, "json", False) else text)
 
 
 def open_fabric(device: Device, secrets: Unlocked, need_hub: bool = True) -> Fabric:
@@ -80,7 +75,7 @@ def cmd_hub_add(device: Device, args: argparse.Namespace) -> int:
     for name, error in result["failed"].items():  # joined all the same: the next sync tries them again
         print(f"portalctl: {name}: {error}", file=sys.stderr)
     added = ", ".join(result["portals_added"]) or "none"
-    _emit(args, result, f"Joined hub {url}: {result['edges']} edges; portals added: {added}")
+    emit(args, result, f"Joined hub {url}: {result['edges']} edges; portals added: {added}")
     return 0
 
 
@@ -112,7 +107,7 @@ def cmd_edge_add(device: Device, args: argparse.Namespace) -> int:
             fabric.membership.merge_keyring()  # so a recovered device finds this edge too
         finally:
             fabric.close()
-    _emit(args, {"edge": f"{host}:{port}", "key": key}, f"Added edge {host}:{port} ({args.transport})")
+    emit(args, {"edge": f"{host}:{port}", "key": key}, f"Added edge {host}:{port} ({args.transport})")
     return 0
 
 
@@ -127,7 +122,7 @@ def cmd_edge_ls(device: Device, args: argparse.Namespace) -> int:
         f"{r['edge']}\t{r['transport']}\t" + (f"up\t{r['objects']} objects" if r["up"] else f"down\t{r['error']}")
         for r in rows
     ]
-    _emit(args, rows, "\n".join(lines) or "no edges")
+    emit(args, rows, "\n".join(lines) or "no edges")
     return 0
 
 
@@ -155,7 +150,7 @@ def cmd_device_ls(device: Device, args: argparse.Namespace) -> int:
         + ("\t(this device)" if r["device"] == me else "")
         for r in rows
     ]
-    _emit(args, rows, "\n".join(lines))
+    emit(args, rows, "\n".join(lines))
     return 0
 
 
@@ -166,7 +161,7 @@ def cmd_device_revoke(device: Device, args: argparse.Namespace) -> int:
         revoked = sharing.revoke_device(fabric, args.device).hex()
     finally:
         fabric.close()
-    _emit(args, {"revoked": revoked}, f"Revoked device {revoked[:16]}")
+    emit(args, {"revoked": revoked}, f"Revoked device {revoked[:16]}")
     return 0
 
 
@@ -194,7 +189,7 @@ def cmd_sync(device: Device, args: argparse.Namespace) -> int:
         if "error" not in r
     )
     if text or args.json or not failures:
-        _emit(args, results, text or "nothing to sync")
+        emit(args, results, text or "nothing to sync")
     named = [what for portal, what in failures if portal in args.names]
     return int(named[0]["exit_code"]) if named else 0
 
@@ -245,7 +240,7 @@ def cmd_share(device: Device, args: argparse.Namespace) -> int:
     finally:
         fabric.close()
     role = "read and write" if args.write else "read"
-    _emit(
+    emit(
         args,
         {"portal": args.name, "identity": recipient.hex(), "write": bool(args.write)},
         f"Shared {args.name} with {recipient.hex()[:16]}… ({role}); they see it after `portalctl sync`",
@@ -267,7 +262,7 @@ def cmd_unshare(device: Device, args: argparse.Namespace) -> int:
         sharing.unshare(fabric, view, member)
     finally:
         fabric.close()
-    _emit(
+    emit(
         args,
         {"portal": args.name, "removed": member.hex()},
         f"Removed {member.hex()[:16]}… from {args.name}; new versions use a new read key",
@@ -293,7 +288,7 @@ def cmd_link(device: Device, args: argparse.Namespace) -> int:
         url = sharing.make_link(fabric, view, policy)
     finally:
         fabric.close()
-    _emit(args, {"url": url, **policy}, url)
+    emit(args, {"url": url, **policy}, url)
     return 0
 
 
@@ -331,7 +326,7 @@ def cmd_portal_set(device: Device, args: argparse.Namespace) -> int:
     finally:
         fabric.close()
     expires = f", expires {_until(info.expires_ns)}" if info.expires_ns else ""
-    _emit(args, info.to_json(), f"{args.name}: {info.state}{expires}")
+    emit(args, info.to_json(), f"{args.name}: {info.state}{expires}")
     return 0
 
 
@@ -367,7 +362,7 @@ def cmd_portal_delete(device: Device, args: argparse.Namespace) -> int:
         until = time.time_ns() + DELETE_GRACE_NS
         device.state.set_deleted(view.row.id, until, here=True)
         result = {"id": view.row.id.hex(), "state": "deleted", "release_ns": until}
-    _emit(
+    emit(
         args,
         {"portal": args.name, **result},
         f"Deleted {args.name}; `portalctl portal restore {args.name}` brings it back until "
@@ -391,7 +386,7 @@ def cmd_portal_restore(device: Device, args: argparse.Namespace) -> int:
             raise UsageError(f"portal {args.name} is not deleted")
         device.state.set_deleted(view.row.id, None)
         state = "active"
-    _emit(args, {"portal": args.name, "state": state}, f"Restored {args.name}: {state}")
+    emit(args, {"portal": args.name, "state": state}, f"Restored {args.name}: {state}")
     return 0
 
 
@@ -439,7 +434,7 @@ def cmd_status(device: Device, args: argparse.Namespace) -> int:
         + (f", {p['version'] - p['published']} to publish" if config.hub and p["version"] > p["published"] else "")
         for p in portals
     ]
-    _emit(args, data, "\n".join(lines))
+    emit(args, data, "\n".join(lines))
     return 0
 
 

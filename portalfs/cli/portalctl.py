@@ -34,8 +34,8 @@ from ..portal import PortalView
 from ..restore import Restorer
 from ..tree import validate_name
 from ..worktree.journal import writing
-from . import fabric_cmds
-from .common import read_secret_file, run_command, unlock
+from . import conflict_cmds, fabric_cmds
+from .common import emit, read_secret_file, run_command, unlock
 
 NUDGE_TIMEOUT = 2.0  # seconds for portald to take "look now"
 
@@ -71,13 +71,6 @@ def _progress(total: int | None, enabled: bool, unit: str = "B") -> Iterator[Cal
 
     with tqdm(total=total, unit=unit, unit_scale=True, unit_divisor=1024, file=sys.stderr, leave=False) as bar:
         yield bar.update
-
-
-def _emit(args: argparse.Namespace, data: object, text: str) -> None:
-    if getattr(args, "json", False):
-        print(json.dumps(data, sort_keys=True))
-    else:
-        print(text)
 
 
 def _when(ns: int) -> str:
@@ -131,13 +124,13 @@ def cmd_recover(device: Device, args: argparse.Namespace) -> int:
     else:
         words = sys.stdin.read()
     identity = device.create_identity(words, _bip39_passphrase(args), _new_passphrase(args), args.name, time.time_ns())
-    _emit(args, {"fingerprint": identity.fingerprint}, f"Recovered identity {identity.fingerprint}")
+    emit(args, {"fingerprint": identity.fingerprint}, f"Recovered identity {identity.fingerprint}")
     return 0
 
 
 def cmd_whoami(device: Device, args: argparse.Namespace) -> int:
     info = device.whoami()
-    _emit(
+    emit(
         args,
         info,
         f"identity {info['fingerprint']}\n"
@@ -152,7 +145,7 @@ def cmd_portal_create(device: Device, args: argparse.Namespace) -> int:
     secrets = unlock(device, args)
     with device.exclusive():
         row = device.create_portal(args.name, secrets, time.time_ns())
-    _emit(args, {"name": row.name, "id": row.id.hex()}, f"Created portal {row.name}")
+    emit(args, {"name": row.name, "id": row.id.hex()}, f"Created portal {row.name}")
     return 0
 
 
@@ -248,9 +241,9 @@ def cmd_put(device: Device, args: argparse.Namespace) -> int:
         "unchanged": stats.unchanged,
     }
     if stats.unchanged:
-        _emit(args, result, f"{args.name} v{version.version}: unchanged, no new version")
+        emit(args, result, f"{args.name} v{version.version}: unchanged, no new version")
         return 0
-    _emit(
+    emit(
         args,
         result,
         f"{args.name} v{version.version}: {stats.files} files, {_human(stats.bytes_read + stats.bytes_reused)} "
@@ -272,7 +265,7 @@ def cmd_get(device: Device, args: argparse.Namespace) -> int:
         restorer = Restorer(view, overwrite=args.overwrite, progress=progress)
         restorer.restore(entry, dest)
     s = restorer.stats
-    _emit(
+    emit(
         args,
         {"version": version.version, "files": s.files, "dirs": s.dirs, "symlinks": s.symlinks, "bytes": s.bytes},
         f"Restored {args.name} v{version.version}: {s.files} files, {_human(s.bytes)} into {dest}",
@@ -348,7 +341,7 @@ def cmd_check(device: Device, args: argparse.Namespace) -> int:
             f"\nedges: {repair['checked']} objects checked, {repair['damaged']} damaged copies found, "
             f"{repair['copied']} copies made"
         )
-    _emit(args, result, text)
+    emit(args, result, text)
     return 0
 
 
@@ -357,7 +350,7 @@ def cmd_gc(device: Device, args: argparse.Namespace) -> int:
     report = collect_garbage(device, secrets, dry_run=args.dry_run)
     verb = "would remove" if args.dry_run else "removed"
     forgotten = f"; {verb} the deleted portals {', '.join(report.portals_removed)}" if report.portals_removed else ""
-    _emit(
+    emit(
         args,
         {"live": report.live, "removed": report.removed, "bytes_freed": report.bytes_freed, "dry_run": args.dry_run,
          "portals_removed": report.portals_removed},
@@ -384,7 +377,7 @@ def cmd_cache(device: Device, args: argparse.Namespace) -> int:
     finally:
         cache.close()
     limit = _human(stats["limit"]) if stats["limit"] else "no limit"
-    _emit(
+    emit(
         args,
         {**stats, "dropped": dropped},
         f"fetched and kept: {stats['objects']} objects, {_human(stats['bytes'])} (limit {limit})"
@@ -460,7 +453,7 @@ def cmd_restore(device: Device, args: argparse.Namespace) -> int:
     if mounts:
         dest = Path(mounts[0]["mountpoint"]) / relative
         Restorer(view, overwrite=True).restore(old, dest)
-        _emit(
+        emit(
             args,
             {"path": relative, "from": args.version, "mount": str(dest)},
             f"Restored {relative} from v{args.version} at {dest}",
@@ -469,7 +462,7 @@ def cmd_restore(device: Device, args: argparse.Namespace) -> int:
     with writing(view, secrets, f"restore {args.name}"):
         with device.exclusive():
             new = view.graft(secrets, relative, old, time.time_ns())
-    _emit(
+    emit(
         args,
         {"path": relative, "from": args.version, "version": new.version},
         f"Restored {relative} from v{args.version} as {args.name} v{new.version}",
@@ -561,6 +554,7 @@ def _parser() -> argparse.ArgumentParser:
     c = command("unmount", cmd_unmount, "unmount a portal mounted at DIR", json_flag=False)
     c.add_argument("mountpoint", metavar="DIR")
     fabric_cmds.register(sub, command)
+    conflict_cmds.register(sub, command)
     c = command("demo", cmd_demo, "create an identity if needed, put a folder into portal 'demo' and show its log")
     c.add_argument("source", nargs="?", help="the folder to put (default: Portal's own package)")
     return p

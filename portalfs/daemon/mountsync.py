@@ -34,8 +34,9 @@ from ..backoff import Backoff
 from ..errors import Conflict, PortalError
 from ..fabric.config import published_version
 from ..fabric.store import fetch_directories
-from ..fabric.sync import Fabric
+from ..fabric.sync import Fabric, device_label
 from ..hub.client import HubClient
+from ..merge import Writer
 from ..mount.operations import PortalOperations
 from ..portal import PortalView
 from ..root import RootPayload, RootRecord
@@ -151,18 +152,21 @@ class MountSync:
             self._due.set()  # a merge made a version of this device's: publish it
         return landed
 
-    def _take(self) -> tuple[RootRecord, RootPayload] | None:
+    def _take(self) -> tuple[RootRecord, RootPayload, Writer] | None:
         """On a worker thread, after the mount committed: land the hub's versions; the new head, its directories
-        at hand (the mount reads directories on its loop), or None when nothing came."""
+        at hand (the mount reads directories on its loop), and the device whose version came; None when
+        nothing came."""
         before = self.view.device.state.head(self.view.row.id)
-        if not self.fabric.land(self.view):
+        landed = self.fabric.land(self.view)
+        if not landed:
             return None
         head = self.view.device.state.head(self.view.row.id)
         if head is None or (before is not None and head.record.record_id == before.record.record_id):
             return None
         root = self.view.root(head)
         fetch_directories(self.view, root.entry)
-        return head.record, root
+        their = landed[-1].device
+        return head.record, root, Writer(device_label(self.view.device.state.device_names(), their), their)
 
     # the unmount
 

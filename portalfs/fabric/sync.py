@@ -30,7 +30,7 @@ from ..errors import (
 )
 from ..hub.client import HubClient
 from ..ingest import tree_totals
-from ..merge import conflict_name, merge_trees
+from ..merge import Writer, conflict_copy, merge_trees
 from ..pipeline import store_sealed
 from ..portal import PortalView
 from ..root import RootPayload, RootRecord
@@ -44,7 +44,13 @@ from .store import FabricStore
 from .swarm import Placement, Swarm
 from .trust import checked_records
 
-__all__ = ["device_fabric", "open_view", "Fabric"]
+__all__ = ["device_fabric", "open_view", "device_label", "Fabric"]
+
+
+def device_label(names: dict[bytes, str], device: bytes) -> str:
+    """A device's name, if it is one of this identity's; else the start of its key."""
+    return names.get(device) or f"device {device.hex()[:12]}"
+
 
 log = logging.getLogger("portal.sync")
 
@@ -225,9 +231,10 @@ class Fabric:
             return 0
         return len(records)
 
-    def land(self, view: PortalView) -> int:
+    def land(self, view: PortalView) -> list[RootRecord]:
         """``pull``, for the process that holds the portal's writer lock (its read-write mount, which then moves
-        its tree onto the new head): the hub's versions, merged with this device's when it has its own."""
+        its tree onto the new head): the hub's versions, merged with this device's when it has its own; returns
+        them."""
         view = self._reading(view)
         records = self._incoming(view)
         if records:
@@ -236,7 +243,7 @@ class Fabric:
                 self.merge(view, records)
             else:
                 self.take_records(view, records)
-        return len(records)
+        return records
 
     def _local_and_published(self, view: PortalView) -> tuple[int, int]:
         head = self.device.state.head(view.row.id)
@@ -286,7 +293,9 @@ class Fabric:
         assert ours_row is not None
         theirs = self._checked(view, records)
         base = None if base_row is None else view.root(base_row).entry
-        device_name = self.device.state.device_names().get(self.secrets.device.public, "this device")
+        names = self.device.state.device_names()
+        me = Writer(names.get(self.secrets.device.public, "this device"), self.secrets.device.public)
+        them = Writer(device_label(names, theirs[-1][0].device), theirs[-1][0].device)
         now_ns = time.time_ns()
         date = time.strftime("%Y-%m-%d", time.gmtime(now_ns / 1e9))
 
@@ -299,7 +308,7 @@ class Fabric:
             theirs[-1][1].entry,
             view.load_node,
             store_node,
-            lambda name, taken: conflict_name(name, device_name, date, taken),
+            lambda entry, taken: conflict_copy(entry, taken, me, them, date),
         )
         size, files = tree_totals(result.root, view.load_node)
         payload = RootPayload(entry=result.root, size=size, files=files)

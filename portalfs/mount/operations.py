@@ -23,6 +23,7 @@ import pyfuse3
 import trio
 
 from ..errors import IntegrityError, MissingObject, PortalError
+from ..merge import Writer
 from ..root import RootPayload, RootRecord
 from ..worktree.live import LiveTree, now_ns, settled
 from ..worktree.workspace import Followed, FsError, Inode
@@ -137,7 +138,7 @@ class PortalOperations(pyfuse3.Operations):
         log.info("showing version %d", record.version)
         return True
 
-    async def absorb(self, take: Callable[[], tuple[RootRecord, RootPayload] | None]) -> bool:
+    async def absorb(self, take: Callable[[], tuple[RootRecord, RootPayload, Writer] | None]) -> bool:
         """Land versions from elsewhere in this read-write mount (``LiveTree.absorb``); True if some came."""
         followed = await self.tree.absorb(take)
         if followed is None:

@@ -32,10 +32,11 @@ import trio
 from ..chunking import CDC_MIN
 from ..device import Unlocked
 from ..errors import IntegrityError, MissingObject, PortalError
-from ..merge import conflict_name
+from ..merge import Writer, conflict_copy
 from ..portal import PortalView
 from ..root import RootPayload, RootRecord
 from ..store.base import Priority
+from ..tree import Entry
 from .commit import abandon, apply, checkpoint, journal_file, snapshot, staged_inodes
 from .journal import encode_record, journal_chain
 from .reader import ContentReader
@@ -390,11 +391,12 @@ class LiveTree:
             await self._commit(content_of)
         self.collect_garbage()
 
-    async def absorb(self, take: Callable[[], tuple[RootRecord, RootPayload] | None]) -> Followed | None:
+    async def absorb(self, take: Callable[[], tuple[RootRecord, RootPayload, Writer] | None]) -> Followed | None:
         """Take versions from elsewhere into this live tree (docs/design.md, section 16, "Live sync").
 
         Under the commit lock: what is settled here is committed first; then ``take`` (a worker thread) lands
-        the hub's versions, merged with this device's, and returns the new head (None: nothing came); the
+        the hub's versions, merged with this device's, and returns the new head and the name of the device
+        whose version came (None: nothing came); the
         tree moves onto it in place, keeping what changed here meanwhile (``Workspace.rebase``). Returns what
         the kernel may have cached, for the caller to invalidate.
         """
@@ -405,18 +407,20 @@ class LiveTree:
             taken = await trio.to_thread.run_sync(take)
             if taken is None:
                 return None
-            record, root = taken
-            followed = self.workspace.rebase(root.entry, self._conflict_name)
+            record, root, their_device = taken
+            followed = self.workspace.rebase(root.entry, functools.partial(self._beside, their_device))
             self.head = record
             if root.entry.node is not None:
                 self._totals[root.entry.node.cid] = (root.size, root.files)
         self.collect_garbage()
         return followed
 
-    def _conflict_name(self, name: bytes, taken: set[bytes]) -> bytes:
+    def _beside(self, their_device: Writer, entry: Entry, taken: set[bytes]) -> Entry:
+        """Their file, beside this device's (which keeps the name), as a conflict copy."""
         assert self.secrets is not None
-        device = self.view.device.state.device_names().get(self.secrets.device.public, "this device")
-        return conflict_name(name, device, time.strftime("%Y-%m-%d", time.gmtime()), taken)
+        key = self.secrets.device.public
+        me = Writer(self.view.device.state.device_names().get(key, "this device"), key)
+        return conflict_copy(entry, taken, their_device, me, time.strftime("%Y-%m-%d", time.gmtime()))
 
     async def _commit(self, content_of: Callable[[Inode], bool]) -> None:
         """``commit``, with the commit lock held."""

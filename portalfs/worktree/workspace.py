@@ -321,16 +321,17 @@ class Workspace:
         self._follow(self.root, root, followed, lambda inode: False, None)
         return followed
 
-    def rebase(self, root: Entry, conflict: Callable[[bytes, set[bytes]], bytes]) -> Followed:
+    def rebase(self, root: Entry, conflict: Callable[[Entry, set[bytes]], Entry]) -> Followed:
         """Move this writable tree, in place, onto a version of the portal that holds its last checkpoint (the
         hub's versions merged with this device's), keeping what changed here since that checkpoint.
 
         What is unchanged here takes the new version's state; a name changed or made here since (a file still
         being written, a rename made meanwhile) stays as it is here. A file changed here whose content the new
         version changed too keeps this device's bytes under its name, and the new version's file appears
-        beside it as ``conflict(name, names taken)``. A file open here and unchanged here whose content the
-        new version changed is replaced by a new inode under its name: its open handles keep reading what
-        they opened, and the next open reads the new bytes. Returns what the kernel may have cached.
+        beside it, as ``conflict(its entry, names taken)`` makes it. A file open here and unchanged here whose
+        content the new version changed is replaced by a new inode under its name: its open handles keep
+        reading what they opened, and the next open reads the new bytes. Returns what the kernel may have
+        cached.
         """
         self._writable()
         followed = Followed()
@@ -343,7 +344,7 @@ class Workspace:
         entry: Entry,
         followed: Followed,
         here: Callable[[Inode], bool],
-        conflict: Callable[[bytes, set[bytes]], bytes] | None,
+        conflict: Callable[[Entry, set[bytes]], Entry] | None,
     ) -> None:
         committed = inode.entry()
         if committed == replace(entry, name=inode.name):
@@ -356,11 +357,10 @@ class Workspace:
             followed.inodes.append(inode.ino)
         elif conflict is not None and inode.is_file and inode.parent is not None and committed.node != entry.node:
             parent = inode.parent
-            beside = conflict(inode.name, set(self.children(parent)))
-            copy = replace(entry, name=beside, link=None)
-            self._link(parent, beside, self._inode_from_entry(copy, parent))
+            copy = conflict(replace(entry, name=inode.name), set(self.children(parent)))
+            self._link(parent, copy.name, self._inode_from_entry(copy, parent))
             self.touch(parent)
-            followed.entries.append((parent.ino, beside))
+            followed.entries.append((parent.ino, copy.name))
         if not inode.is_dir or inode.children is None:
             return
         new = {e.name: e for e in decode_dir(self._load_node(entry.node))} if entry.node is not None else {}

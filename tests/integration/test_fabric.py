@@ -318,6 +318,19 @@ def test_two_devices_that_wrote_at_once_are_merged_and_a_true_conflict_keeps_bot
         assert (out / conflict).read_text() == "from a\n"
         assert (out / "sub" / "d.txt").read_text() == "d on a\n" and (out / "sub" / "e.txt").read_text() == "e on b\n"
 
+    # the conflict is listed on both devices, and settled once, on a: a's bytes (beside) take the name back
+    for home in (a, b):
+        [listed] = json.loads(ok(home, "conflicts", "--json"))
+        assert (listed["path"], listed["of"], listed["portal"]) == (conflict, "x.txt", "notes")
+        assert listed["copy_key"] != listed["name_key"] and listed["name_mtime_ns"] is not None
+    assert "beside x.txt" in ok(a, "conflicts", "notes")
+    fails(a, 3, "resolve", "notes", "nowhere.txt", "--keep", "mine", match="no conflict copy")
+    ok(a, "resolve", "notes", "x.txt", "--keep", "mine")
+    ok(a, "sync")
+    with mounted(b, "notes", tmp_path / "mnt-b") as mnt:
+        assert shows(mnt / "x.txt", "from a\n") and not (mnt / conflict).exists()
+        assert json.loads(ok(b, "conflicts", "--json")) == []
+
 
 @needs_fuse
 def test_a_second_device_mounts_the_portal_and_reads_chunks_it_never_had(tmp_path: Path, lab: FabricLab) -> None:
@@ -407,6 +420,10 @@ def test_two_read_write_mounts_take_each_others_changes_live_and_lose_nothing(tm
         assert (on_b / "dir" / copy).read_text() == "a's version\n"  # a's beside them
         assert shows(on_a / "dir" / "from-b.txt", "b2, still open\n")
         assert shows(on_a / "dir" / copy, "a's version\n")  # and both on a: nothing lost
+
+        ok(b, "resolve", "live", "dir/from-b.txt", "--keep", "theirs")  # through b's mount: a's bytes win
+        assert (on_b / "dir" / "from-b.txt").read_text() == "a's version\n" and not _conflicts(on_b / "dir")
+        assert shows(on_a / "dir" / "from-b.txt", "a's version\n") and shows(on_a / "dir" / copy, None)
 
 
 @needs_fuse

@@ -21,7 +21,7 @@ LAYERS: list[tuple[str, list[str]]] = [
     ("protocol core", ["portalfs.protocol"]),
     ("store", ["portalfs.store"]),
     ("portal model", ["portalfs.state", "portalfs.device", "portalfs.pipeline", "portalfs.ingest",
-                      "portalfs.restore", "portalfs.portal"]),
+                      "portalfs.restore", "portalfs.portal", "portalfs.conflicts"]),
     ("working tree", ["portalfs.worktree", "portalfs.gc"]),
     ("mount", ["portalfs.mount"]),
     ("transports", ["portalfs.net"]),

@@ -5,13 +5,14 @@ from __future__ import annotations
 from hypothesis import given
 from hypothesis import strategies as st
 
-from portalfs.merge import MAX_NAME, conflict_name, merge_trees
+from portalfs.merge import MAX_NAME, Writer, conflict_copy, conflict_name, merge_trees
+from portalfs.tree import Entry
 
 from .trees import Nodes, Tree
 
 
-def _rename(name: bytes, taken: set[bytes]) -> bytes:
-    return conflict_name(name, "laptop", "2026-12-02", taken)
+def _rename(entry: Entry, taken: set[bytes]) -> Entry:
+    return conflict_copy(entry, taken, Writer("laptop", b"l" * 32), Writer("desk", b"d" * 32), "2026-12-02")
 
 
 def merge(base: Tree | None, ours: Tree, theirs: Tree) -> tuple[Tree, list[str]]:
@@ -164,7 +165,8 @@ def _sync_model(seed: int) -> tuple[dict[str, str], set[str], dict[str, str | No
         else:
             merged = merge_trees(
                 nodes.build(tree(base)), nodes.build(tree(ours)), nodes.build(tree(theirs)), nodes.load, nodes.store,
-                lambda name, taken: conflict_name(name, d, "2026-12-04", taken),
+                lambda entry, taken: conflict_copy(entry, taken, Writer(d, d.encode() * 32), Writer("o", b"o" * 32),
+                                                   "2026-12-04"),
             )  # fmt: skip
             state["local"] = flat(nodes.read(merged.root))
         state["base"] = head
