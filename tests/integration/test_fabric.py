@@ -54,6 +54,16 @@ def _docs_on_two_devices(tmp_path: Path, lab: FabricLab) -> tuple[Path, Path, Pa
     return src, a, b
 
 
+def _two_devices_with(tmp_path: Path, lab: FabricLab, portal: str) -> tuple[Path, Path]:
+    """Devices a and b of one identity, both following ``portal``, which has no version yet."""
+    a, words = _device(tmp_path, "a", lab)
+    b, _ = _device(tmp_path, "b", lab, words)
+    ok(a, "portal", "create", portal)
+    ok(a, "sync")  # the keyring names it now
+    ok(b, "sync")
+    return a, b
+
+
 def _identity(home: Path) -> str:
     return json.loads(ok(home, "whoami", "--json"))["identity"]
 
@@ -355,11 +365,7 @@ def test_a_second_device_mounts_the_portal_and_reads_chunks_it_never_had(tmp_pat
 def test_a_read_write_mount_publishes_what_it_commits_and_a_sync_beside_it_leaves_it_alone(
     tmp_path: Path, lab: FabricLab
 ) -> None:
-    a, words = _device(tmp_path, "a", lab)
-    b, _ = _device(tmp_path, "b", lab, words)
-    ok(a, "portal", "create", "live")
-    ok(a, "sync")  # the keyring names it now
-    ok(b, "sync")  # b follows it, with no version yet
+    a, b = _two_devices_with(tmp_path, lab, "live")
     with mounted(a, "live", tmp_path / "mnt-a") as mnt:  # no portald: the mount publishes by itself
         (mnt / "note.txt").write_text("closed on a\n")
         deadline = time.monotonic() + 30
@@ -389,11 +395,7 @@ def _conflicts(directory: Path) -> list[str]:
 
 @needs_fuse
 def test_two_read_write_mounts_take_each_others_changes_live_and_lose_nothing(tmp_path: Path, lab: FabricLab) -> None:
-    a, words = _device(tmp_path, "a", lab)
-    b, _ = _device(tmp_path, "b", lab, words)
-    ok(a, "portal", "create", "live")
-    ok(a, "sync")
-    ok(b, "sync")
+    a, b = _two_devices_with(tmp_path, lab, "live")
     with mounted(a, "live", tmp_path / "mnt-a") as on_a, mounted(b, "live", tmp_path / "mnt-b") as on_b:
         (on_a / "from-a.txt").write_text("a1\n")
         assert shows(on_b / "from-a.txt", "a1\n")  # no portald, no command: the mounts sync themselves
