@@ -10,6 +10,7 @@ from collections.abc import Callable
 
 import trio
 
+from ..backoff import Backoff
 from ..errors import PortalError
 from ..hub.client import EdgeHubClient
 from ..store.base import ObjectStore
@@ -19,6 +20,8 @@ __all__ = ["HubAgent", "HEARTBEAT_SECONDS"]
 log = logging.getLogger("portal.edge")
 
 HEARTBEAT_SECONDS = 10.0  # register, refresh the directory and take reported damage this often (the hub: 15 s)
+REGISTER_RETRY = Backoff(0.2, 5.0)  # a registration the hub did not take: again soon, not at the next heartbeat
+REGISTER_PATIENCE = 30.0  # seconds the edge waits to be registered before it serves anyway, and says so
 REFRESH_SECONDS = 1.0  # an unknown device refreshes the directory at most this often
 
 
@@ -59,9 +62,16 @@ class HubAgent:
         *,
         task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED,
     ) -> None:
-        """Heartbeat, refresh the directory and ``check`` the copies readers reported damaged, until cancelled."""
+        """Heartbeat, refresh the directory and ``check`` the copies readers reported damaged, until cancelled.
+
+        ``task_status.started()`` once the hub lists this edge (it serves only then: a device that joins the hub
+        at once finds it), or after REGISTER_PATIENCE seconds of trying, said plainly; a failed registration is
+        tried again after REGISTER_RETRY, not at the next heartbeat.
+        """
         self._token = trio.lowlevel.current_trio_token()
         started = False
+        failures = 0
+        patience = trio.current_time() + REGISTER_PATIENCE
         while True:
             try:
                 stat = await trio.to_thread.run_sync(store.stat)
@@ -72,9 +82,18 @@ class HubAgent:
                     intact = await trio.to_thread.run_sync(check, suspects)
                     log.info("checked %d copies readers reported damaged: %d were (removed)", len(suspects),
                              intact.count(False))  # fmt: skip
+                failures = 0
             except PortalError as exc:
+                failures += 1
                 log.warning("hub: %s", exc)
+                if not started and trio.current_time() < patience:
+                    await trio.sleep(REGISTER_RETRY.delay(failures))
+                    continue
             if not started:
                 started = True
+                if failures:
+                    log.warning(
+                        "not registered at the hub after %.0f s: serving anyway, trying again", REGISTER_PATIENCE
+                    )
                 task_status.started()
-            await trio.sleep(HEARTBEAT_SECONDS)
+            await trio.sleep(REGISTER_RETRY.delay(failures) if failures else HEARTBEAT_SECONDS)

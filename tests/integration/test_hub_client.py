@@ -117,3 +117,35 @@ async def test_an_edge_walks_its_routes(lab: FabricLab, tmp_path: Path) -> None:
         assert [e.key for e in hub.edges()] == [key.public]
     finally:
         hub.close()
+
+
+def test_an_edge_started_before_its_hub_says_it_serves_only_once_the_hub_lists_it(tmp_path: Path) -> None:
+    import socket
+    import threading
+
+    from .fabricutil import start
+
+    with socket.socket() as probe:  # a port for the hub, free now
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    url = f"http://127.0.0.1:{port}"
+    servers = []
+
+    def hub_later() -> None:
+        time.sleep(1.5)  # the fault: the hub comes up after its edge
+        servers.append(start(["hub", "serve", "--db", str(tmp_path / "hub.db"), "--listen", f"127.0.0.1:{port}"],
+                             tmp_path / "hub"))  # fmt: skip
+
+    later = threading.Thread(target=hub_later)
+    later.start()
+    try:
+        edge = start(["edge", "serve", "--data", str(tmp_path / "edge"), "--listen", "127.0.0.1:0", "--hub", url],
+                     tmp_path / "edge")  # fmt: skip
+        servers.append(edge)
+        later.join()
+        key = bytes.fromhex(edge.line.rsplit(" ", 1)[1])
+        assert key in [e.key for e in HubClient(url, DeviceKey(os.urandom(32))).edges()]  # listed when it says so
+    finally:
+        later.join()
+        for server in servers:
+            server.stop()
