@@ -12,7 +12,7 @@ import trio
 
 from ..backoff import Backoff
 from ..errors import PortalError
-from ..hub.client import EdgeHubClient
+from ..hub.client import EdgeHubClient, Listed
 from ..store.base import ObjectStore
 
 __all__ = ["HubAgent", "HEARTBEAT_SECONDS"]
@@ -23,23 +23,35 @@ HEARTBEAT_SECONDS = 10.0  # register, refresh the directory and take reported da
 REGISTER_RETRY = Backoff(0.2, 5.0)  # a registration the hub did not take: again soon, not at the next heartbeat
 REGISTER_PATIENCE = 30.0  # seconds the edge waits to be registered before it serves anyway, and says so
 REFRESH_SECONDS = 1.0  # an unknown device refreshes the directory at most this often
+REVOCATION_SECONDS = 2.0  # the directory is read this often, so that a revoked device is cut off within it
+
+
+def _on_loop() -> bool:
+    """Whether this thread runs a trio loop (a blocking call into it from here would deadlock)."""
+    try:
+        trio.lowlevel.current_task()
+    except RuntimeError:
+        return False
+    return True
 
 
 class HubAgent:
     def __init__(self, client: EdgeHubClient) -> None:
         self.client = client
-        self._devices: dict[bytes, str] = {}
+        self._devices: dict[bytes, Listed] = {}
         self._lock = threading.Lock()
-        self._last_refresh = 0.0
+        self._last_asked = 0.0  # when an unknown device last made the agent read the directory
         self._token: trio.lowlevel.TrioToken | None = None
 
-    def device_status(self, device: bytes) -> str | None:
-        """ "active", "revoked", or None (not listed). Called from worker threads; an unknown device triggers
-        one refresh of the directory (at most once a second)."""
+    def device_status(self, device: bytes) -> Listed | None:
+        """The hub's word on ``device`` (None: not listed). Called from worker threads and the loop; an unknown
+        device triggers one refresh of the directory (at most once a second, from a worker thread)."""
         with self._lock:
             status = self._devices.get(device)
-            stale = time.monotonic() - self._last_refresh > REFRESH_SECONDS
-        if status is None and stale and self._token is not None:
+            stale = time.monotonic() - self._last_asked > REFRESH_SECONDS
+            if status is None and stale:
+                self._last_asked = time.monotonic()
+        if status is None and stale and self._token is not None and not _on_loop():
             try:
                 devices = trio.from_thread.run(self.client.device_directory, trio_token=self._token)
             except (PortalError, trio.RunFinishedError) as exc:
@@ -49,9 +61,19 @@ class HubAgent:
             status = devices.get(device)
         return status
 
-    def _remember(self, devices: dict[bytes, str]) -> None:
+    async def watch_revocations(self) -> None:
+        """Read the directory every REVOCATION_SECONDS: a device revoked at the hub is refused a HELLO, and its
+        open connections any request, from then on (``EdgeSession``)."""
+        while True:
+            await trio.sleep(REVOCATION_SECONDS)
+            try:
+                self._remember(await self.client.device_directory())
+            except PortalError as exc:
+                log.info("device directory: %s", exc)
+
+    def _remember(self, devices: dict[bytes, Listed]) -> None:
         with self._lock:
-            self._devices, self._last_refresh = devices, time.monotonic()
+            self._devices = devices
 
     async def run(
         self,

@@ -83,6 +83,7 @@ async def run_edge(
             if agent is not None:
                 await nursery.start(agent.run, f"{config.host}:{port}", config.transports, store, service.check)
                 nursery.start_soon(collect_garbage, agent.client, service, config.gc_interval, config.gc_hold)
+                nursery.start_soon(agent.watch_revocations)
             if config.scrub_rate:
                 nursery.start_soon(scrub, service, config.scrub_rate, config.scrub_interval)
             log.info("edge %s serving on %s:%d (%s)", key.public.hex(), config.host, port, ", ".join(config.transports))

@@ -16,6 +16,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 from ..errors import CorruptObject, IntegrityError, MissingObject, StorageError, StoreFull
+from ..hub.client import Listed
 from ..keys import DeviceCertificate, verify_signature
 from ..protocol.edge import (
     Bitmap,
@@ -44,7 +45,7 @@ CLOCK_SKEW_NS = 300 * 10**9  # a HELLO's time may differ from the edge's clock b
 REPLAY_CACHE = 100_000  # HELLO nonces remembered (within CLOCK_SKEW_NS of now)
 
 # What the directory says of a device: "active", "revoked", or None (not listed).
-DeviceStatus = Callable[[bytes], str | None]
+DeviceStatus = Callable[[bytes], Listed | None]  # the hub's word on a device: None, unknown to it
 
 
 class GroupSync:
@@ -243,9 +244,12 @@ class EdgeService:
         if fields.get("device") != hello.device:
             raise IntegrityError("HELLO: the certificate enrolls another device")
         if self.device_status is not None:
-            status = self.device_status(hello.device)
-            if status != "active":
-                raise IntegrityError(f"HELLO: device {hello.device.hex()[:16]} is {status or 'unknown to the hub'}")
+            listed = self.device_status(hello.device)
+            if listed is None or listed.status != "active":
+                status = "unknown to the hub" if listed is None else listed.status
+                raise IntegrityError(f"HELLO: device {hello.device.hex()[:16]} is {status}")
+            if listed.identity != identity:  # a certificate from a made-up identity: another's quota, or none
+                raise IntegrityError("HELLO: the hub enrolled this device for another identity than its certificate's")
         with self._lock:
             while self._nonces and next(iter(self._nonces.values())) < now_ns - 2 * CLOCK_SKEW_NS:
                 self._nonces.popitem(last=False)
@@ -257,6 +261,13 @@ class EdgeService:
         return bytes(identity)
 
     # requests
+
+    def still_active(self, device: bytes) -> bool:
+        """Whether the hub still lists ``device`` as active (as of the agent's last look: at most seconds old)."""
+        if self.device_status is None:
+            return True
+        listed = self.device_status(device)
+        return listed is not None and listed.status == "active"
 
     def serve(self, identity: bytes, request: Message) -> Message:
         with self._lock:
@@ -324,13 +335,14 @@ class EdgeSession:
         self.peer = peer
         self.channel_device = channel_device
         self.identity: bytes | None = None
+        self.device: bytes | None = None  # the device the HELLO proved
 
     def handle_nowait(self, request: Message) -> Message | None:
         """The answer if it needs neither a disk nor much CPU (a GET of an object in the page cache); else None.
 
         For the event loop: ``handle`` on a worker thread answers the rest.
         """
-        if self.identity is None or not isinstance(request, Get):
+        if self.identity is None or not isinstance(request, Get) or not self._still_active():
             return None
         store = self.service.store
         data = store.read_cached(request.cid) if isinstance(store, CachedReads) else None
@@ -342,10 +354,20 @@ class EdgeSession:
                 if self.channel_device is not None and request.device != self.channel_device:
                     raise IntegrityError("HELLO: the device is not the one whose TLS certificate this connection has")
                 self.identity = self.service.authenticate(request, now_ns)
+                self.device = request.device
             except IntegrityError as exc:
                 log.warning("%s: refused: %s", self.peer, exc)
                 return Failure("unauthenticated", str(exc))
             return Welcome(self.identity)
         if self.identity is None:
             return Failure("unauthenticated", "send HELLO first")
+        if not self._still_active():
+            log.warning(
+                "%s: device %s was revoked: its connection is refused", self.peer, (self.device or b"").hex()[:16]
+            )
+            self.identity = None  # a revoked device's connection serves nothing more
+            return Failure("unauthenticated", "this device has been revoked")
         return self.service.serve(self.identity, request)
+
+    def _still_active(self) -> bool:
+        return self.device is None or self.service.still_active(self.device)

@@ -30,6 +30,7 @@ __all__ = [
     "Keyring",
     "PortalInfo",
     "Member",
+    "Listed",
     "Redeemed",
     "EdgeInfo",
     "route",
@@ -123,6 +124,14 @@ class PortalInfo:
             "expires_ns": self.expires_ns, "state": self.state, "deleted_ns": self.deleted_ns,
             "release_ns": self.release_ns, "head": self.head, "role": self.role,
         }  # fmt: skip
+
+
+@dataclass(frozen=True, slots=True)
+class Listed:
+    """A device in the hub's directory, as an edge sees it."""
+
+    status: str  # "active" or "revoked"
+    identity: bytes
 
 
 @dataclass(frozen=True, slots=True)
@@ -391,9 +400,10 @@ class EdgeHubClient:
         await self._call("POST", "/v1/edges", {"address": address, "transports": list(transports), "stat": stat})
 
     @route("GET", "/v1/directory/devices")
-    async def device_directory(self) -> dict[bytes, str]:
-        """Every enrolled device: "active" or "revoked"."""
-        return {bytes.fromhex(k): v for k, v in (await self._call("GET", "/v1/directory/devices")).items()}
+    async def device_directory(self) -> dict[bytes, Listed]:
+        """Every enrolled device: "active" or "revoked", and the identity that enrolled it."""
+        answer = await self._call("GET", "/v1/directory/devices")
+        return {bytes.fromhex(k): Listed(v["status"], bytes.fromhex(v["identity"])) for k, v in answer.items()}
 
     @route("GET", "/v1/edges/garbage")
     async def garbage(self) -> list[bytes]:

@@ -218,11 +218,13 @@ class HubState:
             ):
                 raise HubRefusal(404, "not-found", "no such device of this identity")
 
-    def device_directory(self, caller: Caller) -> dict[str, str]:
+    def device_directory(self, caller: Caller) -> dict[str, dict[str, str]]:
+        """Every enrolled device: its status and the identity that enrolled it (an edge checks a HELLO's
+        certificate against it, so that a device cannot claim another identity's quota)."""
         self.require_edge(caller)
         return {
-            d.hex(): "revoked" if revoked is not None else "active"
-            for d, revoked in self._all("SELECT device, revoked_ns FROM devices")
+            d.hex(): {"status": "revoked" if revoked is not None else "active", "identity": i.hex()}
+            for d, i, revoked in self._all("SELECT device, identity, revoked_ns FROM devices")
         }
 
     # keyring

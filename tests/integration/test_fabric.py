@@ -14,6 +14,7 @@ from pathlib import Path
 
 import httpx
 import pytest
+import trio
 
 from portalfs.errors import Conflict
 from portalfs.hub.auth import sign_request
@@ -497,3 +498,35 @@ def test_repair_copies_what_a_lost_edge_held_so_a_second_loss_loses_nothing(tmp_
     b, _ = _device(tmp_path, "b", lab, words)  # another device, with one edge left and nothing local
     ok(b, "get", "archive", str(tmp_path / "out"))
     _same(src, tmp_path / "out")
+
+
+async def test_a_revoked_device_is_cut_off_at_the_edges_within_seconds(tmp_path: Path, lab: FabricLab) -> None:
+    from portalfs.device import Device
+    from portalfs.edge.client import EdgeAddress, connect_edge
+    from portalfs.errors import PortalError
+    from portalfs.paths import DeviceHome
+
+    a, words = await trio.to_thread.run_sync(_device, tmp_path, "a", lab)
+    b, _ = await trio.to_thread.run_sync(_device, tmp_path, "b", lab, words)
+    device = Device(DeviceHome.from_environ({"PORTAL_HOME": str(b)}))
+    key = device.unlock(None).device
+    cert = device.state.device_cert(key.public)
+    device.close()
+    assert cert is not None
+    host, port = lab.edge_address(0).rsplit(":", 1)
+    edge = EdgeAddress(host, int(port), bytes.fromhex(lab.edge_key(0)), "tcp")
+    async with connect_edge(edge, key, cert) as held:  # b's connection, authenticated before the revocation
+        await held.stat()
+        await trio.to_thread.run_sync(lambda: ok(a, "device", "revoke", key.public.hex()[:16]))
+        revoked = trio.current_time()
+        with trio.fail_after(10):
+            while True:
+                try:
+                    await held.stat()
+                except PortalError:
+                    break
+                await trio.sleep(0.1)
+        assert trio.current_time() - revoked < 5, "the edge kept serving a revoked device's connection"
+    with pytest.raises(PortalError):  # and no new HELLO is accepted
+        async with connect_edge(edge, key, cert) as again:
+            await again.stat()

@@ -101,13 +101,14 @@ def test_a_device_walks_every_route(lab: FabricLab, tmp_path: Path) -> None:
 
 async def test_an_edge_walks_its_routes(lab: FabricLab, tmp_path: Path) -> None:
     key = EdgeKey.load_or_create(tmp_path)
-    _, device, hub = _device(lab)
+    identity, device, hub = _device(lab)
     portal, cid = os.urandom(16), os.urandom(32)
     try:
         hub.create_portal(portal)
         edge = EdgeHubClient(lab.hub_url, key.public, key.sign)
         await edge.register("127.0.0.1:9", ("tcp",), used=10, objects=1)
-        assert (await edge.device_directory())[device.public] == "active"
+        listed = (await edge.device_directory())[device.public]
+        assert listed.status == "active" and listed.identity == identity.public
         assert await edge.garbage() == []
         hub.add_locations(portal, key.public, [cid])
         hub.report_damage(key.public, [cid])

@@ -11,6 +11,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from portalfs.edge.service import EdgeService, EdgeSession, QuotaBook
+from portalfs.hub.client import Listed
 from portalfs.keys import DeviceKey, Identity
 from portalfs.protocol.edge import (
     MAX_BODY,
@@ -113,11 +114,19 @@ class Fixture:
         self.status: dict[bytes, str] = {}
         self.service = EdgeService(self.store, EDGE, QuotaBook(tmp_path / "edge.db", quota))
 
-    def hello(self, device: DeviceKey | None = None, when: int | None = None, nonce: bytes | None = None) -> Hello:
+    def hello(
+        self,
+        device: DeviceKey | None = None,
+        when: int | None = None,
+        nonce: bytes | None = None,
+        cert_by: Identity | None = None,
+    ) -> Hello:
+        """A HELLO of ``device`` (this fixture's), its certificate signed by ``cert_by`` (this fixture's identity)."""
         device = device or self.device
         when = time.time_ns() if when is None else when
         nonce = nonce or os.urandom(16)
-        return Hello(device.public, self.cert, when, nonce, device.sign(hello_message(EDGE, when, nonce)))
+        cert = self.cert if cert_by is None else cert_by.enroll(self.device.public, "laptop", when).to_bytes()
+        return Hello(device.public, cert, when, nonce, device.sign(hello_message(EDGE, when, nonce)))
 
     def session(self) -> EdgeSession:
         return EdgeSession(self.service, "test")
@@ -162,7 +171,9 @@ def test_a_put_whose_bytes_do_not_match_its_id_stores_nothing(tmp_path: Path) ->
     assert f.store.get(cid) == data
 
 
-@pytest.mark.parametrize("flaw", ["forged", "other-device", "stale", "replayed", "revoked", "unknown"])
+@pytest.mark.parametrize(
+    "flaw", ["forged", "other-device", "stale", "replayed", "revoked", "unknown", "other-identity"]
+)
 def test_bad_hellos_are_refused(tmp_path: Path, flaw: str) -> None:
     f = Fixture(tmp_path)
     now = time.time_ns()
@@ -176,9 +187,28 @@ def test_bad_hellos_are_refused(tmp_path: Path, flaw: str) -> None:
     elif flaw == "replayed":
         assert f.session().handle(hello, now) == Welcome(f.identity.public)
     elif flaw in ("revoked", "unknown"):
-        f.service.device_status = lambda device: "revoked" if flaw == "revoked" else None
+        f.service.device_status = lambda device: Listed("revoked", f.identity.public) if flaw == "revoked" else None
+    elif flaw == "other-identity":  # the hub enrolled the device for its real identity; the HELLO claims another
+        made_up = Identity(os.urandom(32))
+        hello = f.hello(cert_by=made_up)
+        f.service.device_status = lambda device: Listed("active", f.identity.public)
     answer = f.session().handle(hello, now)
     assert isinstance(answer, Failure) and answer.code == "unauthenticated"
+
+
+def test_a_connection_of_a_device_revoked_since_its_hello_is_refused_every_request(tmp_path: Path) -> None:
+    f = Fixture(tmp_path)
+    status = {"now": "active"}
+    f.service.device_status = lambda device: Listed(status["now"], f.identity.public)
+    session = f.session()
+    assert session.handle(f.hello(), time.time_ns()) == Welcome(f.identity.public)
+    cid, data = _obj()
+    assert session.handle(Put(cid, data), time.time_ns()) == Stored(True)
+    status["now"] = "revoked"  # the hub revoked it; the agent's next look (within 2 s) says so
+    for request in (Get(cid), Have((cid,)), Put(*_obj())):
+        answer = session.handle(request, time.time_ns())
+        assert isinstance(answer, Failure) and answer.code == "unauthenticated", request
+    assert session.handle_nowait(Get(cid)) is None
 
 
 def test_a_hello_must_be_for_the_device_the_channel_proved(tmp_path: Path) -> None:
