@@ -52,6 +52,7 @@ CONTEXT_KEYRING = "portal 2026-11-21 keyring key"
 DOMAIN_ENROLLMENT = b"portal device enrollment v1\x00"
 DOMAIN_AGREEMENT = b"portal identity agreement key v1\x00"  # identity signs its X25519 key
 DOMAIN_REVOKE = b"portal device revocation v1\x00"  # identity signs a device key it revokes
+DOMAIN_WRITE_GRANT = b"portal write grant v1\x00"  # an owner signs portal id || member identity: it may write
 DOMAIN_LINK_REDEEM = b"portal link redeem v1\x00"  # a link's redeem key signs link id || redeeming device key
 
 _WORDS = Mnemonic("english")

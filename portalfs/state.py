@@ -135,6 +135,10 @@ class StateDB:
         row = self._db.execute("SELECT cert FROM devices WHERE public = ?", (public,)).fetchone()
         return None if row is None else bytes(row[0])
 
+    def device_certs(self) -> dict[bytes, bytes]:
+        """Every known device's enrollment certificate (this identity's devices, and writers' of shared portals)."""
+        return {bytes(p): bytes(c) for p, c in self._db.execute("SELECT public, cert FROM devices")}
+
     def device_names(self) -> dict[bytes, str]:
         return {bytes(p): n for p, n in self._db.execute("SELECT public, name FROM devices")}
 

@@ -12,7 +12,7 @@ from ..device import Device, Unlocked
 from ..errors import Conflict, IntegrityError, PortalError
 from ..hub.client import HubClient, PortalInfo
 from ..hub.state import CLOSED_STATES
-from ..keys import DOMAIN_AGREEMENT, verify_signature
+from ..keys import DOMAIN_AGREEMENT, DOMAIN_WRITE_GRANT, verify_signature
 from ..root import PortalKeys
 from ..state import PortalRow
 from .config import FabricConfig, save_config
@@ -196,4 +196,5 @@ class Membership:
         hub = self.require_hub()
         info = hub.identity(member)
         verify_signature(member, info.sig, DOMAIN_AGREEMENT + info.agreement, "agreement key")
-        hub.set_member(portal, member, wrap_for_identity(info.agreement, portal, grant), write)
+        sig = self.secrets.identity.signing_key.sign(DOMAIN_WRITE_GRANT + portal + member) if write else None
+        hub.set_member(portal, member, wrap_for_identity(info.agreement, portal, grant), write, sig)

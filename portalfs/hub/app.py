@@ -136,7 +136,8 @@ ROUTES: list[RouteSpec] = [
               lambda s, c, p, b, now: s.members(c, _portal(p), now)),
     RouteSpec("PUT", "/v1/portals/{portal}/members/{identity}", "Share: store a member's wrapped read key",
               lambda s, c, p, b, now: s.set_member(
-                  c, _portal(p), _hex(p["identity"], 32), _hex(b["wrapped"]), bool(b.get("write")), now)),
+                  c, _portal(p), _hex(p["identity"], 32), _hex(b["wrapped"]), bool(b.get("write")),
+                  _hex(b["write_sig"], 64, "write grant") if b.get("write_sig") else None, now)),
     RouteSpec("DELETE", "/v1/portals/{portal}/members/{identity}", "Unshare: remove a member",
               lambda s, c, p, b, now: s.remove_member(c, _portal(p), _hex(p["identity"], 32))),
     RouteSpec("POST", "/v1/portals/{portal}/links",

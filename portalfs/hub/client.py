@@ -139,6 +139,7 @@ class Member:
     identity: bytes
     wrapped: bytes
     write: bool
+    write_sig: bytes = b""  # the owner's signature of the write grant (empty: none)
 
 
 @dataclass(frozen=True, slots=True)
@@ -314,15 +315,23 @@ class HubClient:
     @route("GET", "/v1/portals/{portal}/members")
     def members(self, portal: bytes) -> list[Member]:
         return [
-            Member(bytes.fromhex(r["identity"]), bytes.fromhex(r["wrapped"]), bool(r["write"]))
+            Member(
+                bytes.fromhex(r["identity"]),
+                bytes.fromhex(r["wrapped"]),
+                bool(r["write"]),
+                bytes.fromhex(r.get("write_sig", "")),
+            )
             for r in self._call("GET", f"/v1/portals/{portal.hex()}/members")
         ]
 
     @route("PUT", "/v1/portals/{portal}/members/{identity}")
-    def set_member(self, portal: bytes, identity: bytes, wrapped: bytes, write: bool) -> None:
-        self._call(
-            "PUT", f"/v1/portals/{portal.hex()}/members/{identity.hex()}", {"wrapped": wrapped.hex(), "write": write}
-        )
+    def set_member(
+        self, portal: bytes, identity: bytes, wrapped: bytes, write: bool, write_sig: bytes | None = None
+    ) -> None:
+        """``write_sig``: with ``write``, the owner identity's Ed25519 over DOMAIN_WRITE_GRANT || portal ||
+        identity."""
+        body = {"wrapped": wrapped.hex(), "write": write, "write_sig": (write_sig or b"").hex()}
+        self._call("PUT", f"/v1/portals/{portal.hex()}/members/{identity.hex()}", body)
 
     @route("DELETE", "/v1/portals/{portal}/members/{identity}")
     def remove_member(self, portal: bytes, identity: bytes) -> None:

@@ -41,7 +41,7 @@ CREATE TABLE IF NOT EXISTS keyrings (identity BLOB PRIMARY KEY, version INTEGER 
 CREATE TABLE IF NOT EXISTS portals (id BLOB PRIMARY KEY, owner BLOB NOT NULL, created_ns INTEGER NOT NULL,
     expires_ns INTEGER, deactivated_ns INTEGER, deleted_ns INTEGER);
 CREATE TABLE IF NOT EXISTS members (portal BLOB NOT NULL, identity BLOB NOT NULL, wrapped BLOB NOT NULL,
-    write INTEGER NOT NULL, PRIMARY KEY (portal, identity));
+    write INTEGER NOT NULL, write_sig BLOB, PRIMARY KEY (portal, identity));
 CREATE TABLE IF NOT EXISTS roots (portal BLOB NOT NULL, version INTEGER NOT NULL, record BLOB NOT NULL,
     record_id BLOB NOT NULL, PRIMARY KEY (portal, version));
 CREATE TABLE IF NOT EXISTS links (id BLOB PRIMARY KEY, portal BLOB NOT NULL, wrapped BLOB NOT NULL,
@@ -95,6 +95,8 @@ class HubState:
         columns = {row[1] for row in self._db.execute("PRAGMA table_info(portals)")}
         if "deleted_ns" not in columns:  # a hub database from before deletion existed
             self._db.execute("ALTER TABLE portals ADD COLUMN deleted_ns INTEGER")
+        if "write_sig" not in {row[1] for row in self._db.execute("PRAGMA table_info(members)")}:
+            self._db.execute("ALTER TABLE members ADD COLUMN write_sig BLOB")  # members from before revision 3
         if "redeem_key" not in {row[1] for row in self._db.execute("PRAGMA table_info(links)")}:
             self._db.execute("ALTER TABLE links ADD COLUMN redeem_key BLOB")  # links from before revision 3
         self._lock = threading.Lock()
@@ -422,11 +424,23 @@ class HubState:
     # members
 
     def set_member(
-        self, caller: Caller, portal: bytes, member: bytes, wrapped: bytes, write: bool, now_ns: int
+        self,
+        caller: Caller,
+        portal: bytes,
+        member: bytes,
+        wrapped: bytes,
+        write: bool,
+        write_sig: bytes | None,
+        now_ns: int,
     ) -> None:
+        """``write_sig``: the owner identity's signature that ``member`` may write (devices check it, not the
+        hub's word)."""
         self._require_owner(caller, portal, "shares it")
         with self._txn() as db:
-            db.execute("INSERT OR REPLACE INTO members VALUES (?, ?, ?, ?)", (portal, member, wrapped, int(write)))
+            db.execute(
+                "INSERT OR REPLACE INTO members (portal, identity, wrapped, write, write_sig) VALUES (?, ?, ?, ?, ?)",
+                (portal, member, wrapped, int(write), write_sig if write else None),
+            )
 
     def remove_member(self, caller: Caller, portal: bytes, member: bytes) -> None:
         self._require_owner(caller, portal, "unshares it")
@@ -437,8 +451,10 @@ class HubState:
     def members(self, caller: Caller, portal: bytes, now_ns: int) -> list[dict[str, Any]]:
         self._access(caller, portal, now_ns)
         return [
-            {"identity": i.hex(), "wrapped": w.hex(), "write": bool(wr)}
-            for i, w, wr in self._all("SELECT identity, wrapped, write FROM members WHERE portal = ?", portal)
+            {"identity": i.hex(), "wrapped": w.hex(), "write": bool(wr), "write_sig": (sig or b"").hex()}
+            for i, w, wr, sig in self._all(
+                "SELECT identity, wrapped, write, write_sig FROM members WHERE portal = ?", portal
+            )
         ]
 
     # links

@@ -68,3 +68,22 @@ def test_an_unshare_cut_short_is_finished_by_the_next_sync(
     ok(kept, "get", "team", str(tmp_path / "out"))
     assert (tmp_path / "out" / "two.txt").read_text() == "after the unshare\n"
     fails(gone, 15, "sync", "team", match="may not read")
+
+
+def test_a_member_with_write_publishes_and_the_owner_takes_its_versions_and_not_a_strangers(
+    tmp_path: Path, lab: FabricLab
+) -> None:
+    owner, _ = _device(tmp_path, "owner", lab)
+    writer, _ = _device(tmp_path, "writer", lab)
+    (tmp_path / "one.txt").write_text("by the owner\n")
+    ok(owner, "portal", "create", "team")
+    ok(owner, "put", "team", str(tmp_path / "one.txt"))
+    ok(owner, "share", "team", "--with", json.loads(ok(writer, "whoami", "--json"))["identity"], "--write")
+    ok(owner, "sync")
+    ok(writer, "sync")  # takes the share
+    (tmp_path / "two.txt").write_text("by a member\n")
+    ok(writer, "put", "team", str(tmp_path / "two.txt"))
+    assert json.loads(ok(writer, "sync", "team", "--json"))[0]["published"] == 1
+    assert json.loads(ok(owner, "sync", "team", "--json"))[0]["pulled"] == 1  # the member's record is trusted
+    ok(owner, "get", "team", str(tmp_path / "out"))
+    assert (tmp_path / "out" / "two.txt").read_text() == "by a member\n"

@@ -46,3 +46,25 @@ def test_no_hub_request_is_built_outside_the_clients() -> None:
         if path not in allowed and (lines := _v1_strings(path))
     }
     assert found == {}
+
+
+def test_only_a_write_grant_the_owner_signed_makes_a_writer() -> None:
+    import os
+
+    from portalfs.fabric.trust import writers
+    from portalfs.hub.client import Member
+    from portalfs.keys import DOMAIN_WRITE_GRANT, Identity
+
+    owner, honest, forged, reader = (Identity(os.urandom(32)) for _ in range(4))
+    portal = os.urandom(16)
+
+    class Hub:  # what the hub relays: it may add members and signatures of its own
+        def members(self, asked: bytes) -> list[Member]:
+            assert asked == portal
+            return [
+                Member(honest.public, b"w", True, owner.signing_key.sign(DOMAIN_WRITE_GRANT + portal + honest.public)),
+                Member(forged.public, b"w", True, forged.signing_key.sign(DOMAIN_WRITE_GRANT + portal + forged.public)),
+                Member(reader.public, b"w", False, b""),
+            ]
+
+    assert writers(Hub(), portal, owner.public) == [owner.public, honest.public]  # type: ignore[arg-type]

@@ -107,7 +107,7 @@ def test_an_expired_or_deactivated_portal_is_closed_to_members_and_links_but_kee
     owner, member = _enrolled(hub, NOON), _enrolled(hub, NOON)
     hub.create_portal(owner, PORTAL, NOON + MINUTE, NOON)
     assert member.identity is not None
-    hub.set_member(owner, PORTAL, member.identity, b"grant", False, NOON)
+    hub.set_member(owner, PORTAL, member.identity, b"grant", False, None, NOON)
     hub.create_link(owner, PORTAL, LINK, b"w", REDEEM_KEY, {})
     edge = _edge(hub)
     other = b"q" * 16  # a live portal that shares one object with the one that expires
@@ -136,7 +136,7 @@ def test_a_deleted_portal_is_closed_restorable_through_the_grace_period_then_rel
     owner, member = _enrolled(hub, NOON), _enrolled(hub, NOON)
     assert member.identity is not None
     hub.create_portal(owner, PORTAL, None, NOON)
-    hub.set_member(owner, PORTAL, member.identity, b"grant", False, NOON)
+    hub.set_member(owner, PORTAL, member.identity, b"grant", False, None, NOON)
     edge = _edge(hub)
     hub.add_locations(owner, PORTAL, edge.key, [b"only" * 8], NOON)
     assert _refusal(hub.delete_portal, member, PORTAL, NOON) == (403, "forbidden")
