@@ -40,6 +40,8 @@ CREATE TABLE IF NOT EXISTS files_cache (
     portal BLOB NOT NULL, path BLOB NOT NULL, ino INTEGER NOT NULL, size INTEGER NOT NULL,
     mtime_ns INTEGER NOT NULL, ctime_ns INTEGER NOT NULL, node BLOB NOT NULL,
     PRIMARY KEY (portal, path));
+CREATE TABLE IF NOT EXISTS underplaced (portal BLOB NOT NULL, cid BLOB NOT NULL, PRIMARY KEY (portal, cid))
+    WITHOUT ROWID;
 """
 
 
@@ -212,10 +214,19 @@ class StateDB:
     def remove_portal(self, portal: bytes) -> None:
         """Forget the portal on this device: its versions, journal, files cache and what is recorded of it."""
         with self.transaction():
-            for table in ("journal", "files_cache", "versions"):
+            for table in ("journal", "files_cache", "versions", "underplaced"):
                 self._db.execute(f"DELETE FROM {table} WHERE portal = ?", (portal,))  # noqa: S608 - fixed names
             self._db.execute("DELETE FROM portals WHERE id = ?", (portal,))
             self._db.execute("DELETE FROM meta WHERE key LIKE ?", (f"%:{portal.hex()}",))
+
+    def underplaced(self, portal: bytes) -> list[bytes]:
+        """The portal's objects that a push placed on fewer edges than R: the next push places them again."""
+        return [bytes(r[0]) for r in self._db.execute("SELECT cid FROM underplaced WHERE portal = ?", (portal,))]
+
+    def set_underplaced(self, portal: bytes, cids: list[bytes]) -> None:
+        with self.transaction():
+            self._db.execute("DELETE FROM underplaced WHERE portal = ?", (portal,))
+            self._db.executemany("INSERT INTO underplaced VALUES (?, ?)", [(portal, cid) for cid in cids])
 
     def drop_versions_after(self, portal: bytes, version: int) -> None:
         """Forget the portal's versions after ``version`` (unpublished ones a merge replaced); in a transaction."""

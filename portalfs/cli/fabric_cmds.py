@@ -185,6 +185,7 @@ def cmd_sync(device: Device, args: argparse.Namespace) -> int:
         f"{r['objects']} objects pushed)"
         + _repaired(r.get("repair"))
         + ("; its read-write mount syncs it" if r.get("elsewhere") else "")
+        + (f"; {r['underplaced']} objects wait for more edges (see the log)" if r.get("underplaced") else "")
         for r in results
         if "error" not in r
     )

@@ -22,7 +22,7 @@ import logging
 from collections import Counter
 from collections.abc import AsyncIterator, Callable, Sequence
 from contextlib import asynccontextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import blake3
@@ -107,6 +107,8 @@ class Placement:
     held: dict[bytes, list[bytes]]  # per edge key, the ids it holds now (for the hub's locations)
     copies: int  # objects put to an edge by this push
     damaged: int = 0  # copies an edge held but found damaged when asked to verify them (and removed)
+    short: list[bytes] = field(default_factory=list)  # ids on fewer than ``replicas`` edges (but on one at least)
+    down: dict[str, str] = field(default_factory=dict)  # edges that failed, each with its first error
 
 
 class Swarm:
@@ -361,7 +363,8 @@ class Swarm:
         placed copies what a lost edge held to others (self-healing). With
         ``verify`` (a repair), an edge counts only the copies it read back
         intact (VERIFY, not HAVE), and removes a damaged one, so it is replaced.
-        Raises Unreachable if some id could not reach ``replicas`` edges.
+        An id that reached fewer edges is in ``short`` (the edges that failed,
+        in ``down``); raises Unreachable only if some id reached none.
         """
         return self._run(self._push, objects, list(cids), replicas, verify)  # type: ignore[no-any-return]
 
@@ -369,10 +372,14 @@ class Swarm:
         self, objects: Callable[[bytes], bytes], cids: list[bytes], replicas: int, verify: bool
     ) -> Placement:
         keys = [a.key for a in self.addresses]
-        if len(keys) < replicas:
-            raise Unreachable(f"{replicas} replicas need {replicas} edges; this device knows {len(keys)}")
+        if not keys:
+            raise Unreachable("this device knows no edge")
         holders: dict[bytes, set[bytes]] = {cid: set() for cid in cids}
         damaged = 0
+        down: dict[str, str] = {}
+
+        def failed(key: bytes, exc: PortalError) -> None:
+            down.setdefault(self._name(key), str(exc))  # said once per edge, by the caller
 
         async def ask(key: bytes) -> None:
             nonlocal damaged
@@ -387,13 +394,12 @@ class Swarm:
                     if present:
                         holders[cid].add(key)
             except PortalError as exc:
-                log.warning("%s", exc)
+                failed(key, exc)
 
         async with trio.open_nursery() as nursery:  # every edge at once: one that is down costs one timeout
             for key in keys:
                 nursery.start_soon(ask, key)
         limit = trio.Semaphore(CONCURRENT_PUTS)
-        failures: list[str] = []
         copies = 0
 
         async def place(cid: bytes) -> None:
@@ -414,22 +420,23 @@ class Swarm:
                         holders[cid].add(key)
                         copies += 1
                     except PortalError as exc:
-                        log.warning("%s", exc)
+                        failed(key, exc)
                         if isinstance(exc, Unreachable):
                             self._drop(key)
-                if len(holders[cid]) < replicas:
-                    failures.append(cid.hex())
 
         async with trio.open_nursery() as nursery:
             for cid in cids:
                 nursery.start_soon(place, cid)
-        if failures:
-            raise Unreachable(f"{len(failures)} objects could not reach {replicas} edges (first {failures[0]})")
+        lost = [cid for cid, held in holders.items() if not held]
+        if lost:
+            why = "; ".join(f"{edge}: {reason}" for edge, reason in down.items()) or "no edge took them"
+            raise Unreachable(f"{len(lost)} objects could be put on no edge (first {lost[0].hex()}): {why}")
         by_edge: dict[bytes, list[bytes]] = {}
         for cid, held in holders.items():
             for key in held:
                 by_edge.setdefault(key, []).append(cid)
-        return Placement(by_edge, copies, damaged)
+        short = [cid for cid, held in holders.items() if len(held) < replicas]
+        return Placement(by_edge, copies, damaged, short, down)
 
     def statistics(self) -> dict[str, int]:
         """The requests this swarm sent to edges so far, by kind (HELLO, GET, PUT, HAVE, VERIFY, STAT), and the

@@ -3,8 +3,9 @@ the device's hub client, edges and swarm for them. Membership (enrollment, keyri
 membership.py, who may write a portal in trust.py, sharing in sharing.py, the configuration in config.py.
 
 Write ordering (docs/design.md, "Sync"): every object a version reaches is
-held by ``replicas`` edges, and its locations recorded at the hub, before the
-version's root record is published; a record is published only on top of the
+held by ``replicas`` edges (or, while edges are down, by one at least, the
+rest queued for the next push), and its locations recorded at the hub, before
+the version's root record is published; a record is published only on top of the
 hub's head (compare-and-swap), so the hub never names a version that cannot be
 read.
 """
@@ -336,10 +337,20 @@ class Fabric:
         published = published_version(self.device, portal)
         versions = self.device.state.versions(portal)
         pending = [v for v in versions if v.version > published]
-        if not pending:
+        queued = self.device.state.underplaced(portal)  # short of R copies at an earlier push
+        if not pending and not queued:
             return {"published": 0, "objects": 0}
-        cids = self._objects(view, pending, {v.version: v for v in versions})
-        self._place(view, cids, self.device.store_local.get)
+        cids = self._objects(view, pending, {v.version: v for v in versions}) if pending else []
+        placement = self._place(view, sorted(set(cids) | set(queued)), self.device.store_local.get)
+        self.device.state.set_underplaced(portal, placement.short)
+        if placement.short:
+            down = "; ".join(f"{edge} ({reason})" for edge, reason in placement.down.items())
+            log.warning("%s: %d objects are on fewer than %d edges, which is enough to publish; the missing copies "
+                        "are made at the next sync that reaches more edges. Down: %s", view.row.name,
+                        len(placement.short), self.config.replicas, down or "none")  # fmt: skip
+        elif queued:
+            log.info("%s: %d objects that were short of copies have %d now", view.row.name, len(queued),
+                     self.config.replicas)  # fmt: skip
         for version in pending:
             try:
                 hub.publish(portal, version.record.to_bytes())
@@ -349,7 +360,7 @@ class Fabric:
                     f"the next sync merges its versions with this device's: {exc}"
                 ) from None
             mark_published(self.device, portal, version.version)
-        return {"published": len(pending), "objects": len(cids)}
+        return {"published": len(pending), "objects": len(cids), "underplaced": len(placement.short)}
 
     def repair(self, view: PortalView) -> dict[str, int]:
         """Bring every object of the published versions back to ``replicas`` intact copies on edges that answer.
@@ -366,6 +377,9 @@ class Fabric:
         store = self.store(Priority.REPAIR, keep=False)
         healed = store.healed
         placement = self._place(view, cids, store.get, verify=True)
+        if placement.short:  # a repair is for R copies: short of them, it failed (the next one tries again)
+            down = "; ".join(f"{edge}: {reason}" for edge, reason in placement.down.items()) or "too few edges"
+            raise Unreachable(f"{len(placement.short)} objects could not reach {self.config.replicas} edges ({down})")
         if placement.copies:
             log.info("%s: %d copies made to bring %d objects back to %d edges", view.row.name, placement.copies,
                      len(cids), self.config.replicas)  # fmt: skip
@@ -404,7 +418,7 @@ class Fabric:
                 hub.add_locations(view.row.id, edge, held)
             copies, damaged = copies + placement.copies, damaged + placement.damaged
             if time.monotonic() - asked < HAVE_TRUST_SECONDS:
-                return Placement(placement.held, copies, damaged)
+                return Placement(placement.held, copies, damaged, placement.short, placement.down)
             log.info("%s: placing took over %.0f s; asking the edges again", view.row.name, HAVE_TRUST_SECONDS)
         raise Unreachable(f"portal {view.row.name!r}: the edges are too slow to place its objects; try again")
 

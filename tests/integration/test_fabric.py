@@ -530,3 +530,27 @@ async def test_a_revoked_device_is_cut_off_at_the_edges_within_seconds(tmp_path:
     with pytest.raises(PortalError):  # and no new HELLO is accepted
         async with connect_edge(edge, key, cert) as again:
             await again.stat()
+
+
+def test_with_one_of_two_edges_down_a_sync_publishes_and_the_missing_copies_follow(tmp_path: Path) -> None:
+    from .fabricutil import start
+
+    with fabric(tmp_path / "fabric", edges=2) as lab:
+        a, words = _device(tmp_path, "a", lab)
+        ok(a, "portal", "create", "p")
+        (tmp_path / "f.txt").write_text("placed while an edge is down\n")
+        ok(a, "put", "p", str(tmp_path / "f.txt"))
+        data = lab.edges[1].data
+        lab.edges[1].stop()
+        synced = json.loads(ok(a, "sync", "p", "--json"))[0]  # R = 2, one edge: published on the one that answers
+        assert synced["published"] == 1 and synced["underplaced"] > 0
+        assert "wait for more edges" in ok(a, "sync", "p")  # still short, and said so
+        b, _ = _device(tmp_path, "b", lab, words)
+        ok(b, "get", "p", str(tmp_path / "out-b"))
+        assert (tmp_path / "out-b" / "f.txt").read_text() == "placed while an edge is down\n"
+
+        lab.edges[1] = start(["edge", "serve", "--data", str(data), "--listen", "127.0.0.1:0", "--hub", lab.hub_url,
+                              "--quota", "0"], data)  # fmt: skip
+        healed = json.loads(ok(a, "sync", "p", "--json"))[0]  # the edge is back: the missing copies are made
+        assert healed["underplaced"] == 0
+        assert {p.name for p in lab.edge_objects(0)} == {p.name for p in lab.edge_objects(1)}
