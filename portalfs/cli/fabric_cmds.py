@@ -9,6 +9,7 @@ import time
 from collections.abc import Callable
 from typing import Any
 
+from ..conflicts import find as find_conflicts
 from ..daemon.control import call_daemon, daemon_socket
 from ..device import Device, Unlocked
 from ..edge.client import parse_address
@@ -28,6 +29,7 @@ from ..gc import DELETE_GRACE_NS
 from ..hub.client import DeviceInfo
 from ..hub.state import WINDOW
 from ..portal import PortalView
+from ..state import VersionRow
 from .common import emit, unlock
 from .servers import parse_duration
 
@@ -400,7 +402,8 @@ def cmd_status(device: Device, args: argparse.Namespace) -> int:
         for row in device.state.portals():
             head = device.state.head(row.id)
             local = 0 if head is None else head.version
-            portals.append({"portal": row.name, "version": local, "published": published_version(device, row.id)})
+            portals.append({"portal": row.name, "version": local, "published": published_version(device, row.id),
+                            "conflicts": _conflicts(device, secrets, row.name, head)})  # fmt: skip
         hub_error = None
         try:
             edges = fabric.swarm.stat() if (config.hub or config.edges) else []
@@ -433,10 +436,23 @@ def cmd_status(device: Device, args: argparse.Namespace) -> int:
     lines += [
         f"portal   {p['portal']}: v{p['version']}"
         + (f", {p['version'] - p['published']} to publish" if config.hub and p["version"] > p["published"] else "")
+        + (f", {p['conflicts']} conflict copies (portalctl conflicts)" if p["conflicts"] else "")
         for p in portals
     ]
     emit(args, data, "\n".join(lines))
     return 0
+
+
+def _conflicts(device: Device, secrets: Unlocked, name: str, head: VersionRow | None) -> int | None:
+    """How many conflict copies the portal's newest version holds, from what this device has (None: it lacks
+    some of its directories, or cannot open it)."""
+    if head is None:
+        return 0
+    try:
+        view = PortalView.open(device, name, secrets)
+        return len(find_conflicts(view, view.root(head).entry))
+    except PortalError:
+        return None
 
 
 def register(sub: Any, command: Callable[..., argparse.ArgumentParser]) -> None:

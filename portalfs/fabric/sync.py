@@ -12,6 +12,7 @@ read.
 
 from __future__ import annotations
 
+import json
 import logging
 import threading
 import time
@@ -29,7 +30,7 @@ from ..errors import (
     Unreachable,
     UsageError,
 )
-from ..hub.client import HubClient
+from ..hub.client import EdgeInfo, HubClient
 from ..ingest import tree_totals
 from ..merge import Writer, conflict_copy, merge_trees
 from ..pipeline import store_sealed
@@ -76,6 +77,22 @@ def open_view(device: Device, secrets: Unlocked, name: str, keep: bool = True) -
     return PortalView.open(device, name, secrets, None if fabric is None else fabric.store(keep=keep))
 
 
+EDGES_SEEN = "edges-seen"  # meta: the hub's edge list as it last gave it (JSON)
+
+
+def _remember_edges(device: Device, edges: list[EdgeInfo]) -> None:
+    rows = [{"key": e.key.hex(), "address": e.address, "transports": list(e.transports)} for e in edges]
+    value = json.dumps(rows, sort_keys=True).encode()
+    if device.state.get_meta(EDGES_SEEN) != value:
+        device.state.set_meta(EDGES_SEEN, value)
+
+
+def _edges_seen(device: Device) -> list[EdgeInfo]:
+    raw = device.state.get_meta(EDGES_SEEN)
+    rows = json.loads(raw) if raw else []
+    return [EdgeInfo(bytes.fromhex(r["key"]), r["address"], list(r["transports"]), 0, 0, 0) for r in rows]
+
+
 def _address(row: dict[str, Any]) -> EdgeAddress:
     return EdgeAddress(row["host"], int(row["port"]), bytes.fromhex(row["key"]), row.get("transport", "quic"))
 
@@ -111,9 +128,18 @@ class Fabric:
         return row
 
     def edges(self) -> list[EdgeAddress]:
+        """The edges added by hand, and those the hub lists (or, while the hub does not answer, the ones it
+        listed last: a device reads what it lacks from the edges with its hub down)."""
         found = {row["key"]: _address(row) for row in self.config.edges}
         if self.hub is not None:
-            for edge in self.hub.edges():
+            try:
+                listed = self.hub.edges()
+            except Unreachable as exc:
+                listed = _edges_seen(self.device)
+                log.info("hub: %s; using the %d edges it listed last", exc, len(listed))
+            else:
+                _remember_edges(self.device, listed)
+            for edge in listed:
                 if edge.key.hex() not in found:
                     try:
                         host, port = parse_address(edge.address)

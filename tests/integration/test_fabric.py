@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import shutil
 import signal
 import subprocess
 import sys
@@ -335,9 +336,12 @@ def test_two_devices_that_wrote_at_once_are_merged_and_a_true_conflict_keeps_bot
         assert (listed["path"], listed["of"], listed["portal"]) == (conflict, "x.txt", "notes")
         assert listed["copy_key"] != listed["name_key"] and listed["name_mtime_ns"] is not None
     assert "beside x.txt" in ok(a, "conflicts", "notes")
+    assert [p["conflicts"] for p in json.loads(ok(a, "status", "--json"))["portals"]] == [1]
+    assert "1 conflict copies" in ok(a, "status")
     fails(a, 3, "resolve", "notes", "nowhere.txt", "--keep", "mine", match="no conflict copy")
     ok(a, "resolve", "notes", "x.txt", "--keep", "mine")
     ok(a, "sync")
+    assert [p["conflicts"] for p in json.loads(ok(a, "status", "--json"))["portals"]] == [0]
     with mounted(b, "notes", tmp_path / "mnt-b") as mnt:
         assert shows(mnt / "x.txt", "from a\n") and not (mnt / conflict).exists()
         assert json.loads(ok(b, "conflicts", "--json")) == []
@@ -477,6 +481,9 @@ def test_a_mount_reads_what_it_lacks_from_the_edges_while_the_hub_is_down(tmp_pa
         assert lab.hub is not None
         lab.hub.stop()  # no more locations: every edge is asked
         assert (mnt / "nested" / "big.bin").read_bytes() == (src / "nested" / "big.bin").read_bytes()
+    shutil.rmtree(b / "store")  # a new command, the hub still down: the edges the hub listed last are asked
+    ok(b, "get", "docs", str(tmp_path / "out"), "--path", "nested/big.bin")
+    assert (tmp_path / "out").read_bytes() == (src / "nested" / "big.bin").read_bytes()
 
 
 def test_repair_copies_what_a_lost_edge_held_so_a_second_loss_loses_nothing(tmp_path: Path, lab: FabricLab) -> None:
