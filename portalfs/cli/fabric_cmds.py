@@ -19,9 +19,11 @@ from ..fabric.config import (
     FabricConfig,
     followed_portals,
     forget_published,
+    is_paused,
     load_config,
     published_version,
     save_config,
+    set_paused,
 )
 from ..fabric.grants import LinkUrl
 from ..fabric.sync import Fabric
@@ -403,7 +405,8 @@ def cmd_status(device: Device, args: argparse.Namespace) -> int:
             head = device.state.head(row.id)
             local = 0 if head is None else head.version
             portals.append({"portal": row.name, "version": local, "published": published_version(device, row.id),
-                            "conflicts": _conflicts(device, secrets, row.name, head)})  # fmt: skip
+                            "conflicts": _conflicts(device, secrets, row.name, head),
+                            "paused": is_paused(device, row.id)})  # fmt: skip
         hub_error = None
         try:
             edges = fabric.swarm.stat() if (config.hub or config.edges) else []
@@ -437,9 +440,29 @@ def cmd_status(device: Device, args: argparse.Namespace) -> int:
         f"portal   {p['portal']}: v{p['version']}"
         + (f", {p['version'] - p['published']} to publish" if config.hub and p["version"] > p["published"] else "")
         + (f", {p['conflicts']} conflict copies (portalctl conflicts)" if p["conflicts"] else "")
+        + (", paused" if p["paused"] else "")
         for p in portals
     ]
     emit(args, data, "\n".join(lines))
+    return 0
+
+
+def cmd_pause(device: Device, args: argparse.Namespace) -> int:
+    return _pause(device, args, True)
+
+
+def cmd_resume(device: Device, args: argparse.Namespace) -> int:
+    return _pause(device, args, False)
+
+
+def _pause(device: Device, args: argparse.Namespace, paused: bool) -> int:
+    """Pause or resume background sync (portald's and the mounts'): of NAME..., or of every portal."""
+    portals: list[bytes | None] = [device.state.portal(name).id for name in args.names]  # unknown: an error first
+    for portal in portals or [None]:
+        set_paused(device, portal, paused)
+    what = ", ".join(args.names) or "every portal"
+    emit(args, {"portals": args.names or None, "paused": paused},
+         f"{what}: {'paused (reads still fetch what this device lacks)' if paused else 'resumed'}")  # fmt: skip
     return 0
 
 
@@ -476,6 +499,10 @@ def register(sub: Any, command: Callable[..., argparse.ArgumentParser]) -> None:
     c = command("sync", cmd_sync, "push what is pending to the edges, publish it, and pull new versions")
     c.add_argument("names", nargs="*", metavar="NAME")
     c.add_argument("--repair", action="store_true", help="then put every published object back on R live edges")
+    c = command("pause", cmd_pause, "pause background sync of NAME... (or of every portal); reads still fetch")
+    c.add_argument("names", nargs="*", metavar="NAME")
+    c = command("resume", cmd_resume, "resume background sync of NAME... (or of every portal)")
+    c.add_argument("names", nargs="*", metavar="NAME")
     c = command("share", cmd_share, "share a portal with an identity")
     c.add_argument("name")
     c.add_argument("--with", dest="identity", required=True, metavar="IDENTITY", help="their identity key (hex)")

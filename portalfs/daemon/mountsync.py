@@ -32,7 +32,7 @@ import trio
 
 from ..backoff import Backoff
 from ..errors import Conflict, PortalError
-from ..fabric.config import published_version
+from ..fabric.config import is_paused, published_version
 from ..fabric.store import fetch_directories
 from ..fabric.sync import Fabric, device_label
 from ..hub.client import HubClient
@@ -47,6 +47,7 @@ __all__ = ["MountSync"]
 log = logging.getLogger("portal.mountsync")
 
 RETRY = Backoff(1.0, 60.0)  # a push that failed, an event stream the hub refused
+PAUSE_LOOK_SECONDS = 5.0  # while the portal is paused, how often the mount looks whether it still is
 
 
 class MountSync:
@@ -84,6 +85,7 @@ class MountSync:
         failures = 0
         while True:
             await self._due.wait()
+            await self._unpaused()
             self._due = trio.Event()
             try:
                 async with self._engine:
@@ -110,6 +112,16 @@ class MountSync:
             log.info("%s: published %d versions (%d objects)", self.view.row.name, result["published"],
                      result["objects"])  # fmt: skip
 
+    async def _unpaused(self) -> None:
+        """While ``portalctl pause`` holds the portal: nothing is published or taken; looked at again every
+        PAUSE_LOOK_SECONDS (the one thing a mount looks at on a timer: it has no control socket)."""
+        said = False
+        while await trio.to_thread.run_sync(is_paused, self.view.device, self.view.row.id):
+            if not said:
+                log.info("%s: paused; versions wait here and at the hub until `portalctl resume`", self.view.row.name)
+                said = True
+            await trio.sleep(PAUSE_LOOK_SECONDS)
+
     def _say(self, what: str, retry: float) -> None:
         if what not in self._reported:  # the same failure, again and again, is said once
             self._reported.add(what)
@@ -135,6 +147,8 @@ class MountSync:
                     await trio.sleep(RETRY.delay(failures))
                     continue
                 failures = 0
+                if records:
+                    await self._unpaused()
                 if records and not await self._land(mount):
                     await trio.sleep(RETRY.delay(1))  # announced, yet nothing to land (this device's own): settle
         finally:
@@ -177,7 +191,7 @@ class MountSync:
     async def finish(self) -> None:
         """Publish what the last commit made (once: a failure is left to portald); then let go of the claim."""
         try:
-            if self._claimed and self.pending():
+            if self._claimed and self.pending() and not is_paused(self.view.device, self.view.row.id):
                 try:
                     await trio.to_thread.run_sync(self._push)
                 except PortalError as exc:

@@ -26,7 +26,7 @@ from ..backoff import Backoff
 from ..device import Device, Unlocked
 from ..errors import NotFound, PortalError, UsageError
 from ..fabric import sharing
-from ..fabric.config import FabricConfig, followed_portals, load_config, published_version
+from ..fabric.config import FabricConfig, followed_portals, is_paused, load_config, published_version
 from ..fabric.sync import Fabric
 from ..hub.client import HubClient
 from ..portal import PortalView
@@ -112,6 +112,8 @@ class SyncDaemon:
         for row in rows:
             head = self.device.state.head(row.id)
             if head is not None and head.version > published_version(self.device, row.id):
+                if is_paused(self.device, row.id):
+                    continue  # `portalctl resume` says when (it tells the daemon to look)
                 with self.device.portal_syncer(row.id, wait=False) as ours:
                     if ours:  # else its read-write mount publishes it
                         pending.append(row.id)

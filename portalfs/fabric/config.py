@@ -78,6 +78,27 @@ def followed_portals(device: Device) -> list[PortalRow]:
     ]
 
 
+PAUSED = "paused:"  # meta: "paused:<portal id hex>", or "paused:*" for every portal
+
+
+def is_paused(device: Device, portal: bytes) -> bool:
+    """Whether syncing ``portal`` is paused (``portalctl pause``): nothing is pushed or pulled in the background;
+    reads still fetch what the device lacks."""
+    return device.state.get_meta(PAUSED + "*") is not None or device.state.get_meta(PAUSED + portal.hex()) is not None
+
+
+def set_paused(device: Device, portal: bytes | None, paused: bool) -> None:
+    """Pause or resume ``portal`` (None: every portal; resuming all also resumes each)."""
+    if portal is None and not paused:
+        for row in device.state.portals():
+            device.state.delete_meta(PAUSED + row.id.hex())
+    key = PAUSED + ("*" if portal is None else portal.hex())
+    if paused:
+        device.state.set_meta(key, b"1")
+    else:
+        device.state.delete_meta(key)
+
+
 def published_version(device: Device, portal: bytes) -> int:
     """The newest version of ``portal`` this device knows to be at the hub (0: none)."""
     raw = device.state.get_meta(f"published:{portal.hex()}")

@@ -40,7 +40,7 @@ from ..sealing import ChunkRef
 from ..state import VersionRow
 from ..store.base import Priority
 from .cache import FetchCache, cache_limit
-from .config import FabricConfig, load_config, mark_published, published_version, save_config
+from .config import FabricConfig, is_paused, load_config, mark_published, published_version, save_config
 from .membership import Membership
 from .store import FabricStore
 from .swarm import Placement, Swarm
@@ -454,7 +454,13 @@ class Fabric:
             self.require_hub().create_portal(view.row.id)
 
     def sync(self, view: PortalView) -> dict[str, Any]:
-        """Pull, then push and publish; a portal whose read-write mount syncs it (section 16) is left to it."""
+        """Pull, then push and publish; a portal whose read-write mount syncs it (section 16) is left to it, and
+        a paused one (``portalctl pause``) is left alone."""
+        if is_paused(self.device, view.row.id):
+            head = self.device.state.head(view.row.id)
+            version = 0 if head is None else head.version
+            return {"portal": view.row.name, "pulled": 0, "published": 0, "objects": 0, "paused": True,
+                    "version": version}  # fmt: skip
         with self.device.portal_syncer(view.row.id, wait=False) as ours:
             if ours:
                 self.create_if_owner(view)

@@ -561,3 +561,23 @@ def test_with_one_of_two_edges_down_a_sync_publishes_and_the_missing_copies_foll
         healed = json.loads(ok(a, "sync", "p", "--json"))[0]  # the edge is back: the missing copies are made
         assert healed["underplaced"] == 0
         assert {p.name for p in lab.edge_objects(0)} == {p.name for p in lab.edge_objects(1)}
+
+
+@needs_fuse
+def test_a_paused_portal_syncs_nothing_in_the_background_until_resumed(tmp_path: Path, lab: FabricLab) -> None:
+    a, b = _two_devices_with(tmp_path, lab, "live")
+    fails(a, 3, "pause", "nowhere")
+    ok(a, "pause", "live")
+    assert [p["paused"] for p in json.loads(ok(a, "status", "--json"))["portals"]] == [True]
+    with mounted(a, "live", tmp_path / "mnt-a") as on_a:
+        (on_a / "held.txt").write_text("written while paused\n")
+        synced = json.loads(ok(a, "sync", "live", "--json"))[0]
+        assert synced["paused"] is True and synced["published"] == 0
+        assert json.loads(ok(b, "sync", "--json"))[0]["pulled"] == 0  # nothing left this device
+        ok(a, "resume")  # every portal
+        deadline = time.monotonic() + 30
+        while not json.loads(ok(b, "sync", "--json"))[0]["pulled"]:  # the mount publishes once it sees the resume
+            assert time.monotonic() < deadline, "the mount did not publish after the resume"
+            time.sleep(0.2)
+    ok(b, "get", "live", str(tmp_path / "held.txt"), "--path", "held.txt")
+    assert (tmp_path / "held.txt").read_text() == "written while paused\n"
