@@ -34,6 +34,7 @@ from ..errors import CorruptObject, MissingObject, PortalError, Unreachable
 from ..keys import DeviceKey
 from ..runtime import Runtime, current
 from ..store.base import Priority
+from .estimators import EdgeEstimate
 from .locations import LocationCache
 
 __all__ = ["Swarm", "Placement", "PriorityGate"]
@@ -45,6 +46,7 @@ RETRY_DOWN_MAX = 300.0  # doubling with each failure in a row up to this
 EDGE_BACKOFF = Backoff(RETRY_DOWN_SECONDS, RETRY_DOWN_MAX)
 CONCURRENT_PUTS = 16
 CONCURRENT_GETS = 64
+TYPICAL_OBJECT = 1 << 20  # bytes a GET is counted for before its answer says (chunks average about 1 MiB)
 
 Locate = Callable[[list[bytes]], dict[bytes, list[bytes]]]
 Report = Callable[[bytes, list[bytes]], None]  # (edge key, ids of the damaged copies read from it)
@@ -57,7 +59,6 @@ class _Edge:
         self.ready = trio.Event()
         self.closed = trio.Event()
         self.down_until = 0.0
-        self.in_flight = 0
         self.error: PortalError | None = None
 
 
@@ -137,6 +138,7 @@ class Swarm:
         self._runtime = runtime
         self._nursery: trio.Nursery | None = None
         self._gets = PriorityGate(CONCURRENT_GETS)
+        self.estimates: dict[bytes, EdgeEstimate] = {}  # per edge key: what its answers showed (estimators.py)
         self._stop = trio.Event()
         self._done = trio.Event()
 
@@ -236,13 +238,22 @@ class Swarm:
         if edge is not None:
             edge.closed.set()
 
-    def _load(self, key: bytes) -> tuple[bool, int]:
-        """Edges known to be down last, then the least busy first."""
+    def _load(self, key: bytes) -> tuple[bool, float]:
+        """Edges known to be down last, then the one where a request would be answered soonest (its measured
+        round trip and throughput, what is queued there, its health: ``estimators.EdgeEstimate.finish``)."""
         edge = self._edges.get(key)
+        now = trio.current_time()
+        finish = self._estimate(key).finish(TYPICAL_OBJECT, now)
         if edge is None:
-            return False, 0
-        down = edge.client is None and edge.ready.is_set() and trio.current_time() < edge.down_until
-        return down, edge.in_flight
+            return False, finish
+        down = edge.client is None and edge.ready.is_set() and now < edge.down_until
+        return down, finish
+
+    def _estimate(self, key: bytes) -> EdgeEstimate:
+        estimate = self.estimates.get(key)
+        if estimate is None:
+            estimate = self.estimates[key] = EdgeEstimate.new()
+        return estimate
 
     # GET
 
@@ -281,15 +292,17 @@ class Swarm:
         candidates = self._candidates(cid, located)
         # A second round reconnects to edges that were down: the last replica may be one of them.
         for key, force in [(k, False) for k in candidates] + [(k, True) for k in candidates]:
-            edge_state = self._edges.get(key)
+            estimate = self._estimate(key)
             try:
                 client = await self._client(key, force)
-                edge_state = self._edges[key]
-                edge_state.in_flight += 1
+                estimate.queued_bytes += TYPICAL_OBJECT
+                sent = trio.current_time()
                 try:
-                    return await client.get(cid)
+                    data = await client.get(cid)
+                    estimate.answered(len(data), trio.current_time() - sent)
+                    return data
                 finally:
-                    edge_state.in_flight -= 1
+                    estimate.queued_bytes -= TYPICAL_OBJECT
             except MissingObject as exc:
                 failures.append(str(exc))
                 self.locations.forget(cid, key)
@@ -298,10 +311,10 @@ class Swarm:
                 corrupt.append(str(exc))
             except PortalError as exc:  # unreachable, refused: the next replica
                 failures.append(str(exc))
+                estimate.failed(trio.current_time())
                 if isinstance(exc, Unreachable):
                     unreachable += 1
                     self._drop(key)
-            del edge_state
         if corrupt and not unreachable:  # every copy that could be read was damaged
             edges = sorted({self._name(k) for k, c in self._damage_seen if c == cid})
             raise CorruptObject(f"object {cid.hex()}: every copy is damaged (on {', '.join(edges)})")
