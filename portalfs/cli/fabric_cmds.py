@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import argparse
+import ipaddress
 import re
 import sys
 import time
 from collections.abc import Callable
 from typing import Any
+from urllib.parse import urlsplit
 
 from ..conflicts import find as find_conflicts
 from ..daemon.control import call_daemon, daemon_socket
@@ -28,7 +30,7 @@ from ..fabric.config import (
 from ..fabric.grants import LinkUrl
 from ..fabric.sync import Fabric
 from ..gc import DELETE_GRACE_NS
-from ..hub.client import DeviceInfo
+from ..hub.client import DeviceInfo, certificate_fingerprint, fetch_certificate
 from ..hub.state import WINDOW
 from ..portal import PortalView
 from ..state import VersionRow
@@ -67,7 +69,9 @@ def cmd_hub_add(device: Device, args: argparse.Namespace) -> int:
     moved = config.hub is not None and url != config.hub
     if url != config.hub:
         config.leave_embedded()  # a real fabric from now on: portald stops running its own hub and edge
+        config.hub_cert = None
     config.hub = url
+    _pin_or_warn(config, url)
     fabric = Fabric(device, secrets, config)
     try:
         result = fabric.join()  # fails before anything is saved if the hub refuses or is down
@@ -81,6 +85,28 @@ def cmd_hub_add(device: Device, args: argparse.Namespace) -> int:
     added = ", ".join(result["portals_added"]) or "none"
     emit(args, result, f"Joined hub {url}: {result['edges']} edges; portals added: {added}")
     return 0
+
+
+def _pin_or_warn(config: FabricConfig, url: str) -> None:
+    """An https hub's certificate is pinned at first contact (no other is accepted after); a plain-http hub
+    that is not on this machine is said to be one, once (docs/design.md, section 13, "TLS")."""
+    parts = urlsplit(url)
+    if parts.scheme == "https":
+        if config.hub_cert is None:
+            config.hub_cert = fetch_certificate(url)
+            print(f"portalctl: pinned hub {url}'s certificate, sha256 {certificate_fingerprint(config.hub_cert)}",
+                  file=sys.stderr)  # fmt: skip
+    elif not _loopback(parts.hostname or ""):
+        print(f"portalctl: warning: hub {url} speaks plain HTTP: who and what this device syncs, and link ids, "
+              "cross the network in clear, and anyone on the path can act as the hub; use an https:// hub",
+              file=sys.stderr)  # fmt: skip
+
+
+def _loopback(host: str) -> bool:
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return host == "localhost"
 
 
 def cmd_edge_add(device: Device, args: argparse.Namespace) -> int:
@@ -305,6 +331,7 @@ def cmd_open(device: Device, args: argparse.Namespace) -> int:
     if config.hub and config.hub != url.hub:
         raise UsageError(f"this device uses hub {config.hub}; the link is for {url.hub}")
     config.hub = url.hub
+    _pin_or_warn(config, url.hub)
     fabric = Fabric(device, secrets, config)
     try:
         name = sharing.open_link(fabric, url)

@@ -81,6 +81,26 @@ def _run(prog: str, main: object) -> int:
     return 0
 
 
+def _tls(cert: Path | None, key: Path | None) -> tuple[Path, Path] | None:
+    if (cert is None) != (key is None):
+        raise UsageError("--tls-cert and --tls-key go together")
+    if cert is None or key is None:
+        return None
+    for path in (cert, key):
+        if not path.is_file():
+            raise UsageError(f"{path}: no such file")
+    return cert, key
+
+
+def _read_pem(path: Path | None) -> str | None:
+    if path is None:
+        return None
+    try:
+        return path.read_text()
+    except (OSError, UnicodeDecodeError) as exc:
+        raise UsageError(f"--hub-cert {path}: {getattr(exc, 'strerror', None) or exc}") from None
+
+
 def hub_main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="portal-hub", description="Portal's coordination server")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -92,11 +112,14 @@ def hub_main(argv: list[str] | None = None) -> int:
         default="7d",
         help="how long a deleted or expired portal can be restored before its objects are released (default 7d)",
     )
+    serve.add_argument("--tls-cert", type=Path, metavar="PEM", help="serve over HTTPS with this certificate")
+    serve.add_argument("--tls-key", type=Path, metavar="PEM", help="... and this private key")
     serve.add_argument("-v", "--verbose", action="store_true")
     args = parser.parse_args(argv)
     try:
         host, port = _listen(args.listen)
         grace_ns = parse_duration(args.grace, "--grace")
+        tls = _tls(args.tls_cert, args.tls_key)
     except UsageError as exc:
         parser.error(str(exc))
     _logging(args.verbose)
@@ -104,8 +127,8 @@ def hub_main(argv: list[str] | None = None) -> int:
 
     async def main() -> None:
         async with trio.open_nursery() as nursery:
-            bound = await nursery.start(partial(run_hub, args.db, host, port, grace_ns=grace_ns))
-            print(f"portal-hub: serving http://{host}:{bound}/v1/", flush=True)
+            bound = await nursery.start(partial(run_hub, args.db, host, port, grace_ns=grace_ns, tls=tls))
+            print(f"portal-hub: serving {'https' if tls else 'http'}://{host}:{bound}/v1/", flush=True)
 
     return _run("portal-hub", main)
 
@@ -117,6 +140,8 @@ def edge_main(argv: list[str] | None = None) -> int:
     serve.add_argument("--data", required=True, type=Path, help="directory for the key and the object store")
     serve.add_argument("--listen", default="0.0.0.0:8471", help="HOST:PORT, UDP for QUIC and TCP (default :8471)")
     serve.add_argument("--hub", help="hub URL: register, heartbeat, and admit only its enrolled devices")
+    serve.add_argument("--hub-cert", type=Path, metavar="PEM",
+                       help="an https hub's certificate: accept only it (default: the system's CAs)")  # fmt: skip
     serve.add_argument("--quota", default="0", help="bytes each identity may store, e.g. 10G (default: no limit)")
     serve.add_argument("--capacity", default="0", help="bytes this edge may store in all (default: the disk)")
     serve.add_argument("--transport", default="quic,tcp", help="quic, tcp or both (default quic,tcp)")
@@ -134,6 +159,7 @@ def edge_main(argv: list[str] | None = None) -> int:
         if not transports or set(transports) - {"quic", "tcp"}:
             raise UsageError(f"--transport {args.transport!r}: use quic, tcp or quic,tcp")
         quota, capacity = parse_size(args.quota), parse_size(args.capacity)
+        hub_cert = _read_pem(args.hub_cert)
         scrub_rate = parse_size(args.scrub_rate)
         scrub_interval, gc_interval, gc_hold = (
             parse_duration(text, what) / 1e9
@@ -151,7 +177,7 @@ def edge_main(argv: list[str] | None = None) -> int:
     config = EdgeConfig(
         args.data, host, port, transports, quota, capacity, args.hub, args.quic,
         gc_interval=max(gc_interval, 1.0), gc_hold=gc_hold, scrub_rate=scrub_rate,
-        scrub_interval=max(scrub_interval, 1.0),
+        scrub_interval=max(scrub_interval, 1.0), hub_cert=hub_cert,
     )  # fmt: skip
 
     async def main() -> None:

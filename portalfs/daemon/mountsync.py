@@ -132,7 +132,7 @@ class MountSync:
     async def _follow(self, mount: PortalOperations) -> None:
         """Long-poll the hub for versions beyond this device's; land each batch in the mount at once."""
         assert self.fabric.config.hub is not None
-        hub = HubClient(self.fabric.config.hub, self.fabric.secrets.device)
+        hub = HubClient(self.fabric.config.hub, self.fabric.secrets.device, self.fabric.config.hub_cert)
         failures = 0
         try:
             while True:

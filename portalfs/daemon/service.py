@@ -159,7 +159,9 @@ class SyncDaemon:
         """Long-poll the hub for versions of ``portal`` beyond this device's head; each one triggers a sync."""
         with trio.CancelScope() as scope:
             task_status.started(scope)
-            hub = HubClient(hub_url, self.secrets.device)
+            config = await self._on_device(load_config, self.device)
+            pin = config.hub_cert if config is not None and config.hub == hub_url else None
+            hub = HubClient(hub_url, self.secrets.device, pin)
             failures = 0
             announced = 0  # versions the hub announced that this device could not take (its mount holds them)
             try:

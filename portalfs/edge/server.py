@@ -37,6 +37,7 @@ class EdgeConfig:
     gc_hold: float = GARBAGE_HOLD_SECONDS  # seconds condemned ids wait; at least twice HAVE_TRUST_SECONDS
     scrub_rate: int = SCRUB_RATE  # bytes a second the scrub reads; 0: no scrub
     scrub_interval: float = SCRUB_INTERVAL_SECONDS
+    hub_cert: str | None = None  # an https hub's certificate (PEM) to accept, and no other; None: the system's CAs
 
 
 async def run_edge(
@@ -59,7 +60,7 @@ async def run_edge(
         from ..hub.client import EdgeHubClient
         from .hub_agent import HubAgent
 
-        agent = HubAgent(EdgeHubClient(config.hub, key.public, key.sign))
+        agent = HubAgent(EdgeHubClient(config.hub, key.public, key.sign, config.hub_cert))
         device_status = agent.device_status
     service = EdgeService(store, key.public, quotas, device_status, config.capacity)
 

@@ -36,11 +36,13 @@ class FabricConfig:
     edges: list[dict[str, Any]] = field(default_factory=list)  # added by hand: host, port, key, transport
     replicas: int = DEFAULT_REPLICAS
     embedded: dict[str, Any] | None = None  # portald's own hub and edge: host, hub_port, edge_port
+    hub_cert: str | None = None  # an https hub's certificate (PEM), pinned at `hub add`
 
     def to_json(self) -> bytes:
         return json.dumps(
-            {"hub": self.hub, "edges": self.edges, "replicas": self.replicas, "embedded": self.embedded}
-        ).encode()
+            {"hub": self.hub, "edges": self.edges, "replicas": self.replicas, "embedded": self.embedded,
+             "hub_cert": self.hub_cert}
+        ).encode()  # fmt: skip
 
     @property
     def on_embedded(self) -> bool:
@@ -60,7 +62,11 @@ def load_config(device: Device) -> FabricConfig | None:
         return None
     value = json.loads(raw)
     return FabricConfig(
-        value.get("hub"), value.get("edges", []), value.get("replicas", DEFAULT_REPLICAS), value.get("embedded")
+        value.get("hub"),
+        value.get("edges", []),
+        value.get("replicas", DEFAULT_REPLICAS),
+        value.get("embedded"),
+        value.get("hub_cert"),
     )
 
 

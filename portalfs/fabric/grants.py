@@ -131,21 +131,23 @@ def open_keyring(identity: Identity, blob: bytes) -> dict[str, Any]:
 
 @dataclass(frozen=True, slots=True)
 class LinkUrl:
-    """``portal://HOST:PORT/LINK-ID#SECRET``: the hub's address, the link id, and (fragment) the secret."""
+    """``portal://HOST:PORT/LINK-ID#SECRET`` (``portals://`` for an https hub): the hub's address, the link id,
+    and (fragment) the secret."""
 
-    hub: str  # http://HOST:PORT
+    hub: str  # http://HOST:PORT or https://HOST:PORT
     link: bytes
     secret: bytes
 
     def __str__(self) -> str:
         secret = base64.urlsafe_b64encode(self.secret).decode().rstrip("=")
-        return f"portal://{urlsplit(self.hub).netloc}/{self.link.hex()}#{secret}"
+        hub = urlsplit(self.hub)
+        return f"portal{'s' if hub.scheme == 'https' else ''}://{hub.netloc}/{self.link.hex()}#{secret}"
 
     @classmethod
     def parse(cls, text: str) -> LinkUrl:
         parts = urlsplit(text)
         try:
-            if parts.scheme != "portal" or not parts.netloc:
+            if parts.scheme not in ("portal", "portals") or not parts.netloc:
                 raise ValueError
             link = bytes.fromhex(parts.path.strip("/"))
             secret = base64.urlsafe_b64decode(parts.fragment + "=" * (-len(parts.fragment) % 4))
@@ -153,4 +155,4 @@ class LinkUrl:
                 raise ValueError
         except ValueError:
             raise UsageError(f"{text!r} is not a portal:// link (portal://HOST:PORT/ID#SECRET)") from None
-        return cls(f"http://{parts.netloc}", link, secret)
+        return cls(f"{'https' if parts.scheme == 'portals' else 'http'}://{parts.netloc}", link, secret)

@@ -105,7 +105,7 @@ class Fabric:
         self.device = device
         self.secrets = secrets
         self.config = config
-        self.hub = HubClient(config.hub, secrets.device) if config.hub else None
+        self.hub = HubClient(config.hub, secrets.device, config.hub_cert) if config.hub else None
         self._swarm: Swarm | None = None
         self._swarm_lock = threading.Lock()
         self._stores: dict[tuple[Priority, bool], FabricStore] = {}

@@ -8,10 +8,13 @@ clients and the table to each other. No hub request is built anywhere else.
 
 from __future__ import annotations
 
+import hashlib
 import json
+import ssl
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, TypeVar
+from urllib.parse import urlsplit
 
 import httpx
 
@@ -22,6 +25,9 @@ from .auth import sign_request
 __all__ = [
     "HubClient",
     "EdgeHubClient",
+    "pinned",
+    "fetch_certificate",
+    "certificate_fingerprint",
     "HubConflict",
     "HubRefused",
     "DeviceInfo",
@@ -38,6 +44,7 @@ __all__ = [
 ]
 
 TIMEOUT = httpx.Timeout(10.0, read=40.0)  # reads cover the 25 s long-poll
+CONNECT_SECONDS = 10.0  # to fetch an https hub's certificate for pinning
 LOCATION_BATCH = 5000  # ids in one locations request (the hub takes up to 10,000)
 
 F = TypeVar("F", bound=Callable[..., Any])
@@ -200,12 +207,37 @@ def _batches(cids: list[bytes]) -> list[list[str]]:
     return [[c.hex() for c in cids[i : i + LOCATION_BATCH]] for i in range(0, len(cids), LOCATION_BATCH)]
 
 
-class HubClient:
-    """A device's blocking client: one method per route of the API."""
+def pinned(pem: str | None) -> ssl.SSLContext | bool:
+    """How a client checks an https hub: against exactly the certificate pinned at `hub add` (``pem``), or, with
+    none pinned, the system's authorities."""
+    if pem is None:
+        return True
+    context = ssl.create_default_context(cadata=pem)
+    context.check_hostname = False  # the pinned certificate is the trust anchor itself, whatever names it holds
+    context.verify_flags |= ssl.VERIFY_X509_PARTIAL_CHAIN  # a leaf an authority issued counts alone too
+    return context
 
-    def __init__(self, url: str, device: DeviceKey) -> None:
+
+def fetch_certificate(url: str) -> str:
+    """The certificate an https hub presents now (PEM), to pin on first use; Unreachable if it does not answer."""
+    parts = urlsplit(url)
+    try:
+        return ssl.get_server_certificate((parts.hostname or "", parts.port or 443), timeout=CONNECT_SECONDS)
+    except (OSError, ValueError) as exc:
+        raise Unreachable(f"hub {url}: no TLS certificate to pin ({exc})") from exc
+
+
+def certificate_fingerprint(pem: str) -> str:
+    return hashlib.sha256(ssl.PEM_cert_to_DER_cert(pem)).hexdigest()
+
+
+class HubClient:
+    """A device's blocking client: one method per route of the API. ``pin``: an https hub's certificate (PEM),
+    pinned at `hub add`: no other is accepted."""
+
+    def __init__(self, url: str, device: DeviceKey, pin: str | None = None) -> None:
         self._signer = _Signer(url, device.public, device.sign)
-        self._http = httpx.Client(timeout=TIMEOUT)
+        self._http = httpx.Client(timeout=TIMEOUT, verify=pinned(pin))
         self.url = self._signer.url
 
     def close(self) -> None:
@@ -389,14 +421,15 @@ class HubClient:
 class EdgeHubClient:
     """An edge's client (trio): its routes of the API, signed with the edge's key."""
 
-    def __init__(self, url: str, public: bytes, sign: Callable[[bytes], bytes]) -> None:
+    def __init__(self, url: str, public: bytes, sign: Callable[[bytes], bytes], pin: str | None = None) -> None:
         self._signer = _Signer(url, public, sign)
         self.url = self._signer.url
+        self._verify = pinned(pin)
 
     async def _call(self, method: str, path: str, payload: dict[str, Any] | None = None) -> Any:
         url, body, headers = self._signer.prepare(method, path, payload)
         try:  # a connection per request: an edge asks a few times a minute
-            async with httpx.AsyncClient(timeout=TIMEOUT) as http:
+            async with httpx.AsyncClient(timeout=TIMEOUT, verify=self._verify) as http:
                 response = await http.request(method, url, content=body, headers=headers)
         except httpx.HTTPError as exc:
             raise Unreachable(f"hub {self.url}: {exc}") from exc

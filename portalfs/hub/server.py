@@ -27,11 +27,13 @@ async def run_hub(
     until: Callable[[], Awaitable[object]] | None = None,
     *,
     grace_ns: int = DEFAULT_GRACE_NS,
+    tls: tuple[Path, Path] | None = None,
     task_status: trio.TaskStatus[int] = trio.TASK_STATUS_IGNORED,
 ) -> None:
     """Serve until ``until()`` returns (default: SIGTERM or SIGINT); ``task_status.started(port)``.
 
     ``grace_ns``: how long a deleted or expired portal stays restorable before its objects are released.
+    ``tls``: (certificate, key) PEM files: the API is served over HTTPS (devices pin the certificate).
     """
     state = HubState(db, grace_ns)
     config = Config()
@@ -39,6 +41,8 @@ async def run_hub(
     config.accesslog = None
     config.errorlog = logging.getLogger("hypercorn.error")  # through logging alone, not also to stderr
     config.graceful_timeout = 5.0
+    if tls is not None:
+        config.certfile, config.keyfile = str(tls[0]), str(tls[1])
     stop = trio.Event()
     try:
         async with trio.open_nursery() as nursery:

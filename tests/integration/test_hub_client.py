@@ -150,3 +150,74 @@ def test_an_edge_started_before_its_hub_says_it_serves_only_once_the_hub_lists_i
         later.join()
         for server in servers:
             server.stop()
+
+
+def _self_signed(directory: Path, name: str) -> tuple[Path, Path]:
+    """A certificate for 127.0.0.1 and its key, as PEM files."""
+    import datetime
+    import ipaddress
+
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.x509.oid import NameOID
+
+    key = ec.generate_private_key(ec.SECP256R1())
+    subject = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, name)])
+    now = datetime.datetime.now(datetime.UTC)
+    cert = (
+        x509.CertificateBuilder().subject_name(subject).issuer_name(subject).public_key(key.public_key())
+        .serial_number(x509.random_serial_number()).not_valid_before(now - datetime.timedelta(days=1))
+        .not_valid_after(now + datetime.timedelta(days=30))
+        .add_extension(x509.SubjectAlternativeName([x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]), False)
+        .sign(key, hashes.SHA256())
+    )  # fmt: skip
+    cert_path, key_path = directory / f"{name}.crt", directory / f"{name}.key"
+    cert_path.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+    key_path.write_bytes(
+        key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption())
+    )
+    return cert_path, key_path
+
+
+def test_a_tls_hub_is_pinned_at_hub_add_and_another_certificate_is_refused(tmp_path: Path) -> None:
+    import json
+    import socket
+
+    from .fabricutil import start
+    from .test_cli import fails, ok
+
+    cert, key = _self_signed(tmp_path, "hub")
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    url = f"https://127.0.0.1:{port}"
+    hub_args = ["hub", "serve", "--db", str(tmp_path / "hub.db"), "--listen", f"127.0.0.1:{port}"]
+    servers = [start([*hub_args, "--tls-cert", str(cert), "--tls-key", str(key)], tmp_path / "hub")]
+    try:
+        assert servers[0].line.startswith(f"portal-hub: serving {url}/v1/")
+        for i in range(2):
+            servers.append(start(["edge", "serve", "--data", str(tmp_path / f"edge{i}"), "--listen", "127.0.0.1:0",
+                                  "--hub", url, "--hub-cert", str(cert)], tmp_path / f"edge{i}"))  # fmt: skip
+        a = tmp_path / "a"
+        words = " ".join(json.loads(ok(a, "init", "--no-passphrase", "--json"))["words"])
+        ok(a, "hub", "add", url)  # pins the certificate it meets
+        ok(a, "portal", "create", "p")
+        (tmp_path / "f.txt").write_text("over TLS\n")
+        ok(a, "put", "p", str(tmp_path / "f.txt"))
+        ok(a, "sync")
+        link = ok(a, "link", "p").strip().split()[-1]
+        assert link.startswith("portals://127.0.0.1:")  # a link to an https hub says so
+        b = tmp_path / "b"
+        ok(b, "recover", "--no-passphrase", input=words)
+        ok(b, "hub", "add", url)
+        ok(b, "get", "p", str(tmp_path / "out"))
+        assert (tmp_path / "out" / "f.txt").read_text() == "over TLS\n"
+
+        servers[0].stop()  # someone else answers at the hub's address, with a certificate of its own
+        other_cert, other_key = _self_signed(tmp_path, "impostor")
+        servers[0] = start([*hub_args, "--tls-cert", str(other_cert), "--tls-key", str(other_key)], tmp_path / "hub2")
+        fails(a, 14, "sync", "p", match="certificate")  # the pinned certificate alone is accepted
+    finally:
+        for server in servers:
+            server.stop()
