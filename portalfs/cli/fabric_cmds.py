@@ -437,6 +437,7 @@ def cmd_status(device: Device, args: argparse.Namespace) -> int:
         hub_error = None
         try:
             edges = fabric.swarm.stat() if (config.hub or config.edges) else []
+            hub_error = fabric.hub_error  # the hub is down: its last edge list was asked
         except (Unreachable, Refused) as exc:  # the hub is down, or refuses this (revoked) device:
             edges, hub_error = [], str(exc)  # say so, and show what this device knows
     finally:

@@ -109,6 +109,7 @@ class Fabric:
         self._swarm: Swarm | None = None
         self._swarm_lock = threading.Lock()
         self._stores: dict[tuple[Priority, bool], FabricStore] = {}
+        self.hub_error: str | None = None  # why the hub did not answer, when the edges it listed last were used
         self._cache: FetchCache | None = None
         self.membership = Membership(device, secrets, config, self.require_hub)
 
@@ -136,6 +137,7 @@ class Fabric:
                 listed = self.hub.edges()
             except Unreachable as exc:
                 listed = _edges_seen(self.device)
+                self.hub_error = str(exc)
                 log.info("hub: %s; using the %d edges it listed last", exc, len(listed))
             else:
                 _remember_edges(self.device, listed)
