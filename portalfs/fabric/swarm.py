@@ -238,16 +238,20 @@ class Swarm:
         if edge is not None:
             edge.closed.set()
 
-    def _load(self, key: bytes) -> tuple[bool, float]:
-        """Edges known to be down last, then the one where a request would be answered soonest (its measured
-        round trip and throughput, what is queued there, its health: ``estimators.EdgeEstimate.finish``)."""
+    def _load(self, key: bytes) -> tuple[bool, int, float]:
+        """Edges known to be down last, then the least busy, and among those equally busy the one estimated to
+        answer soonest (round trip, throughput, health: ``estimators.EdgeEstimate.finish``). Ranking by the
+        estimate alone measured 10-15% slower on two equal edges (bench/fetch): requests in flight balance
+        them better, and a slow edge gathers more of them by itself."""
+        estimate = self._estimate(key)
         edge = self._edges.get(key)
         now = trio.current_time()
-        finish = self._estimate(key).finish(TYPICAL_OBJECT, now)
+        finish = estimate.finish(TYPICAL_OBJECT, now)
+        in_flight = estimate.queued_bytes // TYPICAL_OBJECT
         if edge is None:
-            return False, finish
+            return False, in_flight, finish
         down = edge.client is None and edge.ready.is_set() and now < edge.down_until
-        return down, finish
+        return down, in_flight, finish
 
     def _estimate(self, key: bytes) -> EdgeEstimate:
         estimate = self.estimates.get(key)
