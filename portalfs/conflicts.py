@@ -25,7 +25,7 @@ from .portal import PortalView
 from .state import VersionRow
 from .tree import Entry, decode_dir
 
-__all__ = ["ConflictCopy", "find", "settle"]
+__all__ = ["ConflictCopy", "find", "settle", "read_mark"]
 
 Keep = Literal["mine", "theirs", "both"]
 
@@ -47,8 +47,8 @@ class ConflictCopy:
         return out
 
 
-def _marked(entry: Entry) -> dict[str, object] | None:
-    raw = entry.xattrs.get(CONFLICT_XATTR)
+def read_mark(raw: bytes | None) -> dict[str, object] | None:
+    """A conflict copy's mark (the value of CONFLICT_XATTR), or None when ``raw`` is none or not one."""
     if raw is None:
         return None
     try:
@@ -72,7 +72,7 @@ def find(view: PortalView, root: Entry) -> list[ConflictCopy]:
             if child.is_dir:
                 walk(child, path + "/")
                 continue
-            mark = _marked(child)
+            mark = read_mark(child.xattrs.get(CONFLICT_XATTR))
             if mark is not None:
                 of = mark["of"]
                 assert isinstance(of, bytes)

@@ -11,8 +11,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from .. import encoding
-from ..conflicts import ConflictCopy, find, settle
+from ..conflicts import ConflictCopy, find, read_mark, settle
 from ..device import Device
 from ..errors import NotFound, UsageError, shown
 from ..fabric.sync import open_view
@@ -68,17 +67,19 @@ def cmd_resolve(device: Device, args: argparse.Namespace) -> int:
 def _settle_in_mount(mnt: Path, path: str, keep: str, me: bytes) -> str:
     """The same settlement through the mount's files (the mount commits and publishes it)."""
     target = mnt / path.strip("/")
-    candidates = [target] if _mark(target) is not None else []
-    if not candidates and target.parent.is_dir():  # PATH names the original: its copies beside it
-        candidates = [p for p in target.parent.iterdir() if (_mark(p) or {}).get("of") == os.fsencode(target.name)]
+    marked = [(target, _mark(target))]
+    if marked[0][1] is None and target.parent.is_dir():  # PATH names the original: its copies beside it
+        marked = [(p, _mark(p)) for p in target.parent.iterdir()]
+        marked = [(p, mark) for p, mark in marked if mark is not None and mark["of"] == os.fsencode(target.name)]
+    candidates = [(p, mark) for p, mark in marked if mark is not None]
     if not candidates:
         raise NotFound(f"no conflict copy at or of {shown(path)} in {mnt}")
     if len(candidates) > 1:
         raise UsageError(f"{shown(path)} has {len(candidates)} conflict copies: name one")
-    copy = candidates[0]
-    mark = _mark(copy)
-    assert mark is not None
-    original = copy.parent / os.fsdecode(mark["of"])
+    copy, mark = candidates[0]
+    of = mark["of"]
+    assert isinstance(of, bytes)  # read_mark checked it
+    original = copy.parent / os.fsdecode(of)
     if keep == "both":
         os.removexattr(copy, CONFLICT_XATTR.decode())
         return f"kept both: {copy} and {original}"
@@ -90,12 +91,11 @@ def _settle_in_mount(mnt: Path, path: str, keep: str, me: bytes) -> str:
     return f"kept {keep} at {original}"
 
 
-def _mark(path: Path) -> dict[str, Any] | None:
+def _mark(path: Path) -> dict[str, object] | None:
     try:
-        mark = encoding.decode(os.getxattr(path, CONFLICT_XATTR.decode(), follow_symlinks=False))
-    except (OSError, encoding.DecodeError):
+        return read_mark(os.getxattr(path, CONFLICT_XATTR.decode(), follow_symlinks=False))
+    except OSError:  # no such file, or no mark on it
         return None
-    return mark if isinstance(mark, dict) and isinstance(mark.get("of"), bytes) else None
 
 
 def register(sub: Any, command: Callable[..., argparse.ArgumentParser]) -> None:

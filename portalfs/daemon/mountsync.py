@@ -32,10 +32,9 @@ import trio
 
 from ..backoff import Backoff
 from ..errors import Conflict, PortalError
-from ..fabric.config import is_paused, published_version
+from ..fabric.config import hub_client, is_paused, published_version
 from ..fabric.store import fetch_directories
 from ..fabric.sync import Fabric, device_label
-from ..hub.client import HubClient
 from ..merge import Writer
 from ..mount.operations import PortalOperations
 from ..portal import PortalView
@@ -132,7 +131,7 @@ class MountSync:
     async def _follow(self, mount: PortalOperations) -> None:
         """Long-poll the hub for versions beyond this device's; land each batch in the mount at once."""
         assert self.fabric.config.hub is not None
-        hub = HubClient(self.fabric.config.hub, self.fabric.secrets.device, self.fabric.config.hub_cert)
+        hub = hub_client(self.fabric.config.hub, self.fabric.secrets.device, self.fabric.config)
         failures = 0
         try:
             while True:

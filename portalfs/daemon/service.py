@@ -26,9 +26,8 @@ from ..backoff import Backoff
 from ..device import Device, Unlocked
 from ..errors import NotFound, PortalError, UsageError
 from ..fabric import sharing
-from ..fabric.config import FabricConfig, followed_portals, is_paused, load_config, published_version
+from ..fabric.config import FabricConfig, followed_portals, hub_client, is_paused, load_config, published_version
 from ..fabric.sync import Fabric
-from ..hub.client import HubClient
 from ..portal import PortalView
 from .control import daemon_socket, serve_control
 from .embedded import EmbeddedFabric, run_embedded
@@ -159,9 +158,7 @@ class SyncDaemon:
         """Long-poll the hub for versions of ``portal`` beyond this device's head; each one triggers a sync."""
         with trio.CancelScope() as scope:
             task_status.started(scope)
-            config = await self._on_device(load_config, self.device)
-            pin = config.hub_cert if config is not None and config.hub == hub_url else None
-            hub = HubClient(hub_url, self.secrets.device, pin)
+            hub = hub_client(hub_url, self.secrets.device, await self._on_device(load_config, self.device))
             failures = 0
             announced = 0  # versions the hub announced that this device could not take (its mount holds them)
             try:

@@ -13,6 +13,8 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from ..device import Device
+from ..hub.client import HubClient
+from ..keys import DeviceKey
 from ..state import PortalRow
 
 __all__ = [
@@ -54,6 +56,12 @@ class FabricConfig:
         if self.embedded is not None:
             self.embedded = None
             self.replicas = DEFAULT_REPLICAS
+
+
+def hub_client(url: str, device: DeviceKey, config: FabricConfig | None) -> HubClient:
+    """A client of hub ``url``, accepting the certificate pinned for it when it is the configuration's hub."""
+    pin = config.hub_cert if config is not None and config.hub == url else None
+    return HubClient(url, device, pin)
 
 
 def load_config(device: Device) -> FabricConfig | None:

@@ -37,7 +37,7 @@ from ..store.base import Priority
 from .estimators import EdgeEstimate
 from .locations import LocationCache
 
-__all__ = ["Swarm", "Placement", "PriorityGate"]
+__all__ = ["Swarm", "Placement", "PriorityGate", "edges_down"]
 
 log = logging.getLogger("portal.swarm")
 
@@ -60,6 +60,11 @@ class _Edge:
         self.closed = trio.Event()
         self.down_until = 0.0
         self.error: PortalError | None = None
+
+
+def edges_down(down: dict[str, str]) -> str:
+    """``Placement.down`` in one line: each edge that failed, with its first error."""
+    return "; ".join(f"{edge}: {reason}" for edge, reason in down.items())
 
 
 class PriorityGate:
@@ -446,7 +451,7 @@ class Swarm:
                 nursery.start_soon(place, cid)
         lost = [cid for cid, held in holders.items() if not held]
         if lost:
-            why = "; ".join(f"{edge}: {reason}" for edge, reason in down.items()) or "no edge took them"
+            why = edges_down(down) or "no edge took them"
             raise Unreachable(f"{len(lost)} objects could be put on no edge (first {lost[0].hex()}): {why}")
         by_edge: dict[bytes, list[bytes]] = {}
         for cid, held in holders.items():

@@ -40,10 +40,18 @@ from ..sealing import ChunkRef
 from ..state import VersionRow
 from ..store.base import Priority
 from .cache import FetchCache, cache_limit
-from .config import FabricConfig, is_paused, load_config, mark_published, published_version, save_config
+from .config import (
+    FabricConfig,
+    hub_client,
+    is_paused,
+    load_config,
+    mark_published,
+    published_version,
+    save_config,
+)
 from .membership import Membership
 from .store import FabricStore
-from .swarm import Placement, Swarm
+from .swarm import Placement, Swarm, edges_down
 from .trust import checked_records
 
 __all__ = ["device_fabric", "open_view", "device_label", "Fabric"]
@@ -105,7 +113,7 @@ class Fabric:
         self.device = device
         self.secrets = secrets
         self.config = config
-        self.hub = HubClient(config.hub, secrets.device, config.hub_cert) if config.hub else None
+        self.hub = hub_client(config.hub, secrets.device, config) if config.hub else None
         self._swarm: Swarm | None = None
         self._swarm_lock = threading.Lock()
         self._stores: dict[tuple[Priority, bool], FabricStore] = {}
@@ -244,17 +252,17 @@ class Fabric:
         records = self._incoming(view)
         if not records:
             return 0
-        local, published = self._local_and_published(view)
-        try:
-            # a read-write mount builds its versions on the head it mounted: none may come in beneath it
-            if local > published:
-                from ..worktree.journal import writing
+        from ..worktree.journal import writing
 
-                with writing(view, self.secrets, "sync"):  # what a crashed mount journaled is merged too
-                    self.merge(view, records)
-            else:
-                with self.device.portal_writer(view.row.id, "sync"):
-                    self.take_records(view, [r for r in records if r.version > local])
+        local, published = self._local_and_published(view)
+        # a read-write mount builds its versions on the head it mounted: none may come in beneath it; to merge,
+        # what a crashed mount journaled is replayed into a version first, and merged too
+        lock = (
+            writing(view, self.secrets, "sync") if local > published else self.device.portal_writer(view.row.id, "sync")
+        )
+        try:
+            with lock:
+                self._take_in(view, records)
         except PortalBusy:
             log.info("%s: mounted read-write; v%d and later wait for the unmount", view.row.name, records[0].version)
             return 0
@@ -267,12 +275,17 @@ class Fabric:
         view = self._reading(view)
         records = self._incoming(view)
         if records:
-            local, published = self._local_and_published(view)
-            if local > published:
-                self.merge(view, records)
-            else:
-                self.take_records(view, records)
+            self._take_in(view, records)
         return records
+
+    def _take_in(self, view: PortalView, records: list[RootRecord]) -> None:
+        """Record the hub's ``records``: merged with this device's unpublished versions when it has some, else
+        taken as they are. The caller holds the portal's writer lock."""
+        local, published = self._local_and_published(view)
+        if local > published:
+            self.merge(view, records)
+        else:
+            self.take_records(view, records)
 
     def _local_and_published(self, view: PortalView) -> tuple[int, int]:
         head = self.device.state.head(view.row.id)
@@ -372,7 +385,7 @@ class Fabric:
         placement = self._place(view, sorted(set(cids) | set(queued)), self.device.store_local.get)
         self.device.state.set_underplaced(portal, placement.short)
         if placement.short:
-            down = "; ".join(f"{edge} ({reason})" for edge, reason in placement.down.items())
+            down = edges_down(placement.down)
             log.warning("%s: %d objects are on fewer than %d edges, which is enough to publish; the missing copies "
                         "are made at the next sync that reaches more edges. Down: %s", view.row.name,
                         len(placement.short), self.config.replicas, down or "none")  # fmt: skip
@@ -406,7 +419,7 @@ class Fabric:
         healed = store.healed
         placement = self._place(view, cids, store.get, verify=True)
         if placement.short:  # a repair is for R copies: short of them, it failed (the next one tries again)
-            down = "; ".join(f"{edge}: {reason}" for edge, reason in placement.down.items()) or "too few edges"
+            down = edges_down(placement.down) or "too few edges"
             raise Unreachable(f"{len(placement.short)} objects could not reach {self.config.replicas} edges ({down})")
         if placement.copies:
             log.info("%s: %d copies made to bring %d objects back to %d edges", view.row.name, placement.copies,

@@ -90,23 +90,23 @@ def _plan_dir(
     inode.dirty_below = False
     for name, child in sorted(workspace.children(inode).items()):
         child_plan: Entry | FilePlan | DirPlan
+        entry = dataclasses.replace(child.entry(), name=name)  # a hard-linked file's entry under this name
         if child.is_dir and child.children is not None and (child.dirty or child.dirty_below or child.node is None):
             child_plan = _plan_dir(workspace, child, content_of, deferred, linked)
         elif child.is_file and child.others and child.ino in linked:  # a name after the first of a linked file
             first = linked[child.ino]
-            entry = dataclasses.replace(child.entry(), name=name)
             child_plan = (
                 entry if first is None else FilePlan(child, entry, first.staging, first.content_gen, first=first)
             )
         elif child.is_file and child.staged and child.committed_content_gen != child.content_gen:
             if content_of(child):
                 content = bytes(child.memory) if child.memory is not None else str(child.staging)
-                child_plan = FilePlan(child, dataclasses.replace(child.entry(), name=name), content, child.content_gen)
+                child_plan = FilePlan(child, entry, content, child.content_gen)
             else:
-                child_plan = dataclasses.replace(child.entry(), name=name)
+                child_plan = entry
                 deferred.append(child)
         else:
-            child_plan = dataclasses.replace(child.entry(), name=name)
+            child_plan = entry
         if child.is_file and child.others and child.ino not in linked:
             linked[child.ino] = child_plan if isinstance(child_plan, FilePlan) else None
         child.committed_gen = child.gen

@@ -395,10 +395,9 @@ class LiveTree:
         """Take versions from elsewhere into this live tree (docs/design.md, section 16, "Live sync").
 
         Under the commit lock: what is settled here is committed first; then ``take`` (a worker thread) lands
-        the hub's versions, merged with this device's, and returns the new head and the name of the device
-        whose version came (None: nothing came); the
-        tree moves onto it in place, keeping what changed here meanwhile (``Workspace.rebase``). Returns what
-        the kernel may have cached, for the caller to invalidate.
+        the hub's versions, merged with this device's, and returns the new head and the device whose version
+        came (None: nothing came); the tree moves onto it in place, keeping what changed here meanwhile
+        (``Workspace.rebase``). Returns what the kernel may have cached, for the caller to invalidate.
         """
         if self.read_only or self.secrets is None:
             return None

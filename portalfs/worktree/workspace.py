@@ -196,11 +196,16 @@ class Workspace:
             self._groups.setdefault(entry.link, inode)
         return inode
 
+    def _group(self, entry: Entry) -> Inode | None:
+        """The inode already loaded (and still linked) of the hard-linked file ``entry`` names, if any."""
+        group = None if entry.link is None or entry.is_dir else self._groups.get(entry.link)
+        return None if group is None or group.unlinked else group
+
     def adopt(self, parent: Inode, entry: Entry) -> Inode:
         """Place ``entry`` (a committed subtree) under ``parent``, replacing what has its name. A name of a
         hard-linked file that is loaded takes the entry's content and metadata for every name of it."""
-        group = None if entry.link is None or entry.is_dir else self._groups.get(entry.link)
-        if group is not None and not group.unlinked:
+        group = self._group(entry)
+        if group is not None:
             if self.children(parent).get(entry.name) is not group:
                 if entry.name in self.children(parent):
                     self._gone(self._unlink_name(parent, entry.name))
@@ -232,11 +237,8 @@ class Workspace:
             directory.children = {}
             if directory.node is not None:
                 for entry in decode_dir(self._load_node(directory.node)):
-                    linked = None if entry.link is None else self._groups.get(entry.link)
-                    if linked is not None and not entry.is_dir:  # another name of a file already loaded
-                        self._link(directory, entry.name, linked)
-                    else:
-                        self._link(directory, entry.name, self._inode_from_entry(entry, directory))
+                    # another name of a file already loaded is that file; any other entry, an inode of its own
+                    self._link(directory, entry.name, self._group(entry) or self._inode_from_entry(entry, directory))
         return directory.children
 
     def lookup(self, parent: Inode, name: bytes) -> Inode:
@@ -380,10 +382,7 @@ class Workspace:
                 followed.entries.append((inode.ino, name))
                 kept = None
             if kept is None:
-                group = None if child_entry.link is None else self._groups.get(child_entry.link)
-                if group is not None and group.unlinked:
-                    group = None
-                self._link(inode, name, group or self._inode_from_entry(child_entry, inode))
+                self._link(inode, name, self._group(child_entry) or self._inode_from_entry(child_entry, inode))
                 followed.entries.append((inode.ino, name))  # the kernel may hold "no such name"
             else:
                 self._follow(kept, child_entry, followed, here, conflict)
@@ -549,11 +548,7 @@ class Workspace:
                 raise FsError(errno.ENOTEMPTY)
         self._unlink_name(old_parent, old)
         if target is not None:
-            self._unlink_name(new_parent, new)
-            target.ctime_ns = now_ns
-            if target.parent is not None:
-                self.touch(target)
-            self._gone(target)
+            self._gone(self._detach(new_parent, new, now_ns))
         self._link(new_parent, new, source)
         source.ctime_ns = now_ns
         self.touch(source)
