@@ -5,8 +5,8 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 
 # fuse3 and libfuse3-dev: the mount (pyfuse3 builds against libfuse3);
-# rsync and git: tools the test suite drives inside a mount.
-packages=(python3 python3-venv python3-dev gcc pkg-config fuse3 libfuse3-dev rsync git)
+# rsync and git: tools the test suite drives inside a mount; g++: the tests run kernels/*.cu on the CPU.
+packages=(python3 python3-venv python3-dev gcc g++ pkg-config fuse3 libfuse3-dev rsync git)
 missing=()
 for p in "${packages[@]}"; do
     dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "ok installed" || missing+=("$p")

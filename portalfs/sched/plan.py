@@ -1,0 +1,255 @@
+"""One tick of the chunk scheduler's plan over struct-of-arrays state (docs/design.md, section 14, "The chunk
+scheduler"), with NumPy; ``gpu.py`` gives the same steps as CUDA kernels (kernels/*.cu), bit for bit.
+
+A tick plans one priority class at a time, the most urgent first:
+
+1. ``shares``: per edge, how many of the class's requests it should take so that every edge finishes as
+   early as it can (earliest-finish-time water filling over the edges' ready times and rates; host, tiny).
+2. ``rank``: the cost matrix, chunk x candidate edge: ready + size / rate (seconds), and per chunk its
+   ``choices`` best edges by cost, ties to the lower edge index.
+3. ``assign``: each chunk's primary edge among its candidates in proportion to their shares, by a
+   low-discrepancy point of its sequence number; the choices without it are its backups, in order.
+4. ``edge_bytes``: the bytes each edge got, which move its ready time on for the next class.
+
+Arrays: ``cand`` int32 (n, r), edge indices, -1 for none; ``size`` uint32 (n,); ``seq`` uint32 (n,);
+per edge ``ready`` and ``inv_rate`` float32, ``usable`` uint8, ``weight`` uint32.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+import numpy as np
+import numpy.typing as npt
+
+__all__ = ["Backend", "NumpyBackend", "ChunkArrays", "EdgeArrays", "Tick", "shares", "plan", "MAX_CHOICES"]
+
+MAX_CHOICES = 4  # a primary and up to three backups per chunk (PORTAL_MAX_CHOICES in kernels/rank.cu)
+GOLDEN = np.uint32(0x9E3779B9)  # the golden ratio in 32-bit fixed point (kernels/assign.cu)
+WEIGHT_LIMIT = 1 << 24  # shares are scaled below this, so that x * total stays within 64 bits
+MAX_READY = np.float32(1e9)  # seconds
+MAX_INV_RATE = np.float32(1e6)  # seconds per byte
+NO_KEY = np.uint64(0xFFFFFFFFFFFFFFFF)
+INFINITE_KEY = np.uint64(0x7F800000 << 32)  # keys from here on have an infinite cost: no choice
+
+Array = npt.NDArray[Any]
+
+
+@dataclass(slots=True)
+class ChunkArrays:
+    """Pending requests of one priority class, in their backend's memory (NumPy, or CuPy on the GPU)."""
+
+    cand: Any  # int32 (n, r)
+    size: Any  # uint32 (n,)
+    seq: Any  # uint32 (n,)
+
+    @property
+    def n(self) -> int:
+        return int(self.cand.shape[0])
+
+
+@dataclass(slots=True)
+class EdgeArrays:
+    """What the plan knows of each edge, on the host: seconds until it could start a new request (round trip
+    and queue), seconds per byte, and whether this class may use it (up, and its constraints allow)."""
+
+    ready: Array  # float32 (e,)
+    inv_rate: Array  # float32 (e,)
+    usable: Array  # uint8 (e,)
+
+    @classmethod
+    def of(cls, ready: Any, inv_rate: Any, usable: Any) -> EdgeArrays:
+        # Bounded, so that every cost (ready + size * inv_rate, size < 2^32) is finite.
+        return cls(
+            np.clip(np.asarray(ready, np.float32), 0, MAX_READY),
+            np.clip(np.asarray(inv_rate, np.float32), 0, MAX_INV_RATE),
+            np.asarray(usable, np.uint8).copy(),
+        )
+
+    @property
+    def e(self) -> int:
+        return int(self.ready.shape[0])
+
+
+@dataclass(slots=True)
+class Tick:
+    """A tick's plan of one class: ``order`` (n, choices) int32, the primary then backups (-1: none), in the
+    backend's memory; ``best`` float32 (n,), the fastest cost; ``weight``, the shares; ``bytes`` per edge."""
+
+    order: Any
+    best: Any
+    weight: Array
+    bytes: Array
+
+
+class Backend(Protocol):
+    name: str
+
+    def asarray(self, a: Array) -> Any: ...
+
+    def tohost(self, a: Any) -> Array: ...
+
+    def rank(self, chunks: ChunkArrays, edges: EdgeArrays, choices: int) -> tuple[Any, Any]: ...
+
+    def assign(self, chunks: ChunkArrays, edges: EdgeArrays, weight: Array, choice: Any) -> Any: ...
+
+    def edge_bytes(self, order: Any, size: Any, edges: int) -> Array: ...
+
+
+def shares(edges: EdgeArrays, count: int, mean_size: float) -> Array:
+    """How many of ``count`` requests of ``mean_size`` bytes each edge should take so that the last one
+    finishes as early as it can: edge e's k-th request would end at ready[e] + k * size * inv_rate[e]; the
+    ``count`` earliest of those ends, found by water filling (the fluid level, then whole requests, the rest
+    one each to the edges whose next one ends first). One request goes to the edge that ends it first."""
+    e = edges.e
+    weight = np.zeros(e, np.int64)
+    live = np.flatnonzero(edges.usable != 0)
+    if count <= 0 or live.size == 0:
+        return weight.astype(np.uint32)
+    ready = edges.ready[live].astype(np.float64)
+    slot = np.maximum(edges.inv_rate[live].astype(np.float64) * max(mean_size, 1.0), 1e-12)
+    by_ready = np.argsort(ready, kind="stable")
+    r, s = ready[by_ready], slot[by_ready]
+    # With the m earliest edges active, the level T solves sum((T - r) / s) = count.
+    level = (count + np.cumsum(r / s)) / np.cumsum(1.0 / s)
+    nxt = np.append(r[1:], np.inf)
+    m = int(np.argmax(level <= nxt))  # the first m whose level stays below the next edge's ready time
+    whole = np.floor(np.maximum(level[m] - ready, 0.0) / slot).astype(np.int64)
+    while whole.sum() > count:  # rounding: take back from the edges whose last request ends last
+        last = ready + whole * slot
+        whole[int(np.argmax(np.where(whole > 0, last, -np.inf)))] -= 1
+    rest = count - int(whole.sum())
+    while rest > 0:
+        ends = ready + (whole + 1) * slot
+        take = np.argsort(ends, kind="stable")[:rest]
+        whole[take] += 1
+        rest -= take.size
+    weight[live] = whole
+    top = int(weight.max())
+    if top >= WEIGHT_LIMIT:
+        scaled = weight * (WEIGHT_LIMIT - 1) // top
+        weight = np.where(weight > 0, np.maximum(scaled, 1), 0)
+    return weight.astype(np.uint32)
+
+
+def plan(backend: Backend, chunks: ChunkArrays, edges: EdgeArrays, choices: int = 3) -> Tick:
+    """Plan one class; ``edges.ready`` is not changed (``advance`` moves it on for the next class)."""
+    if not 1 <= choices <= MAX_CHOICES:
+        raise ValueError(f"choices must be 1 to {MAX_CHOICES}, not {choices}")
+    total = int(backend.tohost(chunks.size.sum())) if chunks.n else 0
+    weight = shares(edges, chunks.n, total / chunks.n if chunks.n else 0.0)
+    choice, best = backend.rank(chunks, edges, choices)
+    order = backend.assign(chunks, edges, weight, choice)
+    return Tick(order, best, weight, backend.edge_bytes(order, chunks.size, edges.e))
+
+
+def advance(edges: EdgeArrays, tick: Tick) -> EdgeArrays:
+    """The edges as the next class sees them: each one's ready time moved on by the bytes this class gave it."""
+    ready = (edges.ready.astype(np.float64) + tick.bytes.astype(np.float64) * edges.inv_rate).astype(np.float32)
+    return EdgeArrays(ready, edges.inv_rate, edges.usable)
+
+
+class NumpyBackend:
+    """The reference, and the default: the same arithmetic as kernels/*.cu, in the same order, over blocks of
+    BLOCK chunks (a block's columns stay in the CPU's cache) on up to ``threads`` threads (NumPy lets go of
+    the GIL inside each operation)."""
+
+    name = "numpy"
+    BLOCK = 16384
+    SMALLEST = 4096  # a block smaller than this costs more in thread hand-offs than it saves
+
+    def __init__(self, threads: int | None = None) -> None:
+        self.threads = max(1, min(threads or os.cpu_count() or 1, 4))  # more measured slower (hand-offs)
+        self._pool: ThreadPoolExecutor | None = None
+
+    def _blocks(self, n: int, work: Callable[[slice], None]) -> None:
+        size = min(self.BLOCK, max(self.SMALLEST, -(-n // self.threads)))  # every thread busy, even on a small n
+        blocks = [slice(i, min(i + size, n)) for i in range(0, n, size)]
+        if len(blocks) < 2 or self.threads < 2:
+            for block in blocks:
+                work(block)
+            return
+        if self._pool is None:
+            self._pool = ThreadPoolExecutor(self.threads, thread_name_prefix="plan")
+        for done in [self._pool.submit(work, block) for block in blocks]:
+            done.result()
+
+    def asarray(self, a: Array) -> Array:
+        return np.ascontiguousarray(a)
+
+    def tohost(self, a: Any) -> Array:
+        return np.asarray(a)
+
+    def rank(self, chunks: ChunkArrays, edges: EdgeArrays, choices: int) -> tuple[Array, Array]:
+        # Index -1 (no candidate) lands on a sentinel edge appended at the end, whose cost is infinite, as is
+        # an unusable edge's: a key whose cost is infinite is no choice.
+        usable = np.append(edges.usable != 0, False)
+        ready = np.where(usable, np.append(edges.ready, np.float32(0)), np.float32(np.inf)).astype(np.float32)
+        inv_rate = np.where(usable, np.append(edges.inv_rate, np.float32(0)), np.float32(0)).astype(np.float32)
+        n = chunks.n
+        choice = np.empty((n, choices), np.int32)
+        best = np.empty(n, np.float32)
+
+        def work(rows: slice) -> None:
+            cand = np.ascontiguousarray(chunks.cand[rows].T)  # (r, b): one candidate column per row
+            cost = np.take(ready, cand)
+            cost += chunks.size[rows].astype(np.float32) * np.take(inv_rate, cand)  # float32, each rounded
+            key = cost.view(np.uint32).astype(np.uint64)
+            key <<= np.uint64(32)
+            key |= cand.astype(np.uint32)
+            top = np.full((choices, key.shape[1]), NO_KEY)
+            carry = np.empty_like(top[0])
+            for j, k in enumerate(key):  # the kernel's insertion: keep the smaller, carry the larger on
+                for t in range(min(choices, j + 1)):  # (below row j, top holds no key yet)
+                    if t + 1 < choices:
+                        np.maximum(k, top[t], out=carry)
+                    np.minimum(k, top[t], out=top[t])
+                    k, carry = carry, k
+            found = top < INFINITE_KEY
+            choice[rows] = np.where(found, (top & np.uint64(0xFFFFFFFF)).astype(np.int32), -1).T
+            best[rows] = (top[0] >> np.uint64(32)).astype(np.uint32).view(np.float32)
+
+        self._blocks(n, work)
+        return choice, best
+
+    def assign(self, chunks: ChunkArrays, edges: EdgeArrays, weight: Array, choice: Array) -> Array:
+        n, k1 = choice.shape
+        share = np.append(np.where(edges.usable != 0, weight, 0), 0).astype(np.uint32)  # sentinel: no share
+        order = np.empty((n, k1), np.int32)
+
+        def work(rows: slice) -> None:
+            cand = np.ascontiguousarray(chunks.cand[rows].T)
+            mine = choice[rows]
+            running = np.take(share, cand)  # shares are below 2^24: sums of up to 255 fit in 32 bits
+            for j in range(1, len(running)):
+                running[j] += running[j - 1]
+            total = running[-1].astype(np.uint64) if len(running) else np.zeros(mine.shape[0], np.uint64)
+            x = (chunks.seq[rows] * GOLDEN).astype(np.uint64)  # uint32 arithmetic wraps, as in the kernel
+            target = (x * total) >> np.uint64(32)
+            # The first candidate whose running sum passes the target: the sums only grow, so it is the count
+            # of those that do not.
+            first = np.minimum((running <= target).sum(axis=0), max(len(running) - 1, 0))
+            picked = cand.ravel()[first * cand.shape[1] + np.arange(cand.shape[1])] if len(running) else mine[:, 0]
+            primary = np.where(total > 0, picked, mine[:, 0])
+            out = order[rows]
+            out[:, 0] = primary
+            # The backups: choice without the primary, in order (-1 entries are never the primary of a chunk
+            # that has one, and a chunk without one has only -1 entries).
+            skip = np.full(primary.shape, k1)
+            for t in range(k1 - 1, -1, -1):
+                skip[mine[:, t] == primary] = t
+            for t in range(k1 - 1):
+                out[:, t + 1] = np.where(t < skip, mine[:, t], mine[:, t + 1])
+
+        self._blocks(n, work)
+        return order
+
+    def edge_bytes(self, order: Array, size: Array, edges: int) -> Array:
+        primary = order[:, 0]
+        mine = primary >= 0
+        got = np.bincount(primary[mine], weights=size[mine].astype(np.float64), minlength=edges)
+        return got.astype(np.uint64)
