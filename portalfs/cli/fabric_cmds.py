@@ -141,6 +141,21 @@ def cmd_edge_add(device: Device, args: argparse.Namespace) -> int:
     return 0
 
 
+MAX_REPLICAS = 16
+
+
+def cmd_edge_replicas(device: Device, args: argparse.Namespace) -> int:
+    """Show or set R, the number of edges each object is placed on (docs/design.md, section 14)."""
+    config = load_config(device) or FabricConfig()
+    if args.count is not None:
+        if not 1 <= args.count <= MAX_REPLICAS:
+            raise UsageError(f"replicas must be 1 to {MAX_REPLICAS}, not {args.count}")
+        config.replicas = args.count
+        save_config(device, config)
+    emit(args, {"replicas": config.replicas}, f"each object is placed on {config.replicas} edges")
+    return 0
+
+
 def cmd_edge_ls(device: Device, args: argparse.Namespace) -> int:
     secrets = unlock(device, args)
     fabric = open_fabric(device, secrets, need_hub=False)
@@ -518,6 +533,8 @@ def register(sub: Any, command: Callable[..., argparse.ArgumentParser]) -> None:
     c.add_argument("--key", help="the edge's key (default: from the hub's directory)")
     c.add_argument("--transport", choices=["quic", "tcp"], default="quic")
     command("ls", cmd_edge_ls, "list edges and whether they answer", parent=edge)
+    c = command("replicas", cmd_edge_replicas, "show or set how many edges hold each object (R)", parent=edge)
+    c.add_argument("count", nargs="?", type=int, metavar="N")
     dev = sub.add_parser("device", help="this identity's devices").add_subparsers(
         dest="device_command", required=True, metavar="COMMAND"
     )

@@ -5,23 +5,24 @@ connections, the edges' state and the hub's locations across uses; the edge
 set can change while it runs (``set_edges``). Blocking callers on worker
 threads (the mount's readers, the sync engine, the CLI) use ``get`` and
 ``push``; inside, requests run concurrently across edges. Every GET says why
-it is made (``Priority``): at most CONCURRENT_GETS are in flight, and a
-waiting one of a more urgent kind goes first (``PriorityGate``), so that a
-read a process waits for is not queued behind read-ahead, a sync or a repair. A GET goes to the
-edges that hold the id (the hub's locations, else every edge), least busy
-first, and fails over to the next one at once when an edge errs or
-disconnects. A PUT goes to ``replicas`` edges chosen by rendezvous hashing
-(stable per id, spread across edges), skipping edges that already hold it.
+it is made (``Priority``) and goes through the chunk scheduler
+(``portalfs.sched``): it plans which edge serves each request, with backups,
+from the edges that hold the id (the hub's locations, else every edge) and
+what each edge's answers showed, keeps each edge's window full, the most
+urgent requests first, fails over at once when a copy fails or is late, and
+duplicates the last ones near the end. The swarm carries out its actions: a
+copy is a task, and the first copy of a request to arrive wins. A PUT goes
+to ``replicas`` edges chosen by rendezvous hashing (stable per id, spread
+across edges), skipping edges that already hold it.
 """
 
 from __future__ import annotations
 
-import heapq
-import itertools
 import logging
+import math
+import os
 from collections import Counter
-from collections.abc import AsyncIterator, Callable, Sequence
-from contextlib import asynccontextmanager
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -33,11 +34,12 @@ from ..edge.client import EdgeAddress, EdgeClient, connect_edge
 from ..errors import CorruptObject, MissingObject, PortalError, Unreachable
 from ..keys import DeviceKey
 from ..runtime import Runtime, current
+from ..sched.gpu import choose as choose_backend
+from ..sched.scheduler import Action, Cancel, Request, Scheduler, Send
 from ..store.base import Priority
-from .estimators import EdgeEstimate
 from .locations import LocationCache
 
-__all__ = ["Swarm", "Placement", "PriorityGate", "edges_down"]
+__all__ = ["Swarm", "Placement", "edges_down"]
 
 log = logging.getLogger("portal.swarm")
 
@@ -45,8 +47,6 @@ RETRY_DOWN_SECONDS = 5.0  # an edge that failed to connect is not tried again fo
 RETRY_DOWN_MAX = 300.0  # doubling with each failure in a row up to this
 EDGE_BACKOFF = Backoff(RETRY_DOWN_SECONDS, RETRY_DOWN_MAX)
 CONCURRENT_PUTS = 16
-CONCURRENT_GETS = 64
-TYPICAL_OBJECT = 1 << 20  # bytes a GET is counted for before its answer says (chunks average about 1 MiB)
 
 Locate = Callable[[list[bytes]], dict[bytes, list[bytes]]]
 Report = Callable[[bytes, list[bytes]], None]  # (edge key, ids of the damaged copies read from it)
@@ -67,47 +67,6 @@ def edges_down(down: dict[str, str]) -> str:
     return "; ".join(f"{edge}: {reason}" for edge, reason in down.items())
 
 
-class PriorityGate:
-    """At most ``slots`` holders at a time; a freed slot goes to the most urgent waiter (lowest priority value),
-    the earliest of equals. Runs on one trio loop."""
-
-    def __init__(self, slots: int) -> None:
-        self.free = slots
-        self._waiting: list[tuple[int, int, trio.Event]] = []  # a heap
-        self._order = itertools.count()
-
-    @asynccontextmanager
-    async def slot(self, priority: Priority) -> AsyncIterator[None]:
-        if self.free > 0 and not self._waiting:
-            self.free -= 1
-        else:
-            entry = (int(priority), next(self._order), trio.Event())
-            heapq.heappush(self._waiting, entry)
-            try:
-                await entry[2].wait()
-            except BaseException:
-                if entry[2].is_set():  # handed a slot as it was cancelled: pass it on
-                    self._release()
-                else:
-                    self._waiting.remove(entry)
-                    heapq.heapify(self._waiting)
-                raise
-        try:
-            yield
-        finally:
-            self._release()
-
-    def _release(self) -> None:
-        if self._waiting:
-            heapq.heappop(self._waiting)[2].set()  # the slot passes straight to it
-        else:
-            self.free += 1
-
-    @property
-    def waiting(self) -> int:
-        return len(self._waiting)
-
-
 @dataclass(frozen=True, slots=True)
 class Placement:
     held: dict[bytes, list[bytes]]  # per edge key, the ids it holds now (for the hub's locations)
@@ -115,6 +74,32 @@ class Placement:
     damaged: int = 0  # copies an edge held but found damaged when asked to verify them (and removed)
     short: list[bytes] = field(default_factory=list)  # ids on fewer than ``replicas`` edges (but on one at least)
     down: dict[str, str] = field(default_factory=dict)  # edges that failed, each with its first error
+
+
+class _Wanted:
+    """A caller's wait for one object: its bytes, or why no edge gave them."""
+
+    def __init__(self) -> None:
+        self.done = trio.Event()
+        self.data: bytes | None = None
+        self.error: PortalError | None = None
+        self.failures: list[str] = []
+        self.corrupt: list[str] = []
+        self.unreachable = 0
+
+    def arrived(self, data: bytes) -> None:
+        if self.data is None:
+            self.data = data
+            self.done.set()
+
+    def give_up(self, cid: bytes, damage_seen: set[tuple[bytes, bytes]], name: Callable[[bytes], str]) -> None:
+        if self.corrupt and not self.unreachable:  # every copy that could be read was damaged
+            edges = sorted({name(k) for k, c in damage_seen if c == cid})
+            self.error = CorruptObject(f"object {cid.hex()}: every copy is damaged (on {', '.join(edges)})")
+        else:
+            detail = "; ".join((self.corrupt + self.failures)[-3:]) or "no edges"
+            self.error = MissingObject(f"object {cid.hex()} is on no reachable edge ({detail})")
+        self.done.set()
 
 
 class Swarm:
@@ -142,8 +127,10 @@ class Swarm:
         self._failures: dict[bytes, int] = {}  # edge key -> connections that failed in a row
         self._runtime = runtime
         self._nursery: trio.Nursery | None = None
-        self._gets = PriorityGate(CONCURRENT_GETS)
-        self.estimates: dict[bytes, EdgeEstimate] = {}  # per edge key: what its answers showed (estimators.py)
+        self._scheduler = Scheduler(choose_backend(os.environ.get("PORTAL_SCHEDULER", "auto")))
+        self._scheduler.set_edges([a.key for a in self.addresses])
+        self._copies: dict[tuple[Request, bytes], trio.CancelScope] = {}  # copies in flight
+        self._wake = trio.Event()  # new requests: tick now
         self._stop = trio.Event()
         self._done = trio.Event()
 
@@ -174,6 +161,7 @@ class Swarm:
         try:
             async with trio.open_nursery() as nursery:
                 self._nursery = nursery
+                nursery.start_soon(self._drive)
                 task_status.started()
                 await self._stop.wait()
                 nursery.cancel_scope.cancel()
@@ -192,6 +180,7 @@ class Swarm:
                 edge.closed.set()
                 del self._edges[key]
         self.addresses = edges
+        self._scheduler.set_edges([a.key for a in edges])
 
     # connections
 
@@ -201,6 +190,7 @@ class Swarm:
             async with connect_edge(edge.address, self._device, self._cert) as client:
                 self._requests.append(client.requests)
                 self._failures.pop(key, None)
+                self._scheduler.set_down(key, 0.0)
                 edge.client = client
                 edge.ready.set()
                 await edge.closed.wait()
@@ -218,6 +208,7 @@ class Swarm:
                 self._failures[key] = self._failures.get(key, 0) + 1
             wait = EDGE_BACKOFF.delay(max(1, self._failures.get(key, 0)))  # a dropped connection: the first wait
             edge.down_until = trio.current_time() + wait
+            self._scheduler.set_down(key, edge.down_until)
             edge.ready.set()
 
     async def _client(self, key: bytes, force: bool = False) -> EdgeClient:
@@ -243,34 +234,7 @@ class Swarm:
         if edge is not None:
             edge.closed.set()
 
-    def _load(self, key: bytes) -> tuple[bool, int, float]:
-        """Edges known to be down last, then the least busy, and among those equally busy the one estimated to
-        answer soonest (round trip, throughput, health: ``estimators.EdgeEstimate.finish``). Ranking by the
-        estimate alone measured 10-15% slower on two equal edges (bench/fetch): requests in flight balance
-        them better, and a slow edge gathers more of them by itself."""
-        estimate = self._estimate(key)
-        edge = self._edges.get(key)
-        now = trio.current_time()
-        finish = estimate.finish(TYPICAL_OBJECT, now)
-        in_flight = estimate.queued_bytes // TYPICAL_OBJECT
-        if edge is None:
-            return False, in_flight, finish
-        down = edge.client is None and edge.ready.is_set() and now < edge.down_until
-        return down, in_flight, finish
-
-    def _estimate(self, key: bytes) -> EdgeEstimate:
-        estimate = self.estimates.get(key)
-        if estimate is None:
-            estimate = self.estimates[key] = EdgeEstimate.new()
-        return estimate
-
     # GET
-
-    def _candidates(self, cid: bytes, located: dict[bytes, list[bytes]] | None) -> list[bytes]:
-        known = {a.key for a in self.addresses}
-        held = [k for k in (located or {}).get(cid, []) if k in known]
-        rest = [k for k in known if k not in held]
-        return sorted(held, key=self._load) + sorted(rest, key=self._load)
 
     def _damage(self, key: bytes, cid: bytes, exc: CorruptObject) -> None:
         """A copy on edge ``key`` did not match its id: say so once, and keep it for the hub."""
@@ -290,45 +254,58 @@ class Swarm:
             except PortalError as exc:
                 log.warning("could not report %d damaged copies on edge %s: %s", len(cids), key.hex()[:16], exc)
 
-    async def _get(self, cid: bytes, located: dict[bytes, list[bytes]] | None, priority: Priority) -> bytes:
-        async with self._gets.slot(priority):
-            return await self._get_now(cid, located)
+    def _act(self, actions: list[Action]) -> None:
+        """Carry out the scheduler's actions: a copy is a task of its own, a cancel cancels it."""
+        assert self._nursery is not None
+        for action in actions:
+            if isinstance(action, Send):
+                self._nursery.start_soon(self._copy, action.request, action.edge, action.why == "retry")
+            elif isinstance(action, Cancel):
+                scope = self._copies.pop((action.request, action.edge), None)
+                if scope is not None:
+                    scope.cancel()
+            else:
+                action.request.tag.give_up(action.request.cid, self._damage_seen, self._name)
 
-    async def _get_now(self, cid: bytes, located: dict[bytes, list[bytes]] | None) -> bytes:
-        failures: list[str] = []
-        corrupt: list[str] = []
-        unreachable = 0
-        candidates = self._candidates(cid, located)
-        # A second round reconnects to edges that were down: the last replica may be one of them.
-        for key, force in [(k, False) for k in candidates] + [(k, True) for k in candidates]:
-            estimate = self._estimate(key)
+    async def _drive(self) -> None:
+        """Tick the scheduler: at once when requests come, at the next deadline or hedge, every 50 ms while
+        requests wait for room (an answer or a failure acts at once, in ``_copy``)."""
+        while True:
+            now = trio.current_time()
+            self._act(self._scheduler.tick(now))
+            wake = self._scheduler.next_wake(now)
+            with trio.move_on_at(math.inf if wake is None else wake):
+                await self._wake.wait()
+            self._wake = trio.Event()
+
+    async def _copy(self, request: Request, key: bytes, force: bool) -> None:
+        """One copy of a request, to one edge; what became of it goes back to the scheduler."""
+        wanted: _Wanted = request.tag
+        cid = request.cid
+        with trio.CancelScope() as scope:
+            self._copies[(request, key)] = scope
             try:
                 client = await self._client(key, force)
-                estimate.queued_bytes += TYPICAL_OBJECT
-                sent = trio.current_time()
-                try:
-                    data = await client.get(cid)
-                    estimate.answered(len(data), trio.current_time() - sent)
-                    return data
-                finally:
-                    estimate.queued_bytes -= TYPICAL_OBJECT
+                data = await client.get(cid)
             except MissingObject as exc:
-                failures.append(str(exc))
+                wanted.failures.append(str(exc))
                 self.locations.forget(cid, key)
+                actions = self._scheduler.failed(request, key, trio.current_time())
             except CorruptObject as exc:  # the edge's copy is damaged: the next replica
                 self._damage(key, cid, exc)
-                corrupt.append(str(exc))
+                wanted.corrupt.append(str(exc))
+                actions = self._scheduler.failed(request, key, trio.current_time())
             except PortalError as exc:  # unreachable, refused: the next replica
-                failures.append(str(exc))
-                estimate.failed(trio.current_time())
+                wanted.failures.append(str(exc))
                 if isinstance(exc, Unreachable):
-                    unreachable += 1
+                    wanted.unreachable += 1
                     self._drop(key)
-        if corrupt and not unreachable:  # every copy that could be read was damaged
-            edges = sorted({self._name(k) for k, c in self._damage_seen if c == cid})
-            raise CorruptObject(f"object {cid.hex()}: every copy is damaged (on {', '.join(edges)})")
-        detail = "; ".join((corrupt + failures)[-3:]) or "no edges"
-        raise MissingObject(f"object {cid.hex()} is on no reachable edge ({detail})")
+                actions = self._scheduler.failed(request, key, trio.current_time(), unreachable=True)
+            else:
+                actions = self._scheduler.answered(request, key, trio.current_time(), len(data))
+                wanted.arrived(data)
+            self._copies.pop((request, key), None)
+            self._act(actions)
 
     def _name(self, key: bytes) -> str:
         address = next((a for a in self.addresses if a.key == key), None)
@@ -358,21 +335,19 @@ class Swarm:
     async def _get_many(
         self, cids: list[bytes], located: dict[bytes, list[bytes]] | None, priority: Priority
     ) -> dict[bytes, bytes]:
-        found: dict[bytes, bytes] = {}
-        errors: list[PortalError] = []
-
-        async def one(cid: bytes) -> None:
-            try:
-                found[cid] = await self._get(cid, located, priority)
-            except PortalError as exc:
-                errors.append(exc)
-
-        async with trio.open_nursery() as nursery:
-            for cid in cids:
-                nursery.start_soon(one, cid)
-        if errors:
-            raise errors[0]
-        return found
+        now = trio.current_time()
+        wanted: dict[bytes, _Wanted] = {}
+        for cid in cids:
+            if cid not in wanted:
+                request = self._scheduler.add(cid, priority, (located or {}).get(cid), now)
+                request.tag = wanted[cid] = _Wanted()
+        self._wake.set()
+        for one in wanted.values():
+            await one.done.wait()
+        for one in wanted.values():
+            if one.error is not None:
+                raise one.error
+        return {cid: one.data for cid, one in wanted.items() if one.data is not None}
 
     # PUT
 

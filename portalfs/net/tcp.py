@@ -50,6 +50,7 @@ log = logging.getLogger("portal.net")
 
 PIPELINE = 8  # requests of one connection in progress at once, on the server
 HANDSHAKE_SECONDS = 10.0  # to connect and finish the TLS handshake, for a client and for the edge alike
+SEND_SECONDS = 60.0  # the longest one request's frame may take to send before the connection is given up
 RECEIVE_BUFFER = 1 << 20  # bytes a channel decrypts into before it needs a larger buffer
 RECORD = 16384  # the most plaintext one TLS record carries: what one read can return
 
@@ -318,11 +319,16 @@ class TcpConnection:
         answer = PendingAnswer()
         frame = encode_frame(message)
         async with self._send_lock:
-            self._outstanding.sent(answer)
-            try:
-                await self._stream.send_all(*frame)
-            except (trio.BrokenResourceError, trio.ClosedResourceError) as exc:
-                self._fail(exc)
+            # Shielded: a frame cut half-way by a cancelled caller (a read given up, a copy that lost to
+            # another) would break the channel for every request on it. Bounded, for an edge that stops reading.
+            with trio.CancelScope(shield=True), trio.move_on_after(SEND_SECONDS) as limit:
+                self._outstanding.sent(answer)
+                try:
+                    await self._stream.send_all(*frame)
+                except (trio.BrokenResourceError, trio.ClosedResourceError) as exc:
+                    self._fail(exc)
+            if limit.cancelled_caught:
+                self._fail(TransportError(f"sending to the edge stalled for {SEND_SECONDS:.0f} s"))
         return await answer.wait(self.peer)
 
     def _fail(self, exc: BaseException) -> None:

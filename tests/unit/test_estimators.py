@@ -1,10 +1,10 @@
-"""What a device learns of each edge, on explicit time: throughput, RFC 6298 round trips, health, finish time."""
+"""What a device learns of each edge, on explicit time: throughput, RFC 6298 round trips, health."""
 
 from __future__ import annotations
 
 import pytest
 
-from portalfs.fabric.estimators import RTO_MAX, RTO_MIN, SETTLE_SAMPLES, EdgeEstimate, Health, RoundTrip, Throughput
+from portalfs.sched.estimators import RTO_MAX, RTO_MIN, SETTLE_SAMPLES, Health, RoundTrip, Throughput
 
 
 def test_throughput_takes_its_first_sample_whole_and_forgets_it_within_five() -> None:
@@ -49,19 +49,3 @@ def test_health_falls_with_failures_and_recovers_with_answers() -> None:
     for _ in range(10):
         h.answered()
     assert h.score(200.0, 0.01, 0.2) > 0.95
-
-
-def test_the_edge_that_would_answer_first_is_the_one_to_ask() -> None:
-    fast, slow, new = EdgeEstimate.new(), EdgeEstimate.new(), EdgeEstimate.new()
-    for _ in range(5):
-        fast.answered(1 << 20, 0.010)  # 100 MiB/s
-        slow.answered(1 << 20, 0.100)  # 10 MiB/s
-    now = 1000.0
-    assert new.finish(1 << 20, now) == 0.0  # never measured: tried first, so that it is measured
-    assert fast.finish(1 << 20, now) < slow.finish(1 << 20, now)
-    fast.queued_bytes = 64 << 20  # a deep queue on the fast edge: the slow one finishes first now
-    assert slow.finish(1 << 20, now) < fast.finish(1 << 20, now)
-    fast.queued_bytes = 0
-    for _ in range(3):
-        fast.failed(now)  # an edge that just failed several times: its score sinks
-    assert slow.finish(1 << 20, now) < fast.finish(1 << 20, now)

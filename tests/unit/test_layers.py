@@ -26,6 +26,7 @@ LAYERS: list[tuple[str, list[str]]] = [
     ("mount", ["portalfs.mount"]),
     ("transports", ["portalfs.net"]),
     ("edge and hub", ["portalfs.edge", "portalfs.hub"]),
+    ("scheduler", ["portalfs.sched"]),
     ("fabric", ["portalfs.fabric"]),
     ("daemon", ["portalfs.daemon"]),
     ("cli", ["portalfs.cli"]),

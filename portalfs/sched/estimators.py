@@ -1,6 +1,6 @@
 """What a device learns of each edge as it uses it, sans-I/O with time passed in (docs/design.md, section 14,
-"Edge estimates"): throughput, round-trip time and health. The swarm feeds them each answer and ranks edges
-by the time a request would finish on each.
+"Edge estimates"): throughput, round-trip time and health. The scheduler feeds them each answer (the
+response time to the round trip, the delivery rate to the throughput) and plans with them.
 
 - ``Throughput``: an exponentially weighted mean of bytes per second, whose first sample is taken whole and
   whose weight makes the start forgotten within ``SETTLE_SAMPLES`` samples (less than 10% of it left).
@@ -80,12 +80,11 @@ class Health:
 
 @dataclass(slots=True)
 class EdgeEstimate:
-    """All that is known of one edge, and the time a request of ``size`` bytes would take there now."""
+    """All that is known of one edge (the scheduler turns it into the edge's ready time and rate)."""
 
     throughput: Throughput
     rtt: RoundTrip
     health: Health
-    queued_bytes: int = 0  # requests sent and not answered yet
 
     @classmethod
     def new(cls) -> EdgeEstimate:
@@ -99,13 +98,3 @@ class EdgeEstimate:
     def failed(self, now: float) -> None:
         self.rtt.timed_out()
         self.health.failed(now)
-
-    def finish(self, size: int, now: float) -> float:
-        """Seconds until a request of ``size`` bytes sent now would be answered, divided by health: the edge to
-        ask is the one with the least. An edge never measured counts as the fastest, so that each is tried
-        (and measured) early."""
-        if self.rtt.srtt is None:
-            return 0.0
-        rate = self.throughput.bytes_per_second
-        transfer = 0.0 if rate is None else (self.queued_bytes + size) / rate
-        return (self.rtt.srtt + transfer) / max(0.05, self.health.score(now, self.rtt.srtt, self.rtt.rto))

@@ -1,0 +1,511 @@
+"""The chunk scheduler's dispatch, sans-I/O on explicit time (docs/design.md, section 14, "The chunk scheduler").
+
+The caller (the swarm, or a test on virtual time) adds requests, calls ``tick`` every 50 ms or at once when a
+request that a reader waits for comes, and tells the scheduler what became of each copy it sent
+(``answered``, ``failed``). Each of those returns actions: ``Send`` a request to an edge, ``Cancel`` a copy
+no longer needed (the first copy of a request to arrive wins), ``GiveUp`` when no edge is left to ask.
+
+- A tick plans every request not yet sent (``plan.py``: shares, cost matrix, primary and backups) and fills
+  each edge's window, the most urgent class first. The window is the edge's bandwidth-delay product in
+  requests, plus 2 (at least 2, at most 16); a read that waits may take 2 more.
+- An edge with room and nothing planned for it takes a planned request from the edge whose queue ends last,
+  if it holds that chunk (work stealing), so no edge idles while another is queued.
+- A failed copy, or one past its deadline (its RTO plus twice its expected transfer), fails over at once to
+  the request's next backup, then to its other holders, then to edges not known to hold it, then once to
+  edges that were down; after that the request is given up.
+- Endgame: once nothing is left to send, an edge with room duplicates the in-flight request expected to
+  finish last, if it holds it and would finish it sooner. Hedge: a read that waits and has been in flight
+  longer than its edge's p95 response time is sent to its first backup too. Duplicates are bounded: their
+  bytes stay under ``max(DUPLICATE_FLOOR, DUPLICATE_SHARE x bytes asked)`` and are counted in ``statistics``.
+- Constraints: an edge may be down (until a time), metered, capped per day, or open to background classes
+  only in some hours; a read that waits (foreground, read-ahead) uses any edge that is up.
+"""
+
+from __future__ import annotations
+
+import itertools
+import math
+from collections import deque
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from ..store.base import Priority
+from .estimators import EdgeEstimate
+from .plan import Backend, ChunkArrays, EdgeArrays, NumpyBackend, advance, plan
+
+__all__ = ["Scheduler", "Request", "Send", "Cancel", "GiveUp", "EdgeLimits", "Action"]
+
+TYPICAL_OBJECT = 1 << 20  # bytes a request is counted for when its size is not known (chunks average ~1 MiB)
+DEFAULT_RATE = 12.5e6  # bytes per second assumed of an edge never measured (it is soon measured)
+DEFAULT_RTT = 0.02
+WINDOW_MIN, WINDOW_MAX, URGENT_EXTRA = 2, 16, 2
+MAX_IN_FLIGHT = 64
+DUPLICATE_FLOOR = 8 << 20
+DUPLICATE_SHARE = 0.1
+HEDGE_SAMPLES = 8  # response times an edge must have answered before its p95 is trusted
+CHOICES = 3  # a primary and two backups per request
+WAITED_FOR = (Priority.FOREGROUND, Priority.READAHEAD)  # the classes a reader waits for: constraints do not hold them
+
+
+@dataclass(slots=True)
+class EdgeLimits:
+    """What the configuration says of one edge: background classes skip it when it is metered, past its
+    daily byte cap, or outside its hours (local time, [start, end), wrapping past midnight)."""
+
+    metered: bool = False
+    daily_cap: int | None = None
+    hours: tuple[int, int] | None = None
+
+    def allows(self, priority: int, hour: int, today: int) -> bool:
+        if priority in WAITED_FOR:
+            return True
+        if self.metered or (self.daily_cap is not None and today >= self.daily_cap):
+            return False
+        if self.hours is not None:
+            start, end = self.hours
+            inside = start <= hour < end if start <= end else hour >= start or hour < end
+            return inside
+        return True
+
+
+@dataclass(eq=False, slots=True)
+class Request:
+    cid: bytes
+    size: int
+    priority: int
+    seq: int
+    holders: list[int]  # edges that hold it (the hub's locations), by index
+    others: list[int]  # edges not known to hold it: asked after every holder
+    asked: float  # when it was added
+    order: list[int] = field(default_factory=list)  # the plan: primary, then backups
+    copies: dict[int, float] = field(default_factory=dict)  # edge -> when its copy was sent, in flight
+    deadlines: dict[int, float] = field(default_factory=dict)  # edge -> when its copy is late
+    ahead: dict[int, int] = field(default_factory=dict)  # edge -> bytes in flight there when its copy was sent
+    late: set[int] = field(default_factory=set)  # copies past their deadline (already failed over)
+    tried: set[int] = field(default_factory=set)  # edges whose copy failed
+    duplicated: bool = False
+    done: bool = False
+    tag: Any = None  # the caller's own
+
+
+@dataclass(frozen=True, slots=True)
+class Send:
+    request: Request
+    edge: bytes
+    why: str  # plan, steal, failover, late, endgame, hedge, retry (an edge that was down)
+
+
+@dataclass(frozen=True, slots=True)
+class Cancel:
+    request: Request
+    edge: bytes
+
+
+@dataclass(frozen=True, slots=True)
+class GiveUp:
+    request: Request
+
+
+Action = Send | Cancel | GiveUp
+
+
+class _Edge:
+    def __init__(self, key: bytes, index: int) -> None:
+        self.key = key
+        self.index = index
+        self.estimate = EdgeEstimate.new()
+        self.limits = EdgeLimits()
+        self.down_until = 0.0
+        self.in_flight: set[Request] = set()
+        self.durations: deque[float] = deque(maxlen=64)
+        self.bytes = 0  # answered
+        self.day = (-1, 0)  # (day number, bytes that day)
+        self.gone = False  # no longer in the edge list
+        self.suspect = False  # a copy went past its deadline: nothing new is sent until it answers again
+        self.last_answer = 0.0
+        self.latencies: deque[float] = deque(maxlen=64)  # response time less the bytes' own time at the rate
+
+    def rate(self, fallback: float) -> float:
+        return self.estimate.throughput.bytes_per_second or fallback
+
+    def srtt(self) -> float:
+        return self.estimate.rtt.srtt if self.estimate.rtt.srtt is not None else DEFAULT_RTT
+
+    def latency(self) -> float:
+        """Seconds from sending a request to its first byte, queue aside: the least seen lately."""
+        return min(self.latencies) if self.latencies else DEFAULT_RTT
+
+    def window(self, fallback: float) -> int:
+        bdp = self.rate(fallback) * self.latency() / TYPICAL_OBJECT
+        return max(WINDOW_MIN, min(WINDOW_MAX, math.ceil(bdp) + 2))
+
+    def p95(self) -> float | None:
+        if len(self.durations) < HEDGE_SAMPLES:
+            return None
+        return float(np.percentile(np.fromiter(self.durations, float), 95))
+
+
+class Scheduler:
+    def __init__(self, backend: Backend | None = None, *, hour: Any = None) -> None:
+        self._backend = backend or NumpyBackend(threads=1)
+        self._edges: list[_Edge] = []
+        self._by_key: dict[bytes, _Edge] = {}
+        self._unsent: dict[Request, None] = {}  # in order of arrival
+        self._in_flight: set[Request] = set()
+        self._seq = itertools.count()
+        self._hour = hour or (lambda now: 12)  # the local hour at a time (for EdgeLimits.hours); a test passes one
+        self.asked_bytes = 0
+        self.duplicate_bytes = 0  # bytes of copies sent beside a first one (endgame, hedges)
+        self.wasted_bytes = 0  # bytes of copies that arrived after another copy of the same request
+        self.sends: dict[str, int] = {}  # copies sent, by why
+
+    # edges
+
+    def set_edges(self, keys: list[bytes]) -> None:
+        """Use these edges from now on; those that stay keep their estimates. An edge keeps its index for the
+        scheduler's life (one that left is only marked gone), so requests in flight stay valid."""
+        for key in keys:
+            if key not in self._by_key:
+                edge = _Edge(key, len(self._edges))
+                self._edges.append(edge)
+                self._by_key[key] = edge
+        wanted = set(keys)
+        for edge in self._edges:
+            edge.gone = edge.key not in wanted
+
+    def estimate(self, key: bytes) -> EdgeEstimate:
+        return self._by_key[key].estimate
+
+    def set_limits(self, key: bytes, limits: EdgeLimits) -> None:
+        self._by_key[key].limits = limits
+
+    def set_down(self, key: bytes, until: float) -> None:
+        """The edge cannot be reached until ``until`` (the caller's backoff); its copies in flight stay."""
+        if key in self._by_key:
+            self._by_key[key].down_until = until
+
+    # requests
+
+    def add(self, cid: bytes, priority: int, holders: list[bytes] | None, now: float, size: int = 0) -> Request:
+        """A request for ``cid``; ``holders``: the edges known to hold it (None: not known, every edge)."""
+        known = [self._by_key[k].index for k in holders or [] if k in self._by_key and not self._by_key[k].gone]
+        rest = [e.index for e in self._edges if e.index not in known and not e.gone]
+        if not known:
+            known, rest = rest, []
+        request = Request(cid, size or TYPICAL_OBJECT, int(priority), next(self._seq) & 0xFFFFFFFF, known, rest, now)
+        self._unsent[request] = None
+        self.asked_bytes += request.size
+        return request
+
+    def pending(self) -> int:
+        return len(self._unsent) + len(self._in_flight)
+
+    def _usable(self, edge: _Edge, priority: int, now: float) -> bool:
+        if edge.gone or edge.suspect or now < edge.down_until:
+            return False
+        return edge.limits.allows(priority, self._hour(now), self._today(edge, now))
+
+    def _fallback_rate(self) -> float:
+        known = [e.estimate.throughput.bytes_per_second for e in self._edges]
+        rates = [r for r in known if r]
+        return float(np.median(rates)) if rates else DEFAULT_RATE
+
+    # the tick
+
+    def tick(self, now: float) -> list[Action]:
+        actions: list[Action] = self._late(now)
+        self._plan(now)
+        actions += self._fill(now)
+        actions += self._hedge(now)
+        return actions
+
+    def _plan(self, now: float) -> None:
+        if not self._unsent or not self._edges:
+            return
+        fallback = self._fallback_rate()
+        queued = np.array([sum(r.size for r in e.in_flight) for e in self._edges], np.float64)
+        rate = np.array([e.rate(fallback) for e in self._edges], np.float64)
+        health = np.array([max(0.05, e.estimate.health.score(now, e.srtt(), e.estimate.rtt.rto)) for e in self._edges])
+        latency = np.array([e.latency() for e in self._edges])
+        ready = (latency + queued / rate) / health
+        inv_rate = 1.0 / (rate * health)
+        classes: dict[int, list[Request]] = {}
+        for request in self._unsent:
+            classes.setdefault(request.priority, []).append(request)
+        for priority in sorted(classes):
+            requests = classes[priority]
+            usable = [self._usable(e, priority, now) for e in self._edges]
+            width = max(1, max(len(r.holders) for r in requests))
+            cand = np.full((len(requests), width), -1, np.int32)
+            for i, request in enumerate(requests):
+                live = [e for e in request.holders if e not in request.tried]
+                cand[i, : len(live)] = live
+            size = np.fromiter((r.size for r in requests), np.uint32, len(requests))
+            seq = np.fromiter((r.seq for r in requests), np.uint32, len(requests))
+            edges = EdgeArrays.of(ready, inv_rate, usable)
+            tick = plan(self._backend, ChunkArrays(cand, size, seq), edges, CHOICES)
+            order = self._backend.tohost(tick.order)
+            for request, row in zip(requests, order, strict=True):
+                request.order = [int(e) for e in row if e >= 0]
+            ready = advance(edges, tick).ready.astype(np.float64)
+
+    def _room(self, edge: _Edge, priority: int, fallback: float) -> bool:
+        window = edge.window(fallback) + (URGENT_EXTRA if priority == Priority.FOREGROUND else 0)
+        return len(edge.in_flight) < window and len(self._in_flight) < MAX_IN_FLIGHT + URGENT_EXTRA * (
+            priority == Priority.FOREGROUND
+        )
+
+    def _fill(self, now: float) -> list[Action]:
+        """Send planned requests, most urgent first, to their primaries while those have room; then let edges with
+        room take requests planned elsewhere that they hold; then the endgame."""
+        fallback = self._fallback_rate()
+        actions: list[Action] = []
+        queues: dict[int, deque[Request]] = {}
+        for request in sorted(self._unsent, key=lambda r: (r.priority, r.seq)):
+            if request.order:
+                queues.setdefault(request.order[0], deque()).append(request)
+                continue
+            # None of its holders may be used now: another edge, one that was down, or (if every edge was
+            # asked) none; a class that its edges' limits hold back waits.
+            other = self._next(request, now) or self._retry(request, now)
+            if other is not None:
+                actions.append(self._send(request, other, "retry" if now < other.down_until else "failover", now))
+            elif not self._held_back(request, now):
+                self._unsent.pop(request)
+                request.done = True
+                actions.append(GiveUp(request))
+        for index, queue in queues.items():
+            edge = self._edges[index]
+            while queue and self._room(edge, queue[0].priority, fallback):
+                if not self._usable(edge, queue[0].priority, now):  # since the plan: late, down, past its cap
+                    break
+                actions.append(self._send(queue.popleft(), edge, "plan", now))
+        for edge in self._edges:  # work stealing
+            while True:
+                victim = self._steal(edge, queues, now, fallback)
+                if victim is None:
+                    break
+                actions.append(self._send(victim, edge, "steal", now))
+        if not self._unsent:
+            actions += self._endgame(now, fallback)
+        return actions
+
+    def _finish(self, edge: _Edge, extra: int, fallback: float) -> float:
+        """Seconds until ``edge`` would have answered what it holds and ``extra`` more bytes."""
+        return edge.latency() + (sum(r.size for r in edge.in_flight) + extra) / edge.rate(fallback)
+
+    def _steal(self, edge: _Edge, queues: dict[int, deque[Request]], now: float, fallback: float) -> Request | None:
+        if not self._room(edge, Priority.REPAIR, fallback):
+            return None
+        busiest = sorted(
+            (q for i, q in queues.items() if q and i != edge.index),
+            key=lambda q: -self._finish(self._edges[q[0].order[0]], sum(r.size for r in q), fallback),
+        )
+        for queue in busiest:
+            for request in reversed(queue):  # the one that would be served last
+                if edge.index in request.holders and edge.index not in request.tried:
+                    if self._usable(edge, request.priority, now):
+                        queue.remove(request)
+                        return request
+        return None
+
+    def _endgame(self, now: float, fallback: float) -> list[Action]:
+        actions: list[Action] = []
+        for edge in self._edges:
+            while self._room(edge, Priority.REPAIR, fallback):
+                best: tuple[float, Request] | None = None
+                for request in self._in_flight:
+                    if request.duplicated or edge.index in request.copies or edge.index in request.tried:
+                        continue
+                    if edge.index not in request.holders or not self._usable(edge, request.priority, now):
+                        continue
+                    ends = max(self._expected_end(request, e, fallback) for e in request.copies)
+                    if now + self._finish(edge, request.size, fallback) < ends and (best is None or ends > best[0]):
+                        best = (ends, request)
+                if best is None or not self._may_duplicate(best[1]):
+                    break
+                actions.append(self._duplicate(best[1], edge, "endgame", now))
+        return actions
+
+    def _expected_end(self, request: Request, index: int, fallback: float) -> float:
+        edge = self._edges[index]
+        return (
+            request.copies[index] + edge.latency() + (request.ahead.get(index, 0) + request.size) / edge.rate(fallback)
+        )
+
+    def _may_duplicate(self, request: Request) -> bool:
+        budget = max(DUPLICATE_FLOOR, DUPLICATE_SHARE * self.asked_bytes)
+        return self.duplicate_bytes + request.size <= budget
+
+    def _duplicate(self, request: Request, edge: _Edge, why: str, now: float) -> Action:
+        request.duplicated = True
+        self.duplicate_bytes += request.size
+        return self._send(request, edge, why, now)
+
+    def _hedge(self, now: float) -> list[Action]:
+        actions: list[Action] = []
+        for request in list(self._in_flight):
+            if request.priority != Priority.FOREGROUND or request.duplicated or len(request.copies) != 1:
+                continue
+            (index, sent), = request.copies.items()  # fmt: skip
+            p95 = self._edges[index].p95()
+            if p95 is None or now - sent <= p95 or not self._may_duplicate(request):
+                continue
+            backup = self._next(request, now, skip_busy=True)
+            if backup is not None:
+                actions.append(self._duplicate(request, backup, "hedge", now))
+        return actions
+
+    def _late(self, now: float) -> list[Action]:
+        """Copies past their deadline. The edge becomes suspect (its RTO backs off, it takes nothing new until
+        it answers), every copy it holds counts as late, and each request with no copy left in time fails
+        over at once (the late copies stay: the first to arrive wins)."""
+        actions: list[Action] = []
+        for edge in self._edges:
+            if edge.suspect or not any(now >= r.deadlines[edge.index] for r in edge.in_flight):
+                continue
+            edge.suspect = True
+            edge.estimate.rtt.timed_out()
+            edge.estimate.health.failed(now)
+            for request in sorted(edge.in_flight, key=lambda r: (r.priority, r.seq)):
+                request.late.add(edge.index)
+                if len(request.copies) == len(request.late):
+                    backup = self._next(request, now)
+                    if backup is not None:
+                        actions.append(self._send(request, backup, "late", now))
+        return actions
+
+    def next_wake(self, now: float) -> float | None:
+        """When the caller should tick next without being told of anything: the earliest deadline or hedge
+        time, or 50 ms while requests wait for room."""
+        times = [now + 0.05] if self._unsent else []
+        for request in self._in_flight:
+            for index, sent in request.copies.items():
+                edge = self._edges[index]
+                if not edge.suspect:
+                    times.append(request.deadlines[index])
+                p95 = edge.p95()
+                if p95 is not None and request.priority == Priority.FOREGROUND and not request.duplicated:
+                    times.append(sent + p95)
+        return min(times) if times else None
+
+    # outcomes
+
+    def _send(self, request: Request, edge: _Edge, why: str, now: float) -> Send:
+        """Send a copy; it is late after the edge's RTO plus twice the time its bytes and those ahead of them
+        should take."""
+        ahead = request.ahead[edge.index] = sum(r.size for r in edge.in_flight)
+        request.deadlines[edge.index] = (
+            now + edge.estimate.rtt.rto + 2 * (ahead + request.size) / edge.rate(self._fallback_rate())
+        )
+        self._unsent.pop(request, None)
+        self._in_flight.add(request)
+        request.copies[edge.index] = now
+        edge.in_flight.add(request)
+        self.sends[why] = self.sends.get(why, 0) + 1
+        return Send(request, edge.key, why)
+
+    def _drop(self, request: Request, index: int) -> None:
+        request.copies.pop(index, None)
+        request.deadlines.pop(index, None)
+        request.ahead.pop(index, None)
+        request.late.discard(index)
+        self._edges[index].in_flight.discard(request)
+
+    def answered(self, request: Request, key: bytes, now: float, size: int) -> list[Action]:
+        edge = self._by_key.get(key)
+        if edge is None or edge.index not in request.copies:
+            return []
+        sent, ahead = request.copies[edge.index], request.ahead.get(edge.index, 0)
+        self._drop(request, edge.index)
+        edge.suspect = False
+        # The response time (queue included) feeds the RTO and the p95; the throughput is the delivery rate:
+        # the bytes over the time since the edge last answered or since this copy was sent, the later.
+        edge.estimate.rtt.sample(now - sent)
+        edge.estimate.throughput.sample(size, now - max(sent, edge.last_answer))
+        edge.estimate.health.answered()
+        rate = edge.rate(self._fallback_rate())
+        edge.latencies.append(max(0.0, now - sent - (ahead + size) / rate))
+        edge.last_answer = now
+        edge.durations.append(now - sent)
+        edge.bytes += size
+        day = int(now // 86400)
+        edge.day = (day, (edge.day[1] if edge.day[0] == day else 0) + size)
+        actions: list[Action] = []
+        if request.done:
+            self.wasted_bytes += size
+        else:
+            request.done = True
+            self._in_flight.discard(request)
+            for index in list(request.copies):
+                self._drop(request, index)
+                actions.append(Cancel(request, self._edges[index].key))
+        return actions + self._fill(now)
+
+    def failed(self, request: Request, key: bytes, now: float, *, unreachable: bool = False) -> list[Action]:
+        """A copy failed: the edge lacks it, its copy is damaged, or the edge cannot be reached (its
+        estimate counts that failure). The request fails over at once if no other copy is in flight."""
+        edge = self._by_key.get(key)
+        if edge is None or edge.index not in request.copies:
+            return []
+        self._drop(request, edge.index)
+        request.tried.add(edge.index)
+        if unreachable:
+            edge.estimate.failed(now)
+        actions: list[Action] = []
+        if not request.done and not request.copies:
+            backup = self._next(request, now) or self._retry(request, now)
+            if backup is not None:
+                actions.append(self._send(request, backup, "retry" if now < backup.down_until else "failover", now))
+            else:
+                request.done = True
+                self._in_flight.discard(request)
+                actions.append(GiveUp(request))
+        return actions + self._fill(now)
+
+    def _next(self, request: Request, now: float, skip_busy: bool = False) -> _Edge | None:
+        """The first edge not yet asked and usable: the planned backups, the other holders, then the rest."""
+        fallback = self._fallback_rate()
+        for index in itertools.chain(request.order, request.holders, request.others):
+            edge = self._edges[index]
+            if index in request.tried or index in request.copies or not self._usable(edge, request.priority, now):
+                continue
+            if skip_busy and not self._room(edge, request.priority, fallback):
+                continue
+            return edge
+        return None
+
+    def _retry(self, request: Request, now: float) -> _Edge | None:
+        """An edge that is down and was never asked for this request: asked once more (it may be back)."""
+        for index in itertools.chain(request.holders, request.others):
+            edge = self._edges[index]
+            if index in request.tried or index in request.copies or edge.gone or now >= edge.down_until:
+                continue
+            return edge
+        return None
+
+    def _held_back(self, request: Request, now: float) -> bool:
+        """Whether an edge not yet asked is up but its limits hold this request's class back (it waits)."""
+        hour = self._hour(now)
+        for index in itertools.chain(request.holders, request.others):
+            edge = self._edges[index]
+            if index in request.tried or edge.gone or now < edge.down_until:
+                continue
+            if not edge.limits.allows(request.priority, hour, self._today(edge, now)):
+                return True
+        return False
+
+    def _today(self, edge: _Edge, now: float) -> int:
+        day = int(now // 86400)
+        return edge.day[1] if edge.day[0] == day else 0
+
+    def statistics(self) -> dict[str, Any]:
+        return {
+            "asked_bytes": self.asked_bytes,
+            "duplicate_bytes": self.duplicate_bytes,
+            "wasted_bytes": self.wasted_bytes,
+            "sends": dict(self.sends),
+            "edges": {e.key.hex()[:16]: {"bytes": e.bytes, "in_flight": len(e.in_flight)} for e in self._edges},
+        }

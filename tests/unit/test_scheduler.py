@@ -1,0 +1,255 @@
+"""The chunk scheduler's dispatch on virtual time (no sleeps): shares in proportion to rate, failover at once,
+late copies, endgame, hedges, constraints and giving up. Edges are simulated as pipes: a copy sent to an edge
+ends after the edge's latency plus its bytes at the edge's rate, behind what the edge is already sending."""
+
+from __future__ import annotations
+
+import heapq
+import itertools
+from dataclasses import dataclass, field
+
+import pytest
+
+from portalfs.sched.scheduler import Action, Cancel, EdgeLimits, GiveUp, Request, Scheduler, Send
+from portalfs.store.base import Priority
+
+MB = 1 << 20
+
+
+@dataclass
+class Pipe:
+    rate: float  # bytes per second
+    latency: float = 0.02
+    busy_until: float = 0.0
+    lacks: set[bytes] = field(default_factory=set)  # ids it answers "missing" to
+    dead_at: float | None = None  # from then on it never answers
+    bytes: int = 0
+
+
+class Lab:
+    """Runs a scheduler against simulated edges until every request ends; records each Send."""
+
+    def __init__(self, pipes: dict[bytes, Pipe]) -> None:
+        self.pipes = pipes
+        self.scheduler = Scheduler()
+        self.scheduler.set_edges(list(pipes))
+        self.now = 0.0
+        self.events: list[tuple[float, int, str, Request, bytes]] = []
+        self.order = itertools.count()
+        self.sends: list[Send] = []
+        self.finished: dict[Request, float] = {}
+        self.given_up: list[Request] = []
+        self.cancelled: list[Cancel] = []
+        self.stall = 0.0  # the longest time with requests open and no answer
+
+    def act(self, actions: list[Action]) -> None:
+        for action in actions:
+            if isinstance(action, Send):
+                self.sends.append(action)
+                pipe = self.pipes[action.edge]
+                if pipe.dead_at is not None and self.now >= pipe.dead_at:
+                    continue  # never answers: the scheduler's deadline must notice
+                if action.request.cid in pipe.lacks:
+                    self.push(self.now + pipe.latency, "missing", action.request, action.edge)
+                    continue
+                start = max(self.now, pipe.busy_until)
+                pipe.busy_until = start + action.request.size / pipe.rate
+                self.push(pipe.busy_until + pipe.latency, "data", action.request, action.edge)
+            elif isinstance(action, Cancel):
+                self.cancelled.append(action)
+            elif isinstance(action, GiveUp):
+                self.given_up.append(action.request)
+
+    def push(self, when: float, kind: str, request: Request, edge: bytes) -> None:
+        heapq.heappush(self.events, (when, next(self.order), kind, request, edge))
+
+    def run(self, limit: float = 600.0) -> float:
+        last_answer = 0.0
+        self.act(self.scheduler.tick(self.now))
+        while self.scheduler.pending() and self.now < limit:
+            wake = self.scheduler.next_wake(self.now)
+            when = min(self.events[0][0] if self.events else limit, wake if wake is not None else limit)
+            if self.events and self.events[0][0] <= when:
+                self.now, _, kind, request, edge = heapq.heappop(self.events)
+                pipe = self.pipes[edge]
+                if pipe.dead_at is not None and self.now >= pipe.dead_at:
+                    continue
+                if kind == "data":
+                    if not request.done:
+                        self.stall = max(self.stall, self.now - last_answer)
+                        last_answer = self.now
+                        self.finished[request] = self.now
+                        pipe.bytes += request.size
+                    self.act(self.scheduler.answered(request, edge, self.now, request.size))
+                else:
+                    self.act(self.scheduler.failed(request, edge, self.now))
+            else:
+                self.now = when
+                self.act(self.scheduler.tick(self.now))
+        return self.now
+
+
+def keys(n: int) -> list[bytes]:
+    return [bytes([i]) * 32 for i in range(n)]
+
+
+def add(lab: Lab, count: int, priority: Priority = Priority.PULL, holders: list[bytes] | None = None) -> list[Request]:
+    return [lab.scheduler.add(i.to_bytes(32, "big"), priority, holders, lab.now, MB) for i in range(count)]
+
+
+def test_each_edge_serves_in_proportion_to_its_rate() -> None:
+    """Five edges of 20 to 100 Mbit/s holding everything: each one's share of the bytes is within 15% of its
+    share of the bandwidth, and the whole is near the sum of the rates."""
+    rates = [20, 40, 60, 80, 100]
+    pipes = {k: Pipe(r * 1e6 / 8) for k, r in zip(keys(5), rates, strict=True)}
+    lab = Lab(pipes)
+    add(lab, 400)
+    end = lab.run()
+    total = sum(p.bytes for p in pipes.values())
+    assert total == 400 * MB and not lab.given_up
+    for pipe, rate in zip(pipes.values(), rates, strict=True):
+        share, expected = pipe.bytes / total, rate / sum(rates)
+        assert abs(share - expected) <= 0.15 * expected, (rate, share, expected)
+    efficiency = total / end / (sum(rates) * 1e6 / 8)
+    assert efficiency > 0.9, efficiency
+    assert lab.scheduler.duplicate_bytes <= max(8 * MB, 0.1 * total)
+    for key, pipe in pipes.items():  # the delivery rate converged on each edge's rate
+        measured = lab.scheduler.estimate(key).throughput.bytes_per_second
+        assert measured is not None and abs(measured - pipe.rate) <= 0.1 * pipe.rate, (measured, pipe.rate)
+
+
+def test_a_single_read_goes_to_the_edge_that_ends_it_first() -> None:
+    pipes = {k: Pipe(r) for k, r in zip(keys(3), [10e6, 100e6, 50e6], strict=True)}
+    lab = Lab(pipes)
+    for edge, pipe in pipes.items():  # measured before
+        for _ in range(5):
+            lab.scheduler.estimate(edge).answered(MB, pipe.latency + MB / pipe.rate)
+    add(lab, 1, Priority.FOREGROUND)
+    lab.run()
+    assert [s.edge for s in lab.sends] == [keys(3)[1]]
+
+
+def test_a_missing_copy_fails_over_at_once_to_a_backup() -> None:
+    pipes = {k: Pipe(50e6) for k in keys(3)}
+    lab = Lab(pipes)
+    (request,) = add(lab, 1, Priority.FOREGROUND)
+    lab.act(lab.scheduler.tick(0.0))
+    first = lab.sends[0].edge
+    actions = lab.scheduler.failed(request, first, 0.01)  # no tick between
+    sends = [a for a in actions if isinstance(a, Send)]
+    assert len(sends) == 1 and sends[0].edge != first and sends[0].why == "failover"
+
+
+def test_every_edge_failing_gives_up() -> None:
+    pipes = {k: Pipe(50e6, lacks={(0).to_bytes(32, "big")}) for k in keys(3)}
+    lab = Lab(pipes)
+    (request,) = add(lab, 1, Priority.FOREGROUND)
+    lab.run()
+    assert lab.given_up == [request] and len(lab.sends) == 3
+
+
+def test_a_dead_edge_mid_transfer_is_left_behind_and_the_rest_complete() -> None:
+    pipes = {k: Pipe(r * 1e6 / 8) for k, r in zip(keys(5), [20, 40, 60, 80, 100], strict=True)}
+    pipes[keys(5)[4]].dead_at = 3.0  # the fastest, about half way
+    lab = Lab(pipes)
+    requests = add(lab, 200)
+    end = lab.run()
+    assert all(r in lab.finished for r in requests) and not lab.given_up
+    assert any(s.why == "late" for s in lab.sends)
+    alive = sum(r for r in [20, 40, 60, 80]) * 1e6 / 8
+    ideal = 3.0 + (200 * MB - 3.0 * 300e6 / 8) / alive
+    assert end < ideal + 2.0, (end, ideal)
+    assert lab.stall < 1.0, lab.stall
+
+
+def test_endgame_duplicates_the_slowest_outstanding_and_the_first_copy_wins() -> None:
+    # one very slow edge: its last requests are duplicated on the fast one near the end
+    pipes = {keys(2)[0]: Pipe(1e6), keys(2)[1]: Pipe(100e6)}
+    lab = Lab(pipes)
+    add(lab, 20)
+    lab.run()
+    endgame = [s for s in lab.sends if s.why == "endgame"]
+    assert endgame and all(s.edge == keys(2)[1] for s in endgame)
+    assert lab.cancelled, "the losing copies are cancelled"
+    assert 0 < lab.scheduler.duplicate_bytes <= 8 * MB
+    assert lab.scheduler.statistics()["duplicate_bytes"] == lab.scheduler.duplicate_bytes
+
+
+def test_a_foreground_read_slower_than_its_edges_p95_is_hedged() -> None:
+    pipes = {k: Pipe(100e6) for k in keys(2)}
+    lab = Lab(pipes)
+    sched = lab.scheduler
+    for edge in keys(2):
+        for _ in range(10):
+            sched.estimate(edge).answered(MB, 0.03)
+            sched._by_key[edge].durations.append(0.03)
+    (request,) = add(lab, 1, Priority.FOREGROUND)
+    (send,) = [a for a in sched.tick(0.0) if isinstance(a, Send)]
+    assert sched.next_wake(0.0) == pytest.approx(0.03)
+    hedges = [a for a in sched.tick(0.05) if isinstance(a, Send)]
+    assert [(h.why, h.edge != send.edge) for h in hedges] == [("hedge", True)]
+
+
+def test_metered_and_capped_edges_serve_only_reads_that_wait() -> None:
+    metered, open_ = keys(2)
+    lab = Lab({metered: Pipe(100e6), open_: Pipe(10e6)})
+    lab.scheduler.set_limits(metered, EdgeLimits(metered=True))
+    add(lab, 10, Priority.PULL)
+    lab.run()
+    assert {s.edge for s in lab.sends} == {open_}
+    lab2 = Lab({metered: Pipe(100e6), open_: Pipe(10e6)})
+    lab2.scheduler.set_limits(metered, EdgeLimits(metered=True))
+    add(lab2, 10, Priority.FOREGROUND)
+    lab2.run()
+    assert metered in {s.edge for s in lab2.sends}
+    # past its daily cap, an edge takes no background request; within its hours only
+    capped = Lab({metered: Pipe(100e6), open_: Pipe(10e6)})
+    capped.scheduler.set_limits(metered, EdgeLimits(daily_cap=3 * MB))
+    add(capped, 20, Priority.REPAIR)
+    capped.run()
+    assert pipes_bytes(capped, metered) <= 5 * MB  # the cap, and what was in flight when it was reached
+    assert EdgeLimits(hours=(22, 6)).allows(Priority.PULL, 23, 0) and not EdgeLimits(hours=(22, 6)).allows(
+        Priority.PULL, 12, 0
+    )
+
+
+def pipes_bytes(lab: Lab, key: bytes) -> int:
+    return lab.pipes[key].bytes
+
+
+def test_held_back_requests_wait_instead_of_giving_up() -> None:
+    (only,) = keys(1)
+    lab = Lab({only: Pipe(10e6)})
+    lab.scheduler.set_limits(only, EdgeLimits(metered=True))
+    (request,) = add(lab, 1, Priority.PULL)
+    assert lab.scheduler.tick(0.0) == [] and not request.done
+    lab.scheduler.set_limits(only, EdgeLimits())
+    assert [type(a) for a in lab.scheduler.tick(0.1)] == [Send]
+
+
+def test_an_edge_that_is_down_is_skipped_then_asked_once_when_nothing_else_is_left() -> None:
+    down, up = keys(2)
+    lab = Lab({down: Pipe(100e6), up: Pipe(10e6, lacks={(0).to_bytes(32, "big")})})
+    lab.scheduler.set_down(down, 30.0)
+    (request,) = add(lab, 1, Priority.FOREGROUND)
+    lab.run()
+    assert [(s.edge, s.why) for s in lab.sends] == [(up, "plan"), (down, "retry")]
+    assert request in lab.finished
+
+
+def test_a_read_that_waits_goes_before_queued_background_requests() -> None:
+    (only,) = keys(1)
+    lab = Lab({only: Pipe(10e6)})
+    sched = lab.scheduler
+    background = add(lab, 30, Priority.REPAIR)
+    sent = [a for a in sched.tick(0.0) if isinstance(a, Send)]
+    assert len(sent) < len(background)  # the window is full, the rest wait
+    read = sched.add(b"r" * 32, Priority.FOREGROUND, None, 0.01, MB)
+    first = [a.request for a in sched.tick(0.01) if isinstance(a, Send)]
+    assert first == [read]  # at once: a read that waits may go past a full window
+    ahead = sched.add(b"a" * 32, Priority.READAHEAD, None, 0.02, MB)
+    assert [a for a in sched.tick(0.02) if isinstance(a, Send)] == []
+    freed: list[Request] = []
+    for i, copy in enumerate(sent):
+        freed += [a.request for a in sched.answered(copy.request, only, 0.1 * (i + 1), MB) if isinstance(a, Send)]
+    assert freed and freed[0] is ahead  # the first freed place: read-ahead, before the earlier repairs
