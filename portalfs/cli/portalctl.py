@@ -27,6 +27,7 @@ from .. import __version__
 from ..daemon.control import call_daemon, daemon_socket
 from ..device import Device
 from ..errors import NotFound, PortalBusy, PortalError, SourceError, UsageError
+from ..fabric.store import FabricStore
 from ..fabric.sync import open_view
 from ..gc import collect_garbage
 from ..keys import new_entropy_words
@@ -265,9 +266,14 @@ def cmd_get(device: Device, args: argparse.Namespace) -> int:
         restorer = Restorer(view, overwrite=args.overwrite, progress=progress)
         restorer.restore(entry, dest)
     s = restorer.stats
+    result: dict[str, Any] = {"version": version.version, "files": s.files, "dirs": s.dirs, "symlinks": s.symlinks}
+    result["bytes"] = s.bytes
+    fetched = view.store.fetched() if isinstance(view.store, FabricStore) else None
+    if fetched is not None:  # what came from the edges, and from which
+        result["fetched"] = fetched
     emit(
         args,
-        {"version": version.version, "files": s.files, "dirs": s.dirs, "symlinks": s.symlinks, "bytes": s.bytes},
+        result,
         f"Restored {args.name} v{version.version}: {s.files} files, {_human(s.bytes)} into {dest}",
     )
     return 0
@@ -310,7 +316,6 @@ def cmd_check(device: Device, args: argparse.Namespace) -> int:
 
     With ``--repair``, then bring every object back to R intact copies on the edges (as ``sync --repair``).
     """
-    from ..fabric.store import FabricStore
 
     secrets = unlock(device, args)
     view = open_view(device, secrets, args.name, keep=False)  # each object is read once

@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 import threading
 from collections.abc import Callable, Iterator, Sequence
+from typing import Any
 
 from ..errors import CorruptObject, MissingObject
 from ..portal import PortalView
@@ -56,6 +57,12 @@ class FabricStore:
             if self._swarm is None:
                 self._swarm = self._open_swarm()  # raises Unreachable while the hub is down; tried again next time
             return self._swarm
+
+    def fetched(self) -> dict[str, Any] | None:
+        """The swarm's figures (``Swarm.fetched``), or None if nothing was fetched through it."""
+        with self._lock:
+            swarm = self._swarm
+        return None if swarm is None else swarm.fetched()
 
     def put(self, cid: bytes, data: bytes | bytearray, durable: bool = True) -> bool:
         return self.local.put(cid, data, durable)

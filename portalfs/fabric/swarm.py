@@ -34,8 +34,7 @@ from ..edge.client import EdgeAddress, EdgeClient, connect_edge
 from ..errors import CorruptObject, MissingObject, PortalError, Unreachable
 from ..keys import DeviceKey
 from ..runtime import Runtime, current
-from ..sched.gpu import choose as choose_backend
-from ..sched.scheduler import Action, Cancel, Request, Scheduler, Send
+from ..sched.actions import Action, Cancel, Request, Send
 from ..store.base import Priority
 from .locations import LocationCache
 
@@ -127,7 +126,10 @@ class Swarm:
         self._failures: dict[bytes, int] = {}  # edge key -> connections that failed in a row
         self._runtime = runtime
         self._nursery: trio.Nursery | None = None
-        self._scheduler = Scheduler(choose_backend(os.environ.get("PORTAL_SCHEDULER", "auto")))
+        from ..sched.gpu import choose  # noqa: PLC0415 - NumPy (and CuPy) only once a swarm is made
+        from ..sched.scheduler import Scheduler  # noqa: PLC0415
+
+        self._scheduler = Scheduler(choose(os.environ.get("PORTAL_SCHEDULER", "auto")))
         self._scheduler.set_edges([a.key for a in self.addresses])
         self._copies: dict[tuple[Request, bytes], trio.CancelScope] = {}  # copies in flight
         self._wake = trio.Event()  # new requests: tick now
@@ -434,6 +436,13 @@ class Swarm:
                 by_edge.setdefault(key, []).append(cid)
         short = [cid for cid, held in holders.items() if len(held) < replicas]
         return Placement(by_edge, copies, damaged, short, down)
+
+    def fetched(self) -> dict[str, Any]:
+        """What the scheduler did so far: bytes asked, duplicated and wasted, copies sent by reason, and per
+        edge (by address) the bytes it answered and its estimated rate."""
+        stats: dict[str, Any] = self._runtime_call_sync(self._scheduler.statistics)
+        stats["edges"] = {self._name(key): figures for key, figures in stats["edges"].items()}
+        return stats
 
     def statistics(self) -> dict[str, int]:
         """The requests this swarm sent to edges so far, by kind (HELLO, GET, PUT, HAVE, VERIFY, STAT), and the

@@ -10,7 +10,7 @@ no longer needed (the first copy of a request to arrive wins), ``GiveUp`` when n
   requests, plus 2 (at least 2, at most 16); a read that waits may take 2 more.
 - An edge with room and nothing planned for it takes a planned request from the edge whose queue ends last,
   if it holds that chunk (work stealing), so no edge idles while another is queued.
-- A failed copy, or one past its deadline (its RTO plus twice its expected transfer), fails over at once to
+- A failed copy, or one past its deadline (its RTO plus three times its expected transfer), fails over at once to
   the request's next backup, then to its other holders, then to edges not known to hold it, then once to
   edges that were down; after that the request is given up.
 - Endgame: once nothing is left to send, an edge with room duplicates the in-flight request expected to
@@ -26,12 +26,12 @@ from __future__ import annotations
 import itertools
 import math
 from collections import deque
-from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
 
 from ..store.base import Priority
+from .actions import Action, Cancel, EdgeLimits, GiveUp, Request, Send
 from .estimators import EdgeEstimate
 from .plan import Backend, ChunkArrays, EdgeArrays, NumpyBackend, advance, plan
 
@@ -44,71 +44,10 @@ WINDOW_MIN, WINDOW_MAX, URGENT_EXTRA = 2, 16, 2
 MAX_IN_FLIGHT = 64
 DUPLICATE_FLOOR = 8 << 20
 DUPLICATE_SHARE = 0.1
+LATE_FACTOR = 3  # a copy is late past its edge's RTO and this many times its bytes' (and its queue's) time
+DELIVERY_SPAN = 4  # answers a delivery-rate sample spans
 HEDGE_SAMPLES = 8  # response times an edge must have answered before its p95 is trusted
 CHOICES = 3  # a primary and two backups per request
-WAITED_FOR = (Priority.FOREGROUND, Priority.READAHEAD)  # the classes a reader waits for: constraints do not hold them
-
-
-@dataclass(slots=True)
-class EdgeLimits:
-    """What the configuration says of one edge: background classes skip it when it is metered, past its
-    daily byte cap, or outside its hours (local time, [start, end), wrapping past midnight)."""
-
-    metered: bool = False
-    daily_cap: int | None = None
-    hours: tuple[int, int] | None = None
-
-    def allows(self, priority: int, hour: int, today: int) -> bool:
-        if priority in WAITED_FOR:
-            return True
-        if self.metered or (self.daily_cap is not None and today >= self.daily_cap):
-            return False
-        if self.hours is not None:
-            start, end = self.hours
-            inside = start <= hour < end if start <= end else hour >= start or hour < end
-            return inside
-        return True
-
-
-@dataclass(eq=False, slots=True)
-class Request:
-    cid: bytes
-    size: int
-    priority: int
-    seq: int
-    holders: list[int]  # edges that hold it (the hub's locations), by index
-    others: list[int]  # edges not known to hold it: asked after every holder
-    asked: float  # when it was added
-    order: list[int] = field(default_factory=list)  # the plan: primary, then backups
-    copies: dict[int, float] = field(default_factory=dict)  # edge -> when its copy was sent, in flight
-    deadlines: dict[int, float] = field(default_factory=dict)  # edge -> when its copy is late
-    ahead: dict[int, int] = field(default_factory=dict)  # edge -> bytes in flight there when its copy was sent
-    late: set[int] = field(default_factory=set)  # copies past their deadline (already failed over)
-    tried: set[int] = field(default_factory=set)  # edges whose copy failed
-    duplicated: bool = False
-    done: bool = False
-    tag: Any = None  # the caller's own
-
-
-@dataclass(frozen=True, slots=True)
-class Send:
-    request: Request
-    edge: bytes
-    why: str  # plan, steal, failover, late, endgame, hedge, retry (an edge that was down)
-
-
-@dataclass(frozen=True, slots=True)
-class Cancel:
-    request: Request
-    edge: bytes
-
-
-@dataclass(frozen=True, slots=True)
-class GiveUp:
-    request: Request
-
-
-Action = Send | Cancel | GiveUp
 
 
 class _Edge:
@@ -124,8 +63,21 @@ class _Edge:
         self.day = (-1, 0)  # (day number, bytes that day)
         self.gone = False  # no longer in the edge list
         self.suspect = False  # a copy went past its deadline: nothing new is sent until it answers again
-        self.last_answer = 0.0
+        self.busy: deque[tuple[float, int]] = deque(maxlen=DELIVERY_SPAN + 1)  # answers while busy: (when, bytes)
         self.latencies: deque[float] = deque(maxlen=64)  # response time less the bytes' own time at the rate
+
+    def delivered(self, size: int, sent: float, now: float) -> tuple[int, float]:
+        """A throughput sample (bytes, seconds) for an answer of ``size`` bytes to a copy sent at ``sent``: the
+        delivery rate over the last DELIVERY_SPAN answers of this busy period (the edge had a copy in
+        flight since the first of them), so that two answers read together do not count as an instant; an
+        answer to an edge that was idle counts from its sending, its latency included."""
+        if not self.busy or sent > self.busy[-1][0]:  # idle when it was sent: a new busy period
+            self.busy.clear()
+            self.busy.append((now, size))
+            return size, now - sent
+        self.busy.append((now, size))
+        first = self.busy[0][0]
+        return sum(b for _, b in list(self.busy)[1:]), now - first
 
     def rate(self, fallback: float) -> float:
         return self.estimate.throughput.bytes_per_second or fallback
@@ -373,7 +325,8 @@ class Scheduler:
                 request.late.add(edge.index)
                 if len(request.copies) == len(request.late):
                     backup = self._next(request, now)
-                    if backup is not None:
+                    if backup is not None:  # a second copy (the late one may still come): counted, not bounded
+                        self.duplicate_bytes += request.size
                         actions.append(self._send(request, backup, "late", now))
         return actions
 
@@ -394,12 +347,11 @@ class Scheduler:
     # outcomes
 
     def _send(self, request: Request, edge: _Edge, why: str, now: float) -> Send:
-        """Send a copy; it is late after the edge's RTO plus twice the time its bytes and those ahead of them
-        should take."""
+        """Send a copy; it is late after the edge's RTO plus LATE_FACTOR times the time its bytes and those
+        ahead of them should take."""
         ahead = request.ahead[edge.index] = sum(r.size for r in edge.in_flight)
-        request.deadlines[edge.index] = (
-            now + edge.estimate.rtt.rto + 2 * (ahead + request.size) / edge.rate(self._fallback_rate())
-        )
+        expected = (ahead + request.size) / edge.rate(self._fallback_rate())
+        request.deadlines[edge.index] = now + edge.estimate.rtt.rto + LATE_FACTOR * expected
         self._unsent.pop(request, None)
         self._in_flight.add(request)
         request.copies[edge.index] = now
@@ -424,11 +376,10 @@ class Scheduler:
         # The response time (queue included) feeds the RTO and the p95; the throughput is the delivery rate:
         # the bytes over the time since the edge last answered or since this copy was sent, the later.
         edge.estimate.rtt.sample(now - sent)
-        edge.estimate.throughput.sample(size, now - max(sent, edge.last_answer))
+        edge.estimate.throughput.sample(*edge.delivered(size, sent, now))
         edge.estimate.health.answered()
         rate = edge.rate(self._fallback_rate())
         edge.latencies.append(max(0.0, now - sent - (ahead + size) / rate))
-        edge.last_answer = now
         edge.durations.append(now - sent)
         edge.bytes += size
         day = int(now // 86400)
@@ -466,15 +417,22 @@ class Scheduler:
         return actions + self._fill(now)
 
     def _next(self, request: Request, now: float, skip_busy: bool = False) -> _Edge | None:
-        """The first edge not yet asked and usable: the planned backups, the other holders, then the rest."""
+        """The usable edge not yet asked that would end the request first: among its holders, else among the
+        edges not known to hold it (the plan's backup order is stale once an edge fails)."""
         fallback = self._fallback_rate()
-        for index in itertools.chain(request.order, request.holders, request.others):
-            edge = self._edges[index]
-            if index in request.tried or index in request.copies or not self._usable(edge, request.priority, now):
-                continue
-            if skip_busy and not self._room(edge, request.priority, fallback):
-                continue
-            return edge
+        for group in (request.holders, request.others):
+            best: tuple[float, int] | None = None
+            for index in group:
+                edge = self._edges[index]
+                if index in request.tried or index in request.copies or not self._usable(edge, request.priority, now):
+                    continue
+                if skip_busy and not self._room(edge, request.priority, fallback):
+                    continue
+                ends = self._finish(edge, request.size, fallback)
+                if best is None or (ends, index) < best:
+                    best = (ends, index)
+            if best is not None:
+                return self._edges[best[1]]
         return None
 
     def _retry(self, request: Request, now: float) -> _Edge | None:
@@ -507,5 +465,8 @@ class Scheduler:
             "duplicate_bytes": self.duplicate_bytes,
             "wasted_bytes": self.wasted_bytes,
             "sends": dict(self.sends),
-            "edges": {e.key.hex()[:16]: {"bytes": e.bytes, "in_flight": len(e.in_flight)} for e in self._edges},
+            "edges": {
+                e.key: {"bytes": e.bytes, "bytes_per_second": e.estimate.throughput.bytes_per_second}
+                for e in self._edges
+            },
         }

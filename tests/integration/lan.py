@@ -45,6 +45,24 @@ class Lan:
         with NetNS(self.switch) as switch:
             switch.link("set", index=switch.link_lookup(ifname=self._ports[host])[0], state="down")
 
+    def shape(self, host: str, mbit: float) -> None:
+        """Limit what ``host`` sends to ``mbit`` Mbit/s: an HTB class on its end of the cable."""
+        with NetNS(self.netns(host)) as ns:
+            eth0 = ns.link_lookup(ifname="eth0")[0]
+            ns.tc("add", "htb", index=eth0, handle="1:", default=0x10)
+            rate = f"{mbit}mbit"
+            ns.tc("add-class", "htb", index=eth0, handle="1:10", parent="1:", rate=rate, ceil=rate)
+
+    def sent(self, host: str) -> int:
+        """Bytes ``host`` has sent on its cable."""
+        with NetNS(self.netns(host)) as ns:
+            (link,) = ns.get_links(ifname="eth0")
+            return int(link.get_attr("IFLA_STATS64")["tx_bytes"])
+
+    def port(self, host: str) -> str:
+        """The switch's end of ``host``'s cable."""
+        return self._ports[host]
+
     def _add_host(self, host: str, address: str, index: int) -> None:
         name = self.netns(host)
         netns.create(name)
