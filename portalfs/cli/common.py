@@ -64,3 +64,12 @@ def unlock(device: Device, args: argparse.Namespace) -> Unlocked:
         elif sys.stdin.isatty():
             passphrase = getpass.getpass("Passphrase: ")
     return device.unlock(passphrase)
+
+
+def human(n: float) -> str:
+    """Bytes for a person: 512 B, 1.5 KiB, 3.2 GiB."""
+    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
+        if abs(n) < 1024 or unit == "TiB":
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+        n /= 1024
+    raise AssertionError("unreachable")

@@ -34,7 +34,7 @@ from ..hub.client import DeviceInfo, certificate_fingerprint, fetch_certificate
 from ..hub.state import WINDOW
 from ..portal import PortalView
 from ..state import VersionRow
-from .common import emit, unlock
+from .common import emit, human, unlock
 from .servers import parse_duration
 
 __all__ = ["register", "open_fabric"]
@@ -478,7 +478,17 @@ def cmd_status(device: Device, args: argparse.Namespace) -> int:
     for p in daemon["portals"] if daemon else []:
         if p["last_error"]:
             lines.append(f"portald  {p['portal']}: {p['last_error']} (failed {p['failures']} times, retrying)")
-    lines += [f"edge     {e['edge']}: " + ("up" if e["up"] else "down") for e in edges]
+    fetching = daemon.get("fetching") if daemon else None
+    rates = (fetching or {}).get("edges", {})
+    lines += [
+        f"edge     {e['edge']}: " + ("up" if e["up"] else "down") + _edge_rate(rates.get(e["edge"])) for e in edges
+    ]
+    if fetching and fetching["pending_requests"]:
+        eta = fetching["eta_seconds"]
+        lines.append(
+            f"fetching {fetching['pending_requests']} objects, {human(fetching['pending_bytes'])} left"
+            + (f" at {fetching['bytes_per_second'] / 1e6:.1f} MB/s, about {eta:.0f} s" if eta is not None else "")
+        )
     lines += [
         f"portal   {p['portal']}: v{p['version']}"
         + (f", {p['version'] - p['published']} to publish" if config.hub and p["version"] > p["published"] else "")
@@ -488,6 +498,12 @@ def cmd_status(device: Device, args: argparse.Namespace) -> int:
     ]
     emit(args, data, "\n".join(lines))
     return 0
+
+
+def _edge_rate(figures: dict[str, Any] | None) -> str:
+    """``, 12.3 MB/s`` as portald's swarm estimates the edge, when it has fetched from it."""
+    rate = (figures or {}).get("bytes_per_second")
+    return f", {rate / 1e6:.1f} MB/s" if rate else ""
 
 
 def cmd_pause(device: Device, args: argparse.Namespace) -> int:

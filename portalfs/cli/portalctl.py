@@ -36,7 +36,7 @@ from ..restore import Restorer
 from ..tree import validate_name
 from ..worktree.journal import writing
 from . import conflict_cmds, fabric_cmds
-from .common import emit, read_secret_file, run_command, unlock
+from .common import emit, human, read_secret_file, run_command, unlock
 
 NUDGE_TIMEOUT = 2.0  # seconds for portald to take "look now"
 
@@ -76,14 +76,6 @@ def _progress(total: int | None, enabled: bool, unit: str = "B") -> Iterator[Cal
 
 def _when(ns: int) -> str:
     return datetime.fromtimestamp(ns / 1e9, tz=UTC).astimezone().strftime("%Y-%m-%d %H:%M:%S")
-
-
-def _human(n: float) -> str:
-    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
-        if abs(n) < 1024 or unit == "TiB":
-            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
-        n /= 1024
-    raise AssertionError("unreachable")
 
 
 def _source_size(sources: Sequence[Path]) -> int:
@@ -170,7 +162,7 @@ def cmd_portal_ls(device: Device, args: argparse.Namespace) -> int:
         print(json.dumps(rows, sort_keys=True))
     else:
         for r in rows:
-            line = f"{r['name']}\t{r['versions']} versions\t{r['files']} files\t{_human(r['size'])}"
+            line = f"{r['name']}\t{r['versions']} versions\t{r['files']} files\t{human(r['size'])}"
             if r["deleted_until"] is not None:
                 line += f"\tdeleted (restorable until {_when(r['deleted_until'])})"
             print(line)
@@ -247,8 +239,8 @@ def cmd_put(device: Device, args: argparse.Namespace) -> int:
     emit(
         args,
         result,
-        f"{args.name} v{version.version}: {stats.files} files, {_human(stats.bytes_read + stats.bytes_reused)} "
-        f"({_human(stats.bytes_stored)} new in store) in {elapsed:.1f}s",
+        f"{args.name} v{version.version}: {stats.files} files, {human(stats.bytes_read + stats.bytes_reused)} "
+        f"({human(stats.bytes_stored)} new in store) in {elapsed:.1f}s",
     )
     return 0
 
@@ -274,7 +266,7 @@ def cmd_get(device: Device, args: argparse.Namespace) -> int:
     emit(
         args,
         result,
-        f"Restored {args.name} v{version.version}: {s.files} files, {_human(s.bytes)} into {dest}",
+        f"Restored {args.name} v{version.version}: {s.files} files, {human(s.bytes)} into {dest}",
     )
     return 0
 
@@ -307,7 +299,7 @@ def cmd_log(device: Device, args: argparse.Namespace) -> int:
         print(f"{args.name}: no versions yet")
     for v in reversed(versions):
         device_name = names.get(v.device, v.device.hex()[:16])
-        print(f"v{v.version}\t{_when(v.time_ns)}\t{device_name}\t{v.files} files\t{_human(v.size)}")
+        print(f"v{v.version}\t{_when(v.time_ns)}\t{device_name}\t{v.files} files\t{human(v.size)}")
     return 0
 
 
@@ -331,7 +323,7 @@ def cmd_check(device: Device, args: argparse.Namespace) -> int:
     }
     text = (
         f"{args.name}: {report.versions} versions, {report.nodes} nodes, {report.chunks} chunks "
-        f"({_human(report.bytes)}) verified"
+        f"({human(report.bytes)}) verified"
         + (f"; {healed} damaged local objects replaced from the edges" if healed else "")
     )
     if args.repair:
@@ -359,7 +351,7 @@ def cmd_gc(device: Device, args: argparse.Namespace) -> int:
         args,
         {"live": report.live, "removed": report.removed, "bytes_freed": report.bytes_freed, "dry_run": args.dry_run,
          "portals_removed": report.portals_removed},
-        f"{report.live} live objects; {verb} {report.removed} ({_human(report.bytes_freed)}){forgotten}",
+        f"{report.live} live objects; {verb} {report.removed} ({human(report.bytes_freed)}){forgotten}",
     )  # fmt: skip
     return 0
 
@@ -381,11 +373,11 @@ def cmd_cache(device: Device, args: argparse.Namespace) -> int:
         raise PortalBusy(f"the local store is in use ({exc}): unmount this device's portals and try again") from None
     finally:
         cache.close()
-    limit = _human(stats["limit"]) if stats["limit"] else "no limit"
+    limit = human(stats["limit"]) if stats["limit"] else "no limit"
     emit(
         args,
         {**stats, "dropped": dropped},
-        f"fetched and kept: {stats['objects']} objects, {_human(stats['bytes'])} (limit {limit})"
+        f"fetched and kept: {stats['objects']} objects, {human(stats['bytes'])} (limit {limit})"
         + (f"; dropped {dropped}" if dropped else ""),
     )
     return 0
@@ -425,7 +417,7 @@ def cmd_demo(device: Device, args: argparse.Namespace) -> int:
         with writing(view, secrets, "demo"):
             with device.exclusive():
                 version, stats = view.put(secrets, [str(source)], time.time_ns())
-        size = _human(stats.bytes_read + stats.bytes_reused)
+        size = human(stats.bytes_read + stats.bytes_reused)
         change = "unchanged since" if stats.unchanged else "into"
         print(f"Put {source} {change} demo v{version.version}: {stats.files} files, {size}")
         mountpoint.mkdir(parents=True, exist_ok=True)

@@ -347,10 +347,12 @@ class SyncDaemon:
                     "seconds_since_sync": None if schedule.last_finished is None else now - schedule.last_finished,
                 }
             )
+        swarm = self._fabric.opened_swarm if self._fabric is not None else None
         return {
             "pid": os.getpid(),
             "since_ns": self._started_ns,
             "hub": self.hub,
             "embedded": self.embedded_hub is not None,
             "portals": portals,
+            "fetching": swarm.fetching() if swarm is not None else None,  # its fetches: left, rate, ETA, per edge
         }

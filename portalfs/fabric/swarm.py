@@ -12,8 +12,9 @@ what each edge's answers showed, keeps each edge's window full, the most
 urgent requests first, fails over at once when a copy fails or is late, and
 duplicates the last ones near the end. The swarm carries out its actions: a
 copy is a task, and the first copy of a request to arrive wins. A PUT goes
-to ``replicas`` edges chosen by rendezvous hashing (stable per id, spread
-across edges), skipping edges that already hold it.
+to ``replicas`` edges chosen by rendezvous hashing weighted by each edge's
+upload rate (``placement``: stable per id, spread across edges in
+proportion to what each takes in), skipping edges that already hold it.
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ from __future__ import annotations
 import logging
 import math
 import os
+import statistics
 from collections import Counter
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -35,10 +37,11 @@ from ..errors import CorruptObject, MissingObject, PortalError, Unreachable
 from ..keys import DeviceKey
 from ..runtime import Runtime, current
 from ..sched.actions import Action, Cancel, Request, Send
+from ..sched.estimators import Throughput
 from ..store.base import Priority
 from .locations import LocationCache
 
-__all__ = ["Swarm", "Placement", "edges_down"]
+__all__ = ["Swarm", "Placement", "edges_down", "placement"]
 
 log = logging.getLogger("portal.swarm")
 
@@ -59,6 +62,24 @@ class _Edge:
         self.closed = trio.Event()
         self.down_until = 0.0
         self.error: PortalError | None = None
+
+
+def placement(keys: Sequence[bytes], cid: bytes, rates: dict[bytes, float]) -> list[bytes]:
+    """The edges in the order an object is placed on them: rendezvous hashing weighted by each edge's upload
+    rate (score -ln(u) / rate, u from BLAKE3(edge key || cid) in (0, 1]), so that an edge is first for a share
+    of the objects in proportion to its rate and the order of each object stays put while the rates do. An
+    edge not measured counts at the median rate; with none measured, it is plain rendezvous hashing (the
+    order of BLAKE3(edge key || cid))."""
+    if not rates:
+        return sorted(keys, key=lambda k: blake3.blake3(k + cid).digest())
+    typical = statistics.median(rates.values())
+
+    def score(key: bytes) -> tuple[float, bytes]:
+        digest = blake3.blake3(key + cid).digest()
+        u = (int.from_bytes(digest[:8], "big") + 1) / 2**64
+        return -math.log(u) / rates.get(key, typical), digest
+
+    return sorted(keys, key=score)
 
 
 def edges_down(down: dict[str, str]) -> str:
@@ -133,6 +154,7 @@ class Swarm:
         self._scheduler.set_edges([a.key for a in self.addresses])
         self._copies: dict[tuple[Request, bytes], trio.CancelScope] = {}  # copies in flight
         self._wake = trio.Event()  # new requests: tick now
+        self._uploads: dict[bytes, Throughput] = {}  # per edge key: how fast its PUTs went
         self._stop = trio.Event()
         self._done = trio.Event()
 
@@ -403,7 +425,7 @@ class Swarm:
 
         async def place(cid: bytes) -> None:
             nonlocal copies
-            ranked = sorted(keys, key=lambda k: blake3.blake3(k + cid).digest())
+            ranked = placement(keys, cid, self._upload_rates(keys))
             async with limit:
                 data: bytes | None = None
                 for key in ranked:
@@ -415,7 +437,9 @@ class Swarm:
                         client = await self._client(key)
                         if data is None:
                             data = await trio.to_thread.run_sync(objects, cid)
+                        sent = trio.current_time()
                         await client.put(cid, data)
+                        self._uploads.setdefault(key, Throughput()).sample(len(data), trio.current_time() - sent)
                         holders[cid].add(key)
                         copies += 1
                     except PortalError as exc:
@@ -438,11 +462,19 @@ class Swarm:
         return Placement(by_edge, copies, damaged, short, down)
 
     def fetched(self) -> dict[str, Any]:
-        """What the scheduler did so far: bytes asked, duplicated and wasted, copies sent by reason, and per
-        edge (by address) the bytes it answered and its estimated rate."""
-        stats: dict[str, Any] = self._runtime_call_sync(self._scheduler.statistics)
+        """What the scheduler did so far and has left (``Scheduler.statistics``), per edge by address (from a
+        thread that is not the loop's)."""
+        return self._runtime_call_sync(self.fetching)  # type: ignore[no-any-return]
+
+    def fetching(self) -> dict[str, Any]:
+        """``fetched``, on the loop."""
+        stats = self._scheduler.statistics()
         stats["edges"] = {self._name(key): figures for key, figures in stats["edges"].items()}
         return stats
+
+    def _upload_rates(self, keys: list[bytes]) -> dict[bytes, float]:
+        rates = {k: self._uploads[k].bytes_per_second for k in keys if k in self._uploads}
+        return {k: r for k, r in rates.items() if r}
 
     def statistics(self) -> dict[str, int]:
         """The requests this swarm sent to edges so far, by kind (HELLO, GET, PUT, HAVE, VERIFY, STAT), and the

@@ -164,6 +164,11 @@ class Fabric:
         return list(found.values())
 
     @property
+    def opened_swarm(self) -> Swarm | None:
+        """The swarm if it was opened (``swarm`` opens it)."""
+        return self._swarm
+
+    @property
     def swarm(self) -> Swarm:
         """The device's swarm, on the process's runtime: opened at first use, kept until ``close``."""
         with self._swarm_lock:

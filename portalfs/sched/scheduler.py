@@ -460,7 +460,16 @@ class Scheduler:
         return edge.day[1] if edge.day[0] == day else 0
 
     def statistics(self) -> dict[str, Any]:
+        """Figures for a person: what is left (requests, bytes), the rate the edges now deliver at (the sum of
+        the estimates of those with copies in flight), the seconds left at that rate, and per edge its bytes
+        and estimated rate."""
+        left = sum(r.size for r in self._unsent) + sum(r.size for r in self._in_flight)
+        rate = sum(e.rate(self._fallback_rate()) for e in self._edges if e.in_flight)
         return {
+            "pending_requests": len(self._unsent) + len(self._in_flight),
+            "pending_bytes": left,
+            "bytes_per_second": rate,
+            "eta_seconds": left / rate if rate and left else None,
             "asked_bytes": self.asked_bytes,
             "duplicate_bytes": self.duplicate_bytes,
             "wasted_bytes": self.wasted_bytes,

@@ -253,3 +253,21 @@ def test_a_read_that_waits_goes_before_queued_background_requests() -> None:
     for i, copy in enumerate(sent):
         freed += [a.request for a in sched.answered(copy.request, only, 0.1 * (i + 1), MB) if isinstance(a, Send)]
     assert freed and freed[0] is ahead  # the first freed place: read-ahead, before the earlier repairs
+
+
+def test_statistics_say_what_is_left_and_when_it_should_end() -> None:
+    pipes = {k: Pipe(r) for k, r in zip(keys(2), [10e6, 30e6], strict=True)}
+    lab = Lab(pipes)
+    for edge, pipe in pipes.items():
+        for _ in range(5):
+            lab.scheduler.estimate(edge).throughput.sample(MB, MB / pipe.rate)
+    add(lab, 20)
+    lab.act(lab.scheduler.tick(0.0))
+    stats = lab.scheduler.statistics()
+    assert stats["pending_requests"] == 20 and stats["pending_bytes"] == 20 * MB
+    assert stats["bytes_per_second"] == pytest.approx(40e6)
+    assert stats["eta_seconds"] == pytest.approx(20 * MB / 40e6)
+    lab.run()
+    done = lab.scheduler.statistics()
+    assert done["pending_requests"] == 0 and done["eta_seconds"] is None
+    assert sum(e["bytes"] for e in done["edges"].values()) == 20 * MB
