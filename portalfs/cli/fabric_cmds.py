@@ -15,7 +15,7 @@ from ..conflicts import find as find_conflicts
 from ..daemon.control import call_daemon, daemon_socket
 from ..device import Device, Unlocked
 from ..edge.client import parse_address
-from ..errors import PortalError, Refused, Unreachable, UsageError
+from ..errors import PortalError, Refused, Unreachable, UsageError, shown
 from ..fabric import sharing
 from ..fabric.config import (
     FabricConfig,
@@ -33,9 +33,10 @@ from ..gc import DELETE_GRACE_NS
 from ..hub.client import DeviceInfo, certificate_fingerprint, fetch_certificate
 from ..hub.state import WINDOW
 from ..portal import PortalView
+from ..sched.limits import Limits
 from ..state import VersionRow
 from .common import emit, human, unlock
-from .servers import parse_duration
+from .servers import parse_duration, parse_size
 
 __all__ = ["register", "open_fabric"]
 
@@ -153,6 +154,87 @@ def cmd_edge_replicas(device: Device, args: argparse.Namespace) -> int:
         config.replicas = args.count
         save_config(device, config)
     emit(args, {"replicas": config.replicas}, f"each object is placed on {config.replicas} edges")
+    return 0
+
+
+def _rate(text: str | None, what: str) -> float | None:
+    """``10M`` (bytes per second, units as for sizes) → 10485760.0; ``0`` or ``none`` → no limit."""
+    if text is None or text.strip().lower() in ("0", "none"):
+        return None
+    try:
+        return float(parse_size(text.removesuffix("/s")))
+    except UsageError:
+        raise UsageError(f"{what} {shown(text)} is not a rate (try 10M, for 10 MiB/s, or none)") from None
+
+
+def _hours(text: str) -> list[int]:
+    match = re.fullmatch(r"(\d{1,2})-(\d{1,2})", text.strip())
+    if not match or not all(0 <= int(h) <= 24 for h in match.groups()) or match[1] == match[2]:
+        raise UsageError(f"--hours {shown(text)} is not START-END in whole hours, local time (try 22-6)")
+    return [int(match[1]) % 24, int(match[2]) % 24]
+
+
+def _limits_text(limits: Limits, names: dict[bytes, str]) -> str:
+    def rate(value: float | None) -> str:
+        return "no limit" if not value else f"{human(value)}/s"
+
+    lines = [f"download {rate(limits.download)}", f"upload   {rate(limits.upload)}"]
+    for key, row in limits.edges.items():
+        said = [f"{rate(row.get('rate'))} each way"]
+        said += ["metered"] if row.get("metered") else []
+        said += [f"at most {human(row['daily_cap'])} a day"] if row.get("daily_cap") else []
+        said += [f"background {row['hours'][0]:02d}:00-{row['hours'][1]:02d}:00"] if row.get("hours") else []
+        lines.append(f"edge     {names.get(key, key.hex()[:16])}: {', '.join(said)}")
+    return "\n".join(lines)
+
+
+def cmd_limit(device: Device, args: argparse.Namespace) -> int:
+    """Show or set the device's download and upload rates (docs/design.md, section 14, "Limits")."""
+    config = load_config(device) or FabricConfig()
+    limits = Limits.from_json(config.limits)
+    if args.download is not None:
+        limits.download = _rate(args.download, "--download")
+    if args.upload is not None:
+        limits.upload = _rate(args.upload, "--upload")
+    if args.download is not None or args.upload is not None:
+        config.limits = limits.to_json()
+        save_config(device, config)
+    emit(args, limits.to_json(), _limits_text(limits, {}))
+    return 0
+
+
+def cmd_edge_limit(device: Device, args: argparse.Namespace) -> int:
+    """Set one edge's rate and its constraints for background work (metered, daily cap, hours)."""
+    secrets = unlock(device, args)
+    config = load_config(device) or FabricConfig()
+    fabric = Fabric(device, secrets, config)
+    try:
+        edges = fabric.edges()
+    finally:
+        fabric.close()
+    wanted = args.edge.lower()
+    found = [a for a in edges if str(a) == args.edge or (len(wanted) >= 8 and a.key.hex().startswith(wanted))]
+    if len(found) != 1:
+        raise UsageError(f"no edge {shown(args.edge)} (give HOST:PORT as `portalctl edge ls` shows it, or its key)")
+    key = found[0].key
+    limits = Limits.from_json(config.limits)
+    row = {} if args.clear else dict(limits.edges.get(key, {}))
+    if args.rate is not None:
+        row["rate"] = _rate(args.rate, "--rate")
+    if args.metered is not None:
+        row["metered"] = args.metered
+    if args.daily_cap is not None:
+        row["daily_cap"] = None if args.daily_cap.lower() in ("0", "none") else parse_size(args.daily_cap)
+    if args.hours is not None:
+        row["hours"] = None if args.hours.lower() == "any" else _hours(args.hours)
+    row = {k: v for k, v in row.items() if v}
+    if row:
+        limits.edges[key] = row
+    else:
+        limits.edges.pop(key, None)
+    config.limits = limits.to_json()
+    save_config(device, config)
+    emit(args, limits.to_json(), _limits_text(limits, {a.key: str(a) for a in edges}))
     return 0
 
 
@@ -551,6 +633,18 @@ def register(sub: Any, command: Callable[..., argparse.ArgumentParser]) -> None:
     command("ls", cmd_edge_ls, "list edges and whether they answer", parent=edge)
     c = command("replicas", cmd_edge_replicas, "show or set how many edges hold each object (R)", parent=edge)
     c.add_argument("count", nargs="?", type=int, metavar="N")
+    c = command("limit", cmd_edge_limit, "limit one edge: its rate, and when background work may use it", parent=edge)
+    c.add_argument("edge", metavar="HOST:PORT")
+    c.add_argument("--rate", metavar="RATE", help="bytes per second each way, e.g. 5M (none: no limit)")
+    metered = c.add_mutually_exclusive_group()
+    metered.add_argument("--metered", action="store_true", default=None, help="sync and repairs do not use it")
+    metered.add_argument("--unmetered", dest="metered", action="store_false")
+    c.add_argument("--daily-cap", metavar="SIZE", help="background bytes a day, e.g. 2G (none: no cap)")
+    c.add_argument("--hours", metavar="START-END", help="hours (local) background work may use it, e.g. 22-6")
+    c.add_argument("--clear", action="store_true", help="drop this edge's limits first")
+    c = command("limit", cmd_limit, "show or set this device's download and upload rates")
+    c.add_argument("--download", metavar="RATE", help="bytes per second, e.g. 10M (none: no limit)")
+    c.add_argument("--upload", metavar="RATE", help="bytes per second, e.g. 2M (none: no limit)")
     dev = sub.add_parser("device", help="this identity's devices").add_subparsers(
         dest="device_command", required=True, metavar="COMMAND"
     )

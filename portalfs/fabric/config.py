@@ -39,11 +39,12 @@ class FabricConfig:
     replicas: int = DEFAULT_REPLICAS
     embedded: dict[str, Any] | None = None  # portald's own hub and edge: host, hub_port, edge_port
     hub_cert: str | None = None  # an https hub's certificate (PEM), pinned at `hub add`
+    limits: dict[str, Any] = field(default_factory=dict)  # bandwidth and edge limits (sched.limits.Limits.to_json)
 
     def to_json(self) -> bytes:
         return json.dumps(
             {"hub": self.hub, "edges": self.edges, "replicas": self.replicas, "embedded": self.embedded,
-             "hub_cert": self.hub_cert}
+             "hub_cert": self.hub_cert, "limits": self.limits}
         ).encode()  # fmt: skip
 
     @property
@@ -75,6 +76,7 @@ def load_config(device: Device) -> FabricConfig | None:
         value.get("replicas", DEFAULT_REPLICAS),
         value.get("embedded"),
         value.get("hub_cert"),
+        value.get("limits") or {},
     )
 
 

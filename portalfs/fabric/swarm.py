@@ -23,9 +23,11 @@ import logging
 import math
 import os
 import statistics
+import time
 from collections import Counter
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from datetime import date
 from typing import Any
 
 import blake3
@@ -38,6 +40,7 @@ from ..keys import DeviceKey
 from ..runtime import Runtime, current
 from ..sched.actions import Action, Cancel, Request, Send
 from ..sched.estimators import Throughput
+from ..sched.limits import Limits, TokenBucket
 from ..store.base import Priority
 from .locations import LocationCache
 
@@ -62,6 +65,12 @@ class _Edge:
         self.closed = trio.Event()
         self.down_until = 0.0
         self.error: PortalError | None = None
+
+
+def _calendar(now: float) -> tuple[int, int]:
+    """The wall clock's (day number, local hour): an edge's daily cap and hours are in the user's time."""
+    local = time.localtime()
+    return date.today().toordinal(), local.tm_hour
 
 
 def placement(keys: Sequence[bytes], cid: bytes, rates: dict[bytes, float]) -> list[bytes]:
@@ -150,11 +159,13 @@ class Swarm:
         from ..sched.gpu import choose  # noqa: PLC0415 - NumPy (and CuPy) only once a swarm is made
         from ..sched.scheduler import Scheduler  # noqa: PLC0415
 
-        self._scheduler = Scheduler(choose(os.environ.get("PORTAL_SCHEDULER", "auto")))
+        self._scheduler = Scheduler(choose(os.environ.get("PORTAL_SCHEDULER", "auto")), calendar=_calendar)
         self._scheduler.set_edges([a.key for a in self.addresses])
         self._copies: dict[tuple[Request, bytes], trio.CancelScope] = {}  # copies in flight
         self._wake = trio.Event()  # new requests: tick now
         self._uploads: dict[bytes, Throughput] = {}  # per edge key: how fast its PUTs went
+        self._limits = Limits()
+        self._buckets: dict[Any, TokenBucket] = {}  # "down", "up", and (direction, edge key)
         self._stop = trio.Event()
         self._done = trio.Event()
 
@@ -197,6 +208,34 @@ class Swarm:
         used, and those that stay keep their connections and state."""
         self._runtime_call_sync(self._set_edges, list(edges))
 
+    def configure(self, limits: Limits) -> None:
+        """Bandwidth limits for the device and per edge, and each edge's constraints (metered, daily cap,
+        hours), from the configuration (docs/design.md, section 14, "Limits")."""
+        self._runtime_call_sync(self._configure, limits)
+
+    def _configure(self, limits: Limits) -> None:
+        self._limits = limits
+        self._buckets = limits.buckets(trio.current_time())
+        for a in self.addresses:
+            self._scheduler.set_limits(a.key, limits.edge(a.key))
+
+    async def _bandwidth(self, key: bytes, direction: str, size: int) -> None:
+        """Wait until the device's and the edge's buckets for ``direction`` allow another request, and reserve
+        ``size`` bytes in them (a download's size is settled by ``_charge`` once known), so that requests
+        sent together wait their turn rather than all going at once."""
+        for bucket in (self._buckets.get(direction), self._buckets.get((direction, key))):
+            if bucket is None:
+                continue
+            while (ready := bucket.ready_at(trio.current_time())) > trio.current_time():
+                await trio.sleep_until(ready)
+            bucket.charge(size, trio.current_time())
+
+    def _charge(self, key: bytes, direction: str, size: int) -> None:
+        now = trio.current_time()
+        for bucket in (self._buckets.get(direction), self._buckets.get((direction, key))):
+            if bucket is not None:
+                bucket.charge(size, now)
+
     def _set_edges(self, edges: list[EdgeAddress]) -> None:
         keep = {a.key: a for a in edges}
         for key, edge in list(self._edges.items()):
@@ -205,6 +244,8 @@ class Swarm:
                 del self._edges[key]
         self.addresses = edges
         self._scheduler.set_edges([a.key for a in edges])
+        for a in edges:
+            self._scheduler.set_limits(a.key, self._limits.edge(a.key))
 
     # connections
 
@@ -310,7 +351,9 @@ class Swarm:
             self._copies[(request, key)] = scope
             try:
                 client = await self._client(key, force)
+                await self._bandwidth(key, "down", request.size)
                 data = await client.get(cid)
+                self._charge(key, "down", len(data) - request.size)
             except MissingObject as exc:
                 wanted.failures.append(str(exc))
                 self.locations.forget(cid, key)
@@ -395,6 +438,10 @@ class Swarm:
         keys = [a.key for a in self.addresses]
         if not keys:
             raise Unreachable("this device knows no edge")
+        now = trio.current_time()
+        held_back = [k for k in keys if not self._scheduler.allows(k, Priority.PULL, now)]
+        if held_back and len(held_back) == len(keys):
+            raise Unreachable("every edge is held back by its limits (metered, daily cap or hours): nothing was put")
         holders: dict[bytes, set[bytes]] = {cid: set() for cid in cids}
         damaged = 0
         down: dict[str, str] = {}
@@ -417,6 +464,9 @@ class Swarm:
             except PortalError as exc:
                 failed(key, exc)
 
+        for key in held_back:  # a background push waits for them: what they lack is placed later
+            failed(key, Unreachable("held back by its limits (metered, daily cap or hours)"))
+        keys = [k for k in keys if k not in held_back]
         async with trio.open_nursery() as nursery:  # every edge at once: one that is down costs one timeout
             for key in keys:
                 nursery.start_soon(ask, key)
@@ -437,8 +487,10 @@ class Swarm:
                         client = await self._client(key)
                         if data is None:
                             data = await trio.to_thread.run_sync(objects, cid)
+                        await self._bandwidth(key, "up", len(data))
                         sent = trio.current_time()
                         await client.put(cid, data)
+                        self._scheduler.counted(key, len(data), trio.current_time())
                         self._uploads.setdefault(key, Throughput()).sample(len(data), trio.current_time() - sent)
                         holders[cid].add(key)
                         copies += 1

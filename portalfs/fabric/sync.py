@@ -36,6 +36,7 @@ from ..merge import Writer, conflict_copy, merge_trees
 from ..pipeline import store_sealed
 from ..portal import PortalView
 from ..root import RootPayload, RootRecord
+from ..sched.limits import Limits
 from ..sealing import ChunkRef
 from ..state import VersionRow
 from ..store.base import Priority
@@ -176,6 +177,7 @@ class Fabric:
                 locate = self.hub.locations if self.hub is not None else None
                 report = self.hub.report_damage if self.hub is not None else None
                 self._swarm = Swarm(self.edges(), self.secrets.device, self.cert, locate, report).start()
+                self._swarm.configure(Limits.from_json(self.config.limits))
             return self._swarm
 
     def refresh_edges(self) -> None:

@@ -26,6 +26,7 @@ from __future__ import annotations
 import itertools
 import math
 from collections import deque
+from collections.abc import Callable
 from typing import Any
 
 import numpy as np
@@ -100,14 +101,18 @@ class _Edge:
 
 
 class Scheduler:
-    def __init__(self, backend: Backend | None = None, *, hour: Any = None) -> None:
+    def __init__(
+        self, backend: Backend | None = None, *, calendar: Callable[[float], tuple[int, int]] | None = None
+    ) -> None:
         self._backend = backend or NumpyBackend(threads=1)
         self._edges: list[_Edge] = []
         self._by_key: dict[bytes, _Edge] = {}
         self._unsent: dict[Request, None] = {}  # in order of arrival
         self._in_flight: set[Request] = set()
         self._seq = itertools.count()
-        self._hour = hour or (lambda now: 12)  # the local hour at a time (for EdgeLimits.hours); a test passes one
+        # (day number, local hour) at a time, for EdgeLimits' daily caps and hours; the swarm passes the wall
+        # clock's, a test its own
+        self._calendar = calendar or (lambda now: (int(now // 86400), 12))
         self.asked_bytes = 0
         self.duplicate_bytes = 0  # bytes of copies sent beside a first one (endgame, hedges)
         self.wasted_bytes = 0  # bytes of copies that arrived after another copy of the same request
@@ -157,7 +162,7 @@ class Scheduler:
     def _usable(self, edge: _Edge, priority: int, now: float) -> bool:
         if edge.gone or edge.suspect or now < edge.down_until:
             return False
-        return edge.limits.allows(priority, self._hour(now), self._today(edge, now))
+        return edge.limits.allows(priority, self._calendar(now)[1], self._today(edge, now))
 
     def _fallback_rate(self) -> float:
         known = [e.estimate.throughput.bytes_per_second for e in self._edges]
@@ -382,7 +387,7 @@ class Scheduler:
         edge.latencies.append(max(0.0, now - sent - (ahead + size) / rate))
         edge.durations.append(now - sent)
         edge.bytes += size
-        day = int(now // 86400)
+        day = self._calendar(now)[0]
         edge.day = (day, (edge.day[1] if edge.day[0] == day else 0) + size)
         actions: list[Action] = []
         if request.done:
@@ -446,7 +451,7 @@ class Scheduler:
 
     def _held_back(self, request: Request, now: float) -> bool:
         """Whether an edge not yet asked is up but its limits hold this request's class back (it waits)."""
-        hour = self._hour(now)
+        hour = self._calendar(now)[1]
         for index in itertools.chain(request.holders, request.others):
             edge = self._edges[index]
             if index in request.tried or edge.gone or now < edge.down_until:
@@ -456,8 +461,20 @@ class Scheduler:
         return False
 
     def _today(self, edge: _Edge, now: float) -> int:
-        day = int(now // 86400)
+        day = self._calendar(now)[0]
         return edge.day[1] if edge.day[0] == day else 0
+
+    def allows(self, key: bytes, priority: int, now: float) -> bool:
+        """Whether the edge's limits let a request of ``priority`` use it now (up or not)."""
+        edge = self._by_key.get(key)
+        return edge is None or edge.limits.allows(priority, self._calendar(now)[1], self._today(edge, now))
+
+    def counted(self, key: bytes, size: int, now: float) -> None:
+        """``size`` more bytes moved with the edge today (an upload: they count toward its daily cap too)."""
+        edge = self._by_key.get(key)
+        if edge is not None:
+            day = self._calendar(now)[0]
+            edge.day = (day, (edge.day[1] if edge.day[0] == day else 0) + size)
 
     def statistics(self) -> dict[str, Any]:
         """Figures for a person: what is left (requests, bytes), the rate the edges now deliver at (the sum of
