@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import ipaddress
+import json
 import re
 import sys
 import time
@@ -13,6 +14,7 @@ from urllib.parse import urlsplit
 
 from ..conflicts import find as find_conflicts
 from ..daemon.control import call_daemon, daemon_socket
+from ..daemon.manners import MANNERS_META, Manners
 from ..device import Device, Unlocked
 from ..edge.client import parse_address
 from ..errors import PortalError, Refused, Unreachable, UsageError, shown
@@ -189,7 +191,9 @@ def _limits_text(limits: Limits, names: dict[bytes, str]) -> str:
 
 
 def cmd_limit(device: Device, args: argparse.Namespace) -> int:
-    """Show or set the device's download and upload rates (docs/design.md, section 14, "Limits")."""
+    """Show or set the device's download and upload rates (docs/design.md, section 14, "Limits"), and when
+    portald holds background sync back (section 16, "Laptop manners")."""
+    device.require_initialized()
     config = load_config(device) or FabricConfig()
     limits = Limits.from_json(config.limits)
     if args.download is not None:
@@ -199,7 +203,20 @@ def cmd_limit(device: Device, args: argparse.Namespace) -> int:
     if args.download is not None or args.upload is not None:
         config.limits = limits.to_json()
         save_config(device, config)
-    emit(args, limits.to_json(), _limits_text(limits, {}))
+    raw = device.state.get_meta(MANNERS_META)
+    manners = Manners.from_json(json.loads(raw) if raw else None)
+    if args.battery_below is not None or args.metered is not None:
+        if args.battery_below is not None and not 0 <= args.battery_below <= 100:
+            raise UsageError(f"--battery-below is a percentage, 0 to 100, not {args.battery_below}")
+        battery = manners.battery_below if args.battery_below is None else args.battery_below
+        manners = Manners(battery, args.metered or manners.metered)
+        device.state.set_meta(MANNERS_META, json.dumps(manners.to_json()).encode())
+    waits = [f"on battery below {manners.battery_below}%"] if manners.battery_below else []
+    waits += {"auto": ["on a network NetworkManager says is metered"], "yes": ["always (--metered yes)"]}.get(
+        manners.metered, []
+    )
+    text = _limits_text(limits, {}) + "\nportald  background sync waits " + (" or ".join(waits) or "never")
+    emit(args, limits.to_json() | {"manners": manners.to_json()}, text)
     return 0
 
 
@@ -557,6 +574,8 @@ def cmd_status(device: Device, args: argparse.Namespace) -> int:
     lines = [f"identity {secrets.identity.fingerprint}", f"hub      {hub}"]
     idle = "portald  not running" + ("" if config.on_embedded else ": sync is by hand")
     lines.append(f"portald  running (pid {daemon['pid']})" if daemon else idle)
+    if daemon and daemon.get("held_back"):
+        lines.append(f"portald  background sync waits: {daemon['held_back']}")
     for p in daemon["portals"] if daemon else []:
         if p["last_error"]:
             lines.append(f"portald  {p['portal']}: {p['last_error']} (failed {p['failures']} times, retrying)")
@@ -645,6 +664,8 @@ def register(sub: Any, command: Callable[..., argparse.ArgumentParser]) -> None:
     c = command("limit", cmd_limit, "show or set this device's download and upload rates")
     c.add_argument("--download", metavar="RATE", help="bytes per second, e.g. 10M (none: no limit)")
     c.add_argument("--upload", metavar="RATE", help="bytes per second, e.g. 2M (none: no limit)")
+    c.add_argument("--battery-below", type=int, metavar="PERCENT", help="portald waits on battery below this")
+    c.add_argument("--metered", choices=["auto", "yes", "no"], help="whether portald waits on a metered network")
     dev = sub.add_parser("device", help="this identity's devices").add_subparsers(
         dest="device_command", required=True, metavar="COMMAND"
     )

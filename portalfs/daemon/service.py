@@ -13,6 +13,7 @@ docs/design.md, "The daemon".
 
 from __future__ import annotations
 
+import json
 import logging
 import math
 import os
@@ -31,6 +32,7 @@ from ..fabric.sync import Fabric
 from ..portal import PortalView
 from .control import daemon_socket, serve_control
 from .embedded import EmbeddedFabric, run_embedded
+from .manners import MANNERS_META, Manners, SuspendWatch, hold_back, metered, power
 from .planner import SyncPlanner
 
 __all__ = ["SyncDaemon", "DEFAULT_INTERVAL"]
@@ -39,6 +41,7 @@ log = logging.getLogger("portal.daemon")
 
 DEFAULT_INTERVAL = 60.0  # seconds between syncs of a portal that nothing announced a change of
 REFRESH_SECONDS = 30.0  # between looks at the keyring and the shares
+MANNERS_SECONDS = 3.0  # between looks at the power supply, the network's metering and the clocks
 LOCAL_LOOK_SECONDS = 30.0  # between looks at the local heads unasked (commands and mounts say when they change them)
 EVENTS_BACKOFF = Backoff(2.0, 60.0)  # an event stream the hub refused or did not answer
 
@@ -71,6 +74,9 @@ class SyncDaemon:
         self._results: dict[bytes, dict[str, Any]] = {}
         self._streams: dict[bytes, trio.CancelScope] = {}
         self._started_ns = time.time_ns()
+        self.held_back: str | None = None  # why background sync waits (laptop manners), or None
+        self._asked: set[bytes] = set()  # portals a person asked to sync now (portalctl sync): they go regardless
+        self._suspend = SuspendWatch()
 
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         async with trio.open_nursery() as nursery:
@@ -79,6 +85,8 @@ class SyncDaemon:
             await self._scan(nursery)
             await nursery.start(serve_control, self.socket, self.handle)
             nursery.start_soon(self._watch_local, nursery)
+            await self._check_manners(nursery)  # before the first sync: one on battery waits from the start
+            nursery.start_soon(self._watch_manners, nursery)
             nursery.start_soon(self._sync_loop)
             log.info("portald: %d portals followed, hub %s", len(self._names), self.hub or "(none yet)")
             task_status.started()
@@ -152,6 +160,42 @@ class SyncDaemon:
             self._look_now = trio.Event()
             await self._scan(nursery)
 
+    async def _watch_manners(self, nursery: trio.Nursery) -> None:
+        """Every MANNERS_SECONDS: hold background sync back on battery below the threshold or on a metered
+        network (and let it go when that ends), and catch up at once after a suspend."""
+        while True:
+            await trio.sleep(MANNERS_SECONDS)
+            await self._check_manners(nursery)
+
+    async def _check_manners(self, nursery: trio.Nursery) -> None:
+        manners = await self._on_device(self._manners)
+        network = await trio.to_thread.run_sync(metered) if manners.metered == "auto" else None
+        reason = hold_back(manners, power(), network)
+        if reason != self.held_back:
+            log.info("background sync %s", f"waits: {reason}" if reason else "goes on")
+            self.held_back = reason
+            if reason is None:
+                self._catch_up()
+        slept = self._suspend.slept()
+        if slept:
+            log.info("the machine slept %.0f s: catching up", slept)
+            for scope in self._streams.values():  # their connections may have died in the sleep
+                scope.cancel()
+            self._streams.clear()
+            await self._scan(nursery)
+            self._catch_up()
+
+    def _manners(self) -> Manners:
+        raw = self.device.state.get_meta(MANNERS_META)
+        return Manners.from_json(json.loads(raw) if raw else None)
+
+    def _catch_up(self) -> None:
+        """Sync every followed portal soon, and look at the keyring."""
+        for portal in self._names:
+            self.planner.changed(portal)
+        self.planner.refresh_soon()
+        self._wake()
+
     async def _follow_events(
         self, hub_url: str, portal: bytes, *, task_status: trio.TaskStatus[trio.CancelScope] = trio.TASK_STATUS_IGNORED
     ) -> None:
@@ -193,11 +237,16 @@ class SyncDaemon:
     async def _sync_loop(self) -> None:
         while True:
             wake_at = self.planner.wake_at(refreshing=self.hub is not None)
+            if self.held_back is not None and not self._asked:  # what is due stays due: look again later
+                wake_at = trio.current_time() + MANNERS_SECONDS
             with trio.move_on_at(float("inf") if wake_at is None else wake_at):
                 await self._wakeup.wait()
             self._wakeup = trio.Event()
             now = trio.current_time()
             due = self.planner.due(now)
+            if self.held_back is not None:  # only what a person asked for (portalctl sync); the rest stays due
+                due = [p for p in due if p in self._asked]
+            self._asked -= set(due)
             refresh = self.hub is not None and self.planner.refresh_due(now)
             if due or refresh:
                 await self._sync_round(due, refresh)
@@ -324,6 +373,7 @@ class SyncDaemon:
         )
         targets = {}
         for portal in portals:
+            self._asked.add(portal)  # asked for: it goes even while background sync waits
             targets[portal] = self.planner.completion_after_now(portal)
             self.planner.changed(portal, urgent=True)
             if repair:
@@ -355,4 +405,5 @@ class SyncDaemon:
             "embedded": self.embedded_hub is not None,
             "portals": portals,
             "fetching": swarm.fetching() if swarm is not None else None,  # its fetches: left, rate, ETA, per edge
+            "held_back": self.held_back,
         }

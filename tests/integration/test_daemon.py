@@ -278,3 +278,31 @@ def test_a_version_made_while_the_daemon_was_down_is_merged_with_one_published_m
     on_a.wait_for(r"notes: v3 \(pulled 1, published 0\)")  # announced by the hub's event stream
     ok(a, "get", "notes", str(tmp_path / "out"))
     assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["from-a.txt", "from-b.txt", "shared.txt"]
+
+
+def test_on_battery_background_sync_waits_until_the_charger_is_plugged_in(
+    tmp_path: Path, lab: FabricLab, daemons: list[Daemon], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    supplies = tmp_path / "power"  # shaped as /sys/class/power_supply
+    for name, files in {"BAT0": {"type": "Battery", "status": "Discharging", "capacity": "12"},
+                        "AC": {"type": "Mains", "online": "0"}}.items():  # fmt: skip
+        (supplies / name).mkdir(parents=True)
+        for key, value in files.items():
+            (supplies / name / key).write_text(value + "\n")
+    monkeypatch.setenv("PORTAL_POWER_SUPPLY", str(supplies))
+    a, src = tmp_path / "a", tmp_path / "src"
+    notes_device(a, src, {"first.txt": b"one\n"}, hub=lab.hub_url)  # v1, not yet published
+    on_a = start_daemon(a, daemons)
+    on_a.wait_for(r"background sync waits: on battery \(12%, below 20%\)")
+    status = json.loads(ok(a, "status", "--json"))
+    assert status["daemon"]["held_back"] == "on battery (12%, below 20%)"
+    assert status["portals"][0]["published"] == 0 and not lab.edge_objects(0) + lab.edge_objects(1)
+    assert "background sync waits: on battery" in ok(a, "status")
+    assert json.loads(ok(a, "sync", "--json"))[0]["published"] == 1  # asked for: it goes on battery too
+    (src / "second.txt").write_text("two\n")
+    ok(a, "put", "notes", f"{src}/")  # v2 waits for the charger
+    assert json.loads(ok(a, "status", "--json"))["portals"][0] == {**status["portals"][0], "version": 2, "published": 1}
+    (supplies / "AC" / "online").write_text("1\n")  # plugged in
+    on_a.wait_for(r"background sync goes on")
+    on_a.wait_for(r"notes: v2 \(pulled 0, published 1\)")
+    assert json.loads(ok(a, "status", "--json"))["daemon"]["held_back"] is None

@@ -73,4 +73,8 @@ def test_bad_limits_are_refused_with_one_line(tmp_path: Path, lab: FabricLab) ->
     fails(a, 2, "edge", "limit", "nowhere:1", "--rate", "1M", match="no edge")
     fails(a, 2, "edge", "limit", lab.edge_address(0), "--hours", "25-3", match="--hours")
     fails(a, 2, "edge", "replicas", "0", match="replicas must be 1 to 16")
-    assert json.loads(ok(a, "limit", "--json")) == {"download": None, "upload": None, "edges": {}}
+    fails(a, 2, "limit", "--battery-below", "120", match="--battery-below is a percentage")
+    manners = {"battery_below": 20, "metered": "auto"}
+    assert json.loads(ok(a, "limit", "--json")) == {"download": None, "upload": None, "edges": {}, "manners": manners}
+    said = ok(a, "limit", "--battery-below", "35", "--metered", "no")
+    assert "waits on battery below 35%" in said and "metered" not in said.split("waits")[1]
