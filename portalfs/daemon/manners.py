@@ -7,6 +7,7 @@
   are present: yes and guess-yes count as metered; the configuration can say yes or no instead of auto.
 - Suspend: CLOCK_BOOTTIME runs on through a suspend and CLOCK_MONOTONIC does not; the gap between them
   growing by more than a few seconds between two looks means the machine slept.
+- Network: the set of the interfaces' addresses (netlink) changing means another network.
 """
 
 from __future__ import annotations
@@ -19,7 +20,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-__all__ = ["Manners", "Power", "power", "metered", "SuspendWatch", "hold_back", "MANNERS_META"]
+__all__ = ["Manners", "Power", "power", "metered", "addresses", "SuspendWatch", "hold_back", "MANNERS_META"]
 
 MANNERS_META = "manners"  # device meta row: {"battery_below": PERCENT, "metered": "auto" | "yes" | "no"}
 DEFAULT_BATTERY_BELOW = 20
@@ -96,6 +97,16 @@ def hold_back(manners: Manners, supply: Power, network_metered: bool | None) -> 
     if manners.metered == "yes" or (manners.metered == "auto" and network_metered):
         return "on a metered network"
     return None
+
+
+def addresses() -> frozenset[str]:
+    """The addresses of this machine's interfaces (in this network namespace), loopback and link-local aside:
+    when they change, the network changed (another Wi-Fi, a VPN, a cable)."""
+    from pyroute2 import IPRoute  # noqa: PLC0415 - netlink, only when portald looks
+
+    with IPRoute() as ip:
+        found = {str(a.get_attr("IFA_ADDRESS")) for a in ip.get_addr()}
+    return frozenset(a for a in found if a and not a.startswith(("127.", "::1", "fe80:")))
 
 
 class SuspendWatch:

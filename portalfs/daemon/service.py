@@ -32,7 +32,7 @@ from ..fabric.sync import Fabric
 from ..portal import PortalView
 from .control import daemon_socket, serve_control
 from .embedded import EmbeddedFabric, run_embedded
-from .manners import MANNERS_META, Manners, SuspendWatch, hold_back, metered, power
+from .manners import MANNERS_META, Manners, SuspendWatch, addresses, hold_back, metered, power
 from .planner import SyncPlanner
 
 __all__ = ["SyncDaemon", "DEFAULT_INTERVAL"]
@@ -77,6 +77,7 @@ class SyncDaemon:
         self.held_back: str | None = None  # why background sync waits (laptop manners), or None
         self._asked: set[bytes] = set()  # portals a person asked to sync now (portalctl sync): they go regardless
         self._suspend = SuspendWatch()
+        self._addresses: frozenset[str] | None = None  # the interfaces' addresses at the last look
 
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         async with trio.open_nursery() as nursery:
@@ -177,9 +178,11 @@ class SyncDaemon:
             if reason is None:
                 self._catch_up()
         slept = self._suspend.slept()
-        if slept:
-            log.info("the machine slept %.0f s: catching up", slept)
-            for scope in self._streams.values():  # their connections may have died in the sleep
+        found = await trio.to_thread.run_sync(addresses)
+        moved, self._addresses = self._addresses is not None and found != self._addresses, found
+        if slept or moved:
+            log.info("%s: catching up", f"the machine slept {slept:.0f} s" if slept else "the network changed")
+            for scope in self._streams.values():  # their connections may have died with the old network
                 scope.cancel()
             self._streams.clear()
             await self._scan(nursery)

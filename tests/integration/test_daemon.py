@@ -12,7 +12,7 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
@@ -67,7 +67,7 @@ class Daemon:
         return self.process.returncode
 
 
-def _portald(home: Path, *args: str) -> subprocess.Popen[str]:
+def _portald(home: Path, *args: str, enter: Callable[[], None] | None = None) -> subprocess.Popen[str]:
     env = {k: v for k, v in os.environ.items() if k != "PORTAL_PASSPHRASE"}
     return subprocess.Popen(
         [sys.executable, "-m", "portalfs.cli.portald", *args],
@@ -76,6 +76,7 @@ def _portald(home: Path, *args: str) -> subprocess.Popen[str]:
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,
+        preexec_fn=enter,
     )
 
 
@@ -87,8 +88,9 @@ def daemons() -> Iterator[list[Daemon]]:
         daemon.stop()
 
 
-def start_daemon(home: Path, started: list[Daemon], *args: str) -> Daemon:
-    process = _portald(home, "--interval", "30", *args)
+def start_daemon(home: Path, started: list[Daemon], *args: str, enter: Callable[[], None] | None = None) -> Daemon:
+    """portald on ``home`` (in the network namespace ``enter`` moves it to), once it says it is ready."""
+    process = _portald(home, "--interval", "30", *args, enter=enter)
     daemon = Daemon(home, process)
     started.append(daemon)
     assert process.stdout is not None
