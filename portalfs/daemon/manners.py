@@ -99,13 +99,16 @@ def hold_back(manners: Manners, supply: Power, network_metered: bool | None) -> 
     return None
 
 
-def addresses() -> frozenset[str]:
+def addresses() -> frozenset[str] | None:
     """The addresses of this machine's interfaces (in this network namespace), loopback and link-local aside:
-    when they change, the network changed (another Wi-Fi, a VPN, a cable)."""
+    when they change, the network changed (another Wi-Fi, a VPN, a cable). None where netlink will not say."""
     from pyroute2 import IPRoute  # noqa: PLC0415 - netlink, only when portald looks
 
-    with IPRoute() as ip:
-        found = {str(a.get_attr("IFA_ADDRESS")) for a in ip.get_addr()}
+    try:
+        with IPRoute() as ip:
+            found = {str(a.get_attr("IFA_ADDRESS")) for a in ip.get_addr()}
+    except Exception:  # noqa: BLE001 - a sandbox without netlink: no network watch, nothing else lost
+        return None
     return frozenset(a for a in found if a and not a.startswith(("127.", "::1", "fe80:")))
 
 

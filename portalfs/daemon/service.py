@@ -77,7 +77,7 @@ class SyncDaemon:
         self.held_back: str | None = None  # why background sync waits (laptop manners), or None
         self._asked: set[bytes] = set()  # portals a person asked to sync now (portalctl sync): they go regardless
         self._suspend = SuspendWatch()
-        self._addresses: frozenset[str] | None = None  # the interfaces' addresses at the last look
+        self._addresses: frozenset[str] | None = None  # the interfaces' addresses at the last look (None: unknown)
 
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         async with trio.open_nursery() as nursery:
@@ -179,7 +179,8 @@ class SyncDaemon:
                 self._catch_up()
         slept = self._suspend.slept()
         found = await trio.to_thread.run_sync(addresses)
-        moved, self._addresses = self._addresses is not None and found != self._addresses, found
+        moved = None not in (found, self._addresses) and found != self._addresses
+        self._addresses = found if found is not None else self._addresses
         if slept or moved:
             log.info("%s: catching up", f"the machine slept {slept:.0f} s" if slept else "the network changed")
             for scope in self._streams.values():  # their connections may have died with the old network
