@@ -41,7 +41,7 @@ __all__ = ["Scheduler", "Request", "Send", "Cancel", "GiveUp", "EdgeLimits", "Ac
 TYPICAL_OBJECT = 1 << 20  # bytes a request is counted for when its size is not known (chunks average ~1 MiB)
 DEFAULT_RATE = 12.5e6  # bytes per second assumed of an edge never measured (it is soon measured)
 DEFAULT_RTT = 0.02
-WINDOW_MIN, WINDOW_MAX, URGENT_EXTRA = 2, 16, 2
+WINDOW_MIN, WINDOW_MAX, WINDOW_EXTRA, URGENT_EXTRA = 2, 16, 2, 2
 MAX_IN_FLIGHT = 64
 DUPLICATE_FLOOR = 8 << 20
 DUPLICATE_SHARE = 0.1
@@ -91,8 +91,12 @@ class _Edge:
         return min(self.latencies) if self.latencies else DEFAULT_RTT
 
     def window(self, fallback: float) -> int:
+        """Requests it may have in flight: one until it has answered (a probe: a slow edge is not handed a
+        queue before its rate is known), then its bandwidth-delay product in requests plus WINDOW_EXTRA."""
+        if self.estimate.throughput.bytes_per_second is None:
+            return 1
         bdp = self.rate(fallback) * self.latency() / TYPICAL_OBJECT
-        return max(WINDOW_MIN, min(WINDOW_MAX, math.ceil(bdp) + 2))
+        return max(WINDOW_MIN, min(WINDOW_MAX, math.ceil(bdp) + WINDOW_EXTRA))
 
     def p95(self) -> float | None:
         if len(self.durations) < HEDGE_SAMPLES:
@@ -278,7 +282,7 @@ class Scheduler:
                         continue
                     if edge.index not in request.holders or not self._usable(edge, request.priority, now):
                         continue
-                    ends = max(self._expected_end(request, e, fallback) for e in request.copies)
+                    ends = max(self._expected_end(request, e, fallback, now) for e in request.copies)
                     if now + self._finish(edge, request.size, fallback) < ends and (best is None or ends > best[0]):
                         best = (ends, request)
                 if best is None or not self._may_duplicate(best[1]):
@@ -286,11 +290,13 @@ class Scheduler:
                 actions.append(self._duplicate(best[1], edge, "endgame", now))
         return actions
 
-    def _expected_end(self, request: Request, index: int, fallback: float) -> float:
+    def _expected_end(self, request: Request, index: int, fallback: float, now: float) -> float:
+        """When the copy on edge ``index`` should arrive: from the edge's estimates, and no sooner than it has
+        already taken again (a copy past its expected time, or on an edge not measured yet, is a straggler)."""
         edge = self._edges[index]
-        return (
-            request.copies[index] + edge.latency() + (request.ahead.get(index, 0) + request.size) / edge.rate(fallback)
-        )
+        sent = request.copies[index]
+        expected = sent + edge.latency() + (request.ahead.get(index, 0) + request.size) / edge.rate(fallback)
+        return max(expected, now + (now - sent))
 
     def _may_duplicate(self, request: Request) -> bool:
         budget = max(DUPLICATE_FLOOR, DUPLICATE_SHARE * self.asked_bytes)
