@@ -58,7 +58,8 @@ class Request:
 class Send:
     request: Request
     edge: bytes
-    why: str  # plan, steal, failover, late, endgame, hedge, retry (an edge that was down)
+    why: str  # plan, steal, failover, late, endgame, hedge, retry (an edge that was down), unplanned (none of
+    # its holders could be planned on: another edge)
 
 
 @dataclass(frozen=True, slots=True)

@@ -232,7 +232,7 @@ class Scheduler:
             # asked) none; a class that its edges' limits hold back waits.
             other = self._next(request, now) or self._retry(request, now)
             if other is not None:
-                actions.append(self._send(request, other, "retry" if now < other.down_until else "failover", now))
+                actions.append(self._send(request, other, "retry" if now < other.down_until else "unplanned", now))
             elif not self._held_back(request, now):
                 self._unsent.pop(request)
                 request.done = True
