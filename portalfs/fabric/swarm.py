@@ -352,6 +352,7 @@ class Swarm:
             try:
                 client = await self._client(key, force)
                 await self._bandwidth(key, "down", request.size)
+                self._scheduler.started(request, key, trio.current_time())
                 data = await client.get(cid)
                 self._charge(key, "down", len(data) - request.size)
             except MissingObject as exc:

@@ -233,7 +233,7 @@ class Scheduler:
             other = self._next(request, now) or self._retry(request, now)
             if other is not None:
                 actions.append(self._send(request, other, "retry" if now < other.down_until else "unplanned", now))
-            elif not self._held_back(request, now):
+            elif self._exhausted(request):  # else it waits: an edge is suspect, or holds its class back
                 self._unsent.pop(request)
                 request.done = True
                 actions.append(GiveUp(request))
@@ -265,7 +265,13 @@ class Scheduler:
             key=lambda q: -self._finish(self._edges[q[0].order[0]], sum(r.size for r in q), fallback),
         )
         for queue in busiest:
+            owner = self._edges[queue[0].order[0]]
+            behind = sum(r.size for r in queue)  # bytes queued there up to and including the request looked at
             for request in reversed(queue):  # the one that would be served last
+                theirs = self._finish(owner, behind, fallback)
+                behind -= request.size
+                if self._finish(edge, request.size, fallback) >= theirs:  # it would not end sooner here
+                    break
                 if edge.index in request.holders and edge.index not in request.tried:
                     if self._usable(edge, request.priority, now):
                         queue.remove(request)
@@ -377,6 +383,16 @@ class Scheduler:
         request.late.discard(index)
         self._edges[index].in_flight.discard(request)
 
+    def started(self, request: Request, key: bytes, now: float) -> None:
+        """The copy on ``key`` went out only now (it waited for a connection or a bandwidth limit): its
+        response time and deadline count from here."""
+        edge = self._by_key.get(key)
+        if edge is None or edge.index not in request.copies:
+            return
+        waited = now - request.copies[edge.index]
+        request.copies[edge.index] = now
+        request.deadlines[edge.index] += waited
+
     def answered(self, request: Request, key: bytes, now: float, size: int) -> list[Action]:
         edge = self._by_key.get(key)
         if edge is None or edge.index not in request.copies:
@@ -455,16 +471,9 @@ class Scheduler:
             return edge
         return None
 
-    def _held_back(self, request: Request, now: float) -> bool:
-        """Whether an edge not yet asked is up but its limits hold this request's class back (it waits)."""
-        hour = self._calendar(now)[1]
-        for index in itertools.chain(request.holders, request.others):
-            edge = self._edges[index]
-            if index in request.tried or edge.gone or now < edge.down_until:
-                continue
-            if not edge.limits.allows(request.priority, hour, self._today(edge, now)):
-                return True
-        return False
+    def _exhausted(self, request: Request) -> bool:
+        """Whether every edge that might serve the request failed it or is gone."""
+        return all(i in request.tried or self._edges[i].gone for i in itertools.chain(request.holders, request.others))
 
     def _today(self, edge: _Edge, now: float) -> int:
         day = self._calendar(now)[0]

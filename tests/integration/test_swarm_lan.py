@@ -24,7 +24,7 @@ pytestmark = pytest.mark.skipif(not namespaces_available(), reason="network name
 
 RATES = [20, 40, 60, 80, 100]  # Mbit/s, edge0 .. edge4
 EDGES = [f"edge{i}" for i in range(len(RATES))]
-SIZE = 160 << 20
+SIZE = 240 << 20  # about 190 chunks: the slowest edge's share is some 13 of them
 
 
 @pytest.fixture

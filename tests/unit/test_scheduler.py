@@ -271,3 +271,18 @@ def test_statistics_say_what_is_left_and_when_it_should_end() -> None:
     done = lab.scheduler.statistics()
     assert done["pending_requests"] == 0 and done["eta_seconds"] is None
     assert sum(e["bytes"] for e in done["edges"].values()) == 20 * MB
+
+
+def test_with_every_edge_late_requests_wait_for_one_to_answer_rather_than_give_up() -> None:
+    one, two = keys(2)
+    sched = Scheduler()
+    sched.set_edges([one, two])
+    first = sched.add(b"f" * 32, Priority.FOREGROUND, None, 0.0, MB)
+    (sent,) = [a for a in sched.tick(0.0) if isinstance(a, Send)]
+    late = [a for a in sched.tick(100.0) if isinstance(a, Send)]  # long past its deadline: the other edge
+    assert [(a.edge, a.why) for a in late] == [(two if sent.edge == one else one, "late")]
+    assert [a for a in sched.tick(200.0) if isinstance(a, Send | GiveUp)] == []  # both late now, nothing to do
+    waiting = sched.add(b"w" * 32, Priority.FOREGROUND, None, 200.0, MB)
+    assert [a for a in sched.tick(200.1) if isinstance(a, Send | GiveUp)] == [] and not waiting.done
+    after = sched.answered(first, sent.edge, 200.2, MB)  # the first edge answers after all: it is trusted again
+    assert [(a.request, a.edge) for a in after if isinstance(a, Send)] == [(waiting, sent.edge)]
