@@ -90,9 +90,11 @@ class EdgeEstimate:
     def new(cls) -> EdgeEstimate:
         return cls(Throughput(), RoundTrip(), Health())
 
-    def answered(self, size: int, seconds: float) -> None:
-        self.rtt.sample(seconds)
-        self.throughput.sample(size, seconds)
+    def answered(self, response: float, size: int, delivery: float) -> None:
+        """An answer came ``response`` seconds after its request went; ``size`` bytes over ``delivery`` seconds
+        is the throughput sample (the scheduler's delivery rate: ``_Edge.delivered``)."""
+        self.rtt.sample(response)
+        self.throughput.sample(size, delivery)
         self.health.answered()
 
     def failed(self, now: float) -> None:

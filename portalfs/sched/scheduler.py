@@ -80,6 +80,17 @@ class _Edge:
         first = self.busy[0][0]
         return sum(b for _, b in list(self.busy)[1:]), now - first
 
+    def queued(self) -> int:
+        """Bytes of the copies in flight there."""
+        return sum(r.size for r in self.in_flight)
+
+    def today(self, day: int) -> int:
+        """Bytes moved with it on ``day`` (toward its daily cap)."""
+        return self.day[1] if self.day[0] == day else 0
+
+    def moved(self, day: int, size: int) -> None:
+        self.day = (day, self.today(day) + size)
+
     def rate(self, fallback: float) -> float:
         return self.estimate.throughput.bytes_per_second or fallback
 
@@ -186,7 +197,7 @@ class Scheduler:
         if not self._unsent or not self._edges:
             return
         fallback = self._fallback_rate()
-        queued = np.array([sum(r.size for r in e.in_flight) for e in self._edges], np.float64)
+        queued = np.array([e.queued() for e in self._edges], np.float64)
         rate = np.array([e.rate(fallback) for e in self._edges], np.float64)
         health = np.array([max(0.05, e.estimate.health.score(now, e.srtt(), e.estimate.rtt.rto)) for e in self._edges])
         latency = np.array([e.latency() for e in self._edges])
@@ -228,15 +239,9 @@ class Scheduler:
             if request.order:
                 queues.setdefault(request.order[0], deque()).append(request)
                 continue
-            # None of its holders may be used now: another edge, one that was down, or (if every edge was
-            # asked) none; a class that its edges' limits hold back waits.
-            other = self._next(request, now) or self._retry(request, now)
-            if other is not None:
-                actions.append(self._send(request, other, "retry" if now < other.down_until else "unplanned", now))
-            elif self._exhausted(request):  # else it waits: an edge is suspect, or holds its class back
-                self._unsent.pop(request)
-                request.done = True
-                actions.append(GiveUp(request))
+            rerouted = self._reroute(request, "unplanned", now)  # none of its holders may be used now
+            if rerouted is not None:
+                actions.append(rerouted)
         for index, queue in queues.items():
             edge = self._edges[index]
             while queue and self._room(edge, queue[0].priority, fallback):
@@ -255,7 +260,7 @@ class Scheduler:
 
     def _finish(self, edge: _Edge, extra: int, fallback: float) -> float:
         """Seconds until ``edge`` would have answered what it holds and ``extra`` more bytes."""
-        return edge.latency() + (sum(r.size for r in edge.in_flight) + extra) / edge.rate(fallback)
+        return edge.latency() + (edge.queued() + extra) / edge.rate(fallback)
 
     def _steal(self, edge: _Edge, queues: dict[int, deque[Request]], now: float, fallback: float) -> Request | None:
         if not self._room(edge, Priority.REPAIR, fallback):
@@ -336,8 +341,7 @@ class Scheduler:
             if edge.suspect or not any(now >= r.deadlines[edge.index] for r in edge.in_flight):
                 continue
             edge.suspect = True
-            edge.estimate.rtt.timed_out()
-            edge.estimate.health.failed(now)
+            edge.estimate.failed(now)
             for request in sorted(edge.in_flight, key=lambda r: (r.priority, r.seq)):
                 request.late.add(edge.index)
                 if len(request.copies) == len(request.late):
@@ -366,7 +370,7 @@ class Scheduler:
     def _send(self, request: Request, edge: _Edge, why: str, now: float) -> Send:
         """Send a copy; it is late after the edge's RTO plus LATE_FACTOR times the time its bytes and those
         ahead of them should take."""
-        ahead = request.ahead[edge.index] = sum(r.size for r in edge.in_flight)
+        ahead = request.ahead[edge.index] = edge.queued()
         expected = (ahead + request.size) / edge.rate(self._fallback_rate())
         request.deadlines[edge.index] = now + edge.estimate.rtt.rto + LATE_FACTOR * expected
         self._unsent.pop(request, None)
@@ -402,15 +406,12 @@ class Scheduler:
         edge.suspect = False
         # The response time (queue included) feeds the RTO and the p95; the throughput is the delivery rate:
         # the bytes over the time since the edge last answered or since this copy was sent, the later.
-        edge.estimate.rtt.sample(now - sent)
-        edge.estimate.throughput.sample(*edge.delivered(size, sent, now))
-        edge.estimate.health.answered()
+        edge.estimate.answered(now - sent, *edge.delivered(size, sent, now))
         rate = edge.rate(self._fallback_rate())
         edge.latencies.append(max(0.0, now - sent - (ahead + size) / rate))
         edge.durations.append(now - sent)
         edge.bytes += size
-        day = self._calendar(now)[0]
-        edge.day = (day, (edge.day[1] if edge.day[0] == day else 0) + size)
+        edge.moved(self._calendar(now)[0], size)
         actions: list[Action] = []
         if request.done:
             self.wasted_bytes += size
@@ -434,14 +435,27 @@ class Scheduler:
             edge.estimate.failed(now)
         actions: list[Action] = []
         if not request.done and not request.copies:
-            backup = self._next(request, now) or self._retry(request, now)
-            if backup is not None:
-                actions.append(self._send(request, backup, "retry" if now < backup.down_until else "failover", now))
-            else:
-                request.done = True
-                self._in_flight.discard(request)
-                actions.append(GiveUp(request))
+            rerouted = self._reroute(request, "failover", now)
+            if rerouted is not None:
+                actions.append(rerouted)
         return actions + self._fill(now)
+
+    def _reroute(self, request: Request, why: str, now: float) -> Action | None:
+        """A request with no copy out and no plan to follow: to the usable edge not yet asked that would end
+        it first, else once to an edge that was down. With none now, it is given up if every edge that might
+        serve it failed it or is gone, and else waits, unsent, for one (an edge is suspect, or its limits
+        hold the request's class back)."""
+        other = self._next(request, now) or self._retry(request, now)
+        if other is not None:
+            return self._send(request, other, "retry" if now < other.down_until else why, now)
+        self._in_flight.discard(request)
+        if self._exhausted(request):
+            self._unsent.pop(request, None)
+            request.done = True
+            return GiveUp(request)
+        request.order = []  # planned afresh, without the edges that failed it, once one may be used
+        self._unsent[request] = None
+        return None
 
     def _next(self, request: Request, now: float, skip_busy: bool = False) -> _Edge | None:
         """The usable edge not yet asked that would end the request first: among its holders, else among the
@@ -476,8 +490,7 @@ class Scheduler:
         return all(i in request.tried or self._edges[i].gone for i in itertools.chain(request.holders, request.others))
 
     def _today(self, edge: _Edge, now: float) -> int:
-        day = self._calendar(now)[0]
-        return edge.day[1] if edge.day[0] == day else 0
+        return edge.today(self._calendar(now)[0])
 
     def allows(self, key: bytes, priority: int, now: float) -> bool:
         """Whether the edge's limits let a request of ``priority`` use it now (up or not)."""
@@ -488,8 +501,7 @@ class Scheduler:
         """``size`` more bytes moved with the edge today (an upload: they count toward its daily cap too)."""
         edge = self._by_key.get(key)
         if edge is not None:
-            day = self._calendar(now)[0]
-            edge.day = (day, (edge.day[1] if edge.day[0] == day else 0) + size)
+            edge.moved(self._calendar(now)[0], size)
 
     def statistics(self) -> dict[str, Any]:
         """Figures for a person: what is left (requests, bytes), the rate the edges now deliver at (the sum of

@@ -123,7 +123,8 @@ def test_a_single_read_goes_to_the_edge_that_ends_it_first() -> None:
     lab = Lab(pipes)
     for edge, pipe in pipes.items():  # measured before
         for _ in range(5):
-            lab.scheduler.estimate(edge).answered(MB, pipe.latency + MB / pipe.rate)
+            seconds = pipe.latency + MB / pipe.rate
+            lab.scheduler.estimate(edge).answered(seconds, MB, seconds)
     add(lab, 1, Priority.FOREGROUND)
     lab.run()
     assert [s.edge for s in lab.sends] == [keys(3)[1]]
@@ -181,7 +182,7 @@ def test_a_foreground_read_slower_than_its_edges_p95_is_hedged() -> None:
     sched = lab.scheduler
     for edge in keys(2):
         for _ in range(10):
-            sched.estimate(edge).answered(MB, 0.03)
+            sched.estimate(edge).answered(0.03, MB, 0.03)
             sched._by_key[edge].durations.append(0.03)
     (request,) = add(lab, 1, Priority.FOREGROUND)
     (send,) = [a for a in sched.tick(0.0) if isinstance(a, Send)]
@@ -286,3 +287,20 @@ def test_with_every_edge_late_requests_wait_for_one_to_answer_rather_than_give_u
     assert [a for a in sched.tick(200.1) if isinstance(a, Send | GiveUp)] == [] and not waiting.done
     after = sched.answered(first, sent.edge, 200.2, MB)  # the first edge answers after all: it is trusted again
     assert [(a.request, a.edge) for a in after if isinstance(a, Send)] == [(waiting, sent.edge)]
+
+
+def test_a_failed_copy_waits_for_a_late_edge_to_answer_rather_than_give_up() -> None:
+    one, two = keys(2)
+    sched = Scheduler()
+    sched.set_edges([one, two])
+    first = sched.add(b"f" * 32, Priority.FOREGROUND, None, 0.0, MB)
+    (sent,) = [a for a in sched.tick(0.0) if isinstance(a, Send)]
+    other = two if sent.edge == one else one
+    sched.tick(100.0)  # the first edge is late (suspect); the request went to the other too
+    second = sched.add(b"s" * 32, Priority.FOREGROUND, None, 100.0, MB)
+    (to_other,) = [a for a in sched.tick(100.1) if isinstance(a, Send) and a.request is second]
+    assert to_other.edge == other
+    after = sched.failed(second, other, 100.2)  # the other lacks it; the late edge was never asked for it
+    assert not [a for a in after if isinstance(a, GiveUp)] and not second.done
+    back = sched.answered(first, sent.edge, 100.3, MB)  # the late edge answers: it is asked at once
+    assert [(a.request, a.edge) for a in back if isinstance(a, Send)] == [(second, sent.edge)]
