@@ -14,10 +14,11 @@ from __future__ import annotations
 import os
 import stat
 from collections import deque
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TypeVar
 
 from .errors import AlreadyExists, PortalError
 from .fsutil import storage_error
@@ -30,6 +31,32 @@ __all__ = ["Restorer", "RestoreStats"]
 PREFETCH_BATCH = 32  # chunks fetched from the fabric together
 FETCHING_BATCHES = 3  # batches fetched at once (and one more fetched and not yet written)
 SMALL_FILE = 1 << 20  # files up to this size have their chunks fetched with their neighbours'
+
+
+T = TypeVar("T")
+R = TypeVar("R")
+
+
+def batches_ahead(items: Iterable[T], fetch: Callable[[list[T]], R]) -> Iterator[tuple[list[T], R]]:
+    """``items`` in batches of PREFETCH_BATCH, each with what ``fetch`` made of it, fetched on worker threads
+    FETCHING_BATCHES batches at once ahead of the caller: the edges are not idle while the end of one batch
+    waits on its slowest edge, since the next ones keep the others busy."""
+    with ThreadPoolExecutor(FETCHING_BATCHES, thread_name_prefix="prefetch") as fetcher:
+        ahead: deque[tuple[list[T], Future[R]]] = deque()
+        batch: list[T] = []
+        for item in items:
+            batch.append(item)
+            if len(batch) == PREFETCH_BATCH:
+                ahead.append((batch, fetcher.submit(fetch, batch)))
+                batch = []
+                if len(ahead) > FETCHING_BATCHES:
+                    done, fetched = ahead.popleft()
+                    yield done, fetched.result()
+        if batch:
+            ahead.append((batch, fetcher.submit(fetch, batch)))
+        while ahead:
+            done, fetched = ahead.popleft()
+            yield done, fetched.result()
 
 
 @dataclass(slots=True)
@@ -126,41 +153,19 @@ class Restorer:
             for child in children:
                 self._restore(pool, child, path / os.fsdecode(child.name))
             return
-        for child, chunks in self._small_files_ahead(children):
-            self._restore(pool, child, path / os.fsdecode(child.name), chunks)
-
-    def _small_files_ahead(self, children: list[Entry]) -> Iterator[tuple[Entry, list[ChunkRef] | None]]:
-        """``children``, each small file with its chunk refs, its file node and chunks fetched with those of
-        its neighbours (about PREFETCH_BATCH chunks a group, FETCHING_BATCHES groups ahead of the writer): a
-        directory of many small files costs two requests per group, not two round trips per file. A larger
-        file fetches its own, in ``_fetched_ahead``."""
-        with ThreadPoolExecutor(FETCHING_BATCHES, thread_name_prefix="prefetch") as fetcher:
-            ahead: deque[tuple[list[Entry], Future[list[list[ChunkRef] | None]]]] = deque()
-            group: list[Entry] = []
-            for child in children:
-                group.append(child)
-                if len(group) >= PREFETCH_BATCH:
-                    ahead.append((group, fetcher.submit(self._fetch_small, group)))
-                    group = []
-                    if len(ahead) > FETCHING_BATCHES:
-                        yield from self._with_chunks(*ahead.popleft())
-            if group:
-                ahead.append((group, fetcher.submit(self._fetch_small, group)))
-            while ahead:
-                yield from self._with_chunks(*ahead.popleft())
+        for group, chunks in batches_ahead(children, self._fetch_small):
+            for child, refs in zip(group, chunks, strict=True):
+                self._restore(pool, child, path / os.fsdecode(child.name), refs)
 
     def _fetch_small(self, group: list[Entry]) -> list[list[ChunkRef] | None]:
+        """The chunk refs of each small file of ``group`` (None for the rest), its file node and chunks fetched
+        with those of its neighbours: a directory of many small files costs two requests per group, not two
+        round trips per file. A larger file fetches its own, in ``_fetched_ahead``."""
         small = [e.is_file and e.node is not None and e.size <= SMALL_FILE and e.link is None for e in group]
         self.view.prefetch([e.node for e, s in zip(group, small, strict=True) if s and e.node is not None])
         chunks = [list(self.view.file_chunks(e)) if s else None for e, s in zip(group, small, strict=True)]
         self.view.prefetch([ref for refs in chunks if refs for ref in refs])
         return chunks
-
-    @staticmethod
-    def _with_chunks(
-        group: list[Entry], fetched: Future[list[list[ChunkRef] | None]]
-    ) -> list[tuple[Entry, list[ChunkRef] | None]]:
-        return list(zip(group, fetched.result(), strict=True))
 
     def _write_file(
         self, pool: ThreadPoolExecutor, entry: Entry, path: Path, chunks: list[ChunkRef] | None = None
@@ -187,31 +192,12 @@ class Restorer:
         self.stats.files += 1
 
     def _fetched_ahead(self, refs: Iterator[ChunkRef]) -> Iterator[ChunkRef]:
-        """``refs``, each batch of them brought from the fabric together while the batch before is written. Two
-        batches are fetched at once, so that the edges are never idle between batches (the end of one batch
-        waits on its slowest edge while the next one keeps the others busy)."""
+        """``refs``, each batch of them brought from the fabric together while the batch before is written."""
         if not self.view.fetches:
             yield from refs
             return
-        with ThreadPoolExecutor(FETCHING_BATCHES, thread_name_prefix="prefetch") as fetcher:
-            ahead: deque[tuple[list[ChunkRef], Future[None]]] = deque()
-            batch: list[ChunkRef] = []
-            for ref in refs:
-                batch.append(ref)
-                if len(batch) == PREFETCH_BATCH:
-                    ahead.append((batch, fetcher.submit(self.view.prefetch, batch)))
-                    batch = []
-                    if len(ahead) > FETCHING_BATCHES:
-                        yield from self._when_fetched(*ahead.popleft())
-            if batch:
-                ahead.append((batch, fetcher.submit(self.view.prefetch, batch)))
-            while ahead:
-                yield from self._when_fetched(*ahead.popleft())
-
-    @staticmethod
-    def _when_fetched(batch: list[ChunkRef], fetched: Future[None]) -> list[ChunkRef]:
-        fetched.result()
-        return batch
+        for batch, _ in batches_ahead(refs, self.view.prefetch):
+            yield from batch
 
     def _write_chunk(self, out: object, data: bytes | memoryview) -> None:
         out.write(data)  # type: ignore[attr-defined]

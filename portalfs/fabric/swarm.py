@@ -216,25 +216,31 @@ class Swarm:
     def _configure(self, limits: Limits) -> None:
         self._limits = limits
         self._buckets = limits.buckets(trio.current_time())
+        self._edge_limits()
+
+    def _edge_limits(self) -> None:
+        """Give the scheduler each edge's constraints, as the configuration has them."""
         for a in self.addresses:
-            self._scheduler.set_limits(a.key, limits.edge(a.key))
+            self._scheduler.set_limits(a.key, self._limits.edge(a.key))
+
+    def _buckets_of(self, key: bytes, direction: str) -> list[TokenBucket]:
+        """The device's and the edge's buckets for ``direction`` ("down", "up"), those that are limited."""
+        found = (self._buckets.get(direction), self._buckets.get((direction, key)))
+        return [bucket for bucket in found if bucket is not None]
 
     async def _bandwidth(self, key: bytes, direction: str, size: int) -> None:
         """Wait until the device's and the edge's buckets for ``direction`` allow another request, and reserve
         ``size`` bytes in them (a download's size is settled by ``_charge`` once known), so that requests
         sent together wait their turn rather than all going at once."""
-        for bucket in (self._buckets.get(direction), self._buckets.get((direction, key))):
-            if bucket is None:
-                continue
+        for bucket in self._buckets_of(key, direction):
             while (ready := bucket.ready_at(trio.current_time())) > trio.current_time():
                 await trio.sleep_until(ready)
             bucket.charge(size, trio.current_time())
 
     def _charge(self, key: bytes, direction: str, size: int) -> None:
         now = trio.current_time()
-        for bucket in (self._buckets.get(direction), self._buckets.get((direction, key))):
-            if bucket is not None:
-                bucket.charge(size, now)
+        for bucket in self._buckets_of(key, direction):
+            bucket.charge(size, now)
 
     def _set_edges(self, edges: list[EdgeAddress]) -> None:
         keep = {a.key: a for a in edges}
@@ -244,8 +250,7 @@ class Swarm:
                 del self._edges[key]
         self.addresses = edges
         self._scheduler.set_edges([a.key for a in edges])
-        for a in edges:
-            self._scheduler.set_limits(a.key, self._limits.edge(a.key))
+        self._edge_limits()
 
     # connections
 
