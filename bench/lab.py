@@ -40,6 +40,10 @@ def fabric(root: Path, edges: int = 2, transports: str = "quic,tcp") -> Iterator
         assert match, line
         url = match.group(0)
         for i in range(edges):
+            key = subprocess.run(SERVERS + ["edge", "key", "--data", str(root / f"edge{i}")], capture_output=True,
+                                 text=True, check=True).stdout.strip()  # fmt: skip
+            subprocess.run(SERVERS + ["hub", "edge", "approve", key, "--db", str(root / "hub.db")], check=True,
+                           stdout=subprocess.DEVNULL)  # fmt: skip
             edge, _ = serve(
                 ["edge", "serve", "--data", str(root / f"edge{i}"), "--listen", "127.0.0.1:0", "--hub", url,
                  "--transport", transports],

@@ -12,13 +12,15 @@ See docs/design.md, section "Key hierarchy".
 from __future__ import annotations
 
 import base64
+import os
 from dataclasses import dataclass
 from typing import Any
 
 import blake3
-from cryptography.exceptions import InvalidSignature
+from cryptography.exceptions import InvalidSignature, InvalidTag
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
+from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
 from mnemonic import Mnemonic
 
@@ -47,12 +49,14 @@ CONTEXT_IDENTITY_SIGNING = "portal 2026-11-21 identity signing key"
 CONTEXT_IDENTITY_AGREEMENT = "portal 2026-11-21 identity agreement key"
 CONTEXT_CONVERGENCE = "portal 2026-11-21 convergence secret"
 CONTEXT_KEYRING = "portal 2026-11-21 keyring key"
+CONTEXT_DEVICE_NAMES = "portal 2026-12-04 device names"  # seals a device's name in its certificate
 
 # Signature domains: every signed byte string starts with one of these.
 DOMAIN_ENROLLMENT = b"portal device enrollment v1\x00"
 DOMAIN_AGREEMENT = b"portal identity agreement key v1\x00"  # identity signs its X25519 key
 DOMAIN_REVOKE = b"portal device revocation v1\x00"  # identity signs a device key it revokes
 DOMAIN_WRITE_GRANT = b"portal write grant v1\x00"  # an owner signs portal id || member identity: it may write
+DOMAIN_DEVICE_NAME = b"portal device name v1\x00"  # AAD of a sealed name: || the device key
 DOMAIN_LINK_REDEEM = b"portal link redeem v1\x00"  # a link's redeem key signs link id || redeeming device key
 
 _WORDS = Mnemonic("english")
@@ -142,10 +146,32 @@ class Identity:
         return fingerprint(self.public)
 
     def enroll(self, device_public: bytes, name: str, time_ns: int) -> DeviceCertificate:
+        """A version-2 certificate: the device's name sealed for the identity's own devices (``device_name``),
+        so that the hub and everyone it shows certificates to see a key, not a host name."""
+        nonce = os.urandom(12)
+        sealed = nonce + AESGCM(self._names_key).encrypt(nonce, name.encode(), DOMAIN_DEVICE_NAME + device_public)
         body = encoding.encode(
-            {"v": 1, "identity": self.public, "device": device_public, "name": name, "time": time_ns}
+            {"v": 2, "identity": self.public, "device": device_public, "name_sealed": sealed, "time": time_ns}
         )
         return DeviceCertificate(body=body, signature=self.signing_key.sign(DOMAIN_ENROLLMENT + body))
+
+    @property
+    def _names_key(self) -> bytes:
+        return derive(CONTEXT_DEVICE_NAMES, self.root)
+
+    def device_name(self, fields: dict[str, Any]) -> str:
+        """The name a certificate of this identity gives its device: in clear in a version-1 certificate,
+        opened from ``name_sealed`` in a version 2; "" where it does not open (another identity's)."""
+        if "name" in fields:
+            return str(fields["name"])
+        sealed = fields.get("name_sealed")
+        if not isinstance(sealed, bytes) or len(sealed) < 28 or fields.get("identity") != self.public:
+            return ""
+        try:
+            plain = AESGCM(self._names_key).decrypt(sealed[:12], sealed[12:], DOMAIN_DEVICE_NAME + fields["device"])
+        except (InvalidTag, TypeError, ValueError):
+            return ""
+        return plain.decode("utf-8", "replace")
 
 
 @dataclass(frozen=True, slots=True)

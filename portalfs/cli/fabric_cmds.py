@@ -17,7 +17,7 @@ from ..daemon.control import call_daemon, daemon_socket
 from ..daemon.manners import MANNERS_META, Manners
 from ..device import Device, Unlocked
 from ..edge.client import parse_address
-from ..errors import PortalError, Refused, Unreachable, UsageError, shown
+from ..errors import CorruptObject, PortalError, Refused, Unreachable, UsageError, shown
 from ..fabric import sharing
 from ..fabric.config import (
     FabricConfig,
@@ -34,6 +34,7 @@ from ..fabric.sync import Fabric
 from ..gc import DELETE_GRACE_NS
 from ..hub.client import DeviceInfo, certificate_fingerprint, fetch_certificate
 from ..hub.state import WINDOW
+from ..keys import DeviceCertificate, Identity
 from ..portal import PortalView
 from ..sched.limits import Limits
 from ..state import VersionRow
@@ -270,10 +271,15 @@ def cmd_edge_ls(device: Device, args: argparse.Namespace) -> int:
     return 0
 
 
-def _device_json(d: DeviceInfo) -> dict[str, Any]:
+def _device_json(d: DeviceInfo, identity: Identity) -> dict[str, Any]:
+    """A device of this identity, its name opened from its certificate (the hub keeps it sealed)."""
+    try:
+        name = identity.device_name(DeviceCertificate.from_bytes(d.cert).fields()) or d.name
+    except (CorruptObject, KeyError, TypeError, ValueError):
+        name = d.name
     return {
         "device": d.device.hex(),
-        "name": d.name,
+        "name": name,
         "enrolled_ns": d.enrolled_ns,
         "revoked_ns": d.revoked_ns,
         "cert": d.cert.hex(),
@@ -284,7 +290,7 @@ def cmd_device_ls(device: Device, args: argparse.Namespace) -> int:
     secrets = unlock(device, args)
     fabric = open_fabric(device, secrets)
     try:
-        rows = [_device_json(d) for d in fabric.require_hub().devices()]
+        rows = [_device_json(d, secrets.identity) for d in fabric.require_hub().devices()]
     finally:
         fabric.close()
     me = secrets.device.public.hex()

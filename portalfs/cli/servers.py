@@ -3,15 +3,17 @@
 from __future__ import annotations
 
 import argparse
+import json
 import logging
 import re
 import sys
+from collections.abc import Callable
 from functools import partial
 from pathlib import Path
 
 import trio
 
-from ..errors import PortalError, UsageError, shown
+from ..errors import NotFound, PortalError, UsageError, shown
 
 __all__ = ["hub_main", "edge_main", "parse_size", "parse_duration"]
 
@@ -81,6 +83,54 @@ def _run(prog: str, main: object) -> int:
     return 0
 
 
+def _run_sync(prog: str, command: Callable[[], int]) -> int:
+    """An administrative command: its error in one line with its exit code."""
+    try:
+        return command()
+    except PortalError as exc:
+        print(f"{prog}: {exc}", file=sys.stderr)
+        return exc.exit_code
+
+
+def _edge_key(text: str) -> bytes:
+    if not re.fullmatch(r"[0-9a-fA-F]{64}", text.strip()):
+        raise UsageError(f"{shown(text)} is not an edge key (64 hex digits, as `portal-edge key` prints it)")
+    return bytes.fromhex(text.strip())
+
+
+def _hub_edge(args: argparse.Namespace) -> int:
+    """portal-hub edge approve|remove|ls: the operator's word on edges, written to the hub's database (a
+    running hub reads it at each request)."""
+    import time
+
+    from ..hub.state import HubState
+
+    key = _edge_key(args.key) if args.action in ("approve", "remove") else b""
+    if not args.db.is_file():
+        raise NotFound(f"{args.db}: no hub database there")
+    state = HubState(args.db)
+    try:
+        now = time.time_ns()
+        if args.action == "approve":
+            state.admit_edge(key, args.operator, now)
+            print(f"admitted edge {key.hex()}" + (f" run by {args.operator}" if args.operator else ""))
+        elif args.action == "remove":
+            if not state.remove_edge(key, now):
+                raise NotFound(f"edge {key.hex()} is not admitted at this hub")
+            print(f"removed edge {key.hex()}: it serves this hub's devices no more")
+        else:
+            rows = state.admissions(now)
+            if args.json:
+                print(json.dumps(rows, indent=2))
+            for row in [] if args.json else rows:
+                seen = "live" if row["live"] else ("never seen" if row["last_seen_ns"] is None else "not seen lately")
+                print(f"{row['key']}  {row['state']:<8}  {row['operator'] or '-':<16}  {row['address'] or '-'}  "
+                      f"{seen}")  # fmt: skip
+    finally:
+        state.close()
+    return 0
+
+
 def _tls(cert: Path | None, key: Path | None) -> tuple[Path, Path] | None:
     if (cert is None) != (key is None):
         raise UsageError("--tls-cert and --tls-key go together")
@@ -115,7 +165,20 @@ def hub_main(argv: list[str] | None = None) -> int:
     serve.add_argument("--tls-cert", type=Path, metavar="PEM", help="serve over HTTPS with this certificate")
     serve.add_argument("--tls-key", type=Path, metavar="PEM", help="... and this private key")
     serve.add_argument("-v", "--verbose", action="store_true")
+    edge = sub.add_parser("edge", help="admit, list and remove the storage edges that serve this hub's devices")
+    edge_sub = edge.add_subparsers(dest="action", required=True)
+    approve = edge_sub.add_parser("approve", help="admit an edge by its key (`portal-edge key` prints it)")
+    approve.add_argument("key", help="the edge's key, 64 hex digits")
+    approve.add_argument("--operator", default="", help="who runs it: copies are spread across operators")
+    remove = edge_sub.add_parser("remove", help="take an edge's admission back")
+    remove.add_argument("key", help="the edge's key, 64 hex digits")
+    listing = edge_sub.add_parser("ls", help="admitted edges, removed ones, and those waiting to be admitted")
+    listing.add_argument("--json", action="store_true", help="one JSON document")
+    for command in (approve, remove, listing):
+        command.add_argument("--db", required=True, type=Path, help="the hub's SQLite file")
     args = parser.parse_args(argv)
+    if args.command == "edge":
+        return _run_sync("portal-hub", lambda: _hub_edge(args))
     try:
         host, port = _listen(args.listen)
         grace_ns = parse_duration(args.grace, "--grace")
@@ -152,7 +215,11 @@ def edge_main(argv: list[str] | None = None) -> int:
     serve.add_argument("--gc-hold", default="120s", help="how long condemned objects wait (default 120s; "
                        "less than twice a device's 60 s trust in a HAVE answer can lose objects)")  # fmt: skip
     serve.add_argument("-v", "--verbose", action="store_true")
+    key = sub.add_parser("key", help="print this edge's key (made if new), for the hub's operator to admit")
+    key.add_argument("--data", required=True, type=Path, help="the edge's data directory")
     args = parser.parse_args(argv)
+    if args.command == "key":
+        return _run_sync("portal-edge", lambda: _print_edge_key(args.data))
     try:
         host, port = _listen(args.listen)
         transports = tuple(t.strip() for t in args.transport.split(",") if t.strip())
@@ -186,6 +253,17 @@ def edge_main(argv: list[str] | None = None) -> int:
             print(f"portal-edge: serving {host}:{bound} key {key.hex()}", flush=True)
 
     return _run("portal-edge", main)
+
+
+def _print_edge_key(data: Path) -> int:
+    from ..net.tls import EdgeKey
+
+    try:
+        data.mkdir(parents=True, exist_ok=True)
+        print(EdgeKey.load_or_create(data).public.hex())
+    except OSError as exc:
+        raise UsageError(f"--data {data}: {exc.strerror or exc}") from None
+    return 0
 
 
 def _main() -> int:

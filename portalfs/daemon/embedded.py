@@ -16,6 +16,7 @@ import logging
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
+from functools import partial
 from typing import Any
 
 import trio
@@ -115,11 +116,19 @@ async def run_embedded(
     task_status: trio.TaskStatus[str] = trio.TASK_STATUS_IGNORED,
 ) -> None:
     """Run the hub, join it, then run the edge (registered at it), until cancelled; ``task_status.started(URL)``."""
+    from ..net.tls import EdgeKey
+
     data = device.home.data / "embedded"
     data.mkdir(mode=0o700, exist_ok=True)
+    (data / "edge").mkdir(exist_ok=True)
+    own_edge = await trio.to_thread.run_sync(EdgeKey.load_or_create, data / "edge")
     async with trio.open_nursery() as nursery:
         with _port_taken(where, where.hub_port, "hub"):
-            hub_port = await nursery.start(run_hub, data / "hub.db", where.host, where.hub_port, trio.sleep_forever)
+            hub_port = await nursery.start(
+                partial(
+                    run_hub, data / "hub.db", where.host, where.hub_port, trio.sleep_forever, admit=[own_edge.public]
+                )
+            )
         url = where.hub_url(hub_port)
         await trio.to_thread.run_sync(_join, device, secrets, url)
         edge = EdgeConfig(data / "edge", where.host, where.edge_port, hub=url)

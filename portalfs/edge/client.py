@@ -48,6 +48,7 @@ class EdgeAddress:
     key: bytes  # the edge's Ed25519 public key, pinned
     transport: str = "quic"
     fallback: str | None = None  # tried when ``transport`` fails at once (refused, reset), not after a timeout
+    operator: str = ""  # who runs it, as the hub admitted it ("": not known, an operator of its own)
 
     def __str__(self) -> str:
         host = f"[{self.host}]" if ":" in self.host else self.host

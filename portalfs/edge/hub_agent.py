@@ -12,7 +12,7 @@ import trio
 
 from ..backoff import Backoff
 from ..errors import PortalError
-from ..hub.client import EdgeHubClient, Listed
+from ..hub.client import EdgeHubClient, HubRefused, Listed
 from ..store.base import ObjectStore
 
 __all__ = ["HubAgent", "HEARTBEAT_SECONDS"]
@@ -33,6 +33,10 @@ def _on_loop() -> bool:
     except RuntimeError:
         return False
     return True
+
+
+def _not_admitted(exc: PortalError) -> bool:
+    return isinstance(exc, HubRefused) and exc.code == "not-admitted"
 
 
 class HubAgent:
@@ -70,6 +74,8 @@ class HubAgent:
                 self._remember(await self.client.device_directory())
             except PortalError as exc:
                 log.info("device directory: %s", exc)
+                if _not_admitted(exc):
+                    self._remember({})
 
     def _remember(self, devices: dict[bytes, Listed]) -> None:
         with self._lock:
@@ -88,12 +94,15 @@ class HubAgent:
 
         ``task_status.started()`` once the hub lists this edge (it serves only then: a device that joins the hub
         at once finds it), or after REGISTER_PATIENCE seconds of trying, said plainly; a failed registration is
-        tried again after REGISTER_RETRY, not at the next heartbeat.
+        tried again after REGISTER_RETRY, not at the next heartbeat. An edge the hub has not admitted starts at
+        once, says so, and asks again on the same schedule: it serves no device (the hub lets it read no
+        directory) until the operator admits it.
         """
         self._token = trio.lowlevel.current_trio_token()
         started = False
         failures = 0
         patience = trio.current_time() + REGISTER_PATIENCE
+        admitted = True
         while True:
             try:
                 stat = await trio.to_thread.run_sync(store.stat)
@@ -105,15 +114,24 @@ class HubAgent:
                     log.info("checked %d copies readers reported damaged: %d were (removed)", len(suspects),
                              intact.count(False))  # fmt: skip
                 failures = 0
+                if not admitted:
+                    log.info("admitted at the hub: serving its devices")
+                admitted = True
             except PortalError as exc:
                 failures += 1
-                log.warning("hub: %s", exc)
-                if not started and trio.current_time() < patience:
+                if _not_admitted(exc):
+                    self._remember({})  # removed by the operator: the devices it knew are served no more
+                    if admitted:  # said once, not at every try: the operator may take days
+                        log.warning("%s; until then this edge serves no device", exc)
+                    admitted = False
+                else:
+                    log.warning("hub: %s", exc)
+                if admitted and not started and trio.current_time() < patience:
                     await trio.sleep(REGISTER_RETRY.delay(failures))
                     continue
             if not started:
                 started = True
-                if failures:
+                if failures and admitted:
                     log.warning(
                         "not registered at the hub after %.0f s: serving anyway, trying again", REGISTER_PATIENCE
                     )

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import trio
 
-from ..net import stop_signal
+from ..net import Connections, stop_signal
 from ..store import LocalStore
 from .service import DeviceStatus, EdgeService, EdgeSession, QuotaBook
 from .upkeep import GARBAGE_HOLD_SECONDS, GARBAGE_INTERVAL_SECONDS, collect_garbage, scrub
@@ -67,18 +67,25 @@ async def run_edge(
     def new_session(peer: str, channel_device: bytes | None = None) -> EdgeSession:
         return EdgeSession(service, peer, channel_device)
 
+    connections = Connections()  # both transports together: bounded in all and per address
     try:
         async with trio.open_nursery() as nursery:
             port = config.port
             if "tcp" in config.transports:
-                listeners = await nursery.start(serve_tcp, key, config.host, port, new_session)
+                listeners = await nursery.start(serve_tcp, key, config.host, port, new_session, connections)
                 port = listeners[0].socket.getsockname()[1]
             if "quic" in config.transports:
                 from ..net.quic import backend, serve_quic
 
                 _, port = await nursery.start(
                     lambda task_status: serve_quic(
-                        key, config.host, port, new_session, quic=backend(config.quic_backend), task_status=task_status
+                        key,
+                        config.host,
+                        port,
+                        new_session,
+                        connections,
+                        quic=backend(config.quic_backend),
+                        task_status=task_status,
                     )
                 )
             if agent is not None:

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import logging
 import threading
-from collections import OrderedDict
+from collections import Counter, OrderedDict
 from collections.abc import Callable
 from pathlib import Path
 
@@ -43,6 +43,7 @@ log = logging.getLogger("portal.edge")
 
 CLOCK_SKEW_NS = 300 * 10**9  # a HELLO's time may differ from the edge's clock by this much
 REPLAY_CACHE = 100_000  # HELLO nonces remembered (within CLOCK_SKEW_NS of now)
+MAX_SESSIONS_PER_DEVICE = 16  # connections one device may have past HELLO at once (a device uses one or two)
 
 # What the directory says of a device: "active", "revoked", or None (not listed).
 DeviceStatus = Callable[[bytes], Listed | None]  # the hub's word on a device: None, unknown to it
@@ -153,6 +154,20 @@ class EdgeService:
         self._damaged = 0
         self._gc_lock = threading.Lock()  # a deletion of condemned ids against a PUT that saves one
         self._condemned: set[bytes] = set()
+        self._sessions: Counter[bytes] = Counter()  # per device, its connections past HELLO
+
+    def open_session(self, device: bytes) -> None:
+        """Count one more connection of ``device``; IntegrityError past MAX_SESSIONS_PER_DEVICE."""
+        with self._lock:
+            if self._sessions[device] >= MAX_SESSIONS_PER_DEVICE:
+                raise IntegrityError(f"HELLO: this device has {MAX_SESSIONS_PER_DEVICE} connections open already")
+            self._sessions[device] += 1
+
+    def close_session(self, device: bytes) -> None:
+        with self._lock:
+            self._sessions[device] -= 1
+            if self._sessions[device] <= 0:
+                del self._sessions[device]
 
     def statistics(self) -> dict[str, int]:
         with self._lock:
@@ -353,8 +368,11 @@ class EdgeSession:
             try:
                 if self.channel_device is not None and request.device != self.channel_device:
                     raise IntegrityError("HELLO: the device is not the one whose TLS certificate this connection has")
-                self.identity = self.service.authenticate(request, now_ns)
-                self.device = request.device
+                identity = self.service.authenticate(request, now_ns)
+                if self.device != request.device:  # a session counts once, for the device it serves
+                    self.service.open_session(request.device)
+                    self.close()
+                self.identity, self.device = identity, request.device
             except IntegrityError as exc:
                 log.warning("%s: refused: %s", self.peer, exc)
                 return Failure("unauthenticated", str(exc))
@@ -371,3 +389,9 @@ class EdgeSession:
 
     def _still_active(self) -> bool:
         return self.device is None or self.service.still_active(self.device)
+
+    def close(self) -> None:
+        """The connection ended: it no longer counts against its device's sessions."""
+        if self.device is not None:
+            self.service.close_session(self.device)
+            self.device = self.identity = None

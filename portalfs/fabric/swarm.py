@@ -25,7 +25,7 @@ import os
 import statistics
 import time
 from collections import Counter
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from datetime import date
 from typing import Any
@@ -73,22 +73,46 @@ def _calendar(now: float) -> tuple[int, int]:
     return date.today().toordinal(), local.tm_hour
 
 
-def placement(keys: Sequence[bytes], cid: bytes, rates: dict[bytes, float]) -> list[bytes]:
+def placement(
+    keys: Sequence[bytes],
+    cid: bytes,
+    rates: dict[bytes, float],
+    operators: dict[bytes, str] | None = None,
+    held: Iterable[bytes] = (),
+) -> list[bytes]:
     """The edges in the order an object is placed on them: rendezvous hashing weighted by each edge's upload
     rate (score -ln(u) / rate, u from BLAKE3(edge key || cid) in (0, 1]), so that an edge is first for a share
     of the objects in proportion to its rate and the order of each object stays put while the rates do. An
     edge not measured counts at the median rate; with none measured, it is plain rendezvous hashing (the
-    order of BLAKE3(edge key || cid))."""
+    order of BLAKE3(edge key || cid)).
+
+    Spread across operators: the best-ranked edge of each operator that holds no copy yet (of those in
+    ``held``) comes first, then the others in rank order, so R copies go to R operators where there are R.
+    An edge whose operator is not known (absent from ``operators``, or "") is an operator of its own."""
     if not rates:
-        return sorted(keys, key=lambda k: blake3.blake3(k + cid).digest())
-    typical = statistics.median(rates.values())
+        ranked = sorted(keys, key=lambda k: blake3.blake3(k + cid).digest())
+    else:
+        typical = statistics.median(rates.values())
 
-    def score(key: bytes) -> tuple[float, bytes]:
-        digest = blake3.blake3(key + cid).digest()
-        u = (int.from_bytes(digest[:8], "big") + 1) / 2**64
-        return -math.log(u) / rates.get(key, typical), digest
+        def score(key: bytes) -> tuple[float, bytes]:
+            digest = blake3.blake3(key + cid).digest()
+            u = (int.from_bytes(digest[:8], "big") + 1) / 2**64
+            return -math.log(u) / rates.get(key, typical), digest
 
-    return sorted(keys, key=score)
+        ranked = sorted(keys, key=score)
+    if not operators:
+        return ranked
+
+    def operator(key: bytes) -> str:
+        return operators.get(key) or key.hex()
+
+    covered = {operator(k) for k in held}
+    first: list[bytes] = []
+    rest: list[bytes] = []
+    for key in ranked:
+        (rest if operator(key) in covered else first).append(key)
+        covered.add(operator(key))
+    return first + rest
 
 
 def edges_down(down: dict[str, str]) -> str:
@@ -478,10 +502,11 @@ class Swarm:
                 nursery.start_soon(ask, key)
         limit = trio.Semaphore(CONCURRENT_PUTS)
         copies = 0
+        operators = {a.key: a.operator for a in self.addresses}
 
         async def place(cid: bytes) -> None:
             nonlocal copies
-            ranked = placement(keys, cid, self._upload_rates(keys))
+            ranked = placement(keys, cid, self._upload_rates(keys), operators, holders[cid])
             async with limit:
                 data: bytes | None = None
                 for key in ranked:
@@ -546,7 +571,10 @@ class Swarm:
         return self._run(self._stat)  # type: ignore[no-any-return]
 
     async def _stat(self) -> list[dict[str, Any]]:
-        rows = [{"edge": str(a), "key": a.key.hex(), "transport": a.transport} for a in self.addresses]
+        rows = [
+            {"edge": str(a), "key": a.key.hex(), "transport": a.transport, "operator": a.operator}
+            for a in self.addresses
+        ]
 
         async def ask(address: EdgeAddress, row: dict[str, Any]) -> None:
             try:

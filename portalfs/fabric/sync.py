@@ -90,7 +90,10 @@ EDGES_SEEN = "edges-seen"  # meta: the hub's edge list as it last gave it (JSON)
 
 
 def _remember_edges(device: Device, edges: list[EdgeInfo]) -> None:
-    rows = [{"key": e.key.hex(), "address": e.address, "transports": list(e.transports)} for e in edges]
+    rows = [
+        {"key": e.key.hex(), "address": e.address, "transports": list(e.transports), "operator": e.operator}
+        for e in edges
+    ]
     value = json.dumps(rows, sort_keys=True).encode()
     if device.state.get_meta(EDGES_SEEN) != value:
         device.state.set_meta(EDGES_SEEN, value)
@@ -99,7 +102,10 @@ def _remember_edges(device: Device, edges: list[EdgeInfo]) -> None:
 def _edges_seen(device: Device) -> list[EdgeInfo]:
     raw = device.state.get_meta(EDGES_SEEN)
     rows = json.loads(raw) if raw else []
-    return [EdgeInfo(bytes.fromhex(r["key"]), r["address"], list(r["transports"]), 0, 0, 0) for r in rows]
+    return [
+        EdgeInfo(bytes.fromhex(r["key"]), r["address"], list(r["transports"]), 0, 0, 0, r.get("operator", ""))
+        for r in rows
+    ]
 
 
 def _address(row: dict[str, Any]) -> EdgeAddress:
@@ -161,7 +167,9 @@ class Fabric:
                     # (bench/transfer); QUIC when TCP is refused or reset, e.g. by a firewall that lets only UDP through
                     both = {"tcp", "quic"} <= set(edge.transports)
                     transport = "tcp" if "tcp" in edge.transports else "quic"
-                    found[edge.key.hex()] = EdgeAddress(host, port, edge.key, transport, "quic" if both else None)
+                    found[edge.key.hex()] = EdgeAddress(
+                        host, port, edge.key, transport, "quic" if both else None, edge.operator
+                    )
         return list(found.values())
 
     @property

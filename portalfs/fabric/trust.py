@@ -60,7 +60,8 @@ def writer_devices(
             cert = DeviceCertificate.from_bytes(row.cert)
             fields = cert.verify(identity)  # the hub cannot make one up: the writer's identity key signs it
             if fields["device"] not in enrolled:
-                device.state.add_device(fields["device"], str(fields["name"]), cert.to_bytes(), int(fields["time"]))
+                device.state.add_device(fields["device"], str(fields.get("name", "")), cert.to_bytes(),
+                                        int(fields["time"]))  # fmt: skip
             allowed.add(fields["device"])
     for record in records:
         if record.device not in allowed:

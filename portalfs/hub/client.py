@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import ssl
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -21,6 +22,8 @@ import httpx
 from ..errors import Conflict, NotFound, PortalError, Refused, Unreachable
 from ..keys import DeviceKey
 from .auth import sign_request
+
+log = logging.getLogger("portal.hub")
 
 __all__ = [
     "HubClient",
@@ -164,6 +167,7 @@ class EdgeInfo:
     capacity: int
     used: int
     objects: int
+    operator: str = ""  # who runs it, as the hub's operator admitted it: placement spreads copies across them
 
 
 # the wire
@@ -227,6 +231,24 @@ def fetch_certificate(url: str) -> str:
         raise Unreachable(f"hub {url}: no TLS certificate to pin ({exc})") from exc
 
 
+def _caused_by(exc: BaseException, kind: type[BaseException]) -> bool:
+    seen: BaseException | None = exc
+    while seen is not None:
+        if isinstance(seen, kind):
+            return True
+        seen = seen.__cause__ or seen.__context__
+    return False
+
+
+def certificate_public_key(pem: str) -> bytes:
+    """The certificate's public key (DER SubjectPublicKeyInfo): what a device pins of an https hub."""
+    from cryptography import x509
+    from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
+
+    key = x509.load_pem_x509_certificate(pem.encode()).public_key()
+    return key.public_bytes(Encoding.DER, PublicFormat.SubjectPublicKeyInfo)
+
+
 def certificate_fingerprint(pem: str) -> str:
     return hashlib.sha256(ssl.PEM_cert_to_DER_cert(pem)).hexdigest()
 
@@ -237,6 +259,7 @@ class HubClient:
 
     def __init__(self, url: str, device: DeviceKey, pin: str | None = None) -> None:
         self._signer = _Signer(url, device.public, device.sign)
+        self._pin = pin
         self._http = httpx.Client(timeout=TIMEOUT, verify=pinned(pin))
         self.url = self._signer.url
 
@@ -246,10 +269,33 @@ class HubClient:
     def _call(self, method: str, path: str, payload: dict[str, Any] | None = None) -> Any:
         url, body, headers = self._signer.prepare(method, path, payload)
         try:
-            response = self._http.request(method, url, content=body, headers=headers)
+            try:
+                response = self._http.request(method, url, content=body, headers=headers)
+            except httpx.ConnectError as exc:
+                if not (self._pin and _caused_by(exc, ssl.SSLCertVerificationError)):
+                    raise
+                self._renewed()  # a certificate the pin does not name: a renewal of the same key passes
+                response = self._http.request(method, url, content=body, headers=headers)
         except httpx.HTTPError as exc:
             raise Unreachable(f"hub {self.url}: {exc}") from exc
         return self._signer.result(response)
+
+    def _renewed(self) -> None:
+        """What is pinned is the hub's key: a certificate renewed for the same key (an ACME renewal that keeps
+        its key) is taken in the pinned one's place for this client's life; one of another key is refused."""
+        assert self._pin is not None
+        presented = fetch_certificate(self.url)
+        if certificate_public_key(presented) != certificate_public_key(self._pin):
+            raise Unreachable(
+                f"hub {self.url}: its certificate has another key than the one pinned at `hub add` (sha256 "
+                f"{certificate_fingerprint(presented)}): someone else answers there, or the hub has a new key "
+                "(then `portalctl hub add` it again)"
+            )
+        log.info("hub %s: a renewed certificate of the pinned key (sha256 %s)", self.url,
+                 certificate_fingerprint(presented))  # fmt: skip
+        self._http.close()
+        self._pin = presented
+        self._http = httpx.Client(timeout=TIMEOUT, verify=pinned(presented))
 
     # identities and devices
 
@@ -394,7 +440,13 @@ class HubClient:
     def edges(self) -> list[EdgeInfo]:
         return [
             EdgeInfo(
-                bytes.fromhex(r["key"]), r["address"], list(r["transports"]), r["capacity"], r["used"], r["objects"]
+                bytes.fromhex(r["key"]),
+                r["address"],
+                list(r["transports"]),
+                r["capacity"],
+                r["used"],
+                r["objects"],
+                str(r.get("operator") or r["key"]),
             )
             for r in self._call("GET", "/v1/edges")
         ]

@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import logging
-from collections.abc import Awaitable, Callable
+import signal
+import ssl
+import time
+from collections.abc import Awaitable, Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -20,6 +23,31 @@ __all__ = ["run_hub"]
 log = logging.getLogger("portal.hub")
 
 
+class _Config(Config):
+    """Hypercorn's configuration, keeping the TLS context it serves with so that SIGHUP can load new files."""
+
+    context: ssl.SSLContext | None = None
+
+    def create_ssl_context(self) -> ssl.SSLContext | None:
+        self.context = super().create_ssl_context()
+        return self.context
+
+
+async def _reload_on_hangup(config: _Config, tls: tuple[Path, Path]) -> None:
+    """On SIGHUP, read the certificate and key files again (a renewal wrote them): connections from then on
+    are served with them. Files that do not load, or do not match, leave the certificate in use as it was."""
+    cert, key = str(tls[0]), str(tls[1])
+    with trio.open_signal_receiver(signal.SIGHUP) as signals:
+        async for _ in signals:
+            try:
+                await trio.to_thread.run_sync(ssl.create_default_context().load_cert_chain, cert, key)  # a trial
+                if config.context is not None:
+                    config.context.load_cert_chain(cert, key)
+                log.info("SIGHUP: serving with %s from now on", cert)
+            except (OSError, ssl.SSLError) as exc:
+                log.warning("SIGHUP: %s and %s did not load, the certificate in use stays: %s", cert, key, exc)
+
+
 async def run_hub(
     db: Path,
     host: str,
@@ -28,15 +56,19 @@ async def run_hub(
     *,
     grace_ns: int = DEFAULT_GRACE_NS,
     tls: tuple[Path, Path] | None = None,
+    admit: Sequence[bytes] = (),
     task_status: trio.TaskStatus[int] = trio.TASK_STATUS_IGNORED,
 ) -> None:
     """Serve until ``until()`` returns (default: SIGTERM or SIGINT); ``task_status.started(port)``.
 
     ``grace_ns``: how long a deleted or expired portal stays restorable before its objects are released.
     ``tls``: (certificate, key) PEM files: the API is served over HTTPS (devices pin the certificate).
+    ``admit``: edge keys admitted at start (portald's embedded hub admits its own edge).
     """
     state = HubState(db, grace_ns)
-    config = Config()
+    for key in admit:
+        state.admit_edge(key, "", time.time_ns())
+    config = _Config()
     config.bind = [f"[{host}]:{port}" if ":" in host else f"{host}:{port}"]
     config.accesslog = None
     config.errorlog = logging.getLogger("hypercorn.error")  # through logging alone, not also to stderr
@@ -51,6 +83,8 @@ async def run_hub(
                 lambda task_status: serve(app, config, shutdown_trigger=stop.wait, task_status=task_status)
             )
             bound = int(binds[0].rsplit(":", 1)[1]) if binds else port
+            if tls is not None:
+                nursery.start_soon(_reload_on_hangup, config, tls)
             log.info("hub serving on %s:%d, state in %s", host, bound, db)
             task_status.started(bound)
             await (until or stop_signal)()

@@ -29,6 +29,7 @@ EDGE_LIVE_NS = 60 * 10**9  # an edge without a heartbeat for this long leaves th
 MAX_LOCATIONS = 10_000  # ids in one locations request
 DEFAULT_GRACE_NS = 7 * 86400 * 10**9  # a deleted or expired portal's objects are kept this long (restorable)
 MAX_SUSPECTS = 1000  # damaged copies handed to an edge in one answer
+MAX_WAITING = 1000  # edges waiting for admission the hub remembers (the most recent)
 CLOSED_STATES = ("expired", "deactivated", "deleted")  # no reads, no writes; the data stays (section 13)
 
 _SCHEMA = """
@@ -54,7 +55,15 @@ CREATE TABLE IF NOT EXISTS locations (cid BLOB NOT NULL, edge BLOB NOT NULL, por
 CREATE INDEX IF NOT EXISTS locations_portal ON locations (portal);
 CREATE TABLE IF NOT EXISTS suspects (cid BLOB NOT NULL, edge BLOB NOT NULL, reported_ns INTEGER NOT NULL,
     PRIMARY KEY (cid, edge)) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS waiting (key BLOB PRIMARY KEY, address TEXT NOT NULL, first_ns INTEGER NOT NULL,
+    last_ns INTEGER NOT NULL);
+CREATE TABLE IF NOT EXISTS readers (portal BLOB NOT NULL, identity BLOB NOT NULL, PRIMARY KEY (portal, identity))
+    WITHOUT ROWID;
 """
+# Edges the hub's operator admitted (`portal-hub edge approve`); created apart, so that a hub from before
+# admission existed can admit the edges it already had registered (section 13, "Admission").
+_ADMITTED = """CREATE TABLE admitted (key BLOB PRIMARY KEY, operator TEXT NOT NULL, admitted_ns INTEGER NOT NULL,
+    removed_ns INTEGER)"""
 
 
 class HubRefusal(Exception):
@@ -99,6 +108,15 @@ class HubState:
             self._db.execute("ALTER TABLE members ADD COLUMN write_sig BLOB")  # members from before revision 3
         if "redeem_key" not in {row[1] for row in self._db.execute("PRAGMA table_info(links)")}:
             self._db.execute("ALTER TABLE links ADD COLUMN redeem_key BLOB")  # links from before revision 3
+        if self._db.execute("SELECT 1 FROM sqlite_master WHERE name = 'admitted'").fetchone() is None:
+            with transaction(self._db, threading.Lock()) as db:  # a hub from before revision 4
+                db.execute(_ADMITTED)
+                kept = db.execute(
+                    "INSERT INTO admitted (key, operator, admitted_ns) SELECT key, '', last_seen_ns FROM edges"
+                ).rowcount
+            if kept:
+                log.warning("admitted the %d edges registered before admission existed: see `portal-hub edge ls`",
+                            kept)  # fmt: skip
         self._lock = threading.Lock()
 
     def close(self) -> None:
@@ -138,8 +156,14 @@ class HubState:
         return caller.identity
 
     def require_edge(self, caller: Caller) -> None:
-        if self._one("SELECT 1 FROM edges WHERE key = ?", caller.key) is None:
-            raise HubRefusal(401, "unknown-edge", "this edge is not registered")
+        """The caller is an edge the operator admitted (and did not remove since)."""
+        if self._one("SELECT 1 FROM admitted WHERE key = ? AND removed_ns IS NULL", caller.key) is None:
+            raise HubRefusal(403, "not-admitted", "this edge is not admitted at the hub")
+
+    def require_member_of_fabric(self, caller: Caller) -> None:
+        """The caller is an enrolled device or an admitted edge: a stranger's key learns nothing."""
+        if caller.identity is None:
+            self.require_edge(caller)
 
     # identities and devices
 
@@ -198,14 +222,29 @@ class HubState:
         ]
 
     def identity_devices(self, caller: Caller, identity: bytes) -> list[dict[str, Any]]:
-        """An identity's device certificates: public, so that readers can check who signed a version."""
-        self.require_device(caller)
+        """An identity's device certificates, so that readers can check who signed a version: only for the
+        identity itself and for those who share a portal with it (owner, member, or reader by a link)."""
+        own = self.require_device(caller)
+        if own != identity and not self._share_a_portal(own, identity):
+            raise HubRefusal(403, "forbidden", "this identity shares no portal with that one")
         return [
             {"device": d.hex(), "cert": cert.hex(), "revoked_ns": revoked}
             for d, cert, revoked in self._all(
                 "SELECT device, cert, revoked_ns FROM devices WHERE identity = ? ORDER BY enrolled_ns", identity
             )
         ]
+
+    def _share_a_portal(self, one: bytes, other: bytes) -> bool:
+        return (
+            self._one(
+                "WITH parties (portal, who) AS (SELECT id, owner FROM portals UNION ALL SELECT portal, identity "
+                "FROM members UNION ALL SELECT portal, identity FROM readers) "
+                "SELECT 1 FROM parties a JOIN parties b ON a.portal = b.portal WHERE a.who = ? AND b.who = ? LIMIT 1",
+                one,
+                other,
+            )
+            is not None
+        )
 
     def revoke(self, caller: Caller, device: bytes, sig: bytes, now_ns: int) -> None:
         identity = self.require_device(caller)
@@ -484,7 +523,7 @@ class HubState:
         """Release a link's wrapped key and the portal's head, counting one download, while the policy holds and
         ``proof`` shows that the caller knows the link's secret (a link made before revision 3 has no redeem key,
         and needs none)."""
-        self.require_device(caller)
+        identity = self.require_device(caller)
         with self._txn() as db:
             row = db.execute(
                 "SELECT portal, wrapped, expires_ns, max_downloads, window, downloads, revoked, redeem_key "
@@ -513,27 +552,93 @@ class HubState:
             if prow[1] is not None or prow[2] is not None or (prow[0] is not None and now_ns >= prow[0]):
                 raise HubRefusal(410, "expired", "the portal is no longer available")
             db.execute("UPDATE links SET downloads = downloads + 1 WHERE id = ?", (link,))
+            db.execute("INSERT OR IGNORE INTO readers VALUES (?, ?)", (portal, identity))
             records = db.execute("SELECT record FROM roots WHERE portal = ? ORDER BY version", (portal,)).fetchall()
         return {"portal": portal.hex(), "wrapped": wrapped.hex(), "roots": [r[0].hex() for r in records]}
 
-    # edges and locations
+    # edge admission (the operator's, through `portal-hub edge`: no route of the API admits an edge)
 
-    def register_edge(self, key: bytes, address: str, transports: list[str], stat: dict[str, int], now_ns: int) -> None:
+    def admit_edge(self, key: bytes, operator: str, now_ns: int) -> None:
+        """Admit ``key`` as an edge run by ``operator`` ("": its own operator), or admit it again after removal."""
         with self._txn() as db:
             db.execute(
-                "INSERT OR REPLACE INTO edges VALUES (?, ?, ?, ?, ?, ?, ?)",
-                (key, address, ",".join(transports), stat["capacity"], stat["used"], stat["objects"], now_ns),
+                "INSERT INTO admitted (key, operator, admitted_ns) VALUES (?, ?, ?) ON CONFLICT (key) DO UPDATE "
+                "SET operator = excluded.operator, admitted_ns = excluded.admitted_ns, removed_ns = NULL",
+                (key, operator, now_ns),
+            )
+            db.execute("DELETE FROM waiting WHERE key = ?", (key,))
+
+    def remove_edge(self, key: bytes, now_ns: int) -> bool:
+        """Take an edge's admission back: it can no longer register or read the directory, and leaves the
+        edges devices are given (what it holds is replaced by the devices' repair). False: it was not admitted."""
+        with self._txn() as db:
+            return bool(
+                db.execute(
+                    "UPDATE admitted SET removed_ns = ? WHERE key = ? AND removed_ns IS NULL", (now_ns, key)
+                ).rowcount
             )
 
-    def edges(self, now_ns: int) -> list[dict[str, Any]]:
+    def admissions(self, now_ns: int) -> list[dict[str, Any]]:
+        """Every edge the operator admitted or removed, and those waiting to be admitted, with when each was
+        last seen (for `portal-hub edge ls`)."""
+        found = [
+            {"key": k.hex(), "state": "removed" if removed is not None else "admitted", "operator": op,
+             "address": a, "last_seen_ns": seen, "live": seen is not None and seen > now_ns - EDGE_LIVE_NS}
+            for k, op, removed, a, seen in self._all(
+                "SELECT a.key, a.operator, a.removed_ns, e.address, e.last_seen_ns "
+                "FROM admitted a LEFT JOIN edges e ON e.key = a.key ORDER BY a.admitted_ns"
+            )
+        ]  # fmt: skip
+        found += [
+            {"key": k.hex(), "state": "waiting", "operator": None, "address": a, "last_seen_ns": seen,
+             "live": seen > now_ns - EDGE_LIVE_NS}
+            for k, a, seen in self._all("SELECT key, address, last_ns FROM waiting ORDER BY first_ns")
+        ]  # fmt: skip
+        return found
+
+    # edges and locations
+
+    def register_edge(
+        self, caller: Caller, address: str, transports: list[str], stat: dict[str, int], now_ns: int
+    ) -> None:
+        """Register or heartbeat an admitted edge. Any other key is refused, and remembered as waiting (with
+        the address it gave) so that the operator sees it in `portal-hub edge ls`."""
+        with self._txn() as db:
+            row = db.execute("SELECT removed_ns FROM admitted WHERE key = ?", (caller.key,)).fetchone()
+            if row is None:  # never admitted: waiting (one the operator removed is not asked about again)
+                db.execute(
+                    "INSERT INTO waiting VALUES (?, ?, ?, ?) "
+                    "ON CONFLICT (key) DO UPDATE SET address = excluded.address, last_ns = excluded.last_ns",
+                    (caller.key, address[:200], now_ns, now_ns),
+                )
+                db.execute(
+                    "DELETE FROM waiting WHERE key NOT IN (SELECT key FROM waiting ORDER BY last_ns DESC LIMIT ?)",
+                    (MAX_WAITING,),
+                )
+            elif row[0] is None:
+                db.execute(
+                    "INSERT OR REPLACE INTO edges VALUES (?, ?, ?, ?, ?, ?, ?)",
+                    (caller.key, address, ",".join(transports), stat["capacity"], stat["used"], stat["objects"],
+                     now_ns),
+                )  # fmt: skip
+                return
+        raise HubRefusal(
+            403, "not-admitted", f"this edge is not admitted at the hub: its operator runs "
+            f"`portal-hub edge approve {caller.key.hex()}`"
+        )  # fmt: skip
+
+    def edges(self, caller: Caller, now_ns: int) -> list[dict[str, Any]]:
+        """The admitted edges seen in the last EDGE_LIVE_NS, with their operators (devices and edges only)."""
+        self.require_member_of_fabric(caller)
         return [
-            {"key": k.hex(), "address": a, "transports": t.split(","), "capacity": c, "used": u, "objects": o}
-            for k, a, t, c, u, o in self._all(
-                "SELECT key, address, transports, capacity, used, objects FROM edges "
-                "WHERE last_seen_ns > ? ORDER BY key",
+            {"key": k.hex(), "address": a, "transports": t.split(","), "capacity": c, "used": u, "objects": o,
+             "operator": op or k.hex()}
+            for k, a, t, c, u, o, op in self._all(
+                "SELECT e.key, e.address, e.transports, e.capacity, e.used, e.objects, a.operator FROM edges e "
+                "JOIN admitted a ON a.key = e.key AND a.removed_ns IS NULL WHERE e.last_seen_ns > ? ORDER BY e.key",
                 now_ns - EDGE_LIVE_NS,
             )
-        ]
+        ]  # fmt: skip
 
     def add_locations(self, caller: Caller, portal: bytes, edge: bytes, cids: list[bytes], now_ns: int) -> None:
         self._access(caller, portal, now_ns, write=True)
@@ -543,12 +648,23 @@ class HubState:
             db.executemany("INSERT OR IGNORE INTO locations VALUES (?, ?, ?)", [(c, edge, portal) for c in cids])
 
     def locations(self, caller: Caller, cids: list[bytes]) -> dict[str, list[str]]:
-        self.require_device(caller)
+        """Where ``cids`` are, as recorded for the portals the caller may read: those its identity owns, is a
+        member of, or opened a link to. A location recorded for any other portal (a stranger's record that
+        names someone else's object at an edge of its choice) is not the caller's to believe."""
+        identity = self.require_device(caller)
         if len(cids) > MAX_LOCATIONS:
             raise HubRefusal(413, "too-large", f"at most {MAX_LOCATIONS} ids per request")
         found: dict[str, list[str]] = {}
         for cid in cids:
-            edges = self._all("SELECT DISTINCT edge FROM locations WHERE cid = ?", cid)
+            edges = self._all(
+                "SELECT DISTINCT edge FROM locations WHERE cid = ? AND portal IN (SELECT id FROM portals WHERE "
+                "owner = ? UNION SELECT portal FROM members WHERE identity = ? "
+                "UNION SELECT portal FROM readers WHERE identity = ?)",
+                cid,
+                identity,
+                identity,
+                identity,
+            )
             if edges:
                 found[cid.hex()] = [e[0].hex() for e in edges]
         return found

@@ -1,12 +1,46 @@
 """Transports for the edge protocol: QUIC (aioquic or qh3) and TLS over TCP. Thin trio adapters."""
 
+import logging
 import signal
+from collections import Counter
 from collections.abc import Iterator
 from contextlib import contextmanager
 
 import trio
 
-__all__ = ["one_error", "stop_signal"]
+__all__ = ["one_error", "stop_signal", "Connections", "MAX_CONNECTIONS", "MAX_PER_ADDRESS"]
+
+log = logging.getLogger("portal.net")
+
+MAX_CONNECTIONS = 1024  # connections an edge holds at once, over both transports
+MAX_PER_ADDRESS = 64  # ... from one network address, authenticated or not
+
+
+class Connections:
+    """The connections a server holds, bounded in all and per peer address, so that one client cannot take
+    every slot (or the memory each costs). Transports ask ``admit`` before they spend anything on a new
+    connection (a handshake, a session) and ``release`` when it ends. Used from the event loop only."""
+
+    def __init__(self, total: int = MAX_CONNECTIONS, per_address: int = MAX_PER_ADDRESS) -> None:
+        self.total = total
+        self.per_address = per_address
+        self._held: Counter[str] = Counter()
+        self._refused = 0
+
+    def admit(self, address: str) -> bool:
+        if sum(self._held.values()) >= self.total or self._held[address] >= self.per_address:
+            self._refused += 1
+            if self._refused & (self._refused - 1) == 0:  # said at the 1st, 2nd, 4th, 8th ... refusal
+                log.warning("connection from %s refused: %d held (at most %d, %d per address); %d refused so far",
+                            address, sum(self._held.values()), self.total, self.per_address, self._refused)  # fmt: skip
+            return False
+        self._held[address] += 1
+        return True
+
+    def release(self, address: str) -> None:
+        self._held[address] -= 1
+        if self._held[address] <= 0:
+            del self._held[address]
 
 
 async def stop_signal() -> None:

@@ -25,7 +25,7 @@ import trio
 
 from ..protocol.edge import ALPN, FrameReader, Message, RemoteProtocolError, encode_message
 from ..protocol.session import Outstanding, Session
-from . import one_error
+from . import Connections, one_error
 from .tcp import HandshakeTimeout, PendingAnswer, TransportError
 from .tls import EdgeKey, check_pin
 
@@ -185,18 +185,22 @@ async def serve_quic(
     host: str,
     port: int,
     new_session: Callable[[str], Session],
+    connections: Connections | None = None,
     *,
     quic: Backend | None = None,
     task_status: trio.TaskStatus[tuple[str, int]] = trio.TASK_STATUS_IGNORED,
 ) -> None:
+    """Serve the edge protocol over QUIC; ``new_session(peer)`` per connection, within ``connections`` (shared
+    with the other transport; its own by default): an Initial packet past them is dropped."""
     quic = quic or backend()
+    held = connections or Connections()
     config = quic.configuration(is_client=False)
     config.load_cert_chain(str(key.cert_file), str(key.key_file))
     family = socket.AF_INET6 if ":" in host else socket.AF_INET
     sock = _udp_socket(family)
     sock.bind((host, port))
     endpoint = _Endpoint(sock)
-    connections: dict[bytes, _ServerConnection] = {}
+    by_cid: dict[bytes, _ServerConnection] = {}
     task_status.started(sock.getsockname()[:2])
     log.info("QUIC (%s) on %s:%d", quic.name, *sock.getsockname()[:2])
     try:
@@ -212,9 +216,9 @@ async def serve_quic(
                         )
                     except ValueError:
                         continue
-                    conn = connections.get(header.destination_cid)
+                    conn = by_cid.get(header.destination_cid)
                     if conn is None:
-                        if len(data) < 1200 or not _is_initial(header.packet_type):
+                        if len(data) < 1200 or not _is_initial(header.packet_type) or not held.admit(addr[0]):
                             continue
                         quic_conn = quic.QuicConnection(
                             configuration=config, original_destination_connection_id=header.destination_cid
@@ -222,23 +226,26 @@ async def serve_quic(
                         conn = _ServerConnection(
                             quic, quic_conn, f"{addr[0]}:{addr[1]}", new_session, endpoint, nursery
                         )
-                        connections[header.destination_cid] = conn
-                        connections[quic_conn.host_cid] = conn
+                        conn.address = addr[0]
+                        by_cid[header.destination_cid] = conn
+                        by_cid[quic_conn.host_cid] = conn
                     conn.quic.receive_datagram(data, addr, now)
                     touched.add(conn)
                 endpoint.deadline = float("inf")
-                for conn in list(set(connections.values())):
+                for conn in list(set(by_cid.values())):
                     timer = conn.quic.get_timer()
                     if timer is not None and timer <= now:
                         conn.quic.handle_timer(now)
                         touched.add(conn)
                 for conn in touched:
                     conn.process_events(quic)
-                for conn in set(connections.values()):
+                for conn in set(by_cid.values()):
                     endpoint.send(conn.quic)
                     if conn.closed:
-                        for cid in [c for c, v in connections.items() if v is conn]:
-                            del connections[cid]
+                        for cid in [c for c, v in by_cid.items() if v is conn]:
+                            del by_cid[cid]
+                        held.release(conn.address)
+                        conn.session.close()
     finally:
         sock.close()
 
@@ -265,6 +272,7 @@ class _ServerConnection:
         self.streams = _Streams()
         self.closed = False
         self.backend = backend
+        self.address = ""  # the peer's network address, as counted in the server's Connections
 
     def process_events(self, quic: Backend) -> None:
         events = quic.events

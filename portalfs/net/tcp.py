@@ -33,7 +33,7 @@ from OpenSSL import SSL
 from ..keys import DeviceKey
 from ..protocol.edge import FRAME_HEAD, Message, RemoteProtocolError, encode_frame, parse_frame_head, parse_message
 from ..protocol.session import Outstanding, Session
-from . import one_error
+from . import Connections, one_error
 from .tls import EdgeKey, certificate_key, check_pin, client_context, server_context
 
 __all__ = [
@@ -51,7 +51,7 @@ log = logging.getLogger("portal.net")
 PIPELINE = 8  # requests of one connection in progress at once, on the server
 HANDSHAKE_SECONDS = 10.0  # to connect and finish the TLS handshake, for a client and for the edge alike
 SEND_SECONDS = 60.0  # the longest one request's frame may take to send before the connection is given up
-RECEIVE_BUFFER = 1 << 20  # bytes a channel decrypts into before it needs a larger buffer
+RECEIVE_BUFFER = 64 << 10  # bytes a channel first decrypts into (made at its first read, grown for a larger part)
 RECORD = 16384  # the most plaintext one TLS record carries: what one read can return
 
 
@@ -85,7 +85,9 @@ class TlsChannel(trio.abc.AsyncResource):
             self._tls.set_connect_state()
         self._send_lock = trio.Lock()  # one frame's records at a time
         self._broken: str | None = None
-        self._buffer = bytearray(RECEIVE_BUFFER)  # records are decrypted here; grown for a larger frame part
+        # records are decrypted here: none until the first read (a connection that never sends costs no
+        # buffer), then grown to the largest frame part received, and kept
+        self._buffer = bytearray()
 
     def peer_certificate(self) -> x509.Certificate | None:
         return self._tls.get_peer_certificate(as_cryptography=True)
@@ -133,7 +135,7 @@ class TlsChannel(trio.abc.AsyncResource):
     async def receive_exactly(self, n: int) -> bytes:
         """The next ``n`` plaintext bytes. EndOfChannel: the peer closed before the first of them."""
         if len(self._buffer) < n:
-            self._buffer = bytearray(n)
+            self._buffer = bytearray(max(n, RECEIVE_BUFFER))
         view = memoryview(self._buffer)  # released with the buffer; slices of it are temporaries
         got = 0
         await trio.lowlevel.checkpoint_if_cancelled()
@@ -233,17 +235,25 @@ async def serve_tcp(
     host: str,
     port: int,
     new_session: Callable[[str, bytes | None], Session],
+    connections: Connections | None = None,
     *,
     task_status: trio.TaskStatus[list[trio.SocketListener]] = trio.TASK_STATUS_IGNORED,
 ) -> None:
-    """Serve the edge protocol over TLS; ``new_session(peer, device key in its certificate)`` per connection."""
+    """Serve the edge protocol over TLS; ``new_session(peer, device key in its certificate)`` per connection,
+    within ``connections`` (shared with the other transport; its own by default)."""
     context = server_context(key)
     listeners = await trio.open_tcp_listeners(port, host=host)
+    held = connections or Connections()
     task_status.started(listeners)
 
     async def handle(stream: trio.SocketStream) -> None:
+        address = str(stream.socket.getpeername()[0])
+        if not held.admit(address):
+            await trio.aclose_forcefully(stream)
+            return
         tls = TlsChannel(stream, context, server_side=True)
         peer = tls.peer
+        session: Session | None = None
         try:
             with trio.move_on_after(HANDSHAKE_SECONDS) as handshake:
                 await tls.do_handshake()
@@ -251,10 +261,14 @@ async def serve_tcp(
                 log.info("%s: closed: no TLS handshake within %.0f s", peer, HANDSHAKE_SECONDS)
                 return
             device_key = certificate_key(tls.peer_certificate())  # the handshake required a certificate
-            await _serve_connection(tls, new_session(peer, device_key))
+            session = new_session(peer, device_key)
+            await _serve_connection(tls, session)
         except (trio.BrokenResourceError, trio.ClosedResourceError):
             pass
         finally:
+            held.release(address)
+            if session is not None:
+                session.close()
             await trio.aclose_forcefully(tls)
 
     await trio.serve_listeners(handle, listeners)

@@ -25,6 +25,10 @@ class Session(Protocol):
         """The answer if it needs neither a disk nor much CPU (for the event loop), else None."""
         ...
 
+    def close(self) -> None:
+        """The connection ended (what the session holds for it is given back)."""
+        ...
+
 
 W = TypeVar("W")
 

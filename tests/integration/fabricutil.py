@@ -72,6 +72,24 @@ def wait_for_log(server: Server, text: str, count: int = 1, timeout: float = 60.
         time.sleep(0.1)
 
 
+def admit_edges(db: Path, data: list[Path], operators: list[str] | None = None) -> list[bytes]:
+    """Make the keys of the edges that will keep their data in ``data`` and admit them at the hub whose database
+    is ``db`` (as `portal-edge key` and `portal-hub edge approve` do), before either starts; their keys."""
+    from portalfs.hub.state import HubState
+    from portalfs.net.tls import EdgeKey
+
+    keys = []
+    state = HubState(db)
+    try:
+        for i, directory in enumerate(data):
+            directory.mkdir(parents=True, exist_ok=True)
+            keys.append(EdgeKey.load_or_create(directory).public)
+            state.admit_edge(keys[-1], operators[i] if operators else "", time.time_ns())
+    finally:
+        state.close()
+    return keys
+
+
 def start(args: list[str], data: Path, enter: Callable[[], None] | None = None) -> Server:
     """Start a server (in the namespace ``enter`` moves it to) and wait for its one ready line on stdout."""
     log = open(data.with_suffix(".log"), "wb")
@@ -99,8 +117,10 @@ def fabric(
     lan: Lan | None = None,
     hub_args: tuple[str, ...] = (),
     edge_args: tuple[str, ...] = (),
+    operators: list[str] | None = None,
 ) -> Iterator[FabricLab]:
     """A hub and ``edges`` edges: on loopback, or each on its own host of ``lan`` (hosts hub, edge0, edge1, ...).
+    The hub's operator admitted every edge (each its own operator, or ``operators[i]``) before they started.
 
     ``hub_args`` and ``edge_args`` are added to each server's command line (e.g. a short grace period)."""
 
@@ -109,6 +129,7 @@ def fabric(
 
     root.mkdir(parents=True, exist_ok=True)
     lab = FabricLab(root)
+    admit_edges(root / "hub.db", [root / f"edge{i}" for i in range(edges)], operators)
     try:
         address, enter = place("hub")
         lab.hub = start(

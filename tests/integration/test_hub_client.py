@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import signal
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -15,7 +16,7 @@ from portalfs.hub.client import EdgeHubClient, HubClient, HubConflict, HubRefuse
 from portalfs.keys import DOMAIN_AGREEMENT, DOMAIN_REVOKE, DeviceKey, Identity
 from portalfs.net.tls import EdgeKey
 
-from .fabricutil import FabricLab, fabric
+from .fabricutil import FabricLab, admit_edges, fabric
 
 
 @pytest.fixture(scope="module")
@@ -38,7 +39,8 @@ def test_a_device_walks_every_route(lab: FabricLab, tmp_path: Path) -> None:
         assert [d.device for d in hub.devices()] == [device.public]
         hub.set_agreement(owner.agreement_public, owner.signing_key.sign(DOMAIN_AGREEMENT + owner.agreement_public))
         assert hub.identity(owner.public).agreement == owner.agreement_public
-        assert [d.device for d in friends_hub.identity_devices(owner.public)] == [device.public]
+        with pytest.raises(HubRefused):  # a stranger's devices are not the friend's to list, until they share
+            friends_hub.identity_devices(owner.public)
 
         assert hub.keyring().version == 0
         hub.put_keyring(1, b"sealed keyring")
@@ -58,6 +60,7 @@ def test_a_device_walks_every_route(lab: FabricLab, tmp_path: Path) -> None:
             (friend.public, b"wrapped grant", False)
         ]
         assert friends_hub.portal(portal).role == "reader"
+        assert [d.device for d in friends_hub.identity_devices(owner.public)] == [device.public]
         hub.remove_member(portal, friend.public)
         with pytest.raises(HubRefused) as refused:
             friends_hub.members(portal)
@@ -106,6 +109,11 @@ async def test_an_edge_walks_its_routes(lab: FabricLab, tmp_path: Path) -> None:
     try:
         hub.create_portal(portal)
         edge = EdgeHubClient(lab.hub_url, key.public, key.sign)
+        for refused in (edge.register("127.0.0.1:9", ("tcp",), used=10, objects=1), edge.device_directory()):
+            with pytest.raises(HubRefused) as caught:
+                await refused
+            assert caught.value.code == "not-admitted"
+        admit_edges(lab.root / "hub.db", [tmp_path])
         await edge.register("127.0.0.1:9", ("tcp",), used=10, objects=1)
         listed = (await edge.device_directory())[device.public]
         assert listed.status == "active" and listed.identity == identity.public
@@ -124,8 +132,11 @@ def test_an_edge_started_before_its_hub_says_it_serves_only_once_the_hub_lists_i
     import socket
     import threading
 
-    from .fabricutil import start
+    from portalfs.hub.state import Caller, HubState
 
+    from .fabricutil import admit_edges, start
+
+    (key,) = admit_edges(tmp_path / "hub.db", [tmp_path / "edge"])
     with socket.socket() as probe:  # a port for the hub, free now
         probe.bind(("127.0.0.1", 0))
         port = probe.getsockname()[1]
@@ -144,16 +155,20 @@ def test_an_edge_started_before_its_hub_says_it_serves_only_once_the_hub_lists_i
                      tmp_path / "edge")  # fmt: skip
         servers.append(edge)
         later.join()
-        key = bytes.fromhex(edge.line.rsplit(" ", 1)[1])
-        assert key in [e.key for e in HubClient(url, DeviceKey(os.urandom(32))).edges()]  # listed when it says so
+        assert edge.line.endswith(key.hex())
+        state = HubState(tmp_path / "hub.db")
+        try:  # listed when it says so
+            assert key in [bytes.fromhex(e["key"]) for e in state.edges(Caller(key, None), time.time_ns())]
+        finally:
+            state.close()
     finally:
         later.join()
         for server in servers:
             server.stop()
 
 
-def _self_signed(directory: Path, name: str) -> tuple[Path, Path]:
-    """A certificate for 127.0.0.1 and its key, as PEM files."""
+def _self_signed(directory: Path, name: str, key: object = None) -> tuple[Path, Path]:
+    """A certificate for 127.0.0.1 and its key (``key``, or a new one), as PEM files."""
     import datetime
     import ipaddress
 
@@ -162,7 +177,8 @@ def _self_signed(directory: Path, name: str) -> tuple[Path, Path]:
     from cryptography.hazmat.primitives.asymmetric import ec
     from cryptography.x509.oid import NameOID
 
-    key = ec.generate_private_key(ec.SECP256R1())
+    key = key or ec.generate_private_key(ec.SECP256R1())
+    assert isinstance(key, ec.EllipticCurvePrivateKey)
     subject = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, name)])
     now = datetime.datetime.now(datetime.UTC)
     cert = (
@@ -184,10 +200,11 @@ def test_a_tls_hub_is_pinned_at_hub_add_and_another_certificate_is_refused(tmp_p
     import json
     import socket
 
-    from .fabricutil import start
+    from .fabricutil import admit_edges, start
     from .test_cli import fails, ok
 
     cert, key = _self_signed(tmp_path, "hub")
+    admit_edges(tmp_path / "hub.db", [tmp_path / f"edge{i}" for i in range(2)])
     with socket.socket() as probe:
         probe.bind(("127.0.0.1", 0))
         port = probe.getsockname()[1]
@@ -214,10 +231,29 @@ def test_a_tls_hub_is_pinned_at_hub_add_and_another_certificate_is_refused(tmp_p
         ok(b, "get", "p", str(tmp_path / "out"))
         assert (tmp_path / "out" / "f.txt").read_text() == "over TLS\n"
 
+        # a renewal: a new certificate for the same key, written over the files, and SIGHUP
+        from cryptography.hazmat.primitives.serialization import load_pem_private_key
+
+        from .fabricutil import wait_for_log
+
+        _self_signed(tmp_path, "hub", load_pem_private_key(key.read_bytes(), None))
+        servers[0].process.send_signal(signal.SIGHUP)
+        wait_for_log(servers[0], "SIGHUP: serving with")
+        (tmp_path / "f.txt").write_text("renewed\n")
+        ok(a, "put", "p", str(tmp_path / "f.txt"))
+        ok(a, "sync")  # the device pinned the hub's key: the renewed certificate is accepted
+        ok(b, "sync")
+        ok(b, "get", "p", str(tmp_path / "out2"))
+        assert (tmp_path / "out2" / "f.txt").read_text() == "renewed\n"
+        cert.write_bytes(_self_signed(tmp_path, "other")[0].read_bytes())  # half a renewal: a certificate of
+        servers[0].process.send_signal(signal.SIGHUP)  # another key beside the old key file
+        wait_for_log(servers[0], "did not load, the certificate in use stays")
+        ok(a, "sync")
+
         servers[0].stop()  # someone else answers at the hub's address, with a certificate of its own
         other_cert, other_key = _self_signed(tmp_path, "impostor")
         servers[0] = start([*hub_args, "--tls-cert", str(other_cert), "--tls-key", str(other_key)], tmp_path / "hub2")
-        fails(a, 14, "sync", "p", match="certificate")  # the pinned certificate alone is accepted
+        fails(a, 14, "sync", "p", match="another key")  # the pinned key alone is accepted
     finally:
         for server in servers:
             server.stop()

@@ -221,3 +221,52 @@ async def test_a_refused_transport_falls_back_to_the_other(tmp_path: Path) -> No
                 assert await client.get(object_id(blob)) == blob
     finally:
         server.stop()
+
+
+def _rss(pid: int, field: str = "VmRSS") -> int:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith(field + ":"):
+            return int(line.split()[1]) * 1024
+    raise AssertionError(field)
+
+
+async def test_one_address_cannot_take_every_connection_or_the_edges_memory(
+    tcp_edge: tuple[Server, EdgeAddress],
+) -> None:
+    """A peer opening connections by the hundred, never shaking hands: those past its address's share are
+    closed at once, the edge's memory barely moves, and a device at another address is served."""
+    import socket
+
+    from portalfs.net import MAX_PER_ADDRESS
+
+    server, address = tcp_edge
+    before = _rss(server.process.pid)
+    held: list[socket.socket] = []
+    try:
+        for _ in range(MAX_PER_ADDRESS + 36):
+            sock = socket.socket()
+            sock.bind(("127.0.0.2", 0))  # another loopback address: the flood's own
+            sock.connect((address.host, address.port))
+            held.append(sock)
+        closed = 0
+        deadline = time.monotonic() + 5  # well within the edge's 10 s for a handshake
+        while time.monotonic() < deadline and closed < 36:
+            time.sleep(0.1)
+            closed = 0
+            for sock in held:
+                try:
+                    closed += sock.recv(1, socket.MSG_DONTWAIT | socket.MSG_PEEK) == b""  # hung up on
+                except BlockingIOError:
+                    pass  # held open, waiting for a handshake
+                except ConnectionResetError:
+                    closed += 1
+        assert closed == 36, f"{closed} of the flood's connections were refused"
+        device, cert = _device()
+        with trio.fail_after(30):
+            async with connect_edge(address, device, cert) as client:
+                assert (await client.stat()).objects == 0
+        peak = _rss(server.process.pid, "VmHWM")
+        assert peak - before < 32 << 20, f"the edge grew by {(peak - before) >> 20} MiB"
+    finally:
+        for sock in held:
+            sock.close()

@@ -294,3 +294,34 @@ def test_answers_are_matched_to_requests_in_order_or_by_stream() -> None:
     with pytest.raises(LocalProtocolError):
         keyed.sent("again on 0", 0)
     assert keyed.failed() == ["on 0"]
+
+
+def test_one_device_holds_a_bounded_number_of_sessions(tmp_path: Path) -> None:
+    from portalfs.edge.service import MAX_SESSIONS_PER_DEVICE
+
+    f = Fixture(tmp_path)
+    sessions = [f.session() for _ in range(MAX_SESSIONS_PER_DEVICE)]
+    for s in sessions:
+        assert s.handle(f.hello(), time.time_ns()) == Welcome(f.identity.public)
+        assert s.handle(f.hello(), time.time_ns()) == Welcome(f.identity.public)  # a second HELLO counts once
+    extra = f.session()
+    refused = extra.handle(f.hello(), time.time_ns())
+    assert isinstance(refused, Failure) and "connections open already" in refused.message
+    assert extra.handle(Stat(), time.time_ns()) == Failure("unauthenticated", "send HELLO first")
+    other = DeviceKey(os.urandom(32))  # another device is not held back by this one's sessions
+    cert = f.identity.enroll(other.public, "phone", time.time_ns()).to_bytes()
+    when, nonce = time.time_ns(), os.urandom(16)
+    hello = Hello(other.public, cert, when, nonce, other.sign(hello_message(EDGE, when, nonce)))
+    assert f.session().handle(hello, time.time_ns()) == Welcome(f.identity.public)
+    sessions.pop().close()  # a connection ends: its slot is free
+    assert extra.handle(f.hello(), time.time_ns()) == Welcome(f.identity.public)
+
+
+def test_connections_are_bounded_in_all_and_per_address() -> None:
+    from portalfs.net import Connections
+
+    held = Connections(total=5, per_address=3)
+    assert [held.admit("10.0.0.1") for _ in range(4)] == [True, True, True, False]
+    assert [held.admit("10.0.0.2") for _ in range(3)] == [True, True, False]  # 5 in all
+    held.release("10.0.0.1")
+    assert held.admit("10.0.0.2") and not held.admit("10.0.0.3")

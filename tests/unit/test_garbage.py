@@ -33,7 +33,8 @@ class World:
         self.owner = self.hub.caller(device.public)
         self.identity = identity.public
         self.edge = Caller(b"E" * 32, None)
-        self.hub.register_edge(self.edge.key, "127.0.0.1:1", ["tcp"], {"capacity": 0, "used": 0, "objects": 0}, NOW)
+        self.hub.admit_edge(self.edge.key, "", NOW)
+        self.hub.register_edge(self.edge, "127.0.0.1:1", ["tcp"], {"capacity": 0, "used": 0, "objects": 0}, NOW)
         self.service = EdgeService(LocalStore(root / "edge"), b"E" * 32, QuotaBook(root / "edge.db", 0))
         self.shared, self.own = object_id(SHARED), object_id(OWN)
         for portal in (DEAD, LIVE):

@@ -97,7 +97,8 @@ def test_a_revoked_link_and_an_unknown_one_are_refused(hub: HubState) -> None:
 
 def _edge(hub: HubState) -> Caller:
     edge = Caller(b"E" * 32, None)
-    hub.register_edge(edge.key, "127.0.0.1:1", ["tcp"], {"capacity": 0, "used": 0, "objects": 0}, NOON)
+    hub.admit_edge(edge.key, "", NOON)
+    hub.register_edge(edge, "127.0.0.1:1", ["tcp"], {"capacity": 0, "used": 0, "objects": 0}, NOON)
     return edge
 
 
@@ -185,4 +186,4 @@ def test_damaged_copies_reported_by_readers_are_handed_to_their_edge_once(hub: H
     hub.report_damage(reader, edge.key, [b"a" * 32], NOON)
     assert sorted(hub.take_suspects(edge)) == [(b"a" * 32).hex(), (b"b" * 32).hex()]
     assert hub.take_suspects(edge) == []
-    assert _refusal(hub.take_suspects, reader) == (401, "unknown-edge")
+    assert _refusal(hub.take_suspects, reader) == (403, "not-admitted")

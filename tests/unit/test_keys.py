@@ -46,7 +46,8 @@ def test_device_enrollment_verifies_and_detects_tampering() -> None:
     other = Identity(root_from_words(WORDS, "other"))
     with pytest.raises(BadSignature):
         parsed.verify(other.public)
-    forged = DeviceCertificate(parsed.body.replace(b"laptop", b"laptoq"), parsed.signature)
+    flipped = parsed.body[:-1] + bytes([parsed.body[-1] ^ 1])  # the time's last byte
+    forged = DeviceCertificate(flipped, parsed.signature)
     with pytest.raises(BadSignature):
         forged.verify(identity.public)
 
@@ -54,3 +55,21 @@ def test_device_enrollment_verifies_and_detects_tampering() -> None:
 def test_fingerprint_format() -> None:
     fp = fingerprint(bytes(32))
     assert len(fp.split("-")) == 8 and all(len(g) == 4 for g in fp.split("-"))
+
+
+def test_a_device_name_is_sealed_for_its_identity_and_an_older_certificate_keeps_its_clear_name() -> None:
+    from portalfs import encoding
+    from portalfs.keys import DOMAIN_ENROLLMENT
+
+    identity, other = Identity(bytes(range(64))), Identity(bytes(64))
+    device = DeviceKey(bytes(32))
+    cert = identity.enroll(device.public, "alices-laptop", 1)
+    fields = cert.verify(identity.public)
+    assert fields["v"] == 2 and "name" not in fields and b"alices-laptop" not in cert.to_bytes()
+    assert identity.device_name(fields) == "alices-laptop"
+    assert other.device_name(fields) == ""  # another identity's certificate: the name does not open
+    moved = dict(fields, device=DeviceKey(bytes([1]) * 32).public)  # the sealed name bound to its device
+    assert identity.device_name(moved) == ""
+    body = encoding.encode({"v": 1, "identity": identity.public, "device": device.public, "name": "old", "time": 1})
+    old = DeviceCertificate(body, identity.signing_key.sign(DOMAIN_ENROLLMENT + body))
+    assert identity.device_name(old.verify(identity.public)) == "old"  # made before names were sealed

@@ -1,0 +1,93 @@
+"""Who may take part, with real processes on loopback: edges serve a hub's devices only once its operator
+admitted them (`portal-hub edge`), a device places copies only on admitted edges and spreads them across
+operators, and an edge the operator removes is cut off (docs/design.md, sections 11 and 13)."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+from .fabricutil import Server, fabric, start, wait_for_log
+from .test_cli import ok
+
+
+def _hub_cli(*args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "portalfs.cli.servers", "hub", *args], capture_output=True, text=True, timeout=60
+    )
+
+
+def _held(data: Path) -> set[str]:
+    """The ids of the objects the edge keeping its data in ``data`` stores."""
+    objects = data / "store" / "objects"
+    return {p.name for p in objects.rglob("*") if p.is_file() and len(p.name) == 64} if objects.exists() else set()
+
+
+def test_only_admitted_edges_get_copies_spread_across_operators_and_a_removed_one_is_cut_off(tmp_path: Path) -> None:
+    operators = ["acme", "acme", "bolt", "bolt"]
+    strangers: list[Server] = []
+    with fabric(tmp_path / "fabric", edges=4, operators=operators) as lab:
+        db = str(lab.root / "hub.db")
+        try:
+            for i in range(3):  # anyone may start an edge and point it at the hub
+                data = tmp_path / f"stranger{i}"
+                strangers.append(start(["edge", "serve", "--data", str(data), "--listen", "127.0.0.1:0",
+                                        "--hub", lab.hub_url], data))  # fmt: skip
+            for stranger in strangers:
+                wait_for_log(stranger, "not admitted at the hub")
+            listed = json.loads(_hub_cli("edge", "ls", "--db", db, "--json").stdout)
+            waiting = {row["key"] for row in listed if row["state"] == "waiting"}
+            assert waiting == {s.line.rsplit(" ", 1)[1] for s in strangers}
+            assert {row["operator"] for row in listed if row["state"] == "admitted"} == {"acme", "bolt"}
+
+            src = tmp_path / "src"
+            src.mkdir()
+            for i in range(16):
+                (src / f"part{i}.bin").write_bytes(os.urandom(200_000))
+            a = tmp_path / "a"
+            words = " ".join(json.loads(ok(a, "init", "--no-passphrase", "--json"))["words"])
+            ok(a, "hub", "add", lab.hub_url)
+            edges = json.loads(ok(a, "edge", "ls", "--json"))
+            assert {e["key"] for e in edges} == {lab.edge_key(i) for i in range(4)}  # no stranger among them
+            ok(a, "edge", "replicas", "2")
+            ok(a, "portal", "create", "docs")
+            ok(a, "put", "docs", f"{src}/")
+            ok(a, "sync")
+
+            assert all(_held(s.data) == set() for s in strangers)  # not one copy on an edge nobody admitted
+            held = [_held(lab.edges[i].data) for i in range(4)]
+            ids = set().union(*held)
+            assert len(ids) > 16
+            for cid in ids:  # two copies, one with each operator
+                assert sorted(operators[i] for i in range(4) if cid in held[i]) == ["acme", "bolt"], cid
+
+            # the operator admits a stranger, then takes it back: removed, it serves the hub's devices no more
+            newcomer = strangers[0]
+            key = newcomer.line.rsplit(" ", 1)[1]
+            assert _hub_cli("edge", "approve", key, "--operator", "cask", "--db", db).returncode == 0
+            wait_for_log(newcomer, "admitted at the hub: serving its devices", timeout=30)
+            b = tmp_path / "b"
+            ok(b, "recover", "--no-passphrase", input=words)
+            ok(b, "hub", "add", lab.hub_url)
+            assert key in {e["key"] for e in json.loads(ok(b, "edge", "ls", "--json"))}
+            removed = _hub_cli("edge", "remove", key, "--db", db)
+            assert removed.returncode == 0, removed.stderr
+            deadline = time.monotonic() + 30
+            while key in {e["key"] for e in json.loads(ok(b, "edge", "ls", "--json"))}:
+                assert time.monotonic() < deadline, "a removed edge is still given to devices"
+                time.sleep(0.2)
+            ok(b, "get", "docs", str(tmp_path / "out"))
+            assert all((tmp_path / "out" / p.name).read_bytes() == p.read_bytes() for p in src.iterdir())
+
+            again = _hub_cli("edge", "remove", key, "--db", db)
+            assert again.returncode == 3 and again.stderr.strip().count("\n") == 0, again.stderr
+            bad = _hub_cli("edge", "approve", "not-a-key", "--db", db)
+            assert bad.returncode == 2 and bad.stderr.startswith("portal-hub: "), bad.stderr
+            assert "Traceback" not in bad.stderr + again.stderr
+        finally:
+            for stranger in strangers:
+                stranger.stop()

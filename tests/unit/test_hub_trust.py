@@ -1,0 +1,107 @@
+"""Who may take part, on the hub's real SQLite file: only edges its operator admitted register, read the device
+directory and are handed to devices; strangers learn nothing of an identity (its devices, where its objects
+are) and cannot make its lookups name an edge of their choosing (docs/design.md, sections 11 and 13)."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+from portalfs.fabric.grants import link_redeem_key, redeem_proof
+from portalfs.hub import state as hub_state
+from portalfs.hub.state import Caller, HubState
+
+from .test_hub_policy import NOON, _enrolled, _refusal
+
+STAT = {"capacity": 0, "used": 0, "objects": 0}
+
+
+@pytest.fixture
+def hub(tmp_path: Path) -> HubState:
+    return HubState(tmp_path / "hub.db")
+
+
+def _listed(hub: HubState, caller: Caller) -> list[str]:
+    return [e["key"] for e in hub.edges(caller, NOON)]
+
+
+def test_only_an_admitted_edge_registers_reads_the_directory_and_is_listed(hub: HubState) -> None:
+    device = _enrolled(hub, NOON)
+    edge = Caller(os.urandom(32), None)
+    assert _refusal(hub.register_edge, edge, "10.0.0.9:8471", ["tcp"], STAT, NOON) == (403, "not-admitted")
+    assert _refusal(hub.device_directory, edge) == (403, "not-admitted")
+    assert _refusal(hub.garbage, edge, NOON) == (403, "not-admitted")
+    assert _listed(hub, device) == []
+    (waiting,) = hub.admissions(NOON)
+    assert (waiting["key"], waiting["state"], waiting["address"]) == (edge.key.hex(), "waiting", "10.0.0.9:8471")
+
+    hub.admit_edge(edge.key, "acme", NOON)
+    hub.register_edge(edge, "10.0.0.9:8471", ["tcp"], STAT, NOON)
+    assert device.key.hex() in hub.device_directory(edge)
+    assert [(e["key"], e["operator"]) for e in hub.edges(device, NOON)] == [(edge.key.hex(), "acme")]
+    assert [(a["state"], a["operator"], a["live"]) for a in hub.admissions(NOON)] == [("admitted", "acme", True)]
+
+    assert hub.remove_edge(edge.key, NOON) and not hub.remove_edge(edge.key, NOON)
+    assert _refusal(hub.register_edge, edge, "10.0.0.9:8471", ["tcp"], STAT, NOON) == (403, "not-admitted")
+    assert _refusal(hub.device_directory, edge) == (403, "not-admitted")
+    assert _listed(hub, device) == []  # registered a moment ago, and gone from what devices are given
+    assert [a["state"] for a in hub.admissions(NOON)] == ["removed"]
+    hub.admit_edge(edge.key, "acme", NOON)  # admitted again
+    assert _listed(hub, device) == [edge.key.hex()]
+
+
+def test_a_key_neither_enrolled_nor_admitted_is_not_told_the_edges(hub: HubState) -> None:
+    assert _refusal(hub.edges, Caller(os.urandom(32), None), NOON) == (403, "not-admitted")
+
+
+def test_the_edges_waiting_for_admission_are_bounded(hub: HubState, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(hub_state, "MAX_WAITING", 3)
+    for i in range(5):
+        _refusal(hub.register_edge, Caller(bytes([i]) * 32, None), f"10.0.0.{i}:1", ["tcp"], STAT, NOON + i)
+    assert [a["address"] for a in hub.admissions(NOON + 5)] == ["10.0.0.2:1", "10.0.0.3:1", "10.0.0.4:1"]
+
+
+def test_a_hub_from_before_admission_admits_the_edges_it_had(tmp_path: Path) -> None:
+    hub = HubState(tmp_path / "hub.db")
+    hub.admit_edge(b"E" * 32, "", NOON)
+    hub.register_edge(Caller(b"E" * 32, None), "10.0.0.1:1", ["tcp"], STAT, NOON)
+    hub.close()
+    import sqlite3
+
+    with sqlite3.connect(tmp_path / "hub.db") as db:  # as a hub of hub API revision 3 left it
+        db.execute("DROP TABLE admitted")
+    hub = HubState(tmp_path / "hub.db")
+    assert [(a["key"], a["state"]) for a in hub.admissions(NOON)] == [((b"E" * 32).hex(), "admitted")]
+
+
+def test_strangers_see_neither_an_identitys_devices_nor_where_its_objects_are(hub: HubState) -> None:
+    owner, member, reader, stranger = (_enrolled(hub, NOON) for _ in range(4))
+    assert owner.identity and member.identity and reader.identity and stranger.identity
+    portal, theirs = b"p" * 16, b"q" * 16
+    real, fake = b"R" * 32, b"F" * 32
+    cid = os.urandom(32)
+    hub.create_portal(owner, portal, None, NOON)
+    hub.set_member(owner, portal, member.identity, b"wrapped", False, None, NOON)
+    hub.add_locations(owner, portal, real, [cid], NOON)
+    # the stranger names the owner's object, in a portal of its own, at an edge of its choosing
+    hub.create_portal(stranger, theirs, None, NOON)
+    hub.add_locations(stranger, theirs, fake, [cid], NOON)
+    assert hub.locations(owner, [cid]) == {cid.hex(): [real.hex()]}
+    assert hub.locations(member, [cid]) == {cid.hex(): [real.hex()]}
+    assert hub.locations(reader, [cid]) == {}
+    assert hub.locations(stranger, [cid]) == {cid.hex(): [fake.hex()]}  # its own record, and no one else's
+
+    assert [d["device"] for d in hub.identity_devices(owner, owner.identity)] == [owner.key.hex()]
+    assert [d["device"] for d in hub.identity_devices(member, owner.identity)] == [owner.key.hex()]
+    assert _refusal(hub.identity_devices, stranger, owner.identity) == (403, "forbidden")
+    assert _refusal(hub.identity_devices, reader, owner.identity) == (403, "forbidden")
+
+    # a link opened with its secret makes its reader one who may look both up
+    link, secret = b"L" * 16, b"s" * 32
+    hub.create_link(owner, portal, link, b"w", link_redeem_key(secret).public, {})
+    hub.redeem(reader, link, redeem_proof(secret, link, reader.key), NOON)
+    assert hub.locations(reader, [cid]) == {cid.hex(): [real.hex()]}
+    assert [d["device"] for d in hub.identity_devices(reader, owner.identity)] == [owner.key.hex()]
+    assert _refusal(hub.identity_devices, stranger, owner.identity) == (403, "forbidden")
