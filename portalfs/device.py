@@ -19,7 +19,7 @@ from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
 from .errors import AlreadyExists, IntegrityError, NotInitialized, PortalBusy, UsageError, shown
 from .keyfile import KeyFileSecrets, keyfile_is_locked, read_keyfile, write_keyfile
-from .keys import DeviceKey, Identity, fingerprint, root_from_words
+from .keys import DeviceKey, Identity, IdentityKeys, fingerprint, root_from_words
 from .paths import DeviceHome
 from .root import PortalKeys
 from .state import PortalRow, StateDB
@@ -44,7 +44,7 @@ def validate_portal_name(name: str) -> str:
 class Unlocked:
     """The device's secrets, in memory while a command runs."""
 
-    identity: Identity
+    identity: IdentityKeys
     device: DeviceKey
 
     def wrap_portal_key(self, portal_id: bytes, keys: PortalKeys) -> bytes:
@@ -147,10 +147,19 @@ class Device:
             raise AlreadyExists(f"{self.home.data} already holds identity {self.whoami()['fingerprint']}")
 
     def create_identity(
-        self, words: str, bip39_passphrase: str, key_passphrase: str | None, device_name: str | None, now_ns: int
+        self,
+        words: str,
+        bip39_passphrase: str,
+        key_passphrase: str | None,
+        device_name: str | None,
+        now_ns: int,
+        keep_root: bool = False,
     ) -> Identity:
-        """Derive the identity from ``words`` and enroll a fresh device key for this home."""
+        """Derive the identity from ``words`` and enroll a fresh device key for this home. The key file keeps
+        the identity's purpose keys and, only with ``keep_root`` (which needs ``key_passphrase``), its root."""
         self.require_uninitialized()
+        if keep_root and not key_passphrase:
+            raise UsageError("--keep-root keeps the identity's root under a passphrase: give one")
         identity = Identity(root_from_words(words, bip39_passphrase))
         device = DeviceKey(os.urandom(32))
         name = device_name or socket.gethostname()
@@ -161,7 +170,8 @@ class Device:
             self.state.set_meta("device", device.public)
             self.state.add_device(device.public, name, cert.to_bytes(), now_ns)
             # The key file last: `initialized` is true only once everything is written.
-            write_keyfile(self.home.secrets_file, KeyFileSecrets(identity.root, device.private), key_passphrase)
+            keys = IdentityKeys.of(identity, keep_root)
+            write_keyfile(self.home.secrets_file, KeyFileSecrets(keys, device.private), key_passphrase)
         return identity
 
     def needs_passphrase(self) -> bool:
@@ -171,10 +181,21 @@ class Device:
     def unlock(self, passphrase: str | None) -> Unlocked:
         self.require_initialized()
         secrets = read_keyfile(self.home.secrets_file, passphrase)
-        identity, device = Identity(secrets.root), DeviceKey(secrets.device)
+        identity, device = secrets.identity, DeviceKey(secrets.device)
         if identity.public != self.state.get_meta("identity") or device.public != self.state.get_meta("device"):
             raise IntegrityError("the key file does not belong to this device's state")
         return Unlocked(identity, device)
+
+    def forget_root(self, passphrase: str | None) -> bool:
+        """Rewrite the key file without the identity's root (under the same passphrase); False: it had none."""
+        secrets = read_keyfile(self.home.secrets_file, passphrase)
+        if secrets.identity.root is None:
+            return False
+        keys = secrets.identity
+        kept = IdentityKeys(keys.public, keys.agreement, keys.agreement_sig, keys.convergence_secret,
+                            keys.keyring_key, keys.names_key, None)  # fmt: skip
+        write_keyfile(self.home.secrets_file, KeyFileSecrets(kept, secrets.device), passphrase)
+        return True
 
     def whoami(self) -> dict[str, str]:
         self.require_initialized()

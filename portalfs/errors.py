@@ -50,6 +50,10 @@ class UsageError(PortalError):
     exit_code = 2
 
 
+class RootNotKept(UsageError):
+    """The command signs for the identity, and this device does not keep its root: the 24 words are needed."""
+
+
 class NotFound(PortalError):
     """A portal, version or path that does not exist."""
 

@@ -1,10 +1,13 @@
 """The key file: a device's secrets at rest.
 
-    keyfile = CBOR {"v": 1, "kdf": null | KDF, "box": bytes}
+    keyfile = CBOR {"v": 2, "kdf": null | KDF, "box": bytes}
     KDF     = {"alg": "argon2id", "salt": 16 bytes, "t": int, "m": KiB, "p": int}
     box     = inner                                             when kdf is null
             | nonce(12) || AES-256-GCM(Argon2id(pass, KDF), nonce, inner, aad="portal keyfile v1")
-    inner   = CBOR {"root": 64 bytes, "device": 32 bytes}
+    inner   = CBOR {"device": 32 bytes, "identity": {"public", "agreement", "agreement_sig", "convergence",
+                    "keyring", "names": bytes, "root": 64 bytes (only where kept, and then under a passphrase)}}
+
+Version 1 (``inner = {"root", "device"}``) reads: such a device keeps its root, as it always did.
 
 Written atomically with mode 0600 (docs/design.md, "Key file").
 """
@@ -21,8 +24,9 @@ from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
 from . import encoding
-from .errors import BadPassphrase, IntegrityError
+from .errors import BadPassphrase, IntegrityError, UsageError
 from .fsutil import write_atomic
+from .keys import Identity, IdentityKeys
 
 __all__ = ["KeyFileSecrets", "write_keyfile", "read_keyfile", "keyfile_is_locked"]
 
@@ -35,7 +39,7 @@ ARGON2_LANES = 4
 
 @dataclass(frozen=True, slots=True)
 class KeyFileSecrets:
-    root: bytes
+    identity: IdentityKeys
     device: bytes
 
 
@@ -52,20 +56,33 @@ def _stretch(passphrase: str, kdf: dict[str, Any]) -> bytes:
 
 
 def write_keyfile(path: Path, secrets: KeyFileSecrets, passphrase: str | None) -> None:
-    inner = encoding.encode({"root": secrets.root, "device": secrets.device})
+    keys = secrets.identity
+    if keys.root is not None and not passphrase:
+        raise UsageError("the identity's root is kept on a device only under a passphrase")
+    identity = {
+        "public": keys.public,
+        "agreement": keys.agreement,
+        "agreement_sig": keys.agreement_sig,
+        "convergence": keys.convergence_secret,
+        "keyring": keys.keyring_key,
+        "names": keys.names_key,
+    }
+    if keys.root is not None:
+        identity["root"] = keys.root
+    inner = encoding.encode({"device": secrets.device, "identity": identity})
     if passphrase:
         kdf = {"alg": "argon2id", "salt": os.urandom(16), "t": ARGON2_TIME, "m": ARGON2_MEMORY_KIB, "p": ARGON2_LANES}
         nonce = os.urandom(12)
         box = nonce + AESGCM(_stretch(passphrase, kdf)).encrypt(nonce, inner, _AAD)
     else:
         kdf, box = None, inner
-    write_atomic(path, encoding.encode({"v": 1, "kdf": kdf, "box": box}), mode=0o600)
+    write_atomic(path, encoding.encode({"v": 2, "kdf": kdf, "box": box}), mode=0o600)
 
 
 def _load(path: Path) -> dict[str, Any]:
     try:
         outer = encoding.decode(path.read_bytes())
-        if outer.get("v") != 1:
+        if outer.get("v") not in (1, 2):
             raise IntegrityError(f"key file {path}: unknown version {outer.get('v')!r}")
         return dict(outer)
     except (encoding.DecodeError, AttributeError) as exc:
@@ -90,6 +107,11 @@ def read_keyfile(path: Path, passphrase: str | None) -> KeyFileSecrets:
         inner = box
     try:
         fields = encoding.decode(inner)
-        return KeyFileSecrets(root=fields["root"], device=fields["device"])
-    except (encoding.DecodeError, KeyError, TypeError) as exc:
+        if outer["v"] == 1:  # from before the root could be left off: it is kept, as it was
+            return KeyFileSecrets(IdentityKeys.of(Identity(fields["root"]), keep_root=True), fields["device"])
+        i = fields["identity"]
+        keys = IdentityKeys(i["public"], i["agreement"], i["agreement_sig"], i["convergence"], i["keyring"],
+                            i["names"], i.get("root"))  # fmt: skip
+        return KeyFileSecrets(keys, fields["device"])
+    except (encoding.DecodeError, KeyError, TypeError, ValueError) as exc:
         raise IntegrityError(f"key file {path} is damaged") from exc

@@ -25,7 +25,7 @@ from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
 from mnemonic import Mnemonic
 
 from . import encoding
-from .errors import BadRecoveryPhrase, BadSignature
+from .errors import BadRecoveryPhrase, BadSignature, RootNotKept
 
 __all__ = [
     "CONTEXT_IDENTITY_SIGNING",
@@ -33,6 +33,7 @@ __all__ = [
     "CONTEXT_CONVERGENCE",
     "CONTEXT_KEYRING",
     "Identity",
+    "IdentityKeys",
     "DeviceKey",
     "DeviceCertificate",
     "new_entropy_words",
@@ -149,29 +150,93 @@ class Identity:
         """A version-2 certificate: the device's name sealed for the identity's own devices (``device_name``),
         so that the hub and everyone it shows certificates to see a key, not a host name."""
         nonce = os.urandom(12)
-        sealed = nonce + AESGCM(self._names_key).encrypt(nonce, name.encode(), DOMAIN_DEVICE_NAME + device_public)
+        sealed = nonce + AESGCM(self.names_key).encrypt(nonce, name.encode(), DOMAIN_DEVICE_NAME + device_public)
         body = encoding.encode(
             {"v": 2, "identity": self.public, "device": device_public, "name_sealed": sealed, "time": time_ns}
         )
         return DeviceCertificate(body=body, signature=self.signing_key.sign(DOMAIN_ENROLLMENT + body))
 
     @property
-    def _names_key(self) -> bytes:
+    def names_key(self) -> bytes:
         return derive(CONTEXT_DEVICE_NAMES, self.root)
 
     def device_name(self, fields: dict[str, Any]) -> str:
-        """The name a certificate of this identity gives its device: in clear in a version-1 certificate,
-        opened from ``name_sealed`` in a version 2; "" where it does not open (another identity's)."""
-        if "name" in fields:
-            return str(fields["name"])
-        sealed = fields.get("name_sealed")
-        if not isinstance(sealed, bytes) or len(sealed) < 28 or fields.get("identity") != self.public:
-            return ""
-        try:
-            plain = AESGCM(self._names_key).decrypt(sealed[:12], sealed[12:], DOMAIN_DEVICE_NAME + fields["device"])
-        except (InvalidTag, TypeError, ValueError):
-            return ""
-        return plain.decode("utf-8", "replace")
+        return open_device_name(self.names_key, self.public, fields)
+
+
+def open_device_name(names_key: bytes, identity_public: bytes, fields: dict[str, Any]) -> str:
+    """The name a certificate of this identity gives its device: in clear in a version-1 certificate, opened
+    from ``name_sealed`` in a version 2; "" where it does not open (another identity's)."""
+    if "name" in fields:
+        return str(fields["name"])
+    sealed = fields.get("name_sealed")
+    if not isinstance(sealed, bytes) or len(sealed) < 28 or fields.get("identity") != identity_public:
+        return ""
+    try:
+        plain = AESGCM(names_key).decrypt(sealed[:12], sealed[12:], DOMAIN_DEVICE_NAME + fields["device"])
+    except (InvalidTag, TypeError, ValueError):
+        return ""
+    return plain.decode("utf-8", "replace")
+
+
+@dataclass(frozen=True, slots=True)
+class IdentityKeys:
+    """What a device keeps of its identity: the purpose keys it uses every day, and the root (hence the
+    identity's signing key) only where the user chose to keep it. Holds secrets: never log it.
+
+    Without the root a device cannot enroll another device, revoke one or grant write: those take the 24
+    words (``with_root``), so that a device revoked cannot certify a new device key of its own."""
+
+    public: bytes  # the identity's signing public key
+    agreement: bytes  # X25519 private key
+    agreement_sig: bytes  # the identity's signature of its agreement public key, made while the root was at hand
+    convergence_secret: bytes
+    keyring_key: bytes
+    names_key: bytes
+    root: bytes | None = None
+
+    @classmethod
+    def of(cls, identity: Identity, keep_root: bool) -> IdentityKeys:
+        agreement_public = identity.agreement_public
+        return cls(
+            identity.public,
+            derive(CONTEXT_IDENTITY_AGREEMENT, identity.root),
+            identity.signing_key.sign(DOMAIN_AGREEMENT + agreement_public),
+            identity.convergence_secret,
+            identity.keyring_key,
+            identity.names_key,
+            identity.root if keep_root else None,
+        )
+
+    def with_root(self, root: bytes) -> IdentityKeys:
+        """These keys with the root the 24 words gave (for one command: nothing is written)."""
+        if Identity(root).public != self.public:
+            raise BadRecoveryPhrase("these words are another identity's, not this device's")
+        return IdentityKeys(self.public, self.agreement, self.agreement_sig, self.convergence_secret,
+                            self.keyring_key, self.names_key, root)  # fmt: skip
+
+    @property
+    def signing_key(self) -> Ed25519PrivateKey:
+        if self.root is None:
+            raise RootNotKept(
+                "this device does not keep the identity's root: give the 24 recovery words on standard input"
+            )
+        return Identity(self.root).signing_key
+
+    @property
+    def agreement_key(self) -> X25519PrivateKey:
+        return X25519PrivateKey.from_private_bytes(self.agreement)
+
+    @property
+    def agreement_public(self) -> bytes:
+        return self.agreement_key.public_key().public_bytes(Encoding.Raw, PublicFormat.Raw)
+
+    @property
+    def fingerprint(self) -> str:
+        return fingerprint(self.public)
+
+    def device_name(self, fields: dict[str, Any]) -> str:
+        return open_device_name(self.names_key, self.public, fields)
 
 
 @dataclass(frozen=True, slots=True)

@@ -54,16 +54,37 @@ def read_secret_file(path: str, what: str) -> str:
         raise UsageError(f"cannot read the {what} file {path}: {exc.strerror}") from exc
 
 
+def unlock_passphrase(args: argparse.Namespace) -> str | None:
+    """The key file's passphrase: from --passphrase-file, PORTAL_PASSPHRASE, or asked on a terminal."""
+    if args.passphrase_file:
+        return read_secret_file(args.passphrase_file, "passphrase")
+    if os.environ.get("PORTAL_PASSPHRASE"):
+        return os.environ["PORTAL_PASSPHRASE"]
+    if sys.stdin.isatty():
+        return getpass.getpass("Passphrase: ")
+    return None
+
+
 def unlock(device: Device, args: argparse.Namespace) -> Unlocked:
-    passphrase = None
-    if device.needs_passphrase():
-        if args.passphrase_file:
-            passphrase = read_secret_file(args.passphrase_file, "passphrase")
-        elif os.environ.get("PORTAL_PASSPHRASE"):
-            passphrase = os.environ["PORTAL_PASSPHRASE"]
-        elif sys.stdin.isatty():
-            passphrase = getpass.getpass("Passphrase: ")
-    return device.unlock(passphrase)
+    return device.unlock(unlock_passphrase(args) if device.needs_passphrase() else None)
+
+
+def with_root(secrets: Unlocked, args: argparse.Namespace) -> Unlocked:
+    """``secrets`` with the identity's root, for a command that signs for the identity (revoke a device, grant
+    write): kept on this device, or from the 24 words (asked on a terminal, else read from standard input)."""
+    from ..errors import RootNotKept
+    from ..keys import root_from_words
+
+    if secrets.identity.root is not None:
+        return secrets
+    if sys.stdin.isatty():
+        words = getpass.getpass("This device does not keep the identity's root. Recovery phrase (24 words): ")
+    else:
+        words = sys.stdin.read()
+    if not words.strip():
+        raise RootNotKept("this device does not keep the identity's root: give the 24 recovery words on stdin")
+    bip39 = read_secret_file(args.bip39_passphrase_file, "BIP-39 passphrase") if args.bip39_passphrase_file else ""
+    return Unlocked(secrets.identity.with_root(root_from_words(words, bip39)), secrets.device)
 
 
 def human(n: float) -> str:

@@ -34,11 +34,11 @@ from ..fabric.sync import Fabric
 from ..gc import DELETE_GRACE_NS
 from ..hub.client import DeviceInfo, certificate_fingerprint, fetch_certificate
 from ..hub.state import WINDOW
-from ..keys import DeviceCertificate, Identity
+from ..keys import DeviceCertificate, IdentityKeys
 from ..portal import PortalView
 from ..sched.limits import Limits
 from ..state import VersionRow
-from .common import emit, human, unlock
+from .common import emit, human, unlock, with_root
 from .servers import parse_duration, parse_size
 
 __all__ = ["register", "open_fabric"]
@@ -271,7 +271,7 @@ def cmd_edge_ls(device: Device, args: argparse.Namespace) -> int:
     return 0
 
 
-def _device_json(d: DeviceInfo, identity: Identity) -> dict[str, Any]:
+def _device_json(d: DeviceInfo, identity: IdentityKeys) -> dict[str, Any]:
     """A device of this identity, its name opened from its certificate (the hub keeps it sealed)."""
     try:
         name = identity.device_name(DeviceCertificate.from_bytes(d.cert).fields()) or d.name
@@ -305,7 +305,7 @@ def cmd_device_ls(device: Device, args: argparse.Namespace) -> int:
 
 
 def cmd_device_revoke(device: Device, args: argparse.Namespace) -> int:
-    secrets = unlock(device, args)
+    secrets = with_root(unlock(device, args), args)
     fabric = open_fabric(device, secrets)
     try:
         revoked = sharing.revoke_device(fabric, args.device).hex()
@@ -384,6 +384,8 @@ def _sync_here(device: Device, args: argparse.Namespace) -> list[dict[str, Any]]
 
 def cmd_share(device: Device, args: argparse.Namespace) -> int:
     secrets = unlock(device, args)
+    if args.write:  # the identity signs the grant
+        secrets = with_root(secrets, args)
     view, fabric = _portal_keys(device, secrets, args.name)
     try:
         recipient = _identity_arg(args.identity)
@@ -676,8 +678,10 @@ def register(sub: Any, command: Callable[..., argparse.ArgumentParser]) -> None:
         dest="device_command", required=True, metavar="COMMAND"
     )
     command("ls", cmd_device_ls, "list this identity's devices", parent=dev)
-    c = command("revoke", cmd_device_revoke, "revoke a device (by a prefix of its key)", parent=dev)
+    c = command("revoke", cmd_device_revoke, "revoke a device (by a prefix of its key; the identity signs it: "
+                "the 24 words on stdin where this device does not keep its root)", parent=dev)  # fmt: skip
     c.add_argument("device")
+    c.add_argument("--bip39-passphrase-file", metavar="FILE", help="the identity's BIP-39 passphrase, if it has one")
     c = command("sync", cmd_sync, "push what is pending to the edges, publish it, and pull new versions")
     c.add_argument("names", nargs="*", metavar="NAME")
     c.add_argument("--repair", action="store_true", help="then put every published object back on R live edges")
@@ -688,7 +692,9 @@ def register(sub: Any, command: Callable[..., argparse.ArgumentParser]) -> None:
     c = command("share", cmd_share, "share a portal with an identity")
     c.add_argument("name")
     c.add_argument("--with", dest="identity", required=True, metavar="IDENTITY", help="their identity key (hex)")
-    c.add_argument("--write", action="store_true", help="let them publish versions too")
+    c.add_argument("--write", action="store_true", help="let them publish versions too (signed by the identity: "
+                   "the 24 words on stdin where this device does not keep its root)")  # fmt: skip
+    c.add_argument("--bip39-passphrase-file", metavar="FILE", help="the identity's BIP-39 passphrase, if it has one")
     c = command("unshare", cmd_unshare, "remove an identity from a portal and rotate its read key")
     c.add_argument("name")
     c.add_argument("identity")

@@ -36,7 +36,7 @@ from ..restore import Restorer
 from ..tree import validate_name
 from ..worktree.journal import writing
 from . import conflict_cmds, fabric_cmds
-from .common import emit, human, read_secret_file, run_command, unlock
+from .common import emit, human, read_secret_file, run_command, unlock, unlock_passphrase
 
 NUDGE_TIMEOUT = 2.0  # seconds for portald to take "look now"
 
@@ -98,7 +98,9 @@ def _source_size(sources: Sequence[Path]) -> int:
 def cmd_init(device: Device, args: argparse.Namespace) -> int:
     device.require_uninitialized()
     words = new_entropy_words(os.urandom(32))
-    identity = device.create_identity(words, _bip39_passphrase(args), _new_passphrase(args), args.name, time.time_ns())
+    identity = device.create_identity(
+        words, _bip39_passphrase(args), _new_passphrase(args), args.name, time.time_ns(), args.keep_root
+    )
     if args.json:
         print(json.dumps({"fingerprint": identity.fingerprint, "words": words.split()}))
         return 0
@@ -116,8 +118,22 @@ def cmd_recover(device: Device, args: argparse.Namespace) -> int:
         words = getpass.getpass("Recovery phrase (24 words): ")
     else:
         words = sys.stdin.read()
-    identity = device.create_identity(words, _bip39_passphrase(args), _new_passphrase(args), args.name, time.time_ns())
+    identity = device.create_identity(
+        words, _bip39_passphrase(args), _new_passphrase(args), args.name, time.time_ns(), args.keep_root
+    )
     emit(args, {"fingerprint": identity.fingerprint}, f"Recovered identity {identity.fingerprint}")
+    return 0
+
+
+def cmd_forget_root(device: Device, args: argparse.Namespace) -> int:
+    """A device made before the root was left off key files keeps it: drop it (the words stay the way back)."""
+    device.require_initialized()
+    passphrase = None
+    if device.needs_passphrase():
+        passphrase = unlock_passphrase(args)
+    dropped = device.forget_root(passphrase)
+    text = "this device no longer keeps the identity's root" if dropped else "this device keeps no root"
+    emit(args, {"root_kept": False, "dropped": dropped}, text)
     return 0
 
 
@@ -508,7 +524,11 @@ def _parser() -> argparse.ArgumentParser:
         c.add_argument("--name", help="this device's name (default: the host name)")
         c.add_argument("--no-passphrase", action="store_true", help="do not ask for a passphrase")
         c.add_argument("--bip39-passphrase-file", metavar="FILE", help="the optional BIP-39 passphrase")
+        c.add_argument("--keep-root", action="store_true", help="keep the identity's root on this device, under "
+                       "the passphrase, to revoke devices and grant write without the words")  # fmt: skip
     command("whoami", cmd_whoami, "show the identity fingerprint and this device")
+    command("forget-root", cmd_forget_root, "drop the identity's root from this device's key file (the 24 words "
+            "are then asked where the identity signs: revoking a device, granting write)")  # fmt: skip
 
     portal = sub.add_parser("portal", help="create and list portals").add_subparsers(
         dest="portal_command", required=True, metavar="COMMAND"

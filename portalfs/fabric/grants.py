@@ -27,7 +27,7 @@ from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
 
 from .. import encoding
 from ..errors import IntegrityError, UsageError
-from ..keys import DOMAIN_LINK_REDEEM, DeviceKey, Identity, derive
+from ..keys import DOMAIN_LINK_REDEEM, DeviceKey, Identity, IdentityKeys, derive
 from ..root import PortalKeys
 
 __all__ = [
@@ -78,7 +78,7 @@ def wrap_for_identity(recipient: bytes, portal: bytes, grant: Grant) -> bytes:
     return eph_pub + AESGCM(key).encrypt(_ZERO_NONCE, grant.to_bytes(), portal)
 
 
-def unwrap_for_identity(identity: Identity, portal: bytes, wrapped: bytes) -> Grant:
+def unwrap_for_identity(identity: Identity | IdentityKeys, portal: bytes, wrapped: bytes) -> Grant:
     eph_pub, sealed = wrapped[:32], wrapped[32:]
     try:
         shared = identity.agreement_key.exchange(X25519PublicKey.from_public_bytes(eph_pub))
@@ -112,12 +112,12 @@ def unwrap_for_link(secret: bytes, link: bytes, portal: bytes, wrapped: bytes) -
     return Grant.from_bytes(plain)
 
 
-def seal_keyring(identity: Identity, keyring: dict[str, Any]) -> bytes:
+def seal_keyring(identity: Identity | IdentityKeys, keyring: dict[str, Any]) -> bytes:
     nonce = os.urandom(12)
     return nonce + AESGCM(identity.keyring_key).encrypt(nonce, encoding.encode(keyring), DOMAIN_KEYRING)
 
 
-def open_keyring(identity: Identity, blob: bytes) -> dict[str, Any]:
+def open_keyring(identity: Identity | IdentityKeys, blob: bytes) -> dict[str, Any]:
     if not blob:
         return {"portals": [], "edges": []}
     try:

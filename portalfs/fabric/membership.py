@@ -41,9 +41,7 @@ class Membership:
         hub = self.require_hub()
         identity = self.secrets.identity
         hub.enroll(cert)
-        hub.set_agreement(
-            identity.agreement_public, identity.signing_key.sign(DOMAIN_AGREEMENT + identity.agreement_public)
-        )
+        hub.set_agreement(identity.agreement_public, identity.agreement_sig)  # signed while the root was at hand
         for row in self.device.state.portals():
             if self.owner_of(row) == identity.public:
                 hub.create_portal(row.id)
@@ -191,10 +189,14 @@ class Membership:
 
         self._change_keyring(rotate)
 
-    def grant(self, portal: bytes, member: bytes, grant: Grant, write: bool) -> None:
-        """Wrap ``grant`` to ``member``'s agreement key, checked against its identity, and store it at the hub."""
+    def grant(self, portal: bytes, member: bytes, grant: Grant, write: bool, write_sig: bytes | None = None) -> None:
+        """Wrap ``grant`` to ``member``'s agreement key, checked against its identity, and store it at the hub.
+        A write grant is signed by the identity (its root: kept, or from the words), unless ``write_sig`` is the
+        signature made when the member was first given write (it names the portal and the member, no key)."""
         hub = self.require_hub()
         info = hub.identity(member)
         verify_signature(member, info.sig, DOMAIN_AGREEMENT + info.agreement, "agreement key")
-        sig = self.secrets.identity.signing_key.sign(DOMAIN_WRITE_GRANT + portal + member) if write else None
+        sig = None
+        if write:
+            sig = write_sig or self.secrets.identity.signing_key.sign(DOMAIN_WRITE_GRANT + portal + member)
         hub.set_member(portal, member, wrap_for_identity(info.agreement, portal, grant), write, sig)

@@ -82,7 +82,7 @@ def _finish_rotation(fabric: Fabric, row: PortalRow) -> bool:
     # 3. the members left, and this identity's other devices, get the new keys
     grant = Grant(row.name, keys, secrets.identity.public)
     for kept in hub.members(row.id):
-        fabric.membership.grant(row.id, kept.identity, grant, kept.write)
+        fabric.membership.grant(row.id, kept.identity, grant, kept.write, kept.write_sig or None)
     fabric.membership.update_keyring_keys(row.id, keys)
     state.delete_meta(ROTATION + row.id.hex())
     log.info("%s: %s removed, read key rotated", row.name, member.hex()[:16])

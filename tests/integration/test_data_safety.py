@@ -260,7 +260,7 @@ def test_status_on_a_revoked_device_shows_what_it_holds(tmp_path: Path, lab: Fab
     _, a, words = _synced(tmp_path, lab)
     b, _ = _device(tmp_path, "b", lab, words)
     ok(b, "sync")
-    ok(a, "device", "revoke", json.loads(ok(b, "whoami", "--json"))["device"])
+    ok(a, "device", "revoke", json.loads(ok(b, "whoami", "--json"))["device"], input=words)
     status = json.loads(ok(b, "status", "--json"))
     assert "revoked" in status["hub_error"]
     assert [{k: p[k] for k in ("portal", "version", "published")} for p in status["portals"]] == [

@@ -171,7 +171,7 @@ def _unreachable(tmp_path: Path, lab: FabricLab) -> None:
 def _refused(tmp_path: Path, lab: FabricLab) -> None:
     a, words = _device(tmp_path, "a", lab)
     b, _ = _device(tmp_path, "b", lab, words)
-    ok(a, "device", "revoke", json.loads(ok(b, "whoami", "--json"))["device"])
+    ok(a, "device", "revoke", json.loads(ok(b, "whoami", "--json"))["device"], input=words)
     ok(b, "portal", "create", "mine")  # on this device alone: fine
     fails(b, 15, "sync", "mine", match="revoked")
 

@@ -529,7 +529,7 @@ async def test_a_revoked_device_is_cut_off_at_the_edges_within_seconds(tmp_path:
     edge = EdgeAddress(host, int(port), bytes.fromhex(lab.edge_key(0)), "tcp")
     async with connect_edge(edge, key, cert) as held:  # b's connection, authenticated before the revocation
         await held.stat()
-        await trio.to_thread.run_sync(lambda: ok(a, "device", "revoke", key.public.hex()[:16]))
+        await trio.to_thread.run_sync(lambda: ok(a, "device", "revoke", key.public.hex()[:16], input=words))
         revoked = trio.current_time()
         with trio.fail_after(10):
             while True:

@@ -73,12 +73,14 @@ def test_an_unshare_cut_short_is_finished_by_the_next_sync(
 def test_a_member_with_write_publishes_and_the_owner_takes_its_versions_and_not_a_strangers(
     tmp_path: Path, lab: FabricLab
 ) -> None:
-    owner, _ = _device(tmp_path, "owner", lab)
+    owner, owners_words = _device(tmp_path, "owner", lab)
     writer, _ = _device(tmp_path, "writer", lab)
     (tmp_path / "one.txt").write_text("by the owner\n")
     ok(owner, "portal", "create", "team")
     ok(owner, "put", "team", str(tmp_path / "one.txt"))
-    ok(owner, "share", "team", "--with", json.loads(ok(writer, "whoami", "--json"))["identity"], "--write")
+    writer_identity = json.loads(ok(writer, "whoami", "--json"))["identity"]
+    fails(owner, 2, "share", "team", "--with", writer_identity, "--write", match="24 recovery words", input="")
+    ok(owner, "share", "team", "--with", writer_identity, "--write", input=owners_words)  # the identity signs
     ok(owner, "sync")
     ok(writer, "sync")  # takes the share
     (tmp_path / "two.txt").write_text("by a member\n")

@@ -11,6 +11,8 @@ import sys
 import time
 from pathlib import Path
 
+import pytest
+
 from .fabricutil import Server, fabric, start, wait_for_log
 from .test_cli import ok
 
@@ -91,3 +93,57 @@ def test_only_admitted_edges_get_copies_spread_across_operators_and_a_removed_on
         finally:
             for stranger in strangers:
                 stranger.stop()
+
+
+def test_no_device_keeps_the_identity_root_so_a_revoked_one_cannot_certify_another(tmp_path: Path) -> None:
+    """A revoked device once minted a device key of its own, certified it with the root in its key file and
+    enrolled again. Now the root lives in the words (and, by choice, under a passphrase): the identity's
+    signing key is nowhere in a device's home, and what signs for the identity asks for the words."""
+    from portalfs.device import Device
+    from portalfs.errors import RootNotKept
+    from portalfs.keys import Identity, root_from_words
+    from portalfs.paths import DeviceHome
+
+    from .test_cli import fails
+
+    with fabric(tmp_path / "fabric", edges=1) as lab:
+        a = tmp_path / "a"
+        words = " ".join(json.loads(ok(a, "init", "--no-passphrase", "--json"))["words"])
+        ok(a, "hub", "add", lab.hub_url)
+        b = tmp_path / "b"
+        ok(b, "recover", "--no-passphrase", input=words)
+        ok(b, "hub", "add", lab.hub_url)
+        identity = Identity(root_from_words(words))
+        secret = {"root": identity.root, "signing key": identity.signing_key.private_bytes_raw()}
+        for home in (a, b):
+            for path in home.rglob("*"):
+                if path.is_file():
+                    data = path.read_bytes()
+                    assert not [what for what, needle in secret.items() if needle in data], path
+
+        b_device = json.loads(ok(b, "whoami", "--json"))["device"]
+        fails(a, 2, "device", "revoke", b_device, match="24 recovery words")  # nothing to sign it with
+        ok(a, "device", "revoke", b_device, input=words)
+        held = Device(DeviceHome.from_environ({"PORTAL_HOME": str(b)}))
+        try:  # all the revoked device holds of its identity cannot certify a key
+            with pytest.raises(RootNotKept):
+                held.unlock(None).identity.signing_key  # noqa: B018 - the property raises
+        finally:
+            held.close()
+        fails(b, 15, "sync", match="revoked")
+
+        c = tmp_path / "c"  # the choice to keep it: under a passphrase, and then no words are asked
+        env = {"PORTAL_PASSPHRASE": "a long passphrase"}
+        fails(c, 2, "recover", "--no-passphrase", "--keep-root", input=words, match="passphrase")
+        ok(c, "recover", "--keep-root", input=words, env=env)
+        assert not any(identity.root in p.read_bytes() for p in c.rglob("*") if p.is_file())
+        ok(c, "hub", "add", lab.hub_url, env=env)
+        ok(c, "device", "revoke", json.loads(ok(a, "whoami", "--json"))["device"], env=env)
+        fails(a, 15, "sync", match="revoked")
+        assert json.loads(ok(c, "forget-root", "--json", env=env))["dropped"]  # and the choice undone
+        kept = Device(DeviceHome.from_environ({"PORTAL_HOME": str(c)}))
+        try:
+            assert kept.unlock("a long passphrase").identity.root is None
+        finally:
+            kept.close()
+        assert not json.loads(ok(c, "forget-root", "--json", env=env))["dropped"]
