@@ -19,7 +19,7 @@ from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
 from .errors import AlreadyExists, IntegrityError, NotInitialized, PortalBusy, UsageError, shown
 from .keyfile import KeyFileSecrets, keyfile_is_locked, read_keyfile, write_keyfile
-from .keys import DeviceKey, Identity, IdentityKeys, fingerprint, root_from_words
+from .keys import DeviceCertificate, DeviceKey, Identity, IdentityKeys, fingerprint, root_from_words
 from .paths import DeviceHome
 from .root import PortalKeys
 from .state import PortalRow, StateDB
@@ -174,6 +174,20 @@ class Device:
             write_keyfile(self.home.secrets_file, KeyFileSecrets(keys, device.private), key_passphrase)
         return identity
 
+    def create_approved(
+        self, keys: IdentityKeys, device: DeviceKey, cert: bytes, key_passphrase: str | None, now_ns: int
+    ) -> None:
+        """Become a device of the identity whose ``keys`` another of its devices sealed to this one, with the
+        certificate it signed for ``device`` (``portalctl join``; the caller checked both)."""
+        self.require_uninitialized()
+        name = keys.device_name(DeviceCertificate.from_bytes(cert).fields())
+        with self.state.transaction():
+            self.state.set_meta("identity", keys.public)
+            self.state.set_meta("agreement", keys.agreement_public)
+            self.state.set_meta("device", device.public)
+            self.state.add_device(device.public, name, cert, now_ns)
+            write_keyfile(self.home.secrets_file, KeyFileSecrets(keys, device.private), key_passphrase)
+
     def needs_passphrase(self) -> bool:
         self.require_initialized()
         return keyfile_is_locked(self.home.secrets_file)
@@ -191,10 +205,8 @@ class Device:
         secrets = read_keyfile(self.home.secrets_file, passphrase)
         if secrets.identity.root is None:
             return False
-        keys = secrets.identity
-        kept = IdentityKeys(keys.public, keys.agreement, keys.agreement_sig, keys.convergence_secret,
-                            keys.keyring_key, keys.names_key, None)  # fmt: skip
-        write_keyfile(self.home.secrets_file, KeyFileSecrets(kept, secrets.device), passphrase)
+        write_keyfile(self.home.secrets_file, KeyFileSecrets(secrets.identity.without_root(), secrets.device),
+                      passphrase)  # fmt: skip
         return True
 
     def whoami(self) -> dict[str, str]:

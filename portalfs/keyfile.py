@@ -24,7 +24,7 @@ from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
 from . import encoding
-from .errors import BadPassphrase, IntegrityError, UsageError
+from .errors import BadPassphrase, BadSignature, IntegrityError, UsageError
 from .fsutil import write_atomic
 from .keys import Identity, IdentityKeys
 
@@ -59,17 +59,7 @@ def write_keyfile(path: Path, secrets: KeyFileSecrets, passphrase: str | None) -
     keys = secrets.identity
     if keys.root is not None and not passphrase:
         raise UsageError("the identity's root is kept on a device only under a passphrase")
-    identity = {
-        "public": keys.public,
-        "agreement": keys.agreement,
-        "agreement_sig": keys.agreement_sig,
-        "convergence": keys.convergence_secret,
-        "keyring": keys.keyring_key,
-        "names": keys.names_key,
-    }
-    if keys.root is not None:
-        identity["root"] = keys.root
-    inner = encoding.encode({"device": secrets.device, "identity": identity})
+    inner = encoding.encode({"device": secrets.device, "identity": keys.to_fields()})
     if passphrase:
         kdf = {"alg": "argon2id", "salt": os.urandom(16), "t": ARGON2_TIME, "m": ARGON2_MEMORY_KIB, "p": ARGON2_LANES}
         nonce = os.urandom(12)
@@ -109,9 +99,6 @@ def read_keyfile(path: Path, passphrase: str | None) -> KeyFileSecrets:
         fields = encoding.decode(inner)
         if outer["v"] == 1:  # from before the root could be left off: it is kept, as it was
             return KeyFileSecrets(IdentityKeys.of(Identity(fields["root"]), keep_root=True), fields["device"])
-        i = fields["identity"]
-        keys = IdentityKeys(i["public"], i["agreement"], i["agreement_sig"], i["convergence"], i["keyring"],
-                            i["names"], i.get("root"))  # fmt: skip
-        return KeyFileSecrets(keys, fields["device"])
-    except (encoding.DecodeError, KeyError, TypeError, ValueError) as exc:
+        return KeyFileSecrets(IdentityKeys.from_fields(fields["identity"]), fields["device"])
+    except (encoding.DecodeError, KeyError, TypeError, ValueError, BadSignature) as exc:
         raise IntegrityError(f"key file {path} is damaged") from exc

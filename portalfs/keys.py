@@ -208,6 +208,33 @@ class IdentityKeys:
             identity.root if keep_root else None,
         )
 
+    def to_fields(self) -> dict[str, bytes]:
+        """As the key file and an approval keep them (the root only where there is one)."""
+        fields = {
+            "public": self.public,
+            "agreement": self.agreement,
+            "agreement_sig": self.agreement_sig,
+            "convergence": self.convergence_secret,
+            "keyring": self.keyring_key,
+            "names": self.names_key,
+        }
+        if self.root is not None:
+            fields["root"] = self.root
+        return fields
+
+    @classmethod
+    def from_fields(cls, f: dict[str, Any]) -> IdentityKeys:
+        keys = cls(f["public"], f["agreement"], f["agreement_sig"], f["convergence"], f["keyring"], f["names"],
+                   f.get("root"))  # fmt: skip
+        if not all(isinstance(v, bytes) for v in keys.to_fields().values()):
+            raise TypeError("identity keys are bytes")
+        verify_signature(keys.public, keys.agreement_sig, DOMAIN_AGREEMENT + keys.agreement_public, "agreement key")
+        return keys
+
+    def without_root(self) -> IdentityKeys:
+        return IdentityKeys(self.public, self.agreement, self.agreement_sig, self.convergence_secret,
+                            self.keyring_key, self.names_key, None)  # fmt: skip
+
     def with_root(self, root: bytes) -> IdentityKeys:
         """These keys with the root the 24 words gave (for one command: nothing is written)."""
         if Identity(root).public != self.public:

@@ -17,7 +17,7 @@ from ..daemon.control import call_daemon, daemon_socket
 from ..daemon.manners import MANNERS_META, Manners
 from ..device import Device, Unlocked
 from ..edge.client import parse_address
-from ..errors import CorruptObject, PortalError, Refused, Unreachable, UsageError, shown
+from ..errors import CorruptObject, IntegrityError, PortalError, Refused, Unreachable, UsageError, shown
 from ..fabric import sharing
 from ..fabric.config import (
     FabricConfig,
@@ -34,7 +34,7 @@ from ..fabric.sync import Fabric
 from ..gc import DELETE_GRACE_NS
 from ..hub.client import DeviceInfo, certificate_fingerprint, fetch_certificate
 from ..hub.state import WINDOW
-from ..keys import DeviceCertificate, IdentityKeys
+from ..keys import DeviceCertificate, Identity, IdentityKeys
 from ..portal import PortalView
 from ..sched.limits import Limits
 from ..state import VersionRow
@@ -64,11 +64,16 @@ def _portal_keys(device: Device, secrets: Unlocked, name: str) -> tuple[PortalVi
 # hub, edges, devices
 
 
+def hub_url(text: str) -> str:
+    url = text.rstrip("/")
+    if not re.fullmatch(r"https?://[^/\s]+", url):
+        raise UsageError(f"{text!r} is not a hub URL (http://HOST:PORT)")
+    return url
+
+
 def cmd_hub_add(device: Device, args: argparse.Namespace) -> int:
     secrets = unlock(device, args)
-    url = args.url.rstrip("/")
-    if not re.fullmatch(r"https?://[^/\s]+", url):
-        raise UsageError(f"{args.url!r} is not a hub URL (http://HOST:PORT)")
+    url = hub_url(args.url)
     config = load_config(device) or FabricConfig()
     moved = config.hub is not None and url != config.hub
     if url != config.hub:
@@ -301,6 +306,29 @@ def cmd_device_ls(device: Device, args: argparse.Namespace) -> int:
         for r in rows
     ]
     emit(args, rows, "\n".join(lines))
+    return 0
+
+
+def cmd_device_approve(device: Device, args: argparse.Namespace) -> int:
+    """Approve a new device by the code it shows (``portalctl join``): certify its key, seal it the
+    identity's keys (never the root). The identity signs: its root is kept here, or the words are asked."""
+    from ..provisioning import check_of, parse_code, seal_keys
+
+    request, check = parse_code(args.code)
+    secrets = with_root(unlock(device, args), args)
+    assert secrets.identity.root is not None
+    fabric = open_fabric(device, secrets)
+    try:
+        hub = fabric.require_hub()
+        new_device, box = hub.provisioning(request)
+        if check_of(new_device, box) != check:
+            raise IntegrityError("the hub's request does not hold the keys the new device shows: not approved")
+        name = args.name or f"approved {time.strftime('%Y-%m-%d')}"
+        cert = Identity(secrets.identity.root).enroll(new_device, name, time.time_ns())
+        hub.approve_provisioning(request, cert.to_bytes(), seal_keys(secrets.identity, box, new_device))
+    finally:
+        fabric.close()
+    emit(args, {"device": new_device.hex(), "name": name}, f"Approved device {new_device.hex()[:16]} ({name})")
     return 0
 
 
@@ -681,6 +709,12 @@ def register(sub: Any, command: Callable[..., argparse.ArgumentParser]) -> None:
     c = command("revoke", cmd_device_revoke, "revoke a device (by a prefix of its key; the identity signs it: "
                 "the 24 words on stdin where this device does not keep its root)", parent=dev)  # fmt: skip
     c.add_argument("device")
+    c.add_argument("--bip39-passphrase-file", metavar="FILE", help="the identity's BIP-39 passphrase, if it has one")
+    approve_help = ("approve a new device by the code `portalctl join` shows there (the identity signs: the 24 "
+                    "words on stdin where this device does not keep its root)")  # fmt: skip
+    c = command("approve", cmd_device_approve, approve_help, parent=dev)
+    c.add_argument("code")
+    c.add_argument("--name", help="the new device's name (sealed in its certificate)")
     c.add_argument("--bip39-passphrase-file", metavar="FILE", help="the identity's BIP-39 passphrase, if it has one")
     c = command("sync", cmd_sync, "push what is pending to the edges, publish it, and pull new versions")
     c.add_argument("names", nargs="*", metavar="NAME")

@@ -30,7 +30,7 @@ from ..errors import NotFound, PortalBusy, PortalError, SourceError, UsageError
 from ..fabric.store import FabricStore
 from ..fabric.sync import open_view
 from ..gc import collect_garbage
-from ..keys import new_entropy_words
+from ..keys import fingerprint, new_entropy_words
 from ..portal import PortalView
 from ..restore import Restorer
 from ..tree import validate_name
@@ -122,6 +122,62 @@ def cmd_recover(device: Device, args: argparse.Namespace) -> int:
         words, _bip39_passphrase(args), _new_passphrase(args), args.name, time.time_ns(), args.keep_root
     )
     emit(args, {"fingerprint": identity.fingerprint}, f"Recovered identity {identity.fingerprint}")
+    return 0
+
+
+JOIN_SECONDS = 600  # how long `join` waits for the approval (the hub keeps a request as long)
+
+
+def cmd_join(device: Device, args: argparse.Namespace) -> int:
+    """Become a device of an identity by an approval from one of its devices: no words on this one."""
+    from ..errors import BadSignature, IntegrityError, NotFound
+    from ..fabric.config import FabricConfig, save_config
+    from ..fabric.sync import Fabric
+    from ..hub.client import HubClient
+    from ..keys import DeviceCertificate, DeviceKey
+    from ..provisioning import box_public, code, new_box, open_keys
+    from .fabric_cmds import _identity_arg, _pin_or_warn, hub_url
+
+    device.require_uninitialized()
+    url = hub_url(args.url)
+    identity = _identity_arg(args.identity)
+    config = FabricConfig(hub=url)
+    _pin_or_warn(config, url)
+    key, box = DeviceKey(os.urandom(32)), new_box()
+    hub = HubClient(url, key, config.hub_cert)
+    try:
+        request = hub.request_provisioning(box_public(box))
+        shown = code(request, key.public, box_public(box))
+        if args.json:
+            print(json.dumps({"code": shown, "identity": identity.hex()}), flush=True)
+        else:
+            print(f"On a device of identity {fingerprint(identity)}, run:\n\n  portalctl device approve {shown}\n",
+                  flush=True)  # fmt: skip
+        deadline = time.monotonic() + min(args.wait, JOIN_SECONDS)
+        while (answer := hub.provisioning_answer(request)) is None:
+            if time.monotonic() > deadline:
+                raise NotFound(f"no device approved {shown} within {min(args.wait, JOIN_SECONDS)} s")
+            time.sleep(1.0)
+    finally:
+        hub.close()
+    cert, sealed = answer
+    try:
+        fields = DeviceCertificate.from_bytes(cert).verify(identity)
+    except BadSignature:
+        raise IntegrityError(f"the approval came from another identity than {fingerprint(identity)}: refused") from None
+    keys = open_keys(box, sealed, key.public)
+    if fields.get("device") != key.public or keys.public != identity:
+        raise IntegrityError("the approval is for another device or identity: refused")
+    device.create_approved(keys, key, cert, _new_passphrase(args), time.time_ns())
+    fabric = Fabric(device, unlock(device, args), config)
+    try:
+        result = fabric.join()
+        save_config(device, fabric.config)
+    finally:
+        fabric.close()
+    if not args.json:
+        print(f"This device is now one of identity {fingerprint(identity)}; portals: "
+              f"{', '.join(result['portals_added']) or 'none'}")  # fmt: skip
     return 0
 
 
@@ -526,6 +582,12 @@ def _parser() -> argparse.ArgumentParser:
         c.add_argument("--bip39-passphrase-file", metavar="FILE", help="the optional BIP-39 passphrase")
         c.add_argument("--keep-root", action="store_true", help="keep the identity's root on this device, under "
                        "the passphrase, to revoke devices and grant write without the words")  # fmt: skip
+    c = command("join", cmd_join, "become a device of an identity by an approval from one of its devices "
+                "(shows a code for `portalctl device approve`)")  # fmt: skip
+    c.add_argument("url", help="the hub, http(s)://HOST:PORT")
+    c.add_argument("--identity", required=True, help="the identity's key (`portalctl whoami` on one of its devices)")
+    c.add_argument("--no-passphrase", action="store_true", help="do not ask for a passphrase")
+    c.add_argument("--wait", type=int, default=JOIN_SECONDS, help="seconds to wait for the approval (at most 600)")
     command("whoami", cmd_whoami, "show the identity fingerprint and this device")
     command("forget-root", cmd_forget_root, "drop the identity's root from this device's key file (the 24 words "
             "are then asked where the identity signs: revoking a device, granting write)")  # fmt: skip

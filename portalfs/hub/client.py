@@ -332,6 +332,29 @@ class HubClient:
             for r in self._call("GET", f"/v1/identities/{identity.hex()}/devices")
         ]
 
+    # approving a new device
+
+    @route("POST", "/v1/provisioning")
+    def request_provisioning(self, box: bytes) -> bytes:
+        """Ask to be approved (this client's key is the new device's); the request's id."""
+        return bytes.fromhex(self._call("POST", "/v1/provisioning", {"box": box.hex()})["id"])
+
+    @route("GET", "/v1/provisioning/{request}")
+    def provisioning(self, request: bytes) -> tuple[bytes, bytes]:
+        """(device key, box key) the new device asked with."""
+        r = self._call("GET", f"/v1/provisioning/{request.hex()}")
+        return bytes.fromhex(r["device"]), bytes.fromhex(r["box"])
+
+    @route("POST", "/v1/provisioning/{request}/approve")
+    def approve_provisioning(self, request: bytes, cert: bytes, sealed: bytes) -> None:
+        self._call("POST", f"/v1/provisioning/{request.hex()}/approve", {"cert": cert.hex(), "sealed": sealed.hex()})
+
+    @route("GET", "/v1/provisioning/{request}/answer")
+    def provisioning_answer(self, request: bytes) -> tuple[bytes, bytes] | None:
+        """(certificate, sealed keys) once approved; None while the request waits."""
+        r = self._call("GET", f"/v1/provisioning/{request.hex()}/answer")
+        return None if r is None else (bytes.fromhex(r["cert"]), bytes.fromhex(r["sealed"]))
+
     # keyring
 
     @route("GET", "/v1/keyring")

@@ -30,6 +30,8 @@ MAX_LOCATIONS = 10_000  # ids in one locations request
 DEFAULT_GRACE_NS = 7 * 86400 * 10**9  # a deleted or expired portal's objects are kept this long (restorable)
 MAX_SUSPECTS = 1000  # damaged copies handed to an edge in one answer
 MAX_WAITING = 1000  # edges waiting for admission the hub remembers (the most recent)
+MAX_PROVISIONING = 1000  # requests of new devices waiting for approval, at once
+PROVISIONING_NS = 600 * 10**9  # a new device's request waits this long for an approval, then is forgotten
 CLOSED_STATES = ("expired", "deactivated", "deleted")  # no reads, no writes; the data stays (section 13)
 
 _SCHEMA = """
@@ -57,6 +59,8 @@ CREATE TABLE IF NOT EXISTS suspects (cid BLOB NOT NULL, edge BLOB NOT NULL, repo
     PRIMARY KEY (cid, edge)) WITHOUT ROWID;
 CREATE TABLE IF NOT EXISTS waiting (key BLOB PRIMARY KEY, address TEXT NOT NULL, first_ns INTEGER NOT NULL,
     last_ns INTEGER NOT NULL);
+CREATE TABLE IF NOT EXISTS provisioning (id BLOB PRIMARY KEY, device BLOB NOT NULL, box BLOB NOT NULL,
+    created_ns INTEGER NOT NULL, cert BLOB, sealed BLOB);
 CREATE TABLE IF NOT EXISTS readers (portal BLOB NOT NULL, identity BLOB NOT NULL, PRIMARY KEY (portal, identity))
     WITHOUT ROWID;
 """
@@ -267,6 +271,78 @@ class HubState:
             d.hex(): {"status": "revoked" if revoked is not None else "active", "identity": i.hex()}
             for d, i, revoked in self._all("SELECT device, identity, revoked_ns FROM devices")
         }
+
+    # approving a new device from one the identity has (section 15, "Approving a device")
+
+    def request_provisioning(self, caller: Caller, box: bytes, now_ns: int) -> dict[str, str]:
+        """A new device (its key not enrolled) asks to be approved: the hub holds its key and box key, under a
+        random id, for PROVISIONING_NS."""
+        if caller.identity is not None:
+            raise HubRefusal(409, "exists", "this device is enrolled already")
+        from ..provisioning import new_request_id
+
+        request = new_request_id()
+        with self._txn() as db:
+            db.execute("DELETE FROM provisioning WHERE created_ns < ?", (now_ns - PROVISIONING_NS,))
+            if db.execute("SELECT count(*) FROM provisioning").fetchone()[0] >= MAX_PROVISIONING:
+                raise HubRefusal(429, "busy", "too many devices wait for approval: try again in minutes")
+            db.execute(
+                "INSERT INTO provisioning (id, device, box, created_ns) VALUES (?, ?, ?, ?)",
+                (request, caller.key, box, now_ns),
+            )
+        return {"id": request.hex()}
+
+    def _provisioning(self, request: bytes, now_ns: int) -> tuple[bytes, bytes, bytes | None, bytes | None]:
+        row = self._one(
+            "SELECT device, box, cert, sealed FROM provisioning WHERE id = ? AND created_ns >= ?",
+            request,
+            now_ns - PROVISIONING_NS,
+        )
+        if row is None:
+            raise HubRefusal(404, "not-found", "no such device request (it lasts 10 minutes)")
+        return row  # type: ignore[no-any-return]
+
+    def provisioning(self, caller: Caller, request: bytes, now_ns: int) -> dict[str, str]:
+        """The keys a new device showed, to an enrolled device about to approve it (which checks them against
+        the code the new device shows, not the hub's word)."""
+        self.require_device(caller)
+        device, box, cert, _ = self._provisioning(request, now_ns)
+        if cert is not None:
+            raise HubRefusal(409, "exists", "this device request was approved already")
+        return {"device": device.hex(), "box": box.hex()}
+
+    def approve_provisioning(
+        self, caller: Caller, request: bytes, cert_bytes: bytes, sealed: bytes, now_ns: int
+    ) -> None:
+        """Store the certificate the caller's identity signed for the requesting device, and the keys sealed to
+        it; once only."""
+        identity = self.require_device(caller)
+        device, _, cert, _ = self._provisioning(request, now_ns)
+        try:
+            fields = DeviceCertificate.from_bytes(cert_bytes).verify(identity)
+        except (BadSignature, CorruptObject, KeyError, TypeError, ValueError) as exc:
+            raise HubRefusal(400, "bad-certificate", f"the approval's certificate does not verify: {exc}") from None
+        if fields.get("device") != device:
+            raise HubRefusal(400, "bad-certificate", "the approval's certificate enrolls another device")
+        with self._txn() as db:
+            if (
+                db.execute(
+                    "UPDATE provisioning SET cert = ?, sealed = ? WHERE id = ? AND cert IS NULL",
+                    (cert_bytes, sealed, request),
+                ).rowcount
+                == 0
+            ):
+                raise HubRefusal(409, "exists", "this device request was approved already")
+        del cert
+
+    def provisioning_answer(self, caller: Caller, request: bytes, now_ns: int) -> dict[str, str] | None:
+        """The approval of the caller's own request (None while it waits): only the device that asked reads it."""
+        device, _, cert, sealed = self._provisioning(request, now_ns)
+        if device != caller.key:
+            raise HubRefusal(403, "forbidden", "this request is another device's")
+        if cert is None or sealed is None:
+            return None
+        return {"cert": cert.hex(), "sealed": sealed.hex()}
 
     # keyring
 

@@ -147,3 +147,62 @@ def test_no_device_keeps_the_identity_root_so_a_revoked_one_cannot_certify_anoth
         finally:
             kept.close()
         assert not json.loads(ok(c, "forget-root", "--json", env=env))["dropped"]
+
+
+def test_a_device_approved_from_another_reads_the_portals_without_the_words_and_a_strangers_approval_fails(
+    tmp_path: Path,
+) -> None:
+    from portalfs.keys import Identity, root_from_words
+
+    from .test_cli import fails
+
+    def join(home: Path, url: str, identity: str) -> tuple[subprocess.Popen[str], str]:
+        process = subprocess.Popen(
+            [sys.executable, "-m", "portalfs.cli.portalctl", "join", url, "--identity", identity, "--no-passphrase",
+             "--json", "--wait", "60"],
+            env={**os.environ, "PORTAL_HOME": str(home)}, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE, text=True,
+        )  # fmt: skip
+        assert process.stdout is not None
+        return process, json.loads(process.stdout.readline())["code"]
+
+    with fabric(tmp_path / "fabric", edges=1) as lab:
+        a = tmp_path / "a"
+        words = " ".join(json.loads(ok(a, "init", "--no-passphrase", "--json"))["words"])
+        ok(a, "hub", "add", lab.hub_url)
+        ok(a, "portal", "create", "docs")
+        (tmp_path / "note.txt").write_text("approved, not recovered\n")
+        ok(a, "put", "docs", str(tmp_path / "note.txt"))
+        ok(a, "sync")
+        identity = json.loads(ok(a, "whoami", "--json"))["identity"]
+
+        b = tmp_path / "b"
+        process, code = join(b, lab.hub_url, identity)
+        try:
+            last = code[-1]
+            tampered = code[:-1] + ("a" if last != "a" else "b")  # the check no longer names b's keys
+            fails(a, 8, "device", "approve", tampered, input=words, match="not approved")
+            fails(a, 2, "device", "approve", "not-a-code", input=words, match="device code")
+            ok(a, "device", "approve", code, "--name", "phone", input=words)
+            assert process.wait(timeout=60) == 0, process.stderr.read() if process.stderr else ""
+        finally:
+            process.kill()
+        ok(b, "get", "docs", str(tmp_path / "out"))
+        assert (tmp_path / "out" / "note.txt").read_text() == "approved, not recovered\n"
+        root = Identity(root_from_words(words)).root
+        assert not any(root in p.read_bytes() for p in b.rglob("*") if p.is_file())
+        names = {d["device"]: d["name"] for d in json.loads(ok(a, "device", "ls", "--json"))}
+        assert names[json.loads(ok(b, "whoami", "--json"))["device"]] == "phone"
+
+        s = tmp_path / "s"  # a stranger answers c's request: c refuses to become the stranger's device
+        stranger_words = " ".join(json.loads(ok(s, "init", "--no-passphrase", "--json"))["words"])
+        ok(s, "hub", "add", lab.hub_url)
+        c = tmp_path / "c"
+        process, code = join(c, lab.hub_url, identity)
+        try:
+            ok(s, "device", "approve", code, input=stranger_words)
+            assert process.wait(timeout=60) == 8
+            assert "another identity" in (process.stderr.read() if process.stderr else "")
+        finally:
+            process.kill()
+        fails(c, 5, "whoami")  # it holds no identity

@@ -105,3 +105,37 @@ def test_strangers_see_neither_an_identitys_devices_nor_where_its_objects_are(hu
     assert hub.locations(reader, [cid]) == {cid.hex(): [real.hex()]}
     assert [d["device"] for d in hub.identity_devices(reader, owner.identity)] == [owner.key.hex()]
     assert _refusal(hub.identity_devices, stranger, owner.identity) == (403, "forbidden")
+
+
+def test_a_new_device_is_approved_once_by_an_enrolled_device_and_only_it_reads_the_answer(hub: HubState) -> None:
+    from portalfs.keys import DeviceKey, Identity
+
+    identity, device = Identity(os.urandom(32)), DeviceKey(os.urandom(32))
+    hub.enroll(Caller(device.public, None), identity.enroll(device.public, "a", NOON).to_bytes(), NOON)
+    owner, stranger = hub.caller(device.public), _enrolled(hub, NOON)
+    new, box = Caller(os.urandom(32), None), os.urandom(32)
+    assert _refusal(hub.request_provisioning, owner, box, NOON) == (409, "exists")  # enrolled already
+    request = bytes.fromhex(hub.request_provisioning(new, box, NOON)["id"])
+    assert hub.provisioning(owner, request, NOON) == {"device": new.key.hex(), "box": box.hex()}
+    assert _refusal(hub.provisioning, new, request, NOON) == (401, "unknown-device")
+    assert hub.provisioning_answer(new, request, NOON) is None  # waiting
+    assert _refusal(hub.provisioning_answer, owner, request, NOON) == (403, "forbidden")
+
+    other_device = identity.enroll(os.urandom(32), "x", NOON).to_bytes()
+    assert _refusal(hub.approve_provisioning, owner, request, other_device, b"s", NOON)[1] == "bad-certificate"
+    theirs = identity.enroll(new.key, "x", NOON).to_bytes()  # signed by an identity that is not the stranger's
+    assert _refusal(hub.approve_provisioning, stranger, request, theirs, b"s", NOON)[1] == "bad-certificate"
+    hub.approve_provisioning(owner, request, theirs, b"sealed", NOON)
+    assert hub.provisioning_answer(new, request, NOON) == {"cert": theirs.hex(), "sealed": b"sealed".hex()}
+    assert _refusal(hub.approve_provisioning, owner, request, theirs, b"again", NOON) == (409, "exists")
+    later = NOON + hub_state.PROVISIONING_NS + 1
+    assert _refusal(hub.provisioning_answer, new, request, later) == (404, "not-found")  # forgotten
+
+
+def test_the_devices_waiting_for_approval_are_bounded(hub: HubState, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(hub_state, "MAX_PROVISIONING", 2)
+    for _ in range(2):
+        hub.request_provisioning(Caller(os.urandom(32), None), os.urandom(32), NOON)
+    assert _refusal(hub.request_provisioning, Caller(os.urandom(32), None), os.urandom(32), NOON)[0] == 429
+    later = NOON + hub_state.PROVISIONING_NS + 1  # the old ones forgotten, there is room again
+    hub.request_provisioning(Caller(os.urandom(32), None), os.urandom(32), later)
