@@ -10,8 +10,11 @@
 
 ``secret`` is the identity's convergence secret for file chunks and the portal's
 tree secret for nodes. The same plaintext under the same secret always seals to
-the same bytes, so duplicates are stored once. zstd (level 1) is used only when
-its frame is shorter than the plaintext.
+the same bytes, so duplicates are stored once. zstd (level 1) is tried only when
+a sample of the plaintext compresses (``worth_compressing``: incompressible
+data, a third of the work of sealing it, is stored as it is without an
+attempt), and used only when its frame is shorter than the plaintext. Both
+depend on the plaintext alone, so sealing stays convergent.
 
 Pure functions, safe to call from many threads: each thread gets its own zstd
 contexts (python-zstandard contexts must not be shared between threads).
@@ -49,6 +52,9 @@ HEADER_LEN = 1 + NONCE_LEN
 OVERHEAD = HEADER_LEN + 1 + TAG_LEN
 # Upper bound on one object's plaintext; readers refuse anything larger.
 MAX_PLAINTEXT = 16 * 1024 * 1024
+SAMPLE_PIECES = 4  # pieces of the plaintext, evenly spaced, that decide whether zstd is tried on the whole
+SAMPLE_PIECE = 4096  # bytes in each
+SAMPLE_GAIN = 0.97  # zstd is tried when the sample compresses below this share of its size
 
 _AAD = bytes([SEAL_VERSION])
 _local = threading.local()
@@ -102,6 +108,19 @@ def plaintext_hash(plaintext: bytes | memoryview) -> bytes:
     return blake3.blake3(plaintext).digest()
 
 
+def worth_compressing(plaintext: bytes | memoryview) -> bool:
+    """Whether zstd is worth a try on ``plaintext``: a plaintext of up to twice the sample is simply tried;
+    a larger one when SAMPLE_PIECES pieces of SAMPLE_PIECE bytes, evenly spaced, compress together below
+    SAMPLE_GAIN of their size (random or already compressed data does not: it is stored as it is)."""
+    size = len(plaintext)
+    if size <= 2 * SAMPLE_PIECES * SAMPLE_PIECE:
+        return True
+    step = size // SAMPLE_PIECES
+    view = memoryview(plaintext)
+    sample = b"".join(view[i * step : i * step + SAMPLE_PIECE] for i in range(SAMPLE_PIECES))
+    return len(_compressor().compress(sample)) < SAMPLE_GAIN * len(sample)
+
+
 def seal(secret: bytes, plaintext: bytes, pid: bytes | None = None) -> tuple[ChunkRef, bytearray]:
     """Seal ``plaintext`` convergently under ``secret``; return its reference and sealed bytes.
 
@@ -115,8 +134,8 @@ def seal(secret: bytes, plaintext: bytes, pid: bytes | None = None) -> tuple[Chu
     if pid is None:
         pid = plaintext_hash(plaintext)
     key = blake3.blake3(pid, key=secret).digest()
-    frame = _compressor().compress(plaintext)
-    if len(frame) < len(plaintext):
+    frame = _compressor().compress(plaintext) if worth_compressing(plaintext) else None
+    if frame is not None and len(frame) < len(plaintext):
         body = b"\x01" + frame
         nonce = blake3.blake3(body, key=key).digest(length=NONCE_LEN)
     else:

@@ -66,3 +66,24 @@ def test_wrong_plaintext_hash_is_rejected() -> None:
 def test_oversized_plaintext_is_refused() -> None:
     with pytest.raises(ValueError):
         seal(SECRET, bytes(MAX_PLAINTEXT + 1))
+
+
+def test_zstd_is_tried_only_where_a_sample_compresses_and_the_choice_is_the_plaintexts_alone() -> None:
+    from portalfs.sealing import HEADER_LEN, worth_compressing
+
+    secret = os.urandom(32)
+    noise = os.urandom(1 << 20)
+    text = b"".join(b"line %d of a log that repeats itself a little\n" % i for i in range(25_000))[: 1 << 20]
+    assert not worth_compressing(noise) and worth_compressing(text)
+    assert worth_compressing(os.urandom(1000))  # small: simply tried
+    for plaintext, compressed in ((noise, False), (text, True)):
+        ref, sealed = seal(secret, plaintext)
+        assert bytes(seal(secret, plaintext)[1]) == bytes(sealed)  # convergent: the same choice every time
+        assert bytes(unseal(ref, sealed)) == plaintext
+        assert (len(sealed) < len(plaintext)) is compressed
+    # a compressible middle between random pieces where the sample falls: stored as it is, and still opens
+    mixed = bytearray(os.urandom(1 << 20))
+    mixed[600_000:760_000] = bytes(160_000)  # between the pieces sampled at 512 KiB and 768 KiB
+    assert not worth_compressing(mixed)
+    ref, sealed = seal(secret, bytes(mixed))
+    assert bytes(unseal(ref, sealed)) == bytes(mixed) and len(sealed) > len(mixed) > HEADER_LEN
