@@ -24,22 +24,33 @@ from .store import ObjectStore
 __all__ = ["ChunkPipeline", "store_sealed"]
 
 
-def store_sealed(store: ObjectStore, secret: bytes, plaintext: bytes, pid: bytes | None = None) -> tuple[ChunkRef, int]:
+def store_sealed(
+    store: ObjectStore, secret: bytes, plaintext: bytes, pid: bytes | None = None, durable: bool = True
+) -> tuple[ChunkRef, int]:
     """Seal ``plaintext`` under ``secret`` and store it unless the store has it.
 
-    Returns its ref and the number of bytes newly stored (0 when it was there).
+    Returns its ref and the number of bytes newly stored (0 when it was there). Not ``durable``: the object is
+    flushed at the store's next ``sync()``, which the caller makes before it records anything that names it.
     """
     ref, sealed = seal(secret, plaintext, pid)
-    if store.has([ref.cid])[0] or not store.put(ref.cid, sealed):
+    if store.has([ref.cid])[0] or not store.put(ref.cid, sealed, durable=durable):
         return ref, 0
     return ref, len(sealed)
 
 
 class ChunkPipeline:
     def __init__(
-        self, store: ObjectStore, secret: bytes, workers: int | None = None, max_in_flight: int | None = None
+        self,
+        store: ObjectStore,
+        secret: bytes,
+        workers: int | None = None,
+        max_in_flight: int | None = None,
+        durable: bool = True,
     ) -> None:
+        """``durable=False``: chunks are flushed by the store's next ``sync()`` (one syncfs for a whole ingest,
+        not an fsync each), which the caller makes before it records a version that names them."""
         self.store = store
+        self._durable = durable
         self.chunks_stored = 0
         self.bytes_stored = 0
         self._secret = secret
@@ -80,7 +91,7 @@ class ChunkPipeline:
             if known is not None:
                 return known.result()
             try:
-                ref, stored = store_sealed(self.store, self._secret, data, pid)
+                ref, stored = store_sealed(self.store, self._secret, data, pid, self._durable)
             except BaseException as exc:
                 claim.set_exception(exc)
                 raise

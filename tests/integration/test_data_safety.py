@@ -291,3 +291,31 @@ def test_a_join_that_fails_half_way_saves_nothing(
         device.close()
     ok(b, "hub", "add", lab.hub_url)  # the next try joins whole
     assert "docs" in ok(b, "portal", "ls")
+
+
+def test_a_put_killed_at_any_moment_leaves_a_store_the_next_put_completes(tmp_path: Path) -> None:
+    """An ingest flushes its objects once, before the version is recorded (not one fsync each): a put killed
+    part way leaves objects the store's index does not list, and the next put stores them again, whole."""
+    import signal
+    import subprocess
+    import sys
+
+    src = tmp_path / "src"
+    src.mkdir()
+    for i in range(24):
+        (src / f"noise{i}.bin").write_bytes(os.urandom(400_000))
+        (src / f"text{i}.txt").write_bytes(b"".join(b"%d a line of text\n" % j for j in range(20_000)))
+    home = tmp_path / "home"
+    ok(home, "init", "--no-passphrase")
+    ok(home, "portal", "create", "p")
+    env = {**os.environ, "PORTAL_HOME": str(home)}
+    for delay in (0.3, 0.5, 0.7, 0.9, 1.2):  # bounded: five kills, each within seconds
+        put = subprocess.Popen([sys.executable, "-m", "portalfs.cli.portalctl", "put", "p", f"{src}/"], env=env,
+                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)  # fmt: skip
+        time.sleep(delay)
+        put.send_signal(signal.SIGKILL)
+        put.wait(timeout=30)
+    ok(home, "put", "p", f"{src}/")
+    ok(home, "check", "p")
+    ok(home, "get", "p", str(tmp_path / "out"))
+    _same(src, tmp_path / "out")
