@@ -129,6 +129,12 @@ class HubState:
     def _txn(self) -> AbstractContextManager[sqlite3.Connection]:
         return transaction(self._db, self._lock)
 
+    def _update_one(self, sql: str, args: tuple[Any, ...], refusal: HubRefusal) -> None:
+        """Run an UPDATE in its own transaction; raise ``refusal`` if it changed no row."""
+        with self._txn() as db:
+            if db.execute(sql, args).rowcount == 0:
+                raise refusal
+
     def _one(self, sql: str, *args: Any) -> Any:
         with self._lock:
             return self._db.execute(sql, args).fetchone()
@@ -253,15 +259,11 @@ class HubState:
     def revoke(self, caller: Caller, device: bytes, sig: bytes, now_ns: int) -> None:
         identity = self.require_device(caller)
         self._identity_signed(identity, sig, DOMAIN_REVOKE + device, "revocation")
-        with self._txn() as db:
-            if (
-                db.execute(
-                    "UPDATE devices SET revoked_ns = coalesce(revoked_ns, ?) WHERE device = ? AND identity = ?",
-                    (now_ns, device, identity),
-                ).rowcount
-                == 0
-            ):
-                raise HubRefusal(404, "not-found", "no such device of this identity")
+        self._update_one(
+            "UPDATE devices SET revoked_ns = coalesce(revoked_ns, ?) WHERE device = ? AND identity = ?",
+            (now_ns, device, identity),
+            HubRefusal(404, "not-found", "no such device of this identity"),
+        )
 
     def device_directory(self, caller: Caller) -> dict[str, dict[str, str]]:
         """Every enrolled device: its status and the identity that enrolled it (an edge checks a HELLO's
@@ -317,23 +319,18 @@ class HubState:
         """Store the certificate the caller's identity signed for the requesting device, and the keys sealed to
         it; once only."""
         identity = self.require_device(caller)
-        device, _, cert, _ = self._provisioning(request, now_ns)
+        device, _, _, _ = self._provisioning(request, now_ns)
         try:
             fields = DeviceCertificate.from_bytes(cert_bytes).verify(identity)
         except (BadSignature, CorruptObject, KeyError, TypeError, ValueError) as exc:
             raise HubRefusal(400, "bad-certificate", f"the approval's certificate does not verify: {exc}") from None
         if fields.get("device") != device:
             raise HubRefusal(400, "bad-certificate", "the approval's certificate enrolls another device")
-        with self._txn() as db:
-            if (
-                db.execute(
-                    "UPDATE provisioning SET cert = ?, sealed = ? WHERE id = ? AND cert IS NULL",
-                    (cert_bytes, sealed, request),
-                ).rowcount
-                == 0
-            ):
-                raise HubRefusal(409, "exists", "this device request was approved already")
-        del cert
+        self._update_one(
+            "UPDATE provisioning SET cert = ?, sealed = ? WHERE id = ? AND cert IS NULL",
+            (cert_bytes, sealed, request),
+            HubRefusal(409, "exists", "this device request was approved already"),
+        )
 
     def provisioning_answer(self, caller: Caller, request: bytes, now_ns: int) -> dict[str, str] | None:
         """The approval of the caller's own request (None while it waits): only the device that asked reads it."""
