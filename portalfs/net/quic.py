@@ -10,6 +10,7 @@ before it asks the connection what to send, so acknowledgements are batched.
 from __future__ import annotations
 
 import errno
+import hmac
 import importlib
 import logging
 import os
@@ -21,6 +22,7 @@ from dataclasses import dataclass
 from types import ModuleType
 from typing import Any
 
+import blake3
 import trio
 
 from ..protocol.edge import ALPN, FrameReader, Message, RemoteProtocolError, encode_message
@@ -49,6 +51,7 @@ class Backend:
     pull_quic_header: Callable[..., Any]
     Buffer: Any
     ConnectionError: type[Exception]  # what the connection raises when used after it closed
+    encode_quic_retry: Callable[..., bytes]
 
     def configuration(self, *, is_client: bool) -> Any:
         config = self.QuicConfiguration(
@@ -97,6 +100,7 @@ def backend(name: str | None = None) -> Backend:
             packet.pull_quic_header,
             buffer.Buffer,
             connection.QuicConnectionError,
+            packet.encode_quic_retry,
         )
     raise TransportError(f"no QUIC library: install {wanted or 'qh3 or aioquic'}")
 
@@ -133,6 +137,13 @@ class _Endpoint:
                 if exc.errno in (errno.ECONNREFUSED, errno.EHOSTUNREACH, errno.ENETUNREACH) and not self.one_peer:
                     continue  # about one of a server's many peers: not the socket's end
                 raise
+
+    def send_raw(self, datagram: bytes, addr: Any) -> None:
+        """One datagram the server makes itself (a Retry); dropped if the socket buffer is full."""
+        try:
+            self.sock.sendto(datagram, addr)
+        except OSError as exc:
+            log.debug("sendto %s: %s", addr, exc)
 
     def send(self, connection: Any) -> None:
         """Send what the connection has to send now; move the loop's deadline to its timer."""
@@ -180,6 +191,36 @@ class _Streams:
 # server
 
 
+class RetryTokens:
+    """Stateless address validation (RFC 9000, section 8.1): the first Initial of a new connection is answered
+    with a Retry whose token comes back only from a client that receives at the address it sends from; the
+    edge holds nothing for a connection before that, so spoofed Initials take no slot. A token is a MAC, under
+    a key of this process, of the address, the time, the client's original connection id and the one the
+    Retry gave; it is good for TOKEN_NS."""
+
+    TOKEN_NS = 10 * 10**9
+
+    def __init__(self) -> None:
+        self._key = os.urandom(32)
+
+    def _mac(self, addr: tuple[str, int], body: bytes) -> bytes:
+        return blake3.blake3(f"{addr[0]}|{addr[1]}|".encode() + body, key=self._key).digest()[:16]
+
+    def make(self, addr: tuple[str, int], original: bytes, retry: bytes, now_ns: int) -> bytes:
+        body = now_ns.to_bytes(8, "big") + bytes([len(original)]) + original + retry
+        return body + self._mac(addr, body)
+
+    def check(self, addr: tuple[str, int], token: bytes, now_ns: int) -> tuple[bytes, bytes] | None:
+        """(original connection id, the Retry's) of a good token; None for any other."""
+        body, mac = token[:-16], token[-16:]
+        if len(body) < 9 or not hmac.compare_digest(mac, self._mac(addr, body)):
+            return None
+        if not 0 <= now_ns - int.from_bytes(body[:8], "big") <= self.TOKEN_NS:
+            return None
+        size = body[8]
+        return body[9 : 9 + size], body[9 + size :]
+
+
 async def serve_quic(
     key: EdgeKey,
     host: str,
@@ -191,9 +232,11 @@ async def serve_quic(
     task_status: trio.TaskStatus[tuple[str, int]] = trio.TASK_STATUS_IGNORED,
 ) -> None:
     """Serve the edge protocol over QUIC; ``new_session(peer)`` per connection, within ``connections`` (shared
-    with the other transport; its own by default): an Initial packet past them is dropped."""
+    with the other transport; its own by default): an Initial packet past them is dropped. A connection is
+    made only for a client whose address a Retry validated (``RetryTokens``)."""
     quic = quic or backend()
     held = connections or Connections()
+    tokens = RetryTokens()
     config = quic.configuration(is_client=False)
     config.load_cert_chain(str(key.cert_file), str(key.key_file))
     family = socket.AF_INET6 if ":" in host else socket.AF_INET
@@ -218,10 +261,22 @@ async def serve_quic(
                         continue
                     conn = by_cid.get(header.destination_cid)
                     if conn is None:
-                        if len(data) < 1200 or not _is_initial(header.packet_type) or not held.admit(addr[0]):
+                        if len(data) < 1200 or not _is_initial(header.packet_type):
+                            continue
+                        if not header.token:  # validate the address first: a Retry, and nothing held
+                            retry = os.urandom(8)
+                            token = tokens.make(addr, header.destination_cid, retry, time.time_ns())
+                            endpoint.send_raw(quic.encode_quic_retry(
+                                version=header.version, source_cid=retry, destination_cid=header.source_cid,
+                                original_destination_cid=header.destination_cid, retry_token=token), addr)  # fmt: skip
+                            continue
+                        checked = tokens.check(addr, header.token, time.time_ns())
+                        if checked is None or checked[1] != header.destination_cid or not held.admit(addr[0]):
                             continue
                         quic_conn = quic.QuicConnection(
-                            configuration=config, original_destination_connection_id=header.destination_cid
+                            configuration=config,
+                            original_destination_connection_id=checked[0],
+                            retry_source_connection_id=header.destination_cid,
                         )
                         conn = _ServerConnection(
                             quic, quic_conn, f"{addr[0]}:{addr[1]}", new_session, endpoint, nursery

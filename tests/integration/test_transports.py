@@ -270,3 +270,30 @@ async def test_one_address_cannot_take_every_connection_or_the_edges_memory(
     finally:
         for sock in held:
             sock.close()
+
+
+async def test_spoofed_quic_initials_take_no_connection_slot(tmp_path: Path) -> None:
+    """Initial packets from an address that never answers (spoofed) are each met with a Retry and nothing
+    held: past the 64 connections one address may have, a real client from that address still connects."""
+    import socket
+
+    from portalfs.net import MAX_PER_ADDRESS
+
+    data = tmp_path / "edge"
+    server = start(["edge", "serve", "--data", str(data), "--listen", "127.0.0.1:0", "--transport", "quic"], data)
+    try:
+        _, port = server.line.split()[2].rsplit(":", 1)
+        address = EdgeAddress("127.0.0.1", int(port), bytes.fromhex(server.line.rsplit(" ", 1)[1]), "quic")
+        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as flood:
+            for _ in range(3 * MAX_PER_ADDRESS):
+                head = bytes([0xC3]) + (1).to_bytes(4, "big") + bytes([8]) + os.urandom(8) + bytes([8])
+                head += os.urandom(8) + bytes([0])  # source id, then no token
+                rest = 1250 - len(head) - 2
+                flood.sendto(head + bytes([0x40 | (rest >> 8), rest & 0xFF]) + os.urandom(rest), (address.host,
+                             address.port))  # fmt: skip
+        device, cert = _device()
+        with trio.fail_after(30):
+            async with connect_edge(address, device, cert) as client:
+                assert (await client.stat()).objects == 0
+    finally:
+        server.stop()
