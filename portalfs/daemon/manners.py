@@ -12,6 +12,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import subprocess
@@ -24,6 +25,7 @@ __all__ = ["Manners", "Power", "power", "metered", "addresses", "SuspendWatch", 
 
 MANNERS_META = "manners"  # device meta row: {"battery_below": PERCENT, "metered": "auto" | "yes" | "no"}
 DEFAULT_BATTERY_BELOW = 20
+MANNERS_SECONDS = 3.0  # between looks at the power supply, the network's metering and the clocks
 SUSPEND_GAP = 5.0  # seconds of sleep that count as a suspend
 NM_METERED_YES, NM_METERED_GUESS_YES = 1, 3
 
@@ -97,6 +99,13 @@ def hold_back(manners: Manners, supply: Power, network_metered: bool | None) -> 
     if manners.metered == "yes" or (manners.metered == "auto" and network_metered):
         return "on a metered network"
     return None
+
+
+def held_back(raw: bytes | None) -> str | None:
+    """Why background work should wait now, from the device's manners (its MANNERS_META row, ``raw``), the
+    power supply and the network (blocking: the network's metering is asked over D-Bus); None: it may go."""
+    manners = Manners.from_json(json.loads(raw) if raw else None)
+    return hold_back(manners, power(), metered() if manners.metered == "auto" else None)
 
 
 def addresses() -> frozenset[str] | None:

@@ -40,6 +40,7 @@ from ..mount.operations import PortalOperations
 from ..portal import PortalView
 from ..root import RootPayload, RootRecord
 from .control import call_daemon, daemon_socket
+from .manners import MANNERS_META, MANNERS_SECONDS, held_back
 
 __all__ = ["MountSync"]
 
@@ -85,6 +86,7 @@ class MountSync:
         while True:
             await self._due.wait()
             await self._unpaused()
+            await self._mannerly()
             self._due = trio.Event()
             try:
                 async with self._engine:
@@ -120,6 +122,22 @@ class MountSync:
                 log.info("%s: paused; versions wait here and at the hub until `portalctl resume`", self.view.row.name)
                 said = True
             await trio.sleep(PAUSE_LOOK_SECONDS)
+
+    async def _mannerly(self) -> None:
+        """While the laptop's manners hold background sync back (on battery below the threshold, on a metered
+        network: section 16), what this mount commits waits here, as portald's syncs do; looked at again every
+        MANNERS_SECONDS. An explicit `portalctl sync` does not reach a mounted portal: unmount, or plug in."""
+        said: str | None = None
+        while (reason := await trio.to_thread.run_sync(lambda: held_back(self._manners_row()))) is not None:
+            if reason != said:
+                log.info("%s: publishing waits: %s", self.view.row.name, reason)
+                said = reason
+            await trio.sleep(MANNERS_SECONDS)
+        if said is not None:
+            log.info("%s: publishing goes on", self.view.row.name)
+
+    def _manners_row(self) -> bytes | None:
+        return self.view.device.state.get_meta(MANNERS_META)
 
     def _say(self, what: str, retry: float) -> None:
         if what not in self._reported:  # the same failure, again and again, is said once

@@ -13,7 +13,6 @@ docs/design.md, "The daemon".
 
 from __future__ import annotations
 
-import json
 import logging
 import math
 import os
@@ -32,7 +31,7 @@ from ..fabric.sync import Fabric
 from ..portal import PortalView
 from .control import daemon_socket, serve_control
 from .embedded import EmbeddedFabric, run_embedded
-from .manners import MANNERS_META, Manners, SuspendWatch, addresses, hold_back, metered, power
+from .manners import MANNERS_META, MANNERS_SECONDS, SuspendWatch, addresses, held_back
 from .planner import SyncPlanner
 
 __all__ = ["SyncDaemon", "DEFAULT_INTERVAL"]
@@ -41,7 +40,6 @@ log = logging.getLogger("portal.daemon")
 
 DEFAULT_INTERVAL = 60.0  # seconds between syncs of a portal that nothing announced a change of
 REFRESH_SECONDS = 30.0  # between looks at the keyring and the shares
-MANNERS_SECONDS = 3.0  # between looks at the power supply, the network's metering and the clocks
 LOCAL_LOOK_SECONDS = 30.0  # between looks at the local heads unasked (commands and mounts say when they change them)
 EVENTS_BACKOFF = Backoff(2.0, 60.0)  # an event stream the hub refused or did not answer
 
@@ -169,9 +167,8 @@ class SyncDaemon:
             await self._check_manners(nursery)
 
     async def _check_manners(self, nursery: trio.Nursery) -> None:
-        manners = await self._on_device(self._manners)
-        network = await trio.to_thread.run_sync(metered) if manners.metered == "auto" else None
-        reason = hold_back(manners, power(), network)
+        raw = await self._on_device(lambda: self.device.state.get_meta(MANNERS_META))
+        reason = await trio.to_thread.run_sync(held_back, raw)
         if reason != self.held_back:
             log.info("background sync %s", f"waits: {reason}" if reason else "goes on")
             self.held_back = reason
@@ -188,10 +185,6 @@ class SyncDaemon:
             self._streams.clear()
             await self._scan(nursery)
             self._catch_up()
-
-    def _manners(self) -> Manners:
-        raw = self.device.state.get_meta(MANNERS_META)
-        return Manners.from_json(json.loads(raw) if raw else None)
 
     def _catch_up(self) -> None:
         """Sync every followed portal soon, and look at the keyring."""

@@ -399,6 +399,39 @@ def test_a_read_write_mount_publishes_what_it_commits_and_a_sync_beside_it_leave
         assert os.stat(mnt / "hard-link.txt").st_nlink == 2
 
 
+@needs_fuse
+def test_on_battery_a_read_write_mount_keeps_its_versions_until_the_charger_is_plugged_in(
+    tmp_path: Path, lab: FabricLab, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    supplies = tmp_path / "power"  # shaped as /sys/class/power_supply
+    for name, files in {"BAT0": {"type": "Battery", "status": "Discharging", "capacity": "12"},
+                        "AC": {"type": "Mains", "online": "0"}}.items():  # fmt: skip
+        (supplies / name).mkdir(parents=True)
+        for key, value in files.items():
+            (supplies / name / key).write_text(value + "\n")
+    monkeypatch.setenv("PORTAL_POWER_SUPPLY", str(supplies))  # the mount's, as portald's (section 16)
+    a, b = _two_devices_with(tmp_path, lab, "live")
+    mount_log = a / "logs" / "mount.log"
+    with mounted(a, "live", tmp_path / "mnt") as mnt:
+        (mnt / "note.txt").write_text("written on battery\n")
+        deadline = time.monotonic() + 30
+        while not (mount_log.exists() and "publishing waits: on battery (12%, below 20%)" in mount_log.read_text()):
+            assert time.monotonic() < deadline, "the mount did not hold its versions back"
+            time.sleep(0.1)
+        while len(json.loads(ok(a, "log", "live", "--json"))) < 1:  # committed here ...
+            assert time.monotonic() < deadline, "the mount did not commit"
+            time.sleep(0.1)
+        time.sleep(1.0)
+        assert json.loads(ok(b, "sync", "--json"))[0]["pulled"] == 0  # ... and not published
+        (supplies / "AC" / "online").write_text("1\n")  # plugged in
+        deadline = time.monotonic() + 30
+        while not json.loads(ok(b, "sync", "--json"))[0]["pulled"]:
+            assert time.monotonic() < deadline, "the mount did not publish once plugged in"
+            time.sleep(0.2)
+    ok(b, "get", "live", str(tmp_path / "note.txt"), "--path", "note.txt")
+    assert (tmp_path / "note.txt").read_text() == "written on battery\n"
+
+
 def _conflicts(directory: Path) -> list[str]:
     return sorted(p.name for p in directory.iterdir() if "(conflict " in p.name)
 
