@@ -247,8 +247,12 @@ class EdgeService:
 
     def authenticate(self, hello: Hello, now_ns: int) -> bytes:
         """Return the identity the HELLO proves, or raise IntegrityError saying why not."""
-        if abs(now_ns - hello.time) > CLOCK_SKEW_NS:
-            raise IntegrityError("HELLO time is too far from the edge's clock")
+        off = hello.time - now_ns
+        if abs(off) > CLOCK_SKEW_NS:
+            raise IntegrityError(
+                f"HELLO: the device's clock is {abs(off) / 1e9:.0f} s {'ahead of' if off > 0 else 'behind'} the "
+                f"edge's (at most {CLOCK_SKEW_NS // 10**9} s apart): set its time (NTP)"
+            )
         verify_signature(hello.device, hello.sig, hello_message(self.edge_public, hello.time, hello.nonce), "HELLO")
         try:
             cert = DeviceCertificate.from_bytes(hello.cert)

@@ -23,7 +23,7 @@ from starlette.routing import Route
 
 from .. import __version__
 from ..errors import BadSignature
-from .auth import check_signature, check_time, parse_headers
+from .auth import ClockSkew, check_signature, check_time, parse_headers
 from .state import WINDOW, Caller, HubRefusal, HubState
 
 __all__ = ["make_app", "ROUTES"]
@@ -301,6 +301,8 @@ def make_app(state: HubState) -> Starlette:
             result = await work()
         except HubRefusal as exc:
             return refusal(request, exc)
+        except ClockSkew as exc:
+            return refusal(request, HubRefusal(401, "clock-skew", str(exc)))
         except BadSignature as exc:
             return refusal(request, HubRefusal(401, "bad-signature", str(exc)))
         except (KeyError, ValueError, TypeError) as exc:

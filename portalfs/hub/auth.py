@@ -86,9 +86,18 @@ def parse_headers(headers: dict[str, str]) -> SignedHeaders:
     return SignedHeaders(key, time_ns, nonce, signature)
 
 
+class ClockSkew(BadSignature):
+    """A request signed at a time too far from the hub's clock: the message says how far, and which way."""
+
+
 def check_time(signed: SignedHeaders, now_ns: int) -> None:
-    if abs(now_ns - signed.time_ns) > CLOCK_SKEW_NS:
-        raise BadSignature("request time is too far from the hub's clock")
+    off = signed.time_ns - now_ns
+    if abs(off) > CLOCK_SKEW_NS:
+        way = "ahead of" if off > 0 else "behind"
+        raise ClockSkew(
+            f"this machine's clock is {abs(off) / 1e9:.0f} s {way} the hub's (at most {CLOCK_SKEW_NS // 10**9} s "
+            "apart): set its time (NTP)"
+        )
 
 
 def check_signature(signed: SignedHeaders, method: str, target: str, body: bytes, now_ns: int) -> None:

@@ -218,6 +218,14 @@ def test_the_hub_refuses_bad_requests_and_keeps_serving(tmp_path: Path, lab: Fab
     assert replay.status_code == 401 and replay.json()["error"] == "replayed"
     forged = dict(headers, **{"Portal-Nonce": os.urandom(16).hex()})
     assert httpx.get(url + "/v1/edges", headers=forged, timeout=10).json()["error"] == "bad-signature"
+    from portalfs.hub.auth import request_message
+
+    past, nonce = time.time_ns() - 612 * 10**9, os.urandom(16)  # a clock ten minutes slow says how slow
+    late = {"Portal-Key": stranger.public.hex(), "Portal-Time": str(past), "Portal-Nonce": nonce.hex(),
+            "Portal-Signature": stranger.sign(request_message("GET", "/v1/edges", past, nonce, b"")).hex()}  # fmt: skip
+    skewed = httpx.get(url + "/v1/edges", headers=late, timeout=10)
+    assert skewed.status_code == 401 and skewed.json()["error"] == "clock-skew"
+    assert "clock is 612 s behind the hub's" in skewed.json()["message"]
     assert httpx.get(url + "/v1/openapi.json", timeout=10).json()["openapi"].startswith("3.")
     # a stale parent: two devices of one identity race to publish
     ok(a, "portal", "create", "race")

@@ -194,6 +194,8 @@ def test_bad_hellos_are_refused(tmp_path: Path, flaw: str) -> None:
         f.service.device_status = lambda device: Listed("active", f.identity.public)
     answer = f.session().handle(hello, now)
     assert isinstance(answer, Failure) and answer.code == "unauthenticated"
+    if flaw == "stale":  # says how far off, and which way
+        assert "clock is 3600 s behind the edge's" in answer.message
 
 
 def test_a_connection_of_a_device_revoked_since_its_hello_is_refused_every_request(tmp_path: Path) -> None:
