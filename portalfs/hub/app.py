@@ -199,7 +199,7 @@ def openapi() -> dict[str, Any]:
             "responses": {
                 "200": {"description": "JSON result"},
                 "400": {"description": "malformed request", "content": {"application/json": {"schema": _ERROR}}},
-                "401": {"description": "unsigned, forged, replayed, or unknown/revoked key"},
+                "401": {"description": "unsigned, forged, replayed, clock-skew, or an unknown or revoked key"},
                 "403": {"description": "not allowed to this identity, or an edge not admitted"},
                 "404": {"description": "not found"},
                 "409": {"description": "stale parent or version: the body carries the head"},
