@@ -64,14 +64,36 @@ def _bip39_passphrase(args: argparse.Namespace) -> str:
 
 
 @contextmanager
-def _progress(total: int | None, enabled: bool, unit: str = "B") -> Iterator[Callable[[int], None]]:
+def _progress(
+    total: int | None, enabled: bool, unit: str = "B", postfix: Callable[[], str] | None = None
+) -> Iterator[Callable[[int], None]]:
+    """A progress bar on a terminal (else nothing); ``postfix``, asked at most once a second, is shown beside it."""
     if not enabled or not sys.stderr.isatty():
         yield lambda n: None
         return
     from tqdm import tqdm
 
     with tqdm(total=total, unit=unit, unit_scale=True, unit_divisor=1024, file=sys.stderr, leave=False) as bar:
-        yield bar.update
+        said = 0.0
+
+        def update(n: int) -> None:
+            nonlocal said
+            bar.update(n)
+            if postfix is not None and time.monotonic() - said >= 1.0:
+                said = time.monotonic()
+                bar.set_postfix_str(postfix(), refresh=False)
+
+        yield update
+
+
+def edge_shares(fetched: dict[str, Any] | None, rates: bool = False) -> str:
+    """Which edges the bytes came from: each edge's share (or, with ``rates``, its rate now), most first."""
+    edges = {name: f for name, f in ((fetched or {}).get("edges") or {}).items() if f.get("bytes")}
+    total = sum(f["bytes"] for f in edges.values())
+    ranked = sorted(edges.items(), key=lambda item: -item[1]["bytes"])
+    if rates:
+        return ", ".join(f"{name} {human(f.get('bytes_per_second') or 0)}/s" for name, f in ranked)
+    return ", ".join(f"{name} {100 * f['bytes'] / total:.0f}%" for name, f in ranked)
 
 
 def _when(ns: int) -> str:
@@ -326,19 +348,23 @@ def cmd_get(device: Device, args: argparse.Namespace) -> int:
     if not dest.parent.is_dir() and not dest.is_dir():
         what = "is not a directory" if dest.parent.exists() else "does not exist"
         raise NotFound(f"destination {dest}: {dest.parent} {what}")
-    with _progress(entry.size if entry.is_file else version.size, not args.json) as progress:
+    store = view.store if isinstance(view.store, FabricStore) else None
+    per_edge = None if store is None else (lambda: edge_shares(store.fetched(), rates=True))
+    with _progress(entry.size if entry.is_file else version.size, not args.json, postfix=per_edge) as progress:
         restorer = Restorer(view, overwrite=args.overwrite, progress=progress)
         restorer.restore(entry, dest)
     s = restorer.stats
     result: dict[str, Any] = {"version": version.version, "files": s.files, "dirs": s.dirs, "symlinks": s.symlinks}
     result["bytes"] = s.bytes
-    fetched = view.store.fetched() if isinstance(view.store, FabricStore) else None
+    fetched = None if store is None else store.fetched()
     if fetched is not None:  # what came from the edges, and from which
         result["fetched"] = fetched
+    shares = edge_shares(fetched)
     emit(
         args,
         result,
-        f"Restored {args.name} v{version.version}: {s.files} files, {human(s.bytes)} into {dest}",
+        f"Restored {args.name} v{version.version}: {s.files} files, {human(s.bytes)} into {dest}"
+        + (f" (from the edges: {shares})" if shares else ""),
     )
     return 0
 

@@ -549,8 +549,9 @@ def test_repair_copies_what_a_lost_edge_held_so_a_second_loss_loses_nothing(tmp_
     assert repaired["copied"] > 0  # what edge 0 held is now on both edges that are left
     lab.edges[1].stop(signal.SIGKILL)
     b, _ = _device(tmp_path, "b", lab, words)  # another device, with one edge left and nothing local
-    ok(b, "get", "archive", str(tmp_path / "out"))
+    said = ok(b, "get", "archive", str(tmp_path / "out"))
     _same(src, tmp_path / "out")
+    assert f"(from the edges: {lab.edge_address(2)} 100%)" in said, said  # where the bytes came from
 
 
 async def test_a_revoked_device_is_cut_off_at_the_edges_within_seconds(tmp_path: Path, lab: FabricLab) -> None:
