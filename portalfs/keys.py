@@ -14,7 +14,7 @@ from __future__ import annotations
 import base64
 import os
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Protocol
 
 import blake3
 from cryptography.exceptions import InvalidSignature, InvalidTag
@@ -112,8 +112,34 @@ def fingerprint(identity_public: bytes) -> str:
     return "-".join(text[i : i + 4] for i in range(0, len(text), 4))
 
 
+class _Keyed(Protocol):
+    @property
+    def public(self) -> bytes: ...
+    @property
+    def agreement_key(self) -> X25519PrivateKey: ...
+    @property
+    def names_key(self) -> bytes: ...
+
+
+class _Shows:
+    """What an identity shows of its keys: an ``Identity`` (the root) and the ``IdentityKeys`` a device keeps."""
+
+    __slots__ = ()
+
+    @property
+    def agreement_public(self: _Keyed) -> bytes:
+        return self.agreement_key.public_key().public_bytes(Encoding.Raw, PublicFormat.Raw)
+
+    @property
+    def fingerprint(self: _Keyed) -> str:
+        return fingerprint(self.public)
+
+    def device_name(self: _Keyed, fields: dict[str, Any]) -> str:
+        return open_device_name(self.names_key, self.public, fields)
+
+
 @dataclass(frozen=True, slots=True)
-class Identity:
+class Identity(_Shows):
     """Everything derived from the root key. Holds secrets: never log it."""
 
     root: bytes
@@ -138,14 +164,6 @@ class Identity:
     def public(self) -> bytes:
         return public_bytes(self.signing_key)
 
-    @property
-    def agreement_public(self) -> bytes:
-        return self.agreement_key.public_key().public_bytes(Encoding.Raw, PublicFormat.Raw)
-
-    @property
-    def fingerprint(self) -> str:
-        return fingerprint(self.public)
-
     def enroll(self, device_public: bytes, name: str, time_ns: int) -> DeviceCertificate:
         """A version-2 certificate: the device's name sealed for the identity's own devices (``device_name``),
         so that the hub and everyone it shows certificates to see a key, not a host name."""
@@ -159,9 +177,6 @@ class Identity:
     @property
     def names_key(self) -> bytes:
         return derive(CONTEXT_DEVICE_NAMES, self.root)
-
-    def device_name(self, fields: dict[str, Any]) -> str:
-        return open_device_name(self.names_key, self.public, fields)
 
 
 def open_device_name(names_key: bytes, identity_public: bytes, fields: dict[str, Any]) -> str:
@@ -180,7 +195,7 @@ def open_device_name(names_key: bytes, identity_public: bytes, fields: dict[str,
 
 
 @dataclass(frozen=True, slots=True)
-class IdentityKeys:
+class IdentityKeys(_Shows):
     """What a device keeps of its identity: the purpose keys it uses every day, and the root (hence the
     identity's signing key) only where the user chose to keep it. Holds secrets: never log it.
 
@@ -253,17 +268,6 @@ class IdentityKeys:
     @property
     def agreement_key(self) -> X25519PrivateKey:
         return X25519PrivateKey.from_private_bytes(self.agreement)
-
-    @property
-    def agreement_public(self) -> bytes:
-        return self.agreement_key.public_key().public_bytes(Encoding.Raw, PublicFormat.Raw)
-
-    @property
-    def fingerprint(self) -> str:
-        return fingerprint(self.public)
-
-    def device_name(self, fields: dict[str, Any]) -> str:
-        return open_device_name(self.names_key, self.public, fields)
 
 
 @dataclass(frozen=True, slots=True)

@@ -72,6 +72,17 @@ def wait_for_log(server: Server, text: str, count: int = 1, timeout: float = 60.
         time.sleep(0.1)
 
 
+def on_battery(supplies: Path, percent: int) -> Path:
+    """A directory shaped as /sys/class/power_supply (for PORTAL_POWER_SUPPLY): a battery discharging at
+    ``percent`` and mains offline; writing 1 to ``AC/online`` plugs the charger in."""
+    for name, files in {"BAT0": {"type": "Battery", "status": "Discharging", "capacity": str(percent)},
+                        "AC": {"type": "Mains", "online": "0"}}.items():  # fmt: skip
+        (supplies / name).mkdir(parents=True)
+        for key, value in files.items():
+            (supplies / name / key).write_text(value + "\n")
+    return supplies
+
+
 def admit_edges(db: Path, data: list[Path], operators: list[str] | None = None) -> list[bytes]:
     """Make the keys of the edges that will keep their data in ``data`` and admit them at the hub whose database
     is ``db`` (as `portal-edge key` and `portal-hub edge approve` do), before either starts; their keys."""

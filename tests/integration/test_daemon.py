@@ -17,7 +17,7 @@ from pathlib import Path
 
 import pytest
 
-from .fabricutil import FabricLab, fabric
+from .fabricutil import FabricLab, fabric, on_battery
 from .test_cli import fails, ok, portalctl
 
 WAIT_SECONDS = 60.0
@@ -285,12 +285,7 @@ def test_a_version_made_while_the_daemon_was_down_is_merged_with_one_published_m
 def test_on_battery_background_sync_waits_until_the_charger_is_plugged_in(
     tmp_path: Path, lab: FabricLab, daemons: list[Daemon], monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    supplies = tmp_path / "power"  # shaped as /sys/class/power_supply
-    for name, files in {"BAT0": {"type": "Battery", "status": "Discharging", "capacity": "12"},
-                        "AC": {"type": "Mains", "online": "0"}}.items():  # fmt: skip
-        (supplies / name).mkdir(parents=True)
-        for key, value in files.items():
-            (supplies / name / key).write_text(value + "\n")
+    supplies = on_battery(tmp_path / "power", 12)
     monkeypatch.setenv("PORTAL_POWER_SUPPLY", str(supplies))
     a, src = tmp_path / "a", tmp_path / "src"
     notes_device(a, src, {"first.txt": b"one\n"}, hub=lab.hub_url)  # v1, not yet published

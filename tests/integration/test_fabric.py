@@ -21,7 +21,7 @@ from portalfs.errors import Conflict
 from portalfs.hub.auth import sign_request
 from portalfs.keys import DeviceKey, Identity, root_from_words
 
-from .fabricutil import FabricLab, fabric
+from .fabricutil import FabricLab, fabric, on_battery
 from .mountutil import force_unmount, mounted, needs_fuse, shows
 from .test_cli import fails, ok
 
@@ -411,12 +411,7 @@ def test_a_read_write_mount_publishes_what_it_commits_and_a_sync_beside_it_leave
 def test_on_battery_a_read_write_mount_keeps_its_versions_until_the_charger_is_plugged_in(
     tmp_path: Path, lab: FabricLab, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    supplies = tmp_path / "power"  # shaped as /sys/class/power_supply
-    for name, files in {"BAT0": {"type": "Battery", "status": "Discharging", "capacity": "12"},
-                        "AC": {"type": "Mains", "online": "0"}}.items():  # fmt: skip
-        (supplies / name).mkdir(parents=True)
-        for key, value in files.items():
-            (supplies / name / key).write_text(value + "\n")
+    supplies = on_battery(tmp_path / "power", 12)
     monkeypatch.setenv("PORTAL_POWER_SUPPLY", str(supplies))  # the mount's, as portald's (section 16)
     a, b = _two_devices_with(tmp_path, lab, "live")
     mount_log = a / "logs" / "mount.log"
