@@ -49,7 +49,10 @@ def _serve(device: Device, args: argparse.Namespace) -> int:
         raise UsageError("--interval must be a positive number of seconds")
     secrets = unlock(device, args)
     embedded = None if args.no_embedded else wanted(load_config(device), args.listen)
-    daemon = SyncDaemon(device, secrets, interval=args.interval, embedded=embedded)
+    daemon = SyncDaemon(
+        device, secrets, interval=args.interval, embedded=embedded, scrub_rate=args.scrub_rate,
+        scrub_interval=args.scrub_interval,
+    )  # fmt: skip
 
     async def main() -> None:
         async with hosting(), trio.open_nursery() as nursery:  # the process's one loop (portalfs.runtime)
@@ -82,8 +85,18 @@ def main(argv: list[str] | None = None) -> int:
                         help="on a device with no hub, wait for `portalctl hub add` instead of running "
                         "an embedded hub and edge")  # fmt: skip
     parser.add_argument("--passphrase-file", metavar="FILE", help="the passphrase protecting this device's keys")
+    parser.add_argument("--scrub-rate", default="16M",
+                        help="bytes a second the scrub of this device's store reads (default 16M; 0: off)")  # fmt: skip
+    parser.add_argument("--scrub-interval", default="1d", help="time between scrub passes (default 1d)")
     parser.add_argument("-v", "--verbose", action="store_true")
     args = parser.parse_args(argv)
+    from .servers import parse_duration, parse_size
+
+    try:
+        args.scrub_rate = parse_size(args.scrub_rate)
+        args.scrub_interval = max(parse_duration(args.scrub_interval, "--scrub-interval") / 1e9, 1.0)
+    except UsageError as exc:
+        parser.error(str(exc))
     logging.basicConfig(
         level=logging.DEBUG if args.verbose else logging.INFO,
         format="%(asctime)s %(name)s %(levelname)s %(message)s",

@@ -24,11 +24,12 @@ import trio
 
 from ..backoff import Backoff
 from ..device import Device, Unlocked
-from ..errors import NotFound, PortalError, UsageError
+from ..errors import CorruptObject, MissingObject, NotFound, PortalError, UsageError
 from ..fabric import sharing
 from ..fabric.config import FabricConfig, followed_portals, hub_client, is_paused, load_config, published_version
 from ..fabric.sync import Fabric
 from ..portal import PortalView
+from ..store.base import Priority
 from .control import daemon_socket, serve_control
 from .embedded import EmbeddedFabric, run_embedded
 from .manners import MANNERS_META, MANNERS_SECONDS, SuspendWatch, addresses, held_back
@@ -39,6 +40,8 @@ __all__ = ["SyncDaemon", "DEFAULT_INTERVAL"]
 log = logging.getLogger("portal.daemon")
 
 DEFAULT_INTERVAL = 60.0  # seconds between syncs of a portal that nothing announced a change of
+SCRUB_RATE = 16 << 20  # bytes a second the device's scrub reads (as an edge's)
+SCRUB_INTERVAL = 86400.0  # seconds between scrub passes
 REFRESH_SECONDS = 30.0  # between looks at the keyring and the shares
 LOCAL_LOOK_SECONDS = 30.0  # between looks at the local heads unasked (commands and mounts say when they change them)
 EVENTS_BACKOFF = Backoff(2.0, 60.0)  # an event stream the hub refused or did not answer
@@ -53,8 +56,13 @@ class SyncDaemon:
         secrets: Unlocked,
         interval: float = DEFAULT_INTERVAL,
         embedded: EmbeddedFabric | None = None,
+        scrub_rate: int = SCRUB_RATE,
+        scrub_interval: float = SCRUB_INTERVAL,
     ) -> None:
         self.device = device
+        self.scrub_rate = scrub_rate  # bytes a second the scrub reads; 0: no scrub
+        self.scrub_interval = scrub_interval
+        self.scrubbed: dict[str, Any] | None = None  # the last scrub pass's figures
         self.secrets = secrets
         self.embedded = embedded
         self.embedded_hub: str | None = None  # the embedded hub's URL while it runs
@@ -87,6 +95,8 @@ class SyncDaemon:
             await self._check_manners(nursery)  # before the first sync: one on battery waits from the start
             nursery.start_soon(self._watch_manners, nursery)
             nursery.start_soon(self._sync_loop)
+            if self.scrub_rate:
+                nursery.start_soon(self._scrub_loop)
             log.info("portald: %d portals followed, hub %s", len(self._names), self.hub or "(none yet)")
             task_status.started()
             try:
@@ -257,6 +267,45 @@ class SyncDaemon:
         self._fabric = await self._on_device(Fabric, self.device, self.secrets, config or FabricConfig())
         return self._fabric
 
+    # the device's scrub (section 16, "Scrub")
+
+    async def _scrub_loop(self) -> None:
+        while True:
+            await trio.sleep(self.scrub_interval)
+            await self._scrub_pass()
+
+    async def _scrub_pass(self) -> None:
+        """Read every object this device stores, at ``scrub_rate`` bytes a second, and check it against its id;
+        a damaged one is replaced from the edges (``FabricStore.get``), or, where no intact copy is left,
+        said to be lost. What it found shows in ``status`` (``scrub``) and the log."""
+        config = await self._on_device(load_config, self.device)
+        store = (await self._current_fabric()).store(Priority.REPAIR) if config and config.hub else None
+        local = self.device.store_local
+        ids = await trio.to_thread.run_sync(lambda: list(local.ids()))
+        healed_before = 0 if store is None else store.healed
+        checked = size = lost = 0
+        for cid in ids:
+            started = trio.current_time()
+            try:
+                data = await trio.to_thread.run_sync((store or local).get, cid)
+            except MissingObject:  # deleted since the pass listed it
+                continue
+            except CorruptObject as exc:
+                lost += 1
+                log.error("scrub: %s, and no intact copy could be fetched", exc)
+                continue
+            except PortalError as exc:
+                log.warning("scrub: object %s: %s", cid.hex()[:16], exc)
+                continue
+            checked += 1
+            size += len(data)
+            await trio.sleep(max(0.0, len(data) / self.scrub_rate - (trio.current_time() - started)))
+        healed = 0 if store is None else store.healed - healed_before
+        self.scrubbed = {"finished_ns": time.time_ns(), "objects": checked, "bytes": size, "healed": healed,
+                         "lost": lost}  # fmt: skip
+        log.info("scrub: %d objects (%d bytes) checked; %d damaged replaced from the edges; %d lost", checked, size,
+                 healed, lost)  # fmt: skip
+
     async def _close_fabric(self) -> None:
         fabric, self._fabric = self._fabric, None
         if fabric is not None:
@@ -403,4 +452,5 @@ class SyncDaemon:
             "portals": portals,
             "fetching": swarm.fetching() if swarm is not None else None,  # its fetches: left, rate, ETA, per edge
             "held_back": self.held_back,
+            "scrub": self.scrubbed,  # the last pass: objects and bytes checked, damaged ones healed, lost
         }

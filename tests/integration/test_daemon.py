@@ -303,3 +303,21 @@ def test_on_battery_background_sync_waits_until_the_charger_is_plugged_in(
     on_a.wait_for(r"background sync goes on")
     on_a.wait_for(r"notes: v2 \(pulled 0, published 1\)")
     assert json.loads(ok(a, "status", "--json"))["daemon"]["held_back"] is None
+
+
+def test_the_scrub_replaces_a_damaged_local_object_from_the_edges(
+    tmp_path: Path, lab: FabricLab, daemons: list[Daemon]
+) -> None:
+    from .test_data_safety import _flip, _intact
+
+    a, src = tmp_path / "a", tmp_path / "src"
+    notes_device(a, src, {"big.bin": os.urandom(600_000), "small.txt": b"small\n"}, hub=lab.hub_url)
+    ok(a, "sync")
+    local = sorted(p for p in (a / "store" / "objects").rglob("*") if p.is_file() and len(p.name) == 64)
+    victim = max(local, key=lambda p: p.stat().st_size)
+    _flip(victim)
+    on_a = start_daemon(a, daemons, "--scrub-interval", "1s")
+    on_a.wait_for(r"scrub: \d+ objects \(\d+ bytes\) checked; 1 damaged replaced from the edges; 0 lost")
+    assert _intact(victim)  # read back, hashed, and put back whole from an edge
+    scrub = json.loads(ok(a, "status", "--json"))["daemon"]["scrub"]
+    assert scrub["objects"] >= len(local) and scrub["lost"] == 0
