@@ -12,6 +12,7 @@ See docs/design.md, section "Key hierarchy".
 from __future__ import annotations
 
 import base64
+import dataclasses
 import os
 from dataclasses import dataclass
 from typing import Any, Protocol
@@ -247,15 +248,13 @@ class IdentityKeys(_Shows):
         return keys
 
     def without_root(self) -> IdentityKeys:
-        return IdentityKeys(self.public, self.agreement, self.agreement_sig, self.convergence_secret,
-                            self.keyring_key, self.names_key, None)  # fmt: skip
+        return dataclasses.replace(self, root=None)
 
     def with_root(self, root: bytes) -> IdentityKeys:
         """These keys with the root the 24 words gave (for one command: nothing is written)."""
         if Identity(root).public != self.public:
             raise BadRecoveryPhrase("these words are another identity's, not this device's")
-        return IdentityKeys(self.public, self.agreement, self.agreement_sig, self.convergence_secret,
-                            self.keyring_key, self.names_key, root)  # fmt: skip
+        return dataclasses.replace(self, root=root)
 
     @property
     def signing_key(self) -> Ed25519PrivateKey:

@@ -278,8 +278,8 @@ class SyncDaemon:
         """Read every object this device stores, at ``scrub_rate`` bytes a second, and check it against its id;
         a damaged one is replaced from the edges (``FabricStore.get``), or, where no intact copy is left,
         said to be lost. What it found shows in ``status`` (``scrub``) and the log."""
-        config = await self._on_device(load_config, self.device)
-        store = (await self._current_fabric()).store(Priority.REPAIR) if config and config.hub else None
+        fabric = await self._current_fabric()
+        store = fabric.store(Priority.REPAIR) if fabric.config.hub else None
         local = self.device.store_local
         ids = await trio.to_thread.run_sync(lambda: list(local.ids()))
         healed_before = 0 if store is None else store.healed

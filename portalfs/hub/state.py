@@ -19,6 +19,7 @@ from typing import Any
 
 from ..errors import BadSignature, CorruptObject
 from ..keys import DOMAIN_AGREEMENT, DOMAIN_LINK_REDEEM, DOMAIN_REVOKE, DeviceCertificate, verify_signature
+from ..provisioning import new_request_id
 from ..root import RootRecord
 from ..sqlite import open_db, transaction
 from .auth import CLOCK_SKEW_NS
@@ -96,6 +97,16 @@ def _window_allows(window: str | None, now_ns: int) -> bool:
     start, end = (int(p[:2]) * 60 + int(p[3:]) for p in window.split("-"))
     minute = (now_ns // 60_000_000_000) % (24 * 60)
     return start <= minute < end if start <= end else minute >= start or minute < end
+
+
+def _certificate(cert_bytes: bytes, identity: bytes | None, what: str) -> dict[str, Any]:
+    """The fields of a device certificate signed by ``identity`` (None: by the identity it names itself), or
+    400 bad-certificate."""
+    try:
+        cert = DeviceCertificate.from_bytes(cert_bytes)
+        return cert.verify(cert.fields()["identity"] if identity is None else identity)
+    except (BadSignature, CorruptObject, KeyError, TypeError, ValueError) as exc:
+        raise HubRefusal(400, "bad-certificate", f"{what} does not verify: {exc}") from None
 
 
 class HubState:
@@ -179,13 +190,8 @@ class HubState:
 
     def enroll(self, caller: Caller, cert_bytes: bytes, now_ns: int) -> dict[str, Any]:
         """A device enrolls itself with the certificate its identity signed."""
-        try:
-            cert = DeviceCertificate.from_bytes(cert_bytes)
-            fields = cert.fields()
-            identity = fields["identity"]
-            cert.verify(identity)
-        except (BadSignature, CorruptObject, KeyError, TypeError, ValueError) as exc:
-            raise HubRefusal(400, "bad-certificate", f"enrollment certificate does not verify: {exc}") from None
+        fields = _certificate(cert_bytes, None, "enrollment certificate")
+        identity = fields["identity"]
         if fields.get("device") != caller.key:
             raise HubRefusal(403, "bad-certificate", "the certificate enrolls another device")
         with self._txn() as db:
@@ -281,8 +287,6 @@ class HubState:
         random id, for PROVISIONING_NS."""
         if caller.identity is not None:
             raise HubRefusal(409, "exists", "this device is enrolled already")
-        from ..provisioning import new_request_id
-
         request = new_request_id()
         with self._txn() as db:
             db.execute("DELETE FROM provisioning WHERE created_ns < ?", (now_ns - PROVISIONING_NS,))
@@ -320,10 +324,7 @@ class HubState:
         it; once only."""
         identity = self.require_device(caller)
         device, _, _, _ = self._provisioning(request, now_ns)
-        try:
-            fields = DeviceCertificate.from_bytes(cert_bytes).verify(identity)
-        except (BadSignature, CorruptObject, KeyError, TypeError, ValueError) as exc:
-            raise HubRefusal(400, "bad-certificate", f"the approval's certificate does not verify: {exc}") from None
+        fields = _certificate(cert_bytes, identity, "the approval's certificate")
         if fields.get("device") != device:
             raise HubRefusal(400, "bad-certificate", "the approval's certificate enrolls another device")
         self._update_one(
@@ -727,16 +728,23 @@ class HubState:
         identity = self.require_device(caller)
         if len(cids) > MAX_LOCATIONS:
             raise HubRefusal(413, "too-large", f"at most {MAX_LOCATIONS} ids per request")
+        readable = [
+            r[0]
+            for r in self._all(  # once for the request, not once for each of up to MAX_LOCATIONS ids
+                "SELECT id FROM portals WHERE owner = ? UNION SELECT portal FROM members WHERE identity = ? "
+                "UNION SELECT portal FROM readers WHERE identity = ?",
+                identity,
+                identity,
+                identity,
+            )
+        ]
         found: dict[str, list[str]] = {}
+        if not readable:
+            return found
+        marks = ",".join("?" * len(readable))
         for cid in cids:
             edges = self._all(
-                "SELECT DISTINCT edge FROM locations WHERE cid = ? AND portal IN (SELECT id FROM portals WHERE "
-                "owner = ? UNION SELECT portal FROM members WHERE identity = ? "
-                "UNION SELECT portal FROM readers WHERE identity = ?)",
-                cid,
-                identity,
-                identity,
-                identity,
+                f"SELECT DISTINCT edge FROM locations WHERE cid = ? AND portal IN ({marks})", cid, *readable
             )
             if edges:
                 found[cid.hex()] = [e[0].hex() for e in edges]

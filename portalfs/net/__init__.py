@@ -25,19 +25,22 @@ class Connections:
         self.total = total
         self.per_address = per_address
         self._held: Counter[str] = Counter()
+        self._count = 0  # the sum of _held
         self._refused = 0
 
     def admit(self, address: str) -> bool:
-        if sum(self._held.values()) >= self.total or self._held[address] >= self.per_address:
+        if self._count >= self.total or self._held[address] >= self.per_address:
             self._refused += 1
             if self._refused & (self._refused - 1) == 0:  # said at the 1st, 2nd, 4th, 8th ... refusal
                 log.warning("connection from %s refused: %d held (at most %d, %d per address); %d refused so far",
-                            address, sum(self._held.values()), self.total, self.per_address, self._refused)  # fmt: skip
+                            address, self._count, self.total, self.per_address, self._refused)  # fmt: skip
             return False
         self._held[address] += 1
+        self._count += 1
         return True
 
     def release(self, address: str) -> None:
+        self._count -= 1
         self._held[address] -= 1
         if self._held[address] <= 0:
             del self._held[address]

@@ -278,10 +278,7 @@ async def serve_quic(
                             original_destination_connection_id=checked[0],
                             retry_source_connection_id=header.destination_cid,
                         )
-                        conn = _ServerConnection(
-                            quic, quic_conn, f"{addr[0]}:{addr[1]}", new_session, endpoint, nursery
-                        )
-                        conn.address = addr[0]
+                        conn = _ServerConnection(quic, quic_conn, addr, new_session, endpoint, nursery)
                         by_cid[header.destination_cid] = conn
                         by_cid[quic_conn.host_cid] = conn
                     conn.quic.receive_datagram(data, addr, now)
@@ -314,20 +311,20 @@ class _ServerConnection:
         self,
         backend: Backend,
         quic: Any,
-        peer: str,
+        addr: tuple[str, int],
         new_session: Callable[[str], Session],
         endpoint: _Endpoint,
         nursery: trio.Nursery,
     ) -> None:
         self.quic = quic
-        self.peer = peer
-        self.session = new_session(peer)
+        self.address = addr[0]  # the peer's network address, as counted in the server's Connections
+        self.peer = f"{addr[0]}:{addr[1]}"
+        self.session = new_session(self.peer)
         self.endpoint = endpoint
         self.nursery = nursery
         self.streams = _Streams()
         self.closed = False
         self.backend = backend
-        self.address = ""  # the peer's network address, as counted in the server's Connections
 
     def process_events(self, quic: Backend) -> None:
         events = quic.events

@@ -386,10 +386,7 @@ def test_a_read_write_mount_publishes_what_it_commits_and_a_sync_beside_it_leave
     a, b = _two_devices_with(tmp_path, lab, "live")
     with mounted(a, "live", tmp_path / "mnt-a") as mnt:  # no portald: the mount publishes by itself
         (mnt / "note.txt").write_text("closed on a\n")
-        deadline = time.monotonic() + 30
-        while not json.loads(ok(b, "sync", "--json"))[0]["pulled"]:
-            assert time.monotonic() < deadline, "the mount did not publish within 30 s"
-            time.sleep(0.1)
+        _pulls(b, "the mount did not publish within 30 s")
         ok(b, "get", "live", str(tmp_path / "on-b.txt"), "--path", "note.txt")
         assert (tmp_path / "on-b.txt").read_text() == "closed on a\n"
         beside = json.loads(ok(a, "sync", "--json"))[0]  # the mount holds the portal's sync claim
@@ -427,12 +424,17 @@ def test_on_battery_a_read_write_mount_keeps_its_versions_until_the_charger_is_p
         time.sleep(1.0)
         assert json.loads(ok(b, "sync", "--json"))[0]["pulled"] == 0  # ... and not published
         (supplies / "AC" / "online").write_text("1\n")  # plugged in
-        deadline = time.monotonic() + 30
-        while not json.loads(ok(b, "sync", "--json"))[0]["pulled"]:
-            assert time.monotonic() < deadline, "the mount did not publish once plugged in"
-            time.sleep(0.2)
+        _pulls(b, "the mount did not publish once plugged in")
     ok(b, "get", "live", str(tmp_path / "note.txt"), "--path", "note.txt")
     assert (tmp_path / "note.txt").read_text() == "written on battery\n"
+
+
+def _pulls(home: Path, failure: str, seconds: float = 30) -> None:
+    """Sync ``home`` until it pulls a version (another device's mount published), within ``seconds``."""
+    deadline = time.monotonic() + seconds
+    while not json.loads(ok(home, "sync", "--json"))[0]["pulled"]:
+        assert time.monotonic() < deadline, failure
+        time.sleep(0.1)
 
 
 def _conflicts(directory: Path) -> list[str]:
