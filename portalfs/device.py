@@ -15,11 +15,14 @@ from dataclasses import dataclass
 from typing import Protocol
 
 from cryptography.exceptions import InvalidTag
+from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
+from . import encoding
 from .errors import AlreadyExists, IntegrityError, NotInitialized, PortalBusy, UsageError, shown
+from .generations import Generation, GenerationRecord, PurposeKeys
 from .keyfile import KeyFileSecrets, keyfile_is_locked, read_keyfile, write_keyfile
-from .keys import DeviceCertificate, DeviceKey, Identity, IdentityKeys, fingerprint, root_from_words
+from .keys import DeviceCertificate, DeviceKey, Identity, IdentityKeys, fingerprint, root_from_words, x25519_public
 from .paths import DeviceHome
 from .root import PortalKeys
 from .state import PortalRow, StateDB
@@ -29,6 +32,9 @@ __all__ = ["Device", "Unlocked", "validate_portal_name"]
 
 _PORTAL_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}")
 _KEYRING_AAD = b"portal keyring v1\x00"
+_GENERATION = "generation"  # meta: {"record", "seed" sealed under the device's local key}: the newest one held
+_RECOVERY = "recovery"  # meta: the identity's recovery key, sealed likewise, until the device's first hub round
+_HANDED = "generation-handed"  # meta: {"number", "seed" sealed likewise}: what the approving device handed over
 
 
 def validate_portal_name(name: str) -> str:
@@ -40,25 +46,55 @@ def validate_portal_name(name: str) -> str:
     return name
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class Unlocked:
-    """The device's secrets, in memory while a command runs."""
+    """The device's secrets, in memory while a command runs: the key file's, and the newest key generation of
+    the identity this device holds (docs/design.md, section 2), which a sync may advance in place."""
 
     identity: IdentityKeys
     device: DeviceKey
+    generation: Generation | None = None  # None: generation 0, the keys the root derives
+
+    @property
+    def generation_number(self) -> int:
+        return 0 if self.generation is None else self.generation.number
+
+    @property
+    def purpose_keys(self) -> tuple[PurposeKeys, ...]:
+        """The keyring and agreement keys of every generation held, newest first."""
+        if self.generation is None:
+            return (PurposeKeys(self.identity.keyring_key, self.identity.agreement),)
+        return (self.generation.keys, *self.generation.older)
+
+    @property
+    def keyring_keys(self) -> tuple[bytes, ...]:
+        return tuple(k.keyring for k in self.purpose_keys)
+
+    @property
+    def agreement_keys(self) -> tuple[X25519PrivateKey, ...]:
+        return tuple(k.agreement_key for k in self.purpose_keys)
+
+    @property
+    def agreement_public(self) -> bytes:
+        return x25519_public(self.agreement_keys[0])
+
+    @property
+    def agreement_sig(self) -> bytes:
+        return self.identity.agreement_sig if self.generation is None else self.generation.record.sig
 
     def wrap_portal_key(self, portal_id: bytes, keys: PortalKeys) -> bytes:
         nonce = os.urandom(12)
-        return nonce + AESGCM(self.identity.keyring_key).encrypt(nonce, keys.to_bytes(), _KEYRING_AAD + portal_id)
+        return nonce + AESGCM(self.keyring_keys[0]).encrypt(nonce, keys.to_bytes(), _KEYRING_AAD + portal_id)
 
     def unwrap_portal_key(self, row: PortalRow) -> PortalKeys:
-        try:
-            key = AESGCM(self.identity.keyring_key).decrypt(
-                row.wrapped_key[:12], row.wrapped_key[12:], _KEYRING_AAD + row.id
-            )
-        except InvalidTag as exc:
-            raise IntegrityError(f"portal {row.name!r}: its key does not open with this identity") from exc
-        return PortalKeys.from_bytes(key)
+        """Opened with the newest keyring key that opens it (one wrapped before a generation was learnt)."""
+        for key in self.keyring_keys:
+            try:
+                plain = AESGCM(key).decrypt(row.wrapped_key[:12], row.wrapped_key[12:], _KEYRING_AAD + row.id)
+            except InvalidTag:
+                continue
+            return PortalKeys.from_bytes(plain)
+        raise IntegrityError(f"portal {row.name!r}: its key does not open with this identity")
 
 
 class Closable(Protocol):
@@ -169,16 +205,26 @@ class Device:
             self.state.set_meta("agreement", identity.agreement_public)
             self.state.set_meta("device", device.public)
             self.state.add_device(device.public, name, cert.to_bytes(), now_ns)
+            # made from the words: it opens the identity's newest key generation at the hub, then forgets it
+            recovery = identity.recovery_key.private_bytes_raw()
+            self.state.set_meta(_RECOVERY, device.seal_local(_RECOVERY.encode(), recovery))
             # The key file last: `initialized` is true only once everything is written.
             keys = IdentityKeys.of(identity, keep_root)
             write_keyfile(self.home.secrets_file, KeyFileSecrets(keys, device.private), key_passphrase)
         return identity
 
     def create_approved(
-        self, keys: IdentityKeys, device: DeviceKey, cert: bytes, key_passphrase: str | None, now_ns: int
+        self,
+        keys: IdentityKeys,
+        device: DeviceKey,
+        cert: bytes,
+        key_passphrase: str | None,
+        now_ns: int,
+        handed: tuple[int, bytes] | None = None,
     ) -> None:
         """Become a device of the identity whose ``keys`` another of its devices sealed to this one, with the
-        certificate it signed for ``device`` (``portalctl join``; the caller checked both)."""
+        certificate it signed for ``device`` (``portalctl join``; the caller checked both), and ``handed``, the
+        identity's newest key generation (number, seed) that device held, which the first hub round checks."""
         self.require_uninitialized()
         name = keys.device_name(DeviceCertificate.from_bytes(cert).fields())
         with self.state.transaction():
@@ -186,6 +232,9 @@ class Device:
             self.state.set_meta("agreement", keys.agreement_public)
             self.state.set_meta("device", device.public)
             self.state.add_device(device.public, name, cert, now_ns)
+            if handed is not None:
+                sealed = device.seal_local(_HANDED.encode(), handed[1])
+                self.state.set_meta(_HANDED, encoding.encode({"number": handed[0], "seed": sealed}))
             write_keyfile(self.home.secrets_file, KeyFileSecrets(keys, device.private), key_passphrase)
 
     def needs_passphrase(self) -> bool:
@@ -198,7 +247,57 @@ class Device:
         identity, device = secrets.identity, DeviceKey(secrets.device)
         if identity.public != self.state.get_meta("identity") or device.public != self.state.get_meta("device"):
             raise IntegrityError("the key file does not belong to this device's state")
-        return Unlocked(identity, device)
+        return Unlocked(identity, device, self._generation(device))
+
+    def _generation(self, device: DeviceKey) -> Generation | None:
+        raw = self.state.get_meta(_GENERATION)
+        if raw is None:
+            return None
+        kept = encoding.decode(raw)
+        try:
+            seed = device.open_local(_GENERATION.encode(), kept["seed"])
+        except InvalidTag:
+            raise IntegrityError("this device's key generation does not open with its key") from None
+        return Generation.open(GenerationRecord.from_bytes(kept["record"]), seed)
+
+    def adopt_generation(self, secrets: Unlocked, generation: Generation) -> None:
+        """Hold ``generation`` from now on: kept (sealed under the device's key), every portal key here rewrapped
+        under its keyring key, and ``secrets`` advanced."""
+        old = secrets.generation
+        secrets.generation = generation
+        sealed = secrets.device.seal_local(_GENERATION.encode(), generation.seed)
+        try:
+            with self.state.transaction():
+                for row in self.state.portals():
+                    self.state.set_portal_key(row.id, secrets.wrap_portal_key(row.id, secrets.unwrap_portal_key(row)))
+                self.state.set_meta(_GENERATION, encoding.encode({"record": generation.record.to_bytes(),
+                                                                  "seed": sealed}))  # fmt: skip
+        except BaseException:
+            secrets.generation = old
+            raise
+
+    def recovery_key(self, secrets: Unlocked) -> X25519PrivateKey | None:
+        """The identity's recovery key, where the device was made from the words and has not met its hub yet."""
+        if secrets.identity.root is not None:
+            return Identity(secrets.identity.root).recovery_key
+        raw = self.state.get_meta(_RECOVERY)
+        if raw is None:
+            return None
+        return X25519PrivateKey.from_private_bytes(secrets.device.open_local(_RECOVERY.encode(), raw))
+
+    def handed_seed(self, secrets: Unlocked, number: int) -> bytes | None:
+        """The seed of key generation ``number`` the device that approved this one handed over, if it did."""
+        raw = self.state.get_meta(_HANDED)
+        if raw is None:
+            return None
+        handed = encoding.decode(raw)
+        return secrets.device.open_local(_HANDED.encode(), handed["seed"]) if handed["number"] == number else None
+
+    def forget_generation_hints(self) -> None:
+        """After the device's first round with its hub: the recovery key and a handed seed are not kept."""
+        for key in (_RECOVERY, _HANDED):
+            if self.state.get_meta(key) is not None:
+                self.state.delete_meta(key)
 
     def forget_root(self, passphrase: str | None) -> bool:
         """Rewrite the key file without the identity's root (under the same passphrase); False: it had none."""

@@ -43,6 +43,7 @@ __all__ = [
     "derive",
     "public_bytes",
     "verify_signature",
+    "x25519_public",
 ]
 
 # BLAKE3 derive_key contexts (docs/design.md "Key hierarchy"). Never change
@@ -52,6 +53,9 @@ CONTEXT_IDENTITY_AGREEMENT = "portal 2026-11-21 identity agreement key"
 CONTEXT_CONVERGENCE = "portal 2026-11-21 convergence secret"
 CONTEXT_KEYRING = "portal 2026-11-21 keyring key"
 CONTEXT_DEVICE_NAMES = "portal 2026-12-04 device names"  # seals a device's name in its certificate
+CONTEXT_RECOVERY = "portal 2026-12-05 identity recovery key"  # X25519: the words open every key generation
+CONTEXT_DEVICE_BOX = "portal 2026-12-05 device box key"  # X25519, from a device's key: generations sealed to it
+CONTEXT_DEVICE_LOCAL = "portal 2026-12-05 device local key"  # from a device's key: what its state keeps sealed
 
 # Signature domains: every signed byte string starts with one of these.
 DOMAIN_ENROLLMENT = b"portal device enrollment v1\x00"
@@ -60,6 +64,7 @@ DOMAIN_REVOKE = b"portal device revocation v1\x00"  # identity signs a device ke
 DOMAIN_WRITE_GRANT = b"portal write grant v1\x00"  # an owner signs portal id || member identity: it may write
 DOMAIN_DEVICE_NAME = b"portal device name v1\x00"  # AAD of a sealed name: || the device key
 DOMAIN_LINK_REDEEM = b"portal link redeem v1\x00"  # a link's redeem key signs link id || redeeming device key
+DOMAIN_DEVICE_BOX = b"portal device box key v1\x00"  # a device signs its box public key
 
 _WORDS = Mnemonic("english")
 
@@ -106,6 +111,10 @@ def verify_signature(public: bytes, signature: bytes, message: bytes, what: str)
         raise BadSignature(f"{what}: signature does not verify") from exc
 
 
+def x25519_public(key: X25519PrivateKey) -> bytes:
+    return key.public_key().public_bytes(Encoding.Raw, PublicFormat.Raw)
+
+
 def fingerprint(identity_public: bytes) -> str:
     """Human-comparable fingerprint: 160 bits of BLAKE3(public key), base32 in groups of 4."""
     digest = blake3.blake3(identity_public).digest()[:20]
@@ -129,7 +138,7 @@ class _Shows:
 
     @property
     def agreement_public(self: _Keyed) -> bytes:
-        return self.agreement_key.public_key().public_bytes(Encoding.Raw, PublicFormat.Raw)
+        return x25519_public(self.agreement_key)
 
     @property
     def fingerprint(self: _Keyed) -> str:
@@ -178,6 +187,11 @@ class Identity(_Shows):
     @property
     def names_key(self) -> bytes:
         return derive(CONTEXT_DEVICE_NAMES, self.root)
+
+    @property
+    def recovery_key(self) -> X25519PrivateKey:
+        """What every key generation is also sealed to (docs/design.md, section 2): the words open them all."""
+        return X25519PrivateKey.from_private_bytes(derive(CONTEXT_RECOVERY, self.root))
 
 
 def open_device_name(names_key: bytes, identity_public: bytes, fields: dict[str, Any]) -> str:
@@ -256,13 +270,17 @@ class IdentityKeys(_Shows):
             raise BadRecoveryPhrase("these words are another identity's, not this device's")
         return dataclasses.replace(self, root=root)
 
-    @property
-    def signing_key(self) -> Ed25519PrivateKey:
+    def rooted(self) -> Identity:
+        """The identity the root derives: what signs for it, or RootNotKept where this device has no root."""
         if self.root is None:
             raise RootNotKept(
                 "this device does not keep the identity's root: give the 24 recovery words on standard input"
             )
-        return Identity(self.root).signing_key
+        return Identity(self.root)
+
+    @property
+    def signing_key(self) -> Ed25519PrivateKey:
+        return self.rooted().signing_key
 
     @property
     def agreement_key(self) -> X25519PrivateKey:
@@ -285,6 +303,28 @@ class DeviceKey:
 
     def sign(self, message: bytes) -> bytes:
         return self.signing_key.sign(message)
+
+    @property
+    def box_key(self) -> X25519PrivateKey:
+        """The device's X25519 key, derived from its own: its identity's key generations are sealed to it."""
+        return X25519PrivateKey.from_private_bytes(derive(CONTEXT_DEVICE_BOX, self.private))
+
+    @property
+    def box_public(self) -> bytes:
+        return x25519_public(self.box_key)
+
+    @property
+    def box_sig(self) -> bytes:
+        """The device's signature of its box key, which the hub shows its identity's other devices."""
+        return self.sign(DOMAIN_DEVICE_BOX + self.box_public)
+
+    def seal_local(self, what: bytes, plain: bytes) -> bytes:
+        """``plain`` sealed under a key only this device's key derives (for its state database)."""
+        nonce = os.urandom(12)
+        return nonce + AESGCM(derive(CONTEXT_DEVICE_LOCAL, self.private)).encrypt(nonce, plain, what)
+
+    def open_local(self, what: bytes, sealed: bytes) -> bytes:
+        return AESGCM(derive(CONTEXT_DEVICE_LOCAL, self.private)).decrypt(sealed[:12], sealed[12:], what)
 
 
 @dataclass(frozen=True, slots=True)

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import base64
 import os
+from typing import Any
 
 import blake3
 from cryptography.exceptions import InvalidTag
@@ -60,22 +61,30 @@ def parse_code(text: str) -> tuple[bytes, bytes]:
     return raw[:REQUEST_ID], raw[REQUEST_ID:]
 
 
-def seal_keys(keys: IdentityKeys, box: bytes, device: bytes) -> bytes:
-    """The identity's keys, without its root, sealed to the new device's box key (bound to its device key)."""
-    fields = keys.to_fields()
+def seal_keys(keys: IdentityKeys, box: bytes, device: bytes, handed: tuple[int, bytes] | None = None) -> bytes:
+    """The identity's keys, without its root, and ``handed``, the newest key generation the approver holds
+    (number, seed), sealed to the new device's box key (bound to its device key)."""
+    fields: dict[str, Any] = dict(keys.to_fields())
     fields.pop("root", None)
+    if handed is not None:
+        fields["generation"] = {"number": handed[0], "seed": handed[1]}
     ephemeral = X25519PrivateKey.generate()
     eph_pub = box_public(ephemeral)
     key = derive(CONTEXT_PROVISIONING, ephemeral.exchange(X25519PublicKey.from_public_bytes(box)) + eph_pub + box)
     return eph_pub + AESGCM(key).encrypt(_ZERO_NONCE, encoding.encode(fields), device)
 
 
-def open_keys(box: X25519PrivateKey, sealed: bytes, device: bytes) -> IdentityKeys:
+def open_keys(box: X25519PrivateKey, sealed: bytes, device: bytes) -> tuple[IdentityKeys, tuple[int, bytes] | None]:
+    """The identity's keys, and the key generation handed over (None: generation 0)."""
     eph_pub = sealed[:32]
     try:
         shared = box.exchange(X25519PublicKey.from_public_bytes(eph_pub))
         key = derive(CONTEXT_PROVISIONING, shared + eph_pub + box_public(box))
-        return IdentityKeys.from_fields(encoding.decode(AESGCM(key).decrypt(_ZERO_NONCE, sealed[32:], device)))
+        fields = encoding.decode(AESGCM(key).decrypt(_ZERO_NONCE, sealed[32:], device))
+        handed = fields.pop("generation", None)
+        if handed is not None:
+            handed = (int(handed["number"]), bytes(handed["seed"]))
+        return IdentityKeys.from_fields(fields), handed
     except (InvalidTag, ValueError, KeyError, TypeError, encoding.DecodeError) as exc:
         raise IntegrityError("the approval's keys do not open for this device") from exc
 

@@ -110,8 +110,13 @@ class StateDB:
 
     @contextmanager
     def transaction(self) -> Iterator[None]:
-        with transaction(self._connection, self._lock):
-            yield
+        """One transaction; inside one this thread holds already, a part of that one."""
+        with self._lock:
+            if self._connection.in_transaction:  # the lock is held for a transaction's length: it is this thread's
+                yield
+                return
+            with transaction(self._connection, self._lock):
+                yield
 
     # meta
 

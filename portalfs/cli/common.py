@@ -84,7 +84,7 @@ def with_root(secrets: Unlocked, args: argparse.Namespace) -> Unlocked:
     if not words.strip():
         raise RootNotKept("this device does not keep the identity's root: give the 24 recovery words on stdin")
     bip39 = read_secret_file(args.bip39_passphrase_file, "BIP-39 passphrase") if args.bip39_passphrase_file else ""
-    return Unlocked(secrets.identity.with_root(root_from_words(words, bip39)), secrets.device)
+    return Unlocked(secrets.identity.with_root(root_from_words(words, bip39)), secrets.device, secrets.generation)
 
 
 def human(n: float) -> str:

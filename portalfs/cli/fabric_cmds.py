@@ -325,7 +325,10 @@ def cmd_device_approve(device: Device, args: argparse.Namespace) -> int:
             raise IntegrityError("the hub's request does not hold the keys the new device shows: not approved")
         name = args.name or f"approved {time.strftime('%Y-%m-%d')}"
         cert = Identity(secrets.identity.root).enroll(new_device, name, time.time_ns())
-        hub.approve_provisioning(request, cert.to_bytes(), seal_keys(secrets.identity, box, new_device))
+        fabric.membership.follow_generation()  # the newest key generation, handed over with the keys
+        generation = secrets.generation
+        handed = None if generation is None else (generation.number, generation.seed)
+        hub.approve_provisioning(request, cert.to_bytes(), seal_keys(secrets.identity, box, new_device, handed))
     finally:
         fabric.close()
     emit(args, {"device": new_device.hex(), "name": name}, f"Approved device {new_device.hex()[:16]} ({name})")

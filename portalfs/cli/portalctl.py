@@ -187,10 +187,10 @@ def cmd_join(device: Device, args: argparse.Namespace) -> int:
         fields = DeviceCertificate.from_bytes(cert).verify(identity)
     except BadSignature:
         raise IntegrityError(f"the approval came from another identity than {fingerprint(identity)}: refused") from None
-    keys = open_keys(box, sealed, key.public)
+    keys, handed = open_keys(box, sealed, key.public)
     if fields.get("device") != key.public or keys.public != identity:
         raise IntegrityError("the approval is for another device or identity: refused")
-    device.create_approved(keys, key, cert, _new_passphrase(args), time.time_ns())
+    device.create_approved(keys, key, cert, _new_passphrase(args), time.time_ns(), handed)
     fabric = Fabric(device, unlock(device, args), config)
     try:
         result = fabric.join()

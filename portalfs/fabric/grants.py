@@ -26,8 +26,9 @@ from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
 
 from .. import encoding
+from ..device import Unlocked
 from ..errors import IntegrityError, UsageError
-from ..keys import DOMAIN_LINK_REDEEM, DeviceKey, Identity, IdentityKeys, derive
+from ..keys import DOMAIN_LINK_REDEEM, DeviceKey, derive, x25519_public
 from ..root import PortalKeys
 
 __all__ = [
@@ -78,14 +79,19 @@ def wrap_for_identity(recipient: bytes, portal: bytes, grant: Grant) -> bytes:
     return eph_pub + AESGCM(key).encrypt(_ZERO_NONCE, grant.to_bytes(), portal)
 
 
-def unwrap_for_identity(identity: Identity | IdentityKeys, portal: bytes, wrapped: bytes) -> Grant:
+def unwrap_for_identity(secrets: Unlocked, portal: bytes, wrapped: bytes) -> Grant:
+    """Opened with whichever of the identity's agreement keys it was wrapped to (one of an older generation's,
+    for a grant made before the identity's newest generation)."""
     eph_pub, sealed = wrapped[:32], wrapped[32:]
-    try:
-        shared = identity.agreement_key.exchange(X25519PublicKey.from_public_bytes(eph_pub))
-        key = derive(CONTEXT_MEMBER_WRAP, shared + eph_pub + identity.agreement_public)
-        return Grant.from_bytes(AESGCM(key).decrypt(_ZERO_NONCE, sealed, portal))
-    except (InvalidTag, ValueError) as exc:
-        raise IntegrityError("the portal's key was not wrapped for this identity") from exc
+    for agreement in secrets.agreement_keys:
+        try:
+            shared = agreement.exchange(X25519PublicKey.from_public_bytes(eph_pub))
+            key = derive(CONTEXT_MEMBER_WRAP, shared + eph_pub + x25519_public(agreement))
+            plain = AESGCM(key).decrypt(_ZERO_NONCE, sealed, portal)
+        except (InvalidTag, ValueError):
+            continue
+        return Grant.from_bytes(plain)
+    raise IntegrityError("the portal's key was not wrapped for this identity")
 
 
 def wrap_for_link(secret: bytes, link: bytes, portal: bytes, grant: Grant) -> bytes:
@@ -112,21 +118,26 @@ def unwrap_for_link(secret: bytes, link: bytes, portal: bytes, wrapped: bytes) -
     return Grant.from_bytes(plain)
 
 
-def seal_keyring(identity: Identity | IdentityKeys, keyring: dict[str, Any]) -> bytes:
+def seal_keyring(secrets: Unlocked, keyring: dict[str, Any]) -> bytes:
+    """Sealed under the keyring key of the newest generation the device holds."""
     nonce = os.urandom(12)
-    return nonce + AESGCM(identity.keyring_key).encrypt(nonce, encoding.encode(keyring), DOMAIN_KEYRING)
+    return nonce + AESGCM(secrets.keyring_keys[0]).encrypt(nonce, encoding.encode(keyring), DOMAIN_KEYRING)
 
 
-def open_keyring(identity: Identity | IdentityKeys, blob: bytes) -> dict[str, Any]:
+def open_keyring(secrets: Unlocked, blob: bytes) -> tuple[dict[str, Any], bool]:
+    """The keyring, and whether it was sealed under the newest key generation the device holds."""
     if not blob:
-        return {"portals": [], "edges": []}
-    try:
-        value = encoding.decode(AESGCM(identity.keyring_key).decrypt(blob[:12], blob[12:], DOMAIN_KEYRING))
-    except (InvalidTag, ValueError) as exc:
-        raise IntegrityError("the hub's keyring does not open with this identity") from exc
-    if not isinstance(value, dict):
-        raise IntegrityError("malformed keyring")
-    return value
+        return {"portals": [], "edges": []}, True
+    for i, key in enumerate(secrets.keyring_keys):
+        try:
+            plain = AESGCM(key).decrypt(blob[:12], blob[12:], DOMAIN_KEYRING)
+        except (InvalidTag, ValueError):
+            continue
+        value = encoding.decode(plain)
+        if not isinstance(value, dict):
+            raise IntegrityError("malformed keyring")
+        return value, i == 0
+    raise IntegrityError("the hub's keyring does not open with this identity (a key generation this device lacks?)")
 
 
 @dataclass(frozen=True, slots=True)

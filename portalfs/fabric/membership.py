@@ -9,10 +9,11 @@ from collections.abc import Callable
 from typing import Any
 
 from ..device import Device, Unlocked
-from ..errors import Conflict, IntegrityError, PortalError
-from ..hub.client import HubClient, PortalInfo
+from ..errors import BadSignature, Conflict, IntegrityError, NotFound, PortalError
+from ..generations import Generation, GenerationRecord, agreement_message, open_seed, seal_seed
+from ..hub.client import GenerationAnswer, HubClient, PortalInfo
 from ..hub.state import CLOSED_STATES
-from ..keys import DOMAIN_AGREEMENT, DOMAIN_WRITE_GRANT, verify_signature
+from ..keys import DOMAIN_DEVICE_BOX, DOMAIN_WRITE_GRANT, DeviceCertificate, verify_signature
 from ..root import PortalKeys
 from ..state import PortalRow
 from .config import FabricConfig, save_config
@@ -23,6 +24,7 @@ __all__ = ["Membership", "KEYRING_ATTEMPTS"]
 log = logging.getLogger("portal.sync")
 
 KEYRING_ATTEMPTS = 5  # compare-and-swap rounds before giving up on a busy keyring
+_BOX_PUBLISHED = "box-published"  # meta: the hub this device's box key was published to
 
 
 class Membership:
@@ -41,14 +43,78 @@ class Membership:
         hub = self.require_hub()
         identity = self.secrets.identity
         hub.enroll(cert)
-        hub.set_agreement(identity.agreement_public, identity.agreement_sig)  # signed while the root was at hand
+        # generation 0's, signed while the root was at hand (a hub that holds a newer generation keeps that one's)
+        hub.set_agreement(identity.agreement_public, identity.agreement_sig)
         for row in self.device.state.portals():
             if self.owner_of(row) == identity.public:
                 hub.create_portal(row.id)
 
     def refresh(self) -> list[str]:
-        """Adopt the keyring's portals and the shares accepted since; return the names added."""
+        """Take the identity's newest key generation, adopt the keyring's portals and the shares accepted since;
+        return the names added."""
+        self.follow_generation()
         return self.merge_keyring() + self.accept_shares()
+
+    def follow_generation(self) -> None:
+        """Publish this device's box key (once per hub), take the identity's newest key generation (sealed to
+        this device, to the recovery key a device made from the words holds until here, or handed over by the
+        device that approved this one), and seal it to the identity's devices that lack it (section 2)."""
+        hub, secrets, state = self.require_hub(), self.secrets, self.device.state
+        try:
+            if state.get_meta(_BOX_PUBLISHED) != hub.url.encode():
+                hub.set_box(secrets.device.box_public, secrets.device.box_sig)
+                state.set_meta(_BOX_PUBLISHED, hub.url.encode())
+            answer = hub.generation()
+        except NotFound:  # a hub from before revision 5: every device of the identity is at generation 0 there
+            log.debug("the hub has no key generations")
+            return
+        if answer is not None:
+            record = GenerationRecord.from_bytes(answer.record)
+            if record.identity != secrets.identity.public:
+                raise IntegrityError("the hub gave another identity's key generation")
+            if record.number > secrets.generation_number:
+                seed = self._seed(record, answer)
+                if seed is None:
+                    log.warning("the identity's key generation %d is not sealed to this device yet: another of its "
+                                "devices seals it at its next sync", record.number)  # fmt: skip
+                else:
+                    self.device.adopt_generation(secrets, Generation.open(record, seed))
+                    log.info("this device holds the identity's key generation %d", record.number)
+            if answer.unsealed and record.number == secrets.generation_number and secrets.generation is not None:
+                seals = self.seals(secrets.generation, answer.unsealed)
+                if seals:
+                    hub.add_seals(record.number, seals)
+        self.device.forget_generation_hints()
+
+    def _seed(self, record: GenerationRecord, answer: GenerationAnswer) -> bytes | None:
+        secrets = self.secrets
+        if answer.sealed is not None:
+            return open_seed(record, answer.sealed, secrets.device.box_key)
+        recovery = self.device.recovery_key(secrets)
+        if recovery is not None:
+            return open_seed(record, answer.recovery, recovery)
+        return self.device.handed_seed(secrets, record.number)
+
+    def seals(self, generation: Generation, devices: frozenset[bytes] | None = None) -> dict[bytes, bytes]:
+        """``generation``'s seed sealed to each active device of the identity (of ``devices``, if given) whose
+        box key its own key signed and whose certificate the identity signed; one that does not check is left."""
+        identity = self.secrets.identity.public
+        seals = {}
+        for d in self.require_hub().devices():
+            if d.revoked_ns is not None or d.box is None or d.box_sig is None:
+                continue
+            if devices is not None and d.device not in devices:
+                continue
+            try:
+                fields = DeviceCertificate.from_bytes(d.cert).verify(identity)
+                if fields.get("device") != d.device:
+                    raise BadSignature("the certificate names another device")
+                verify_signature(d.device, d.box_sig, DOMAIN_DEVICE_BOX + d.box, "box key")
+            except (BadSignature, KeyError, TypeError, ValueError) as exc:
+                log.warning("device %s: not sealing the key generation to it: %s", d.device.hex()[:16], exc)
+                continue
+            seals[d.device] = seal_seed(generation.record, generation.seed, d.box)
+        return seals
 
     def owner_of(self, row: PortalRow) -> bytes:
         owner = self.device.state.get_meta(f"owner:{row.id.hex()}")
@@ -57,17 +123,17 @@ class Membership:
     def _change_keyring(self, change: Callable[[dict[str, Any]], bool]) -> None:
         """Apply ``change`` to the hub's keyring and write it back (compare-and-swap), retrying on a race.
 
-        ``change`` edits the opened keyring in place and says whether there is anything to write.
+        ``change`` edits the opened keyring in place and says whether there is anything to write; a keyring
+        sealed under an older key generation than this device's newest is written back under the newest.
         """
         hub = self.require_hub()
-        identity = self.secrets.identity
         for _attempt in range(KEYRING_ATTEMPTS):
             current = hub.keyring()
-            ring = open_keyring(identity, current.blob)
-            if not change(ring):
+            ring, newest = open_keyring(self.secrets, current.blob)
+            if not change(ring) and newest:
                 return
             try:
-                hub.put_keyring(current.version + 1, seal_keyring(identity, ring))
+                hub.put_keyring(current.version + 1, seal_keyring(self.secrets, ring))
                 return
             except Conflict:
                 continue
@@ -148,7 +214,7 @@ class Membership:
     def _my_grant(self, portal: bytes) -> Grant | None:
         me = self.secrets.identity.public
         wrapped = next((m.wrapped for m in self.require_hub().members(portal) if m.identity == me), None)
-        return None if wrapped is None else unwrap_for_identity(self.secrets.identity, portal, wrapped)
+        return None if wrapped is None else unwrap_for_identity(self.secrets, portal, wrapped)
 
     def _take_rotated_keys(self, row: PortalRow) -> None:
         """A portal shared with this identity whose owner rotated its read key (an unshare): take the new keys."""
@@ -195,7 +261,13 @@ class Membership:
         signature made when the member was first given write (it names the portal and the member, no key)."""
         hub = self.require_hub()
         info = hub.identity(member)
-        verify_signature(member, info.sig, DOMAIN_AGREEMENT + info.agreement, "agreement key")
+        verify_signature(member, info.sig, agreement_message(info.generation, info.agreement), "agreement key")
+        seen_key = f"generation:{member.hex()}"  # the newest key generation seen of the member: never go back
+        seen = int(self.device.state.get_meta(seen_key) or b"0")
+        if info.generation < seen:
+            raise IntegrityError(f"the hub gave {member.hex()[:16]}'s key generation {info.generation}, "
+                                 f"older than {seen} seen before: not sharing")  # fmt: skip
+        self.device.state.set_meta(seen_key, str(info.generation).encode())
         sig = None
         if write:
             sig = write_sig or self.secrets.identity.signing_key.sign(DOMAIN_WRITE_GRANT + portal + member)

@@ -10,11 +10,13 @@ import json
 import logging
 import os
 
+from .. import encoding
 from ..errors import NotFound, shown
+from ..generations import Generation, GenerationRecord, seal_seed
 from ..hub.client import PortalInfo
-from ..keys import DOMAIN_REVOKE
+from ..keys import DOMAIN_REVOKE, x25519_public
 from ..portal import PortalView
-from ..root import RootRecord
+from ..root import PortalKeys, RootRecord
 from ..state import PortalRow
 from .grants import Grant, LinkUrl, link_redeem_key, redeem_proof, unwrap_for_link, wrap_for_link
 from .sync import Fabric
@@ -34,6 +36,7 @@ __all__ = [
 log = logging.getLogger("portal.sharing")
 
 ROTATION = "rotation:"  # meta key prefix: an unshare under way, {"member": hex, "keys": wrapped rotated keys}
+GENERATION_PENDING = "generation:pending"  # meta: a key generation made by a revocation, not yet published
 
 
 def share(fabric: Fabric, view: PortalView, recipient: bytes, write: bool) -> None:
@@ -50,15 +53,20 @@ def unshare(fabric: Fabric, view: PortalView, member: bytes) -> None:
     The rotated keys are recorded first (wrapped, meta ``rotation:<portal>``); each step after is idempotent,
     and ``resume_rotations`` (at every sync) finishes what a crash left.
     """
-    portal = view.row.id
-    keys = view.keys.rotated(os.urandom(32))
-    intent = {"member": member.hex(), "keys": fabric.secrets.wrap_portal_key(portal, keys).hex()}
-    fabric.device.state.set_meta(ROTATION + portal.hex(), json.dumps(intent).encode())
+    _record_rotation(fabric, view.row, view.keys, member)
     _finish_rotation(fabric, view.row)
 
 
+def _record_rotation(fabric: Fabric, row: PortalRow, keys: PortalKeys, member: bytes | None) -> None:
+    rotated = keys.rotated(os.urandom(32))
+    intent = {"member": member.hex() if member else "", "keys": fabric.secrets.wrap_portal_key(row.id, rotated).hex()}
+    fabric.device.state.set_meta(ROTATION + row.id.hex(), json.dumps(intent).encode())
+
+
 def resume_rotations(fabric: Fabric) -> list[str]:
-    """Finish every unshare a crash (or a hub that went away) left half-done; return the portals' names."""
+    """Finish a key generation and every unshare a crash (or a hub that went away) left half-done; return the
+    portals' names."""
+    _finish_generation(fabric)
     return [row.name for row in fabric.device.state.portals() if _finish_rotation(fabric, row)]
 
 
@@ -69,14 +77,15 @@ def _finish_rotation(fabric: Fabric, row: PortalRow) -> bool:
     if raw is None:
         return False
     intent = json.loads(raw)
-    member, wrapped = bytes.fromhex(intent["member"]), bytes.fromhex(intent["keys"])
+    member, wrapped = bytes.fromhex(intent["member"]), bytes.fromhex(intent["keys"])  # member b"": a revocation
     keys = secrets.unwrap_portal_key(PortalRow(row.id, row.name, wrapped, row.created_ns))
     # 1. versions from now on are sealed under the new key, before the member is told anything
     state.set_portal_key(row.id, wrapped)
     hub = fabric.require_hub()
     # 2. the member loses access at the hub (already gone: a step done before a crash)
     try:
-        hub.remove_member(row.id, member)
+        if member:
+            hub.remove_member(row.id, member)
     except NotFound:
         pass
     # 3. the members left, and this identity's other devices, get the new keys
@@ -85,7 +94,7 @@ def _finish_rotation(fabric: Fabric, row: PortalRow) -> bool:
         fabric.membership.grant(row.id, kept.identity, grant, kept.write, kept.write_sig or None)
     fabric.membership.update_keyring_keys(row.id, keys)
     state.delete_meta(ROTATION + row.id.hex())
-    log.info("%s: %s removed, read key rotated", row.name, member.hex()[:16])
+    log.info("%s: %s, read key rotated", row.name, f"{member.hex()[:16]} removed" if member else "device revoked")
     return True
 
 
@@ -116,13 +125,57 @@ def open_link(fabric: Fabric, url: LinkUrl) -> str:
 
 
 def revoke_device(fabric: Fabric, prefix: str) -> bytes:
-    """Revoke the one device of this identity whose key starts with ``prefix`` (hex); return its key."""
+    """Revoke the one device of this identity whose key starts with ``prefix`` (hex), then rotate what it could
+    read: the identity's next key generation, and the read keys of the portals the identity owns; return its key.
+    Takes the identity's root (kept, or from the words)."""
     hub = fabric.require_hub()
     match = [d.device for d in hub.devices() if d.device.hex().startswith(prefix.lower())]
     if len(match) != 1:
         raise NotFound(f"{shown(prefix)} names {len(match)} devices of this identity; give more digits")
     hub.revoke_device(match[0], fabric.secrets.identity.signing_key.sign(DOMAIN_REVOKE + match[0]))
+    _record_generation(fabric)
+    resume_rotations(fabric)
     return match[0]
+
+
+def _record_generation(fabric: Fabric) -> None:
+    """Make the identity's next key generation, sealed to the devices it keeps and to its recovery key, and
+    record it (meta ``generation:pending``) before anything is sent: ``_finish_generation`` publishes it."""
+    secrets = fabric.secrets
+    fabric.membership.follow_generation()  # after the newest the hub has
+    identity = secrets.identity.rooted()
+    generation = Generation.make(identity, secrets.generation_number + 1, secrets.purpose_keys)
+    recovery = seal_seed(generation.record, generation.seed, x25519_public(identity.recovery_key))
+    seals = fabric.membership.seals(generation)
+    intent = {"record": generation.record.to_bytes(), "recovery": recovery, "seals": seals,
+              "seed": secrets.device.seal_local(GENERATION_PENDING.encode(), generation.seed)}  # fmt: skip
+    fabric.device.state.set_meta(GENERATION_PENDING, encoding.encode(intent))
+
+
+def _finish_generation(fabric: Fabric) -> bool:
+    """Publish the recorded key generation, hold it, and record the rotation of every portal the identity owns
+    (their read keys, which the revoked device held); False if none is recorded."""
+    state, secrets = fabric.device.state, fabric.secrets
+    raw = state.get_meta(GENERATION_PENDING)
+    if raw is None:
+        return False
+    intent = encoding.decode(raw)
+    record = GenerationRecord.from_bytes(intent["record"])
+    try:
+        fabric.require_hub().put_generation(intent["record"], intent["recovery"], intent["seals"])
+    except NotFound:  # kept, and tried again at each sync
+        log.warning("the hub predates key generations (hub API revision 5): the revocation rotated nothing yet")
+        return False
+    if record.number > secrets.generation_number:
+        seed = secrets.device.open_local(GENERATION_PENDING.encode(), intent["seed"])
+        fabric.device.adopt_generation(secrets, Generation.open(record, seed))
+    fabric.membership.merge_keyring()  # written back under the new keyring key
+    for row in state.portals():
+        if fabric.membership.owner_of(row) == secrets.identity.public and state.deleted_until(row.id) is None:
+            _record_rotation(fabric, row, secrets.unwrap_portal_key(row), None)
+    state.delete_meta(GENERATION_PENDING)
+    log.info("the identity's key generation %d is published; its portals' read keys rotate", record.number)
+    return True
 
 
 def set_policy(fabric: Fabric, view: PortalView, policy: dict[str, int | bool | None]) -> PortalInfo:

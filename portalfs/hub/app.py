@@ -32,6 +32,7 @@ log = logging.getLogger("portal.hub")
 
 MAX_BODY = 4 * 1024 * 1024
 INT64_MAX = 2**63 - 1
+MAX_SEALS = 1000  # devices one key generation is sealed to in one request
 LONG_POLL_SECONDS = 25.0
 MAX_POLLS_PER_KEY = 256  # event streams one key may hold open at once (a device follows each portal with one)
 MAX_REQUESTS_PER_KEY = 64  # other requests one key may have in progress at once
@@ -61,6 +62,14 @@ class RouteSpec:
     path: str
     summary: str
     handler: Handler
+
+
+def _seals(body: dict[str, Any]) -> dict[bytes, bytes]:
+    """A key generation's seed sealed to devices: {device key hex: sealed hex}."""
+    seals = body.get("seals", {})
+    if not isinstance(seals, dict) or len(seals) > MAX_SEALS:
+        raise HubRefusal(400, "malformed", f"seals must be an object of at most {MAX_SEALS} devices")
+    return {_hex(device, 32, "device key"): _hex(sealed, 80, "seal") for device, sealed in seals.items()}
 
 
 def _portal(p: dict[str, Any]) -> bytes:
@@ -104,6 +113,15 @@ ROUTES: list[RouteSpec] = [
               lambda s, c, p, b, now: s.devices(c)),
     RouteSpec("POST", "/v1/devices/{device}/revoke", "Revoke a device (the body carries an identity signature)",
               lambda s, c, p, b, now: s.revoke(c, _hex(p["device"], 32), _hex(b["sig"], 64), now)),
+    RouteSpec("PUT", "/v1/devices/box", "Publish the calling device's box key, signed by the device",
+              lambda s, c, p, b, now: s.set_box(c, _hex(b["box"], 32, "box key"), _hex(b["sig"], 64))),
+    RouteSpec("GET", "/v1/generation", "The caller identity's newest key generation, sealed to the calling device",
+              lambda s, c, p, b, now: s.generation(c)),
+    RouteSpec("PUT", "/v1/generation", "Publish the identity's next key generation and its seals",
+              lambda s, c, p, b, now: s.put_generation(
+                  c, _hex(b["record"]), _hex(b["recovery"], 80, "recovery seal"), _seals(b))),
+    RouteSpec("POST", "/v1/generation/seals", "Seal the newest key generation to devices that lack it",
+              lambda s, c, p, b, now: s.add_seals(c, _uint(b["number"], "number"), _seals(b))),
     RouteSpec("PUT", "/v1/identity", "Publish the caller identity's agreement key, signed by the identity",
               lambda s, c, p, b, now: s.set_agreement(c, _hex(b["agreement"], 32), _hex(b["sig"], 64))),
     RouteSpec("GET", "/v1/identities/{identity}", "An identity's signed agreement key, for sharing",

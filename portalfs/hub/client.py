@@ -34,6 +34,7 @@ __all__ = [
     "HubConflict",
     "HubRefused",
     "DeviceInfo",
+    "GenerationAnswer",
     "DeviceCert",
     "IdentityKey",
     "Keyring",
@@ -87,6 +88,18 @@ class DeviceInfo:
     enrolled_ns: int
     revoked_ns: int | None
     cert: bytes
+    box: bytes | None = None  # its box key (X25519) and the device's signature of it, once published
+    box_sig: bytes | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class GenerationAnswer:
+    """The identity's newest key generation at the hub (section 2): None when it has none past 0."""
+
+    record: bytes
+    sealed: bytes | None  # the seed sealed to the calling device, once one was
+    recovery: bytes  # the seed sealed to the identity's recovery key
+    unsealed: frozenset[bytes]  # the identity's devices with a box key it is not sealed to yet
 
 
 @dataclass(frozen=True, slots=True)
@@ -100,7 +113,8 @@ class DeviceCert:
 class IdentityKey:
     identity: bytes
     agreement: bytes
-    sig: bytes  # by the identity, over DOMAIN_AGREEMENT || agreement
+    sig: bytes  # by the identity, over generations.agreement_message(generation, agreement)
+    generation: int = 0
 
 
 @dataclass(frozen=True, slots=True)
@@ -305,12 +319,44 @@ class HubClient:
 
     @route("GET", "/v1/devices")
     def devices(self) -> list[DeviceInfo]:
+        def raw(value: str | None) -> bytes | None:
+            return None if value is None else bytes.fromhex(value)
+
         return [
             DeviceInfo(
-                bytes.fromhex(r["device"]), r["name"], r["enrolled_ns"], r["revoked_ns"], bytes.fromhex(r["cert"])
-            )
+                bytes.fromhex(r["device"]),
+                r["name"],
+                r["enrolled_ns"],
+                r["revoked_ns"],
+                bytes.fromhex(r["cert"]),
+                raw(r.get("box")),
+                raw(r.get("box_sig")),
+            )  # fmt: skip
             for r in self._call("GET", "/v1/devices")
         ]
+
+    @route("PUT", "/v1/devices/box")
+    def set_box(self, box: bytes, sig: bytes) -> None:
+        self._call("PUT", "/v1/devices/box", {"box": box.hex(), "sig": sig.hex()})
+
+    @route("GET", "/v1/generation")
+    def generation(self) -> GenerationAnswer | None:
+        r = self._call("GET", "/v1/generation")
+        if r["record"] is None:
+            return None
+        sealed = None if r["sealed"] is None else bytes.fromhex(r["sealed"])
+        return GenerationAnswer(bytes.fromhex(r["record"]), sealed, bytes.fromhex(r["recovery"]),
+                                frozenset(bytes.fromhex(d) for d in r["unsealed"]))  # fmt: skip
+
+    @route("PUT", "/v1/generation")
+    def put_generation(self, record: bytes, recovery: bytes, seals: dict[bytes, bytes]) -> None:
+        self._call("PUT", "/v1/generation", {"record": record.hex(), "recovery": recovery.hex(),
+                                             "seals": {d.hex(): s.hex() for d, s in seals.items()}})  # fmt: skip
+
+    @route("POST", "/v1/generation/seals")
+    def add_seals(self, number: int, seals: dict[bytes, bytes]) -> None:
+        self._call("POST", "/v1/generation/seals", {"number": number,
+                                                    "seals": {d.hex(): s.hex() for d, s in seals.items()}})  # fmt: skip
 
     @route("POST", "/v1/devices/{device}/revoke")
     def revoke_device(self, device: bytes, sig: bytes) -> None:
@@ -323,7 +369,8 @@ class HubClient:
     @route("GET", "/v1/identities/{identity}")
     def identity(self, identity: bytes) -> IdentityKey:
         r = self._call("GET", f"/v1/identities/{identity.hex()}")
-        return IdentityKey(bytes.fromhex(r["identity"]), bytes.fromhex(r["agreement"]), bytes.fromhex(r["sig"]))
+        return IdentityKey(bytes.fromhex(r["identity"]), bytes.fromhex(r["agreement"]), bytes.fromhex(r["sig"]),
+                           r.get("generation", 0))  # fmt: skip
 
     @route("GET", "/v1/identities/{identity}/devices")
     def identity_devices(self, identity: bytes) -> list[DeviceCert]:

@@ -17,8 +17,16 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from ..errors import BadSignature, CorruptObject
-from ..keys import DOMAIN_AGREEMENT, DOMAIN_LINK_REDEEM, DOMAIN_REVOKE, DeviceCertificate, verify_signature
+from ..errors import BadSignature, CorruptObject, IntegrityError
+from ..generations import GenerationRecord
+from ..keys import (
+    DOMAIN_AGREEMENT,
+    DOMAIN_DEVICE_BOX,
+    DOMAIN_LINK_REDEEM,
+    DOMAIN_REVOKE,
+    DeviceCertificate,
+    verify_signature,
+)
 from ..provisioning import new_request_id
 from ..root import RootRecord
 from ..sqlite import open_db, transaction
@@ -64,6 +72,10 @@ CREATE TABLE IF NOT EXISTS provisioning (id BLOB PRIMARY KEY, device BLOB NOT NU
     created_ns INTEGER NOT NULL, cert BLOB, sealed BLOB);
 CREATE TABLE IF NOT EXISTS readers (portal BLOB NOT NULL, identity BLOB NOT NULL, PRIMARY KEY (portal, identity))
     WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS generations (identity BLOB PRIMARY KEY, number INTEGER NOT NULL, record BLOB NOT NULL,
+    recovery BLOB NOT NULL);
+CREATE TABLE IF NOT EXISTS generation_seals (identity BLOB NOT NULL, device BLOB NOT NULL, sealed BLOB NOT NULL,
+    PRIMARY KEY (identity, device)) WITHOUT ROWID;
 """
 # Edges the hub's operator admitted (`portal-hub edge approve`); created apart, so that a hub from before
 # admission existed can admit the edges it already had registered (section 13, "Admission").
@@ -123,6 +135,10 @@ class HubState:
             self._db.execute("ALTER TABLE members ADD COLUMN write_sig BLOB")  # members from before revision 3
         if "redeem_key" not in {row[1] for row in self._db.execute("PRAGMA table_info(links)")}:
             self._db.execute("ALTER TABLE links ADD COLUMN redeem_key BLOB")  # links from before revision 3
+        if "box" not in {row[1] for row in self._db.execute("PRAGMA table_info(devices)")}:  # before revision 5
+            self._db.execute("ALTER TABLE devices ADD COLUMN box BLOB")
+            self._db.execute("ALTER TABLE devices ADD COLUMN box_sig BLOB")
+            self._db.execute("ALTER TABLE identities ADD COLUMN generation INTEGER NOT NULL DEFAULT 0")
         if self._db.execute("SELECT 1 FROM sqlite_master WHERE name = 'admitted'").fetchone() is None:
             with transaction(self._db, threading.Lock()) as db:  # a hub from before revision 4
                 db.execute(_ADMITTED)
@@ -213,29 +229,104 @@ class HubState:
             raise HubRefusal(400, "bad-signature", str(exc)) from None
 
     def set_agreement(self, caller: Caller, agreement: bytes, sig: bytes) -> None:
+        """The identity's generation-0 agreement key; once it has a newer key generation, that one's stays."""
         identity = self.require_device(caller)
         self._identity_signed(identity, sig, DOMAIN_AGREEMENT + agreement, "agreement key")
         with self._txn() as db:
             db.execute(
-                "UPDATE identities SET agreement = ?, agreement_sig = ? WHERE identity = ?", (agreement, sig, identity)
+                "UPDATE identities SET agreement = ?, agreement_sig = ? WHERE identity = ? AND generation = 0",
+                (agreement, sig, identity),
             )
 
     def identity(self, identity: bytes) -> dict[str, Any]:
-        row = self._one("SELECT agreement, agreement_sig FROM identities WHERE identity = ?", identity)
+        row = self._one("SELECT agreement, agreement_sig, generation FROM identities WHERE identity = ?", identity)
         if row is None or row[0] is None:
             raise HubRefusal(404, "not-found", f"no identity {identity.hex()[:16]}… at this hub")
-        return {"identity": identity.hex(), "agreement": row[0].hex(), "sig": row[1].hex()}
+        return {"identity": identity.hex(), "agreement": row[0].hex(), "sig": row[1].hex(), "generation": row[2]}
 
     def devices(self, caller: Caller) -> list[dict[str, Any]]:
         identity = self.require_device(caller)
         return [
-            {"device": d.hex(), "name": name, "enrolled_ns": enrolled, "revoked_ns": revoked, "cert": cert.hex()}
-            for d, name, enrolled, revoked, cert in self._all(
-                "SELECT device, name, enrolled_ns, revoked_ns, cert FROM devices "
+            {
+                "device": d.hex(),
+                "name": name,
+                "enrolled_ns": enrolled,
+                "revoked_ns": revoked,
+                "cert": cert.hex(),
+                "box": box and box.hex(),
+                "box_sig": box_sig and box_sig.hex(),
+            }  # fmt: skip
+            for d, name, enrolled, revoked, cert, box, box_sig in self._all(
+                "SELECT device, name, enrolled_ns, revoked_ns, cert, box, box_sig FROM devices "
                 "WHERE identity = ? ORDER BY enrolled_ns",
                 identity,
             )
         ]
+
+    def set_box(self, caller: Caller, box: bytes, sig: bytes) -> None:
+        """The calling device's box key (X25519), signed by its own key: its identity's generations seal to it."""
+        self.require_device(caller)
+        try:
+            verify_signature(caller.key, sig, DOMAIN_DEVICE_BOX + box, "box key")
+        except BadSignature as exc:
+            raise HubRefusal(400, "bad-signature", str(exc)) from None
+        with self._txn() as db:
+            db.execute("UPDATE devices SET box = ?, box_sig = ? WHERE device = ?", (box, sig, caller.key))
+
+    # key generations (section 2, "Key generations")
+
+    def generation(self, caller: Caller) -> dict[str, Any]:
+        """The identity's newest key generation, its seed sealed to the calling device (null: not yet) and to the
+        recovery key, and the identity's devices with a box key it is not sealed to yet."""
+        identity = self.require_device(caller)
+        row = self._one("SELECT record, recovery FROM generations WHERE identity = ?", identity)
+        if row is None:
+            return {"record": None, "sealed": None, "recovery": None, "unsealed": []}
+        mine = self._one("SELECT sealed FROM generation_seals WHERE identity = ? AND device = ?", identity, caller.key)
+        unsealed = self._all(
+            "SELECT device FROM devices WHERE identity = ? AND revoked_ns IS NULL AND box IS NOT NULL AND device "
+            "NOT IN (SELECT device FROM generation_seals WHERE identity = ?)", identity, identity)  # fmt: skip
+        return {"record": row[0].hex(), "sealed": mine and mine[0].hex(), "recovery": row[1].hex(),
+                "unsealed": sorted(d.hex() for (d,) in unsealed)}  # fmt: skip
+
+    def put_generation(self, caller: Caller, record_bytes: bytes, recovery: bytes, seals: dict[bytes, bytes]) -> None:
+        """Publish the identity's next key generation (the one after the hub's, or the hub's again: idempotent);
+        its agreement key becomes the one the hub gives for sharing."""
+        identity = self.require_device(caller)
+        try:
+            record = GenerationRecord.from_bytes(record_bytes)
+        except IntegrityError as exc:
+            raise HubRefusal(400, "bad-generation", str(exc)) from None
+        if record.identity != identity:
+            raise HubRefusal(403, "forbidden", "a key generation of another identity")
+        with self._txn() as db:
+            row = db.execute("SELECT number, record FROM generations WHERE identity = ?", (identity,)).fetchone()
+            current = 0 if row is None else row[0]
+            if record.number != current + 1 and (row is None or row[1] != record_bytes):
+                raise HubRefusal(409, "conflict", f"the hub holds key generation {current}, not {record.number - 1}")
+            if record.number == current + 1:
+                db.execute("INSERT OR REPLACE INTO generations VALUES (?, ?, ?, ?)",
+                           (identity, record.number, record_bytes, recovery))  # fmt: skip
+                db.execute("DELETE FROM generation_seals WHERE identity = ?", (identity,))
+                db.execute("UPDATE identities SET agreement = ?, agreement_sig = ?, generation = ? WHERE identity = ?",
+                           (record.agreement, record.sig, record.number, identity))  # fmt: skip
+            self._add_seals(db, identity, seals)
+
+    def add_seals(self, caller: Caller, number: int, seals: dict[bytes, bytes]) -> None:
+        """Seals of the newest generation for devices of the identity that had none (one approved since)."""
+        identity = self.require_device(caller)
+        with self._txn() as db:
+            row = db.execute("SELECT number FROM generations WHERE identity = ?", (identity,)).fetchone()
+            if row is None or row[0] != number:
+                raise HubRefusal(409, "conflict", f"key generation {number} is not the identity's newest")
+            self._add_seals(db, identity, seals)
+
+    @staticmethod
+    def _add_seals(db: sqlite3.Connection, identity: bytes, seals: dict[bytes, bytes]) -> None:
+        active = {d for (d,) in db.execute(
+            "SELECT device FROM devices WHERE identity = ? AND revoked_ns IS NULL", (identity,))}  # fmt: skip
+        db.executemany("INSERT OR IGNORE INTO generation_seals VALUES (?, ?, ?)",
+                       [(identity, d, sealed) for d, sealed in seals.items() if d in active])  # fmt: skip
 
     def identity_devices(self, caller: Caller, identity: bytes) -> list[dict[str, Any]]:
         """An identity's device certificates, so that readers can check who signed a version: only for the
@@ -265,11 +356,11 @@ class HubState:
     def revoke(self, caller: Caller, device: bytes, sig: bytes, now_ns: int) -> None:
         identity = self.require_device(caller)
         self._identity_signed(identity, sig, DOMAIN_REVOKE + device, "revocation")
-        self._update_one(
-            "UPDATE devices SET revoked_ns = coalesce(revoked_ns, ?) WHERE device = ? AND identity = ?",
-            (now_ns, device, identity),
-            HubRefusal(404, "not-found", "no such device of this identity"),
-        )
+        with self._txn() as db:
+            if db.execute("UPDATE devices SET revoked_ns = coalesce(revoked_ns, ?) WHERE device = ? AND identity = ?",
+                          (now_ns, device, identity)).rowcount == 0:  # fmt: skip
+                raise HubRefusal(404, "not-found", "no such device of this identity")
+            db.execute("DELETE FROM generation_seals WHERE identity = ? AND device = ?", (identity, device))
 
     def device_directory(self, caller: Caller) -> dict[str, dict[str, str]]:
         """Every enrolled device: its status and the identity that enrolled it (an edge checks a HELLO's

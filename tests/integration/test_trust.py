@@ -10,6 +10,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -175,6 +176,10 @@ def test_a_device_approved_from_another_reads_the_portals_without_the_words_and_
         ok(a, "put", "docs", str(tmp_path / "note.txt"))
         ok(a, "sync")
         identity = json.loads(ok(a, "whoami", "--json"))["identity"]
+        x = tmp_path / "x"  # a device revoked before: the approval hands over the key generation it made
+        ok(x, "recover", "--no-passphrase", input=words)
+        ok(x, "hub", "add", lab.hub_url)
+        ok(a, "device", "revoke", json.loads(ok(x, "whoami", "--json"))["device"], input=words)
 
         b = tmp_path / "b"
         process, code = join(b, lab.hub_url, identity)
@@ -206,3 +211,82 @@ def test_a_device_approved_from_another_reads_the_portals_without_the_words_and_
         finally:
             process.kill()
         fails(c, 5, "whoami")  # it holds no identity
+
+
+def test_revoking_a_device_rotates_what_it_could_read_and_the_words_still_open_everything(tmp_path: Path) -> None:
+    """A revoked device kept the keyring and agreement keys and the portals' read keys: a keyring, a grant or a
+    version it came by another way (a copy of the hub's database) still opened. Revoking now makes the identity's
+    next key generation and rotates the read keys of its portals: nothing written after opens with what the
+    revoked device holds, while the devices kept, a member, and a device recovered from the words read it all."""
+    import sqlite3
+
+    from portalfs.device import Device
+    from portalfs.errors import IntegrityError
+    from portalfs.fabric.grants import open_keyring, unwrap_for_identity
+    from portalfs.paths import DeviceHome
+    from portalfs.root import RootRecord
+
+    def secrets_of(home: Path) -> Any:
+        device = Device(DeviceHome.from_environ({"PORTAL_HOME": str(home)}))
+        try:
+            secrets = device.unlock(None)
+            return secrets, {row.name: secrets.unwrap_portal_key(row) for row in device.state.portals()}
+        finally:
+            device.close()
+
+    with fabric(tmp_path / "fabric", edges=1) as lab:
+        hub_db = lab.root / "hub.db"
+        a, b, member = tmp_path / "a", tmp_path / "b", tmp_path / "member"
+        words = " ".join(json.loads(ok(a, "init", "--no-passphrase", "--json"))["words"])
+        ok(a, "hub", "add", lab.hub_url)
+        ok(a, "portal", "create", "docs")
+        (tmp_path / "before.txt").write_text("written before the revocation\n")
+        ok(a, "put", "docs", str(tmp_path / "before.txt"))
+        ok(member, "init", "--no-passphrase")
+        ok(member, "hub", "add", lab.hub_url)
+        ok(a, "share", "docs", "--with", json.loads(ok(member, "whoami", "--json"))["identity"])
+        ok(a, "sync")
+        ok(b, "recover", "--no-passphrase", input=words)
+        ok(b, "hub", "add", lab.hub_url)
+        ok(b, "get", "docs", str(tmp_path / "b-before"))
+        stolen, stolen_keys = secrets_of(b)  # all the device to be revoked holds
+        assert stolen.generation_number == 0
+
+        ok(a, "device", "revoke", json.loads(ok(b, "whoami", "--json"))["device"], input=words)
+        (tmp_path / "after.txt").write_text("written after the revocation\n")
+        ok(a, "put", "docs", str(tmp_path / "after.txt"))
+        ok(a, "sync")
+        kept, kept_keys = secrets_of(a)
+        assert kept.generation_number == 1 and kept_keys["docs"] != stolen_keys["docs"]
+
+        with sqlite3.connect(hub_db) as db:  # what the revoked device could come by: the hub's whole database
+            keyring = db.execute("SELECT blob FROM keyrings").fetchone()[0]
+            head = max(db.execute("SELECT version, record FROM roots"))[1]
+            grants = [w for (w,) in db.execute("SELECT wrapped FROM members")]
+            sealed_to = {d for (d,) in db.execute("SELECT device FROM generation_seals")}
+        assert kept.device.public in sealed_to and stolen.device.public not in sealed_to
+        with pytest.raises(IntegrityError):
+            open_keyring(stolen, keyring)
+        assert open_keyring(kept, keyring)[1]  # written back under the new generation's key
+        with pytest.raises(IntegrityError):
+            RootRecord.from_bytes(head).open(stolen_keys["docs"])
+        assert RootRecord.from_bytes(head).open(kept_keys["docs"])
+        member_secrets, _ = secrets_of(member)
+        portal = next(iter(bytes.fromhex(p["id"]) for p in open_keyring(kept, keyring)[0]["portals"]))
+        assert unwrap_for_identity(member_secrets, portal, grants[0]).keys == kept_keys["docs"]  # re-given
+        fails_b = subprocess.run([sys.executable, "-m", "portalfs.cli.portalctl", "sync"], capture_output=True,
+                                 text=True, env={**os.environ, "PORTAL_HOME": str(b)}, timeout=60)  # fmt: skip
+        assert fails_b.returncode == 15 and "revoked" in fails_b.stderr
+
+        ok(member, "sync")
+        ok(member, "get", "docs", str(tmp_path / "member-after"))
+        assert (tmp_path / "member-after" / "after.txt").read_text() == "written after the revocation\n"
+        c = tmp_path / "c"  # every device lost: the words open generation 1 (its recovery seal) and all before
+        ok(c, "recover", "--no-passphrase", input=words)
+        ok(c, "hub", "add", lab.hub_url)
+        ok(c, "get", "docs", str(tmp_path / "c-after"))
+        assert {p.name for p in (tmp_path / "c-after").iterdir()} == {"before.txt", "after.txt"}
+        recovered, _ = secrets_of(c)
+        assert recovered.generation_number == 1
+        with sqlite3.connect(c / "state.db") as db:  # the recovery key is not kept past the first round
+            assert db.execute("SELECT count(*) FROM meta WHERE key = 'recovery'").fetchone()[0] == 0

@@ -17,7 +17,7 @@ LAYERS: list[tuple[str, list[str]]] = [
     ("base", ["portalfs", "portalfs.errors", "portalfs.encoding", "portalfs.paths", "portalfs.memory",
               "portalfs.fsutil", "portalfs.sqlite", "portalfs.backoff", "portalfs.runtime"]),
     ("primitives", ["portalfs.keys", "portalfs.keyfile", "portalfs.chunking", "portalfs.sealing", "portalfs.tree",
-                    "portalfs.root", "portalfs.merge", "portalfs.provisioning"]),
+                    "portalfs.root", "portalfs.merge", "portalfs.provisioning", "portalfs.generations"]),
     ("protocol core", ["portalfs.protocol"]),
     ("store", ["portalfs.store"]),
     ("portal model", ["portalfs.state", "portalfs.device", "portalfs.pipeline", "portalfs.ingest",

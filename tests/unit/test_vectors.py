@@ -16,7 +16,8 @@ from pathlib import Path
 import pytest
 
 from portalfs.chunking import cdc_chunks
-from portalfs.keys import DeviceKey, Identity, new_entropy_words, root_from_words
+from portalfs.generations import PurposeKeys
+from portalfs.keys import DeviceKey, Identity, new_entropy_words, root_from_words, x25519_public
 from portalfs.root import PortalKeys, RootPayload, make_root_record
 from portalfs.sealing import ChunkRef, seal
 from portalfs.tree import Entry, build_file, encode_dir
@@ -41,9 +42,19 @@ def keys_vectors() -> dict:
                 "convergence_secret": identity.convergence_secret.hex(),
                 "keyring_key": identity.keyring_key.hex(),
                 "fingerprint": identity.fingerprint,
+                "recovery_public": x25519_public(identity.recovery_key).hex(),
             }
         )
-    return {"keys": out}
+    seed, device = bytes(range(32, 64)), DeviceKey(ENTROPY)
+    generation = PurposeKeys.of_seed(seed)  # section 2, "Key generations"
+    derived = {
+        "generation_seed": seed.hex(),
+        "generation_keyring_key": generation.keyring.hex(),
+        "generation_agreement_public": x25519_public(generation.agreement_key).hex(),
+        "device_private": device.private.hex(),
+        "device_box_public": device.box_public.hex(),
+    }
+    return {"keys": out, "derived": derived}
 
 
 def _plaintexts() -> list[bytes]:
