@@ -38,6 +38,7 @@ from ..keys import DeviceCertificate, Identity, IdentityKeys
 from ..portal import PortalView
 from ..sched.limits import Limits
 from ..state import VersionRow
+from ..worktree import registry
 from .common import emit, human, unlock, with_root
 from .servers import parse_duration, parse_size
 
@@ -581,12 +582,13 @@ def cmd_status(device: Device, args: argparse.Namespace) -> int:
     fabric = Fabric(device, secrets, config)
     try:
         portals: list[dict[str, Any]] = []
+        frozen = {m["portal"]: m["read_only"] for m in registry.running(device) if m.get("read_only")}
         for row in device.state.portals():
             head = device.state.head(row.id)
             local = 0 if head is None else head.version
             portals.append({"portal": row.name, "version": local, "published": published_version(device, row.id),
                             "conflicts": _conflicts(device, secrets, row.name, head),
-                            "paused": is_paused(device, row.id)})  # fmt: skip
+                            "paused": is_paused(device, row.id), "read_only": frozen.get(row.name)})  # fmt: skip
         hub_error = None
         try:
             edges = fabric.swarm.stat() if (config.hub or config.edges) else []
@@ -634,6 +636,7 @@ def cmd_status(device: Device, args: argparse.Namespace) -> int:
         + (f", {p['version'] - p['published']} to publish" if config.hub and p["version"] > p["published"] else "")
         + (f", {p['conflicts']} conflict copies (portalctl conflicts)" if p["conflicts"] else "")
         + (", paused" if p["paused"] else "")
+        + (f"; its mount is read-only: {p['read_only']}" if p["read_only"] else "")
         for p in portals
     ]
     emit(args, data, "\n".join(lines))

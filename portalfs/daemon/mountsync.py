@@ -35,10 +35,12 @@ from ..errors import Conflict, PortalError
 from ..fabric.config import hub_client, is_paused, published_version
 from ..fabric.store import fetch_directories
 from ..fabric.sync import Fabric, device_label
+from ..hub.client import HubRefused
 from ..merge import Writer
 from ..mount.operations import PortalOperations
 from ..portal import PortalView
 from ..root import RootPayload, RootRecord
+from ..worktree.registry import note_read_only
 from .control import call_daemon, daemon_socket
 from .manners import MANNERS_META, MANNERS_SECONDS, held_back
 
@@ -48,6 +50,8 @@ log = logging.getLogger("portal.mountsync")
 
 RETRY = Backoff(1.0, 60.0)  # a push that failed, an event stream the hub refused
 PAUSE_LOOK_SECONDS = 5.0  # while the portal is paused, how often the mount looks whether it still is
+# refusals of a publish that no retry undoes: the mount turns read-only
+ACCESS_LOST = frozenset({"forbidden", "revoked", "expired", "deactivated", "deleted", "released"})
 
 
 class MountSync:
@@ -96,6 +100,12 @@ class MountSync:
                 await self._land(mount)
                 self._due.set()
             except PortalError as exc:
+                if isinstance(exc, HubRefused) and exc.code in ACCESS_LOST:
+                    # the portal was deleted or closed, or this device or identity may write it no more: the
+                    # mount turns read-only; what it committed stays here (section 16, "Access lost while mounted")
+                    mount.freeze(f"the hub refuses to publish it ({exc.code}): {exc}")
+                    await trio.to_thread.run_sync(note_read_only, self.view.device, mount.frozen or "")
+                    return
                 failures += 1
                 self._say(f"publishing: {exc}", RETRY.delay(failures))
                 await trio.sleep(RETRY.delay(failures))

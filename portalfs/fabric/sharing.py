@@ -13,7 +13,7 @@ import os
 from .. import encoding
 from ..errors import NotFound, shown
 from ..generations import Generation, GenerationRecord, seal_seed
-from ..hub.client import PortalInfo
+from ..hub.client import HubRefused, PortalInfo
 from ..keys import DOMAIN_REVOKE, x25519_public
 from ..portal import PortalView
 from ..root import PortalKeys, RootRecord
@@ -67,7 +67,14 @@ def resume_rotations(fabric: Fabric) -> list[str]:
     """Finish a key generation and every unshare a crash (or a hub that went away) left half-done; return the
     portals' names."""
     _finish_generation(fabric)
-    return [row.name for row in fabric.device.state.portals() if _finish_rotation(fabric, row)]
+    finished = []
+    for row in fabric.device.state.portals():
+        try:
+            if _finish_rotation(fabric, row):
+                finished.append(row.name)
+        except (NotFound, HubRefused) as exc:  # closed at the hub, or never there: the rest goes on
+            log.warning("%s: its read key rotation waits: %s", row.name, exc)
+    return finished
 
 
 def _finish_rotation(fabric: Fabric, row: PortalRow) -> bool:
@@ -90,7 +97,11 @@ def _finish_rotation(fabric: Fabric, row: PortalRow) -> bool:
         pass
     # 3. the members left, and this identity's other devices, get the new keys
     grant = Grant(row.name, keys, secrets.identity.public)
-    for kept in hub.members(row.id):
+    try:
+        members = hub.members(row.id)
+    except NotFound:  # a portal the hub does not know yet: nobody to give the keys to
+        members = []
+    for kept in members:
         fabric.membership.grant(row.id, kept.identity, grant, kept.write, kept.write_sig or None)
     fabric.membership.update_keyring_keys(row.id, keys)
     state.delete_meta(ROTATION + row.id.hex())

@@ -22,6 +22,7 @@ from __future__ import annotations
 import logging
 import math
 import os
+import sqlite3
 import statistics
 import time
 from collections import Counter
@@ -43,6 +44,7 @@ from ..sched.estimators import Throughput
 from ..sched.limits import Limits, TokenBucket
 from ..store.base import Priority
 from .locations import LocationCache
+from .usage import EdgeUsage
 
 __all__ = ["Swarm", "Placement", "edges_down", "placement"]
 
@@ -65,6 +67,9 @@ class _Edge:
         self.closed = trio.Event()
         self.down_until = 0.0
         self.error: PortalError | None = None
+
+
+USAGE_SECONDS = 2.0  # how often the bytes moved with each edge are shared with the device's other processes
 
 
 def _calendar(now: float) -> tuple[int, int]:
@@ -166,8 +171,12 @@ class Swarm:
         locate: Locate | None,
         report: Report | None = None,
         runtime: Runtime | None = None,
+        usage: EdgeUsage | None = None,
     ) -> None:
+        """``usage``: the bytes the device's processes moved with each edge today, shared (daily caps)."""
         self.addresses = list(edges)
+        self._usage = usage
+        self._shared: tuple[int, dict[bytes, int]] = (-1, {})  # (day, bytes per edge) last added to ``usage``
         self._device = device
         self._cert = cert
         self._locate = locate
@@ -212,15 +221,44 @@ class Swarm:
             pass
 
     async def _close(self) -> None:
+        with trio.move_on_after(10):
+            await self._count_usage()  # what this process moved counts for the others after it ends
         self._stop.set()
         with trio.move_on_after(10):
             await self._done.wait()
+        if self._usage is not None:
+            self._usage.close()
+
+    async def _share_usage(self) -> None:
+        while True:
+            await trio.sleep(USAGE_SECONDS)
+            await self._count_usage()
+
+    async def _count_usage(self) -> None:
+        """Add what this process moved with each edge since last time to the device's shared figures, and take
+        the other processes' (only where some edge has a daily cap)."""
+        if self._usage is None or not self._scheduler.capped():
+            return
+        day = self._scheduler.day(trio.current_time())
+        here = self._scheduler.moved_here(day)
+        before = self._shared[1] if self._shared[0] == day else {}
+        try:
+            totals = await trio.to_thread.run_sync(
+                self._usage.add, day, {k: size - before.get(k, 0) for k, size in here.items()}
+            )
+        except sqlite3.Error as exc:
+            log.warning("could not share the bytes moved with the edges today: %s", exc)
+            return
+        self._shared = (day, here)
+        for key, total in totals.items():
+            self._scheduler.elsewhere(key, day, total - here.get(key, 0))
 
     async def _main(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         try:
             async with trio.open_nursery() as nursery:
                 self._nursery = nursery
                 nursery.start_soon(self._drive)
+                nursery.start_soon(self._share_usage)
                 task_status.started()
                 await self._stop.wait()
                 nursery.cancel_scope.cancel()

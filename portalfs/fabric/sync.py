@@ -54,6 +54,7 @@ from .membership import Membership
 from .store import FabricStore
 from .swarm import Placement, Swarm, edges_down
 from .trust import checked_records
+from .usage import EdgeUsage
 
 __all__ = ["device_fabric", "open_view", "device_label", "Fabric"]
 
@@ -184,7 +185,8 @@ class Fabric:
             if self._swarm is None:
                 locate = self.hub.locations if self.hub is not None else None
                 report = self.hub.report_damage if self.hub is not None else None
-                self._swarm = Swarm(self.edges(), self.secrets.device, self.cert, locate, report).start()
+                usage = EdgeUsage(self.device.home.data / "usage.db")  # the daily caps, shared by the processes
+                self._swarm = Swarm(self.edges(), self.secrets.device, self.cert, locate, report, usage=usage).start()
                 self._swarm.configure(Limits.from_json(self.config.limits))
             return self._swarm
 

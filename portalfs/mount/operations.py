@@ -66,6 +66,7 @@ def _changes(handler: Callable[P, Coroutine[Any, Any, T]]) -> Callable[P, Corout
 
     @functools.wraps(handler)
     async def wrapper(*args: P.args, **kwargs: P.kwargs) -> T:
+        args[0].refuse_if_frozen()  # type: ignore[attr-defined]
         result = await handler(*args, **kwargs)
         args[0].tree.changed()  # type: ignore[attr-defined]
         return result
@@ -102,6 +103,20 @@ class PortalOperations(pyfuse3.Operations):
         self.workspace = tree.workspace
         self._dir_handles: dict[int, tuple[Inode, list[tuple[bytes, Inode]]]] = {}
         self._reported: set[str] = set()
+        self.frozen: str | None = None  # why this read-write mount takes no more changes (section 16)
+
+    def freeze(self, reason: str) -> None:
+        """Take no more changes from now on (its device lost the right to publish the portal): a change is
+        refused EROFS; what was written and closed before stays, committed in this device's versions, and a
+        handle open for writing may still finish."""
+        if self.frozen is None:
+            self.frozen = reason
+            log.error("%s is read-only from now on: %s; what was written here stays in this device's versions",
+                      self.view.row.name, reason)  # fmt: skip
+
+    def refuse_if_frozen(self) -> None:
+        if self.frozen is not None:
+            raise pyfuse3.FUSEError(errno.EROFS)
 
     # lifecycle
 
@@ -328,6 +343,8 @@ class PortalOperations(pyfuse3.Operations):
 
     @_translated
     async def open(self, inode: int, flags: int, ctx: pyfuse3.RequestContext) -> pyfuse3.FileInfo:
+        if flags & os.O_ACCMODE != os.O_RDONLY or flags & os.O_TRUNC:
+            self.refuse_if_frozen()
         fh, keep = await self.tree.open(self.workspace.get(inode), flags)
         return pyfuse3.FileInfo(fh=fh, keep_cache=keep)
 
@@ -335,6 +352,7 @@ class PortalOperations(pyfuse3.Operations):
     async def create(
         self, parent_inode: int, name: bytes, mode: int, flags: int, ctx: pyfuse3.RequestContext
     ) -> tuple[pyfuse3.FileInfo, pyfuse3.EntryAttributes]:
+        self.refuse_if_frozen()
         parent = self.workspace.get(parent_inode)
         mode = stat.S_IMODE(mode) & ~ctx.umask
         node = self.workspace.create(parent, name, mode, ctx.uid, self._new_gid(parent, ctx), now_ns())

@@ -61,7 +61,8 @@ class _Edge:
         self.in_flight: set[Request] = set()
         self.durations: deque[float] = deque(maxlen=64)
         self.bytes = 0  # answered
-        self.day = (-1, 0)  # (day number, bytes that day)
+        self.day = (-1, 0)  # (day number, bytes this process moved that day)
+        self.others = (-1, 0)  # (day number, bytes the device's other processes moved that day)
         self.gone = False  # no longer in the edge list
         self.suspect = False  # a copy went past its deadline: nothing new is sent until it answers again
         self.busy: deque[tuple[float, int]] = deque(maxlen=DELIVERY_SPAN + 1)  # answers while busy: (when, bytes)
@@ -85,11 +86,15 @@ class _Edge:
         return sum(r.size for r in self.in_flight)
 
     def today(self, day: int) -> int:
-        """Bytes moved with it on ``day`` (toward its daily cap)."""
+        """Bytes moved with it on ``day`` (toward its daily cap): by this process, and by the device's others as
+        last told (``Scheduler.elsewhere``)."""
+        return self.own_today(day) + (self.others[1] if self.others[0] == day else 0)
+
+    def own_today(self, day: int) -> int:
         return self.day[1] if self.day[0] == day else 0
 
     def moved(self, day: int, size: int) -> None:
-        self.day = (day, self.today(day) + size)
+        self.day = (day, self.own_today(day) + size)
 
     def rate(self, fallback: float) -> float:
         return self.estimate.throughput.bytes_per_second or fallback
@@ -496,6 +501,23 @@ class Scheduler:
         """Whether the edge's limits let a request of ``priority`` use it now (up or not)."""
         edge = self._by_key.get(key)
         return edge is None or edge.limits.allows(priority, self._calendar(now)[1], self._today(edge, now))
+
+    def day(self, now: float) -> int:
+        return self._calendar(now)[0]
+
+    def moved_here(self, day: int) -> dict[bytes, int]:
+        """Bytes this process moved with each edge on ``day``."""
+        return {edge.key: edge.own_today(day) for edge in self._edges}
+
+    def elsewhere(self, key: bytes, day: int, size: int) -> None:
+        """The device's other processes moved ``size`` bytes with the edge on ``day`` (its daily cap is shared)."""
+        edge = self._by_key.get(key)
+        if edge is not None:
+            edge.others = (day, size)
+
+    def capped(self) -> bool:
+        """Whether any edge has a daily cap."""
+        return any(edge.limits.daily_cap is not None for edge in self._edges)
 
     def counted(self, key: bytes, size: int, now: float) -> None:
         """``size`` more bytes moved with the edge today (an upload: they count toward its daily cap too)."""

@@ -14,7 +14,7 @@ from typing import Any
 
 from ..device import Device
 
-__all__ = ["register", "unregister", "running"]
+__all__ = ["register", "unregister", "running", "note_read_only"]
 
 
 def _record(device: Device, mountpoint: Path) -> Path:
@@ -25,6 +25,17 @@ def register(device: Device, mountpoint: Path, portal: str, writable: bool) -> N
     with device.exclusive():
         info = {"pid": os.getpid(), "mountpoint": str(mountpoint), "portal": portal, "writable": writable}
         _record(device, mountpoint).write_text(json.dumps(info))
+
+
+def note_read_only(device: Device, reason: str) -> None:
+    """This process's mounts take no more changes, for ``reason`` (``portalctl status`` says so)."""
+    for record in device.home.mounts.iterdir():
+        try:
+            info = json.loads(record.read_text())
+        except (OSError, ValueError):
+            continue
+        if info.get("pid") == os.getpid():
+            record.write_text(json.dumps({**info, "read_only": reason}))
 
 
 def unregister(device: Device, mountpoint: Path) -> None:

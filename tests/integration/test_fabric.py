@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import errno
 import json
 import os
 import re
@@ -427,6 +428,35 @@ def test_on_battery_a_read_write_mount_keeps_its_versions_until_the_charger_is_p
         _pulls(b, "the mount did not publish once plugged in")
     ok(b, "get", "live", str(tmp_path / "note.txt"), "--path", "note.txt")
     assert (tmp_path / "note.txt").read_text() == "written on battery\n"
+
+
+@needs_fuse
+def test_a_read_write_mount_whose_portal_is_deleted_turns_read_only_and_keeps_what_was_written(
+    tmp_path: Path, lab: FabricLab
+) -> None:
+    a, b = _two_devices_with(tmp_path, lab, "live")
+    mount_log = b / "logs" / "mount.log"
+    with mounted(b, "live", tmp_path / "mnt") as mnt:
+        (mnt / "before.txt").write_text("published\n")
+        _pulls(a, "the mount did not publish within 30 s")
+        ok(a, "portal", "delete", "live", "--yes")  # on the other device, while b has it mounted
+        (mnt / "after.txt").write_text("written once the portal was deleted\n")
+        deadline = time.monotonic() + 30
+        while not (mount_log.exists() and "is read-only from now on" in mount_log.read_text()):
+            assert time.monotonic() < deadline, "the mount did not turn read-only"
+            time.sleep(0.1)
+        with pytest.raises(OSError) as refused:
+            (mnt / "more.txt").write_text("refused\n")
+        assert refused.value.errno == errno.EROFS
+        with pytest.raises(OSError):
+            (mnt / "before.txt").unlink()
+        assert (mnt / "after.txt").read_text() == "written once the portal was deleted\n"  # still there
+        (live,) = json.loads(ok(b, "status", "--json"))["portals"]
+        assert "deleted" in live["read_only"]
+        assert "its mount is read-only" in ok(b, "status")
+    assert len(json.loads(ok(b, "log", "live", "--json"))) >= 2  # what it wrote stays in its versions
+    ok(b, "get", "live", str(tmp_path / "kept"))
+    assert (tmp_path / "kept" / "after.txt").read_text() == "written once the portal was deleted\n"
 
 
 def _pulls(home: Path, failure: str, seconds: float = 30) -> None:
