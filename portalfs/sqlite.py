@@ -4,7 +4,8 @@
 the writer), a busy timeout (a second process waits for the write lock rather
 than failing at once), foreign keys where asked, and the durability asked for
 (``full``: a committed transaction survives a power cut; ``normal``: it may be
-lost, never corrupted). ``transaction`` always rolls back on an error.
+lost, never corrupted). ``transaction`` always rolls back on an error, and says a full disk as
+``StoreFull`` (a clear error, not a crash, with nothing half-written).
 """
 
 from __future__ import annotations
@@ -14,6 +15,8 @@ from collections.abc import Iterator
 from contextlib import AbstractContextManager, contextmanager, nullcontext
 from pathlib import Path
 from typing import Literal
+
+from .errors import StoreFull
 
 __all__ = ["open_db", "transaction", "BUSY_TIMEOUT_MS"]
 
@@ -50,7 +53,15 @@ def transaction(
         db.execute(f"BEGIN {mode}")
         try:
             yield db
-        except BaseException:
-            db.execute("ROLLBACK")
+            db.execute("COMMIT")
+        except BaseException as exc:
+            if db.in_transaction:  # a COMMIT that failed may have rolled back already
+                db.execute("ROLLBACK")
+            if isinstance(exc, sqlite3.Error) and getattr(exc, "sqlite_errorcode", None) == sqlite3.SQLITE_FULL:
+                raise StoreFull(f"no space left to write {_file_of(db)}") from exc
             raise
-        db.execute("COMMIT")
+
+
+def _file_of(db: sqlite3.Connection) -> str:
+    row = db.execute("PRAGMA database_list").fetchone()
+    return str(row[2]) if row and row[2] else "the database"

@@ -26,7 +26,7 @@ from typing import Any
 from .. import __version__
 from ..daemon.control import call_daemon, daemon_socket
 from ..device import Device
-from ..errors import NotFound, PortalBusy, PortalError, SourceError, UsageError
+from ..errors import NotFound, PortalBusy, PortalError, SourceError, StoreFull, UsageError
 from ..fabric.store import FabricStore
 from ..fabric.sync import open_view
 from ..gc import collect_garbage
@@ -303,14 +303,17 @@ def cmd_put(device: Device, args: argparse.Namespace) -> int:
         total = _source_size([Path(s) for s in args.sources]) if show and sys.stderr.isatty() else None
         with _progress(total, show) as progress:
             with device.exclusive():
-                version, stats = view.put(
-                    secrets,
-                    args.sources,
-                    time.time_ns(),
-                    progress=progress,
-                    warn=lambda msg: print(f"portalctl: warning: {msg}", file=sys.stderr),
-                    stream=stream,
-                )
+                try:
+                    version, stats = view.put(
+                        secrets,
+                        args.sources,
+                        time.time_ns(),
+                        progress=progress,
+                        warn=lambda msg: print(f"portalctl: warning: {msg}", file=sys.stderr),
+                        stream=stream,
+                    )
+                except StoreFull as exc:  # no version was made: what it stored, no version names
+                    raise StoreFull(f"{exc} (no version made; `portalctl gc` drops what this put stored)") from exc
         elapsed = time.monotonic() - started
     result = {
         "portal": args.name,

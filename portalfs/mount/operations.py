@@ -22,7 +22,7 @@ from typing import Any, ParamSpec, TypeVar
 import pyfuse3
 import trio
 
-from ..errors import IntegrityError, MissingObject, PortalError
+from ..errors import IntegrityError, MissingObject, PortalError, StoreFull
 from ..merge import Writer
 from ..root import RootPayload, RootRecord
 from ..worktree.live import LiveTree, now_ns, settled
@@ -49,6 +49,9 @@ def _translated(handler: Callable[P, Coroutine[Any, Any, T]]) -> Callable[P, Cor
             raise
         except FsError as exc:
             raise pyfuse3.FUSEError(exc.errno) from None
+        except StoreFull as exc:  # the writer is told the disk is full; the mount serves on
+            log.error("%s: %s", handler.__name__, exc)
+            raise pyfuse3.FUSEError(errno.ENOSPC) from None
         except (IntegrityError, MissingObject) as exc:
             log.error("%s: %s", handler.__name__, exc)
             raise pyfuse3.FUSEError(errno.EIO) from None
@@ -69,6 +72,7 @@ def _changes(handler: Callable[P, Coroutine[Any, Any, T]]) -> Callable[P, Corout
         args[0].refuse_if_frozen()  # type: ignore[attr-defined]
         result = await handler(*args, **kwargs)
         args[0].tree.changed()  # type: ignore[attr-defined]
+        args[0].tree.collect_garbage()  # type: ignore[attr-defined]  # an unlinked file's staging, at once
         return result
 
     return wrapper

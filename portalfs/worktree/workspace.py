@@ -295,9 +295,10 @@ class Workspace:
         self._maybe_free(inode)
 
     def _maybe_free(self, inode: Inode) -> None:
-        if inode.unlinked and inode.lookups == 0 and inode.opens == 0:
-            self.inodes.pop(inode.ino, None)
-            self.drop_staging(inode)
+        if inode.unlinked and inode.opens == 0:
+            self.drop_staging(inode)  # nothing can read it again: its bytes go now, not when the kernel forgets it
+            if inode.lookups == 0:
+                self.inodes.pop(inode.ino, None)
 
     def collect_garbage(self) -> None:
         while self.garbage:

@@ -22,6 +22,7 @@ from portalfs.fabric.sync import Fabric
 from portalfs.paths import DeviceHome
 
 from .fabricutil import FabricLab, fabric, log_lines, wait_for_log
+from .mountutil import mounted, needs_fuse
 from .test_cli import fails, ok, portalctl
 from .test_fabric import _device, _same
 
@@ -319,3 +320,48 @@ def test_a_put_killed_at_any_moment_leaves_a_store_the_next_put_completes(tmp_pa
     ok(home, "check", "p")
     ok(home, "get", "p", str(tmp_path / "out"))
     _same(src, tmp_path / "out")
+
+
+@needs_fuse
+def test_a_full_disk_is_a_clear_error_and_nothing_written_before_or_after_is_lost(tmp_path: Path) -> None:
+    """PORTAL_HOME on a 6 MiB file system: a put past it fails with one line (exit 10) and leaves the store
+    whole; in a mount, the writer is told ENOSPC (not EIO) and the mount serves on (it once crashed on the
+    journal's full database), and once space is freed what is written is kept."""
+    import errno
+    import subprocess
+
+    small = tmp_path / "small"
+    small.mkdir()
+    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=6m", "tmpfs", str(small)], check=True)
+    try:
+        home, source = small / "home", tmp_path / "source"
+        source.mkdir()
+        (source / "first.txt").write_text("stored before the disk filled\n")
+        ok(home, "init", "--no-passphrase")
+        ok(home, "portal", "create", "docs")
+        ok(home, "put", "docs", f"{source}/")
+        (source / "big.bin").write_bytes(os.urandom(9 << 20))
+        fails(home, 10, "put", "docs", f"{source}/", match="portalctl gc")  # no space left, and what to do
+        ok(home, "check", "docs")
+        ok(home, "gc")  # what the put stored, no version names
+        with mounted(home, "docs", tmp_path / "mnt") as mnt:
+            with pytest.raises(OSError) as full:
+                with open(mnt / "big.bin", "wb") as f:
+                    for _ in range(9):
+                        f.write(os.urandom(1 << 20))
+            assert full.value.errno == errno.ENOSPC
+            os.unlink(mnt / "big.bin")  # space freed (once the close's sealing of it, in flight, has ended)
+            deadline = time.monotonic() + 30
+            while True:
+                try:
+                    (mnt / "after.txt").write_text("written once space was freed\n")
+                    break
+                except OSError as exc:
+                    assert exc.errno == errno.ENOSPC and time.monotonic() < deadline, exc
+                    time.sleep(0.2)
+            assert (mnt / "first.txt").read_text() == "stored before the disk filled\n"
+        ok(home, "check", "docs")
+        ok(home, "get", "docs", str(tmp_path / "out"))
+        assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["after.txt", "first.txt"]
+    finally:
+        subprocess.run(["umount", "-l", str(small)], check=False)
