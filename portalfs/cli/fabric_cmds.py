@@ -620,6 +620,9 @@ def cmd_status(device: Device, args: argparse.Namespace) -> int:
     for p in daemon["portals"] if daemon else []:
         if p["last_error"]:
             lines.append(f"portald  {p['portal']}: {p['last_error']} (failed {p['failures']} times, retrying)")
+    for down in daemon.get("edges_down") or [] if daemon else []:
+        since = time.strftime("%Y-%m-%d %H:%M", time.localtime(down["since_ns"] / 1e9))
+        lines.append(f"edge     {down['edge']}: down, silent at the hub since {since}; its copies are made again")
     fetching = daemon.get("fetching") if daemon else None
     rates = (fetching or {}).get("edges", {})
     lines += [

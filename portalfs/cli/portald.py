@@ -51,7 +51,7 @@ def _serve(device: Device, args: argparse.Namespace) -> int:
     embedded = None if args.no_embedded else wanted(load_config(device), args.listen)
     daemon = SyncDaemon(
         device, secrets, interval=args.interval, embedded=embedded, scrub_rate=args.scrub_rate,
-        scrub_interval=args.scrub_interval,
+        scrub_interval=args.scrub_interval, edge_grace=args.edge_grace,
     )  # fmt: skip
 
     async def main() -> None:
@@ -88,6 +88,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--scrub-rate", default="16M",
                         help="bytes a second the scrub of this device's store reads (default 16M; 0: off)")  # fmt: skip
     parser.add_argument("--scrub-interval", default="1d", help="time between scrub passes (default 1d)")
+    parser.add_argument("--edge-grace", default="10m",
+                        help="an edge the hub stopped listing this long is down: what it held is copied to the "
+                        "others (default 10m)")  # fmt: skip
     parser.add_argument("-v", "--verbose", action="store_true")
     args = parser.parse_args(argv)
     from .servers import parse_duration, parse_size
@@ -95,6 +98,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         args.scrub_rate = parse_size(args.scrub_rate)
         args.scrub_interval = max(parse_duration(args.scrub_interval, "--scrub-interval") / 1e9, 1.0)
+        args.edge_grace = parse_duration(args.edge_grace, "--edge-grace") / 1e9
     except UsageError as exc:
         parser.error(str(exc))
     logging.basicConfig(

@@ -162,6 +162,8 @@ def hub_main(argv: list[str] | None = None) -> int:
         default="7d",
         help="how long a deleted or expired portal can be restored before its objects are released (default 7d)",
     )
+    serve.add_argument("--edge-timeout", default="60s",
+                       help="an edge silent this long leaves the directory devices get (default 60s)")  # fmt: skip
     serve.add_argument("--tls-cert", type=Path, metavar="PEM", help="serve over HTTPS with this certificate")
     serve.add_argument("--tls-key", type=Path, metavar="PEM", help="... and this private key")
     serve.add_argument("-v", "--verbose", action="store_true")
@@ -182,6 +184,7 @@ def hub_main(argv: list[str] | None = None) -> int:
     try:
         host, port = _listen(args.listen)
         grace_ns = parse_duration(args.grace, "--grace")
+        edge_live_ns = parse_duration(args.edge_timeout, "--edge-timeout")
         tls = _tls(args.tls_cert, args.tls_key)
     except UsageError as exc:
         parser.error(str(exc))
@@ -190,7 +193,8 @@ def hub_main(argv: list[str] | None = None) -> int:
 
     async def main() -> None:
         async with trio.open_nursery() as nursery:
-            bound = await nursery.start(partial(run_hub, args.db, host, port, grace_ns=grace_ns, tls=tls))
+            serve = partial(run_hub, args.db, host, port, grace_ns=grace_ns, edge_live_ns=edge_live_ns, tls=tls)
+            bound = await nursery.start(serve)
             print(f"portal-hub: serving {'https' if tls else 'http'}://{host}:{bound}/v1/", flush=True)
 
     return _run("portal-hub", main)
@@ -212,6 +216,9 @@ def edge_main(argv: list[str] | None = None) -> int:
     serve.add_argument("--scrub-rate", default="16M", help="bytes a second the scrub reads (default 16M; 0: off)")
     serve.add_argument("--scrub-interval", default="1d", help="time between scrub passes (default 1d)")
     serve.add_argument("--gc-interval", default="60s", help="time between garbage passes (default 60s)")
+    serve.add_argument("--heartbeat", default="10s",
+                       help="time between registrations at the hub (default 10s; the hub's --edge-timeout must be "
+                            "longer)")  # fmt: skip
     serve.add_argument("--gc-hold", default="120s", help="how long condemned objects wait (default 120s; "
                        "less than twice a device's 60 s trust in a HAVE answer can lose objects)")  # fmt: skip
     serve.add_argument("-v", "--verbose", action="store_true")
@@ -228,12 +235,13 @@ def edge_main(argv: list[str] | None = None) -> int:
         quota, capacity = parse_size(args.quota), parse_size(args.capacity)
         hub_cert = _read_pem(args.hub_cert)
         scrub_rate = parse_size(args.scrub_rate)
-        scrub_interval, gc_interval, gc_hold = (
+        scrub_interval, gc_interval, gc_hold, heartbeat = (
             parse_duration(text, what) / 1e9
             for text, what in (
                 (args.scrub_interval, "--scrub-interval"),
                 (args.gc_interval, "--gc-interval"),
                 (args.gc_hold, "--gc-hold"),
+                (args.heartbeat, "--heartbeat"),
             )
         )
     except UsageError as exc:
@@ -244,7 +252,7 @@ def edge_main(argv: list[str] | None = None) -> int:
     config = EdgeConfig(
         args.data, host, port, transports, quota, capacity, args.hub, args.quic,
         gc_interval=max(gc_interval, 1.0), gc_hold=gc_hold, scrub_rate=scrub_rate,
-        scrub_interval=max(scrub_interval, 1.0), hub_cert=hub_cert,
+        scrub_interval=max(scrub_interval, 1.0), hub_cert=hub_cert, heartbeat=max(heartbeat, 0.5),
     )  # fmt: skip
 
     async def main() -> None:

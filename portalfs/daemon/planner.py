@@ -13,10 +13,11 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 from dataclasses import dataclass
+from typing import Any
 
 from ..backoff import Backoff
 
-__all__ = ["SyncPlanner", "PortalSchedule", "BACKOFF_MIN", "BACKOFF_MAX"]
+__all__ = ["SyncPlanner", "PortalSchedule", "BACKOFF_MIN", "BACKOFF_MAX", "EdgeWatch"]
 
 BACKOFF_MIN = 1.0  # seconds before the first retry of a failed sync
 BACKOFF_MAX = 60.0
@@ -131,3 +132,30 @@ class SyncPlanner:
         if schedule.last_finished is None:
             return 0.0
         return max(schedule.not_before, schedule.last_finished + self.interval)
+
+
+class EdgeWatch:
+    """Which edges went silent (docs/design.md, section 16, "Self-healing"): the hub lists an edge while it
+    heartbeats; one it stopped listing is *down* once ``grace`` seconds have passed since it was last listed,
+    and is up again when it is listed again. Sans-I/O: the daemon tells it each list and the time."""
+
+    def __init__(self, grace: float) -> None:
+        self.grace = grace
+        self._listed: dict[str, tuple[str, float]] = {}  # key hex -> (address, when last listed)
+        self.down: dict[str, dict[str, Any]] = {}  # key hex -> {"edge", "key", "since_ns"}
+
+    def listed(self, edges: list[tuple[str, str]], now: float, now_ns: int) -> tuple[list[str], list[str]]:
+        """The hub lists ``edges`` ((key hex, address)) now; return (edges down from now, edges back)."""
+        current = dict(edges)
+        back = [key for key in current if key in self.down]
+        for key in back:
+            del self.down[key]
+        for key, address in current.items():
+            self._listed[key] = (address, now)
+        went = []
+        for key, (address, seen) in self._listed.items():
+            if key not in current and key not in self.down and now - seen >= self.grace:
+                since_ns = now_ns - int((now - seen) * 1e9)
+                self.down[key] = {"edge": address, "key": key, "since_ns": since_ns}
+                went.append(key)
+        return went, back

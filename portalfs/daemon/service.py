@@ -27,13 +27,13 @@ from ..device import Device, Unlocked
 from ..errors import CorruptObject, MissingObject, NotFound, PortalError, UsageError
 from ..fabric import sharing
 from ..fabric.config import FabricConfig, followed_portals, hub_client, is_paused, load_config, published_version
-from ..fabric.sync import Fabric
+from ..fabric.sync import Fabric, edges_seen
 from ..portal import PortalView
 from ..store.base import Priority
 from .control import daemon_socket, serve_control
 from .embedded import EmbeddedFabric, run_embedded
 from .manners import MANNERS_META, MANNERS_SECONDS, SuspendWatch, addresses, held_back
-from .planner import SyncPlanner
+from .planner import EdgeWatch, SyncPlanner
 
 __all__ = ["SyncDaemon", "DEFAULT_INTERVAL"]
 
@@ -42,7 +42,8 @@ log = logging.getLogger("portal.daemon")
 DEFAULT_INTERVAL = 60.0  # seconds between syncs of a portal that nothing announced a change of
 SCRUB_RATE = 16 << 20  # bytes a second the device's scrub reads (as an edge's)
 SCRUB_INTERVAL = 86400.0  # seconds between scrub passes
-REFRESH_SECONDS = 30.0  # between looks at the keyring and the shares
+REFRESH_SECONDS = 30.0  # between looks at the keyring, the shares and the edge list (at most --interval)
+EDGE_GRACE = 600.0  # an edge the hub stopped listing this long is down: what it held is copied again
 LOCAL_LOOK_SECONDS = 30.0  # between looks at the local heads unasked (commands and mounts say when they change them)
 EVENTS_BACKOFF = Backoff(2.0, 60.0)  # an event stream the hub refused or did not answer
 
@@ -58,8 +59,10 @@ class SyncDaemon:
         embedded: EmbeddedFabric | None = None,
         scrub_rate: int = SCRUB_RATE,
         scrub_interval: float = SCRUB_INTERVAL,
+        edge_grace: float = EDGE_GRACE,
     ) -> None:
         self.device = device
+        self.edges = EdgeWatch(edge_grace)  # edges the hub stopped listing: past the grace, down
         self.scrub_rate = scrub_rate  # bytes a second the scrub reads; 0: no scrub
         self.scrub_interval = scrub_interval
         self.scrubbed: dict[str, Any] | None = None  # the last scrub pass's figures
@@ -67,7 +70,7 @@ class SyncDaemon:
         self.embedded = embedded
         self.embedded_hub: str | None = None  # the embedded hub's URL while it runs
         self._embedded_scope = trio.CancelScope()
-        self.planner = SyncPlanner(interval, REFRESH_SECONDS)
+        self.planner = SyncPlanner(interval, min(REFRESH_SECONDS, interval))
         self.hub: str | None = None
         self.socket = daemon_socket(device.home.data)
         self._limiter = trio.CapacityLimiter(1)  # device work: one piece at a time, on a worker thread
@@ -328,6 +331,7 @@ class SyncDaemon:
             except PortalError as exc:
                 log.warning("keyring and shares: %s", exc)
             self.planner.refreshed(trio.current_time())
+            self._watch_edges()
         for portal in due:
             if portal not in self.planner.portals:
                 continue
@@ -352,6 +356,21 @@ class SyncDaemon:
                     log.warning("%s: repair: %s", name, exc)
             self._results[portal] = result
             self.planner.finished(portal, trio.current_time(), error)
+
+    def _watch_edges(self) -> None:
+        """An edge the hub stopped listing (it stopped heartbeating) is down once the grace has passed: every
+        portal is repaired at once, so that what it held is copied to the edges that answer (section 16)."""
+        listed = [(edge.key.hex(), edge.address) for edge in edges_seen(self.device)]
+        down, back = self.edges.listed(listed, trio.current_time(), time.time_ns())
+        for key in down:
+            log.warning("edge %s (%s) is down: silent at the hub for %.0f s; what it held is copied to the others",
+                        self.edges.down[key]["edge"], key[:16], self.edges.grace)  # fmt: skip
+        for key in back:
+            log.info("edge %s is listed again", key[:16])
+        if down:
+            for portal in self.planner.portals:
+                self.planner.repair_soon(portal)
+            self._wake()
 
     @staticmethod
     def _refresh(fabric: Fabric) -> list[str]:
@@ -453,4 +472,5 @@ class SyncDaemon:
             "fetching": swarm.fetching() if swarm is not None else None,  # its fetches: left, rate, ETA, per edge
             "held_back": self.held_back,
             "scrub": self.scrubbed,  # the last pass: objects and bytes checked, damaged ones healed, lost
+            "edges_down": list(self.edges.down.values()),  # edges silent at the hub past the grace
         }

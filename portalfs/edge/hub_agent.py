@@ -40,8 +40,9 @@ def _not_admitted(exc: PortalError) -> bool:
 
 
 class HubAgent:
-    def __init__(self, client: EdgeHubClient) -> None:
+    def __init__(self, client: EdgeHubClient, heartbeat: float = HEARTBEAT_SECONDS) -> None:
         self.client = client
+        self.heartbeat = heartbeat
         self._devices: dict[bytes, Listed] = {}
         self._lock = threading.Lock()
         self._last_asked = 0.0  # when an unknown device last made the agent read the directory
@@ -136,4 +137,4 @@ class HubAgent:
                         "not registered at the hub after %.0f s: serving anyway, trying again", REGISTER_PATIENCE
                     )
                 task_status.started()
-            await trio.sleep(REGISTER_RETRY.delay(failures) if failures else HEARTBEAT_SECONDS)
+            await trio.sleep(REGISTER_RETRY.delay(failures) if failures else self.heartbeat)

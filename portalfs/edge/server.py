@@ -11,6 +11,7 @@ import trio
 
 from ..net import Connections, stop_signal
 from ..store import LocalStore
+from .hub_agent import HEARTBEAT_SECONDS
 from .service import DeviceStatus, EdgeService, EdgeSession, QuotaBook
 from .upkeep import GARBAGE_HOLD_SECONDS, GARBAGE_INTERVAL_SECONDS, collect_garbage, scrub
 
@@ -38,6 +39,7 @@ class EdgeConfig:
     scrub_rate: int = SCRUB_RATE  # bytes a second the scrub reads; 0: no scrub
     scrub_interval: float = SCRUB_INTERVAL_SECONDS
     hub_cert: str | None = None  # an https hub's certificate (PEM) to accept, and no other; None: the system's CAs
+    heartbeat: float = HEARTBEAT_SECONDS  # seconds between registrations at the hub
 
 
 async def run_edge(
@@ -60,7 +62,7 @@ async def run_edge(
         from ..hub.client import EdgeHubClient
         from .hub_agent import HubAgent
 
-        agent = HubAgent(EdgeHubClient(config.hub, key.public, key.sign, config.hub_cert))
+        agent = HubAgent(EdgeHubClient(config.hub, key.public, key.sign, config.hub_cert), config.heartbeat)
         device_status = agent.device_status
     service = EdgeService(store, key.public, quotas, device_status, config.capacity)
 

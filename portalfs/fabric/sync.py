@@ -100,7 +100,8 @@ def _remember_edges(device: Device, edges: list[EdgeInfo]) -> None:
         device.state.set_meta(EDGES_SEEN, value)
 
 
-def _edges_seen(device: Device) -> list[EdgeInfo]:
+def edges_seen(device: Device) -> list[EdgeInfo]:
+    """The hub's edge list as it last gave it."""
     raw = device.state.get_meta(EDGES_SEEN)
     rows = json.loads(raw) if raw else []
     return [
@@ -152,7 +153,7 @@ class Fabric:
             try:
                 listed = self.hub.edges()
             except Unreachable as exc:
-                listed = _edges_seen(self.device)
+                listed = edges_seen(self.device)
                 self.hub_error = str(exc)
                 log.info("hub: %s; using the %d edges it listed last", exc, len(listed))
             else:
@@ -191,9 +192,11 @@ class Fabric:
             return self._swarm
 
     def refresh_edges(self) -> None:
-        """Give the swarm, if it is open, the edges the hub lists now (edges come and go while it runs)."""
+        """Ask the hub which edges it lists now (remembered: ``edges_seen``), and give them to the swarm if it is
+        open (edges come and go while it runs)."""
+        edges = self.edges()
         if self._swarm is not None:
-            self._swarm.set_edges(self.edges())
+            self._swarm.set_edges(edges)
 
     def store(self, priority: Priority = Priority.FOREGROUND, keep: bool = True) -> FabricStore:
         """The device's store with the edges behind it: what the device lacks is fetched, at ``priority``, and

@@ -16,7 +16,7 @@ from hypercorn.trio import serve
 
 from ..net import stop_signal
 from .app import make_app
-from .state import DEFAULT_GRACE_NS, HubState
+from .state import DEFAULT_GRACE_NS, EDGE_LIVE_NS, HubState
 
 __all__ = ["run_hub"]
 
@@ -55,6 +55,7 @@ async def run_hub(
     until: Callable[[], Awaitable[object]] | None = None,
     *,
     grace_ns: int = DEFAULT_GRACE_NS,
+    edge_live_ns: int = EDGE_LIVE_NS,
     tls: tuple[Path, Path] | None = None,
     admit: Sequence[bytes] = (),
     task_status: trio.TaskStatus[int] = trio.TASK_STATUS_IGNORED,
@@ -62,10 +63,11 @@ async def run_hub(
     """Serve until ``until()`` returns (default: SIGTERM or SIGINT); ``task_status.started(port)``.
 
     ``grace_ns``: how long a deleted or expired portal stays restorable before its objects are released.
+    ``edge_live_ns``: how long an edge without a heartbeat stays in the directory.
     ``tls``: (certificate, key) PEM files: the API is served over HTTPS (devices pin the certificate).
     ``admit``: edge keys admitted at start (portald's embedded hub admits its own edge).
     """
-    state = HubState(db, grace_ns)
+    state = HubState(db, grace_ns, edge_live_ns)
     for key in admit:
         state.admit_edge(key, "", time.time_ns())
     config = _Config()

@@ -124,8 +124,9 @@ def _certificate(cert_bytes: bytes, identity: bytes | None, what: str) -> dict[s
 class HubState:
     """``grace_ns``: how long a deleted or expired portal can be restored; its objects are released after."""
 
-    def __init__(self, path: Path, grace_ns: int = DEFAULT_GRACE_NS) -> None:
+    def __init__(self, path: Path, grace_ns: int = DEFAULT_GRACE_NS, edge_live_ns: int = EDGE_LIVE_NS) -> None:
         self.grace_ns = grace_ns
+        self.edge_live_ns = edge_live_ns  # an edge without a heartbeat for this long leaves the directory
         self._db = open_db(path, durability="full")
         self._db.executescript(_SCHEMA)
         columns = {row[1] for row in self._db.execute("PRAGMA table_info(portals)")}
@@ -748,7 +749,7 @@ class HubState:
         last seen (for `portal-hub edge ls`)."""
         found = [
             {"key": k.hex(), "state": "removed" if removed is not None else "admitted", "operator": op,
-             "address": a, "last_seen_ns": seen, "live": seen is not None and seen > now_ns - EDGE_LIVE_NS}
+             "address": a, "last_seen_ns": seen, "live": seen is not None and seen > now_ns - self.edge_live_ns}
             for k, op, removed, a, seen in self._all(
                 "SELECT a.key, a.operator, a.removed_ns, e.address, e.last_seen_ns "
                 "FROM admitted a LEFT JOIN edges e ON e.key = a.key ORDER BY a.admitted_ns"
@@ -756,7 +757,7 @@ class HubState:
         ]  # fmt: skip
         found += [
             {"key": k.hex(), "state": "waiting", "operator": None, "address": a, "last_seen_ns": seen,
-             "live": seen > now_ns - EDGE_LIVE_NS}
+             "live": seen > now_ns - self.edge_live_ns}
             for k, a, seen in self._all("SELECT key, address, last_ns FROM waiting ORDER BY first_ns")
         ]  # fmt: skip
         return found
@@ -793,7 +794,7 @@ class HubState:
         )  # fmt: skip
 
     def edges(self, caller: Caller, now_ns: int) -> list[dict[str, Any]]:
-        """The admitted edges seen in the last EDGE_LIVE_NS, with their operators (devices and edges only)."""
+        """The admitted edges seen in the last ``edge_live_ns``, with their operators (devices and edges only)."""
         self.require_member_of_fabric(caller)
         return [
             {"key": k.hex(), "address": a, "transports": t.split(","), "capacity": c, "used": u, "objects": o,
@@ -801,7 +802,7 @@ class HubState:
             for k, a, t, c, u, o, op in self._all(
                 "SELECT e.key, e.address, e.transports, e.capacity, e.used, e.objects, a.operator FROM edges e "
                 "JOIN admitted a ON a.key = e.key AND a.removed_ns IS NULL WHERE e.last_seen_ns > ? ORDER BY e.key",
-                now_ns - EDGE_LIVE_NS,
+                now_ns - self.edge_live_ns,
             )
         ]  # fmt: skip
 

@@ -321,3 +321,29 @@ def test_the_scrub_replaces_a_damaged_local_object_from_the_edges(
     assert _intact(victim)  # read back, hashed, and put back whole from an edge
     scrub = json.loads(ok(a, "status", "--json"))["daemon"]["scrub"]
     assert scrub["objects"] >= len(local) and scrub["lost"] == 0
+
+
+def test_an_edge_silent_past_the_grace_is_marked_down_and_what_it_held_is_copied_again(
+    tmp_path: Path, daemons: list[Daemon]
+) -> None:
+    """The hub drops an edge that stops heartbeating; portald marks it down once its grace has passed, says so in
+    its log and in status, and repairs at once: every object is back on two edges that answer."""
+    fast = ("--edge-timeout", "3s"), ("--heartbeat", "1s")
+    with fabric(tmp_path / "fabric", edges=3, hub_args=fast[0], edge_args=fast[1]) as lab:
+        a, src = tmp_path / "a", tmp_path / "src"
+        notes_device(a, src, {f"part{i}.bin": os.urandom(150_000) for i in range(6)}, hub=lab.hub_url)
+        ok(a, "sync")
+        on_a = start_daemon(a, daemons, "--interval", "1", "--edge-grace", "1s")
+        lost = lab.edges[0]
+        lost.stop(signal.SIGKILL)
+        on_a.wait_for(rf"edge {re.escape(lab.edge_address(0))} \(\w+\) is down: silent at the hub")
+        (down,) = json.loads(ok(a, "status", "--json"))["daemon"]["edges_down"]
+        assert down["key"] == lab.edge_key(0)
+        assert "down, silent at the hub since" in ok(a, "status")
+        deadline = time.monotonic() + 60
+        while True:  # the repair that followed: every object on both edges left
+            held = [{p.name for p in lab.edge_objects(i)} for i in (1, 2)]
+            if held[0] and held[0] == held[1] and {p.name for p in lab.edge_objects(0)} <= held[0]:
+                break
+            assert time.monotonic() < deadline, "what the silent edge held was not copied to the others"
+            time.sleep(0.2)

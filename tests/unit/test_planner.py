@@ -132,3 +132,17 @@ def test_the_one_backoff_doubles_from_its_first_wait_to_its_most() -> None:
     backoff = Backoff(1.0, 60.0)
     assert [backoff.delay(n) for n in range(9)] == [0.0, 1.0, 2.0, 4.0, 8.0, 16.0, 32.0, 60.0, 60.0]
     assert backoff.delay(10**6) == 60.0  # no overflow after a very long outage
+
+
+def test_an_edge_is_down_once_unlisted_past_the_grace_and_up_when_listed_again() -> None:
+    from portalfs.daemon.planner import EdgeWatch
+
+    watch = EdgeWatch(grace=600.0)
+    both = [("aa", "10.0.0.1:8471"), ("bb", "10.0.0.2:8471")]
+    assert watch.listed(both, 0.0, 10**12) == ([], [])
+    assert watch.listed(both[1:], 300.0, 10**12 + 300 * 10**9) == ([], [])  # unlisted, within the grace
+    assert watch.listed(both[1:], 599.0, 10**12 + 599 * 10**9) == ([], [])
+    assert watch.listed(both[1:], 600.0, 10**12 + 600 * 10**9) == (["aa"], [])
+    assert watch.down["aa"] == {"edge": "10.0.0.1:8471", "key": "aa", "since_ns": 10**12}  # last listed
+    assert watch.listed(both[1:], 900.0, 10**12 + 900 * 10**9) == ([], [])  # said once
+    assert watch.listed(both, 901.0, 10**12 + 901 * 10**9) == ([], ["aa"]) and watch.down == {}
