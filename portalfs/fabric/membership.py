@@ -262,7 +262,7 @@ class Membership:
         hub = self.require_hub()
         info = hub.identity(member)
         verify_signature(member, info.sig, agreement_message(info.generation, info.agreement), "agreement key")
-        seen_key = f"generation:{member.hex()}"  # the newest key generation seen of the member: never go back
+        seen_key = f"seen-generation:{member.hex()}"  # the newest key generation seen of the member: never back
         seen = int(self.device.state.get_meta(seen_key) or b"0")
         if info.generation < seen:
             raise IntegrityError(f"the hub gave {member.hex()[:16]}'s key generation {info.generation}, "

@@ -251,6 +251,16 @@ def test_revoking_a_device_rotates_what_it_could_read_and_the_words_still_open_e
         ok(b, "get", "docs", str(tmp_path / "b-before"))
         stolen, stolen_keys = secrets_of(b)  # all the device to be revoked holds
         assert stolen.generation_number == 0
+        sharer = tmp_path / "sharer"  # another identity, which shares with this one before and after
+        ok(sharer, "init", "--no-passphrase")
+        ok(sharer, "hub", "add", lab.hub_url)
+        for name in ("gift", "later"):
+            ok(sharer, "portal", "create", name)
+        identity = json.loads(ok(a, "whoami", "--json"))["identity"]
+        ok(sharer, "share", "gift", "--with", identity)
+        with sqlite3.connect(hub_db) as db:
+            old_key = db.execute("SELECT agreement, agreement_sig FROM identities WHERE identity = ?",
+                                 (bytes.fromhex(identity),)).fetchone()  # fmt: skip
 
         ok(a, "portal", "create", "notes")  # not at the hub yet: its key rotates all the same
         ok(a, "device", "revoke", json.loads(ok(b, "whoami", "--json"))["device"], input=words)
@@ -260,10 +270,19 @@ def test_revoking_a_device_rotates_what_it_could_read_and_the_words_still_open_e
         kept, kept_keys = secrets_of(a)
         assert kept.generation_number == 1 and kept_keys["docs"] != stolen_keys["docs"]
 
+        ok(sharer, "share", "gift", "--with", identity)  # to generation 1's agreement key, which it now knows
+        with sqlite3.connect(hub_db) as db:  # a hub that hands out the agreement key the revoked device holds
+            db.execute("UPDATE identities SET agreement = ?, agreement_sig = ?, generation = 0 WHERE identity = ?",
+                       (*old_key, bytes.fromhex(identity)))  # fmt: skip
+        fails_rollback = subprocess.run(
+            [sys.executable, "-m", "portalfs.cli.portalctl", "share", "later", "--with", identity],
+            capture_output=True, text=True, env={**os.environ, "PORTAL_HOME": str(sharer)}, timeout=60,
+        )  # fmt: skip
+        assert fails_rollback.returncode == 8 and "older than 1 seen before" in fails_rollback.stderr
         with sqlite3.connect(hub_db) as db:  # what the revoked device could come by: the hub's whole database
             keyring = db.execute("SELECT blob FROM keyrings").fetchone()[0]
             head = max(db.execute("SELECT version, record FROM roots"))[1]
-            grants = [w for (w,) in db.execute("SELECT wrapped FROM members")]
+            grants = {bytes(p): bytes(w) for p, w in db.execute("SELECT portal, wrapped FROM members")}
             sealed_to = {d for (d,) in db.execute("SELECT device FROM generation_seals")}
         assert kept.device.public in sealed_to and stolen.device.public not in sealed_to
         with pytest.raises(IntegrityError):
@@ -273,8 +292,8 @@ def test_revoking_a_device_rotates_what_it_could_read_and_the_words_still_open_e
             RootRecord.from_bytes(head).open(stolen_keys["docs"])
         assert RootRecord.from_bytes(head).open(kept_keys["docs"])
         member_secrets, _ = secrets_of(member)
-        portal = next(iter(bytes.fromhex(p["id"]) for p in open_keyring(kept, keyring)[0]["portals"]))
-        assert unwrap_for_identity(member_secrets, portal, grants[0]).keys == kept_keys["docs"]  # re-given
+        portal = next(bytes.fromhex(p["id"]) for p in open_keyring(kept, keyring)[0]["portals"] if p["name"] == "docs")
+        assert unwrap_for_identity(member_secrets, portal, grants[portal]).keys == kept_keys["docs"]  # re-given
         fails_b = subprocess.run([sys.executable, "-m", "portalfs.cli.portalctl", "sync"], capture_output=True,
                                  text=True, env={**os.environ, "PORTAL_HOME": str(b)}, timeout=60)  # fmt: skip
         assert fails_b.returncode == 15 and "revoked" in fails_b.stderr
