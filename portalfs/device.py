@@ -22,7 +22,7 @@ from . import encoding
 from .errors import AlreadyExists, IntegrityError, NotInitialized, PortalBusy, UsageError, shown
 from .generations import Generation, GenerationRecord, PurposeKeys
 from .keyfile import KeyFileSecrets, keyfile_is_locked, read_keyfile, write_keyfile
-from .keys import DeviceCertificate, DeviceKey, Identity, IdentityKeys, fingerprint, root_from_words, x25519_public
+from .keys import DeviceCertificate, DeviceKey, Identity, IdentityKeys, fingerprint, root_from_words
 from .paths import DeviceHome
 from .root import PortalKeys
 from .state import PortalRow, StateDB
@@ -74,27 +74,30 @@ class Unlocked:
     def agreement_keys(self) -> tuple[X25519PrivateKey, ...]:
         return tuple(k.agreement_key for k in self.purpose_keys)
 
-    @property
-    def agreement_public(self) -> bytes:
-        return x25519_public(self.agreement_keys[0])
+    def seal(self, plain: bytes, aad: bytes) -> bytes:
+        """``nonce(12) || AES-256-GCM`` under the keyring key of the newest generation held."""
+        nonce = os.urandom(12)
+        return nonce + AESGCM(self.keyring_keys[0]).encrypt(nonce, plain, aad)
 
-    @property
-    def agreement_sig(self) -> bytes:
-        return self.identity.agreement_sig if self.generation is None else self.generation.record.sig
+    def open(self, sealed: bytes, aad: bytes) -> tuple[bytes, bool] | None:
+        """What ``seal`` made under any generation's keyring key held, newest first: (plaintext, whether under
+        the newest); None where none opens it."""
+        for i, key in enumerate(self.keyring_keys):
+            try:
+                return AESGCM(key).decrypt(sealed[:12], sealed[12:], aad), i == 0
+            except (InvalidTag, ValueError):
+                continue
+        return None
 
     def wrap_portal_key(self, portal_id: bytes, keys: PortalKeys) -> bytes:
-        nonce = os.urandom(12)
-        return nonce + AESGCM(self.keyring_keys[0]).encrypt(nonce, keys.to_bytes(), _KEYRING_AAD + portal_id)
+        return self.seal(keys.to_bytes(), _KEYRING_AAD + portal_id)
 
     def unwrap_portal_key(self, row: PortalRow) -> PortalKeys:
         """Opened with the newest keyring key that opens it (one wrapped before a generation was learnt)."""
-        for key in self.keyring_keys:
-            try:
-                plain = AESGCM(key).decrypt(row.wrapped_key[:12], row.wrapped_key[12:], _KEYRING_AAD + row.id)
-            except InvalidTag:
-                continue
-            return PortalKeys.from_bytes(plain)
-        raise IntegrityError(f"portal {row.name!r}: its key does not open with this identity")
+        opened = self.open(row.wrapped_key, _KEYRING_AAD + row.id)
+        if opened is None:
+            raise IntegrityError(f"portal {row.name!r}: its key does not open with this identity")
+        return PortalKeys.from_bytes(opened[0])
 
 
 class Closable(Protocol):

@@ -120,24 +120,20 @@ def unwrap_for_link(secret: bytes, link: bytes, portal: bytes, wrapped: bytes) -
 
 def seal_keyring(secrets: Unlocked, keyring: dict[str, Any]) -> bytes:
     """Sealed under the keyring key of the newest generation the device holds."""
-    nonce = os.urandom(12)
-    return nonce + AESGCM(secrets.keyring_keys[0]).encrypt(nonce, encoding.encode(keyring), DOMAIN_KEYRING)
+    return secrets.seal(encoding.encode(keyring), DOMAIN_KEYRING)
 
 
 def open_keyring(secrets: Unlocked, blob: bytes) -> tuple[dict[str, Any], bool]:
     """The keyring, and whether it was sealed under the newest key generation the device holds."""
     if not blob:
         return {"portals": [], "edges": []}, True
-    for i, key in enumerate(secrets.keyring_keys):
-        try:
-            plain = AESGCM(key).decrypt(blob[:12], blob[12:], DOMAIN_KEYRING)
-        except (InvalidTag, ValueError):
-            continue
-        value = encoding.decode(plain)
-        if not isinstance(value, dict):
-            raise IntegrityError("malformed keyring")
-        return value, i == 0
-    raise IntegrityError("the hub's keyring does not open with this identity (a key generation this device lacks?)")
+    opened = secrets.open(blob, DOMAIN_KEYRING)
+    if opened is None:
+        raise IntegrityError("the hub's keyring does not open with this identity (a key generation this device lacks?)")
+    value = encoding.decode(opened[0])
+    if not isinstance(value, dict):
+        raise IntegrityError("malformed keyring")
+    return value, opened[1]
 
 
 @dataclass(frozen=True, slots=True)

@@ -223,16 +223,17 @@ class HubState:
         return {"identity": identity.hex(), "device": caller.key.hex()}
 
     @staticmethod
-    def _identity_signed(identity: bytes, sig: bytes, message: bytes, what: str) -> None:
+    def _signed_by(key: bytes, sig: bytes, message: bytes, what: str) -> None:
+        """``sig`` is ``key``'s signature of ``message`` (an identity's, a device's), or 400 bad-signature."""
         try:
-            verify_signature(identity, sig, message, what)
+            verify_signature(key, sig, message, what)
         except BadSignature as exc:
             raise HubRefusal(400, "bad-signature", str(exc)) from None
 
     def set_agreement(self, caller: Caller, agreement: bytes, sig: bytes) -> None:
         """The identity's generation-0 agreement key; once it has a newer key generation, that one's stays."""
         identity = self.require_device(caller)
-        self._identity_signed(identity, sig, DOMAIN_AGREEMENT + agreement, "agreement key")
+        self._signed_by(identity, sig, DOMAIN_AGREEMENT + agreement, "agreement key")
         with self._txn() as db:
             db.execute(
                 "UPDATE identities SET agreement = ?, agreement_sig = ? WHERE identity = ? AND generation = 0",
@@ -267,10 +268,7 @@ class HubState:
     def set_box(self, caller: Caller, box: bytes, sig: bytes) -> None:
         """The calling device's box key (X25519), signed by its own key: its identity's generations seal to it."""
         self.require_device(caller)
-        try:
-            verify_signature(caller.key, sig, DOMAIN_DEVICE_BOX + box, "box key")
-        except BadSignature as exc:
-            raise HubRefusal(400, "bad-signature", str(exc)) from None
+        self._signed_by(caller.key, sig, DOMAIN_DEVICE_BOX + box, "box key")
         with self._txn() as db:
             db.execute("UPDATE devices SET box = ?, box_sig = ? WHERE device = ?", (box, sig, caller.key))
 
@@ -356,7 +354,7 @@ class HubState:
 
     def revoke(self, caller: Caller, device: bytes, sig: bytes, now_ns: int) -> None:
         identity = self.require_device(caller)
-        self._identity_signed(identity, sig, DOMAIN_REVOKE + device, "revocation")
+        self._signed_by(identity, sig, DOMAIN_REVOKE + device, "revocation")
         with self._txn() as db:
             if db.execute("UPDATE devices SET revoked_ns = coalesce(revoked_ns, ?) WHERE device = ? AND identity = ?",
                           (now_ns, device, identity)).rowcount == 0:  # fmt: skip
