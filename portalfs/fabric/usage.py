@@ -7,6 +7,7 @@ did, and reads back the day's totals. Written only where some edge has a daily c
 
 from __future__ import annotations
 
+import sqlite3
 import threading
 from pathlib import Path
 
@@ -21,18 +22,30 @@ _SCHEMA = """CREATE TABLE IF NOT EXISTS usage (day INTEGER NOT NULL, edge BLOB N
 
 
 class EdgeUsage:
+    """The file is opened at the first ``add``: a process that never moves bytes with a capped edge (most of
+    them) never opens it."""
+
     def __init__(self, path: Path) -> None:
-        self._db = open_db(path, durability="normal")  # a power cut may lose a few seconds of counting
-        self._db.execute(_SCHEMA)
+        self._path = path
+        self._db: sqlite3.Connection | None = None
         self._lock = threading.Lock()
 
     def close(self) -> None:
-        self._db.close()
+        if self._db is not None:
+            self._db.close()
+
+    def _open(self) -> sqlite3.Connection:
+        if self._db is None:
+            self._db = open_db(self._path, durability="normal")  # a power cut may lose a few seconds of counting
+            self._db.execute(_SCHEMA)
+        return self._db
 
     def add(self, day: int, moved: dict[bytes, int]) -> dict[bytes, int]:
         """Add ``moved`` (bytes per edge key, since this process last added) to ``day``'s; return the day's
         totals, every process's, per edge."""
-        with transaction(self._db, self._lock) as db:
+        with self._lock:
+            opened = self._open()
+        with transaction(opened, self._lock) as db:
             db.executemany(
                 "INSERT INTO usage VALUES (?, ?, ?) "
                 "ON CONFLICT (day, edge) DO UPDATE SET bytes = bytes + excluded.bytes",
