@@ -64,17 +64,17 @@ class FabricStore:
             swarm = self._swarm
         return None if swarm is None else swarm.fetched()
 
-    def put(self, cid: bytes, data: bytes | bytearray, durable: bool = True) -> bool:
-        return self.local.put(cid, data, durable)
+    def put(self, cid: bytes, data: bytes | bytearray, durable: bool = True, verify: bool = True) -> bool:
+        return self.local.put(cid, data, durable, verify)
 
-    def get(self, cid: bytes) -> bytes:
+    def get(self, cid: bytes, verify: bool = True) -> bytes:
         try:
-            data = self.local.get(cid)
+            data = self.local.get(cid, verify)
         except CorruptObject as exc:
             log.warning("%s in the local store; replacing it with a copy from the edges", exc)
             data = self.swarm.get(cid, self.priority)  # CorruptObject too if every copy is damaged
             self.local.delete(cid)
-            self.local.put(cid, data)  # durable: it may be an object this device made, on one edge only
+            self.local.put(cid, data, verify=False)  # durable: it may be an object this device made, on one edge only
             self.local.sync()
             with self._lock:
                 self.healed += 1
@@ -93,7 +93,8 @@ class FabricStore:
         return data
 
     def _keep(self, cid: bytes, data: bytes, record: bool = True) -> None:
-        self.local.put(cid, data, durable=False)  # a cache: losing it on a crash costs a refetch
+        # A cache: losing it on a crash costs a refetch. The swarm has checked the bytes against the id.
+        self.local.put(cid, data, durable=False, verify=False)
         if record and self.cache is not None:
             self.cache.fetched(cid, len(data))
 

@@ -14,8 +14,13 @@ Contract, checked for every implementation by tests/unit/test_store_conformance.
   needs it durable only then (a store may defer its flush to ``sync()``).
   Safe to call from several threads at once.
   Raises ``StoreFull`` when out of space, leaving nothing half-written.
+  ``verify=False``: the caller has just computed ``cid`` from these very bytes
+  (it sealed them, or checked them as they arrived), so they are not hashed again.
 - ``get(cid)`` returns bytes whose BLAKE3 is ``cid``; raises ``MissingObject`` when
   it has none and ``CorruptObject`` when its stored bytes no longer match.
+  ``verify=False``: the caller authenticates the bytes itself (the AEAD tag of a
+  sealed object, under a key no store holds), so bytes the store holds itself
+  may come back unhashed; bytes it brings from elsewhere are always checked.
 - ``has(cids)`` returns one bool per id, in order.
 - ``delete(cid)`` removes the object; deleting an absent id is not an error.
 - ``ids()`` yields every stored id once, in no particular order.
@@ -44,9 +49,9 @@ class StoreStat:
 
 
 class ObjectStore(Protocol):
-    def put(self, cid: bytes, data: bytes | bytearray, durable: bool = True) -> bool: ...
+    def put(self, cid: bytes, data: bytes | bytearray, durable: bool = True, verify: bool = True) -> bool: ...
 
-    def get(self, cid: bytes) -> bytes: ...
+    def get(self, cid: bytes, verify: bool = True) -> bytes: ...
 
     def has(self, cids: Sequence[bytes]) -> list[bool]: ...
 

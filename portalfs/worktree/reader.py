@@ -106,6 +106,14 @@ class ContentReader:
             return []
         offsets, refs = await self.layout(file_node)
         index = bisect.bisect_right(offsets, offset) - 1
+        last = bisect.bisect_left(offsets, end) - 1  # the chunk that holds the read's last byte
+        if self.nursery is not None:  # before the read waits: the chunks after it load meanwhile
+            if self.view.fetches:
+                self._fetch_ahead(refs[last + 1 : last + 1 + FETCH_AHEAD_CHUNKS])
+            else:
+                for ref in refs[last + 1 : last + 1 + READ_AHEAD_CHUNKS]:
+                    if self._idle(ref):
+                        self.nursery.start_soon(self._prefetch, ref)
         pieces: list[memoryview] = []
         position = offset
         while position < end and index < len(refs):
@@ -115,13 +123,6 @@ class ContentReader:
             pieces.append(piece)
             position += len(piece)
             index += 1
-        if self.nursery is not None:
-            if self.view.fetches:
-                self._fetch_ahead(refs[index : index + FETCH_AHEAD_CHUNKS])
-            else:
-                for ref in refs[index : index + READ_AHEAD_CHUNKS]:
-                    if self._idle(ref):
-                        self.nursery.start_soon(self._prefetch, ref)
         return pieces
 
     def _idle(self, ref: ChunkRef) -> bool:

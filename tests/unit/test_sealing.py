@@ -56,11 +56,13 @@ def test_compressible_data_is_compressed_and_random_data_is_not() -> None:
     assert len(sealed) == len(noise) + 1 + 12 + 1 + 16  # version, nonce, flags, tag
 
 
-def test_wrong_plaintext_hash_is_rejected() -> None:
+def test_a_reference_with_the_wrong_length_or_key_is_rejected() -> None:
+    """The plaintext is not hashed on a read (the id or the tag fixes it); the length and the key still count."""
     ref, sealed = seal(SECRET, b"payload")
-    lying = ChunkRef(ref.cid, ref.key, bytes(32), ref.length)
-    with pytest.raises(CorruptObject, match="hash"):
-        unseal(lying, sealed)
+    with pytest.raises(CorruptObject, match="length"):
+        unseal(ChunkRef(ref.cid, ref.key, ref.pid, ref.length + 1), sealed)
+    with pytest.raises(CorruptObject, match="tag"):
+        unseal(ChunkRef(ref.cid, bytes(32), ref.pid, ref.length), sealed, id_checked=True)
 
 
 def test_oversized_plaintext_is_refused() -> None:
