@@ -54,7 +54,10 @@ async def run_edge(
 
     config.data.mkdir(parents=True, exist_ok=True)
     key = EdgeKey.load_or_create(config.data)
-    store = LocalStore(config.data / "store")
+    # Every object a file (docs/design.md, section 12, "Storage"): an edge serves from the page cache on its
+    # event loop without waiting (RWF_NOWAIT), which a database row cannot, and the space of what the hub
+    # forgets returns at once.
+    store = LocalStore(config.data / "store", small_max=0)
     quotas = QuotaBook(config.data / "edge.db", config.quota)
     device_status: DeviceStatus | None = None
     agent = None

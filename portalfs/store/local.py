@@ -1,18 +1,29 @@
-"""The local object store: one file per object, and an SQLite index.
+"""The local object store: one file per object, small objects in an SQLite database beside the index.
 
-Layout under the store directory (docs/design.md, "Local store"):
+Layout under the store directory (docs/design.md, section 8):
 
     objects/<hex[0:2]>/<hex>   one sealed object, named by its id in lowercase hex
     tmp/                       temp files; anything here after a crash is garbage
-    index.db                   SQLite (WAL): objects(cid BLOB PRIMARY KEY, size INTEGER)
+    index.db                   SQLite (WAL): objects(cid BLOB PRIMARY KEY, size INTEGER),
+                               small(cid BLOB PRIMARY KEY, data BLOB): the objects of at most
+                               ``small_max`` bytes, kept here instead of in a file of their own
 
-A put writes a temp file, fsyncs it and renames it into place, then records it
-in the index inside an open transaction; ``sync()`` fsyncs the touched shard
-directories and commits. ``put(..., durable=False)`` leaves the object's fsync
-to ``sync()``, for callers that keep their own durable copy meanwhile (the
-mount's journal does, for small files). The files are the truth and the index a cache of
-them: a file that a crash left without an index row is found again by
-``ids()`` (which walks the files) and rewritten harmlessly by the next put.
+A put of a larger object writes a temp file, fsyncs it and renames it into
+place; its index row waits in memory, and ``sync()`` fsyncs the touched shard
+directories, then writes the rows in one short transaction (no write
+transaction stays open between calls, so the processes that share a store
+never wait on one another's). ``put(..., durable=False)``
+leaves the object's fsync to ``sync()``, for callers that keep their own
+durable copy meanwhile (the mount's journal does, for small files). For those
+objects the files are the truth and the index a cache of them: a file that a
+crash left without an index row is found again by ``ids()`` (which walks the
+files) and rewritten harmlessly by the next put.
+
+A small object (a tree node, a small file's one chunk) is a row of ``small``:
+making a file for each cost more than writing it, and a mount's checkpoint of
+many small files was bound by it. It waits in memory with its index row and
+``sync()`` writes them in one transaction, durable when it returns
+(synchronous=FULL for that commit). The database is the truth for those.
 """
 
 from __future__ import annotations
@@ -21,36 +32,52 @@ import os
 import sqlite3
 import threading
 from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from pathlib import Path
 
 from ..errors import MissingObject, StorageError
 from ..fsutil import fsync_dir, fsync_file, storage_error, syncfs, write_atomic
-from ..sqlite import open_db
+from ..sqlite import open_db, transaction
 from .base import StoreStat, check_object
 
 __all__ = ["LocalStore"]
 
 SYNCFS_FROM = 64  # files and directories to flush beyond which sync() uses syncfs(2)
+SMALL_MAX = 64 * 1024  # objects up to this size are rows of the database, not files
+_ADD_ROW = "INSERT OR REPLACE INTO objects (cid, size) VALUES (?, ?)"
+PENDING_SMALL_BYTES = 8 * 1024 * 1024  # small objects held for the next sync() before they are written anyway
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS objects (cid BLOB PRIMARY KEY, size INTEGER NOT NULL) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS small (cid BLOB PRIMARY KEY, data BLOB NOT NULL);
 """
 
 
 class LocalStore:
-    def __init__(self, root: Path) -> None:
+    """``small_max``: objects up to this size are kept in the database (0: every object is a file).
+
+    Rows wait in memory until ``sync()`` writes them in one short transaction (small objects sooner, once
+    PENDING_SMALL_BYTES of them wait): no write transaction stays open between calls, so other processes
+    using the store (a mount, portald, a command) never wait on one another's.
+    """
+
+    def __init__(self, root: Path, small_max: int = SMALL_MAX) -> None:
         self.root = Path(root)
+        self.small_max = small_max
         self._objects = self.root / "objects"
         self._tmp = self.root / "tmp"
         try:
             self._objects.mkdir(parents=True, exist_ok=True)
             self._tmp.mkdir(exist_ok=True)
-            self._db = open_db(self.root / "index.db", durability="normal")  # the files are the truth
+            # NORMAL: a delete lost to a crash only leaves garbage for gc; what sync() writes is FULL (_durably)
+            self._db = open_db(self.root / "index.db", durability="normal")
             self._db.executescript(_SCHEMA)
         except (OSError, sqlite3.Error) as exc:
             raise StorageError(f"cannot open the store at {self.root}: {exc}") from exc
         self._lock = threading.Lock()
-        self._in_txn = False
+        self._pending: dict[bytes, int] = {}  # index rows of objects put since the last sync: id -> size
+        self._pending_small: dict[bytes, bytes] = {}  # of those, the small ones' bytes
+        self._pending_small_bytes = 0
         self._dirty_shards: set[Path] = set()
         self._unsynced: set[Path] = set()  # objects put with durable=False, fsync'd by sync()
         self._known_shards: set[str] = set()
@@ -64,6 +91,14 @@ class LocalStore:
             check_object(cid, data)
         if self.has([cid])[0]:
             return False
+        if self.small_max and len(data) <= self.small_max:
+            with self._lock:
+                self._pending[cid] = len(data)
+                self._pending_small[cid] = bytes(data)
+                self._pending_small_bytes += len(data)
+                if self._pending_small_bytes > PENDING_SMALL_BYTES:
+                    self._write_small()
+            return True
         path = self._path(cid)
         shard = path.parent
         if shard.name not in self._known_shards:
@@ -73,22 +108,51 @@ class LocalStore:
         with self._lock:
             if not durable:
                 self._unsynced.add(path)
-            if not self._in_txn:
-                self._db.execute("BEGIN")
-                self._in_txn = True
-            self._db.execute("INSERT OR REPLACE INTO objects (cid, size) VALUES (?, ?)", (cid, len(data)))
+            self._pending[cid] = len(data)
             self._dirty_shards.add(shard)
         return True
+
+    def _write_small(self) -> None:
+        """Write the small objects that wait, and their index rows, in one transaction (lock held).
+
+        A row holds its object's bytes, so it may go before ``sync()``: a file's row waits for its fsync."""
+        rows = [(cid, self._pending.pop(cid)) for cid in self._pending_small]
+        with self._durably():
+            self._db.executemany("INSERT OR REPLACE INTO small (cid, data) VALUES (?, ?)", self._pending_small.items())
+            self._db.executemany(_ADD_ROW, rows)
+        self._pending_small.clear()
+        self._pending_small_bytes = 0
+
+    @contextmanager
+    def _durably(self) -> Iterator[None]:
+        """A transaction whose COMMIT returns once it is on the disk (synchronous=FULL for it alone)."""
+        self._db.execute("PRAGMA synchronous=FULL")
+        try:
+            with transaction(self._db):
+                yield
+        finally:
+            self._db.execute("PRAGMA synchronous=NORMAL")
 
     def get(self, cid: bytes, verify: bool = True) -> bytes:
         try:
             data = self._path(cid).read_bytes()
         except FileNotFoundError:
-            raise MissingObject(f"object {cid.hex()} is not in the store") from None
+            data = self._small(cid)
         except OSError as exc:
             raise StorageError(f"cannot read object {cid.hex()}: {exc.strerror}") from exc
         if verify:
             check_object(cid, data)
+        return data
+
+    def _small(self, cid: bytes) -> bytes:
+        """A small object's bytes: waiting for the next sync, or a row."""
+        with self._lock:
+            data = self._pending_small.get(cid)
+            if data is None:
+                row = self._db.execute("SELECT data FROM small WHERE cid = ?", (cid,)).fetchone()
+                data = None if row is None else row[0]
+        if data is None:
+            raise MissingObject(f"object {cid.hex()} is not in the store")
         return data
 
     def read_cached(self, cid: bytes) -> bytearray | None:
@@ -116,7 +180,9 @@ class LocalStore:
     def has(self, cids: Sequence[bytes]) -> list[bool]:
         with self._lock:
             return [
-                self._db.execute("SELECT 1 FROM objects WHERE cid = ?", (cid,)).fetchone() is not None for cid in cids
+                cid in self._pending
+                or self._db.execute("SELECT 1 FROM objects WHERE cid = ?", (cid,)).fetchone() is not None
+                for cid in cids
             ]
 
     def delete(self, cid: bytes) -> None:
@@ -124,7 +190,12 @@ class LocalStore:
         with self._lock:
             # The row first: if the index is busy this fails with the object intact, and a file
             # left without its row is only found again by ids() (the files are the truth).
-            self._db.execute("DELETE FROM objects WHERE cid = ?", (cid,))
+            with transaction(self._db):
+                self._db.execute("DELETE FROM objects WHERE cid = ?", (cid,))
+                self._db.execute("DELETE FROM small WHERE cid = ?", (cid,))
+            self._pending.pop(cid, None)
+            if (data := self._pending_small.pop(cid, None)) is not None:
+                self._pending_small_bytes -= len(data)
             self._unsynced.discard(path)  # gone before its flush: nothing left to flush
             try:
                 path.unlink()
@@ -132,6 +203,9 @@ class LocalStore:
                 pass
 
     def ids(self) -> Iterator[bytes]:
+        with self._lock:
+            small = list(self._pending_small) + [bytes(cid) for (cid,) in self._db.execute("SELECT cid FROM small")]
+        yield from small
         for shard in sorted(self._objects.iterdir()):
             for entry in os.scandir(shard):
                 if len(entry.name) == 64:
@@ -143,7 +217,7 @@ class LocalStore:
     def stat(self) -> StoreStat:
         with self._lock:
             count, size = self._db.execute("SELECT count(*), coalesce(sum(size), 0) FROM objects").fetchone()
-        return StoreStat(count, size)
+            return StoreStat(count + len(self._pending), size + sum(self._pending.values()))
 
     def sync(self) -> None:
         with self._lock:
@@ -159,9 +233,12 @@ class LocalStore:
                         fsync_dir(shard)
             except OSError as exc:
                 raise storage_error(exc, "the store") from exc
-            if self._in_txn:
-                self._db.execute("COMMIT")
-                self._in_txn = False
+            if self._pending_small:
+                self._write_small()
+            if self._pending:
+                with self._durably():
+                    self._db.executemany(_ADD_ROW, self._pending.items())
+                self._pending.clear()
 
     def remove_temp_files(self) -> int:
         """Delete temp files a crash left behind; return how many."""

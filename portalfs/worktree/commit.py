@@ -11,6 +11,7 @@ returns the new root entry. The caller records the root record in the journal
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import io
 import os
@@ -276,17 +277,19 @@ def journal_file(
     """Seal a staged file and append its journal record; return its ref, size, record number,
     and (for a small file) the sealed objects the record holds, which are not yet stored.
 
-    Runs in a worker thread, with the device lock held.
-
-    A small file's sealed objects go into the record itself, so the journal's
-    one transaction makes it durable; the next checkpoint stores them. A larger
-    file's objects are stored and synced first.
+    Runs in a worker thread. A small file's sealed objects go into the record
+    itself, so the journal's one transaction makes it durable; the next
+    checkpoint stores them. Such a record touches no object in the store, so it
+    is written without the device lock (a checkpoint storing objects holds it
+    for a while; garbage collection, which the lock keeps out, does not run
+    beside a read-write mount at all). A larger file's objects are stored and
+    synced first, with the device lock held.
     ``chunks``, when given, returns the file's chunks, already sealed and stored
     while it was written (see streaming.py).
     """
     device = view.device
     inline = chunks is None and _content_size(content) <= CDC_MIN
-    with device.exclusive():
+    with contextlib.nullcontext() if inline else device.exclusive():
         sealer = Sealer(view.store, secrets.identity.convergence_secret, view.keys.tree_secret, keep=inline)
         if chunks is None:
             ref, size = sealer.seal_file(content)

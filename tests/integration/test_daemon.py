@@ -18,6 +18,7 @@ from pathlib import Path
 import pytest
 
 from .fabricutil import FabricLab, fabric, on_battery
+from .storeutil import held, largest
 from .test_cli import fails, ok, portalctl
 
 WAIT_SECONDS = 60.0
@@ -313,8 +314,8 @@ def test_the_scrub_replaces_a_damaged_local_object_from_the_edges(
     a, src = tmp_path / "a", tmp_path / "src"
     notes_device(a, src, {"big.bin": os.urandom(600_000), "small.txt": b"small\n"}, hub=lab.hub_url)
     ok(a, "sync")
-    local = sorted(p for p in (a / "store" / "objects").rglob("*") if p.is_file() and len(p.name) == 64)
-    victim = max(local, key=lambda p: p.stat().st_size)
+    local = held(a)
+    victim = largest(a)
     _flip(victim)
     on_a = start_daemon(a, daemons, "--scrub-interval", "1s")
     on_a.wait_for(r"scrub: \d+ objects \(\d+ bytes\) checked; 1 damaged replaced from the edges; 0 lost")

@@ -21,6 +21,7 @@ from portalfs.fabric.config import FabricConfig, load_config
 from portalfs.fabric.sync import Fabric
 from portalfs.paths import DeviceHome
 
+from . import storeutil
 from .fabricutil import FabricLab, fabric, log_lines, wait_for_log
 from .mountutil import mounted, needs_fuse
 from .test_cli import fails, ok, portalctl
@@ -189,12 +190,12 @@ def test_an_object_damaged_on_every_edge_is_exit_8_and_repair_puts_the_owners_co
 
 def test_a_damaged_local_object_is_replaced_from_the_edges(tmp_path: Path, lab: FabricLab) -> None:
     src, a, _ = _synced(tmp_path, lab)
-    local = sorted(p for p in (a / "store" / "objects").rglob("*") if p.is_file())
-    for path in local:
-        _flip(path)
+    local = storeutil.held(a)  # files and small objects' rows
+    for cid in local:
+        storeutil.flip(a, cid)
     checked = json.loads(ok(a, "check", "docs", "--json"))
     assert checked["healed"] == len(local)
-    assert all(_intact(path) for path in local)  # the local store healed itself
+    assert all(storeutil.intact(a, cid) for cid in local)  # the local store healed itself
     ok(a, "get", "docs", str(tmp_path / "out"))
     _same(src, tmp_path / "out")
 
@@ -203,12 +204,11 @@ def test_check_repair_heals_the_local_store_and_the_edges(tmp_path: Path, lab: F
     _, a, _ = _synced(tmp_path, lab)
     holders = _holders(lab)
     cid, edges = next(iter(holders.items()))
-    local = a / "store" / "objects" / cid[:2] / cid
-    _flip(local)
+    storeutil.flip(a, cid)
     _flip(_edge_copy(lab, edges[-1], cid))
     result = json.loads(ok(a, "check", "docs", "--repair", "--json"))
     assert result["healed"] == 1 and result["repair"]["copied"] >= 1
-    assert _intact(local)
+    assert storeutil.intact(a, cid)
     _all_intact_on_two_edges(lab, list(holders))
 
 

@@ -22,6 +22,7 @@ from portalfs.errors import PortalError
 
 from .fabricutil import FabricLab, fabric
 from .mountutil import small_disk
+from .storeutil import flip, held
 from .test_cli import fails, ok, portalctl
 from .test_fabric import _device
 
@@ -64,8 +65,9 @@ def _home(tmp_path: Path) -> Path:
     return home
 
 
-def _largest_object(home: Path) -> Path:
-    return max((p for p in (home / "store" / "objects").rglob("*") if p.is_file()), key=lambda p: p.stat().st_size)
+def _an_object(home: Path) -> str:
+    """The id of an object the device holds (this home's are all small: rows of the store's index)."""
+    return held(home)[0]
 
 
 def _success(tmp_path: Path, lab: FabricLab) -> None:
@@ -123,16 +125,18 @@ def _bad_passphrase(tmp_path: Path, lab: FabricLab) -> None:
 
 def _integrity(tmp_path: Path, lab: FabricLab) -> None:
     home = _home(tmp_path)
-    victim = _largest_object(home)
-    victim.write_bytes(victim.read_bytes()[:-1] + b"\0")
-    fails(home, 8, "check", "docs", match=victim.name)
+    victim = _an_object(home)
+    flip(home, victim)
+    fails(home, 8, "check", "docs", match=victim)
 
 
 def _missing(tmp_path: Path, lab: FabricLab) -> None:
     home = _home(tmp_path)
-    victim = _largest_object(home)
-    victim.unlink()
-    fails(home, 9, "check", "docs", match=victim.name)
+    victim = _an_object(home)
+    with sqlite3.connect(home / "store" / "index.db") as db:
+        db.execute("DELETE FROM small WHERE cid = ?", (bytes.fromhex(victim),))
+        db.execute("DELETE FROM objects WHERE cid = ?", (bytes.fromhex(victim),))
+    fails(home, 9, "check", "docs", match=victim)
 
 
 def _storage(tmp_path: Path, lab: FabricLab) -> None:

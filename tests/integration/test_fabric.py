@@ -24,6 +24,7 @@ from portalfs.keys import DeviceKey, Identity, root_from_words
 
 from .fabricutil import FabricLab, fabric, on_battery
 from .mountutil import force_unmount, mounted, needs_fuse, shows
+from .storeutil import held, object_files
 from .test_cli import fails, ok
 
 SMALL_NAME = "quarterly-plan-zq81.txt"
@@ -189,10 +190,9 @@ def test_a_transfer_survives_an_edge_killed_in_the_middle(tmp_path: Path, lab: F
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
     )
-    objects = b / "store" / "objects"
     deadline = time.monotonic() + 60
     while get.poll() is None and time.monotonic() < deadline:
-        if sum(len(os.listdir(d)) for d in objects.iterdir()) >= 4 if objects.exists() else False:
+        if len(object_files(b)) >= 4:  # chunks of big.bin: files
             break
         time.sleep(0.005)
     lab.edges[0].stop(signal.SIGKILL)  # in the middle: some chunks fetched, most not
@@ -364,12 +364,11 @@ def test_two_devices_that_wrote_at_once_are_merged_and_a_true_conflict_keeps_bot
 @needs_fuse
 def test_a_second_device_mounts_the_portal_and_reads_chunks_it_never_had(tmp_path: Path, lab: FabricLab) -> None:
     src, a, b = _docs_on_two_devices(tmp_path, lab)
-    objects = b / "store" / "objects"
-    held_before = sum(len(os.listdir(d)) for d in objects.iterdir()) if objects.exists() else 0
+    held_before = len(held(b))
     with mounted(b, "docs", tmp_path / "mnt-b", "ro") as mnt:
         assert (mnt / SMALL_NAME).read_text() == SMALL_TEXT
         assert (mnt / "nested" / "big.bin").read_bytes() == (src / "nested" / "big.bin").read_bytes()
-    assert sum(len(os.listdir(d)) for d in objects.iterdir()) > held_before  # fetched as read, and kept
+    assert len(held(b)) > held_before  # fetched as read, and kept
 
     # while b has it mounted read-write, versions from elsewhere land in the mount itself
     (src / "later.txt").write_text("written on a\n")

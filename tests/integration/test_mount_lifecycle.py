@@ -15,6 +15,7 @@ import pytest
 from portalfs.mount.runner import is_mounted
 
 from .mountutil import force_unmount, log, mount_pid, mounted, needs_fuse, new_home, run, shows
+from .storeutil import largest
 
 pytestmark = needs_fuse
 
@@ -121,8 +122,7 @@ def test_a_corrupted_chunk_is_eio_for_that_read_and_the_mount_stays_up(tmp_path:
     (src / "bad.bin").write_bytes(os.urandom(3 * 1024 * 1024))
     (src / "good.txt").write_text("fine")
     run(home, "put", "p", str(src) + "/")
-    objects = sorted((home / "store" / "objects").rglob("*"), key=lambda p: p.stat().st_size if p.is_file() else 0)
-    victim = objects[-1]
+    victim = largest(home)
     raw = bytearray(victim.read_bytes())
     raw[1000] ^= 0x10
     victim.write_bytes(bytes(raw))

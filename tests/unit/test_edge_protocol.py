@@ -224,7 +224,7 @@ def test_a_hello_must_be_for_the_device_the_channel_proved(tmp_path: Path) -> No
 
 def test_a_get_of_an_object_in_memory_is_answered_without_a_thread(tmp_path: Path) -> None:
     f = Fixture(tmp_path)
-    f.service.store = LocalStore(tmp_path / "store")
+    f.service.store = LocalStore(tmp_path / "store", small_max=0)  # an edge's layout
     s = f.session()
     cid, data = _obj()
     assert s.handle_nowait(Get(cid)) is None  # before HELLO: nothing but HELLO, on the thread

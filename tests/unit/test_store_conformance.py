@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import signal
 import threading
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -13,16 +14,22 @@ from portalfs.errors import CorruptObject, MissingObject
 from portalfs.sealing import object_id
 from portalfs.store import LocalStore, MemoryStore, ObjectStore
 from portalfs.store.base import CachedReads
+from portalfs.store.local import SMALL_MAX
 
 Factory = Callable[[], ObjectStore]
 
 
-@pytest.fixture(params=["memory", "local"])
+@pytest.fixture(params=["memory", "local", "local-files"])
 def make_store(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Factory]:
+    """ "local": the device's layout (these objects are small: rows of the database); "local-files": an edge's."""
     opened: list[ObjectStore] = []
 
     def factory() -> ObjectStore:
-        store: ObjectStore = MemoryStore() if request.param == "memory" else LocalStore(tmp_path / "store")
+        store: ObjectStore
+        if request.param == "memory":
+            store = MemoryStore()
+        else:
+            store = LocalStore(tmp_path / "store", small_max=0 if request.param == "local-files" else SMALL_MAX)
         if request.param == "memory" and opened:
             return opened[0]  # "reopening" a memory store is the same store
         opened.append(store)
@@ -63,7 +70,7 @@ def test_get_missing(make_store: Factory) -> None:
 
 def test_has_ids_delete(make_store: Factory) -> None:
     store = make_store()
-    objs = [_obj(100 + i) for i in range(5)]
+    objs = [_obj(100 + i) for i in range(4)] + [_obj(SMALL_MAX + 1)]  # a larger one is a file in every layout
     for cid, data in objs:
         store.put(cid, data)
     assert store.has([objs[0][0], bytes(32), objs[4][0]]) == [True, False, True]
@@ -111,7 +118,7 @@ def test_concurrent_puts(make_store: Factory) -> None:
 
 
 def test_local_store_detects_damage_on_read(tmp_path: Path) -> None:
-    store = LocalStore(tmp_path / "s")
+    store = LocalStore(tmp_path / "s", small_max=0)
     cid, data = _obj()
     store.put(cid, data)
     store.sync()
@@ -126,7 +133,7 @@ def test_local_store_detects_damage_on_read(tmp_path: Path) -> None:
 
 
 def test_local_store_reads_what_is_in_memory_at_once_and_says_none_otherwise(tmp_path: Path) -> None:
-    store = LocalStore(tmp_path / "s")
+    store = LocalStore(tmp_path / "s", small_max=0)  # an edge's
     cid, data = _obj()
     store.put(cid, data)
     assert store.read_cached(cid) == data  # just written: in the page cache
@@ -140,8 +147,36 @@ def test_local_store_reads_what_is_in_memory_at_once_and_says_none_otherwise(tmp
 
 def test_local_store_names_objects_by_lowercase_hex(tmp_path: Path) -> None:
     store = LocalStore(tmp_path / "s")
-    cid, data = _obj()
+    cid, data = _obj(SMALL_MAX + 1)
     store.put(cid, data)
     assert (tmp_path / "s" / "objects" / cid.hex()[:2] / cid.hex()).read_bytes() == data
     assert list((tmp_path / "s" / "tmp").iterdir()) == []
+    store.close()
+
+
+def test_small_objects_are_rows_and_survive_a_kill_once_synced(tmp_path: Path) -> None:
+    """A small object makes no file; once sync() has returned, a kill -9 loses none of them, and a kill before
+    it leaves each one whole or absent (the database's transaction), never half-written."""
+    root = tmp_path / "s"
+    synced = [_obj(500 + i) for i in range(50)]
+    pending = [_obj(700 + i) for i in range(50)]
+    pid = os.fork()
+    if pid == 0:  # the child writes, syncs half, and is killed mid-way through the rest
+        try:
+            store = LocalStore(root)
+            for cid, data in synced:
+                store.put(cid, data, durable=False)
+            store.sync()
+            for cid, data in pending:
+                store.put(cid, data, durable=False)
+            os.kill(os.getpid(), signal.SIGKILL)
+        finally:
+            os._exit(1)
+    _, status = os.waitpid(pid, 0)
+    assert os.WIFSIGNALED(status) and os.WTERMSIG(status) == signal.SIGKILL
+    store = LocalStore(root)
+    assert all(store.get(cid) == data for cid, data in synced)
+    assert all(store.get(cid) == data for cid, data in pending if store.has([cid])[0])
+    assert not any((root / "objects").rglob("*")) and store.stat().objects >= len(synced)
+    assert sorted(store.ids()) == sorted(c for c, _ in synced + pending if store.has([c])[0])
     store.close()
