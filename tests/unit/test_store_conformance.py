@@ -180,3 +180,28 @@ def test_small_objects_are_rows_and_survive_a_kill_once_synced(tmp_path: Path) -
     assert not any((root / "objects").rglob("*")) and store.stat().objects >= len(synced)
     assert sorted(store.ids()) == sorted(c for c, _ in synced + pending if store.has([c])[0])
     store.close()
+
+
+def test_a_store_of_the_first_layout_opens_and_reads_as_it_is(tmp_path: Path) -> None:
+    """Layout 1 kept every object, however small, as a file: the store reads, lists and deletes those, and
+    what it stores from then on goes by the new layout."""
+    root = tmp_path / "s"
+    old = LocalStore(root, small_max=0)
+    objs = [_obj(100 + i) for i in range(5)]
+    for cid, data in objs:
+        old.put(cid, data)
+    old.close()
+    store = LocalStore(root)
+    assert all(store.get(cid) == data for cid, data in objs) and store.has([c for c, _ in objs]) == [True] * 5
+    new_cid, new_data = _obj(300)
+    store.put(new_cid, new_data)
+    store.sync()
+    assert not (root / "objects" / new_cid.hex()[:2] / new_cid.hex()).exists()  # a row
+    assert sorted(store.ids()) == sorted([c for c, _ in objs] + [new_cid])
+    store.delete(objs[0][0])
+    assert (
+        store.has([objs[0][0]]) == [False]
+        and not (root / "objects" / objs[0][0].hex()[:2]).joinpath(objs[0][0].hex()).exists()
+    )
+    assert store.stat().objects == 5
+    store.close()
