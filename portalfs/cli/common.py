@@ -8,11 +8,16 @@ import json
 import os
 import sys
 from collections.abc import Callable
+from typing import TYPE_CHECKING
 
 from ..device import Device, Unlocked
 from ..errors import PortalError, UsageError
 from ..memory import keep_freed_memory
 from ..paths import DeviceHome
+from ..portal import PortalView
+
+if TYPE_CHECKING:
+    from ..fabric.store import FabricStore
 
 __all__ = ["run_command", "unlock", "read_secret_file", "emit"]
 
@@ -94,3 +99,27 @@ def human(n: float) -> str:
             return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
         n /= 1024
     raise AssertionError("unreachable")
+
+
+def open_view(device: Device, secrets: Unlocked, name: str, keep: bool = True) -> PortalView:
+    """Portal ``name``, through the device's fabric when it is on one (``fabric.sync.open_view``).
+
+    The fabric, and what it loads (trio, the edge and hub clients), is imported only for a device on one:
+    a `put` or `get` on a device of its own starts in half the time."""
+    from ..fabric.config import load_config
+
+    config = load_config(device)
+    if config is None or not (config.hub or config.edges):
+        return PortalView.open(device, name, secrets)
+    from ..fabric.sync import open_view as through_fabric
+
+    return through_fabric(device, secrets, name, keep)
+
+
+def on_fabric(view: PortalView) -> FabricStore | None:
+    """The view's store when it fetches from a fabric."""
+    if not view.fetches:
+        return None
+    from ..fabric.store import FabricStore
+
+    return view.store if isinstance(view.store, FabricStore) else None

@@ -14,10 +14,9 @@ from typing import Any
 from ..conflicts import ConflictCopy, find, read_mark, settle
 from ..device import Device
 from ..errors import NotFound, UsageError, shown
-from ..fabric.sync import open_view
 from ..merge import CONFLICT_XATTR
 from ..worktree.journal import writing
-from .common import emit, unlock
+from .common import emit, open_view, unlock
 
 __all__ = ["register"]
 

@@ -24,19 +24,17 @@ from pathlib import Path
 from typing import Any
 
 from .. import __version__
-from ..daemon.control import call_daemon, daemon_socket
+from ..daemon.control import call_daemon, daemon_socket  # no trio: that is the server's
 from ..device import Device
 from ..errors import NotFound, PortalBusy, PortalError, SourceError, StoreFull, UsageError
-from ..fabric.store import FabricStore
-from ..fabric.sync import open_view
 from ..gc import collect_garbage
 from ..keys import fingerprint, new_entropy_words
 from ..portal import PortalView
 from ..restore import Restorer
 from ..tree import validate_name
 from ..worktree.journal import writing
-from . import conflict_cmds, fabric_cmds
-from .common import emit, human, read_secret_file, run_command, unlock, unlock_passphrase
+from . import conflict_cmds, fabric_parser
+from .common import emit, human, on_fabric, open_view, read_secret_file, run_command, unlock, unlock_passphrase
 
 NUDGE_TIMEOUT = 2.0  # seconds for portald to take "look now"
 
@@ -351,7 +349,7 @@ def cmd_get(device: Device, args: argparse.Namespace) -> int:
     if not dest.parent.is_dir() and not dest.is_dir():
         what = "is not a directory" if dest.parent.exists() else "does not exist"
         raise NotFound(f"destination {dest}: {dest.parent} {what}")
-    store = view.store if isinstance(view.store, FabricStore) else None
+    store = on_fabric(view)
     per_edge = None if store is None else (lambda: edge_shares(store.fetched(), rates=True))
     with _progress(entry.size if entry.is_file else version.size, not args.json, postfix=per_edge) as progress:
         restorer = Restorer(view, overwrite=args.overwrite, progress=progress)
@@ -412,9 +410,9 @@ def cmd_check(device: Device, args: argparse.Namespace) -> int:
 
     secrets = unlock(device, args)
     view = open_view(device, secrets, args.name, keep=False)  # each object is read once
-    on_fabric = isinstance(view.store, FabricStore)
+    fabric_store = on_fabric(view)
     report = view.verify()
-    healed = view.store.healed if isinstance(view.store, FabricStore) else 0
+    healed = 0 if fabric_store is None else fabric_store.healed
     result: dict[str, Any] = {
         "versions": report.versions,
         "nodes": report.nodes,
@@ -428,9 +426,11 @@ def cmd_check(device: Device, args: argparse.Namespace) -> int:
         + (f"; {healed} damaged local objects replaced from the edges" if healed else "")
     )
     if args.repair:
-        if not on_fabric:
+        if fabric_store is None:
             raise UsageError("--repair puts copies back on the edges: this device has no hub (`portalctl hub add`)")
-        fabric = fabric_cmds.open_fabric(device, secrets)
+        from .fabric_cmds import open_fabric
+
+        fabric = open_fabric(device, secrets)
         try:
             result["repair"] = repair = fabric.repair(view)
         finally:
@@ -627,7 +627,7 @@ def _parser() -> argparse.ArgumentParser:
     c = command("create", cmd_portal_create, "create an empty portal", parent=portal)
     c.add_argument("name")
     command("ls", cmd_portal_ls, "list portals", parent=portal)
-    fabric_cmds.register_portal_set(portal, command)
+    fabric_parser.register_portal_set(portal, command)
 
     c = command("put", cmd_put, "add files or folders to a portal as a new version (DIR/ adds DIR's contents)")
     c.add_argument("name")
@@ -661,7 +661,7 @@ def _parser() -> argparse.ArgumentParser:
     c.add_argument("-o", dest="options", default="", help="comma-separated mount options")
     c = command("unmount", cmd_unmount, "unmount a portal mounted at DIR", json_flag=False)
     c.add_argument("mountpoint", metavar="DIR")
-    fabric_cmds.register(sub, command)
+    fabric_parser.register(sub, command)
     conflict_cmds.register(sub, command)
     c = command("demo", cmd_demo, "create an identity if needed, put a folder into portal 'demo' and show its log")
     c.add_argument("source", nargs="?", help="the folder to put (default: Portal's own package)")

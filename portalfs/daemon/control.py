@@ -14,9 +14,7 @@ import os
 import socket
 from collections.abc import Awaitable, Callable
 from pathlib import Path
-from typing import Any
-
-import trio
+from typing import TYPE_CHECKING, Any
 
 from ..errors import PortalError, Unreachable, UsageError, error_for_exit_code, shown
 
@@ -24,6 +22,9 @@ __all__ = ["serve_control", "call_daemon", "daemon_socket", "MAX_LINE"]
 
 MAX_LINE = 1 << 20  # bytes in one request or answer
 SUN_PATH_MAX = 107  # bytes in a unix socket's path, with room for the NUL
+
+if TYPE_CHECKING:
+    import trio
 
 Handler = Callable[[dict[str, Any]], Awaitable[Any]]
 
@@ -37,10 +38,12 @@ def _check_path(path: Path) -> None:
         raise UsageError(f"the control socket path {path} is too long for a unix socket; use a shorter PORTAL_HOME")
 
 
-async def serve_control(
-    path: Path, handle: Handler, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED
-) -> None:
-    """Listen on ``path`` (replacing a stale socket) and answer each connection with ``handle``."""
+async def serve_control(path: Path, handle: Handler, *, task_status: trio.TaskStatus[None] | None = None) -> None:
+    """Listen on ``path`` (replacing a stale socket) and answer each connection with ``handle``.
+
+    trio is imported here, not with the module: a command that only calls portald does not load it."""
+    import trio
+
     _check_path(path)
     path.unlink(missing_ok=True)
     sock = trio.socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
@@ -69,7 +72,8 @@ async def serve_control(
                 pass  # the caller went away
 
     try:
-        task_status.started()
+        if task_status is not None:
+            task_status.started()
         await trio.serve_listeners(answer, [listener])
     finally:
         path.unlink(missing_ok=True)

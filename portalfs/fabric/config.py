@@ -10,12 +10,14 @@ from __future__ import annotations
 
 import json
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from ..device import Device
-from ..hub.client import HubClient
 from ..keys import DeviceKey
 from ..state import PortalRow
+
+if TYPE_CHECKING:
+    from ..hub.client import HubClient
 
 __all__ = [
     "DEFAULT_REPLICAS",
@@ -61,6 +63,8 @@ class FabricConfig:
 
 def hub_client(url: str, device: DeviceKey, config: FabricConfig | None) -> HubClient:
     """A client of hub ``url``, accepting the certificate pinned for it when it is the configuration's hub."""
+    from ..hub.client import HubClient  # here: httpx is loaded by what talks to a hub, not by every command
+
     pin = config.hub_cert if config is not None and config.hub == url else None
     return HubClient(url, device, pin)
 
