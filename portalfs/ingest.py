@@ -1,10 +1,12 @@
 """Ingest: turn folders and files on disk into a new tree in the object store.
 
-Two phases. The walk reads every source file, cuts it into chunks and hands
-each chunk to a pool of worker threads that hash, seal and store it (blake3,
-zstandard and AES-GCM release the GIL, so the pool uses every core); at most
-``max_in_flight`` chunks are in memory at once. Then the tree is finished
-bottom-up: file nodes from their chunk refs, directory nodes from their entries.
+The walk reads every source file, cuts it into chunks and hands each chunk to
+a pool of worker threads that hash, seal and store it (blake3, zstandard and
+AES-GCM release the GIL, so the pool uses every core); at most
+``max_in_flight`` chunks are in memory at once. Each directory is finished as
+soon as its walk ends (its files' nodes from their chunk refs, then its own
+node), so what is held stays bounded by the depth of the tree, not by the
+number of files.
 Nothing here records a version: the caller commits the returned root only
 after the store is synced (chunks before nodes before roots).
 
@@ -45,6 +47,7 @@ __all__ = ["Ingester", "IngestStats", "tree_totals"]
 # A file whose mtime is this close to the start of the ingest may still be
 # changing within the same timestamp tick: never trust the cache for it.
 _RACY_NS = 2_000_000_000
+SETTLE_EVERY = 256  # entries of a directory walked between two passes that finish its sealed files
 
 
 @dataclass(slots=True)
@@ -78,6 +81,7 @@ class _PendingDir:
     st: os.stat_result
     xattrs: dict[bytes, bytes]
     children: list[_PendingFile | _PendingDir | Entry] = field(default_factory=list)
+    settled: int = 0  # children before this one are finished
 
 
 def _entry(name: bytes, st: os.stat_result, xattrs: dict[bytes, bytes], **content: object) -> Entry:
@@ -155,7 +159,7 @@ class Ingester:
         self.stats.bytes_stored += stored
         return ref
 
-    # phase 1: walk and submit
+    # the walk
 
     def _walk_file(self, pipeline: ChunkPipeline, path: bytes, name: bytes, st: os.stat_result) -> _PendingFile:
         pending = _PendingFile(name, path, st, _read_xattrs(path))
@@ -185,7 +189,10 @@ class Ingester:
             raise SourceError(f"cannot read {os.fsdecode(path)}: {exc.strerror or exc}") from exc
         return pending
 
-    def _walk(self, pipeline: ChunkPipeline, path: bytes, name: bytes) -> _PendingFile | _PendingDir | Entry | None:
+    def _walk(
+        self, pipeline: ChunkPipeline, path: bytes, name: bytes, open_dir: bool = False
+    ) -> _PendingFile | _PendingDir | Entry | None:
+        """The item at ``path``; a directory comes back finished (an Entry), or pending with ``open_dir``."""
         try:
             st = os.lstat(path)
         except OSError as exc:
@@ -210,12 +217,26 @@ class Ingester:
                 item = self._walk(pipeline, os.path.join(path, child), child)
                 if item is not None:
                     pending.children.append(item)
-            return pending
+                    if len(pending.children) % SETTLE_EVERY == 0:
+                        self._settle(pending)
+            return pending if open_dir else self._finish(pending)
         self.stats.skipped += 1
         self._warn(f"skipping {os.fsdecode(path)}: not a file type a portal keeps")
         return None
 
-    # phase 2: finish bottom-up
+    # finishing
+
+    def _settle(self, pending: _PendingDir) -> None:
+        """Finish, in place and in order, the files of a long directory whose chunks are all sealed (what they
+        held goes): up to the first still being sealed."""
+        items = pending.children
+        while pending.settled < len(items):
+            item = items[pending.settled]
+            if isinstance(item, _PendingFile):
+                if not all(f.done() for f in item.chunks):
+                    return
+                items[pending.settled] = self._finish(item)
+            pending.settled += 1
 
     def _finish(self, item: _PendingFile | _PendingDir | Entry) -> Entry:
         if isinstance(item, Entry):
@@ -284,7 +305,7 @@ class Ingester:
                     raw = os.fsencode(source)
                     path = os.path.abspath(raw.rstrip(b"/") or b"/")
                     if raw.endswith(b"/") and os.path.isdir(path):
-                        walked = self._walk(pipeline, path, b"")
+                        walked = self._walk(pipeline, path, b"", open_dir=True)
                         assert isinstance(walked, _PendingDir)
                         top.extend(walked.children)
                         self.stats.dirs -= 1

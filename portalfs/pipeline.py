@@ -2,8 +2,10 @@
 
 blake3, zstandard and AES-GCM release the GIL, so worker threads use every
 core. At most ``max_in_flight`` chunks wait in memory (``submit`` blocks the
-producer beyond that), and each distinct plaintext is sealed once: a worker
-that meets bytes another worker is already sealing waits for that result.
+producer beyond that), and a plaintext is sealed once while it is recent: a
+worker that meets bytes another worker is sealing waits for that result, and
+bytes among the last RECENT_SEALED sealed take their reference (an older
+duplicate is sealed again and found in the store, so memory stays bounded).
 Used by ingest (`portalctl put`) and by the mount's commits.
 """
 
@@ -11,6 +13,7 @@ from __future__ import annotations
 
 import os
 import threading
+from collections import OrderedDict
 from collections.abc import Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from io import RawIOBase
@@ -22,6 +25,8 @@ from .sealing import ChunkRef, plaintext_hash, seal
 from .store import ObjectStore
 
 __all__ = ["ChunkPipeline", "store_sealed"]
+
+RECENT_SEALED = 4096
 
 
 def store_sealed(
@@ -58,7 +63,8 @@ class ChunkPipeline:
         workers = workers or 2 * (os.cpu_count() or 2)
         self._pool = ThreadPoolExecutor(workers, thread_name_prefix="seal")
         self._slots = threading.Semaphore(max_in_flight or 2 * workers + 2)
-        self._known: dict[bytes, Future[ChunkRef]] = {}
+        self._sealing: dict[bytes, Future[ChunkRef]] = {}  # plaintext hash -> the seal in progress
+        self._sealed: OrderedDict[bytes, ChunkRef] = OrderedDict()  # the last RECENT_SEALED sealed, by hash
         self._lock = threading.Lock()
 
     def __enter__(self) -> ChunkPipeline:
@@ -85,21 +91,30 @@ class ChunkPipeline:
         try:
             pid = plaintext_hash(data)
             with self._lock:
-                known = self._known.get(pid)
-                if known is None:  # this worker seals it; any other with the same bytes waits
-                    claim = self._known[pid] = Future()
+                done = self._sealed.get(pid)
+                known = None if done is not None else self._sealing.get(pid)
+                if done is None and known is None:  # this worker seals it; any other with the same bytes waits
+                    claim = self._sealing[pid] = Future()
+            if done is not None:
+                return done
             if known is not None:
                 return known.result()
             try:
                 ref, stored = store_sealed(self.store, self._secret, data, pid, self._durable)
             except BaseException as exc:
+                with self._lock:
+                    del self._sealing[pid]
                 claim.set_exception(exc)
                 raise
-            claim.set_result(ref)
-            if stored:
-                with self._lock:
+            with self._lock:
+                del self._sealing[pid]
+                self._sealed[pid] = ref
+                if len(self._sealed) > RECENT_SEALED:  # bounded: an older duplicate is sealed again, not stored
+                    self._sealed.popitem(last=False)
+                if stored:
                     self.chunks_stored += 1
                     self.bytes_stored += stored
+            claim.set_result(ref)
             return ref
         finally:
             self._slots.release()

@@ -22,7 +22,9 @@ from ..tree import iter_file_chunks
 
 __all__ = ["ContentReader"]
 
-CHUNK_CACHE_BYTES = 256 * 1024 * 1024
+# Room for the chunks read ahead and the one being read (6 + 1 of at most 4 MiB) and a little more: what was
+# read stays in the kernel's page cache (keep_cache), so this bounds the mount's memory, not its re-reads.
+CHUNK_CACHE_BYTES = 48 * 1024 * 1024
 READ_AHEAD_CHUNKS = 6  # chunks unsealed ahead of a reader, on worker threads
 FETCH_AHEAD_CHUNKS = 32  # chunks ahead of a reader brought from the fabric, half a window per batch
 LAYOUTS_KEPT = 4096

@@ -52,7 +52,7 @@ class FsError(Exception):
         self.errno = errno_
 
 
-@dataclass(eq=False)
+@dataclass(eq=False, slots=True)
 class Inode(FileKind):
     ino: int
     name: bytes
