@@ -116,10 +116,11 @@ class LocalStore:
         """Write the small objects that wait, and their index rows, in one transaction (lock held).
 
         A row holds its object's bytes, so it may go before ``sync()``: a file's row waits for its fsync."""
-        rows = [(cid, self._pending.pop(cid)) for cid in self._pending_small]
-        with self._durably():
+        with self._durably():  # on an error (a full disk: StoreFull) nothing is written and everything still waits
             self._db.executemany("INSERT OR REPLACE INTO small (cid, data) VALUES (?, ?)", self._pending_small.items())
-            self._db.executemany(_ADD_ROW, rows)
+            self._db.executemany(_ADD_ROW, [(cid, len(data)) for cid, data in self._pending_small.items()])
+        for cid in self._pending_small:
+            del self._pending[cid]
         self._pending_small.clear()
         self._pending_small_bytes = 0
 
@@ -220,9 +221,8 @@ class LocalStore:
             return StoreStat(count + len(self._pending), size + sum(self._pending.values()))
 
     def sync(self) -> None:
-        with self._lock:
-            shards, self._dirty_shards = self._dirty_shards, set()
-            files, self._unsynced = self._unsynced, set()
+        with self._lock:  # what fails (a full disk) is left to the next sync, whole
+            shards, files = self._dirty_shards, self._unsynced
             try:
                 if len(files) + len(shards) > SYNCFS_FROM:
                     syncfs(self.root)  # one flush of the file system beats thousands of fsyncs
@@ -233,6 +233,7 @@ class LocalStore:
                         fsync_dir(shard)
             except OSError as exc:
                 raise storage_error(exc, "the store") from exc
+            self._dirty_shards, self._unsynced = set(), set()
             if self._pending_small:
                 self._write_small()
             if self._pending:

@@ -67,7 +67,8 @@ def mounted(home: Path, target: str, mountpoint: Path, *options: str) -> Iterato
             result = run(home, "unmount", str(mountpoint), check=False)
             if result.returncode != 0:
                 force_unmount(mountpoint)
-                raise AssertionError(result.stderr)
+                log = home / "logs" / "mount.log"
+                raise AssertionError(result.stderr + (log.read_text()[-3000:] if log.exists() else ""))
 
 
 def log(home: Path, portal: str = "p") -> list[dict]:

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from portalfs.errors import CorruptObject, MissingObject
+from portalfs.errors import CorruptObject, MissingObject, StoreFull
 from portalfs.sealing import object_id
 from portalfs.store import LocalStore, MemoryStore, ObjectStore
 from portalfs.store.base import CachedReads
@@ -205,3 +205,26 @@ def test_a_store_of_the_first_layout_opens_and_reads_as_it_is(tmp_path: Path) ->
     )
     assert store.stat().objects == 5
     store.close()
+
+
+def test_a_sync_that_fails_leaves_everything_to_the_next(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A full disk fails a sync (StoreFull); nothing is lost from what waits, and the next sync writes it all."""
+    store = LocalStore(tmp_path / "s")
+    small, large = _obj(100), _obj(SMALL_MAX + 1)
+    for cid, data in (small, large):
+        store.put(cid, data, durable=False)
+    real = store._durably
+
+    def full() -> Iterator[None]:
+        raise StoreFull("no space left in the store")
+
+    monkeypatch.setattr(store, "_durably", full)
+    with pytest.raises(StoreFull):
+        store.sync()
+    assert store.has([small[0], large[0]]) == [True, True] and store.get(small[0]) == small[1]
+    monkeypatch.setattr(store, "_durably", real)
+    store.sync()
+    store.close()
+    again = LocalStore(tmp_path / "s")
+    assert again.get(small[0]) == small[1] and again.get(large[0]) == large[1] and again.stat().objects == 2
+    again.close()
