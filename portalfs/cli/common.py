@@ -109,7 +109,7 @@ def open_view(device: Device, secrets: Unlocked, name: str, keep: bool = True) -
     from ..fabric.config import load_config
 
     config = load_config(device)
-    if config is None or not (config.hub or config.edges):
+    if config is None or not config.reaches_edges:
         return PortalView.open(device, name, secrets)
     from ..fabric.sync import open_view as through_fabric
 

@@ -590,7 +590,7 @@ def cmd_status(device: Device, args: argparse.Namespace) -> int:
                             "paused": is_paused(device, row.id), "read_only": frozen.get(row.name)})  # fmt: skip
         hub_error = None
         try:
-            edges = fabric.swarm.stat() if (config.hub or config.edges) else []
+            edges = fabric.swarm.stat() if config.reaches_edges else []
             hub_error = fabric.hub_error  # the hub is down: its last edge list was asked
         except (Unreachable, Refused) as exc:  # the hub is down, or refuses this (revoked) device:
             edges, hub_error = [], str(exc)  # say so, and show what this device knows

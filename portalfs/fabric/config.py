@@ -50,6 +50,11 @@ class FabricConfig:
         ).encode()  # fmt: skip
 
     @property
+    def reaches_edges(self) -> bool:
+        """Whether the device is on a fabric: a hub, or edges added by hand."""
+        return bool(self.hub or self.edges)
+
+    @property
     def on_embedded(self) -> bool:
         """Whether the hub is the one portald runs in-process (section 16, "Embedded hub and edge")."""
         return self.embedded is not None and self.hub == self.embedded.get("hub")

@@ -73,7 +73,7 @@ def device_fabric(device: Device, secrets: Unlocked) -> Fabric | None:
     """The fabric of this device when it is on one (a hub, or edges added by hand), closed with ``device``; None
     when it is not."""
     config = load_config(device)
-    if config is None or not (config.hub or config.edges):
+    if config is None or not config.reaches_edges:
         return None
     fabric = Fabric(device, secrets, config)
     device.hold(fabric)
