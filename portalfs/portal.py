@@ -64,6 +64,8 @@ class PortalView:
         try:
             return unseal(ref, self.store.get(ref.cid, verify=verify), what, id_checked=True)
         except CorruptObject:
+            if verify:  # the id was checked (and a damaged copy replaced): the reference is at fault
+                raise
             # Damaged where it is kept (or a damaged reference): a verified get names a damaged copy, or a
             # store that fetches replaces it from the edges; an intact one that still does not open is the
             # reference's fault, and unseal says so.

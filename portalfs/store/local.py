@@ -44,7 +44,6 @@ __all__ = ["LocalStore"]
 
 SYNCFS_FROM = 64  # files and directories to flush beyond which sync() uses syncfs(2)
 SMALL_MAX = 64 * 1024  # objects up to this size are rows of the database, not files
-_ADD_ROW = "INSERT OR REPLACE INTO objects (cid, size) VALUES (?, ?)"
 PENDING_SMALL_BYTES = 8 * 1024 * 1024  # small objects held for the next sync() before they are written anyway
 
 _SCHEMA = """
@@ -97,7 +96,7 @@ class LocalStore:
                 self._pending_small[cid] = bytes(data)
                 self._pending_small_bytes += len(data)
                 if self._pending_small_bytes > PENDING_SMALL_BYTES:
-                    self._write_small()
+                    self._write_pending(files_flushed=False)
             return True
         path = self._path(cid)
         shard = path.parent
@@ -112,15 +111,21 @@ class LocalStore:
             self._dirty_shards.add(shard)
         return True
 
-    def _write_small(self) -> None:
-        """Write the small objects that wait, and their index rows, in one transaction (lock held).
+    def _write_pending(self, files_flushed: bool) -> None:
+        """Write the small objects that wait and their index rows, and with ``files_flushed`` (``sync()`` has
+        just flushed the files) every other row that waits, in one durable transaction (lock held).
 
-        A row holds its object's bytes, so it may go before ``sync()``: a file's row waits for its fsync."""
-        with self._durably():  # on an error (a full disk: StoreFull) nothing is written and everything still waits
+        A small object's row holds its bytes, so it may go before ``sync()``; a file's row waits for its fsync.
+        On an error (a full disk: StoreFull) nothing is written and everything still waits."""
+        rows = self._pending if files_flushed else {cid: len(data) for cid, data in self._pending_small.items()}
+        with self._durably():
             self._db.executemany("INSERT OR REPLACE INTO small (cid, data) VALUES (?, ?)", self._pending_small.items())
-            self._db.executemany(_ADD_ROW, [(cid, len(data)) for cid, data in self._pending_small.items()])
-        for cid in self._pending_small:
-            del self._pending[cid]
+            self._db.executemany("INSERT OR REPLACE INTO objects (cid, size) VALUES (?, ?)", rows.items())
+        if files_flushed:
+            self._pending.clear()
+        else:
+            for cid in self._pending_small:
+                del self._pending[cid]
         self._pending_small.clear()
         self._pending_small_bytes = 0
 
@@ -234,12 +239,8 @@ class LocalStore:
             except OSError as exc:
                 raise storage_error(exc, "the store") from exc
             self._dirty_shards, self._unsynced = set(), set()
-            if self._pending_small:
-                self._write_small()
             if self._pending:
-                with self._durably():
-                    self._db.executemany(_ADD_ROW, self._pending.items())
-                self._pending.clear()
+                self._write_pending(files_flushed=True)
 
     def remove_temp_files(self) -> int:
         """Delete temp files a crash left behind; return how many."""
