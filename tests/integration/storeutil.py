@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import sqlite3
+from contextlib import closing
 from pathlib import Path
 
 import blake3
 
 
-def _db(home: Path) -> sqlite3.Connection:
-    return sqlite3.connect(home / "store" / "index.db", isolation_level=None)
+def _db(home: Path) -> closing[sqlite3.Connection]:
+    return closing(sqlite3.connect(home / "store" / "index.db", isolation_level=None))
 
 
 def object_files(home: Path) -> list[Path]:

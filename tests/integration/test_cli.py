@@ -18,6 +18,7 @@ from portalfs.sealing import object_id
 from portalfs.store import LocalStore
 
 from .mountutil import small_disk
+from .storeutil import held, largest
 
 
 def portalctl(
@@ -94,19 +95,6 @@ def assert_same_tree(a: Path, b: Path) -> None:
         if pa.is_file():
             assert pa.read_bytes() == pb.read_bytes(), rel
         assert {n: os.getxattr(pa, n) for n in os.listxattr(pa)} == {n: os.getxattr(pb, n) for n in os.listxattr(pb)}
-
-
-def objects(home: Path) -> list[str]:
-    """The ids of every object the device holds (files and the small ones' rows)."""
-    from .storeutil import held
-
-    return held(home)
-
-
-def largest_object(home: Path) -> Path:
-    from .storeutil import largest
-
-    return largest(home)
 
 
 # identity
@@ -254,7 +242,7 @@ def test_a_flipped_bit_in_a_chunk_is_named_and_nothing_half_restored(home: Path,
     src.mkdir()
     (src / "data.bin").write_bytes(os.urandom(2 * 1024 * 1024))
     ok(home, "put", "docs", str(src) + "/")
-    victim = largest_object(home)
+    victim = largest(home)
     raw = bytearray(victim.read_bytes())
     raw[len(raw) // 2] ^= 0x04
     victim.write_bytes(bytes(raw))
@@ -268,7 +256,7 @@ def test_a_flipped_bit_in_a_chunk_is_named_and_nothing_half_restored(home: Path,
 def test_a_missing_chunk_is_reported(home: Path, tmp_path: Path) -> None:
     (tmp_path / "data.bin").write_bytes(os.urandom(1024 * 1024))
     ok(home, "put", "docs", str(tmp_path / "data.bin"))
-    victim = largest_object(home)
+    victim = largest(home)
     victim.unlink()
     fails(home, 9, "get", "docs", str(tmp_path / "dest"), match=victim.name)
 
@@ -297,9 +285,9 @@ def test_gc_removes_orphans_and_keeps_every_live_version(home: Path, tmp_path: P
     orphan = os.urandom(1000)
     store.put(object_id(orphan), orphan)
     store.close()
-    before = len(objects(home))
+    before = len(held(home))
     dry = json.loads(ok(home, "gc", "--dry-run", "--json"))
-    assert dry["removed"] == 1 and len(objects(home)) == before
+    assert dry["removed"] == 1 and len(held(home)) == before
     report = json.loads(ok(home, "gc", "--json"))
     assert report["removed"] == 1 and report["live"] == before - 1
     assert "2 versions" in ok(home, "check", "docs")
@@ -406,7 +394,7 @@ def test_a_portal_deleted_on_a_device_alone_is_restorable_then_gc_forgets_it(hom
     fails(home, 2, "portal", "delete", "docs", match="--yes")  # no terminal to confirm on: nothing deleted
     assert "brings it back until" in ok(home, "portal", "delete", "docs", "--yes")
     assert "deleted (restorable until" in ok(home, "portal", "ls")
-    assert "deleted portals" not in ok(home, "gc") and objects(home)  # within the grace period: all kept
+    assert "deleted portals" not in ok(home, "gc") and held(home)  # within the grace period: all kept
     ok(home, "portal", "restore", "docs")
     fails(home, 2, "portal", "restore", "docs", match="not deleted")
     ok(home, "check", "docs")
@@ -417,5 +405,5 @@ def test_a_portal_deleted_on_a_device_alone_is_restorable_then_gc_forgets_it(hom
         db.execute("UPDATE meta SET value = ? WHERE key = ?", (b"1", f"deleted:{portal}"))
     assert "removed the deleted portals docs" in ok(home, "gc")
     assert [p["name"] for p in json.loads(ok(home, "portal", "ls", "--json"))] == ["kept"]
-    assert objects(home) == []  # what only docs reached is gone with it
+    assert held(home) == []  # what only docs reached is gone with it
     fails(home, 3, "log", "docs", match="no portal named")
