@@ -81,7 +81,7 @@ class PortalView:
         as urgently as ``priority`` says."""
         store = self.store
         if isinstance(store, Prefetching):
-            store.prefetch([ref.cid for ref in refs], priority)
+            store.prefetch([ref.cid for ref in refs], priority, {ref.cid: ref.length for ref in refs})
 
     def objects(self, entry: Entry, into: set[bytes]) -> set[bytes]:
         """Add to ``into`` the id of every node and chunk ``entry`` reaches; subtrees already there are skipped."""

@@ -1,4 +1,5 @@
-"""A device's connection to one edge: HELLO, then GET, PUT, HAVE and STAT with typed errors."""
+"""A device's connection to one edge: HELLO, then GET, PUT, HAVE, VERIFY, STAT, and where the edge speaks
+revision 5 GETS and PUTS, with typed errors."""
 
 from __future__ import annotations
 
@@ -14,17 +15,22 @@ from typing import Protocol
 from ..errors import CorruptObject, MissingObject, PortalError, Refused, StoreFull, Unreachable, shown
 from ..keys import DeviceKey
 from ..protocol.edge import (
+    ALPN_BATCH,
+    MAX_BATCH,
     MAX_HAVE,
     MAX_VERIFY,
     Bitmap,
     Data,
     Failure,
     Get,
+    GetMany,
     Have,
     Hello,
     Message,
+    Objects,
     ProtocolError,
     Put,
+    PutMany,
     Stat,
     Status,
     Stored,
@@ -67,7 +73,12 @@ def parse_address(text: str, any_port: bool = False) -> tuple[str, int]:
     return host.strip("[]"), int(port)
 
 
+_NAMES: dict[type[Message], str] = {PutMany: "PUTS", GetMany: "GETS"}  # as docs/design.md names them
+
+
 class Transport(Protocol):
+    alpn: str  # the protocol revision the handshake agreed on
+
     async def request(self, message: Message) -> Message: ...
 
 
@@ -75,10 +86,15 @@ class EdgeClient:
     def __init__(self, transport: Transport, address: EdgeAddress) -> None:
         self.address = address
         self._transport = transport
-        self.requests: Counter[str] = Counter()  # requests sent, by kind (HELLO, GET, PUT, HAVE, VERIFY, STAT)
+        self.requests: Counter[str] = Counter()  # requests sent, by kind: HELLO, GET, PUT, GETS, PUTS, HAVE, ...
+
+    @property
+    def batches(self) -> bool:
+        """Whether the edge takes GETS and PUTS (revision 5): many objects in one request."""
+        return self._transport.alpn == ALPN_BATCH
 
     async def _ask(self, message: Message, expect: type[Message]) -> Message:
-        self.requests[type(message).__name__.upper()] += 1
+        self.requests[_NAMES.get(type(message)) or type(message).__name__.upper()] += 1
         try:
             answer = await self._transport.request(message)
         except ConnectionError as exc:
@@ -108,6 +124,36 @@ class EdgeClient:
         answer = await self._ask(Put(cid, bytes(data)), Stored)
         assert isinstance(answer, Stored)
         return answer.new
+
+    async def put_many(self, objects: Sequence[tuple[bytes, bytes]]) -> list[bool]:
+        """PUTS: store every (id, bytes) of ``objects`` (at most MAX_BATCH, within a frame), or none; whether
+        each was new to this identity there."""
+        answer = await self._ask(PutMany.of(objects), Bitmap)
+        assert isinstance(answer, Bitmap)
+        if answer.count != len(objects):
+            raise Unreachable(f"edge {self.address}: answer has {answer.count} bits for {len(objects)} objects")
+        return answer.flags()
+
+    async def get_many(self, cids: Sequence[bytes]) -> list[bytes | CorruptObject | None]:
+        """GETS: the objects of the first of ``cids`` (at most MAX_BATCH) that fit in one answer, each checked
+        against its id: None where the edge holds none, CorruptObject where its copy is damaged. The caller
+        asks again for the rest (the answer is shorter than ``cids`` when they did not fit)."""
+        if len(cids) > MAX_BATCH:
+            raise ValueError(f"GETS takes at most {MAX_BATCH} ids")
+        answer = await self._ask(GetMany(tuple(cids)), Objects)
+        assert isinstance(answer, Objects)
+        if not answer.sizes or len(answer.sizes) > len(cids):
+            raise Unreachable(f"edge {self.address}: answered {len(answer.sizes)} objects for {len(cids)} ids")
+        got: list[bytes | CorruptObject | None] = []
+        for cid, data in zip(cids, answer.objects(), strict=False):
+            if data is not None:
+                try:
+                    check_object(cid, data)  # an edge can withhold an object, never alter it
+                except CorruptObject as exc:
+                    got.append(CorruptObject(f"edge {self.address}: {exc}"))
+                    continue
+            got.append(data)
+        return got
 
     async def have(self, cids: Sequence[bytes]) -> list[bool]:
         """Whether the edge holds each id."""

@@ -12,21 +12,25 @@ from __future__ import annotations
 import logging
 import threading
 from collections import Counter, OrderedDict
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 from ..errors import CorruptObject, IntegrityError, MissingObject, StorageError, StoreFull
 from ..hub.client import Listed
 from ..keys import DeviceCertificate, verify_signature
 from ..protocol.edge import (
+    MAX_BODY,
     Bitmap,
     Data,
     Failure,
     Get,
+    GetMany,
     Have,
     Hello,
     Message,
+    Objects,
     Put,
+    PutMany,
     Stat,
     Status,
     Stored,
@@ -99,27 +103,31 @@ class QuotaBook:
             row = self._db.execute("SELECT bytes FROM usage WHERE identity = ?", (identity,)).fetchone()
         return row[0] if row else 0
 
-    def owns(self, identity: bytes, cid: bytes) -> bool:
+    def owned(self, identity: bytes, cids: Sequence[bytes]) -> list[bool]:
+        """Whether ``identity`` was charged for each of ``cids`` already."""
         with self._lock:
-            return (
+            return [
                 self._db.execute("SELECT 1 FROM owners WHERE cid = ? AND identity = ?", (cid, identity)).fetchone()
                 is not None
-            )
+                for cid in cids
+            ]
 
     def admits(self, identity: bytes, size: int) -> bool:
         return self.quota == 0 or self.usage(identity) + size <= self.quota
 
-    def charge(self, identity: bytes, cid: bytes, size: int) -> None:
+    def charge(self, identity: bytes, objects: Sequence[tuple[bytes, int]]) -> None:
+        """Charge ``identity`` once for each (id, size) it was not charged for yet, in one transaction."""
         with transaction(self._db, self._lock) as db:
-            inserted = db.execute(
-                "INSERT OR IGNORE INTO owners (cid, identity, size) VALUES (?, ?, ?)", (cid, identity, size)
-            ).rowcount
-            if inserted:
-                db.execute(
-                    "INSERT INTO usage (identity, bytes) VALUES (?, ?) "
-                    "ON CONFLICT (identity) DO UPDATE SET bytes = bytes + excluded.bytes",
-                    (identity, size),
-                )
+            for cid, size in objects:
+                inserted = db.execute(
+                    "INSERT OR IGNORE INTO owners (cid, identity, size) VALUES (?, ?, ?)", (cid, identity, size)
+                ).rowcount
+                if inserted:
+                    db.execute(
+                        "INSERT INTO usage (identity, bytes) VALUES (?, ?) "
+                        "ON CONFLICT (identity) DO UPDATE SET bytes = bytes + excluded.bytes",
+                        (identity, size),
+                    )
 
     def release(self, cid: bytes) -> None:
         """Forget every owner of ``cid`` (the object was deleted)."""
@@ -302,6 +310,8 @@ class EdgeService:
         except StorageError as exc:
             log.error("store: %s", exc)
             return Failure("internal", "the edge could not use its store")
+        except _Refusal as exc:
+            return Failure(exc.code, str(exc))
         finally:
             with self._lock:
                 self._in_flight -= 1
@@ -314,7 +324,11 @@ class EdgeService:
         if isinstance(request, Verify):
             return self._held(request.cids, self.check(request.cids))
         if isinstance(request, Put):
-            return self._put(identity, request)
+            return Stored(self._put(identity, [(request.cid, request.data)])[0])
+        if isinstance(request, PutMany):
+            return Bitmap.from_flags(self._put(identity, request.objects()))
+        if isinstance(request, GetMany):
+            return self.objects(request.cids, self._read_checked)
         if isinstance(request, Stat):
             stat = self.store.stat()
             capacity = max(0, self.capacity - stat.bytes) if self.capacity else 0
@@ -323,22 +337,61 @@ class EdgeService:
             return Status(capacity, stat.bytes, stat.objects, load, self.quotas.quota, self.quotas.usage(identity))
         return Failure("malformed", f"{type(request).__name__} is not a request")
 
-    def _put(self, identity: bytes, request: Put) -> Message:
+    def _put(self, identity: bytes, objects: list[tuple[bytes, bytes]]) -> list[bool]:
+        """Store ``objects`` (a PUT's one, a PUTS's many) durably and charge ``identity`` for those new to it;
+        whether each was new. Every id is checked first: one wrong id and nothing is stored (bad-object), one
+        past the quota or the capacity and nothing is stored either (quota, full)."""
         if not self.accepting:
-            return Failure("unavailable", "the edge is shutting down")
-        check_object(request.cid, request.data)  # a wrong id is refused before anything else
-        self._pardon(request.cid)  # a device counts on it from now on: garbage no more
-        size = len(request.data)
-        if self.quotas.owns(identity, request.cid):
-            return Stored(False)
+            raise _Refusal("unavailable", "the edge is shutting down")
+        for cid, data in objects:
+            check_object(cid, data)  # a wrong id is refused before anything else
+        for cid, _ in objects:
+            self._pardon(cid)  # a device counts on it from now on: garbage no more
+        owned = self.quotas.owned(identity, [cid for cid, _ in objects])
+        new = [(cid, data) for (cid, data), held in zip(objects, owned, strict=True) if not held]
+        size = sum(len(data) for _, data in new)
+        if not new:
+            return [False] * len(objects)
         if not self.quotas.admits(identity, size):
-            return Failure("quota", f"storing {size} bytes would exceed this identity's quota of {self.quotas.quota}")
+            raise _Refusal("quota", f"storing {size} bytes would exceed this identity's quota of {self.quotas.quota}")
         if self.capacity and self.store.stat().bytes + size > self.capacity:
-            return Failure("full", "the edge has reached its capacity")
-        new = self.store.put(request.cid, request.data, verify=False)  # checked above
-        self._group_sync.wait()
-        self.quotas.charge(identity, request.cid, size)
-        return Stored(new)
+            raise _Refusal("full", "the edge has reached its capacity")
+        for cid, data in new:
+            self.store.put(cid, data, durable=False, verify=False)  # checked above; durable below
+        self._group_sync.wait()  # one flush for every PUT waiting now
+        self.quotas.charge(identity, [(cid, len(data)) for cid, data in new])
+        return [not held for held in owned]
+
+    def objects(self, cids: tuple[bytes, ...], cached: Callable[[bytes], bytes | bytearray | None]) -> Objects:
+        """GETS's answer: each object ``cached`` gives (or an empty part where the edge holds none, or a damaged
+        one it removed), in order, until the next would take the body past MAX_BODY."""
+        parts: list[bytes | bytearray] = []
+        total = 0
+        for cid in cids:
+            data = cached(cid)
+            if total + len(data or b"") > MAX_BODY:
+                break
+            parts.append(data or b"")
+            total += len(data or b"")
+        return Objects(tuple(map(len, parts)), b"".join(parts))
+
+    def _read_checked(self, cid: bytes) -> bytes | None:
+        """A stored object hashed against its id; None where the edge holds none or removed a damaged one."""
+        with self._gc_lock:
+            if cid in self._condemned:
+                return None
+        try:
+            return self.read_back(cid)
+        except (MissingObject, CorruptObject):
+            return None
+
+
+class _Refusal(Exception):
+    """A request refused whole: its FAILURE's code and message."""
+
+    def __init__(self, code: str, message: str) -> None:
+        super().__init__(message)
+        self.code = code
 
 
 class EdgeSession:
@@ -357,15 +410,21 @@ class EdgeSession:
         self.device: bytes | None = None  # the device the HELLO proved
 
     def handle_nowait(self, request: Message) -> Message | None:
-        """The answer if it needs neither a disk nor much CPU (a GET of an object in the page cache); else None.
-
-        For the event loop: ``handle`` on a worker thread answers the rest.
-        """
-        if self.identity is None or not isinstance(request, Get) or not self._still_active():
+        """The answer if it needs neither a disk nor much CPU (a GET, or a GETS, of objects in the page cache);
+        else None. For the event loop: ``handle`` on a worker thread answers the rest."""
+        if self.identity is None or not isinstance(request, Get | GetMany) or not self._still_active():
             return None
         store = self.service.store
-        data = store.read_cached(request.cid) if isinstance(store, CachedReads) else None
-        return None if data is None else Data(data)  # unchecked: the reader checks it (docs/design.md, 12)
+        if not isinstance(store, CachedReads):
+            return None
+        # unchecked: the reader checks them (docs/design.md, 12)
+        if isinstance(request, Get):
+            data = store.read_cached(request.cid)
+            return None if data is None else Data(data)
+        found = {cid: store.read_cached(cid) for cid in request.cids}
+        if any(data is None for data in found.values()):
+            return None
+        return self.service.objects(request.cids, found.__getitem__)
 
     def handle(self, request: Message, now_ns: int) -> Message:
         if isinstance(request, Hello):

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import logging
 import threading
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from typing import Any
 
 from ..errors import CorruptObject, MissingObject
@@ -98,16 +98,23 @@ class FabricStore:
         if record and self.cache is not None:
             self.cache.fetched(cid, len(data))
 
-    def prefetch(self, cids: Sequence[bytes], priority: Priority = Priority.READAHEAD, pinned: bool = False) -> int:
+    def prefetch(
+        self,
+        cids: Sequence[bytes],
+        priority: Priority = Priority.READAHEAD,
+        sizes: Mapping[bytes, int] | None = None,
+        pinned: bool = False,
+    ) -> int:
         """Fetch, in parallel, those of ``cids`` not held locally; return how many that was.
 
+        ``sizes``: the bytes expected of some (a ref's plaintext length), for the scheduler's plan.
         ``pinned``: kept for good, never dropped by the cache (what a mount reads on its event loop).
         """
         with self._lock:
             wanted = [c for c in dict.fromkeys(cids) if c not in self._held]
         missing = [c for c, held in zip(wanted, self.local.has(wanted), strict=True) if not held]
         if missing:
-            fetched = self.swarm.get_many(missing, priority)
+            fetched = self.swarm.get_many(missing, priority, sizes)
             if self.keep:
                 for cid, data in fetched.items():
                     self._keep(cid, data, record=not pinned)
@@ -156,6 +163,8 @@ def fetch_directories(view: PortalView, root: Entry) -> int:
     while level:
         refs = [entry.node for entry in level if entry.node is not None and entry.node.cid not in seen]
         seen.update(ref.cid for ref in refs)
-        fetched += store.prefetch([ref.cid for ref in refs], Priority.FOREGROUND, pinned=True)
+        fetched += store.prefetch(
+            [ref.cid for ref in refs], Priority.FOREGROUND, {ref.cid: ref.length for ref in refs}, pinned=True
+        )
         level = [child for ref in refs for child in decode_dir(view.load_node(ref)) if child.is_dir]
     return fetched

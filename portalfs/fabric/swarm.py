@@ -11,10 +11,13 @@ from the edges that hold the id (the hub's locations, else every edge) and
 what each edge's answers showed, keeps each edge's window full, the most
 urgent requests first, fails over at once when a copy fails or is late, and
 duplicates the last ones near the end. The swarm carries out its actions: a
-copy is a task, and the first copy of a request to arrive wins. A PUT goes
-to ``replicas`` edges chosen by rendezvous hashing weighted by each edge's
+copy is a task, and the first copy of a request to arrive wins; the copies of
+small objects sent to one edge at once go in one GETS. An object goes to
+``replicas`` edges chosen by rendezvous hashing weighted by each edge's
 upload rate (``placement``: stable per id, spread across edges in
-proportion to what each takes in), skipping edges that already hold it.
+proportion to what each takes in), skipping edges that already hold it; the
+objects bound for one edge go many to a request (PUTS) where it speaks
+revision 5 of the protocol.
 """
 
 from __future__ import annotations
@@ -25,8 +28,8 @@ import os
 import sqlite3
 import statistics
 import time
-from collections import Counter
-from collections.abc import Callable, Iterable, Sequence
+from collections import Counter, deque
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import date
 from typing import Any
@@ -38,6 +41,7 @@ from ..backoff import Backoff
 from ..edge.client import EdgeAddress, EdgeClient, connect_edge
 from ..errors import CorruptObject, MissingObject, PortalError, Unreachable
 from ..keys import DeviceKey
+from ..protocol.edge import MAX_BATCH, MAX_BODY
 from ..runtime import Runtime, current
 from ..sched.actions import Action, Cancel, Request, Send
 from ..sched.estimators import Throughput
@@ -53,7 +57,10 @@ log = logging.getLogger("portal.swarm")
 RETRY_DOWN_SECONDS = 5.0  # an edge that failed to connect is not tried again for this long,
 RETRY_DOWN_MAX = 300.0  # doubling with each failure in a row up to this
 EDGE_BACKOFF = Backoff(RETRY_DOWN_SECONDS, RETRY_DOWN_MAX)
-CONCURRENT_PUTS = 16
+CONCURRENT_PUTS = 16  # requests of a push in flight at once, over every edge
+PUTS_PER_EDGE = 6  # of them, to one edge
+BATCH_BYTES = 1 << 20  # a PUTS carries objects until it holds this many bytes (or MAX_BATCH objects)
+BATCH_OBJECT = 256 * 1024  # a copy of an object expected to be this small goes with others to its edge (GETS)
 
 Locate = Callable[[list[bytes]], dict[bytes, list[bytes]]]
 Report = Callable[[bytes, list[bytes]], None]  # (edge key, ids of the damaged copies read from it)
@@ -387,17 +394,35 @@ class Swarm:
                 log.warning("could not report %d damaged copies on edge %s: %s", len(cids), key.hex()[:16], exc)
 
     def _act(self, actions: list[Action]) -> None:
-        """Carry out the scheduler's actions: a copy is a task of its own, a cancel cancels it."""
+        """Carry out the scheduler's actions: a copy is a task of its own, a cancel cancels it; the copies of
+        small objects sent to one edge at once go together (GETS), a task for each MAX_BATCH of them."""
         assert self._nursery is not None
+        together: dict[tuple[bytes, bool], list[Request]] = {}
         for action in actions:
             if isinstance(action, Send):
-                self._nursery.start_soon(self._copy, action.request, action.edge, action.why == "retry")
+                force = action.why == "retry"
+                if action.request.size <= BATCH_OBJECT and self._may_batch(action.edge):
+                    together.setdefault((action.edge, force), []).append(action.request)
+                else:
+                    self._nursery.start_soon(self._copy, action.request, action.edge, force)
             elif isinstance(action, Cancel):
                 scope = self._copies.pop((action.request, action.edge), None)
                 if scope is not None:
                     scope.cancel()
             else:
                 action.request.tag.give_up(action.request.cid, self._damage_seen, self._name)
+        for (key, force), requests in together.items():
+            if len(requests) == 1:
+                self._nursery.start_soon(self._copy, requests[0], key, force)
+                continue
+            for start in range(0, len(requests), MAX_BATCH):
+                self._nursery.start_soon(self._copy_batch, requests[start : start + MAX_BATCH], key, force)
+
+    def _may_batch(self, key: bytes) -> bool:
+        """Whether copies to edge ``key`` may go in GETS: it speaks revision 5, or is not connected yet (then
+        ``_copy_batch`` sends them one by one if it does not)."""
+        edge = self._edges.get(key)
+        return edge is None or edge.client is None or edge.client.batches
 
     async def _drive(self) -> None:
         """Tick the scheduler: at once when requests come, at the next deadline or hedge, every 50 ms while
@@ -412,35 +437,69 @@ class Swarm:
 
     async def _copy(self, request: Request, key: bytes, force: bool) -> None:
         """One copy of a request, to one edge; what became of it goes back to the scheduler."""
-        wanted: _Wanted = request.tag
-        cid = request.cid
         with trio.CancelScope() as scope:
             self._copies[(request, key)] = scope
             try:
                 client = await self._client(key, force)
                 await self._bandwidth(key, "down", request.size)
                 self._scheduler.started(request, key, trio.current_time())
-                data = await client.get(cid)
-                self._charge(key, "down", len(data) - request.size)
-            except MissingObject as exc:
-                wanted.failures.append(str(exc))
-                self.locations.forget(cid, key)
-                actions = self._scheduler.failed(request, key, trio.current_time())
-            except CorruptObject as exc:  # the edge's copy is damaged: the next replica
-                self._damage(key, cid, exc)
-                wanted.corrupt.append(str(exc))
-                actions = self._scheduler.failed(request, key, trio.current_time())
-            except PortalError as exc:  # unreachable, refused: the next replica
-                wanted.failures.append(str(exc))
-                if isinstance(exc, Unreachable):
-                    wanted.unreachable += 1
-                    self._drop(key)
-                actions = self._scheduler.failed(request, key, trio.current_time(), unreachable=True)
-            else:
-                actions = self._scheduler.answered(request, key, trio.current_time(), len(data))
-                wanted.arrived(data)
+                got: bytes | PortalError = await client.get(request.cid)
+            except PortalError as exc:
+                got = exc
             self._copies.pop((request, key), None)
+            self._act(self._settle(request, key, got))
+
+    async def _copy_batch(self, requests: list[Request], key: bytes, force: bool) -> None:
+        """Copies of several small requests to one edge, in GETS (asked again for what did not fit one answer);
+        each object's fate goes back to the scheduler as its own copy's would. A Cancel does not reach them:
+        they are answered together, and a copy answered after its request was done counts as duplicate."""
+        assert self._nursery is not None
+        left = list(requests)
+        try:
+            client = await self._client(key, force)
+            if not client.batches:  # an edge of an earlier revision: one copy a request
+                for request in left:
+                    self._nursery.start_soon(self._copy, request, key, force)
+                return
+            await self._bandwidth(key, "down", sum(r.size for r in left))
+            self._scheduler.started_together(left, key, trio.current_time())
+            while left:
+                got = await client.get_many([r.cid for r in left])
+                actions = []
+                for request, data in zip(left, got, strict=False):
+                    missing = MissingObject(f"edge {client.address}: no such object")
+                    actions += self._settle(request, key, missing if data is None else data)
+                left = left[len(got) :]
+                self._act(actions)
+        except PortalError as exc:
+            actions = []
+            for request in left:
+                actions += self._settle(request, key, exc)
             self._act(actions)
+
+    def _settle(self, request: Request, key: bytes, got: bytes | PortalError) -> list[Action]:
+        """Tell the scheduler what became of a copy of ``request`` on edge ``key``: its bytes, or why not."""
+        wanted: _Wanted = request.tag
+        cid = request.cid
+        now = trio.current_time()
+        if isinstance(got, MissingObject):
+            wanted.failures.append(str(got))
+            self.locations.forget(cid, key)
+            return self._scheduler.failed(request, key, now)
+        if isinstance(got, CorruptObject):  # the edge's copy is damaged: the next replica
+            self._damage(key, cid, got)
+            wanted.corrupt.append(str(got))
+            return self._scheduler.failed(request, key, now)
+        if isinstance(got, PortalError):  # unreachable, refused: the next replica
+            wanted.failures.append(str(got))
+            if isinstance(got, Unreachable):
+                wanted.unreachable += 1
+                self._drop(key)
+            return self._scheduler.failed(request, key, now, unreachable=True)
+        self._charge(key, "down", len(got) - request.size)
+        actions = self._scheduler.answered(request, key, now, len(got))
+        wanted.arrived(got)
+        return actions
 
     def _name(self, key: bytes) -> str:
         address = next((a for a in self.addresses if a.key == key), None)
@@ -450,7 +509,14 @@ class Swarm:
         """Fetch one object from the fabric (blocking; from a worker thread, not the loop)."""
         return self.get_many([cid], priority)[cid]
 
-    def get_many(self, cids: Sequence[bytes], priority: Priority = Priority.FOREGROUND) -> dict[bytes, bytes]:
+    def get_many(
+        self,
+        cids: Sequence[bytes],
+        priority: Priority = Priority.FOREGROUND,
+        sizes: Mapping[bytes, int] | None = None,
+    ) -> dict[bytes, bytes]:
+        """Fetch ``cids`` (blocking; from a worker thread): ``sizes`` are the bytes expected of some (the
+        scheduler plans with them, and batches the small ones)."""
         located = self.locations.known(cids)
         unknown = [cid for cid in cids if cid not in located]
         if unknown and self._locate is not None:
@@ -462,19 +528,23 @@ class Swarm:
                 self.locations.learn(answer)
                 located.update(answer)
         try:
-            return self._run(self._get_many, list(cids), located, priority)  # type: ignore[no-any-return]
+            return self._run(self._get_many, list(cids), located, priority, sizes or {})  # type: ignore[no-any-return]
         finally:
             if self._damaged:
                 self.report_damage()
 
     async def _get_many(
-        self, cids: list[bytes], located: dict[bytes, list[bytes]] | None, priority: Priority
+        self,
+        cids: list[bytes],
+        located: dict[bytes, list[bytes]] | None,
+        priority: Priority,
+        sizes: Mapping[bytes, int],
     ) -> dict[bytes, bytes]:
         now = trio.current_time()
         wanted: dict[bytes, _Wanted] = {}
         for cid in cids:
             if cid not in wanted:
-                request = self._scheduler.add(cid, priority, (located or {}).get(cid), now)
+                request = self._scheduler.add(cid, priority, (located or {}).get(cid), now, sizes.get(cid, 0))
                 request.tag = wanted[cid] = _Wanted()
         self._wake.set()
         for one in wanted.values():
@@ -541,36 +611,72 @@ class Swarm:
         limit = trio.Semaphore(CONCURRENT_PUTS)
         copies = 0
         operators = {a.key: a.operator for a in self.addresses}
+        rates = self._upload_rates(keys)
+        ranked = {cid: placement(keys, cid, rates, operators, holders[cid]) for cid in cids}
+        failing: set[bytes] = set()  # edges that failed during this push: what they were to take goes on
 
-        async def place(cid: bytes) -> None:
+        def take(queue: deque[bytes], most: int) -> list[tuple[bytes, bytes]]:
+            """The next objects of ``queue`` for one request, read (on a worker thread): up to ``most`` of them
+            and about BATCH_BYTES, never past a frame."""
+            batch: list[tuple[bytes, bytes]] = []
+            size = 0
+            while len(batch) < most and size < BATCH_BYTES:
+                try:
+                    cid = queue.popleft()  # another task of the same edge takes from it too
+                except IndexError:
+                    break
+                data = objects(cid)
+                if batch and size + len(data) > MAX_BODY:
+                    queue.appendleft(cid)  # the next request's
+                    break
+                batch.append((cid, data))
+                size += len(data)
+            return batch
+
+        async def put_to(key: bytes, queue: deque[bytes]) -> None:
             nonlocal copies
-            ranked = placement(keys, cid, self._upload_rates(keys), operators, holders[cid])
-            async with limit:
-                data: bytes | None = None
-                for key in ranked:
-                    if len(holders[cid]) >= replicas:
-                        return
-                    if key in holders[cid]:
-                        continue
+            while queue and key not in failing:
+                async with limit:
                     try:
                         client = await self._client(key)
-                        if data is None:
-                            data = await trio.to_thread.run_sync(objects, cid)
-                        await self._bandwidth(key, "up", len(data))
+                        batch = await trio.to_thread.run_sync(take, queue, MAX_BATCH if client.batches else 1)
+                        if not batch:
+                            return
+                        size = sum(len(data) for _, data in batch)
+                        await self._bandwidth(key, "up", size)
                         sent = trio.current_time()
-                        await client.put(cid, data)
-                        self._scheduler.counted(key, len(data), trio.current_time())
-                        self._uploads.setdefault(key, Throughput()).sample(len(data), trio.current_time() - sent)
-                        holders[cid].add(key)
-                        copies += 1
+                        if client.batches:
+                            await client.put_many(batch)
+                        else:
+                            await client.put(*batch[0])
                     except PortalError as exc:
+                        failing.add(key)
                         failed(key, exc)
                         if isinstance(exc, Unreachable):
                             self._drop(key)
+                        return
+                    self._scheduler.counted(key, size, trio.current_time())
+                    self._uploads.setdefault(key, Throughput()).sample(size, trio.current_time() - sent)
+                    for cid, _ in batch:
+                        holders[cid].add(key)
+                    copies += len(batch)
 
-        async with trio.open_nursery() as nursery:
+        for _round in keys:  # what an edge that failed was to take goes to the next edge of each id's ranking
+            queues: dict[bytes, deque[bytes]] = {}
             for cid in cids:
-                nursery.start_soon(place, cid)
+                need = replicas - len(holders[cid])
+                for key in ranked[cid]:
+                    if need <= 0:
+                        break
+                    if key not in holders[cid] and key not in failing:
+                        queues.setdefault(key, deque()).append(cid)
+                        need -= 1
+            if not queues:
+                break
+            async with trio.open_nursery() as nursery:
+                for key, queue in queues.items():
+                    for _ in range(PUTS_PER_EDGE):
+                        nursery.start_soon(put_to, key, queue)
         lost = [cid for cid, held in holders.items() if not held]
         if lost:
             why = edges_down(down) or "no edge took them"
@@ -598,8 +704,8 @@ class Swarm:
         return {k: r for k, r in rates.items() if r}
 
     def statistics(self) -> dict[str, int]:
-        """The requests this swarm sent to edges so far, by kind (HELLO, GET, PUT, HAVE, VERIFY, STAT), and the
-        ids it asked about ("HAVE ids", "VERIFY ids")."""
+        """The requests this swarm sent to edges so far, by kind (HELLO, GET, PUT, GETS, PUTS, HAVE, VERIFY,
+        STAT), and the ids it asked about ("HAVE ids", "VERIFY ids")."""
         return self._run(self._statistics)  # type: ignore[no-any-return]
 
     async def _statistics(self) -> dict[str, int]:

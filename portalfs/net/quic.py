@@ -16,7 +16,7 @@ import logging
 import os
 import socket
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from types import ModuleType
@@ -25,7 +25,7 @@ from typing import Any
 import blake3
 import trio
 
-from ..protocol.edge import ALPN, FrameReader, Message, RemoteProtocolError, encode_message
+from ..protocol.edge import ALPNS, FrameReader, Message, RemoteProtocolError, encode_message
 from ..protocol.session import Outstanding, Session
 from . import Connections, one_error
 from .tcp import HandshakeTimeout, PendingAnswer, TransportError
@@ -53,10 +53,11 @@ class Backend:
     ConnectionError: type[Exception]  # what the connection raises when used after it closed
     encode_quic_retry: Callable[..., bytes]
 
-    def configuration(self, *, is_client: bool) -> Any:
+    def configuration(self, *, is_client: bool, offer: Sequence[str] = ALPNS) -> Any:
+        """A connection's; a client offers the protocol revisions in ``offer``, a server picks the newest."""
         config = self.QuicConfiguration(
             is_client=is_client,
-            alpn_protocols=[ALPN],
+            alpn_protocols=list(offer),
             max_datagram_size=DATAGRAM_SIZE,
             idle_timeout=30.0,
         )
@@ -369,6 +370,7 @@ class QuicClient:
         self._handshake = trio.Event()
         self._failed: BaseException | None = None
         self._slots = trio.Semaphore(CONCURRENT_REQUESTS)
+        self.alpn = ""  # the protocol revision the handshake agreed on
 
     async def request(self, message: Message) -> Message:
         async with self._slots:
@@ -415,6 +417,7 @@ class QuicClient:
                 self._conn.handle_timer(now)
             while (event := self._conn.next_event()) is not None:
                 if isinstance(event, events.HandshakeCompleted):
+                    self.alpn = event.alpn_protocol or ""
                     self._handshake.set()
                 elif isinstance(event, events.StreamDataReceived):
                     try:
@@ -441,7 +444,13 @@ class QuicClient:
 
 @asynccontextmanager
 async def open_quic(
-    host: str, port: int, edge_key: bytes, *, quic: Backend | None = None, timeout: float = 10.0
+    host: str,
+    port: int,
+    edge_key: bytes,
+    *,
+    quic: Backend | None = None,
+    timeout: float = 10.0,
+    offer: Sequence[str] = ALPNS,
 ) -> AsyncIterator[QuicClient]:
     quic = quic or backend()
     peer = f"{host}:{port}"
@@ -452,7 +461,7 @@ async def open_quic(
     family, _, _, _, addr = infos[0]
     sock = _udp_socket(family)
     sock.connect(addr)  # one peer: a refusal (ICMP port unreachable) ends the handshake at once, not at the timeout
-    config = quic.configuration(is_client=True)
+    config = quic.configuration(is_client=True, offer=offer)
     config.verify_mode = 0  # ssl.CERT_NONE: the pin is checked below
     config.server_name = "portal-edge"
     connection = quic.QuicConnection(configuration=config)

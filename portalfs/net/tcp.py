@@ -23,7 +23,7 @@ from __future__ import annotations
 import logging
 import socket
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Sequence
 from contextlib import asynccontextmanager
 
 import trio
@@ -31,7 +31,15 @@ from cryptography import x509
 from OpenSSL import SSL
 
 from ..keys import DeviceKey
-from ..protocol.edge import FRAME_HEAD, Message, RemoteProtocolError, encode_frame, parse_frame_head, parse_message
+from ..protocol.edge import (
+    ALPNS,
+    FRAME_HEAD,
+    Message,
+    RemoteProtocolError,
+    encode_frame,
+    parse_frame_head,
+    parse_message,
+)
 from ..protocol.session import Outstanding, Session
 from . import Connections, one_error
 from .tls import EdgeKey, certificate_key, check_pin, client_context, server_context
@@ -91,6 +99,11 @@ class TlsChannel(trio.abc.AsyncResource):
 
     def peer_certificate(self) -> x509.Certificate | None:
         return self._tls.get_peer_certificate(as_cryptography=True)
+
+    @property
+    def alpn(self) -> str:
+        """The protocol revision the handshake agreed on (docs/design.md, section 12)."""
+        return self._tls.get_alpn_proto_negotiated().decode("ascii", "replace")
 
     @property
     def peer(self) -> str:
@@ -322,6 +335,7 @@ class TcpConnection:
 
     def __init__(self, stream: TlsChannel, peer: str) -> None:
         self.peer = peer
+        self.alpn = stream.alpn
         self._stream = stream
         self._send_lock = trio.Lock()
         self._outstanding: Outstanding[PendingAnswer] = Outstanding(ordered=True)  # answers come in order
@@ -364,11 +378,18 @@ class TcpConnection:
 
 @asynccontextmanager
 async def open_tcp(
-    host: str, port: int, edge_key: bytes, device: DeviceKey, *, timeout: float = HANDSHAKE_SECONDS
+    host: str,
+    port: int,
+    edge_key: bytes,
+    device: DeviceKey,
+    *,
+    timeout: float = HANDSHAKE_SECONDS,
+    offer: Sequence[str] = ALPNS,
 ) -> AsyncIterator[TcpConnection]:
-    """A TLS connection to the edge at host:port whose key is ``edge_key``, as ``device`` (its certificate)."""
+    """A TLS connection to the edge at host:port whose key is ``edge_key``, as ``device`` (its certificate),
+    offering the protocol revisions in ``offer``."""
     peer = f"{host}:{port}"
-    tls = await _connect(host, port, client_context(device.signing_key), timeout)
+    tls = await _connect(host, port, client_context(device.signing_key, offer), timeout)
     try:
         check_pin(tls.peer_certificate(), edge_key, peer)
         connection = TcpConnection(tls, peer)

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import datetime
 import os
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -31,10 +32,9 @@ from OpenSSL import SSL
 from ..errors import IntegrityError
 from ..fsutil import write_atomic
 from ..keys import public_bytes
+from ..protocol.edge import ALPNS
 
-__all__ = ["ALPN", "EdgeKey", "certificate_key", "check_pin", "server_context", "client_context", "PinMismatch"]
-
-ALPN = b"portal/1"
+__all__ = ["EdgeKey", "certificate_key", "check_pin", "server_context", "client_context", "PinMismatch"]
 
 
 class PinMismatch(IntegrityError):
@@ -112,7 +112,8 @@ def _any_certificate(connection: SSL.Connection, cert: object, errno: int, depth
 
 
 def _select_alpn(connection: SSL.Connection, offered: list[bytes]) -> Any:  # bytes, or pyOpenSSL's "none" sentinel
-    return ALPN if ALPN in offered else SSL.NO_OVERLAPPING_PROTOCOLS
+    """The newest revision of the protocol the device offers (docs/design.md, section 12)."""
+    return next((name.encode() for name in ALPNS if name.encode() in offered), SSL.NO_OVERLAPPING_PROTOCOLS)
 
 
 def _context(private: Ed25519PrivateKey, certificate: x509.Certificate) -> SSL.Context:
@@ -134,8 +135,9 @@ def server_context(key: EdgeKey) -> SSL.Context:
     return context
 
 
-def client_context(device: Ed25519PrivateKey) -> SSL.Context:
-    """A device's: a certificate for its own key; no CA and no host name (the edge's key is pinned)."""
+def client_context(device: Ed25519PrivateKey, offer: Sequence[str] = ALPNS) -> SSL.Context:
+    """A device's: a certificate for its own key; no CA and no host name (the edge's key is pinned). It offers
+    the protocol revisions in ``offer`` (every one it speaks)."""
     context = _context(device, self_signed(device, "device"))
-    context.set_alpn_protos([ALPN])
+    context.set_alpn_protos([name.encode() for name in offer])
     return context

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import struct
 from collections import deque
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any, ClassVar
 
@@ -25,6 +26,9 @@ from .. import encoding
 
 __all__ = [
     "ALPN",
+    "ALPN_BATCH",
+    "ALPNS",
+    "MAX_BATCH",
     "MAX_BODY",
     "MAX_HAVE",
     "MAX_VERIFY",
@@ -38,6 +42,9 @@ __all__ = [
     "Get",
     "Put",
     "Have",
+    "PutMany",
+    "GetMany",
+    "Objects",
     "Stat",
     "Welcome",
     "Data",
@@ -55,7 +62,9 @@ __all__ = [
     "hello_message",
 ]
 
-ALPN = "portal/1"
+ALPN = "portal/1"  # revisions 1 to 4
+ALPN_BATCH = "portal/1.5"  # revision 5: PUT and GET of many objects in one request (PUTS, GETS)
+ALPNS = (ALPN_BATCH, ALPN)  # what a device offers and an edge picks from, newest first
 
 # kind:u8 || header_len:u32be || body_len:u32be
 FRAME_HEAD = struct.Struct(">BII")
@@ -63,6 +72,7 @@ MAX_HEADER = 256 * 1024  # bytes of CBOR header (a HAVE of MAX_HAVE ids fits)
 MAX_BODY = 8 * 1024 * 1024  # bytes of object body (a sealed 4 MiB chunk plus overhead fits)
 MAX_HAVE = 4096  # ids in one HAVE
 MAX_VERIFY = 256  # ids in one VERIFY (the edge reads each: up to 256 MiB of objects)
+MAX_BATCH = 256  # objects in one PUTS or GETS (their bytes within MAX_BODY)
 DOMAIN_HELLO = b"portal edge hello v1\x00"
 
 ERROR_CODES = frozenset(
@@ -219,6 +229,65 @@ class Verify(Message):
         return cls(_cid_list(h, MAX_VERIFY, "VERIFY"))
 
 
+def _sizes(value: Any, count: int) -> tuple[int, ...]:
+    if not isinstance(value, list) or len(value) > count:
+        raise ValueError(f"at most {count} sizes")
+    return tuple(_uint(size) for size in value)
+
+
+@dataclass(frozen=True, slots=True)
+class PutMany(Message):
+    """PUTS: objects stored together, their bytes one after the other in the body (revision 5)."""
+
+    KIND: ClassVar[int] = 0x07
+    FIELDS: ClassVar[tuple[str, ...]] = ("cids", "sizes")
+    HAS_BODY: ClassVar[bool] = True
+    cids: tuple[bytes, ...]
+    sizes: tuple[int, ...]
+    data: bytes | bytearray
+
+    @classmethod
+    def of(cls, objects: Sequence[tuple[bytes, bytes]]) -> PutMany:
+        return cls(tuple(c for c, _ in objects), tuple(len(d) for _, d in objects), b"".join(d for _, d in objects))
+
+    def header(self) -> dict[str, Any]:
+        return {"cids": list(self.cids), "sizes": list(self.sizes)}
+
+    @property
+    def body(self) -> bytes | bytearray:
+        return self.data
+
+    def objects(self) -> list[tuple[bytes, bytes]]:
+        return list(zip(self.cids, _split(self.data, self.sizes), strict=True))
+
+    @classmethod
+    def check(cls, h: dict[str, Any], body: bytes) -> PutMany:
+        cids = _cid_list(h, MAX_BATCH, "PUTS")
+        sizes = _sizes(h["sizes"], MAX_BATCH)
+        if not cids or len(sizes) != len(cids) or sum(sizes) != len(body):
+            raise ValueError("PUTS needs one size per id, and the sizes add up to the body")
+        return cls(cids, sizes, body)
+
+
+@dataclass(frozen=True, slots=True)
+class GetMany(Message):
+    """GETS: objects read together (revision 5); answered by OBJECTS."""
+
+    KIND: ClassVar[int] = 0x08
+    FIELDS: ClassVar[tuple[str, ...]] = ("cids",)
+    cids: tuple[bytes, ...]
+
+    def header(self) -> dict[str, Any]:
+        return {"cids": list(self.cids)}
+
+    @classmethod
+    def check(cls, h: dict[str, Any]) -> GetMany:
+        cids = _cid_list(h, MAX_BATCH, "GETS")
+        if not cids:
+            raise ValueError("GETS asks for one id at least")
+        return cls(cids)
+
+
 @dataclass(frozen=True, slots=True)
 class Stat(Message):
     KIND: ClassVar[int] = 0x05
@@ -299,6 +368,44 @@ class Bitmap(Message):
 
 
 @dataclass(frozen=True, slots=True)
+class Objects(Message):
+    """GETS's answer: ``sizes[i]`` bytes of the body are the i-th id's object, 0 where the edge holds none;
+    fewer sizes than ids asked when the rest would take the body past MAX_BODY (the device asks again)."""
+
+    KIND: ClassVar[int] = 0x86
+    FIELDS: ClassVar[tuple[str, ...]] = ("sizes",)
+    HAS_BODY: ClassVar[bool] = True
+    sizes: tuple[int, ...]
+    data: bytes | bytearray
+
+    def header(self) -> dict[str, Any]:
+        return {"sizes": list(self.sizes)}
+
+    @property
+    def body(self) -> bytes | bytearray:
+        return self.data
+
+    def objects(self) -> list[bytes | None]:
+        return [part or None for part in _split(self.data, self.sizes)]
+
+    @classmethod
+    def check(cls, h: dict[str, Any], body: bytes) -> Objects:
+        sizes = _sizes(h["sizes"], MAX_BATCH)
+        if sum(sizes) != len(body):
+            raise ValueError("the sizes do not add up to the body")
+        return cls(sizes, body)
+
+
+def _split(data: bytes | bytearray, sizes: Sequence[int]) -> list[bytes]:
+    view = memoryview(data)
+    parts, at = [], 0
+    for size in sizes:
+        parts.append(bytes(view[at : at + size]))
+        at += size
+    return parts
+
+
+@dataclass(frozen=True, slots=True)
 class Status(Message):
     KIND: ClassVar[int] = 0x85
     FIELDS: ClassVar[tuple[str, ...]] = ("capacity", "used", "objects", "load", "quota", "usage")
@@ -329,9 +436,12 @@ class Failure(Message):
 
 
 _KINDS: dict[int, type[Message]] = {
-    cls.KIND: cls for cls in (Hello, Get, Put, Have, Verify, Stat, Welcome, Data, Stored, Bitmap, Status, Failure)
-}
-REQUESTS = frozenset({Hello, Get, Put, Have, Verify, Stat})
+    cls.KIND: cls
+    for cls in (
+        Hello, Get, Put, Have, Verify, PutMany, GetMany, Stat, Welcome, Data, Stored, Bitmap, Objects, Status, Failure
+    )
+}  # fmt: skip
+REQUESTS = frozenset({Hello, Get, Put, Have, Verify, PutMany, GetMany, Stat})
 
 
 def encode_message(message: Message) -> bytes:

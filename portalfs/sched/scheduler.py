@@ -25,8 +25,9 @@ from __future__ import annotations
 
 import itertools
 import math
+import statistics
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import numpy as np
@@ -59,6 +60,7 @@ class _Edge:
         self.limits = EdgeLimits()
         self.down_until = 0.0
         self.in_flight: set[Request] = set()
+        self.flight = 0  # bytes of the copies in flight there
         self.durations: deque[float] = deque(maxlen=64)
         self.bytes = 0  # answered
         self.day = (-1, 0)  # (day number, bytes this process moved that day)
@@ -83,7 +85,7 @@ class _Edge:
 
     def queued(self) -> int:
         """Bytes of the copies in flight there."""
-        return sum(r.size for r in self.in_flight)
+        return self.flight
 
     def today(self, day: int) -> int:
         """Bytes moved with it on ``day`` (toward its daily cap): by this process, and by the device's others as
@@ -107,8 +109,9 @@ class _Edge:
         return min(self.latencies) if self.latencies else DEFAULT_RTT
 
     def window(self, fallback: float) -> int:
-        """Requests it may have in flight: one until it has answered (a probe: a slow edge is not handed a
-        queue before its rate is known), then its bandwidth-delay product in requests plus WINDOW_EXTRA."""
+        """Typical objects' worth of bytes it may have in flight: one until it has answered (a probe: a slow
+        edge is not handed a queue before its rate is known), then its bandwidth-delay product plus
+        WINDOW_EXTRA. In bytes, so that small objects go many at a time (and together: GETS)."""
         if self.estimate.throughput.bytes_per_second is None:
             return 1
         bdp = self.rate(fallback) * self.latency() / TYPICAL_OBJECT
@@ -187,7 +190,7 @@ class Scheduler:
     def _fallback_rate(self) -> float:
         known = [e.estimate.throughput.bytes_per_second for e in self._edges]
         rates = [r for r in known if r]
-        return float(np.median(rates)) if rates else DEFAULT_RATE
+        return float(statistics.median(rates)) if rates else DEFAULT_RATE
 
     # the tick
 
@@ -229,10 +232,12 @@ class Scheduler:
             ready = advance(edges, tick).ready.astype(np.float64)
 
     def _room(self, edge: _Edge, priority: int, fallback: float) -> bool:
-        window = edge.window(fallback) + (URGENT_EXTRA if priority == Priority.FOREGROUND else 0)
-        return len(edge.in_flight) < window and len(self._in_flight) < MAX_IN_FLIGHT + URGENT_EXTRA * (
-            priority == Priority.FOREGROUND
-        )
+        """Whether ``edge`` may take another copy: its bytes in flight are under its window, and the device's
+        under MAX_IN_FLIGHT typical objects (a read that waits may go URGENT_EXTRA past either)."""
+        extra = URGENT_EXTRA if priority == Priority.FOREGROUND else 0
+        if edge.flight >= (edge.window(fallback) + extra) * TYPICAL_OBJECT:
+            return False
+        return sum(e.flight for e in self._edges) < (MAX_IN_FLIGHT + extra) * TYPICAL_OBJECT
 
     def _fill(self, now: float) -> list[Action]:
         """Send planned requests, most urgent first, to their primaries while those have room; then let edges with
@@ -381,7 +386,9 @@ class Scheduler:
         self._unsent.pop(request, None)
         self._in_flight.add(request)
         request.copies[edge.index] = now
-        edge.in_flight.add(request)
+        if request not in edge.in_flight:
+            edge.in_flight.add(request)
+            edge.flight += request.size
         self.sends[why] = self.sends.get(why, 0) + 1
         return Send(request, edge.key, why)
 
@@ -390,7 +397,10 @@ class Scheduler:
         request.deadlines.pop(index, None)
         request.ahead.pop(index, None)
         request.late.discard(index)
-        self._edges[index].in_flight.discard(request)
+        edge = self._edges[index]
+        if request in edge.in_flight:
+            edge.in_flight.remove(request)
+            edge.flight -= request.size
 
     def started(self, request: Request, key: bytes, now: float) -> None:
         """The copy on ``key`` went out only now (it waited for a connection or a bandwidth limit): its
@@ -401,6 +411,19 @@ class Scheduler:
         waited = now - request.copies[edge.index]
         request.copies[edge.index] = now
         request.deadlines[edge.index] += waited
+
+    def started_together(self, requests: Sequence[Request], key: bytes, now: float) -> None:
+        """The copies of ``requests`` on ``key`` went out now in one request (GETS): they are answered together,
+        so each is late only when the last of them would be."""
+        for request in requests:
+            self.started(request, key, now)
+        edge = self._by_key.get(key)
+        if edge is None:
+            return
+        deadlines = [r.deadlines[edge.index] for r in requests if edge.index in r.deadlines]
+        for request in requests:
+            if edge.index in request.deadlines:
+                request.deadlines[edge.index] = max(deadlines)
 
     def answered(self, request: Request, key: bytes, now: float, size: int) -> list[Action]:
         edge = self._by_key.get(key)

@@ -31,7 +31,7 @@ Contract, checked for every implementation by tests/unit/test_store_conformance.
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from enum import IntEnum
 from typing import Protocol, runtime_checkable
@@ -92,9 +92,12 @@ class Priority(IntEnum):
 
 @runtime_checkable
 class Prefetching(Protocol):
-    """A store that fetches what it lacks from elsewhere: ``prefetch`` brings many ids in at once, in parallel."""
+    """A store that fetches what it lacks from elsewhere: ``prefetch`` brings many ids in at once, in parallel
+    (``sizes``: the bytes expected of some, which the fetch plans with)."""
 
-    def prefetch(self, cids: Sequence[bytes], priority: Priority = Priority.READAHEAD) -> int: ...
+    def prefetch(
+        self, cids: Sequence[bytes], priority: Priority = Priority.READAHEAD, sizes: Mapping[bytes, int] | None = None
+    ) -> int: ...
 
 
 def check_object(cid: bytes, data: bytes | bytearray) -> None:

@@ -11,12 +11,14 @@ import pytest
 import trio
 from OpenSSL import SSL
 
-from portalfs.edge.client import EdgeAddress, connect_edge
+from portalfs.edge.client import EdgeAddress, EdgeClient, connect_edge
 from portalfs.errors import CorruptObject, IntegrityError, MissingObject, Unreachable
 from portalfs.keys import DeviceKey, Identity
+from portalfs.net.quic import open_quic
 from portalfs.net.tcp import TlsChannel, TransportError, open_tcp, receive_message
 from portalfs.net.tls import client_context
 from portalfs.protocol.edge import (
+    ALPN,
     FRAME_HEAD,
     MAX_BODY,
     Failure,
@@ -83,6 +85,39 @@ async def test_put_get_have_stat_and_refusals_over_each_transport(edge: tuple[Se
         with pytest.raises(MissingObject):
             await client.get(missing)
         assert await client.have([missing]) == [False]  # the refused PUT stored nothing
+
+
+async def test_many_objects_go_in_one_request_where_the_edge_speaks_revision_5(
+    edge: tuple[Server, EdgeAddress],
+) -> None:
+    _, address = edge
+    device, cert = _device()
+    blobs = [os.urandom(1000 + i) for i in range(40)] + [os.urandom(3 * 1024 * 1024) for _ in range(3)]
+    cids = [object_id(b) for b in blobs]
+    async with connect_edge(address, device, cert) as client:
+        assert client.batches
+        assert await client.put_many(list(zip(cids[:40], blobs[:40], strict=True))) == [True] * 40
+        for cid, blob in zip(cids[40:], blobs[40:], strict=True):
+            await client.put(cid, blob)
+        missing = object_id(b"never stored")
+        wanted = [cids[3], missing, *cids[38:]]
+        got: list[object] = []
+        while len(got) < len(wanted):  # three large objects do not fit one answer: asked again for the rest
+            got += await client.get_many(wanted[len(got) :])
+        assert got == [blobs[3], None, *blobs[38:]]
+        assert client.requests["GETS"] >= 2 and client.requests["GET"] == 0
+
+    # a device of an earlier revision offers portal/1 alone: it is served one object a request
+    opened = (
+        open_tcp(address.host, address.port, address.key, device, offer=(ALPN,))
+        if address.transport == "tcp"
+        else open_quic(address.host, address.port, address.key, offer=(ALPN,))
+    )
+    async with opened as transport:
+        older = EdgeClient(transport, address)
+        await older.hello(device, cert)
+        assert not older.batches
+        assert await older.get(cids[5]) == blobs[5]
 
 
 async def test_an_object_damaged_on_the_edge_is_refused_by_the_reader(edge: tuple[Server, EdgeAddress]) -> None:

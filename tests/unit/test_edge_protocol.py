@@ -14,15 +14,19 @@ from portalfs.edge.service import EdgeService, EdgeSession, QuotaBook
 from portalfs.hub.client import Listed
 from portalfs.keys import DeviceKey, Identity
 from portalfs.protocol.edge import (
+    MAX_BATCH,
     MAX_BODY,
     Bitmap,
     Data,
     Failure,
     FrameReader,
     Get,
+    GetMany,
     Have,
     Hello,
+    Objects,
     Put,
+    PutMany,
     RemoteProtocolError,
     Stat,
     Status,
@@ -41,9 +45,12 @@ MESSAGES = [
     Get(os.urandom(32)),
     Put(os.urandom(32), os.urandom(1000)),
     Have(tuple(os.urandom(32) for _ in range(5))),
+    PutMany.of([(os.urandom(32), os.urandom(n)) for n in (10, 0, 300)]),
+    GetMany(tuple(os.urandom(32) for _ in range(3))),
     Stat(),
     Welcome(os.urandom(32)),
     Data(b"x" * 10),
+    Objects((3, 0, 2), b"abcde"),
     Stored(True),
     Bitmap.from_flags([True, False, True]),
     Status(1, 2, 3, 4, 5, 6),
@@ -95,6 +102,25 @@ def test_an_oversized_frame_is_refused_from_its_head_alone() -> None:
     reader.feed(bytes([Put.KIND]) + (40).to_bytes(4, "big") + (MAX_BODY + 1).to_bytes(4, "big"))
     with pytest.raises(RemoteProtocolError, match="too large"):
         reader.next_message()
+
+
+def test_batches_whose_sizes_do_not_add_up_or_that_are_too_long_are_refused() -> None:
+    ids = [os.urandom(32) for _ in range(MAX_BATCH + 1)]
+    bad = [
+        PutMany((ids[0], ids[1]), (3, 3), b"12345"),  # sizes add up to more than the body
+        PutMany((ids[0],), (2, 3), b"12345"),  # a size more than there are ids
+        PutMany((), (), b""),  # nothing to store
+        PutMany(tuple(ids), (1,) * len(ids), b"x" * len(ids)),  # past MAX_BATCH
+        GetMany(()),
+        GetMany(tuple(ids)),
+        Objects((4,), b"12345"),
+    ]
+    for message in bad:
+        frame = encode_message(message)
+        reader = FrameReader()
+        reader.feed(frame)
+        with pytest.raises(RemoteProtocolError):
+            reader.next_message()
 
 
 def test_bitmap_flags_round_trip() -> None:
@@ -235,6 +261,45 @@ def test_a_get_of_an_object_in_memory_is_answered_without_a_thread(tmp_path: Pat
     missing = os.urandom(32)
     assert s.handle_nowait(Get(missing)) is None  # the thread says not-found
     assert s.handle(Get(missing), time.time_ns()).code == "not-found"  # type: ignore[attr-defined]
+
+
+def test_puts_stores_every_object_or_none_and_gets_answers_each_in_order(tmp_path: Path) -> None:
+    f = Fixture(tmp_path, quota=50_000)
+    s = f.session()
+    s.handle(f.hello(), time.time_ns())
+    objects = [_obj(n) for n in (100, 7000, 1)]
+    held = objects[1]
+    assert s.handle(Put(*held), time.time_ns()) == Stored(True)
+    assert s.handle(PutMany.of(objects), time.time_ns()) == Bitmap.from_flags([True, False, True])
+    assert f.service.quotas.usage(f.identity.public) == 7101  # each charged once
+    missing = os.urandom(32)
+    answer = s.handle(GetMany((objects[2][0], missing, objects[0][0])), time.time_ns())
+    assert isinstance(answer, Objects)
+    assert answer.objects() == [objects[2][1], None, objects[0][1]]
+    # one wrong id in a batch and nothing of it is stored; past the quota, nothing either
+    fresh = [_obj(100), _obj(100)]
+    flawed = [fresh[0], (fresh[1][0], fresh[1][1][:-1] + b"?")]
+    assert s.handle(PutMany.of(flawed), time.time_ns()).code == "bad-object"  # type: ignore[attr-defined]
+    assert f.store.has([fresh[0][0]]) == [False]
+    large = [_obj(20_000), _obj(30_000)]
+    assert s.handle(PutMany.of(large), time.time_ns()).code == "quota"  # type: ignore[attr-defined]
+    assert f.store.has([cid for cid, _ in large]) == [False, False]
+
+
+def test_gets_stops_before_the_object_that_would_pass_a_frame(tmp_path: Path) -> None:
+    f = Fixture(tmp_path)
+    f.service.store = LocalStore(tmp_path / "store", small_max=0)  # an edge's layout
+    s = f.session()
+    s.handle(f.hello(), time.time_ns())
+    objects = [_obj(3 * 1024 * 1024) for _ in range(3)]
+    for cid, data in objects:
+        s.handle(Put(cid, data), time.time_ns())
+    ids = tuple(cid for cid, _ in objects)
+    in_memory = s.handle_nowait(GetMany(ids))  # just written: in the page cache, answered on the loop
+    from_disk = s.handle(GetMany(ids), time.time_ns())
+    for answer in (in_memory, from_disk):
+        assert isinstance(answer, Objects) and answer.objects() == [objects[0][1], objects[1][1]]
+    assert s.handle_nowait(GetMany((os.urandom(32),))) is None  # one not in memory: the thread answers
 
 
 def test_quota_refuses_past_the_limit_and_stores_nothing(tmp_path: Path) -> None:

@@ -64,7 +64,9 @@ class FakeSwarm:
         except KeyError:
             raise MissingObject(cid.hex()) from None
 
-    def get_many(self, cids: list[bytes], priority: Priority = Priority.FOREGROUND) -> dict[bytes, bytes]:
+    def get_many(
+        self, cids: list[bytes], priority: Priority = Priority.FOREGROUND, sizes: dict[bytes, int] | None = None
+    ) -> dict[bytes, bytes]:
         return {cid: self.get(cid) for cid in cids}
 
     def close(self) -> None:

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import os
 import threading
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 
 import pytest
@@ -37,7 +37,9 @@ class RemoteObjects:
             self.single.append(cid)
         return self.remote.get(cid)
 
-    def get_many(self, cids: Sequence[bytes], priority: Priority = Priority.FOREGROUND) -> dict[bytes, bytes]:
+    def get_many(
+        self, cids: Sequence[bytes], priority: Priority = Priority.FOREGROUND, sizes: Mapping[bytes, int] | None = None
+    ) -> dict[bytes, bytes]:
         with self._lock:
             self.batches.append(list(cids))
         return {cid: self.remote.get(cid) for cid in cids}
