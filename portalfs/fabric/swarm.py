@@ -79,10 +79,20 @@ class _Edge:
 USAGE_SECONDS = 2.0  # how often the bytes moved with each edge are shared with the device's other processes
 
 
-def _calendar(now: float) -> tuple[int, int]:
-    """The wall clock's (day number, local hour): an edge's daily cap and hours are in the user's time."""
-    local = time.localtime()
-    return date.today().toordinal(), local.tm_hour
+class _Calendar:
+    """The wall clock's (day number, local hour): an edge's daily cap and hours are in the user's time. Read
+    again once a second at most: the scheduler asks per request and edge it weighs."""
+
+    def __init__(self) -> None:
+        self._second = -1
+        self._value = (0, 0)
+
+    def __call__(self, now: float) -> tuple[int, int]:
+        second = int(time.time())
+        if second != self._second:
+            local = time.localtime(second)
+            self._second, self._value = second, (date(*local[:3]).toordinal(), local.tm_hour)
+        return self._value
 
 
 def placement(
@@ -199,7 +209,7 @@ class Swarm:
         from ..sched.gpu import choose  # noqa: PLC0415 - NumPy (and CuPy) only once a swarm is made
         from ..sched.scheduler import Scheduler  # noqa: PLC0415
 
-        self._scheduler = Scheduler(choose(os.environ.get("PORTAL_SCHEDULER", "auto")), calendar=_calendar)
+        self._scheduler = Scheduler(choose(os.environ.get("PORTAL_SCHEDULER", "auto")), calendar=_Calendar())
         self._scheduler.set_edges([a.key for a in self.addresses])
         self._copies: dict[tuple[Request, bytes], trio.CancelScope] = {}  # copies in flight
         self._wake = trio.Event()  # new requests: tick now

@@ -69,6 +69,7 @@ class _Edge:
         self.suspect = False  # a copy went past its deadline: nothing new is sent until it answers again
         self.busy: deque[tuple[float, int]] = deque(maxlen=DELIVERY_SPAN + 1)  # answers while busy: (when, bytes)
         self.latencies: deque[float] = deque(maxlen=64)  # response time less the bytes' own time at the rate
+        self._p95: float | None = None  # of ``durations``, once computed
 
     def delivered(self, size: int, sent: float, now: float) -> tuple[int, float]:
         """A throughput sample (bytes, seconds) for an answer of ``size`` bytes to a copy sent at ``sent``: the
@@ -117,10 +118,20 @@ class _Edge:
         bdp = self.rate(fallback) * self.latency() / TYPICAL_OBJECT
         return max(WINDOW_MIN, min(WINDOW_MAX, math.ceil(bdp) + WINDOW_EXTRA))
 
+    def answered(self, response: float, latency: float) -> None:
+        """An answer ``response`` seconds after its copy went, ``latency`` of it before the first byte."""
+        self.latencies.append(latency)
+        self.durations.append(response)
+        self._p95 = None
+
     def p95(self) -> float | None:
+        """The 95th percentile of its recent response times (computed once per answer: asked per copy in
+        flight at every wake)."""
         if len(self.durations) < HEDGE_SAMPLES:
             return None
-        return float(np.percentile(np.fromiter(self.durations, float), 95))
+        if self._p95 is None:
+            self._p95 = float(np.percentile(np.fromiter(self.durations, float), 95))
+        return self._p95
 
 
 class Scheduler:
@@ -436,8 +447,7 @@ class Scheduler:
         # the bytes over the time since the edge last answered or since this copy was sent, the later.
         edge.estimate.answered(now - sent, *edge.delivered(size, sent, now))
         rate = edge.rate(self._fallback_rate())
-        edge.latencies.append(max(0.0, now - sent - (ahead + size) / rate))
-        edge.durations.append(now - sent)
+        edge.answered(now - sent, max(0.0, now - sent - (ahead + size) / rate))
         edge.bytes += size
         edge.moved(self._calendar(now)[0], size)
         actions: list[Action] = []

@@ -304,3 +304,33 @@ def test_a_failed_copy_waits_for_a_late_edge_to_answer_rather_than_give_up() -> 
     assert not [a for a in after if isinstance(a, GiveUp)] and not second.done
     back = sched.answered(first, sent.edge, 100.3, MB)  # the late edge answers: it is asked at once
     assert [(a.request, a.edge) for a in back if isinstance(a, Send)] == [(second, sent.edge)]
+
+
+def test_windows_count_bytes_so_small_objects_go_many_at_a_time() -> None:
+    """An edge's window is in bytes: the probe before its first answer is one typical object's worth, which is
+    one 1 MiB request or sixteen of 64 KiB; once measured, a window holds as many small requests as bytes."""
+    (only,) = keys(1)
+    lab = Lab({only: Pipe(100e6)})
+    sched = lab.scheduler
+    large = [sched.add(i.to_bytes(32, "big"), Priority.PULL, None, 0.0, MB) for i in range(4)]
+    assert [a.request for a in sched.tick(0.0) if isinstance(a, Send)] == large[:1]
+    probe = Lab({only: Pipe(100e6)})
+    tiny = [probe.scheduler.add(i.to_bytes(32, "big"), Priority.PULL, None, 0.0, 64 * 1024) for i in range(40)]
+    assert [a.request for a in probe.scheduler.tick(0.0) if isinstance(a, Send)] == tiny[:16]
+    lab = Lab({only: Pipe(100e6)})
+    small = [lab.scheduler.add(i.to_bytes(32, "big"), Priority.PULL, None, 0.0, 64 * 1024) for i in range(40)]
+    lab.run()
+    assert [s.request for s in lab.sends[:16]] == small[:16]  # the probe: at once
+    assert len(lab.finished) == 40 and not lab.given_up
+
+
+def test_copies_answered_together_are_late_only_when_the_last_would_be() -> None:
+    (only,) = keys(1)
+    sched = Lab({only: Pipe(10e6)}).scheduler
+    requests = [sched.add(i.to_bytes(32, "big"), Priority.PULL, None, 0.0, 64 * 1024) for i in range(8)]
+    sent = [a.request for a in sched.tick(0.0) if isinstance(a, Send)]
+    assert sent == requests
+    deadlines = [r.deadlines[0] for r in requests]
+    assert deadlines == sorted(deadlines) and deadlines[0] < deadlines[-1]  # each behind those ahead of it
+    sched.started_together(requests, only, 0.0)
+    assert {r.deadlines[0] for r in requests} == {deadlines[-1]}

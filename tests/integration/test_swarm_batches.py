@@ -1,0 +1,76 @@
+"""Small objects through the swarm against real portal-edge processes on loopback: a push and a fetch go many
+objects to a request (PUTS, GETS) where the edges speak revision 5, and one a request where they do not."""
+
+from __future__ import annotations
+
+import os
+import time
+from collections import Counter
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from portalfs.edge.client import EdgeAddress, EdgeClient
+from portalfs.fabric.swarm import Swarm
+from portalfs.keys import DeviceKey, Identity
+from portalfs.sealing import object_id
+from portalfs.store.base import Priority
+
+from .fabricutil import Server, start
+
+
+@pytest.fixture
+def edges(tmp_path: Path) -> Iterator[list[EdgeAddress]]:
+    servers: list[Server] = []
+    try:
+        for i in range(2):
+            data = tmp_path / f"edge{i}"
+            servers.append(start(["edge", "serve", "--data", str(data), "--listen", "127.0.0.1:0",
+                                  "--transport", "tcp"], data))  # fmt: skip
+        addresses = []
+        for server in servers:
+            _, port = server.line.split()[2].rsplit(":", 1)
+            addresses.append(EdgeAddress("127.0.0.1", int(port), bytes.fromhex(server.line.rsplit(" ", 1)[1]), "tcp"))
+        yield addresses
+    finally:
+        for server in servers:
+            server.stop()
+
+
+def _swarm(edges: list[EdgeAddress]) -> Swarm:
+    identity, device = Identity(os.urandom(32)), DeviceKey(os.urandom(32))
+    cert = identity.enroll(device.public, "test", time.time_ns()).to_bytes()
+    return Swarm(edges, device, cert, None).start()
+
+
+def _round_trip(swarm: Swarm) -> Counter[str]:
+    objects = {object_id(blob): blob for blob in (os.urandom(3000 + i) for i in range(300))}
+    placement = swarm.push(objects.__getitem__, sorted(objects), 2)
+    assert not placement.short and placement.copies == 600
+    sizes = {cid: len(blob) for cid, blob in objects.items()}
+    assert swarm.get_many(sorted(objects), Priority.PULL, sizes) == objects
+    return Counter(swarm.statistics())
+
+
+def test_small_objects_go_many_to_a_request(edges: list[EdgeAddress]) -> None:
+    swarm = _swarm(edges)
+    try:
+        requests = _round_trip(swarm)
+    finally:
+        swarm.close()
+    assert requests["PUT"] == 0 and 2 <= requests["PUTS"] <= 20, requests
+    assert requests["GET"] == 0 and 2 <= requests["GETS"] <= 60, requests
+
+
+def test_edges_of_an_earlier_revision_are_sent_one_object_a_request(
+    edges: list[EdgeAddress], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(EdgeClient, "batches", property(lambda self: False))  # as portal/1 agreed
+    swarm = _swarm(edges)
+    try:
+        requests = _round_trip(swarm)
+    finally:
+        swarm.close()
+    assert requests["PUTS"] == 0 and requests["PUT"] == 600, requests
+    assert requests["GETS"] == 0 and requests["GET"] >= 300, requests
