@@ -31,6 +31,7 @@ __all__ = ["Restorer", "RestoreStats"]
 PREFETCH_BATCH = 32  # chunks fetched from the fabric together
 FETCHING_BATCHES = 3  # batches fetched at once (and one more fetched and not yet written)
 SMALL_FILE = 1 << 20  # files up to this size have their chunks fetched with their neighbours'
+WHOLE_FILE = 256 * 1024  # files up to this size are read whole (fetched and opened) with their neighbours'
 
 
 T = TypeVar("T")
@@ -104,8 +105,9 @@ class Restorer:
                 raise storage_error(exc, str(getattr(exc, "filename", None) or dest)) from exc
 
     def _restore(
-        self, pool: ThreadPoolExecutor, entry: Entry, path: Path, chunks: list[ChunkRef] | None = None
+        self, pool: ThreadPoolExecutor, entry: Entry, path: Path, content: list[ChunkRef] | bytes | None = None
     ) -> None:
+        """``content``: a file's bytes or chunk refs, when they were read already (``_read_small``)."""
         exists = os.path.lexists(path)
         if entry.is_dir:
             if exists and not path.is_dir():
@@ -122,7 +124,7 @@ class Restorer:
             os.replace(tmp, path)
             return
         elif entry.is_file:
-            self._write_file(pool, entry, path, chunks)
+            self._write_file(pool, entry, path, content)
         elif entry.is_symlink:
             assert entry.target is not None
             tmp = path.with_name(f".{path.name}.portal-tmp")
@@ -149,33 +151,41 @@ class Restorer:
         assert entry.node is not None
         self.stats.dirs += 1
         children = decode_dir(self.view.load_node(entry.node))
-        if not self.view.fetches:
-            for child in children:
-                self._restore(pool, child, path / os.fsdecode(child.name))
-            return
-        for group, chunks in batches_ahead(children, self._fetch_small):
-            for child, refs in zip(group, chunks, strict=True):
-                self._restore(pool, child, path / os.fsdecode(child.name), refs)
+        for group, contents in batches_ahead(children, self._read_small):
+            for child, content in zip(group, contents, strict=True):
+                self._restore(pool, child, path / os.fsdecode(child.name), content)
 
-    def _fetch_small(self, group: list[Entry]) -> list[list[ChunkRef] | None]:
-        """The chunk refs of each small file of ``group`` (None for the rest), its file node and chunks fetched
-        with those of its neighbours: a directory of many small files costs two requests per group, not two
-        round trips per file. A larger file fetches its own, in ``_fetched_ahead``."""
+    def _read_small(self, group: list[Entry]) -> list[list[ChunkRef] | bytes | None]:
+        """For each small file of ``group``, its bytes (up to WHOLE_FILE) or its chunk refs (up to SMALL_FILE);
+        None for the rest. Its file node and chunks are fetched with those of its neighbours, so a directory
+        of many small files costs two requests per group, not two round trips per file, and a file read whole
+        is opened here, on a fetching thread, beside the groups ahead. A larger file fetches its own, in
+        ``_fetched_ahead``."""
         small = [e.is_file and e.node is not None and e.size <= SMALL_FILE and e.link is None for e in group]
-        self.view.prefetch([e.node for e, s in zip(group, small, strict=True) if s and e.node is not None])
+        if self.view.fetches:
+            self.view.prefetch([e.node for e, s in zip(group, small, strict=True) if s and e.node is not None])
         chunks = [list(self.view.file_chunks(e)) if s else None for e, s in zip(group, small, strict=True)]
-        self.view.prefetch([ref for refs in chunks if refs for ref in refs])
-        return chunks
+        if self.view.fetches:
+            self.view.prefetch([ref for refs in chunks if refs for ref in refs])
+        return [
+            b"".join(self.view.load_chunk(ref) for ref in refs) if refs is not None and e.size <= WHOLE_FILE else refs
+            for e, refs in zip(group, chunks, strict=True)
+        ]
 
     def _write_file(
-        self, pool: ThreadPoolExecutor, entry: Entry, path: Path, chunks: list[ChunkRef] | None = None
+        self, pool: ThreadPoolExecutor, entry: Entry, path: Path, content: list[ChunkRef] | bytes | None = None
     ) -> None:
-        """``chunks``: the file's chunk refs, when they were read (and fetched) already."""
+        """``content``: the file's bytes, or its chunk refs, when they were read (and fetched) already."""
         tmp = path.with_name(f".{path.name}.portal-tmp")
         window: deque[Future[bytes | memoryview]] = deque()
-        refs = iter(chunks) if chunks is not None else self._fetched_ahead(self.view.file_chunks(entry))
+        if isinstance(content, bytes):
+            refs: Iterator[ChunkRef] = iter(())
+        else:
+            refs = iter(content) if content is not None else self._fetched_ahead(self.view.file_chunks(entry))
         try:
             with open(tmp, "wb") as out:
+                if isinstance(content, bytes):
+                    self._write_chunk(out, content)
                 for ref in refs:
                     window.append(pool.submit(self.view.load_chunk, ref))
                     if len(window) > 2 * self._workers:

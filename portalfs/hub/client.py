@@ -225,11 +225,14 @@ def _batches(cids: list[bytes]) -> list[list[str]]:
     return [[c.hex() for c in cids[i : i + LOCATION_BATCH]] for i in range(0, len(cids), LOCATION_BATCH)]
 
 
-def pinned(pem: str | None) -> ssl.SSLContext | bool:
+def pinned(pem: str | None, url: str = "https:") -> ssl.SSLContext | bool:
     """How a client checks an https hub: against exactly the certificate pinned at `hub add` (``pem``), or, with
-    none pinned, the system's authorities."""
+    none pinned, the system's authorities (loaded once here: a client made per request would load them each
+    time). A plain http hub (on a trusted network) has no certificate to check: its requests are signed."""
+    if not url.startswith("https:"):
+        return False
     if pem is None:
-        return True
+        return ssl.create_default_context()
     context = ssl.create_default_context(cadata=pem)
     context.check_hostname = False  # the pinned certificate is the trust anchor itself, whatever names it holds
     context.verify_flags |= ssl.VERIFY_X509_PARTIAL_CHAIN  # a leaf an authority issued counts alone too
@@ -274,8 +277,8 @@ class HubClient:
     def __init__(self, url: str, device: DeviceKey, pin: str | None = None) -> None:
         self._signer = _Signer(url, device.public, device.sign)
         self._pin = pin
-        self._http = httpx.Client(timeout=TIMEOUT, verify=pinned(pin))
         self.url = self._signer.url
+        self._http = httpx.Client(timeout=TIMEOUT, verify=pinned(pin, self.url))
 
     def close(self) -> None:
         self._http.close()
@@ -546,7 +549,7 @@ class EdgeHubClient:
     def __init__(self, url: str, public: bytes, sign: Callable[[bytes], bytes], pin: str | None = None) -> None:
         self._signer = _Signer(url, public, sign)
         self.url = self._signer.url
-        self._verify = pinned(pin)
+        self._verify = pinned(pin, self.url)
 
     async def _call(self, method: str, path: str, payload: dict[str, Any] | None = None) -> Any:
         url, body, headers = self._signer.prepare(method, path, payload)
