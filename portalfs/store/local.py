@@ -28,6 +28,7 @@ many small files was bound by it. It waits in memory with its index row and
 
 from __future__ import annotations
 
+import contextlib
 import os
 import sqlite3
 import threading
@@ -74,6 +75,7 @@ class LocalStore:
         except (OSError, sqlite3.Error) as exc:
             raise StorageError(f"cannot open the store at {self.root}: {exc}") from exc
         self._lock = threading.Lock()
+        self._sync_lock = threading.Lock()  # one sync at a time; its flush outside ``_lock``
         self._pending: dict[bytes, int] = {}  # index rows of objects put since the last sync: id -> size
         self._pending_small: dict[bytes, bytes] = {}  # of those, the small ones' bytes
         self._pending_small_bytes = 0
@@ -96,7 +98,7 @@ class LocalStore:
                 self._pending_small[cid] = bytes(data)
                 self._pending_small_bytes += len(data)
                 if self._pending_small_bytes > PENDING_SMALL_BYTES:
-                    self._write_pending(files_flushed=False)
+                    self._write_rows({})
             return True
         path = self._path(cid)
         shard = path.parent
@@ -111,21 +113,18 @@ class LocalStore:
             self._dirty_shards.add(shard)
         return True
 
-    def _write_pending(self, files_flushed: bool) -> None:
-        """Write the small objects that wait and their index rows, and with ``files_flushed`` (``sync()`` has
-        just flushed the files) every other row that waits, in one durable transaction (lock held).
+    def _write_rows(self, files: dict[bytes, int]) -> None:
+        """Write the small objects that wait and their index rows, and the rows of ``files`` (objects whose
+        files ``sync()`` has just flushed), in one durable transaction (lock held).
 
         A small object's row holds its bytes, so it may go before ``sync()``; a file's row waits for its fsync.
         On an error (a full disk: StoreFull) nothing is written and everything still waits."""
-        rows = self._pending if files_flushed else {cid: len(data) for cid, data in self._pending_small.items()}
+        small = {cid: len(data) for cid, data in self._pending_small.items()}
         with self._durably():
             self._db.executemany("INSERT OR REPLACE INTO small (cid, data) VALUES (?, ?)", self._pending_small.items())
-            self._db.executemany("INSERT OR REPLACE INTO objects (cid, size) VALUES (?, ?)", rows.items())
-        if files_flushed:
-            self._pending.clear()
-        else:
-            for cid in self._pending_small:
-                del self._pending[cid]
+            self._db.executemany("INSERT OR REPLACE INTO objects (cid, size) VALUES (?, ?)", (small | files).items())
+        for cid in small | files:
+            del self._pending[cid]
         self._pending_small.clear()
         self._pending_small_bytes = 0
 
@@ -226,21 +225,38 @@ class LocalStore:
             return StoreStat(count + len(self._pending), size + sum(self._pending.values()))
 
     def sync(self) -> None:
-        with self._lock:  # what fails (a full disk) is left to the next sync, whole
-            shards, files = self._dirty_shards, self._unsynced
+        """Make everything put so far durable: flush the files written, then write their index rows (and the
+        small objects) in one durable transaction. The flush holds no lock: puts (and reads) go on beside it,
+        and what they put is left to the next sync. What fails (a full disk) is left to the next sync, whole."""
+        with self._sync_lock:
+            with self._lock:
+                shards, files = self._dirty_shards, self._unsynced
+                self._dirty_shards, self._unsynced = set(), set()
+                written = dict(self._pending)  # their files are written by now (put adds both under the lock)
             try:
                 if len(files) + len(shards) > SYNCFS_FROM:
                     syncfs(self.root)  # one flush of the file system beats thousands of fsyncs
                 else:
                     for path in files:
-                        fsync_file(path)
+                        with contextlib.suppress(FileNotFoundError):  # deleted since: nothing to flush
+                            fsync_file(path)
                     for shard in shards:
                         fsync_dir(shard)
             except OSError as exc:
+                with self._lock:
+                    self._dirty_shards |= shards
+                    self._unsynced |= files
                 raise storage_error(exc, "the store") from exc
-            self._dirty_shards, self._unsynced = set(), set()
-            if self._pending:
-                self._write_pending(files_flushed=True)
+            with self._lock:
+                # rows of what was written before the flush and is still there: not one deleted since, nor
+                # one deleted and put again since (its new file is in the next flush)
+                rows = {
+                    cid: size
+                    for cid, size in written.items()
+                    if self._pending.get(cid) == size and self._path(cid) not in self._unsynced
+                }
+                if rows or self._pending_small:
+                    self._write_rows(rows)
 
     def remove_temp_files(self) -> int:
         """Delete temp files a crash left behind; return how many."""

@@ -228,3 +228,47 @@ def test_a_sync_that_fails_leaves_everything_to_the_next(tmp_path: Path, monkeyp
     again = LocalStore(tmp_path / "s")
     assert again.get(small[0]) == small[1] and again.get(large[0]) == large[1] and again.stat().objects == 2
     again.close()
+
+
+def _rows(root: Path) -> set[bytes]:
+    import sqlite3
+
+    db = sqlite3.connect(root / "index.db")
+    try:
+        return {bytes(cid) for (cid,) in db.execute("SELECT cid FROM objects")}
+    finally:
+        db.close()
+
+
+def test_puts_go_on_while_a_sync_flushes_and_wait_for_the_next(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A sync flushes files without holding the store: a put and a read beside it go on, and what was put
+    during the flush is left to the next sync (its file was not flushed), as is one deleted and put again."""
+    import portalfs.store.local as local
+
+    store = LocalStore(tmp_path / "s")
+    first, during, again = _obj(SMALL_MAX + 1), _obj(SMALL_MAX + 2), _obj(SMALL_MAX + 3)
+    store.put(*first, durable=False)
+    store.put(*again, durable=False)
+    flushing, release = threading.Event(), threading.Event()
+    real = local.fsync_file
+
+    def slow_fsync(path: Path) -> None:
+        flushing.set()
+        assert release.wait(10)
+        real(path)
+
+    monkeypatch.setattr(local, "fsync_file", slow_fsync)
+    syncing = threading.Thread(target=store.sync)
+    syncing.start()
+    assert flushing.wait(10)
+    store.put(*during, durable=False)  # the flush is waiting: the store is not held
+    store.delete(again[0])
+    store.put(*again, durable=False)
+    assert store.get(first[0]) == first[1]
+    release.set()
+    syncing.join(10)
+    assert _rows(tmp_path / "s") == {first[0]}
+    monkeypatch.setattr(local, "fsync_file", real)
+    store.sync()
+    assert _rows(tmp_path / "s") == {first[0], during[0], again[0]}
+    store.close()
