@@ -121,6 +121,8 @@ class FetchCache:
                 self._bytes -= row[0]
 
     def _write_reads(self) -> None:
+        if not self._bytes:  # nothing fetched is held: the reads were of this device's own objects
+            self._read.clear()
         if self._read:
             self._db.executemany("UPDATE fetched SET used = ? WHERE cid = ?", [(t, c) for c, t in self._read.items()])
             self._read.clear()
