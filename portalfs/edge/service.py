@@ -328,7 +328,9 @@ class EdgeService:
         if isinstance(request, PutMany):
             return Bitmap.from_flags(self._put(identity, request.objects()))
         if isinstance(request, GetMany):
-            return self.objects(request.cids, self._read_checked)
+            answer = self.gets_answer(request.cids, self._read_checked)
+            assert answer is not None  # every read gives bytes
+            return answer
         if isinstance(request, Stat):
             stat = self.store.stat()
             capacity = max(0, self.capacity - stat.bytes) if self.capacity else 0
@@ -362,28 +364,29 @@ class EdgeService:
         self.quotas.charge(identity, [(cid, len(data)) for cid, data in new])
         return [not held for held in owned]
 
-    def objects(self, cids: tuple[bytes, ...], cached: Callable[[bytes], bytes | bytearray | None]) -> Objects:
-        """GETS's answer: each object ``cached`` gives (or an empty part where the edge holds none, or a damaged
-        one it removed), in order, until the next would take the body past MAX_BODY."""
+    def gets_answer(self, cids: tuple[bytes, ...], read: Callable[[bytes], bytes | bytearray | None]) -> Objects | None:
+        """GETS's answer: each object ``read`` gives (b"" where the edge holds none, or a damaged one it removed),
+        in order, until the next would take the body past MAX_BODY; None as soon as ``read`` gives None (an
+        object not in memory, for ``EdgeSession.handle_nowait``)."""
         parts: list[bytes | bytearray] = []
         total = 0
         for cid in cids:
-            data = cached(cid)
-            if total + len(data or b"") > MAX_BODY:
+            data = read(cid)
+            if data is None:
+                return None
+            if total + len(data) > MAX_BODY:
                 break
-            parts.append(data or b"")
-            total += len(data or b"")
+            parts.append(data)
+            total += len(data)
         return Objects(tuple(map(len, parts)), b"".join(parts))
 
-    def _read_checked(self, cid: bytes) -> bytes | None:
-        """A stored object hashed against its id; None where the edge holds none or removed a damaged one."""
-        with self._gc_lock:
-            if cid in self._condemned:
-                return None
+    def _read_checked(self, cid: bytes) -> bytes:
+        """A stored object hashed against its id, as a GET reads it; b"" where the edge holds none or removed a
+        damaged one."""
         try:
             return self.read_back(cid)
         except (MissingObject, CorruptObject):
-            return None
+            return b""
 
 
 class _Refusal(Exception):
@@ -421,10 +424,7 @@ class EdgeSession:
         if isinstance(request, Get):
             data = store.read_cached(request.cid)
             return None if data is None else Data(data)
-        found = {cid: store.read_cached(cid) for cid in request.cids}
-        if any(data is None for data in found.values()):
-            return None
-        return self.service.objects(request.cids, found.__getitem__)
+        return self.service.gets_answer(request.cids, store.read_cached)
 
     def handle(self, request: Message, now_ns: int) -> Message:
         if isinstance(request, Hello):

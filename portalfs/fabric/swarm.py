@@ -477,8 +477,8 @@ class Swarm:
                 got = await client.get_many([r.cid for r in left])
                 actions = []
                 for request, data in zip(left, got, strict=False):
-                    missing = MissingObject(f"edge {client.address}: no such object")
-                    actions += self._settle(request, key, missing if data is None else data)
+                    outcome = MissingObject(f"edge {client.address}: no such object") if data is None else data
+                    actions += self._settle(request, key, outcome)
                 left = left[len(got) :]
                 self._act(actions)
         except PortalError as exc:
