@@ -60,6 +60,8 @@ EDGE_BACKOFF = Backoff(RETRY_DOWN_SECONDS, RETRY_DOWN_MAX)
 CONCURRENT_PUTS = 16  # requests of a push in flight at once, over every edge
 PUTS_PER_EDGE = 6  # of them, to one edge
 BATCH_BYTES = 1 << 20  # a PUTS carries objects until it holds this many bytes (or MAX_BATCH objects)
+LIMIT_POLL = 0.05  # seconds: an upload waiting on a limit looks this often whether anything is left for it
+STEAL_LOOKS = 16  # ids an edge with its own queue done looks at, from the end of another's, for one to take
 BATCH_OBJECT = 256 * 1024  # a copy of an object expected to be this small goes with others to its edge (GETS)
 
 Locate = Callable[[list[bytes]], dict[bytes, list[bytes]]]
@@ -625,16 +627,53 @@ class Swarm:
         ranked = {cid: placement(keys, cid, rates, operators, holders[cid]) for cid in cids}
         failing: set[bytes] = set()  # edges that failed during this push: what they were to take goes on
 
-        def take(queue: deque[bytes], most: int) -> list[tuple[bytes, bytes]]:
-            """The next objects of ``queue`` for one request, read (on a worker thread): up to ``most`` of them
-            and about BATCH_BYTES, never past a frame."""
+        queues: dict[bytes, deque[bytes]] = {}  # a round's: per edge, the ids it is to take
+        bound: dict[bytes, set[bytes]] = {}  # a round's: per id, the edges it was queued for or taken by
+
+        def operator(key: bytes) -> str:
+            return operators.get(key) or key.hex()
+
+        def steal(key: bytes) -> bytes | None:
+            """An id queued for the edge whose queue is longest, for ``key`` to take instead, its own queue done:
+            the last queued there, if ``key`` neither holds it nor was to take it, and its copies stay with as
+            many operators. So a slow edge does not set the pace of a push: what it would send last goes to an
+            edge that is free."""
+            victim_key = max((k for k in queues if k != key), key=lambda k: len(queues[k]), default=None)
+            if victim_key is None or len(queues[victim_key]) < 2:  # the last one is its own edge's
+                return None
+            victim = queues[victim_key]
+            passed: list[bytes] = []  # looked at from the end, not for ``key``: put back as they were
+            try:
+                while len(passed) < STEAL_LOOKS:
+                    try:
+                        cid = victim.pop()
+                    except IndexError:
+                        return None
+                    others = {operator(k) for k in bound[cid] | holders[cid] if k != victim_key}
+                    spread = operator(key) == operator(victim_key) or operator(key) not in others
+                    if key not in bound[cid] and key not in holders[cid] and spread:
+                        bound[cid].add(key)
+                        return cid
+                    passed.append(cid)
+                return None
+            finally:
+                victim.extend(reversed(passed))
+
+        def take(key: bytes, most: int) -> list[tuple[bytes, bytes]]:
+            """The next objects for one request to ``key``, read (on a worker thread): from its queue, or once
+            that is done stolen from the longest; up to ``most`` of them and about BATCH_BYTES, never past a
+            frame."""
+            queue = queues[key]
             batch: list[tuple[bytes, bytes]] = []
             size = 0
             while len(batch) < most and size < BATCH_BYTES:
                 try:
                     cid = queue.popleft()  # another task of the same edge takes from it too
                 except IndexError:
-                    break
+                    stolen = steal(key)
+                    if stolen is None:
+                        break
+                    cid = stolen
                 data = objects(cid)
                 if batch and size + len(data) > MAX_BODY:
                     queue.appendleft(cid)  # the next request's
@@ -643,17 +682,37 @@ class Swarm:
                 size += len(data)
             return batch
 
-        async def put_to(key: bytes, queue: deque[bytes]) -> None:
+        def takeable(key: bytes) -> bool:
+            return bool(queues[key]) or any(len(q) >= 2 for k, q in queues.items() if k != key)
+
+        async def ready(key: bytes) -> bool:
+            """Wait until the limits on uploads to ``key`` let a request go, and reserve one in them; False if
+            meanwhile nothing was left for it to take (looked at every LIMIT_POLL seconds)."""
+            for bucket in self._buckets_of(key, "up"):
+                while (at := bucket.ready_at(trio.current_time())) > trio.current_time():
+                    if not takeable(key):
+                        return False
+                    await trio.sleep_until(min(at, trio.current_time() + LIMIT_POLL))
+            if not takeable(key):
+                return False
+            self._charge(key, "up", BATCH_BYTES)
+            return True
+
+        async def put_to(key: bytes) -> None:
             nonlocal copies
-            while queue and key not in failing:
+            while key not in failing:
                 async with limit:
                     try:
                         client = await self._client(key)
-                        batch = await trio.to_thread.run_sync(take, queue, MAX_BATCH if client.batches else 1)
+                        # the limits first (a request's worth reserved), then the objects: what waits on the
+                        # limits stays queued, for other edges to take
+                        if not await ready(key):
+                            return
+                        batch = await trio.to_thread.run_sync(take, key, MAX_BATCH if client.batches else 1)
+                        size = sum(len(data) for _, data in batch)
+                        self._charge(key, "up", size - BATCH_BYTES)
                         if not batch:
                             return
-                        size = sum(len(data) for _, data in batch)
-                        await self._bandwidth(key, "up", size)
                         sent = trio.current_time()
                         if client.batches:
                             await client.put_many(batch)
@@ -672,7 +731,8 @@ class Swarm:
                     copies += len(batch)
 
         for _round in keys:  # what an edge that failed was to take goes to the next edge of each id's ranking
-            queues: dict[bytes, deque[bytes]] = {}
+            queues.clear()
+            bound.clear()
             for cid in cids:
                 need = replicas - len(holders[cid])
                 for key in ranked[cid]:
@@ -680,13 +740,17 @@ class Swarm:
                         break
                     if key not in holders[cid] and key not in failing:
                         queues.setdefault(key, deque()).append(cid)
+                        bound.setdefault(cid, set()).add(key)
                         need -= 1
             if not queues:
                 break
+            for key in keys:  # an edge with nothing of its own to take may take from the others
+                if key not in failing:
+                    queues.setdefault(key, deque())
             async with trio.open_nursery() as nursery:
-                for key, queue in queues.items():
+                for key in queues:
                     for _ in range(PUTS_PER_EDGE):
-                        nursery.start_soon(put_to, key, queue)
+                        nursery.start_soon(put_to, key)
         lost = [cid for cid, held in holders.items() if not held]
         if lost:
             why = edges_down(down) or "no edge took them"

@@ -14,6 +14,7 @@ import pytest
 from portalfs.edge.client import EdgeAddress, EdgeClient
 from portalfs.fabric.swarm import Swarm
 from portalfs.keys import DeviceKey, Identity
+from portalfs.sched.limits import Limits
 from portalfs.sealing import object_id
 from portalfs.store.base import Priority
 
@@ -24,7 +25,7 @@ from .fabricutil import Server, start
 def edges(tmp_path: Path) -> Iterator[list[EdgeAddress]]:
     servers: list[Server] = []
     try:
-        for i in range(2):
+        for i in range(3):
             data = tmp_path / f"edge{i}"
             servers.append(start(["edge", "serve", "--data", str(data), "--listen", "127.0.0.1:0",
                                   "--transport", "tcp"], data))  # fmt: skip
@@ -38,10 +39,13 @@ def edges(tmp_path: Path) -> Iterator[list[EdgeAddress]]:
             server.stop()
 
 
-def _swarm(edges: list[EdgeAddress]) -> Swarm:
+def _swarm(edges: list[EdgeAddress], limits: Limits | None = None) -> Swarm:
     identity, device = Identity(os.urandom(32)), DeviceKey(os.urandom(32))
     cert = identity.enroll(device.public, "test", time.time_ns()).to_bytes()
-    return Swarm(edges, device, cert, None).start()
+    swarm = Swarm(edges, device, cert, None).start()
+    if limits is not None:
+        swarm.configure(limits)
+    return swarm
 
 
 def _round_trip(swarm: Swarm) -> Counter[str]:
@@ -74,3 +78,21 @@ def test_edges_of_an_earlier_revision_are_sent_one_object_a_request(
         swarm.close()
     assert requests["PUTS"] == 0 and requests["PUT"] == 600, requests
     assert requests["GETS"] == 0 and requests["GET"] >= 300, requests
+
+
+def test_a_slow_edge_does_not_set_the_pace_of_a_push(edges: list[EdgeAddress]) -> None:
+    """One edge of three takes 1 MB/s (a limit of this device's): what it would send last goes to the others,
+    so 8 MB at R = 2 are placed in well under the 5 s its share alone would take there."""
+    slow = edges[0].key
+    swarm = _swarm(edges, Limits(edges={slow: {"rate": 1e6}}))
+    try:
+        objects = {object_id(blob): blob for blob in (os.urandom(32 * 1024) for _ in range(256))}
+        started = time.monotonic()
+        placement = swarm.push(objects.__getitem__, sorted(objects), 2)
+        seconds = time.monotonic() - started
+    finally:
+        swarm.close()
+    assert not placement.short and placement.copies == 512
+    on_slow = len(placement.held.get(slow, []))
+    assert on_slow < 256 * 2 / 3 / 2, on_slow  # under half of a third's share: the others took the rest
+    assert seconds < 4, seconds
