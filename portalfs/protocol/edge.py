@@ -20,7 +20,7 @@ import struct
 from collections import deque
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any, ClassVar
+from typing import Any, ClassVar, Self
 
 from .. import encoding
 
@@ -200,33 +200,40 @@ def _cid_list(h: dict[str, Any], most: int, what: str) -> tuple[bytes, ...]:
 
 
 @dataclass(frozen=True, slots=True)
-class Have(Message):
-    KIND: ClassVar[int] = 0x04
+class _Ids(Message):
+    """A request of ids alone (HAVE, VERIFY, GETS): from LEAST to MOST of them, NAME in a refusal."""
+
     FIELDS: ClassVar[tuple[str, ...]] = ("cids",)
+    NAME: ClassVar[str] = ""
+    LEAST: ClassVar[int] = 0
+    MOST: ClassVar[int] = 0
     cids: tuple[bytes, ...]
 
     def header(self) -> dict[str, Any]:
         return {"cids": list(self.cids)}
 
     @classmethod
-    def check(cls, h: dict[str, Any]) -> Have:
-        return cls(_cid_list(h, MAX_HAVE, "HAVE"))
+    def check(cls, h: dict[str, Any]) -> Self:
+        cids = _cid_list(h, cls.MOST, cls.NAME)
+        if len(cids) < cls.LEAST:
+            raise ValueError(f"{cls.NAME} asks for {cls.LEAST} id at least")
+        return cls(cids)
 
 
 @dataclass(frozen=True, slots=True)
-class Verify(Message):
+class Have(_Ids):
+    KIND: ClassVar[int] = 0x04
+    NAME: ClassVar[str] = "HAVE"
+    MOST: ClassVar[int] = MAX_HAVE
+
+
+@dataclass(frozen=True, slots=True)
+class Verify(_Ids):
     """HAVE that reads and hashes each object first: a damaged copy is removed and answered 0."""
 
     KIND: ClassVar[int] = 0x06
-    FIELDS: ClassVar[tuple[str, ...]] = ("cids",)
-    cids: tuple[bytes, ...]
-
-    def header(self) -> dict[str, Any]:
-        return {"cids": list(self.cids)}
-
-    @classmethod
-    def check(cls, h: dict[str, Any]) -> Verify:
-        return cls(_cid_list(h, MAX_VERIFY, "VERIFY"))
+    NAME: ClassVar[str] = "VERIFY"
+    MOST: ClassVar[int] = MAX_VERIFY
 
 
 def _sizes(value: Any, count: int) -> tuple[int, ...]:
@@ -270,22 +277,13 @@ class PutMany(Message):
 
 
 @dataclass(frozen=True, slots=True)
-class GetMany(Message):
+class GetMany(_Ids):
     """GETS: objects read together (revision 5); answered by OBJECTS."""
 
     KIND: ClassVar[int] = 0x08
-    FIELDS: ClassVar[tuple[str, ...]] = ("cids",)
-    cids: tuple[bytes, ...]
-
-    def header(self) -> dict[str, Any]:
-        return {"cids": list(self.cids)}
-
-    @classmethod
-    def check(cls, h: dict[str, Any]) -> GetMany:
-        cids = _cid_list(h, MAX_BATCH, "GETS")
-        if not cids:
-            raise ValueError("GETS asks for one id at least")
-        return cls(cids)
+    NAME: ClassVar[str] = "GETS"
+    LEAST: ClassVar[int] = 1
+    MOST: ClassVar[int] = MAX_BATCH
 
 
 @dataclass(frozen=True, slots=True)
