@@ -60,7 +60,7 @@ EDGE_BACKOFF = Backoff(RETRY_DOWN_SECONDS, RETRY_DOWN_MAX)
 CONCURRENT_PUTS = 16  # requests of a push in flight at once, over every edge
 PUTS_PER_EDGE = 6  # of them, to one edge
 BATCH_BYTES = 1 << 20  # a PUTS carries objects until it holds this many bytes (or MAX_BATCH objects)
-LIMIT_POLL = 0.05  # seconds: an upload waiting on a limit looks this often whether anything is left for it
+LIMIT_POLL = 0.05  # seconds: a wait on a limit that may be given up asks this often whether it is still wanted
 STEAL_LOOKS = 16  # ids an edge with its own queue done looks at, from the end of another's, for one to take
 BATCH_OBJECT = 256 * 1024  # a copy of an object expected to be this small goes with others to its edge (GETS)
 
@@ -309,14 +309,23 @@ class Swarm:
         found = (self._buckets.get(direction), self._buckets.get((direction, key)))
         return [bucket for bucket in found if bucket is not None]
 
-    async def _bandwidth(self, key: bytes, direction: str, size: int) -> None:
+    async def _bandwidth(self, key: bytes, direction: str, size: int, wanted: Callable[[], bool] | None = None) -> bool:
         """Wait until the device's and the edge's buckets for ``direction`` allow another request, and reserve
-        ``size`` bytes in them (a download's size is settled by ``_charge`` once known), so that requests
-        sent together wait their turn rather than all going at once."""
+        ``size`` bytes in them (a request's size is settled by ``_charge`` once known), so that requests
+        sent together wait their turn rather than all going at once. ``wanted`` is asked every LIMIT_POLL
+        seconds while it waits: once it says no, the wait is given up, what it reserved is given back, and
+        the answer is False."""
+        reserved: list[TokenBucket] = []
         for bucket in self._buckets_of(key, direction):
             while (ready := bucket.ready_at(trio.current_time())) > trio.current_time():
-                await trio.sleep_until(ready)
+                if wanted is not None and not wanted():
+                    for taken in reserved:
+                        taken.charge(-size, trio.current_time())
+                    return False
+                await trio.sleep_until(ready if wanted is None else min(ready, trio.current_time() + LIMIT_POLL))
             bucket.charge(size, trio.current_time())
+            reserved.append(bucket)
+        return True
 
     def _charge(self, key: bytes, direction: str, size: int) -> None:
         now = trio.current_time()
@@ -683,20 +692,8 @@ class Swarm:
             return batch
 
         def takeable(key: bytes) -> bool:
+            """Whether anything is left for ``key`` to take: its own queue, or one another edge may give up."""
             return bool(queues[key]) or any(len(q) >= 2 for k, q in queues.items() if k != key)
-
-        async def ready(key: bytes) -> bool:
-            """Wait until the limits on uploads to ``key`` let a request go, and reserve one in them; False if
-            meanwhile nothing was left for it to take (looked at every LIMIT_POLL seconds)."""
-            for bucket in self._buckets_of(key, "up"):
-                while (at := bucket.ready_at(trio.current_time())) > trio.current_time():
-                    if not takeable(key):
-                        return False
-                    await trio.sleep_until(min(at, trio.current_time() + LIMIT_POLL))
-            if not takeable(key):
-                return False
-            self._charge(key, "up", BATCH_BYTES)
-            return True
 
         async def put_to(key: bytes) -> None:
             nonlocal copies
@@ -706,7 +703,7 @@ class Swarm:
                         client = await self._client(key)
                         # the limits first (a request's worth reserved), then the objects: what waits on the
                         # limits stays queued, for other edges to take
-                        if not await ready(key):
+                        if not await self._bandwidth(key, "up", BATCH_BYTES, lambda: takeable(key)):
                             return
                         batch = await trio.to_thread.run_sync(take, key, MAX_BATCH if client.batches else 1)
                         size = sum(len(data) for _, data in batch)
