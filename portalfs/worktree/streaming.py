@@ -53,10 +53,10 @@ class _GrowingFile(io.RawIOBase):
             count = min(len(buffer), self._available - self._position)
         if count <= 0:
             return 0
-        data = os.pread(self._fd, count, self._position)
-        memoryview(buffer)[: len(data)] = data
-        self._position += len(data)
-        return len(data)
+        # straight into the chunker's buffer: the kernel copies, with the GIL released (pread and a copy held it)
+        read = os.preadv(self._fd, [memoryview(buffer)[:count]], self._position)
+        self._position += read
+        return read
 
     def grow(self, size: int, finished: bool = False) -> None:
         with self._changed:

@@ -68,6 +68,7 @@ def test_create_write_read_append_exclusive_truncate(d: Path) -> None:
     fd = os.open(f, os.O_WRONLY | os.O_TRUNC)
     os.close(fd)
     assert f.read_bytes() == b"" and f.stat().st_size == 0
+    assert f.stat().st_blksize == 1 << 20  # cp sizes its writes by it: one request of the mount's largest each
 
 
 def test_write_past_eof_and_sparse_truncate_zero_fill(d: Path) -> None:
