@@ -22,9 +22,10 @@ import errno
 import itertools
 import os
 import stat
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, replace
 from pathlib import Path
+from types import MappingProxyType
 
 from ..sealing import ChunkRef
 from ..tree import LINK_ID_SIZE, NAME_MAX, Entry, FileKind, decode_dir
@@ -44,6 +45,14 @@ ROOT_INODE = 1
 RENAME_NOREPLACE = 1  # rename(2) flags, as Linux defines them
 RENAME_EXCHANGE = 2
 MAX_FILE_SIZE = 1 << 40  # 1 TiB: larger sizes get EFBIG
+SHARED_INTS = 4096
+
+
+NO_XATTRS: Mapping[bytes, bytes] = MappingProxyType({})
+
+
+def _xattrs(entry: Entry) -> Mapping[bytes, bytes]:
+    return dict(entry.xattrs) if entry.xattrs else NO_XATTRS
 
 
 class FsError(Exception):
@@ -66,9 +75,10 @@ class Inode(FileKind):
     size: int = 0
     node: ChunkRef | None = None  # committed content: a file or directory node
     target: bytes | None = None
-    xattrs: dict[bytes, bytes] = field(default_factory=dict)
+    # Shared while empty, replaced whole on a change: a mount holds an inode per name it has listed.
+    xattrs: Mapping[bytes, bytes] = field(default_factory=lambda: NO_XATTRS)
     rdev: int = 0  # a device node's number
-    others: list[tuple[Inode, bytes]] = field(default_factory=list)  # (directory, name): its other hard links
+    others: tuple[tuple[Inode, bytes], ...] = ()  # (directory, name): its other hard links
     link: bytes | None = None  # its link group in the tree, while it has several names
     links: bool = False  # a directory: hard-linked names below it, as last committed
     children: dict[bytes, Inode] | None = None  # directories, once loaded
@@ -158,6 +168,7 @@ class Workspace:
         self.inodes: dict[int, Inode] = {}
         self.garbage: list[Path] = []
         self._groups: dict[bytes, Inode] = {}  # link group -> its inode, for the names loaded so far
+        self._ints: dict[int, int] = {}  # see _shared
         self.root = self._inode_from_entry(root, None, ino=ROOT_INODE)
         self.root.lookups = 1
         self._load_linked(self.root)
@@ -176,9 +187,9 @@ class Workspace:
             ino=ino if ino is not None else next(self._next_ino),
             name=entry.name,
             parent=parent,
-            mode=entry.mode,
-            uid=entry.uid,
-            gid=entry.gid,
+            mode=self._shared(entry.mode),
+            uid=self._shared(entry.uid),
+            gid=self._shared(entry.gid),
             mtime_ns=entry.mtime_ns,
             ctime_ns=entry.ctime_ns,
             atime_ns=entry.mtime_ns,
@@ -186,7 +197,7 @@ class Workspace:
             committed_size=entry.size,
             node=entry.node,
             target=entry.target,
-            xattrs=dict(entry.xattrs),
+            xattrs=_xattrs(entry),
             rdev=entry.rdev,
             link=entry.link,
             links=entry.links,
@@ -195,6 +206,15 @@ class Workspace:
         if entry.link is not None:
             self._groups.setdefault(entry.link, inode)
         return inode
+
+    def _shared(self, value: int) -> int:
+        """One int object for a value that many inodes hold (a mode, an owner): 28 bytes less for each."""
+        known = self._ints.get(value)
+        if known is None:
+            if len(self._ints) >= SHARED_INTS:
+                return value
+            known = self._ints[value] = value
+        return known
 
     def _group(self, entry: Entry) -> Inode | None:
         """The inode already loaded (and still linked) of the hard-linked file ``entry`` names, if any."""
@@ -266,7 +286,7 @@ class Workspace:
         if inode.parent is None or (inode.parent is parent and inode.name == name):
             inode.name, inode.parent = name, parent
         else:
-            inode.others.append((parent, name))
+            inode.others += ((parent, name),)
         parent.subdirs += inode.is_dir
 
     def _unlink_name(self, parent: Inode, name: bytes) -> Inode:
@@ -277,9 +297,9 @@ class Workspace:
         if inode.parent is parent and inode.name == name:
             inode.parent = None
             if inode.others:
-                inode.parent, inode.name = inode.others.pop(0)
+                (inode.parent, inode.name), inode.others = inode.others[0], inode.others[1:]
         else:
-            inode.others.remove((parent, name))
+            inode.others = tuple(other for other in inode.others if other != (parent, name))
         if not inode.others:
             inode.link = None  # one name again: no group in the tree
         return inode
@@ -395,7 +415,7 @@ class Workspace:
         inode.mode, inode.uid, inode.gid = entry.mode, entry.uid, entry.gid
         inode.mtime_ns, inode.ctime_ns, inode.atime_ns = entry.mtime_ns, entry.ctime_ns, entry.mtime_ns
         inode.size = inode.committed_size = entry.size
-        inode.node, inode.target, inode.xattrs, inode.rdev = entry.node, entry.target, dict(entry.xattrs), entry.rdev
+        inode.node, inode.target, inode.xattrs, inode.rdev = entry.node, entry.target, _xattrs(entry), entry.rdev
         if content and inode.is_file:
             inode.content_gen += 1
             inode.committed_content_gen = inode.content_gen
@@ -586,14 +606,15 @@ class Workspace:
 
     def set_xattr(self, inode: Inode, name: bytes, value: bytes, now_ns: int) -> None:
         self._writable()
-        inode.xattrs[name] = value
+        inode.xattrs = {**inode.xattrs, name: value}
         inode.ctime_ns = now_ns
         self.touch(inode)
 
     def remove_xattr(self, inode: Inode, name: bytes, now_ns: int) -> None:
         self._writable()
-        if inode.xattrs.pop(name, None) is None:
+        if name not in inode.xattrs:
             raise FsError(errno.ENODATA)
+        inode.xattrs = {key: value for key, value in inode.xattrs.items() if key != name}
         inode.ctime_ns = now_ns
         self.touch(inode)
 
