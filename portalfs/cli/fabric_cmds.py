@@ -48,12 +48,18 @@ STATUS_TIMEOUT = 10.0
 
 
 def open_fabric(device: Device, secrets: Unlocked, need_hub: bool = True) -> Fabric:
-    config = load_config(device) or FabricConfig()
-    if need_hub and not config.hub:
-        raise UsageError("this device has no hub: run `portalctl hub add URL`, or portald for its embedded one")
-    if need_hub and config.on_embedded and not daemon_socket(device.home.data).exists():
-        raise UsageError(f"this device's hub ({config.hub}) is portald's embedded one: start portald first")
+    config = hub_config(device) if need_hub else load_config(device) or FabricConfig()
     return Fabric(device, secrets, config)
+
+
+def hub_config(device: Device) -> FabricConfig:
+    """The device's fabric configuration, or UsageError where it has no hub to reach."""
+    config = load_config(device) or FabricConfig()
+    if not config.hub:
+        raise UsageError("this device has no hub: run `portalctl hub add URL`, or portald for its embedded one")
+    if config.on_embedded and not daemon_socket(device.home.data).exists():
+        raise UsageError(f"this device's hub ({config.hub}) is portald's embedded one: start portald first")
+    return config
 
 
 def _portal_keys(device: Device, secrets: Unlocked, name: str) -> tuple[PortalView, Fabric]:
@@ -354,26 +360,43 @@ def cmd_sync(device: Device, args: argparse.Namespace) -> int:
 
     The exit status is non-zero only when a portal the user named failed (or its repair did).
     """
-    request = {"op": "sync", "names": args.names, "repair": args.repair}
+    results = sync_portals(device, args, args.names, args.repair)
+    failures = sync_failures(results)
+    text = "\n".join(sync_line(r) for r in results if "error" not in r)
+    if text or args.json or not failures:
+        emit(args, results, text or "nothing to sync")
+    named = [what for portal, what in failures if portal in args.names]
+    return int(named[0]["exit_code"]) if named else 0
+
+
+def sync_portals(
+    device: Device, args: argparse.Namespace, names: list[str], repair: bool, secrets: Unlocked | None = None
+) -> list[dict[str, Any]]:
+    """Sync ``names`` (every followed portal when empty): portald does it where it runs, so that two syncs never
+    race; else this process, unlocking the device unless ``secrets`` are given."""
+    request = {"op": "sync", "names": names, "repair": repair}
     results = call_daemon(daemon_socket(device.home.data), request, SYNC_TIMEOUT)
-    if results is None:  # no portald: this process syncs (with one, it asks, so that two syncs never race)
-        results = _sync_here(device, args)
+    if results is None:
+        results = _sync_here(device, secrets or unlock(device, args), names, repair)
+    return results
+
+
+def sync_failures(results: list[dict[str, Any]]) -> list[tuple[str, dict[str, Any]]]:
+    """(portal, what failed) for each sync or repair that failed, each said on standard error."""
     failures = [(r["portal"], what) for r in results for what in (r, r.get("repair", {})) if "error" in what]
     for portal, what in failures:
         print(f"portalctl: {portal}: {what['error']}", file=sys.stderr)
-    text = "\n".join(
+    return failures
+
+
+def sync_line(r: dict[str, Any]) -> str:
+    return (
         f"{r['portal']}: v{r['version']} (pulled {r['pulled']}, published {r['published']}, "
         f"{r['objects']} objects pushed)"
         + _repaired(r.get("repair"))
         + ("; its read-write mount syncs it" if r.get("elsewhere") else "")
         + (f"; {r['underplaced']} objects wait for more edges (see the log)" if r.get("underplaced") else "")
-        for r in results
-        if "error" not in r
     )
-    if text or args.json or not failures:
-        emit(args, results, text or "nothing to sync")
-    named = [what for portal, what in failures if portal in args.names]
-    return int(named[0]["exit_code"]) if named else 0
 
 
 def _repaired(repair: dict[str, Any] | None) -> str:
@@ -382,14 +405,13 @@ def _repaired(repair: dict[str, Any] | None) -> str:
     return f"; repair checked {repair['checked']}, copied {repair['copied']}, damaged {repair.get('damaged', 0)}"
 
 
-def _sync_here(device: Device, args: argparse.Namespace) -> list[dict[str, Any]]:
-    secrets = unlock(device, args)
+def _sync_here(device: Device, secrets: Unlocked, names: list[str], repair: bool) -> list[dict[str, Any]]:
     fabric = open_fabric(device, secrets)
     try:
         sharing.resume_rotations(fabric)  # an unshare a crash left half-done, before anything is published
         fabric.refresh()
         followed = {row.name for row in followed_portals(device)}
-        names = args.names or sorted(followed)
+        names = names or sorted(followed)
         for name in names:
             device.state.portal(name)  # an unknown name is an error, before anything is synced
         results: list[dict[str, Any]] = []
@@ -400,7 +422,7 @@ def _sync_here(device: Device, args: argparse.Namespace) -> list[dict[str, Any]]
             except PortalError as exc:
                 results.append({"portal": name, "error": str(exc), "exit_code": exc.exit_code})
                 continue
-            if args.repair:
+            if repair:
                 try:
                     results[-1]["repair"] = fabric.repair(view)
                 except PortalError as exc:

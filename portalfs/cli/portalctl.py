@@ -294,6 +294,10 @@ def cmd_put(device: Device, args: argparse.Namespace) -> int:
         args.sources = [s for s in args.sources if s != "-"]
     for source in args.sources:
         _check_source(source)
+    if args.sync:
+        from .fabric_cmds import hub_config
+
+        hub_config(device)  # refused before the put, not after it
     show = not args.json
     view = open_view(device, secrets, args.name)  # an unchanged file's chunks may be on the edges alone
     with writing(view, secrets, f"put {args.name}"):
@@ -329,15 +333,22 @@ def cmd_put(device: Device, args: argparse.Namespace) -> int:
         "unchanged": stats.unchanged,
     }
     if stats.unchanged:
-        emit(args, result, f"{args.name} v{version.version}: unchanged, no new version")
+        text = f"{args.name} v{version.version}: unchanged, no new version"
+    else:
+        text = (
+            f"{args.name} v{version.version}: {stats.files} files, {human(stats.bytes_read + stats.bytes_reused)} "
+            f"({human(stats.bytes_stored)} new in store) in {elapsed:.1f}s"
+        )
+    if not args.sync:
+        emit(args, result, text)
         return 0
-    emit(
-        args,
-        result,
-        f"{args.name} v{version.version}: {stats.files} files, {human(stats.bytes_read + stats.bytes_reused)} "
-        f"({human(stats.bytes_stored)} new in store) in {elapsed:.1f}s",
-    )
-    return 0
+    from .fabric_cmds import sync_failures, sync_line, sync_portals
+
+    synced = sync_portals(device, args, [args.name], False, secrets)  # the same process: one start, one unlock
+    failures = sync_failures(synced)
+    result["sync"] = synced[0] if synced else None
+    emit(args, result, "\n".join([text, *(sync_line(r) for r in synced if "error" not in r)]))
+    return int(failures[0][1]["exit_code"]) if failures else 0
 
 
 def cmd_get(device: Device, args: argparse.Namespace) -> int:
@@ -633,6 +644,7 @@ def _parser() -> argparse.ArgumentParser:
     c.add_argument("name")
     c.add_argument("sources", nargs="+", metavar="SRC", help="files or folders; - reads standard input")
     c.add_argument("--name", dest="name_for_stdin", metavar="FILE", help="the file name for standard input")
+    c.add_argument("--sync", action="store_true", help="then sync the portal (as `portalctl sync NAME`)")
     c = command("get", cmd_get, "restore a portal, or one path of it, into DEST")
     c.add_argument("name")
     c.add_argument("dest")

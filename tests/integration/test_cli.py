@@ -159,6 +159,9 @@ def test_put_get_round_trip_keeps_content_and_metadata(home: Path, tmp_path: Pat
     assert_same_tree(src, dest)
     check = ok(home, "check", "docs")
     assert "verified" in check
+    # put --sync on a device with no hub: refused before anything is put
+    fails(home, 2, "put", "docs", str(src / "small.txt"), "--sync", match="no hub")
+    assert [v["version"] for v in json.loads(ok(home, "log", "docs", "--json"))] == [1]
 
 
 def test_put_by_name_versions_and_log(home: Path, tmp_path: Path) -> None:

@@ -52,8 +52,8 @@ def _docs_on_two_devices(tmp_path: Path, lab: FabricLab) -> tuple[Path, Path, Pa
     src = _tree(tmp_path / "src")
     a, words = _device(tmp_path, "a", lab)
     ok(a, "portal", "create", "docs")
-    ok(a, "put", "docs", f"{src}/")
-    ok(a, "sync")
+    put = json.loads(ok(a, "put", "docs", f"{src}/", "--sync", "--json"))  # put, then sync, in one process
+    assert put["version"] == put["sync"]["version"] == 1 and put["sync"]["published"] == 1, put
     b, _ = _device(tmp_path, "b", lab, words)
     return src, a, b
 
