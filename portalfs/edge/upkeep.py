@@ -22,13 +22,13 @@ from typing import Protocol
 import trio
 
 from ..errors import PortalError
+from ..protocol.edge import HAVE_TRUST_SECONDS
 from .service import EdgeService
 
-__all__ = ["collect_garbage", "scrub", "garbage_pass", "GarbageHub", "HAVE_TRUST_SECONDS", "GARBAGE_HOLD_SECONDS"]
+__all__ = ["collect_garbage", "scrub", "garbage_pass", "GarbageHub", "GARBAGE_HOLD_SECONDS"]
 
 log = logging.getLogger("portal.edge")
 
-HAVE_TRUST_SECONDS = 60.0  # a device trusts a HAVE answer this long (it asks again after)
 GARBAGE_HOLD_SECONDS = 2 * HAVE_TRUST_SECONDS  # condemned ids wait at least this long before they are deleted
 GARBAGE_INTERVAL_SECONDS = 60.0
 SCRUB_FIRST_SECONDS = 60.0  # the first scrub pass starts this long after the edge (or one interval, if shorter)

@@ -21,7 +21,6 @@ from typing import Any
 
 from ..device import Device, Unlocked
 from ..edge.client import EdgeAddress, parse_address
-from ..edge.upkeep import HAVE_TRUST_SECONDS
 from ..errors import (
     Conflict,
     IntegrityError,
@@ -35,6 +34,7 @@ from ..ingest import tree_totals
 from ..merge import Writer, conflict_copy, merge_trees
 from ..pipeline import store_sealed
 from ..portal import PortalView
+from ..protocol.edge import HAVE_TRUST_SECONDS
 from ..root import RootPayload, RootRecord
 from ..sched.limits import Limits
 from ..sealing import ChunkRef

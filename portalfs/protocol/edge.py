@@ -29,6 +29,7 @@ __all__ = [
     "ALPN_BATCH",
     "ALPNS",
     "MAX_BATCH",
+    "HAVE_TRUST_SECONDS",
     "MAX_BODY",
     "MAX_HAVE",
     "MAX_VERIFY",
@@ -73,6 +74,7 @@ MAX_BODY = 8 * 1024 * 1024  # bytes of object body (a sealed 4 MiB chunk plus ov
 MAX_HAVE = 4096  # ids in one HAVE
 MAX_VERIFY = 256  # ids in one VERIFY (the edge reads each: up to 256 MiB of objects)
 MAX_BATCH = 256  # objects in one PUTS or GETS (their bytes within MAX_BODY)
+HAVE_TRUST_SECONDS = 60.0  # a device trusts a HAVE answer this long; an edge holds condemned ids twice as long
 DOMAIN_HELLO = b"portal edge hello v1\x00"
 
 ERROR_CODES = frozenset(
