@@ -30,7 +30,16 @@ from ..store import ObjectStore
 from ..tree import Entry, NodeLoader, build_file, encode_dir, holds_links
 from .workspace import Inode, Workspace
 
-__all__ = ["FilePlan", "DirPlan", "snapshot", "execute", "CommitResult", "checkpoint", "journal_file"]
+__all__ = [
+    "FilePlan",
+    "DirPlan",
+    "snapshot",
+    "execute",
+    "CommitResult",
+    "checkpoint",
+    "journal_file",
+    "append_journal",
+]
 
 
 @dataclass(slots=True)
@@ -271,19 +280,20 @@ def journal_file(
     secrets: Unlocked,
     content: str | bytes,
     record: Callable[[ChunkRef | None, int, list[bytes]], bytes],
-    base: int,
-    chunks: Callable[[], list[ChunkRef]] | None = None,
+    chunks: Callable[[], list[ChunkRef]] | None,
+    append: Callable[[bytes], int],
 ) -> tuple[ChunkRef | None, int, int, list[bytes]]:
-    """Seal a staged file and append its journal record; return its ref, size, record number,
-    and (for a small file) the sealed objects the record holds, which are not yet stored.
+    """Seal a staged file and append its journal record with ``append`` (a group commit: ``groupcommit.py``);
+    return its ref, size, record number, and (for a small file) the sealed objects the record holds, which
+    are not yet stored.
 
     Runs in a worker thread. A small file's sealed objects go into the record
-    itself, so the journal's one transaction makes it durable; the next
-    checkpoint stores them. Such a record touches no object in the store, so it
-    is written without the device lock (a checkpoint storing objects holds it
-    for a while; garbage collection, which the lock keeps out, does not run
-    beside a read-write mount at all). A larger file's objects are stored and
-    synced first, with the device lock held.
+    itself, so the transaction that appends it makes them durable; the next
+    checkpoint stores them. Such a file touches no object in the store, so it is
+    sealed without the device lock (a checkpoint storing objects holds it for a
+    while; garbage collection, which the lock keeps out, does not run beside a
+    read-write mount at all). A larger file's objects are stored and synced
+    first, with the device lock held.
     ``chunks``, when given, returns the file's chunks, already sealed and stored
     while it was written (see streaming.py).
     """
@@ -298,6 +308,13 @@ def journal_file(
             ref, size = build_file(refs, sealer.store_node) if refs else (None, 0)
         if not inline:
             view.store.sync()
-        with device.state.transaction():
-            seq = device.state.add_journal(view.row.id, base, record(ref, size, sealer.sealed))
+        seq = append(record(ref, size, sealer.sealed))
     return ref, size, seq, sealer.sealed
+
+
+def append_journal(view: PortalView, records: list[tuple[int, bytes]]) -> list[int]:
+    """Append (base version, record) pairs to the portal's journal in one durable transaction; return their
+    sequence numbers."""
+    state = view.device.state
+    with state.transaction():
+        return [state.add_journal(view.row.id, base, record) for base, record in records]

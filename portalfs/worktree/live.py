@@ -37,7 +37,8 @@ from ..portal import PortalView
 from ..root import RootPayload, RootRecord
 from ..store.base import Priority
 from ..tree import Entry
-from .commit import abandon, apply, checkpoint, journal_file, snapshot, staged_inodes
+from .commit import abandon, append_journal, apply, checkpoint, journal_file, snapshot, staged_inodes
+from .groupcommit import GroupCommit
 from .journal import encode_record, journal_chain
 from .reader import ContentReader
 from .streaming import StreamingSeal
@@ -100,6 +101,7 @@ class LiveTree:
         self.on_commit: Callable[[RootRecord], None] | None = None  # told of each version committed
         self._content_locks: dict[int, trio.Lock] = {}  # per inode: no write while it is being sealed
         self._journal_seq = 0  # the newest journal record whose inode state is applied
+        self._journal = GroupCommit(functools.partial(append_journal, view))  # closes that come together: one flush
         self._sealing = 0  # journal writes in flight (they read staging files)
         self._streams: dict[int, StreamingSeal] = {}  # files being sealed while written
         # Journaled small files' objects, kept in their records until a checkpoint stores them.
@@ -366,8 +368,9 @@ class LiveTree:
             self._sealing += 1
             try:
                 ref, size, seq, kept = await trio.to_thread.run_sync(
-                    journal_file, self.view, secrets, staging, functools.partial(encode_record, chain), base, chunks
-                )
+                    journal_file, self.view, secrets, staging, functools.partial(encode_record, chain), chunks,
+                    functools.partial(self._journal.append, base),
+                )  # fmt: skip
             finally:
                 self._sealing -= 1
             node.node, node.committed_size, node.committed_content_gen = ref, size, content_gen
