@@ -100,7 +100,7 @@ def _plan_dir(
     inode.dirty_below = False
     for name, child in sorted(workspace.children(inode).items()):
         child_plan: Entry | FilePlan | DirPlan
-        entry = dataclasses.replace(child.entry(), name=name)  # a hard-linked file's entry under this name
+        entry = child.entry(name)  # a hard-linked file's entry under this name
         if child.is_dir and child.children is not None and (child.dirty or child.dirty_below or child.node is None):
             child_plan = _plan_dir(workspace, child, content_of, deferred, linked)
         elif child.is_file and child.others and child.ino in linked:  # a name after the first of a linked file

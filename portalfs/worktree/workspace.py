@@ -109,10 +109,10 @@ class Inode(FileKind):
     def names(self) -> int:
         return 0 if self.parent is None else 1 + len(self.others)
 
-    def entry(self) -> Entry:
-        """This inode as a tree entry, with the content last committed."""
+    def entry(self, name: bytes | None = None) -> Entry:
+        """This inode as a tree entry under ``name`` (default: its own), with the content last committed."""
         return Entry(
-            name=self.name,
+            name=self.name if name is None else name,
             mode=self.mode,
             uid=self.uid,
             gid=self.gid,
