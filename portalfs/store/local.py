@@ -80,7 +80,7 @@ class LocalStore:
         self._pending_small: dict[bytes, bytes] = {}  # of those, the small ones' bytes
         self._pending_small_bytes = 0
         self._dirty_shards: set[Path] = set()
-        self._unsynced: set[Path] = set()  # objects put with durable=False, fsync'd by sync()
+        self._unsynced: set[bytes] = set()  # ids of the objects put with durable=False, fsync'd by sync()
         self._known_shards: set[str] = set()
 
     def _path(self, cid: bytes) -> Path:
@@ -108,7 +108,7 @@ class LocalStore:
         write_atomic(path, data, mode=0o600, tmp_dir=self._tmp, fsync=durable)
         with self._lock:
             if not durable:
-                self._unsynced.add(path)
+                self._unsynced.add(cid)
             self._pending[cid] = len(data)
             self._dirty_shards.add(shard)
         return True
@@ -201,7 +201,7 @@ class LocalStore:
             self._pending.pop(cid, None)
             if (data := self._pending_small.pop(cid, None)) is not None:
                 self._pending_small_bytes -= len(data)
-            self._unsynced.discard(path)  # gone before its flush: nothing left to flush
+            self._unsynced.discard(cid)  # gone before its flush: nothing left to flush
             try:
                 path.unlink()
             except FileNotFoundError:
@@ -237,9 +237,9 @@ class LocalStore:
                 if len(files) + len(shards) > SYNCFS_FROM:
                     syncfs(self.root)  # one flush of the file system beats thousands of fsyncs
                 else:
-                    for path in files:
+                    for cid in files:
                         with contextlib.suppress(FileNotFoundError):  # deleted since: nothing to flush
-                            fsync_file(path)
+                            fsync_file(self._path(cid))
                     for shard in shards:
                         fsync_dir(shard)
             except OSError as exc:
@@ -253,7 +253,7 @@ class LocalStore:
                 rows = {
                     cid: size
                     for cid, size in written.items()
-                    if self._pending.get(cid) == size and self._path(cid) not in self._unsynced
+                    if self._pending.get(cid) == size and cid not in self._unsynced
                 }
                 if rows or self._pending_small:
                     self._write_rows(rows)
