@@ -12,6 +12,8 @@ See docs/design.md, section "Chunking".
 
 from __future__ import annotations
 
+import os
+import stat
 from collections.abc import Iterator
 from io import RawIOBase
 from typing import BinaryIO
@@ -33,9 +35,27 @@ def _chunker() -> FastCDC:
 
 def cdc_chunks(stream: BinaryIO | RawIOBase) -> Iterator[bytes]:
     """Content-defined chunks of ``stream``, each an independent ``bytes``."""
+    fd, start = _regular_file(stream)
     for chunk in _chunker().cut_stream(stream):
-        # The view is only valid until the next chunk: copy it out.
+        # The view is only valid until the next chunk: a chunk of a file is read again by the kernel, which
+        # copies with the GIL released (a copy of the view holds it, and every other thread waits).
+        if fd is not None:
+            data = os.pread(fd, chunk.length, start + chunk.offset)
+            if len(data) == chunk.length:  # else the file shrank since: what the chunker read is the chunk
+                yield data
+                continue
         yield bytes(chunk.data)
+
+
+def _regular_file(stream: BinaryIO | RawIOBase) -> tuple[int | None, int]:
+    """The descriptor of ``stream`` and its position, if it reads a regular file; else None."""
+    try:
+        fd = stream.fileno()
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            return None, 0
+        return fd, stream.tell()
+    except (AttributeError, OSError, ValueError):  # io.UnsupportedOperation is both of the last two
+        return None, 0
 
 
 def cdc_cut_points(data: bytes) -> list[int]:

@@ -44,6 +44,12 @@ class _GrowingFile(io.RawIOBase):
     def readable(self) -> bool:
         return True
 
+    def fileno(self) -> int:
+        return self._fd
+
+    def tell(self) -> int:
+        return self._position
+
     def readinto(self, buffer: bytearray | memoryview) -> int:  # type: ignore[override]
         with self._changed:
             while self._position >= self._available and not self._finished and not self._abandoned:

@@ -2,6 +2,7 @@ from __future__ import annotations
 
 import io
 import random
+from pathlib import Path
 
 from portalfs.chunking import CDC_MAX, CDC_MIN, cdc_chunks, cdc_cut_points, fixed_chunks
 from portalfs.sealing import plaintext_hash
@@ -57,3 +58,14 @@ def test_fixed_chunks_fill_each_chunk_even_from_short_reads() -> None:
     chunks = list(fixed_chunks(_Trickle(data), size=4096))
     assert [len(c) for c in chunks] == [4096, 4096, 1808]
     assert b"".join(chunks) == data
+
+
+def test_a_file_read_from_its_descriptor_gives_the_chunks_of_its_bytes(tmp_path: Path) -> None:
+    data = random.Random(3).randbytes(3 * CDC_MAX + 12345)
+    path = tmp_path / "f"
+    path.write_bytes(b"head" + data)
+    expected = list(cdc_chunks(io.BytesIO(data)))
+    with open(path, "rb", buffering=0) as raw, open(path, "rb") as buffered:
+        raw.seek(4)
+        buffered.seek(4)  # chunked from where the stream stands, not from the file's start
+        assert list(cdc_chunks(raw)) == list(cdc_chunks(buffered)) == expected
