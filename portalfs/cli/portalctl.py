@@ -344,7 +344,7 @@ def cmd_put(device: Device, args: argparse.Namespace) -> int:
         return 0
     from .fabric_cmds import sync_failures, sync_line, sync_portals
 
-    synced = sync_portals(device, args, [args.name], False, secrets)  # the same process: one start, one unlock
+    synced = sync_portals(device, args, [args.name], False, secrets)  # portald's, or here with these secrets
     failures = sync_failures(synced)
     result["sync"] = synced[0] if synced else None
     emit(args, result, "\n".join([text, *(sync_line(r) for r in synced if "error" not in r)]))
