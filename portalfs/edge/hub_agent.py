@@ -22,7 +22,8 @@ log = logging.getLogger("portal.edge")
 HEARTBEAT_SECONDS = 10.0  # register, refresh the directory and take reported damage this often (the hub: 15 s)
 REGISTER_RETRY = Backoff(0.2, 5.0)  # a registration the hub did not take: again soon, not at the next heartbeat
 REGISTER_PATIENCE = 30.0  # seconds the edge waits to be registered before it serves anyway, and says so
-REFRESH_SECONDS = 1.0  # an unknown device refreshes the directory at most this often
+REFRESH_SECONDS = 1.0  # an unknown device has the directory read at most this often
+UNKNOWN_WAITING = 8  # unknown devices that may wait for that read at once (the next are refused)
 REVOCATION_SECONDS = 2.0  # the directory is read this often, so that a revoked device is cut off within it
 
 
@@ -45,26 +46,43 @@ class HubAgent:
         self.heartbeat = heartbeat
         self._devices: dict[bytes, Listed] = {}
         self._lock = threading.Lock()
-        self._last_asked = 0.0  # when an unknown device last made the agent read the directory
+        self._last_read = -REFRESH_SECONDS  # when an unknown device last had the directory read (monotonic)
+        self._reading = threading.Lock()  # held while an unknown device has the directory read
+        self._waiting = 0  # unknown devices waiting for a read
         self._token: trio.lowlevel.TrioToken | None = None
 
     def device_status(self, device: bytes) -> Listed | None:
-        """The hub's word on ``device`` (None: not listed). Called from worker threads and the loop; an unknown
-        device triggers one refresh of the directory (at most once a second, from a worker thread)."""
+        """The hub's word on ``device`` (None: not listed). Called from worker threads and the loop.
+
+        A device not in the directory as last read has it read again, from a worker thread: at most once a
+        second whoever asks, so a device that has just joined may wait up to that second for the read that
+        finds it (it was refused, when another new device had just had the directory read). Devices that
+        come meanwhile wait for that read and take its answer; past UNKNOWN_WAITING of them waiting, the
+        next is refused at once (unknown devices cost the hub one read a second, and the edge a few
+        threads, however many come)."""
         with self._lock:
             status = self._devices.get(device)
-            stale = time.monotonic() - self._last_asked > REFRESH_SECONDS
-            if status is None and stale:
-                self._last_asked = time.monotonic()
-        if status is None and stale and self._token is not None and not _on_loop():
-            try:
-                devices = trio.from_thread.run(self.client.device_directory, trio_token=self._token)
-            except (PortalError, trio.RunFinishedError) as exc:
-                log.warning("device directory: %s", exc)
-                return None
-            self._remember(devices)
-            status = devices.get(device)
-        return status
+            if status is not None or self._token is None or _on_loop() or self._waiting >= UNKNOWN_WAITING:
+                return status
+            self._waiting += 1
+        try:
+            with self._reading:  # one read at a time; whoever waited here sees what it found
+                with self._lock:
+                    status = self._devices.get(device)
+                    if status is not None:
+                        return status
+                time.sleep(max(0.0, self._last_read + REFRESH_SECONDS - time.monotonic()))
+                self._last_read = time.monotonic()
+                try:
+                    devices = trio.from_thread.run(self.client.device_directory, trio_token=self._token)
+                except (PortalError, trio.RunFinishedError) as exc:
+                    log.warning("device directory: %s", exc)
+                    return None
+                self._remember(devices)
+                return devices.get(device)
+        finally:
+            with self._lock:
+                self._waiting -= 1
 
     async def watch_revocations(self) -> None:
         """Read the directory every REVOCATION_SECONDS: a device revoked at the hub is refused a HELLO, and its
