@@ -43,6 +43,7 @@ class PortalView:
         self.row = row
         self.keys = keys
         self.store: ObjectStore = store if store is not None else device.store_local
+        self._fetches: tuple[ObjectStore | None, bool] = (None, False)  # see fetches
 
     @classmethod
     def open(cls, device: Device, name: str, secrets: Unlocked, store: ObjectStore | None = None) -> PortalView:
@@ -73,8 +74,12 @@ class PortalView:
 
     @property
     def fetches(self) -> bool:
-        """Whether objects this device lacks come from a fabric (then ``prefetch`` is worth a batch)."""
-        return isinstance(self.store, Prefetching)
+        """Whether objects this device lacks come from a fabric (then ``prefetch`` is worth a batch). Asked on
+        every read of a mount: isinstance against a Protocol inspects the class each time (~13 us), so it is
+        asked once per store."""
+        if self._fetches[0] is not self.store:
+            self._fetches = (self.store, isinstance(self.store, Prefetching))
+        return self._fetches[1]
 
     def prefetch(self, refs: Sequence[ChunkRef], priority: Priority = Priority.READAHEAD) -> None:
         """Bring the objects of ``refs`` this device lacks in together (one location lookup, fetched in parallel),
