@@ -43,7 +43,9 @@ class PortalView:
         self.row = row
         self.keys = keys
         self.store: ObjectStore = store if store is not None else device.store_local
-        self._fetches: tuple[ObjectStore | None, bool] = (None, False)  # see fetches
+        # Whether objects this device lacks come from a fabric (then ``prefetch`` is worth a batch): asked once
+        # here, for every read of a mount would ask isinstance of a Protocol, which inspects the class (~13 us).
+        self.fetches = isinstance(self.store, Prefetching)
 
     @classmethod
     def open(cls, device: Device, name: str, secrets: Unlocked, store: ObjectStore | None = None) -> PortalView:
@@ -71,15 +73,6 @@ class PortalView:
             # store that fetches replaces it from the edges; an intact one that still does not open is the
             # reference's fault, and unseal says so.
             return unseal(ref, self.store.get(ref.cid), what, id_checked=True)
-
-    @property
-    def fetches(self) -> bool:
-        """Whether objects this device lacks come from a fabric (then ``prefetch`` is worth a batch). Asked on
-        every read of a mount: isinstance against a Protocol inspects the class each time (~13 us), so it is
-        asked once per store."""
-        if self._fetches[0] is not self.store:
-            self._fetches = (self.store, isinstance(self.store, Prefetching))
-        return self._fetches[1]
 
     def prefetch(self, refs: Sequence[ChunkRef], priority: Priority = Priority.READAHEAD) -> None:
         """Bring the objects of ``refs`` this device lacks in together (one location lookup, fetched in parallel),

@@ -150,7 +150,9 @@ class EdgeService:
         capacity: int = 0,
     ) -> None:
         self.store = store
-        self._cached_reads: tuple[ObjectStore | None, CachedReads | None] = (None, None)  # see cached_reads
+        # The store, if it can answer from memory: asked once here, for every GET on the event loop would ask
+        # isinstance of a Protocol, which inspects the class each time (~13 us).
+        self.cached_reads = store if isinstance(store, CachedReads) else None
         self.edge_public = edge_public
         self.quotas = quotas
         self.device_status = device_status  # None: no hub, an enrollment certificate suffices
@@ -251,14 +253,6 @@ class EdgeService:
         self.delete(cid)
         with self._lock:
             self._damaged += 1
-
-    @property
-    def cached_reads(self) -> CachedReads | None:
-        """The store, if it can answer from memory (``CachedReads``). Asked per GET on the event loop:
-        isinstance against a Protocol inspects the class each time (~13 us), so it is asked once per store."""
-        if self._cached_reads[0] is not self.store:
-            self._cached_reads = (self.store, self.store if isinstance(self.store, CachedReads) else None)
-        return self._cached_reads[1]
 
     # authentication
 

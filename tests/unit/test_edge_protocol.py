@@ -36,7 +36,7 @@ from portalfs.protocol.edge import (
     hello_message,
 )
 from portalfs.sealing import object_id
-from portalfs.store import LocalStore, MemoryStore
+from portalfs.store import LocalStore, MemoryStore, ObjectStore
 
 EDGE = os.urandom(32)
 
@@ -132,11 +132,11 @@ def test_bitmap_flags_round_trip() -> None:
 
 
 class Fixture:
-    def __init__(self, tmp_path: Path, quota: int = 0) -> None:
+    def __init__(self, tmp_path: Path, quota: int = 0, store: ObjectStore | None = None) -> None:
         self.identity = Identity(os.urandom(32))
         self.device = DeviceKey(os.urandom(32))
         self.cert = self.identity.enroll(self.device.public, "laptop", time.time_ns()).to_bytes()
-        self.store = MemoryStore()
+        self.store = store if store is not None else MemoryStore()
         self.status: dict[bytes, str] = {}
         self.service = EdgeService(self.store, EDGE, QuotaBook(tmp_path / "edge.db", quota))
 
@@ -249,8 +249,7 @@ def test_a_hello_must_be_for_the_device_the_channel_proved(tmp_path: Path) -> No
 
 
 def test_a_get_of_an_object_in_memory_is_answered_without_a_thread(tmp_path: Path) -> None:
-    f = Fixture(tmp_path)
-    f.service.store = LocalStore(tmp_path / "store", small_max=0)  # an edge's layout
+    f = Fixture(tmp_path, store=LocalStore(tmp_path / "store", small_max=0))  # an edge's layout
     s = f.session()
     cid, data = _obj()
     assert s.handle_nowait(Get(cid)) is None  # before HELLO: nothing but HELLO, on the thread
@@ -287,8 +286,7 @@ def test_puts_stores_every_object_or_none_and_gets_answers_each_in_order(tmp_pat
 
 
 def test_gets_stops_before_the_object_that_would_pass_a_frame(tmp_path: Path) -> None:
-    f = Fixture(tmp_path)
-    f.service.store = LocalStore(tmp_path / "store", small_max=0)  # an edge's layout
+    f = Fixture(tmp_path, store=LocalStore(tmp_path / "store", small_max=0))  # an edge's layout
     s = f.session()
     s.handle(f.hello(), time.time_ns())
     objects = [_obj(3 * 1024 * 1024) for _ in range(3)]
