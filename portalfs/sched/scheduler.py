@@ -130,7 +130,9 @@ class _Edge:
         if len(self.durations) < HEDGE_SAMPLES:
             return None
         if self._p95 is None:
-            self._p95 = float(np.percentile(np.fromiter(self.durations, float), 95))
+            # numpy's default percentile (linear between closest ranks); np.percentile's first call imports
+            # numpy.ma, 19 ms of a command's start
+            self._p95 = statistics.quantiles(self.durations, n=20, method="inclusive")[18]
         return self._p95
 
 
