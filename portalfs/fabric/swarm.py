@@ -378,16 +378,32 @@ class Swarm:
                 raise edge.error or Unreachable(f"edge {edge.address}: down")
             edge = None  # try again
         if edge is None:
-            address = next((a for a in self.addresses if a.key == key), None)
-            if address is None:
+            edge = self._connect(key)
+            if edge is None:
                 raise Unreachable(f"edge {key.hex()[:16]}… is not in this device's edge list")
-            edge = self._edges[key] = _Edge(address)
-            assert self._nursery is not None
-            self._nursery.start_soon(self._hold, edge)
         await edge.ready.wait()
         if edge.client is None:
             raise edge.error or Unreachable(f"edge {edge.address}: connection failed")
         return edge.client
+
+    def _connect(self, key: bytes) -> _Edge | None:
+        """Start connecting to edge ``key`` (None: it is not in the edge list)."""
+        address = next((a for a in self.addresses if a.key == key), None)
+        if address is None:
+            return None
+        edge = self._edges[key] = _Edge(address)
+        assert self._nursery is not None
+        self._nursery.start_soon(self._hold, edge)
+        return edge
+
+    def _warm(self, holders: Iterable[list[bytes]]) -> None:
+        """Connect now to every edge that holds something asked for and has no connection (open, opening, or
+        failed lately): a read's first objects come from one edge or two, and the rest of the swarm would
+        otherwise be connected only once the objects after them are planned there (a handshake and a HELLO,
+        several round trips each, while the connected edges serve alone)."""
+        for key in {key for keys in holders for key in keys}:
+            if key not in self._edges:
+                self._connect(key)
 
     def _drop(self, key: bytes) -> None:
         edge = self._edges.get(key)
@@ -562,6 +578,7 @@ class Swarm:
         sizes: Mapping[bytes, int],
     ) -> dict[bytes, bytes]:
         now = trio.current_time()
+        self._warm((located or {}).values())
         wanted: dict[bytes, _Wanted] = {}
         for cid in cids:
             if cid not in wanted:

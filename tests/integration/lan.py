@@ -8,7 +8,8 @@ hosts of its LAN and nothing else (no default route).
 from __future__ import annotations
 
 import os
-from collections.abc import Callable, Iterator
+import threading
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 
@@ -58,6 +59,37 @@ class Lan:
         with NetNS(self.netns(host)) as ns:
             (link,) = ns.get_links(ifname="eth0")
             return int(link.get_attr("IFLA_STATS64")["tx_bytes"])
+
+    @contextmanager
+    def meter(self, hosts: Sequence[str]) -> Iterator[Callable[[], list[int]]]:
+        """A reader of the bytes each of ``hosts`` has sent, cheap enough to call every few milliseconds (~4 us):
+        the switch's /proc/net/dev (a host's port receives what the host sends), opened once by a thread that
+        entered the switch's namespace (setns moves only the calling thread; the file keeps the namespace it
+        was opened in). ``sent`` opens a netlink socket in the namespace each time, which forks a helper:
+        ~8 ms of CPU a call, a core's worth when polled for five hosts every 10 ms."""
+        opened: list[int] = []
+
+        def open_in_switch() -> None:
+            netns.setns(self.switch)
+            opened.append(os.open("/proc/thread-self/net/dev", os.O_RDONLY))
+
+        opener = threading.Thread(target=open_in_switch)
+        opener.start()
+        opener.join()
+        (fd,) = opened
+        ports = [self._ports[host] for host in hosts]
+
+        def read() -> list[int]:
+            received = {}
+            for line in os.pread(fd, 1 << 16, 0).decode().splitlines()[2:]:
+                name, _, counters = line.partition(":")
+                received[name.strip()] = int(counters.split()[0])
+            return [received[port] for port in ports]
+
+        try:
+            yield read
+        finally:
+            os.close(fd)
 
     def port(self, host: str) -> str:
         """The switch's end of ``host``'s cable."""

@@ -1,5 +1,5 @@
-"""Small objects through the swarm against real portal-edge processes on loopback: a push and a fetch go many
-objects to a request (PUTS, GETS) where the edges speak revision 5, and one a request where they do not."""
+"""The swarm against real portal-edge processes on loopback: small objects go many to a request (PUTS, GETS)
+where the edges speak revision 5, and one a request where they do not; a read connects to every holder."""
 
 from __future__ import annotations
 
@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 from portalfs.edge.client import EdgeAddress, EdgeClient
-from portalfs.fabric.swarm import Swarm
+from portalfs.fabric.swarm import Locate, Swarm
 from portalfs.keys import DeviceKey, Identity
 from portalfs.sched.limits import Limits
 from portalfs.sealing import object_id
@@ -39,10 +39,10 @@ def edges(tmp_path: Path) -> Iterator[list[EdgeAddress]]:
             server.stop()
 
 
-def _swarm(edges: list[EdgeAddress], limits: Limits | None = None) -> Swarm:
+def _swarm(edges: list[EdgeAddress], limits: Limits | None = None, locate: Locate | None = None) -> Swarm:
     identity, device = Identity(os.urandom(32)), DeviceKey(os.urandom(32))
     cert = identity.enroll(device.public, "test", time.time_ns()).to_bytes()
-    swarm = Swarm(edges, device, cert, None).start()
+    swarm = Swarm(edges, device, cert, locate).start()
     if limits is not None:
         swarm.configure(limits)
     return swarm
@@ -96,3 +96,26 @@ def test_a_slow_edge_does_not_set_the_pace_of_a_push(edges: list[EdgeAddress]) -
     on_slow = len(placement.held.get(slow, []))
     assert on_slow < 256 * 2 / 3 / 2, on_slow  # under half of a third's share: the others took the rest
     assert seconds < 4, seconds
+
+
+def test_a_read_connects_to_every_holder_of_what_it_asks(edges: list[EdgeAddress]) -> None:
+    """One object, held by three edges, comes from one of them; the other two are connected meanwhile, so that
+    the objects a read asks for next find the whole swarm ready (not one edge serving while two shake hands)."""
+    blob = os.urandom(5000)
+    cid = object_id(blob)
+    writer = _swarm(edges)
+    try:
+        assert writer.push({cid: blob}.__getitem__, [cid], 3).copies == 3
+    finally:
+        writer.close()
+    reader = _swarm(edges, locate=lambda cids: {c: [edge.key for edge in edges] for c in cids})
+    try:
+        assert reader.get_many([cid]) == {cid: blob}
+        deadline = time.monotonic() + 30
+        while reader.statistics().get("HELLO", 0) < len(edges):
+            assert time.monotonic() < deadline, reader.statistics()
+            time.sleep(0.02)
+        requests = reader.statistics()
+    finally:
+        reader.close()
+    assert requests["HELLO"] == 3 and requests.get("GET", 0) + requests.get("GETS", 0) == 1, requests

@@ -77,12 +77,13 @@ def test_each_edge_serves_in_proportion_to_its_rate(shaped: tuple[Lan, FabricLab
 
 def test_killing_the_fastest_edge_half_way_still_completes_the_read(shaped: tuple[Lan, FabricLab, Path]) -> None:
     network, lab, tmp_path = shaped
-    before = [network.sent(host) for host in EDGES]
-    process = get(tmp_path, network, "got")
-    deadline = time.monotonic() + 120
-    while sum(network.sent(h) - b for h, b in zip(EDGES, before, strict=True)) < SIZE // 2:
-        assert process.poll() is None and time.monotonic() < deadline
-        time.sleep(0.05)
+    with network.meter(EDGES) as sent:
+        before = sum(sent())
+        process = get(tmp_path, network, "got")
+        deadline = time.monotonic() + 120
+        while sum(sent()) - before < SIZE // 2:
+            assert process.poll() is None and time.monotonic() < deadline
+            time.sleep(0.05)
     lab.edges[-1].stop(signal.SIGKILL)  # edge4, the fastest
     _, err = process.communicate(timeout=300)
     assert process.returncode == 0, err
