@@ -38,6 +38,7 @@ log = logging.getLogger("portal.net")
 DATAGRAM_SIZE = 1452  # what a 1500-byte Ethernet path carries over IPv4 or IPv6 UDP
 MAX_DATA = 64 * 1024 * 1024  # connection flow-control window
 MAX_STREAM_DATA = 16 * 1024 * 1024  # per-stream window: a whole object in flight
+ERROR_GIVEN_UP = 0x10  # application error code of a STOP_SENDING: the client no longer wants the answer
 RECV_SIZE = 65536
 CONCURRENT_REQUESTS = 64  # streams a client keeps open at once (below the peer's stream limit)
 
@@ -125,19 +126,22 @@ class _Endpoint:
         self.one_peer = one_peer  # a client's socket, connected to its edge: a refusal is the edge's answer
         self._wake: trio.CancelScope | None = None
         self.deadline = float("inf")
+        self.received = 0  # bytes of the datagrams drained
 
     def drain(self) -> list[tuple[bytes, Any]]:
         """Every datagram waiting on the socket now."""
-        received = []
+        received: list[tuple[bytes, Any]] = []
         while True:
             try:
-                received.append(self.sock.recvfrom(RECV_SIZE))
+                datagram = self.sock.recvfrom(RECV_SIZE)
             except (BlockingIOError, InterruptedError):
                 return received
             except OSError as exc:  # ICMP errors surface here on Linux
                 if exc.errno in (errno.ECONNREFUSED, errno.EHOSTUNREACH, errno.ENETUNREACH) and not self.one_peer:
                     continue  # about one of a server's many peers: not the socket's end
                 raise
+            received.append(datagram)
+            self.received += len(datagram[0])
 
     def send_raw(self, datagram: bytes, addr: Any) -> None:
         """One datagram the server makes itself (a Retry); dropped if the socket buffer is full."""
@@ -370,6 +374,7 @@ class QuicClient:
         self._handshake = trio.Event()
         self._failed: BaseException | None = None
         self._slots = trio.Semaphore(CONCURRENT_REQUESTS)
+        self._stopped: set[int] = set()  # streams whose answers were given up, until the edge resets them
         self.alpn = ""  # the protocol revision the handshake agreed on
 
     async def request(self, message: Message) -> Message:
@@ -387,7 +392,29 @@ class QuicClient:
             self._endpoint.send(self._conn)
         except (self._quic.ConnectionError, ValueError) as exc:
             self._fail(exc)
-        return await answer.wait(self.peer)
+        try:
+            return await answer.wait(self.peer)
+        except trio.Cancelled:
+            self._stop(stream_id)
+            raise
+
+    def _stop(self, stream_id: int) -> None:
+        """A request given up before its answer came (a copy that lost to another, a read cancelled): the edge is
+        asked to stop sending the answer (STOP_SENDING: it resets the stream, and neither sends nor resends the
+        rest), and what came of it is dropped. Without this, a duplicate cancelled in the endgame kept the edge
+        sending, for nothing, up to a whole object."""
+        if stream_id not in self._outstanding:
+            return  # answered meanwhile, or the connection failed
+        self._outstanding.answered(stream_id)
+        self._streams.readers.pop(stream_id, None)
+        if self._failed is not None:
+            return
+        self._stopped.add(stream_id)
+        try:
+            self._conn.stop_stream(stream_id, ERROR_GIVEN_UP)
+            self._endpoint.send(self._conn)
+        except (self._quic.ConnectionError, ValueError) as exc:
+            log.debug("%s: stream %d not stopped: %s", self.peer, stream_id, exc)
 
     def _fail(self, exc: BaseException) -> None:
         if self._failed is None:
@@ -420,6 +447,10 @@ class QuicClient:
                     self.alpn = event.alpn_protocol or ""
                     self._handshake.set()
                 elif isinstance(event, events.StreamDataReceived):
+                    if event.stream_id in self._stopped:  # what was on its way before the edge stopped
+                        if event.end_stream:
+                            self._stopped.discard(event.stream_id)
+                        continue
                     try:
                         message = self._streams.feed(event.stream_id, event.data, event.end_stream)
                     except RemoteProtocolError as exc:
@@ -428,6 +459,7 @@ class QuicClient:
                     if message is not None and event.stream_id in self._outstanding:
                         self._outstanding.answered(event.stream_id).deliver(message)
                 elif isinstance(event, events.StreamReset):
+                    self._stopped.discard(event.stream_id)
                     if event.stream_id in self._outstanding:
                         self._outstanding.answered(event.stream_id).abandon(self._failed)
                 elif isinstance(event, events.ConnectionTerminated):

@@ -14,7 +14,7 @@ from OpenSSL import SSL
 from portalfs.edge.client import EdgeAddress, EdgeClient, connect_edge
 from portalfs.errors import CorruptObject, IntegrityError, MissingObject, Unreachable
 from portalfs.keys import DeviceKey, Identity
-from portalfs.net.quic import open_quic
+from portalfs.net.quic import QuicClient, open_quic
 from portalfs.net.tcp import TlsChannel, TransportError, open_tcp, receive_message
 from portalfs.net.tls import client_context
 from portalfs.protocol.edge import (
@@ -155,6 +155,32 @@ async def test_an_edge_that_is_gone_is_unreachable(edge: tuple[Server, EdgeAddre
         with trio.fail_after(30):
             async with connect_edge(address, device, cert):
                 raise AssertionError("connected to a stopped edge")
+
+
+async def test_over_quic_an_answer_given_up_stops_the_edge_sending_it(edge: tuple[Server, EdgeAddress]) -> None:
+    """A GET cancelled (a copy that lost to another in the endgame) sends STOP_SENDING: the edge stops sending
+    the rest of the object, and the connection goes on serving."""
+    _, address = edge
+    if address.transport != "quic":
+        pytest.skip("over TCP an answer is one frame on the connection's stream: it cannot be stopped half-way")
+    device, cert = _device()
+    big, small = os.urandom(MAX_BODY - 1024), os.urandom(1000)
+    async with connect_edge(address, device, cert) as client:
+        for blob in (big, small):
+            await client.put(object_id(blob), blob)
+    async with connect_edge(address, device, cert) as client:
+        quic = client._transport
+        assert isinstance(quic, QuicClient)
+        with trio.move_on_after(0.002) as given_up:
+            await client.get(object_id(big))
+        assert given_up.cancelled_caught, "the answer came whole within 2 ms"
+        assert await client.get(object_id(small)) == small
+        with trio.fail_after(10):
+            while quic._stopped:  # until the edge's RESET_STREAM (or the answer's end) came
+                await trio.sleep(0.01)
+        await trio.sleep(0.2)  # anything still on its way
+        assert quic._endpoint.received < len(big) // 2, quic._endpoint.received
+        assert not quic._streams.readers
 
 
 @pytest.fixture
