@@ -5,7 +5,7 @@ place once complete, so a restore interrupted at any point leaves whole files
 only. Existing paths are never overwritten unless asked to. Chunks are fetched
 and unsealed by worker threads, a bounded window ahead of the writer; on a
 device whose store fetches from a fabric, a file's chunks come from the edges
-in batches, three batches ahead (one location lookup and parallel requests
+in batches, many batches ahead (one location lookup and parallel requests
 each), and the chunks of a directory's small files in batches of many files.
 """
 
@@ -28,8 +28,10 @@ from .tree import Entry, decode_dir
 
 __all__ = ["Restorer", "RestoreStats"]
 
-PREFETCH_BATCH = 32  # chunks fetched from the fabric together
-FETCHING_BATCHES = 3  # batches fetched at once (and one more fetched and not yet written)
+PREFETCH_BATCH = 32  # a directory's small files whose nodes, then chunks, are fetched from the fabric together
+FETCHING_BATCHES = 3  # groups of them fetched at once (and one more fetched and not yet written)
+CHUNK_BATCH = 8  # a large file's chunks fetched together: the writer takes a batch once all of it came
+CHUNK_BATCHES = 12  # of them fetched at once: as many chunks in flight as 3 x 32, in smaller steps
 SMALL_FILE = 1 << 20  # files up to this size have their chunks fetched with their neighbours'
 WHOLE_FILE = 256 * 1024  # files up to this size are read whole (fetched and opened) with their neighbours'
 
@@ -38,19 +40,21 @@ T = TypeVar("T")
 R = TypeVar("R")
 
 
-def batches_ahead(items: Iterable[T], fetch: Callable[[list[T]], R]) -> Iterator[tuple[list[T], R]]:
-    """``items`` in batches of PREFETCH_BATCH, each with what ``fetch`` made of it, fetched on worker threads
-    FETCHING_BATCHES batches at once ahead of the caller: the edges are not idle while the end of one batch
-    waits on its slowest edge, since the next ones keep the others busy."""
-    with ThreadPoolExecutor(FETCHING_BATCHES, thread_name_prefix="prefetch") as fetcher:
+def batches_ahead(
+    items: Iterable[T], fetch: Callable[[list[T]], R], size: int = PREFETCH_BATCH, depth: int = FETCHING_BATCHES
+) -> Iterator[tuple[list[T], R]]:
+    """``items`` in batches of ``size``, each with what ``fetch`` made of it, fetched on worker threads ``depth``
+    batches at once ahead of the caller: the edges are not idle while the end of one batch waits on its slowest
+    edge, since the next ones keep the others busy."""
+    with ThreadPoolExecutor(depth, thread_name_prefix="prefetch") as fetcher:
         ahead: deque[tuple[list[T], Future[R]]] = deque()
         batch: list[T] = []
         for item in items:
             batch.append(item)
-            if len(batch) == PREFETCH_BATCH:
+            if len(batch) == size:
                 ahead.append((batch, fetcher.submit(fetch, batch)))
                 batch = []
-                if len(ahead) > FETCHING_BATCHES:
+                if len(ahead) > depth:
                     done, fetched = ahead.popleft()
                     yield done, fetched.result()
         if batch:
@@ -206,7 +210,7 @@ class Restorer:
         if not self.view.fetches:
             yield from refs
             return
-        for batch, _ in batches_ahead(refs, self.view.prefetch):
+        for batch, _ in batches_ahead(refs, self.view.prefetch, CHUNK_BATCH, CHUNK_BATCHES):
             yield from batch
 
     def _write_chunk(self, out: object, data: bytes | memoryview) -> None:

@@ -50,6 +50,7 @@ LATE_FACTOR = 3  # a copy is late past its edge's RTO and this many times its by
 DELIVERY_SPAN = 4  # answers a delivery-rate sample spans
 HEDGE_SAMPLES = 8  # response times an edge must have answered before its p95 is trusted
 CHOICES = 3  # a primary and two backups per request
+WAIT_FOR_ROOM = 0.05  # seconds between ticks while requests (or hedges) wait for an edge with room
 
 
 class _Edge:
@@ -376,8 +377,9 @@ class Scheduler:
 
     def next_wake(self, now: float) -> float | None:
         """When the caller should tick next without being told of anything: the earliest deadline or hedge
-        time, or 50 ms while requests wait for room."""
-        times = [now + 0.05] if self._unsent else []
+        time, or 50 ms while requests wait for room (or a hedge that is due waits for a backup with room, or
+        for room in the duplicates' budget: asked again then, not at once, which would spin)."""
+        times = [now + WAIT_FOR_ROOM] if self._unsent else []
         for request in self._in_flight:
             for index, sent in request.copies.items():
                 edge = self._edges[index]
@@ -385,7 +387,7 @@ class Scheduler:
                     times.append(request.deadlines[index])
                 p95 = edge.p95()
                 if p95 is not None and request.priority == Priority.FOREGROUND and not request.duplicated:
-                    times.append(sent + p95)
+                    times.append(sent + p95 if sent + p95 > now else now + WAIT_FOR_ROOM)
         return min(times) if times else None
 
     # outcomes
