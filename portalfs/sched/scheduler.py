@@ -43,6 +43,7 @@ TYPICAL_OBJECT = 1 << 20  # bytes a request is counted for when its size is not 
 DEFAULT_RATE = 12.5e6  # bytes per second assumed of an edge never measured (it is soon measured)
 DEFAULT_RTT = 0.02
 WINDOW_MIN, WINDOW_MAX, WINDOW_EXTRA, URGENT_EXTRA = 2, 16, 2, 2
+PIPELINE = 2  # copies a measured edge may always hold, whatever their size: the one it sends, the next
 MAX_IN_FLIGHT = 64
 DUPLICATE_FLOOR = 8 << 20
 DUPLICATE_SHARE = 0.1
@@ -246,10 +247,14 @@ class Scheduler:
             ready = advance(edges, tick).ready.astype(np.float64)
 
     def _room(self, edge: _Edge, priority: int, fallback: float) -> bool:
-        """Whether ``edge`` may take another copy: its bytes in flight are under its window, and the device's
-        under MAX_IN_FLIGHT typical objects (a read that waits may go URGENT_EXTRA past either)."""
+        """Whether ``edge`` may take another copy: its bytes in flight are under its window, or (once it has
+        answered) it holds fewer than PIPELINE copies, and the device's bytes in flight are under MAX_IN_FLIGHT
+        typical objects (a read that waits may go URGENT_EXTRA past either). The second rule is for a large
+        object that fills a window alone: without a copy queued behind it, the edge would send it and then idle
+        for the round trip the next request takes to reach it (bench/swarm saw that gap after each)."""
         extra = URGENT_EXTRA if priority == Priority.FOREGROUND else 0
-        if edge.flight >= (edge.window(fallback) + extra) * TYPICAL_OBJECT:
+        pipelined = edge.estimate.throughput.bytes_per_second is not None and len(edge.in_flight) < PIPELINE
+        if edge.flight >= (edge.window(fallback) + extra) * TYPICAL_OBJECT and not pipelined:
             return False
         return sum(e.flight for e in self._edges) < (MAX_IN_FLIGHT + extra) * TYPICAL_OBJECT
 

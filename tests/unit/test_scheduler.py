@@ -140,6 +140,20 @@ def test_no_edge_idles_between_copies_over_a_long_round_trip() -> None:
     assert efficiency > 0.93, efficiency
 
 
+def test_an_edge_sending_an_object_larger_than_its_window_has_the_next_one_asked_already() -> None:
+    """Objects of 2.5 MiB on a 100 Mbit/s edge 40 ms away: one alone fills the window, yet the next is asked
+    while it is sent, so the edge never waits a round trip between them."""
+    pipe = Pipe(100e6 / 8, latency=0.04)
+    lab = Lab({keys(1)[0]: pipe})
+    size = int(2.5 * MB)
+    for i in range(40):
+        lab.scheduler.add(i.to_bytes(32, "big"), Priority.READAHEAD, None, 0.0, size)
+    end = lab.run()
+    assert pipe.bytes == 40 * size
+    efficiency = 40 * size / end / pipe.rate
+    assert efficiency > 0.95, efficiency
+
+
 def test_a_single_read_goes_to_the_edge_that_ends_it_first() -> None:
     pipes = {k: Pipe(r) for k, r in zip(keys(3), [10e6, 100e6, 50e6], strict=True)}
     lab = Lab(pipes)
