@@ -81,12 +81,18 @@ class Transport(Protocol):
 
     async def request(self, message: Message) -> Message: ...
 
+    def round_trip(self) -> float | None: ...
+
 
 class EdgeClient:
     def __init__(self, transport: Transport, address: EdgeAddress) -> None:
         self.address = address
         self._transport = transport
         self.requests: Counter[str] = Counter()  # requests sent, by kind: HELLO, GET, PUT, GETS, PUTS, HAVE, ...
+
+    def round_trip(self) -> float | None:
+        """The connection's round-trip time as its transport measures it (seconds), if it does."""
+        return self._transport.round_trip()
 
     @property
     def batches(self) -> bool:

@@ -534,6 +534,9 @@ class Swarm:
                 self._drop(key)
             return self._scheduler.failed(request, key, now, unreachable=True)
         self._charge(key, "down", len(got) - request.size)
+        edge = self._edges.get(key)
+        if edge is not None and edge.client is not None:
+            self._scheduler.round_trip(key, edge.client.round_trip())
         actions = self._scheduler.answered(request, key, now, len(got))
         wanted.arrived(got)
         return actions

@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import logging
 import socket
+import struct
 import time
 from collections.abc import AsyncIterator, Callable, Sequence
 from contextlib import asynccontextmanager
@@ -61,6 +62,7 @@ HANDSHAKE_SECONDS = 10.0  # to connect and finish the TLS handshake, for a clien
 SEND_SECONDS = 60.0  # the longest one request's frame may take to send before the connection is given up
 RECEIVE_BUFFER = 64 << 10  # bytes a channel first decrypts into (made at its first read, grown for a larger part)
 RECORD = 16384  # the most plaintext one TLS record carries: what one read can return
+TCP_INFO_SIZE, TCP_INFO_RTT = 104, 68  # bytes of struct tcp_info asked for; where tcpi_rtt (microseconds) is
 
 
 class TransportError(ConnectionError):
@@ -104,6 +106,18 @@ class TlsChannel(trio.abc.AsyncResource):
     def alpn(self) -> str:
         """The protocol revision the handshake agreed on (docs/design.md, section 12)."""
         return self._tls.get_alpn_proto_negotiated().decode("ascii", "replace")
+
+    def round_trip(self) -> float | None:
+        """The kernel's smoothed round-trip time of the connection, in seconds (TCP_INFO's tcpi_rtt); None where
+        it has none yet, or the platform does not say."""
+        try:
+            info = self._socket.getsockopt(socket.IPPROTO_TCP, socket.TCP_INFO, TCP_INFO_SIZE)
+        except (OSError, AttributeError):  # a closed socket; TCP_INFO is Linux's
+            return None
+        if len(info) < TCP_INFO_RTT + 4:
+            return None
+        (microseconds,) = struct.unpack_from("=I", info, TCP_INFO_RTT)
+        return microseconds / 1e6 or None
 
     @property
     def peer(self) -> str:
@@ -336,6 +350,7 @@ class TcpConnection:
     def __init__(self, stream: TlsChannel, peer: str) -> None:
         self.peer = peer
         self.alpn = stream.alpn
+        self.round_trip = stream.round_trip
         self._stream = stream
         self._send_lock = trio.Lock()
         self._outstanding: Outstanding[PendingAnswer] = Outstanding(ordered=True)  # answers come in order

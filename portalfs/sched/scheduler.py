@@ -71,6 +71,7 @@ class _Edge:
         self.suspect = False  # a copy went past its deadline: nothing new is sent until it answers again
         self.busy: deque[tuple[float, int]] = deque(maxlen=DELIVERY_SPAN + 1)  # answers while busy: (when, bytes)
         self.latencies: deque[float] = deque(maxlen=64)  # response time less the bytes' own time at the rate
+        self.round_trip = 0.0  # the connection's, as its transport measured it last (0: not known)
         self._p95: float | None = None  # of ``durations``, once computed
 
     def delivered(self, size: int, sent: float, now: float) -> tuple[int, float]:
@@ -108,8 +109,12 @@ class _Edge:
         return self.estimate.rtt.srtt if self.estimate.rtt.srtt is not None else DEFAULT_RTT
 
     def latency(self) -> float:
-        """Seconds from sending a request to its first byte, queue aside: the least seen lately."""
-        return min(self.latencies) if self.latencies else DEFAULT_RTT
+        """Seconds from sending a request to its first byte, queue aside: the least seen lately, and no less than
+        the connection's round trip where its transport measures one. (A response time less its bytes' time at
+        the estimated rate is often 0: the estimate lags, and a copy sent behind others counts their bytes
+        whole though part of them had gone; so windows sized by it alone left out the round trip.)"""
+        seen = min(self.latencies) if self.latencies else DEFAULT_RTT
+        return max(seen, self.round_trip)
 
     def window(self, fallback: float) -> int:
         """Typical objects' worth of bytes it may have in flight: one until it has answered (a probe: a slow
@@ -172,6 +177,12 @@ class Scheduler:
 
     def estimate(self, key: bytes) -> EdgeEstimate:
         return self._by_key[key].estimate
+
+    def round_trip(self, key: bytes, seconds: float | None) -> None:
+        """The round trip of the connection to edge ``key``, as its transport measures it (None: it does not)."""
+        edge = self._by_key.get(key)
+        if edge is not None and seconds is not None:
+            edge.round_trip = seconds
 
     def set_limits(self, key: bytes, limits: EdgeLimits) -> None:
         self._by_key[key].limits = limits
