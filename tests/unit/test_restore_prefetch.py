@@ -15,10 +15,10 @@ from portalfs.fabric.store import FabricStore
 from portalfs.keys import new_entropy_words
 from portalfs.paths import DeviceHome
 from portalfs.portal import PortalView
-from portalfs.restore import PREFETCH_BATCH, Restorer
+from portalfs.restore import CHUNK_BATCH, Restorer
 from portalfs.store import LocalStore
 from portalfs.store.base import Prefetching, Priority
-from portalfs.worktree.live import LiveTree
+from portalfs.worktree.live import STAGE_BATCH, LiveTree
 
 NOW = 1_700_000_000_000_000_000
 
@@ -78,10 +78,11 @@ def _remote_portal(tmp_path: Path, device: Device, keep: bool) -> tuple[PortalVi
     return PortalView.open(device, "big", secrets, store), swarm, src / "big.bin"
 
 
-def _each_chunk_once_in_batches(swarm: RemoteObjects) -> list[bytes]:
+def _each_chunk_once_in_batches(swarm: RemoteObjects, most: int) -> list[bytes]:
+    """``most``: the largest batch the reader asks for."""
     chunks = [c for batch in swarm.batches for c in batch]
-    assert len(chunks) == len(set(chunks)) > PREFETCH_BATCH  # each chunk in one batch; more than one batch
-    assert all(len(batch) <= PREFETCH_BATCH for batch in swarm.batches)
+    assert len(chunks) == len(set(chunks)) > most  # each chunk in one batch; more than one batch
+    assert all(len(batch) <= most for batch in swarm.batches)
     assert not set(swarm.single) & set(chunks)  # no chunk was fetched alone besides its batch
     return chunks
 
@@ -92,7 +93,7 @@ def test_a_restore_fetches_each_chunk_once_in_batches(tmp_path: Path, device: De
     root = view.root(view.version(None)).entry
     Restorer(view).restore(root, tmp_path / "out")
     assert (tmp_path / "out" / "big.bin").read_bytes() == original.read_bytes()
-    chunks = _each_chunk_once_in_batches(swarm)
+    chunks = _each_chunk_once_in_batches(swarm, CHUNK_BATCH)
     assert device.store_local.has(chunks) == [keep] * len(chunks)  # kept, or (a get) not written twice
 
 
@@ -103,5 +104,5 @@ async def test_a_remote_file_opened_for_writing_is_staged_in_batches(tmp_path: P
     node = tree.workspace.lookup(tree.workspace.get(tree.workspace.root.ino), b"big.bin")
     fh, _ = await tree.open(node, os.O_RDWR)
     assert await tree.read(fh, 0, 1 << 20) == original.read_bytes()[: 1 << 20]
-    _each_chunk_once_in_batches(swarm)
+    _each_chunk_once_in_batches(swarm, STAGE_BATCH)
     tree.abandon_streams()
