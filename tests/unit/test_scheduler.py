@@ -144,31 +144,29 @@ def test_no_edge_idles_between_copies_over_a_long_round_trip() -> None:
     assert efficiency > 0.93, efficiency
 
 
-def test_an_edge_sending_an_object_larger_than_its_window_has_the_next_one_asked_already() -> None:
-    """Objects of 2.5 MiB on a 100 Mbit/s edge 40 ms away: one alone fills the window, yet the next is asked
-    while it is sent, so the edge never waits a round trip between them."""
-    pipe = Pipe(100e6 / 8, latency=0.04)
-    lab = Lab({keys(1)[0]: pipe})
-    size = int(2.5 * MB)
-    for i in range(40):
+def _one_edge(latency: float, size: int, count: int, round_trips: bool = False) -> float:
+    """``count`` read-ahead objects of ``size`` bytes from one 100 Mbit/s edge: the fraction of its rate."""
+    pipe = Pipe(100e6 / 8, latency=latency)
+    lab = Lab({keys(1)[0]: pipe}, round_trips)
+    for i in range(count):
         lab.scheduler.add(i.to_bytes(32, "big"), Priority.READAHEAD, None, 0.0, size)
     end = lab.run()
-    assert pipe.bytes == 40 * size
-    efficiency = 40 * size / end / pipe.rate
+    assert pipe.bytes == count * size
+    return count * size / end / pipe.rate
+
+
+def test_an_edge_sending_an_object_larger_than_its_window_has_the_next_one_asked_already() -> None:
+    """Objects of 2.5 MiB 40 ms away: one alone fills the window, yet the next is asked while it is sent, so
+    the edge never waits a round trip between them."""
+    efficiency = _one_edge(0.04, int(2.5 * MB), 40)
     assert efficiency > 0.95, efficiency
 
 
 def test_a_window_covers_the_round_trip_its_transport_measures() -> None:
-    """1 MiB objects from a 100 Mbit/s edge 100 ms away: each object takes less time to send than a request
-    takes to come back with its first byte, so the window must hold the bandwidth-delay product (1.2 MiB here)
-    beyond the object being sent; it does once the transport says the round trip."""
-    pipe = Pipe(100e6 / 8, latency=0.1)
-    lab = Lab({keys(1)[0]: pipe}, round_trips=True)
-    for i in range(60):
-        lab.scheduler.add(i.to_bytes(32, "big"), Priority.READAHEAD, None, 0.0, MB)
-    end = lab.run()
-    assert pipe.bytes == 60 * MB
-    efficiency = 60 * MB / end / pipe.rate
+    """1 MiB objects 100 ms away: each takes less time to send than a request takes to come back with its
+    first byte, so the window must hold the bandwidth-delay product (1.2 MiB here) beyond the object being
+    sent; it does once the transport says the round trip."""
+    efficiency = _one_edge(0.1, MB, 60, round_trips=True)
     assert efficiency > 0.95, efficiency
 
 
