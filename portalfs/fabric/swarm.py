@@ -397,10 +397,11 @@ class Swarm:
         return edge
 
     def _warm(self, holders: Iterable[list[bytes]]) -> None:
-        """Connect now to every edge that holds something asked for and has no connection (open, opening, or
-        failed lately): a read's first objects come from one edge or two, and the rest of the swarm would
-        otherwise be connected only once the objects after them are planned there (a handshake and a HELLO,
-        several round trips each, while the connected edges serve alone)."""
+        """Connect now to every edge that holds something asked for and that this swarm has not tried yet (one
+        that failed is tried again by ``_client`` when a copy goes there, after its backoff): a read's first
+        objects come from one edge or two, and the rest of the swarm would otherwise be connected only once
+        the objects after them are planned there (a handshake and a HELLO, several round trips each, while the
+        connected edges serve alone)."""
         for key in {key for keys in holders for key in keys}:
             if key not in self._edges:
                 self._connect(key)
