@@ -30,7 +30,7 @@ RECENT_SEALED = 4096
 
 
 def store_sealed(
-    store: ObjectStore, secret: bytes, plaintext: bytes, pid: bytes | None = None, durable: bool = True
+    store: ObjectStore, secret: bytes, plaintext: bytes | memoryview, pid: bytes | None = None, durable: bool = True
 ) -> tuple[ChunkRef, int]:
     """Seal ``plaintext`` under ``secret`` and store it unless the store has it.
 
@@ -73,7 +73,7 @@ class ChunkPipeline:
     def __exit__(self, kind: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None) -> None:
         self._pool.shutdown(wait=True, cancel_futures=exc is not None)
 
-    def submit(self, data: bytes) -> Future[ChunkRef]:
+    def submit(self, data: bytes | memoryview) -> Future[ChunkRef]:
         """Queue one chunk; blocks while ``max_in_flight`` chunks are waiting."""
         self._slots.acquire()
         try:
@@ -87,7 +87,7 @@ class ChunkPipeline:
         for chunk in chunking.cdc_chunks(stream):
             yield self.submit(chunk)
 
-    def _seal(self, data: bytes) -> ChunkRef:
+    def _seal(self, data: bytes | memoryview) -> ChunkRef:
         try:
             pid = plaintext_hash(data)
             with self._lock:

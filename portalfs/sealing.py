@@ -121,7 +121,7 @@ def worth_compressing(plaintext: bytes | memoryview) -> bool:
     return len(_compressor().compress(sample)) < SAMPLE_GAIN * len(sample)
 
 
-def seal(secret: bytes, plaintext: bytes, pid: bytes | None = None) -> tuple[ChunkRef, bytearray]:
+def seal(secret: bytes, plaintext: bytes | memoryview, pid: bytes | None = None) -> tuple[ChunkRef, bytearray]:
     """Seal ``plaintext`` convergently under ``secret``; return its reference and sealed bytes.
 
     The sealed bytes come back as a ``bytearray`` (built in place, not copied);

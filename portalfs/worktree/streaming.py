@@ -13,11 +13,11 @@ stream; the file is then sealed at close as usual.
 
 from __future__ import annotations
 
-import io
 import os
 import threading
 from pathlib import Path
 
+from ..chunking import cdc_window_chunks
 from ..pipeline import ChunkPipeline
 from ..sealing import ChunkRef
 from ..store import ObjectStore
@@ -29,40 +29,26 @@ class _Abandoned(Exception):
     pass
 
 
-class _GrowingFile(io.RawIOBase):
-    """A readable stream over a file that is still being appended to; EOF only once finished."""
+class _GrowingFile:
+    """A file that is still being appended to, read by position: a read waits for its bytes, and comes back
+    short only once the file is finished."""
 
     def __init__(self, path: Path) -> None:
-        super().__init__()
-        self._fd = os.open(path, os.O_RDONLY)
-        self._position = 0
+        self._fd: int | None = os.open(path, os.O_RDONLY)
         self._available = 0
         self._finished = False
         self._abandoned = False
         self._changed = threading.Condition()
 
-    def readable(self) -> bool:
-        return True
-
-    def fileno(self) -> int:
-        return self._fd
-
-    def tell(self) -> int:
-        return self._position
-
-    def readinto(self, buffer: bytearray | memoryview) -> int:  # type: ignore[override]
+    def pread(self, size: int, offset: int) -> bytes:
         with self._changed:
-            while self._position >= self._available and not self._finished and not self._abandoned:
+            while offset + size > self._available and not self._finished and not self._abandoned:
                 self._changed.wait()
             if self._abandoned:
                 raise _Abandoned
-            count = min(len(buffer), self._available - self._position)
-        if count <= 0:
-            return 0
-        # straight into the chunker's buffer: the kernel copies, with the GIL released (pread and a copy held it)
-        read = os.preadv(self._fd, [memoryview(buffer)[:count]], self._position)
-        self._position += read
-        return read
+            count = max(0, min(size, self._available - offset))
+        assert self._fd is not None
+        return os.pread(self._fd, count, offset)  # the kernel copies, with the GIL released
 
     def grow(self, size: int, finished: bool = False) -> None:
         with self._changed:
@@ -76,9 +62,9 @@ class _GrowingFile(io.RawIOBase):
             self._changed.notify()
 
     def close(self) -> None:
-        if not self.closed:
+        if self._fd is not None:
             os.close(self._fd)
-        super().close()
+            self._fd = None
 
 
 class StreamingSeal:
@@ -93,7 +79,7 @@ class StreamingSeal:
     def _run(self) -> None:
         try:
             with self._pipeline:
-                futures = list(self._pipeline.seal_stream(self._file))
+                futures = [self._pipeline.submit(chunk) for chunk in cdc_window_chunks(self._file.pread)]
                 self._refs = [future.result() for future in futures]
         except _Abandoned:
             pass

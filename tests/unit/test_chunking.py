@@ -4,6 +4,9 @@ import io
 import random
 from pathlib import Path
 
+import pytest
+
+from portalfs import chunking
 from portalfs.chunking import CDC_MAX, CDC_MIN, cdc_chunks, cdc_cut_points, fixed_chunks
 from portalfs.sealing import plaintext_hash
 
@@ -69,3 +72,21 @@ def test_a_file_read_from_its_descriptor_gives_the_chunks_of_its_bytes(tmp_path:
         raw.seek(4)
         buffered.seek(4)  # chunked from where the stream stands, not from the file's start
         assert list(cdc_chunks(raw)) == list(cdc_chunks(buffered)) == expected
+
+
+@pytest.mark.parametrize("window", [CDC_MAX + 1, 5 * 1024 * 1024])
+def test_a_file_read_in_windows_is_cut_where_the_stream_is(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, window: int
+) -> None:
+    """A regular file is read and cut a window at a time; the cut points are the stream chunker's, across
+    window ends, on random and repetitive bytes."""
+    monkeypatch.setattr(chunking, "WINDOW", window)
+    rng = random.Random(7)
+    for data in (rng.randbytes(4 * window + 1234), b"".join(b"line %d\n" % (i % 997) for i in range(2_500_000))):
+        path = tmp_path / "f"
+        path.write_bytes(data)
+        with open(path, "rb", buffering=0) as f:
+            chunks = list(cdc_chunks(f))
+            assert f.tell() == 0  # read with pread: the position is where it was
+        assert [bytes(c) for c in chunks] == list(cdc_chunks(io.BytesIO(data)))
+        assert len(chunks) > 4

@@ -1,0 +1,61 @@
+"""Sealing a file while it is written (portalfs/worktree/streaming.py): the refs are those of the whole file."""
+
+from __future__ import annotations
+
+import io
+import os
+import random
+import threading
+from pathlib import Path
+
+import pytest
+
+from portalfs import chunking
+from portalfs.chunking import CDC_MAX
+from portalfs.pipeline import ChunkPipeline
+from portalfs.store import MemoryStore
+from portalfs.worktree.streaming import StreamingSeal
+
+SECRET = bytes(range(32))
+
+
+def _whole(data: bytes) -> list[bytes]:
+    with ChunkPipeline(MemoryStore(), SECRET) as pipeline:
+        return [future.result().cid for future in list(pipeline.seal_stream(io.BytesIO(data)))]
+
+
+@pytest.mark.parametrize("window", [CDC_MAX + 1, 3 * CDC_MAX])
+def test_a_file_sealed_as_it_grows_has_the_chunks_of_the_whole_file(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, window: int
+) -> None:
+    """The writer appends in uneven pieces and says how far the file has grown; the sealer waits for the
+    bytes it reads (a read past what was written would cut the file short)."""
+    monkeypatch.setattr(chunking, "WINDOW", window)
+    rng = random.Random(11)
+    data = rng.randbytes(5 * window + 777)
+    staging = tmp_path / "staging"
+    staging.write_bytes(b"")
+    store = MemoryStore()
+    stream = StreamingSeal(store, SECRET, staging)
+    written = 0
+    with open(staging, "r+b", buffering=0) as f:
+        while written < len(data):
+            piece = data[written : written + rng.randrange(1, 3 * 1024 * 1024)]
+            os.pwrite(f.fileno(), piece, written)
+            written += len(piece)
+            stream.grow(written)
+    refs = stream.finish(written)
+    assert [ref.cid for ref in refs] == _whole(data)
+    assert all(store.has([ref.cid])[0] for ref in refs)
+
+
+def test_an_abandoned_stream_stops_waiting_for_bytes(tmp_path: Path) -> None:
+    staging = tmp_path / "staging"
+    staging.write_bytes(b"x" * 1000)
+    stream = StreamingSeal(MemoryStore(), SECRET, staging)
+    stream.grow(1000)  # far less than a window: the sealer waits for more
+    stream.abandon()
+    waiter = threading.Thread(target=stream._thread.join, daemon=True)
+    waiter.start()
+    waiter.join(timeout=10)
+    assert not waiter.is_alive()
