@@ -41,35 +41,50 @@ def cdc_chunks(stream: BinaryIO | RawIOBase) -> Iterator[bytes | memoryview]:
     stands, with pread: its position is left as it was."""
     fd, start = _regular_file(stream)
     if fd is not None:
-        yield from cdc_window_chunks(functools.partial(os.pread, fd), start)
+        yield from cdc_window_chunks(functools.partial(_file_window, fd), start)
         return
     for chunk in _chunker().cut_stream(stream):
         yield bytes(chunk.data)  # the view is only valid until the next chunk
 
 
-def cdc_window_chunks(pread: Callable[[int, int], bytes], start: int = 0) -> Iterator[memoryview]:
-    """``cdc_chunks`` of what ``pread(size, offset)`` reads from ``start``: at most ``size`` bytes, fewer only
-    at the end.
+Window = Callable[[int, int], tuple[bytes, bool]]
+"""``window(offset, at_least)``: up to WINDOW bytes from ``offset``, at least ``at_least`` of them unless they
+reach the end, and whether they do."""
 
-    It is read a WINDOW at a time (from a file, the kernel copies with the GIL released) and cut in place:
-    no buffer to clear per file and no bytes moved within one, as the stream chunker does (its 8 MiB buffer,
-    zeroed for each file, cost more than cutting a file of a few MiB). A chunk is cut only where at least
-    CDC_MAX bytes follow its start in the window, or the window reaches the end: the cut then sees what the
-    stream chunker would, so the cut points are the same. The rest of a window is read again as the start
-    of the next.
+
+def _file_window(fd: int, offset: int, at_least: int) -> tuple[bytes, bool]:
+    data = os.pread(fd, WINDOW, offset)  # the kernel copies, with the GIL released
+    return data, len(data) < WINDOW  # a regular file reads short only at its end
+
+
+def cdc_window_chunks(window: Window, start: int = 0) -> Iterator[memoryview]:
+    """``cdc_chunks`` of what ``window`` reads from ``start``: a file, or one still being written.
+
+    It is read a window at a time and cut in place: no buffer to clear per file and no bytes moved within one,
+    as the stream chunker does (its 8 MiB buffer, zeroed for each file, cost more than cutting a file of a
+    few MiB). A chunk is taken where its cut is the one the whole file would give: the window reaches the
+    end; or CDC_MAX bytes follow the chunk's start in it; or at least CDC_AVG do and a cut point was found
+    before the window's end (the chunker scans the same bytes with the same masks, and the first cut point
+    is the first). The rest is read again as the start of the next window, which waits for more bytes.
     """
     chunker = _chunker()
-    while window := pread(WINDOW, start):
-        end = len(window) < WINDOW
-        view, position = memoryview(window), 0
-        chunks = chunker.cut_buf(window)
-        while position < len(window) and (end or position + CDC_MAX <= len(window)):
+    at_least = CDC_AVG
+    while True:
+        data, end = window(start, at_least)
+        view, position = memoryview(data), 0
+        chunks = chunker.cut_buf(data)
+        while (rest := len(data) - position) > 0:
+            if not end and rest < CDC_AVG:
+                break
             chunk = next(chunks)
+            if not (end or rest >= CDC_MAX or chunk.length < rest):
+                break  # no cut point yet: where it falls depends on bytes after the window
             yield view[position : position + chunk.length]
             position += chunk.length
         if end:
             return
         start += position
+        at_least = min(CDC_MAX, len(data) - position + CDC_AVG)
 
 
 def _regular_file(stream: BinaryIO | RawIOBase) -> tuple[int | None, int]:

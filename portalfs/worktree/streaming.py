@@ -17,6 +17,7 @@ import os
 import threading
 from pathlib import Path
 
+from .. import chunking
 from ..chunking import cdc_window_chunks
 from ..pipeline import ChunkPipeline
 from ..sealing import ChunkRef
@@ -30,8 +31,7 @@ class _Abandoned(Exception):
 
 
 class _GrowingFile:
-    """A file that is still being appended to, read by position: a read waits for its bytes, and comes back
-    short only once the file is finished."""
+    """A file that is still being appended to, read a window at a time: a read waits for its bytes."""
 
     def __init__(self, path: Path) -> None:
         self._fd: int | None = os.open(path, os.O_RDONLY)
@@ -40,15 +40,18 @@ class _GrowingFile:
         self._abandoned = False
         self._changed = threading.Condition()
 
-    def pread(self, size: int, offset: int) -> bytes:
+    def window(self, offset: int, at_least: int) -> tuple[bytes, bool]:
+        """Up to WINDOW bytes from ``offset``, once ``at_least`` of them are written or the file is finished;
+        and whether they reach its end (chunking.Window)."""
         with self._changed:
-            while offset + size > self._available and not self._finished and not self._abandoned:
+            while offset + at_least > self._available and not self._finished and not self._abandoned:
                 self._changed.wait()
             if self._abandoned:
                 raise _Abandoned
-            count = max(0, min(size, self._available - offset))
+            count = max(0, min(chunking.WINDOW, self._available - offset))
+            end = self._finished and offset + count >= self._available
         assert self._fd is not None
-        return os.pread(self._fd, count, offset)  # the kernel copies, with the GIL released
+        return os.pread(self._fd, count, offset), end  # the kernel copies, with the GIL released
 
     def grow(self, size: int, finished: bool = False) -> None:
         with self._changed:
@@ -79,7 +82,7 @@ class StreamingSeal:
     def _run(self) -> None:
         try:
             with self._pipeline:
-                futures = [self._pipeline.submit(chunk) for chunk in cdc_window_chunks(self._file.pread)]
+                futures = [self._pipeline.submit(chunk) for chunk in cdc_window_chunks(self._file.window)]
                 self._refs = [future.result() for future in futures]
         except _Abandoned:
             pass

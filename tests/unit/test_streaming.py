@@ -6,12 +6,13 @@ import io
 import os
 import random
 import threading
+import time
 from pathlib import Path
 
 import pytest
 
 from portalfs import chunking
-from portalfs.chunking import CDC_MAX
+from portalfs.chunking import CDC_MAX, cdc_cut_points
 from portalfs.pipeline import ChunkPipeline
 from portalfs.store import MemoryStore
 from portalfs.worktree.streaming import StreamingSeal
@@ -47,6 +48,24 @@ def test_a_file_sealed_as_it_grows_has_the_chunks_of_the_whole_file(
     refs = stream.finish(written)
     assert [ref.cid for ref in refs] == _whole(data)
     assert all(store.has([ref.cid])[0] for ref in refs)
+
+
+def test_chunks_are_sealed_while_the_file_is_still_being_written(tmp_path: Path) -> None:
+    """A cut point is taken as soon as the bytes that decide it are written: a file closed after 3 MiB of its
+    10 MiB has its first chunks stored already, and the close seals the rest (the refs are the whole file's)."""
+    data = random.Random(12).randbytes(10 * 1024 * 1024)
+    assert cdc_cut_points(data)[0] < 2 * 1024 * 1024  # the first cut point falls in what is written first
+    staging = tmp_path / "staging"
+    staging.write_bytes(data[: 3 * 1024 * 1024])
+    store = MemoryStore()
+    stream = StreamingSeal(store, SECRET, staging)
+    stream.grow(3 * 1024 * 1024)
+    deadline = time.monotonic() + 10
+    while not store.stat().objects and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert store.stat().objects >= 1
+    staging.write_bytes(data)
+    assert [ref.cid for ref in stream.finish(len(data))] == _whole(data)
 
 
 def test_an_abandoned_stream_stops_waiting_for_bytes(tmp_path: Path) -> None:
