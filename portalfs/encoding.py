@@ -14,7 +14,7 @@ from typing import Any
 
 import cbor2
 
-__all__ = ["encode", "decode", "DecodeError"]
+__all__ = ["encode", "encode_ordered", "key_order", "decode", "DecodeError"]
 
 
 class DecodeError(ValueError):
@@ -23,6 +23,22 @@ class DecodeError(ValueError):
 
 def encode(value: Any) -> bytes:
     return cbor2.dumps(value, canonical=True)
+
+
+def encode_ordered(value: Any) -> bytes:
+    """``encode(value)`` for a value whose every map already holds its keys in the deterministic order
+    (``key_order``): the same bytes, without the encoder sorting each map's keys (a third of the time, for a
+    directory of thousands of entries). The caller builds its maps in that order; tests compare with
+    ``encode``, and ``decode`` refuses any other order."""
+    return cbor2.dumps(value)
+
+
+def key_order(key: bytes | str) -> tuple[int, int, bytes]:
+    """Where ``key`` falls among a map's keys in the deterministic encoding (bytewise order of the encoded
+    keys, RFC 8949 4.2.1: byte strings before text, then shorter before longer, then bytewise), for keys
+    shorter than 2**64 bytes."""
+    raw = key.encode() if isinstance(key, str) else key
+    return (2 if isinstance(key, bytes) else 3), len(raw), raw
 
 
 def decode(data: bytes) -> Any:

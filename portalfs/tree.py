@@ -124,28 +124,26 @@ class Entry(FileKind):
         return self.is_special or self.link is not None or self.links
 
     def to_cbor(self) -> dict[str, Any]:
-        out: dict[str, Any] = {
-            "name": self.name,
-            "mode": self.mode,
-            "uid": self.uid,
-            "gid": self.gid,
-            "mtime": self.mtime_ns,
-            "ctime": self.ctime_ns,
-        }
-        if self.is_file:
-            out["size"] = self.size
-        if self.node is not None:
-            out["node"] = self.node.to_cbor()
-        if self.target is not None:
-            out["target"] = self.target
-        if self.is_device:
-            out["rdev"] = self.rdev
+        """The entry's map, its keys in the deterministic order (``encoding.encode_ordered``)."""
+        out: dict[str, Any] = {"gid": self.gid, "uid": self.uid}
         if self.link is not None:
             out["link"] = self.link
+        out["mode"] = self.mode
+        out["name"] = self.name
+        if self.node is not None:
+            out["node"] = self.node.to_cbor()
+        if self.is_device:
+            out["rdev"] = self.rdev
+        if self.is_file:
+            out["size"] = self.size
+        out["ctime"] = self.ctime_ns
         if self.links:
             out["links"] = True
+        out["mtime"] = self.mtime_ns
+        if self.target is not None:
+            out["target"] = self.target
         if self.xattrs:
-            out["xattrs"] = dict(self.xattrs)
+            out["xattrs"] = {k: self.xattrs[k] for k in sorted(self.xattrs, key=encoding.key_order)}
         return out
 
     @classmethod
@@ -237,7 +235,7 @@ def encode_dir(entries: list[Entry]) -> bytes:
         if a.name == b.name:
             raise ValueError(f"duplicate entry name {a.name!r}")
     version = SPECIAL_NODE_VERSION if any(e.needs_v2 for e in ordered) else NODE_VERSION
-    return encoding.encode({"v": version, "t": "dir", "entries": [e.to_cbor() for e in ordered]})
+    return encoding.encode_ordered({"t": "dir", "v": version, "entries": [e.to_cbor() for e in ordered]})
 
 
 def decode_dir(plaintext: bytes) -> list[Entry]:

@@ -7,12 +7,13 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
+from portalfs import encoding
 from portalfs.errors import BadSignature, CorruptObject
 from portalfs.keys import DeviceKey
 from portalfs.root import PortalKeys, RootPayload, RootRecord, make_root_record, verify_chain
 from portalfs.sealing import ChunkRef, seal, unseal
 from portalfs.store import MemoryStore
-from portalfs.tree import Entry, build_file, decode_dir, encode_dir, iter_file_chunks
+from portalfs.tree import LINK_ID_SIZE, Entry, build_file, decode_dir, encode_dir, iter_file_chunks
 
 TREE_SECRET = b"t" * 32
 names = st.binary(min_size=1, max_size=40).filter(lambda n: b"/" not in n and b"\0" not in n and n not in (b".", b".."))
@@ -152,3 +153,45 @@ def test_special_files_round_trip_in_version_2_directories_and_only_there() -> N
         decode_dir(node(2, {**fifo, "mode": stat.S_IFREG | 0o644, "rdev": 1}))
     with pytest.raises(CorruptObject):
         decode_dir(node(3, fifo))
+
+
+_KINDS = [stat.S_IFREG | 0o644, stat.S_IFDIR | 0o755, stat.S_IFLNK | 0o777, stat.S_IFCHR | 0o600, stat.S_IFIFO | 0o600]
+
+
+@given(
+    st.lists(
+        st.tuples(
+            names,
+            st.sampled_from(_KINDS),
+            st.integers(0, 2**40),  # size, ids and times: every integer width
+            st.dictionaries(st.binary(max_size=30), st.binary(max_size=30), max_size=4),  # keys past 23 bytes too
+            st.booleans(),
+        ),
+        max_size=12,
+        unique_by=lambda t: t[0],
+    )
+)
+def test_directory_nodes_are_the_deterministic_encoding(items: list) -> None:
+    """A directory node is encoded without the encoder sorting map keys (encoding.encode_ordered): every map
+    is built in the deterministic order, so the bytes are those of the sorting encoder, and decode takes them."""
+    ref = ChunkRef(b"c" * 32, b"k" * 32, b"p" * 32, 7)
+    entries = []
+    for name, mode, number, xattrs, linked in items:
+        kind = stat.S_IFMT(mode)
+        entries.append(
+            Entry(
+                name, mode, number, number // 3, number, number + 1,
+                size=number if kind == stat.S_IFREG else 0,
+                node=ref if kind == stat.S_IFDIR or (kind == stat.S_IFREG and number) else None,
+                target=name if kind == stat.S_IFLNK else None,
+                xattrs=xattrs,
+                rdev=number if kind == stat.S_IFCHR else 0,
+                link=b"g" * LINK_ID_SIZE if linked and kind == stat.S_IFREG else None,
+                links=linked and kind == stat.S_IFDIR,
+            )
+        )  # fmt: skip
+    encoded = encode_dir(entries)
+    ordered = sorted(entries, key=lambda e: e.name)
+    version = 2 if any(e.needs_v2 for e in entries) else 1
+    assert encoded == encoding.encode({"v": version, "t": "dir", "entries": [e.to_cbor() for e in ordered]})
+    assert decode_dir(encoded) == ordered
