@@ -13,7 +13,7 @@ from typing import Any
 
 import numpy as np
 
-from .plan import MAX_CHOICES, Array, Backend, ChunkArrays, EdgeArrays, NumpyBackend
+from .plan import MAX_CHOICES, Array, Backend, ChunkArrays, EdgeArrays, NumpyBackend, rank_then_assign
 
 __all__ = ["CupyBackend", "choose", "kernel_dir", "KERNELS"]
 
@@ -87,6 +87,9 @@ class CupyBackend:
             args = (chunks.cand, usable, cp.asarray(weight), chunks.seq, choice, np.int32(n), np.int32(r))
             self._assign(self._grid(n), (BLOCK,), (*args, np.int32(k1), order))
         return order
+
+    def rank_assign(self, chunks: ChunkArrays, edges: EdgeArrays, weight: Array, choices: int) -> tuple[Any, Any]:
+        return rank_then_assign(self, chunks, edges, weight, choices)
 
     def edge_bytes(self, order: Any, size: Any, edges: int) -> Array:
         cp = self.cp

@@ -26,7 +26,8 @@ from typing import Any, Protocol
 import numpy as np
 import numpy.typing as npt
 
-__all__ = ["Backend", "NumpyBackend", "ChunkArrays", "EdgeArrays", "Tick", "shares", "plan", "MAX_CHOICES"]
+__all__ = ["Backend", "NumpyBackend", "ChunkArrays", "EdgeArrays", "Tick", "shares", "plan", "rank_then_assign",
+           "MAX_CHOICES"]  # fmt: skip
 
 MAX_CHOICES = 4  # a primary and up to three backups per chunk (PORTAL_MAX_CHOICES in kernels/rank.cu)
 GOLDEN = np.uint32(0x9E3779B9)  # the golden ratio in 32-bit fixed point (kernels/assign.cu)
@@ -97,6 +98,10 @@ class Backend(Protocol):
 
     def assign(self, chunks: ChunkArrays, edges: EdgeArrays, weight: Array, choice: Any) -> Any: ...
 
+    def rank_assign(self, chunks: ChunkArrays, edges: EdgeArrays, weight: Array, choices: int) -> tuple[Any, Any]:
+        """(``assign``'s order, ``rank``'s best) of one class."""
+        ...
+
     def edge_bytes(self, order: Any, size: Any, edges: int) -> Array: ...
 
 
@@ -142,9 +147,16 @@ def plan(backend: Backend, chunks: ChunkArrays, edges: EdgeArrays, choices: int 
         raise ValueError(f"choices must be 1 to {MAX_CHOICES}, not {choices}")
     total = int(backend.tohost(chunks.size.sum())) if chunks.n else 0
     weight = shares(edges, chunks.n, total / chunks.n if chunks.n else 0.0)
-    choice, best = backend.rank(chunks, edges, choices)
-    order = backend.assign(chunks, edges, weight, choice)
+    order, best = backend.rank_assign(chunks, edges, weight, choices)
     return Tick(order, best, weight, backend.edge_bytes(order, chunks.size, edges.e))
+
+
+def rank_then_assign(
+    backend: Backend, chunks: ChunkArrays, edges: EdgeArrays, weight: Array, choices: int
+) -> tuple[Any, Any]:
+    """``rank_assign`` as two steps, each over every chunk (the kernels: one launch each)."""
+    choice, best = backend.rank(chunks, edges, choices)
+    return backend.assign(chunks, edges, weight, choice), best
 
 
 def advance(edges: EdgeArrays, tick: Tick) -> EdgeArrays:
@@ -174,8 +186,17 @@ class NumpyBackend:
                 work(block)
             return
         if self._pool is None:
-            self._pool = ThreadPoolExecutor(self.threads, thread_name_prefix="plan")
-        for done in [self._pool.submit(work, block) for block in blocks]:
+            self._pool = ThreadPoolExecutor(self.threads - 1, thread_name_prefix="plan")
+
+        def run(share: list[slice]) -> None:
+            for block in share:
+                work(block)
+
+        # One share of the blocks for each thread, the calling thread's among them: a hand-off fewer to wait for.
+        shares = [blocks[i :: self.threads] for i in range(self.threads)]
+        others = [self._pool.submit(run, share) for share in shares[1:] if share]
+        run(shares[0])
+        for done in others:
             done.result()
 
     def asarray(self, a: Array) -> Array:
@@ -185,71 +206,100 @@ class NumpyBackend:
         return np.asarray(a)
 
     def rank(self, chunks: ChunkArrays, edges: EdgeArrays, choices: int) -> tuple[Array, Array]:
-        # Index -1 (no candidate) lands on a sentinel edge appended at the end, whose cost is infinite, as is
-        # an unusable edge's: a key whose cost is infinite is no choice.
-        usable = np.append(edges.usable != 0, False)
-        ready = np.where(usable, np.append(edges.ready, np.float32(0)), np.float32(np.inf)).astype(np.float32)
-        inv_rate = np.where(usable, np.append(edges.inv_rate, np.float32(0)), np.float32(0)).astype(np.float32)
-        n = chunks.n
-        choice = np.empty((n, choices), np.int32)
-        best = np.empty(n, np.float32)
-
-        def work(rows: slice) -> None:
-            cand = np.ascontiguousarray(chunks.cand[rows].T)  # (r, b): one candidate column per row
-            cost = np.take(ready, cand)
-            cost += chunks.size[rows].astype(np.float32) * np.take(inv_rate, cand)  # float32, each rounded
-            key = cost.view(np.uint32).astype(np.uint64)
-            key <<= np.uint64(32)
-            key |= cand.astype(np.uint32)
-            top = np.full((choices, key.shape[1]), NO_KEY)
-            carry = np.empty_like(top[0])
-            for j, k in enumerate(key):  # the kernel's insertion: keep the smaller, carry the larger on
-                for t in range(min(choices, j + 1)):  # (below row j, top holds no key yet)
-                    if t + 1 < choices:
-                        np.maximum(k, top[t], out=carry)
-                    np.minimum(k, top[t], out=top[t])
-                    k, carry = carry, k
-            found = top < INFINITE_KEY
-            choice[rows] = np.where(found, (top & np.uint64(0xFFFFFFFF)).astype(np.int32), -1).T
-            best[rows] = (top[0] >> np.uint64(32)).astype(np.uint32).view(np.float32)
-
-        self._blocks(n, work)
+        choice, best = np.empty((chunks.n, choices), np.int32), np.empty(chunks.n, np.float32)
+        costs = _Costs(edges)
+        self._blocks(chunks.n, lambda rows: _rank(chunks, costs, rows, _columns(chunks, rows), choice, best))
         return choice, best
 
     def assign(self, chunks: ChunkArrays, edges: EdgeArrays, weight: Array, choice: Array) -> Array:
-        n, k1 = choice.shape
-        share = np.append(np.where(edges.usable != 0, weight, 0), 0).astype(np.uint32)  # sentinel: no share
-        order = np.empty((n, k1), np.int32)
+        order = np.empty(choice.shape, np.int32)
+        share = _share(edges, weight)
+        self._blocks(chunks.n, lambda rows: _assign(chunks, share, rows, _columns(chunks, rows), choice, order))
+        return order
+
+    def rank_assign(self, chunks: ChunkArrays, edges: EdgeArrays, weight: Array, choices: int) -> tuple[Array, Array]:
+        """``rank``, then ``assign``, a block at a time: one hand-off to the threads, not two, and each block's
+        candidates read once."""
+        choice, best = np.empty((chunks.n, choices), np.int32), np.empty(chunks.n, np.float32)
+        order = np.empty((chunks.n, choices), np.int32)
+        costs, share = _Costs(edges), _share(edges, weight)
 
         def work(rows: slice) -> None:
-            cand = np.ascontiguousarray(chunks.cand[rows].T)
-            mine = choice[rows]
-            running = np.take(share, cand)  # shares are below 2^24: sums of up to 255 fit in 32 bits
-            for j in range(1, len(running)):
-                running[j] += running[j - 1]
-            total = running[-1].astype(np.uint64) if len(running) else np.zeros(mine.shape[0], np.uint64)
-            x = (chunks.seq[rows] * GOLDEN).astype(np.uint64)  # uint32 arithmetic wraps, as in the kernel
-            target = (x * total) >> np.uint64(32)
-            # The first candidate whose running sum passes the target: the sums only grow, so it is the count
-            # of those that do not.
-            first = np.minimum((running <= target).sum(axis=0), max(len(running) - 1, 0))
-            picked = cand.ravel()[first * cand.shape[1] + np.arange(cand.shape[1])] if len(running) else mine[:, 0]
-            primary = np.where(total > 0, picked, mine[:, 0])
-            out = order[rows]
-            out[:, 0] = primary
-            # The backups: choice without the primary, in order (-1 entries are never the primary of a chunk
-            # that has one, and a chunk without one has only -1 entries).
-            skip = np.full(primary.shape, k1)
-            for t in range(k1 - 1, -1, -1):
-                skip[mine[:, t] == primary] = t
-            for t in range(k1 - 1):
-                out[:, t + 1] = np.where(t < skip, mine[:, t], mine[:, t + 1])
+            cand = _columns(chunks, rows)
+            _rank(chunks, costs, rows, cand, choice, best)
+            _assign(chunks, share, rows, cand, choice, order)
 
-        self._blocks(n, work)
-        return order
+        self._blocks(chunks.n, work)
+        return order, best
 
     def edge_bytes(self, order: Array, size: Array, edges: int) -> Array:
         primary = order[:, 0]
         mine = primary >= 0
         got = np.bincount(primary[mine], weights=size[mine].astype(np.float64), minlength=edges)
         return got.astype(np.uint64)
+
+
+def _columns(chunks: ChunkArrays, rows: slice) -> Array:
+    """The candidates of a block of chunks, one row per candidate (each a contiguous column of the block)."""
+    return np.ascontiguousarray(chunks.cand[rows].T)
+
+
+class _Costs:
+    """Per edge, ready time and seconds per byte, with a sentinel edge appended for index -1 (no candidate):
+    an unusable edge's cost, and the sentinel's, is infinite, and a key whose cost is infinite is no choice."""
+
+    def __init__(self, edges: EdgeArrays) -> None:
+        usable = np.append(edges.usable != 0, False)
+        self.ready = np.where(usable, np.append(edges.ready, np.float32(0)), np.float32(np.inf)).astype(np.float32)
+        self.inv_rate = np.where(usable, np.append(edges.inv_rate, np.float32(0)), np.float32(0)).astype(np.float32)
+
+
+def _share(edges: EdgeArrays, weight: Array) -> Array:
+    return np.append(np.where(edges.usable != 0, weight, 0), 0).astype(np.uint32)  # sentinel: no share
+
+
+def _rank(chunks: ChunkArrays, costs: _Costs, rows: slice, cand: Array, choice: Array, best: Array) -> None:
+    """kernels/rank.cu over one block: the cost of each candidate, and the ``choice.shape[1]`` best keys."""
+    choices = choice.shape[1]
+    cost = np.take(costs.ready, cand)
+    cost += chunks.size[rows].astype(np.float32) * np.take(costs.inv_rate, cand)  # float32, each rounded
+    key = cost.view(np.uint32).astype(np.uint64)
+    key <<= np.uint64(32)
+    key |= cand.astype(np.uint32)
+    top = np.full((choices, key.shape[1]), NO_KEY)
+    carry = np.empty_like(top[0])
+    for j, k in enumerate(key):  # the kernel's insertion: keep the smaller, carry the larger on
+        for t in range(min(choices, j + 1)):  # (below row j, top holds no key yet)
+            if t + 1 < choices:
+                np.maximum(k, top[t], out=carry)
+            np.minimum(k, top[t], out=top[t])
+            k, carry = carry, k
+    found = top < INFINITE_KEY
+    choice[rows] = np.where(found, (top & np.uint64(0xFFFFFFFF)).astype(np.int32), -1).T
+    best[rows] = (top[0] >> np.uint64(32)).astype(np.uint32).view(np.float32)
+
+
+def _assign(chunks: ChunkArrays, share: Array, rows: slice, cand: Array, choice: Array, order: Array) -> None:
+    """kernels/assign.cu over one block: the primary among the candidates by their shares, then the backups."""
+    k1 = choice.shape[1]
+    mine = choice[rows]
+    running = np.take(share, cand)  # shares are below 2^24: sums of up to 255 fit in 32 bits
+    for j in range(1, len(running)):
+        running[j] += running[j - 1]
+    total = running[-1].astype(np.uint64) if len(running) else np.zeros(mine.shape[0], np.uint64)
+    x = (chunks.seq[rows] * GOLDEN).astype(np.uint64)  # uint32 arithmetic wraps, as in the kernel
+    target = (x * total) >> np.uint64(32)
+    # The first candidate whose running sum passes the target: the sums only grow, so it is the count of
+    # those that do not.
+    first = np.minimum((running <= target).sum(axis=0), max(len(running) - 1, 0))
+    picked = cand.ravel()[first * cand.shape[1] + np.arange(cand.shape[1])] if len(running) else mine[:, 0]
+    primary = np.where(total > 0, picked, mine[:, 0])
+    out = order[rows]
+    out[:, 0] = primary
+    # The backups: choice without the primary, in order (-1 entries are never the primary of a chunk that has
+    # one, and a chunk without one has only -1 entries).
+    skip = np.full(primary.shape, k1)
+    for t in range(k1 - 1, -1, -1):
+        skip[mine[:, t] == primary] = t
+    for t in range(k1 - 1):
+        out[:, t + 1] = np.where(t < skip, mine[:, t], mine[:, t + 1])

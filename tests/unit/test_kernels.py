@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 
 from portalfs.sched.gpu import KERNELS, kernel_dir
-from portalfs.sched.plan import ChunkArrays, EdgeArrays, NumpyBackend, plan, shares
+from portalfs.sched.plan import ChunkArrays, EdgeArrays, NumpyBackend, plan, rank_then_assign, shares
 
 SHAPES = [(1, 1), (1, 32), (3, 7), (5, 64), (64, 256)]  # (grid, block): fewer threads than chunks, and more
 
@@ -101,6 +101,9 @@ class CpuBackend(NumpyBackend):
             ptr(chunks.seq), ptr(choice), n, r, k1, ptr(order),
         )  # fmt: skip
         return order
+
+    def rank_assign(self, chunks: ChunkArrays, edges: EdgeArrays, weight: Any, choices: int) -> tuple[Any, Any]:
+        return rank_then_assign(self, chunks, edges, weight, choices)  # the kernels, not NumPy's fused pass
 
     def edge_bytes(self, order: Any, size: Any, edges: int) -> Any:
         got = np.zeros(edges, np.uint64)
