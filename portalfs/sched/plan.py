@@ -188,14 +188,14 @@ class NumpyBackend:
         if self._pool is None:
             self._pool = ThreadPoolExecutor(self.threads - 1, thread_name_prefix="plan")
 
-        def run(share: list[slice]) -> None:
-            for block in share:
+        def run(portion: list[slice]) -> None:
+            for block in portion:
                 work(block)
 
-        # One share of the blocks for each thread, the calling thread's among them: a hand-off fewer to wait for.
-        shares = [blocks[i :: self.threads] for i in range(self.threads)]
-        others = [self._pool.submit(run, share) for share in shares[1:] if share]
-        run(shares[0])
+        # A portion of the blocks for each thread, the calling thread's among them: a hand-off fewer to wait for.
+        portions = [blocks[i :: self.threads] for i in range(self.threads)]
+        others = [self._pool.submit(run, portion) for portion in portions[1:] if portion]
+        run(portions[0])
         for done in others:
             done.result()
 
