@@ -217,9 +217,14 @@ class Ingester:
                 item = self._walk(pipeline, os.path.join(path, child), child)
                 if item is not None:
                     pending.children.append(item)
-                    if len(pending.children) % SETTLE_EVERY == 0:
+                    if isinstance(item, _PendingDir) or len(pending.children) % SETTLE_EVERY == 0:
                         self._settle(pending)
-            return pending if open_dir else self._finish(pending)
+            if open_dir:
+                return pending
+            # Finished here only if every chunk below it is sealed: else its parent finishes it once they are,
+            # and the walk goes on meanwhile (waiting here left the workers idle at the end of every directory).
+            self._settle(pending)
+            return self._finish(pending) if pending.settled == len(pending.children) else pending
         self.stats.skipped += 1
         self._warn(f"skipping {os.fsdecode(path)}: not a file type a portal keeps")
         return None
@@ -227,13 +232,13 @@ class Ingester:
     # finishing
 
     def _settle(self, pending: _PendingDir) -> None:
-        """Finish, in place and in order, the files of a long directory whose chunks are all sealed (what they
-        held goes): up to the first still being sealed."""
+        """Finish, in place and in order, the files and directories of a directory whose chunks are all sealed
+        (what they held goes): up to the first still being sealed."""
         items = pending.children
         while pending.settled < len(items):
             item = items[pending.settled]
-            if isinstance(item, _PendingFile):
-                if not all(f.done() for f in item.chunks):
+            if not isinstance(item, Entry):
+                if not _sealed(item):
                     return
                 items[pending.settled] = self._finish(item)
             pending.settled += 1
@@ -347,6 +352,13 @@ class Ingester:
     def remember_files(self) -> None:
         """Record the files cache; call after the new version is committed."""
         self.state.cache_files(self.portal, self._cache_rows)
+
+
+def _sealed(item: _PendingFile | _PendingDir) -> bool:
+    """Whether every chunk of ``item`` is sealed (a directory's finished children are entries already)."""
+    if isinstance(item, _PendingFile):
+        return all(f.done() for f in item.chunks)
+    return all(isinstance(c, Entry) or _sealed(c) for c in item.children[item.settled :])
 
 
 def _cancel(item: _PendingFile | _PendingDir | Entry) -> None:

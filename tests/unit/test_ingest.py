@@ -1,0 +1,74 @@
+"""The ingest's walk (portalfs/ingest.py), with a real state database and an in-memory store."""
+
+from __future__ import annotations
+
+import os
+import random
+import threading
+from pathlib import Path
+
+from portalfs.ingest import Ingester
+from portalfs.sealing import ChunkRef, seal, unseal
+from portalfs.state import StateDB
+from portalfs.store import MemoryStore
+from portalfs.tree import decode_dir
+
+CONVERGENCE, TREE = b"c" * 32, b"t" * 32
+
+
+class _HeldStore(MemoryStore):
+    """A store whose put of one object waits until ``release`` is set."""
+
+    def __init__(self, held: bytes) -> None:
+        super().__init__()
+        self.held = held
+        self.release = threading.Event()
+        self.put_ids: list[bytes] = []
+
+    def put(self, cid: bytes, data: bytes | bytearray, durable: bool = True, verify: bool = True) -> bool:
+        if cid == self.held:
+            self.release.wait(timeout=30)
+        self.put_ids.append(cid)
+        return super().put(cid, data, durable, verify)
+
+
+def _open(store: MemoryStore, ref: ChunkRef) -> bytes:
+    return bytes(unseal(ref, store.get(ref.cid)))
+
+
+def test_the_walk_goes_on_while_a_directory_s_last_chunks_are_sealed(tmp_path: Path) -> None:
+    """A directory whose chunks are still being sealed when its walk ends is finished later, by its parent:
+    the walk does not wait there, with the workers idle, before it reads the next directory."""
+    rng = random.Random(4)
+    first, second = rng.randbytes(100_000), rng.randbytes(100_000)
+    (tmp_path / "src" / "a").mkdir(parents=True)
+    (tmp_path / "src" / "b").mkdir()
+    (tmp_path / "src" / "a" / "x").write_bytes(first)
+    (tmp_path / "src" / "b" / "y").write_bytes(second)
+    held, later = seal(CONVERGENCE, first)[0].cid, seal(CONVERGENCE, second)[0].cid
+    store = _HeldStore(held)
+
+    def release_once_b_is_stored() -> None:
+        for _ in range(3000):  # at most 30 s: the walk never reaching b fails the test below
+            if later in store.put_ids:
+                break
+            threading.Event().wait(0.01)
+        store.release.set()
+
+    helper = threading.Thread(target=release_once_b_is_stored)
+    helper.start()
+    state = StateDB(tmp_path / "state.db")
+    try:
+        ingester = Ingester(
+            store=store, convergence_secret=CONVERGENCE, tree_secret=TREE, state=state, portal=b"p" * 16,
+            now_ns=1,
+        )  # fmt: skip
+        root = ingester.ingest([os.fspath(tmp_path / "src") + "/"], None, lambda ref: _open(store, ref))
+    finally:
+        store.release.set()
+        helper.join()
+        state.close()
+    assert store.put_ids.index(later) < store.put_ids.index(held)  # b's chunk went in while a's waited
+    assert root.node is not None
+    names = [e.name for e in decode_dir(_open(store, root.node))]
+    assert names == [b"a", b"b"]
