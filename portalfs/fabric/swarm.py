@@ -482,6 +482,7 @@ class Swarm:
                 await self._bandwidth(key, "down", request.size)
                 self._scheduler.started(request, key, trio.current_time())
                 got: bytes | PortalError = await client.get(request.cid)
+                self._scheduler.round_trip(key, client.round_trip())
             except PortalError as exc:
                 got = exc
             self._copies.pop((request, key), None)
@@ -503,6 +504,7 @@ class Swarm:
             self._scheduler.started_together(left, key, trio.current_time())
             while left:
                 got = await client.get_many([r.cid for r in left])
+                self._scheduler.round_trip(key, client.round_trip())  # once an answer, not once an object
                 actions = []
                 for request, data in zip(left, got, strict=False):
                     outcome = MissingObject(f"edge {client.address}: no such object") if data is None else data
@@ -535,9 +537,6 @@ class Swarm:
                 self._drop(key)
             return self._scheduler.failed(request, key, now, unreachable=True)
         self._charge(key, "down", len(got) - request.size)
-        edge = self._edges.get(key)
-        if edge is not None and edge.client is not None:
-            self._scheduler.round_trip(key, edge.client.round_trip())
         actions = self._scheduler.answered(request, key, now, len(got))
         wanted.arrived(got)
         return actions
