@@ -26,8 +26,17 @@ from typing import Any, Protocol
 import numpy as np
 import numpy.typing as npt
 
-__all__ = ["Backend", "NumpyBackend", "ChunkArrays", "EdgeArrays", "Tick", "shares", "plan", "rank_then_assign",
-           "MAX_CHOICES"]  # fmt: skip
+__all__ = [
+    "Backend",
+    "NumpyBackend",
+    "ChunkArrays",
+    "EdgeArrays",
+    "Tick",
+    "shares",
+    "plan",
+    "rank_then_assign",
+    "MAX_CHOICES",
+]
 
 MAX_CHOICES = 4  # a primary and up to three backups per chunk (PORTAL_MAX_CHOICES in kernels/rank.cu)
 GOLDEN = np.uint32(0x9E3779B9)  # the golden ratio in 32-bit fixed point (kernels/assign.cu)
