@@ -12,14 +12,32 @@ from contextlib import contextmanager
 from pathlib import Path
 
 SERVERS = [sys.executable, "-m", "portalfs.cli.servers"]
+# portalctl as a person runs it: the installed command (its front hands put and get to a running portald)
+PORTALCTL = [str(Path(sys.executable).with_name("portalctl"))]
+if not Path(PORTALCTL[0]).exists():
+    PORTALCTL = [sys.executable, "-m", "portalfs.cli.portalctl"]
 
 
 def portalctl(home: Path, *args: str, stdin: str | None = None) -> str:
     env = {**os.environ, "PORTAL_HOME": str(home)}
-    return subprocess.run(
-        [sys.executable, "-m", "portalfs.cli.portalctl", *args],
-        env=env, input=stdin, capture_output=True, text=True, check=True,
-    ).stdout  # fmt: skip
+    return subprocess.run([*PORTALCTL, *args], env=env, input=stdin, capture_output=True, text=True, check=True).stdout
+
+
+@contextmanager
+def portald(home: Path, log: Path) -> Iterator[None]:
+    """portald for ``home``, from its ready line until it is stopped (SIGTERM, by PID)."""
+    env = {**os.environ, "PORTAL_HOME": str(home)}
+    process = subprocess.Popen([sys.executable, "-m", "portalfs.cli.portald"], env=env, stdout=subprocess.PIPE,
+                               stderr=log.open("wb"), text=True)  # fmt: skip
+    try:
+        assert process.stdout is not None
+        ready = process.stdout.readline()
+        if not ready.startswith("portald: ready"):
+            raise SystemExit(f"portald did not start: {ready!r} (see {log})")
+        yield
+    finally:
+        process.terminate()
+        process.wait(timeout=60)
 
 
 def serve(args: list[str], log: Path) -> tuple[subprocess.Popen[str], str]:

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import argparse
 import getpass
-import json
 import os
 import sys
 from collections.abc import Callable
@@ -15,11 +14,12 @@ from ..errors import PortalError, UsageError
 from ..memory import keep_freed_memory
 from ..paths import DeviceHome
 from ..portal import PortalView
+from .handoff import emit, human
 
 if TYPE_CHECKING:
     from ..fabric.store import FabricStore
 
-__all__ = ["run_command", "unlock", "read_secret_file", "emit"]
+__all__ = ["run_command", "unlock", "read_secret_file", "emit", "human"]
 
 
 def run_command(prog: str, work: Callable[[Device], int]) -> int:
@@ -44,11 +44,6 @@ def run_command(prog: str, work: Callable[[Device], int]) -> int:
     finally:
         if device is not None:
             device.close()
-
-
-def emit(args: argparse.Namespace, data: object, text: str) -> None:
-    """The command's answer: ``data`` as JSON with --json, else ``text``."""
-    print(json.dumps(data, sort_keys=True) if getattr(args, "json", False) else text)
 
 
 def read_secret_file(path: str, what: str) -> str:
@@ -90,15 +85,6 @@ def with_root(secrets: Unlocked, args: argparse.Namespace) -> Unlocked:
         raise RootNotKept("this device does not keep the identity's root: give the 24 recovery words on stdin")
     bip39 = read_secret_file(args.bip39_passphrase_file, "BIP-39 passphrase") if args.bip39_passphrase_file else ""
     return Unlocked(secrets.identity.with_root(root_from_words(words, bip39)), secrets.device, secrets.generation)
-
-
-def human(n: float) -> str:
-    """Bytes for a person: 512 B, 1.5 KiB, 3.2 GiB."""
-    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
-        if abs(n) < 1024 or unit == "TiB":
-            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
-        n /= 1024
-    raise AssertionError("unreachable")
 
 
 def open_view(device: Device, secrets: Unlocked, name: str, keep: bool = True) -> PortalView:

@@ -39,6 +39,7 @@ from ..sched.limits import Limits
 from ..state import VersionRow
 from ..worktree import registry
 from .common import emit, human, unlock, with_root
+from .handoff import sync_failures, sync_line
 from .servers import parse_duration, parse_size
 
 __all__ = ["open_fabric"]
@@ -379,30 +380,6 @@ def sync_portals(
     if results is None:
         results = _sync_here(device, secrets or unlock(device, args), names, repair)
     return results
-
-
-def sync_failures(results: list[dict[str, Any]]) -> list[tuple[str, dict[str, Any]]]:
-    """(portal, what failed) for each sync or repair that failed, each said on standard error."""
-    failures = [(r["portal"], what) for r in results for what in (r, r.get("repair", {})) if "error" in what]
-    for portal, what in failures:
-        print(f"portalctl: {portal}: {what['error']}", file=sys.stderr)
-    return failures
-
-
-def sync_line(r: dict[str, Any]) -> str:
-    return (
-        f"{r['portal']}: v{r['version']} (pulled {r['pulled']}, published {r['published']}, "
-        f"{r['objects']} objects pushed)"
-        + _repaired(r.get("repair"))
-        + ("; its read-write mount syncs it" if r.get("elsewhere") else "")
-        + (f"; {r['underplaced']} objects wait for more edges (see the log)" if r.get("underplaced") else "")
-    )
-
-
-def _repaired(repair: dict[str, Any] | None) -> str:
-    if not repair or "error" in repair:
-        return ""
-    return f"; repair checked {repair['checked']}, copied {repair['copied']}, damaged {repair.get('damaged', 0)}"
 
 
 def _sync_here(device: Device, secrets: Unlocked, names: list[str], repair: bool) -> list[dict[str, Any]]:

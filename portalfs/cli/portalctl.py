@@ -14,7 +14,6 @@ import json
 import logging
 import os
 import sqlite3
-import stat
 import sys
 import time
 from collections.abc import Callable, Iterator, Sequence
@@ -26,15 +25,17 @@ from typing import Any
 from .. import __version__
 from ..daemon.control import call_daemon, daemon_socket  # no trio: that is the server's
 from ..device import Device
-from ..errors import NotFound, PortalBusy, PortalError, SourceError, StoreFull, UsageError
+from ..errors import NotFound, PortalBusy, PortalError, UsageError
 from ..gc import collect_garbage
 from ..keys import fingerprint, new_entropy_words
 from ..portal import PortalView
 from ..restore import Restorer
+from ..transfer import get_into, get_target, put_sources
 from ..tree import validate_name
 from ..worktree.journal import writing
 from . import conflict_cmds, fabric_parser
 from .common import emit, human, on_fabric, open_view, read_secret_file, run_command, unlock, unlock_passphrase
+from .handoff import add_put_get, check_source, edge_shares, get_text, handed_off, put_answer
 
 NUDGE_TIMEOUT = 2.0  # seconds for portald to take "look now"
 
@@ -82,16 +83,6 @@ def _progress(
                 bar.set_postfix_str(postfix(), refresh=False)
 
         yield update
-
-
-def edge_shares(fetched: dict[str, Any] | None, rates: bool = False) -> str:
-    """Which edges the bytes came from: each edge's share (or, with ``rates``, its rate now), most first."""
-    edges = {name: f for name, f in ((fetched or {}).get("edges") or {}).items() if f.get("bytes")}
-    total = sum(f["bytes"] for f in edges.values())
-    ranked = sorted(edges.items(), key=lambda item: -item[1]["bytes"])
-    if rates:
-        return ", ".join(f"{name} {human(f.get('bytes_per_second') or 0)}/s" for name, f in ranked)
-    return ", ".join(f"{name} {100 * f['bytes'] / total:.0f}%" for name, f in ranked)
 
 
 def _when(ns: int) -> str:
@@ -261,26 +252,6 @@ def cmd_portal_ls(device: Device, args: argparse.Namespace) -> int:
     return 0
 
 
-_KINDS = {stat.S_IFIFO: "a FIFO", stat.S_IFCHR: "a character device", stat.S_IFBLK: "a block device",
-          stat.S_IFSOCK: "a socket"}  # fmt: skip
-
-
-def _check_source(source: str) -> None:
-    """A source that ``put`` can take: an existing, readable file, directory or symlink."""
-    try:
-        st = os.lstat(source)
-    except FileNotFoundError:
-        raise SourceError(f"cannot read {source}: no such file or directory") from None
-    except OSError as exc:
-        raise SourceError(f"cannot read {source}: {exc.strerror}") from None
-    kind = _KINDS.get(stat.S_IFMT(st.st_mode))
-    if kind is not None:
-        hint = f"; to store what it gives, `portalctl put NAME - --name FILE < {source}`" if kind == "a FIFO" else ""
-        raise SourceError(f"cannot put {source}: it is {kind}, not a file, directory or symlink{hint}")
-    if not os.access(source, os.R_OK):
-        raise SourceError(f"cannot read {source}: permission denied")
-
-
 def cmd_put(device: Device, args: argparse.Namespace) -> int:
     secrets = unlock(device, args)
     stream = None
@@ -293,91 +264,46 @@ def cmd_put(device: Device, args: argparse.Namespace) -> int:
             raise UsageError(f"--name {args.name_for_stdin!r}: {exc}") from None
         args.sources = [s for s in args.sources if s != "-"]
     for source in args.sources:
-        _check_source(source)
+        check_source(source)
     if args.sync:
         from .fabric_cmds import hub_config
 
         hub_config(device)  # refused before the put, not after it
     show = not args.json
     view = open_view(device, secrets, args.name)  # an unchanged file's chunks may be on the edges alone
-    with writing(view, secrets, f"put {args.name}"):
-        started = time.monotonic()
-        total = _source_size([Path(s) for s in args.sources]) if show and sys.stderr.isatty() else None
-        with _progress(total, show) as progress:
-            with device.exclusive():
-                try:
-                    version, stats = view.put(
-                        secrets,
-                        args.sources,
-                        time.time_ns(),
-                        progress=progress,
-                        warn=lambda msg: print(f"portalctl: warning: {msg}", file=sys.stderr),
-                        stream=stream,
-                    )
-                except StoreFull as exc:  # no version was made: what it stored, no version names
-                    raise StoreFull(f"{exc} (no version made; `portalctl gc` drops what this put stored)") from exc
-        elapsed = time.monotonic() - started
-    result = {
-        "portal": args.name,
-        "version": version.version,
-        "files": stats.files,
-        "dirs": stats.dirs,
-        "symlinks": stats.symlinks,
-        "skipped": stats.skipped,
-        "bytes_read": stats.bytes_read,
-        "bytes_reused": stats.bytes_reused,
-        "bytes_stored": stats.bytes_stored,
-        "chunks": stats.chunks,
-        "chunks_stored": stats.chunks_stored,
-        "seconds": round(elapsed, 3),
-        "unchanged": stats.unchanged,
-    }
-    if stats.unchanged:
-        text = f"{args.name} v{version.version}: unchanged, no new version"
-    else:
-        text = (
-            f"{args.name} v{version.version}: {stats.files} files, {human(stats.bytes_read + stats.bytes_reused)} "
-            f"({human(stats.bytes_stored)} new in store) in {elapsed:.1f}s"
+    total = _source_size([Path(s) for s in args.sources]) if show and sys.stderr.isatty() else None
+    with _progress(total, show) as progress:
+        result = put_sources(
+            view,
+            secrets,
+            args.sources,
+            stream=stream,
+            progress=progress,
+            warn=lambda msg: print(f"portalctl: warning: {msg}", file=sys.stderr),
         )
     if not args.sync:
-        emit(args, result, text)
-        return 0
-    from .fabric_cmds import sync_failures, sync_line, sync_portals
+        return put_answer(args, result, [])
+    from .fabric_cmds import sync_portals
 
     synced = sync_portals(device, args, [args.name], False, secrets)  # portald's, or here with these secrets
-    failures = sync_failures(synced)
     result["sync"] = synced[0] if synced else None
-    emit(args, result, "\n".join([text, *(sync_line(r) for r in synced if "error" not in r)]))
-    return int(failures[0][1]["exit_code"]) if failures else 0
+    return put_answer(args, result, synced)
 
 
 def cmd_get(device: Device, args: argparse.Namespace) -> int:
     secrets = unlock(device, args)
     view = open_view(device, secrets, args.name, keep=False)  # what is written out is not kept twice
-    version = view.version(args.version)
-    entry = view.lookup(view.root(version).entry, args.path or "")
     dest = Path(args.dest)
-    if not dest.parent.is_dir() and not dest.is_dir():
-        what = "is not a directory" if dest.parent.exists() else "does not exist"
-        raise NotFound(f"destination {dest}: {dest.parent} {what}")
+    target = get_target(view, dest, args.version, args.path)
+    version, entry = target
     store = on_fabric(view)
     per_edge = None if store is None else (lambda: edge_shares(store.fetched(), rates=True))
     with _progress(entry.size if entry.is_file else version.size, not args.json, postfix=per_edge) as progress:
-        restorer = Restorer(view, overwrite=args.overwrite, progress=progress)
-        restorer.restore(entry, dest)
-    s = restorer.stats
-    result: dict[str, Any] = {"version": version.version, "files": s.files, "dirs": s.dirs, "symlinks": s.symlinks}
-    result["bytes"] = s.bytes
+        result = get_into(view, target, dest, overwrite=args.overwrite, progress=progress)
     fetched = None if store is None else store.fetched()
     if fetched is not None:  # what came from the edges, and from which
         result["fetched"] = fetched
-    shares = edge_shares(fetched)
-    emit(
-        args,
-        result,
-        f"Restored {args.name} v{version.version}: {s.files} files, {human(s.bytes)} into {dest}"
-        + (f" (from the edges: {shares})" if shares else ""),
-    )
+    emit(args, result, get_text(args.name, str(dest), result))
     return 0
 
 
@@ -640,17 +566,7 @@ def _parser() -> argparse.ArgumentParser:
     command("ls", cmd_portal_ls, "list portals", parent=portal)
     fabric_parser.register_portal_set(portal, command)
 
-    c = command("put", cmd_put, "add files or folders to a portal as a new version (DIR/ adds DIR's contents)")
-    c.add_argument("name")
-    c.add_argument("sources", nargs="+", metavar="SRC", help="files or folders; - reads standard input")
-    c.add_argument("--name", dest="name_for_stdin", metavar="FILE", help="the file name for standard input")
-    c.add_argument("--sync", action="store_true", help="then sync the portal (as `portalctl sync NAME`)")
-    c = command("get", cmd_get, "restore a portal, or one path of it, into DEST")
-    c.add_argument("name")
-    c.add_argument("dest")
-    c.add_argument("--path", help="restore only this path of the portal")
-    c.add_argument("--version", type=int, help="restore this version (default: the newest)")
-    c.add_argument("--overwrite", action="store_true", help="replace existing files in DEST")
+    add_put_get(command, cmd_put, cmd_get)
     c = command("log", cmd_log, "list a portal's versions")
     c.add_argument("name")
     c = command("restore", cmd_restore, "bring one file or folder of a portal back as it was in an earlier version")
@@ -681,6 +597,13 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else list(argv)
+    code = handed_off(argv)  # put and get run in portald where it runs (the console script asks before this import)
+    return code if code is not None else run_here(argv)
+
+
+def run_here(argv: Sequence[str]) -> int:
+    """Run the command in this process."""
     args = _parser().parse_args(argv)
     logging.basicConfig(level=logging.WARNING, format="portalctl: warning: %(message)s", stream=sys.stderr)
     return run_command("portalctl", lambda device: _then_tell_portald(device, args.func(device, args)))

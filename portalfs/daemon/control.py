@@ -2,16 +2,20 @@
 
 The socket is ``portald.sock`` in the device's data directory, mode 0600 (the
 directory is 0700): whoever can reach it is the device's user. Requests are
-``{"op": "status"}`` and ``{"op": "sync", "names": [...]}``; answers are
+``{"op": "status"}``, ``{"op": "sync", "names": [...]}``, ``{"op": "changed"}``, and `portalctl put` and `get`
+handed over (``put``, ``get``); answers are
 ``{"ok": true, "result": ...}`` or ``{"ok": false, "error": MESSAGE, "exit_code": N}``
 (the exit codes of docs/design.md, "Exit codes"). See docs/design.md, "The daemon".
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
+import logging
 import os
 import socket
+import threading
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -23,10 +27,12 @@ __all__ = ["serve_control", "call_daemon", "daemon_socket", "MAX_LINE"]
 MAX_LINE = 1 << 20  # bytes in one request or answer
 SUN_PATH_MAX = 107  # bytes in a unix socket's path, with room for the NUL
 
+log = logging.getLogger("portal.daemon")
+
 if TYPE_CHECKING:
     import trio
 
-Handler = Callable[[dict[str, Any]], Awaitable[Any]]
+Handler = Callable[[dict[str, Any], threading.Event], Awaitable[Any]]  # the request; set once its caller is gone
 
 
 def daemon_socket(data: Path) -> Path:
@@ -55,19 +61,37 @@ async def serve_control(path: Path, handle: Handler, *, task_status: trio.TaskSt
     sock.listen(16)
     listener = trio.SocketListener(sock)
 
+    async def hangup(stream: trio.SocketStream, gone: threading.Event) -> None:
+        """Set ``gone`` once the caller closes its end (it said all it had to say with its request)."""
+        with contextlib.suppress(trio.BrokenResourceError, trio.ClosedResourceError):
+            while await stream.receive_some(4096):
+                pass
+        gone.set()
+
+    async def reply(stream: trio.SocketStream, watching: trio.Nursery) -> dict[str, Any]:
+        request: Any = {}
+        try:
+            request = json.loads(await _read_line(stream))
+            if not isinstance(request, dict):
+                raise UsageError("a request is a JSON object")
+            gone = threading.Event()
+            watching.start_soon(hangup, stream, gone)
+            return {"ok": True, "result": await handle(request, gone)}
+        except ValueError as exc:
+            return {"ok": False, "error": f"malformed request: {exc}", "exit_code": UsageError.exit_code}
+        except PortalError as exc:
+            return {"ok": False, "error": str(exc), "exit_code": exc.exit_code}
+        except Exception as exc:  # a fault of portald's own: said to the caller and logged, portald goes on
+            log.exception("control request %s failed", shown(str(request.get("op")))[:40])
+            return {"ok": False, "error": f"portald failed: {exc}", "exit_code": PortalError.exit_code}
+
     async def answer(stream: trio.SocketStream) -> None:
         async with stream:
+            async with trio.open_nursery() as watching:
+                answered = await reply(stream, watching)
+                watching.cancel_scope.cancel()
             try:
-                request = json.loads(await _read_line(stream))
-                if not isinstance(request, dict):
-                    raise UsageError("a request is a JSON object")
-                reply = {"ok": True, "result": await handle(request)}
-            except ValueError as exc:
-                reply = {"ok": False, "error": f"malformed request: {exc}", "exit_code": UsageError.exit_code}
-            except PortalError as exc:
-                reply = {"ok": False, "error": str(exc), "exit_code": exc.exit_code}
-            try:
-                await stream.send_all(json.dumps(reply).encode() + b"\n")
+                await stream.send_all(json.dumps(answered).encode() + b"\n")
             except (trio.BrokenResourceError, trio.ClosedResourceError):
                 pass  # the caller went away
 

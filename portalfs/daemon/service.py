@@ -16,20 +16,25 @@ from __future__ import annotations
 import logging
 import math
 import os
+import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from pathlib import Path
 from typing import Any, TypeVar
 
 import trio
 
 from ..backoff import Backoff
 from ..device import Device, Unlocked
-from ..errors import CorruptObject, MissingObject, NotFound, PortalError, UsageError
+from ..errors import CorruptObject, MissingObject, NotFound, PortalError, StorageError, UsageError
 from ..fabric import sharing
 from ..fabric.config import FabricConfig, followed_portals, hub_client, is_paused, load_config, published_version
+from ..fabric.store import FabricStore
 from ..fabric.sync import Fabric, edges_seen
 from ..portal import PortalView
 from ..store.base import Priority
+from ..transfer import fetched_since, get_into, get_target, put_sources
 from .control import daemon_socket, serve_control
 from .embedded import EmbeddedFabric, run_embedded
 from .manners import MANNERS_META, MANNERS_SECONDS, SuspendWatch, addresses, held_back
@@ -48,6 +53,34 @@ LOCAL_LOOK_SECONDS = 30.0  # between looks at the local heads unasked (commands 
 EVENTS_BACKOFF = Backoff(2.0, 60.0)  # an event stream the hub refused or did not answer
 
 T = TypeVar("T")
+COMMANDS = 8  # puts and gets portald runs for portalctl at once, each on a worker thread of its own
+
+
+@contextmanager
+def _command_errors() -> Iterator[None]:
+    """A put's or get's OSError as portalctl says one (exit code 10), not a fault of portald's."""
+    try:
+        yield
+    except OSError as exc:
+        where = f"{exc.filename}: " if exc.filename else ""
+        raise StorageError(f"{where}{exc.strerror or exc}") from exc
+
+
+def _stop_if(gone: threading.Event) -> Callable[[int], None]:
+    """A progress callback that stops the command once the portalctl that asked for it has gone (Ctrl-C)."""
+
+    def progress(n: int) -> None:
+        if gone.is_set():
+            raise PortalError("portalctl went away; stopped")
+
+    return progress
+
+
+def _field(request: dict[str, Any], name: str, kind: type[T]) -> T:
+    value = request.get(name)
+    if not isinstance(value, kind):
+        raise UsageError(f"{request.get('op')}: {name} is missing or not a {kind.__name__}")
+    return value
 
 
 class SyncDaemon:
@@ -75,6 +108,7 @@ class SyncDaemon:
         self.socket = daemon_socket(device.home.data)
         self._limiter = trio.CapacityLimiter(1)  # device work: one piece at a time, on a worker thread
         self._waiting = trio.CapacityLimiter(math.inf)  # long-polls: a thread each, however many portals
+        self._commands = trio.CapacityLimiter(COMMANDS)  # portalctl's puts and gets: beside the device's work
         self._wakeup = trio.Event()
         self._look_now = trio.Event()  # a command or a mount changed something on the device
         self._fabric: Fabric | None = None  # for the daemon's life; opened again when the configuration changes
@@ -405,7 +439,9 @@ class SyncDaemon:
 
     # control
 
-    async def handle(self, request: dict[str, Any]) -> Any:
+    async def handle(self, request: dict[str, Any], gone: threading.Event | None = None) -> Any:
+        """Answer a control request; ``gone`` is set if its caller goes away (a put or get then stops)."""
+        gone = gone or threading.Event()
         op = request.get("op")
         if op == "status":
             return self.status()
@@ -417,7 +453,74 @@ class SyncDaemon:
             if not isinstance(names, list) or not all(isinstance(n, str) for n in names):
                 raise UsageError("sync: names is a list of portal names")
             return await self.sync_now(names, repair=bool(request.get("repair")))
-        raise UsageError(f"unknown request {op!r} (status, sync, changed)")
+        if op in ("put", "get"):
+            try:
+                return await (self.put if op == "put" else self.get)(request, gone)
+            except PortalError as exc:
+                if gone.is_set():
+                    log.info("portalctl %s %s: stopped, as portalctl went away (%s)", op, request.get("name"), exc)
+                raise
+        raise UsageError(f"unknown request {op!r} (status, sync, changed, put, get)")
+
+    async def _store(self, keep: bool) -> FabricStore | None:
+        """The store a command reads through: the daemon's fabric's, when the device is on one."""
+        config = await self._on_device(load_config, self.device)
+        if config is None or not config.reaches_edges:
+            return None
+        return (await self._current_fabric()).store(keep=keep)
+
+    async def put(self, request: dict[str, Any], gone: threading.Event) -> dict[str, Any]:
+        """`portalctl put` of files and folders, then (with ``sync``) `portalctl sync` of the portal."""
+        name = _field(request, "name", str)
+        sources = _field(request, "sources", list)
+        if not sources or not all(isinstance(s, str) and os.path.isabs(s) for s in sources):
+            raise UsageError("put: sources is a list of absolute paths")
+        if request.get("sync") and self.hub is None:  # refused before the put, not after it
+            raise UsageError("this device has no hub: run `portalctl hub add URL` first")
+        store = await self._store(keep=True)  # an unchanged file's chunks may be on the edges alone
+        warnings: list[str] = []
+
+        def work() -> dict[str, Any]:
+            with _command_errors():
+                view = PortalView.open(self.device, name, self.secrets, store)
+                return put_sources(view, self.secrets, sources, progress=_stop_if(gone), warn=warnings.append)
+
+        result = await trio.to_thread.run_sync(work, limiter=self._commands)
+        log.info("portalctl put %s: v%d, %d files", name, result["version"], result["files"])
+        result["warnings"] = warnings
+        if request.get("sync"):  # this sync pushes and publishes the new version, and says so
+            synced = await self.sync_now([name])
+            result["sync"] = synced[0] if synced else None
+        else:
+            self._look_now.set()  # the next round publishes it
+        return result
+
+    async def get(self, request: dict[str, Any], gone: threading.Event) -> dict[str, Any]:
+        """`portalctl get`: restore a portal, or one path of it, into ``dest``."""
+        name = _field(request, "name", str)
+        dest = _field(request, "dest", str)
+        version, path = request.get("version"), request.get("path")
+        if not os.path.isabs(dest):
+            raise UsageError("get: dest is an absolute path")
+        if not (version is None or type(version) is int) or not (path is None or isinstance(path, str)):
+            raise UsageError("get: version is a number and path a string")
+        store = await self._store(keep=False)  # what is written out is not kept twice
+
+        def work() -> dict[str, Any]:
+            with _command_errors():
+                view = PortalView.open(self.device, name, self.secrets, store)
+                target = get_target(view, Path(dest), version, path)
+                before = None if store is None else store.fetched()
+                overwrite = bool(request.get("overwrite"))
+                result = get_into(view, target, Path(dest), overwrite=overwrite, progress=_stop_if(gone))
+                after = None if store is None else store.fetched()
+            if after is not None:  # what came from the edges while it ran, and from which
+                result["fetched"] = fetched_since(before, after)
+            return result
+
+        result = await trio.to_thread.run_sync(work, limiter=self._commands)
+        log.info("portalctl get %s: v%d, %d files into %s", name, result["version"], result["files"], dest)
+        return result
 
     async def sync_now(self, names: list[str], repair: bool = False) -> list[dict[str, Any]]:
         """Sync ``names`` (every followed portal when empty) now, and ``repair`` them; return once each finished."""

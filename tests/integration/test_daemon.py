@@ -348,3 +348,40 @@ def test_an_edge_silent_past_the_grace_is_marked_down_and_what_it_held_is_copied
                 break
             assert time.monotonic() < deadline, "what the silent edge held was not copied to the others"
             time.sleep(0.2)
+
+
+def test_put_and_get_are_run_by_portald_where_it_runs(tmp_path: Path, lab: FabricLab, daemons: list[Daemon]) -> None:
+    """portalctl hands a put (of files and folders) and a get to the device's portald; what they print, their
+    exit codes and the files they make are the same as when portalctl runs them itself."""
+    a, b, src, out = tmp_path / "a", tmp_path / "b", tmp_path / "src", tmp_path / "out"
+    words = notes_device(a, src, {"first.txt": b"one\n"}, hub=lab.hub_url)
+    recovered(b, words, lab.hub_url)
+    on_a = start_daemon(a, daemons)
+    on_a.wait_for(r"notes: v1 \(pulled 0, published 1\)")
+
+    (src / "second.bin").write_bytes(second := os.urandom(300_000))
+    put = json.loads(ok(a, "put", "notes", f"{src}/", "--sync", "--json"))
+    on_a.wait_for(r"portalctl put notes: v2, 2 files")
+    assert put["version"] == 2 and put["files"] == 2 and not put["unchanged"]
+    assert put["sync"] == {**put["sync"], "portal": "notes", "version": 2, "published": 1}
+    assert ok(a, "put", "notes", f"{src}/").startswith("notes v2: unchanged, no new version")
+    fails(a, 3, "put", "nosuch", f"{src}/", match="no portal named 'nosuch'")  # portald's refusal, as portalctl's
+    on_a.wait_for(r"portalctl put notes: v2")  # the unchanged put went to portald too
+
+    on_b = start_daemon(b, daemons)
+    assert "notes: v2 (pulled 2, published 0" in ok(b, "sync", "notes")
+    said = ok(b, "get", "notes", str(out))
+    on_b.wait_for(r"portalctl get notes: v2, 2 files into " + re.escape(str(out)))
+    assert said.startswith(f"Restored notes v2: 2 files, 293.0 KiB into {out} (from the edges: ")
+    assert (out / "first.txt").read_bytes() == b"one\n" and (out / "second.bin").read_bytes() == second
+    fails(b, 3, "get", "notes", str(tmp_path / "nowhere" / "x"), match="nowhere does not exist")
+    fails(b, 4, "get", "notes", str(out), match="already exists (use --overwrite")
+    (out / "first.txt").unlink()
+    (out / "first.txt").mkdir()  # in the way: replacing it fails in portald as it would here (exit code 10)
+    fails(b, 10, "get", "notes", str(out), "--overwrite", match="first.txt")
+    assert [line for line in on_b.lines if "Traceback" in line] == []
+
+    # standard input is read by portalctl itself
+    ok(a, "put", "notes", "-", "--name", "piped.txt", input="piped\n")
+    ok(a, "get", "notes", str(tmp_path / "piped.txt"), "--path", "piped.txt")
+    assert (tmp_path / "piped.txt").read_text() == "piped\n"
