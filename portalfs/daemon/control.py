@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import contextlib
 import json
-import logging
 import os
 import socket
 import threading
@@ -26,8 +25,6 @@ __all__ = ["serve_control", "call_daemon", "daemon_socket", "MAX_LINE"]
 
 MAX_LINE = 1 << 20  # bytes in one request or answer
 SUN_PATH_MAX = 107  # bytes in a unix socket's path, with room for the NUL
-
-log = logging.getLogger("portal.daemon")
 
 if TYPE_CHECKING:
     import trio
@@ -82,7 +79,9 @@ async def serve_control(path: Path, handle: Handler, *, task_status: trio.TaskSt
         except PortalError as exc:
             return {"ok": False, "error": str(exc), "exit_code": exc.exit_code}
         except Exception as exc:  # a fault of portald's own: said to the caller and logged, portald goes on
-            log.exception("control request %s failed", shown(str(request.get("op")))[:40])
+            import logging  # here: a command that only calls portald does not load it
+
+            logging.getLogger("portal.daemon").exception("control request %s failed", shown(str(request.get("op"))))
             return {"ok": False, "error": f"portald failed: {exc}", "exit_code": PortalError.exit_code}
 
     async def answer(stream: trio.SocketStream) -> None:

@@ -508,36 +508,37 @@ class Swarm:
                 actions = []
                 for request, data in zip(left, got, strict=False):
                     outcome = MissingObject(f"edge {client.address}: no such object") if data is None else data
-                    actions += self._settle(request, key, outcome)
+                    actions += self._settle(request, key, outcome, fill=False)
                 left = left[len(got) :]
-                self._act(actions)
+                self._act(actions + self._scheduler.fill(trio.current_time()))
         except PortalError as exc:
             actions = []
             for request in left:
-                actions += self._settle(request, key, exc)
-            self._act(actions)
+                actions += self._settle(request, key, exc, fill=False)
+            self._act(actions + self._scheduler.fill(trio.current_time()))
 
-    def _settle(self, request: Request, key: bytes, got: bytes | PortalError) -> list[Action]:
-        """Tell the scheduler what became of a copy of ``request`` on edge ``key``: its bytes, or why not."""
+    def _settle(self, request: Request, key: bytes, got: bytes | PortalError, fill: bool = True) -> list[Action]:
+        """Tell the scheduler what became of a copy of ``request`` on edge ``key``: its bytes, or why not
+        (``fill``: ``Scheduler.answered``'s)."""
         wanted: _Wanted = request.tag
         cid = request.cid
         now = trio.current_time()
         if isinstance(got, MissingObject):
             wanted.failures.append(str(got))
             self.locations.forget(cid, key)
-            return self._scheduler.failed(request, key, now)
+            return self._scheduler.failed(request, key, now, fill=fill)
         if isinstance(got, CorruptObject):  # the edge's copy is damaged: the next replica
             self._damage(key, cid, got)
             wanted.corrupt.append(str(got))
-            return self._scheduler.failed(request, key, now)
+            return self._scheduler.failed(request, key, now, fill=fill)
         if isinstance(got, PortalError):  # unreachable, refused: the next replica
             wanted.failures.append(str(got))
             if isinstance(got, Unreachable):
                 wanted.unreachable += 1
                 self._drop(key)
-            return self._scheduler.failed(request, key, now, unreachable=True)
+            return self._scheduler.failed(request, key, now, unreachable=True, fill=fill)
         self._charge(key, "down", len(got) - request.size)
-        actions = self._scheduler.answered(request, key, now, len(got))
+        actions = self._scheduler.answered(request, key, now, len(got), fill=fill)
         wanted.arrived(got)
         return actions
 

@@ -73,6 +73,7 @@ class _Edge:
         self.latencies: deque[float] = deque(maxlen=64)  # response time less the bytes' own time at the rate
         self.round_trip = 0.0  # the connection's, as its transport measured it last (0: not known)
         self._p95: float | None = None  # of ``durations``, once computed
+        self._least: float | None = None  # of ``latencies``, once computed
 
     def delivered(self, size: int, sent: float, now: float) -> tuple[int, float]:
         """A throughput sample (bytes, seconds) for an answer of ``size`` bytes to a copy sent at ``sent``: the
@@ -113,8 +114,9 @@ class _Edge:
         the connection's round trip where its transport measures one. (A response time less its bytes' time at
         the estimated rate is often 0: the estimate lags, and a copy sent behind others counts their bytes
         whole though part of them had gone; so windows sized by it alone left out the round trip.)"""
-        seen = min(self.latencies) if self.latencies else DEFAULT_RTT
-        return max(seen, self.round_trip)
+        if self._least is None:  # once per answer, not per question (asked for every copy in flight)
+            self._least = min(self.latencies) if self.latencies else DEFAULT_RTT
+        return max(self._least, self.round_trip)
 
     def window(self, fallback: float) -> int:
         """Typical objects' worth of bytes it may have in flight: one until it has answered (a probe: a slow
@@ -129,7 +131,7 @@ class _Edge:
         """An answer ``response`` seconds after its copy went, ``latency`` of it before the first byte."""
         self.latencies.append(latency)
         self.durations.append(response)
-        self._p95 = None
+        self._p95 = self._least = None
 
     def p95(self) -> float | None:
         """The 95th percentile of its recent response times (computed once per answer: asked per copy in
@@ -324,21 +326,33 @@ class Scheduler:
         return None
 
     def _endgame(self, now: float, fallback: float) -> list[Action]:
+        """Each edge with room duplicates, while it has room, the copy in flight expected to end last among
+        those it holds and would finish sooner. Asked at every answer once nothing is left to send: the
+        expected ends are computed once for all the edges (a copy sent here changes no other request's)."""
+        edges = [edge for edge in self._edges if self._room(edge, Priority.REPAIR, fallback)]
+        if not edges:
+            return []
+        flying = [r for r in self._in_flight if not r.duplicated]
+        ends = [max(self._expected_end(r, e, fallback, now) for e in r.copies) for r in flying]
+        latest_first = sorted(zip(ends, flying, strict=True), key=lambda pair: -pair[0])  # stable: ties as met
         actions: list[Action] = []
-        for edge in self._edges:
+        for edge in edges:
+            usable: dict[int, bool] = {}  # by priority
             while self._room(edge, Priority.REPAIR, fallback):
-                best: tuple[float, Request] | None = None
-                for request in self._in_flight:
+                best: Request | None = None
+                for end, request in latest_first:
                     if request.duplicated or edge.index in request.copies or edge.index in request.tried:
                         continue
-                    if edge.index not in request.holders or not self._usable(edge, request.priority, now):
+                    if edge.index not in request.holders:
                         continue
-                    ends = max(self._expected_end(request, e, fallback, now) for e in request.copies)
-                    if now + self._finish(edge, request.size, fallback) < ends and (best is None or ends > best[0]):
-                        best = (ends, request)
-                if best is None or not self._may_duplicate(best[1]):
+                    if request.priority not in usable:
+                        usable[request.priority] = self._usable(edge, request.priority, now)
+                    if usable[request.priority] and now + self._finish(edge, request.size, fallback) < end:
+                        best = request
+                        break
+                if best is None or not self._may_duplicate(best):
                     break
-                actions.append(self._duplicate(best[1], edge, "endgame", now))
+                actions.append(self._duplicate(best, edge, "endgame", now))
         return actions
 
     def _expected_end(self, request: Request, index: int, fallback: float, now: float) -> float:
@@ -456,7 +470,9 @@ class Scheduler:
             if edge.index in request.deadlines:
                 request.deadlines[edge.index] = max(deadlines)
 
-    def answered(self, request: Request, key: bytes, now: float, size: int) -> list[Action]:
+    def answered(self, request: Request, key: bytes, now: float, size: int, *, fill: bool = True) -> list[Action]:
+        """A copy arrived, ``size`` bytes. ``fill=False``: of an answer of many, the others told next; ``fill``
+        after the last (what the answers made room for is sent once, not once per object)."""
         edge = self._by_key.get(key)
         if edge is None or edge.index not in request.copies:
             return []
@@ -479,11 +495,18 @@ class Scheduler:
             for index in list(request.copies):
                 self._drop(request, index)
                 actions.append(Cancel(request, self._edges[index].key))
-        return actions + self._fill(now)
+        return actions + (self._fill(now) if fill else [])
 
-    def failed(self, request: Request, key: bytes, now: float, *, unreachable: bool = False) -> list[Action]:
+    def fill(self, now: float) -> list[Action]:
+        """Send what answers told with ``fill=False`` made room for."""
+        return self._fill(now)
+
+    def failed(
+        self, request: Request, key: bytes, now: float, *, unreachable: bool = False, fill: bool = True
+    ) -> list[Action]:
         """A copy failed: the edge lacks it, its copy is damaged, or the edge cannot be reached (its
-        estimate counts that failure). The request fails over at once if no other copy is in flight."""
+        estimate counts that failure). The request fails over at once if no other copy is in flight.
+        ``fill``: as for ``answered``."""
         edge = self._by_key.get(key)
         if edge is None or edge.index not in request.copies:
             return []
@@ -496,7 +519,7 @@ class Scheduler:
             rerouted = self._reroute(request, "failover", now)
             if rerouted is not None:
                 actions.append(rerouted)
-        return actions + self._fill(now)
+        return actions + (self._fill(now) if fill else [])
 
     def _reroute(self, request: Request, why: str, now: float) -> Action | None:
         """A request with no copy out and no plan to follow: to the usable edge not yet asked that would end
