@@ -20,7 +20,7 @@ def storage_error(exc: OSError, what: str) -> StorageError:
     return StorageError(f"cannot write {what}: {exc.strerror or exc}")
 
 
-def fsync_file(path: Path) -> None:
+def fsync_file(path: str | Path) -> None:
     fd = os.open(path, os.O_RDONLY)
     try:
         os.fsync(fd)
@@ -51,7 +51,7 @@ def fsync_dir(path: Path) -> None:
 
 
 def write_atomic(
-    path: Path, data: bytes | bytearray, mode: int = 0o644, tmp_dir: Path | None = None, fsync: bool = True
+    path: str | Path, data: bytes | bytearray, mode: int = 0o644, tmp_dir: Path | None = None, fsync: bool = True
 ) -> None:
     """Write ``data`` to ``path`` so that a crash leaves the old file or the new one, never a mix.
 
@@ -60,7 +60,8 @@ def write_atomic(
     ``fsync_dir`` (the store batches that). With ``fsync=False`` the caller fsyncs ``path``
     later, before it relies on the content surviving a power loss.
     """
-    tmp = (tmp_dir or path.parent) / f".{path.name}.{os.getpid()}.{threading.get_ident():x}.tmp"
+    head, name = os.path.split(path)
+    tmp = os.path.join(tmp_dir or head, f".{name}.{os.getpid()}.{threading.get_ident():x}.tmp")
     try:
         fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, mode)
         try:

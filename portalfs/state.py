@@ -255,12 +255,14 @@ class StateDB:
             raise NotFound(f"no version {version}")
         return self._version_row(row)
 
-    def versions(self, portal: bytes | None = None) -> list[VersionRow]:
+    def versions(self, portal: bytes | None = None, after: int = 0) -> list[VersionRow]:
+        """A portal's versions past ``after`` (every portal's, with ``portal`` None), in order; each record is
+        parsed and its signature checked, so a caller that needs the newest asks for those alone."""
         query = "SELECT portal, version, record, time_ns, device, size, files FROM versions"
         rows = (
-            self._db.execute(query + " WHERE portal = ? ORDER BY version", (portal,))
+            self._db.execute(query + " WHERE portal = ? AND version > ? ORDER BY version", (portal, after))
             if portal is not None
-            else self._db.execute(query + " ORDER BY portal, version")
+            else self._db.execute(query + " WHERE version > ? ORDER BY portal, version", (after,))
         )
         return [self._version_row(r) for r in rows]
 

@@ -396,7 +396,7 @@ class Fabric:
         hub = self.require_hub()
         portal = view.row.id
         published = published_version(self.device, portal)
-        versions = self.device.state.versions(portal)
+        versions = self.device.state.versions(portal, after=max(published - 1, 0))  # the published one: a base
         pending = [v for v in versions if v.version > published]
         queued = self.device.state.underplaced(portal)  # short of R copies at an earlier push
         if not pending and not queued:
