@@ -1,6 +1,6 @@
-"""portalctl's front: `put` and `get` handed to this device's portald when it runs (docs/design.md, section 16,
-"put and get in portald"), before anything heavy is imported; every other command, and these where no portald
-answers, go on to ``portalctl.main``.
+"""`put` and `get` handed to this device's portald when it runs (docs/design.md, section 16, "put and get in
+portald"), before anything heavy is imported (``cli.front`` is the command's entry point); every other command,
+and these where no portald answers, go on to ``portalctl``.
 
 A command that portald runs starts in a few tens of milliseconds, not the few hundred that loading the
 engine takes, and its reads and pushes go over the daemon's open connections to the hub and the edges. What
@@ -27,8 +27,8 @@ from ..errors import PortalError, SourceError, UsageError
 from ..paths import DeviceHome
 
 __all__ = [
-    "main",
     "handed_off",
+    "run",
     "add_put_get",
     "check_source",
     "human",
@@ -219,6 +219,13 @@ def handed_off(argv: Sequence[str]) -> int | None:
     return put_answer(args, result, [result["sync"]] if result.get("sync") else [])
 
 
+def run(argv: Sequence[str], here: Callable[[Sequence[str]], int]) -> int:
+    """portalctl: put and get in portald where it runs; everything else, and those where it does not,
+    ``here``."""
+    code = handed_off(argv)
+    return code if code is not None else here(argv)
+
+
 def put_answer(args: argparse.Namespace, result: dict[str, Any], synced: list[dict[str, Any]]) -> int:
     """Say what a put did, and its sync (``synced``: the sync's result, if it ran); the exit status."""
     failures = sync_failures(synced)
@@ -229,18 +236,3 @@ def put_answer(args: argparse.Namespace, result: dict[str, Any], synced: list[di
 def emit(args: argparse.Namespace, data: object, text: str) -> None:
     """The command's answer: ``data`` as JSON with --json, else ``text``."""
     print(json.dumps(data, sort_keys=True) if getattr(args, "json", False) else text)
-
-
-def main(argv: Sequence[str] | None = None) -> int:
-    """portalctl: put and get in portald where it runs, everything else (and those where it does not) here."""
-    argv = sys.argv[1:] if argv is None else list(argv)
-    code = handed_off(argv)
-    if code is not None:
-        return code
-    from .portalctl import run_here
-
-    return run_here(argv)
-
-
-if __name__ == "__main__":
-    sys.exit(main())

@@ -35,7 +35,7 @@ from ..tree import validate_name
 from ..worktree.journal import writing
 from . import conflict_cmds, fabric_parser
 from .common import emit, human, on_fabric, open_view, read_secret_file, run_command, unlock, unlock_passphrase
-from .handoff import add_put_get, check_source, edge_shares, get_text, handed_off, put_answer
+from .handoff import add_put_get, check_source, edge_shares, get_text, put_answer, run
 
 NUDGE_TIMEOUT = 2.0  # seconds for portald to take "look now"
 
@@ -597,9 +597,8 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    argv = sys.argv[1:] if argv is None else list(argv)
-    code = handed_off(argv)  # put and get run in portald where it runs (the console script asks before this import)
-    return code if code is not None else run_here(argv)
+    # put and get run in portald where it runs (the command's entry point, cli.front, asks before this import)
+    return run(sys.argv[1:] if argv is None else argv, run_here)
 
 
 def run_here(argv: Sequence[str]) -> int:

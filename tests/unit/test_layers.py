@@ -22,7 +22,7 @@ LAYERS: list[tuple[str, list[str]]] = [
     ("store", ["portalfs.store"]),
     ("portal model", ["portalfs.state", "portalfs.device", "portalfs.pipeline", "portalfs.ingest",
                       "portalfs.restore", "portalfs.portal", "portalfs.conflicts"]),
-    ("working tree", ["portalfs.worktree", "portalfs.gc"]),
+    ("working tree", ["portalfs.worktree", "portalfs.gc", "portalfs.transfer"]),
     ("mount", ["portalfs.mount"]),
     ("transports", ["portalfs.net"]),
     ("edge and hub", ["portalfs.edge", "portalfs.hub"]),
