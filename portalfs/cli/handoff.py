@@ -180,9 +180,10 @@ def _request(args: argparse.Namespace) -> dict[str, Any] | None:
             return None
         for source in args.sources:
             check_source(source)  # this process's view of them: named as the user wrote them
-        sources = [os.path.abspath(s) + ("/" if s.endswith("/") else "") for s in args.sources]
+        here = os.getcwd()  # joined, not normalized: portald reads each as this process would ("dir/", "x/..")
+        sources = [os.path.join(here, s) for s in args.sources]
         return {"op": "put", "name": args.name, "sources": sources, "sync": args.sync}
-    dest = os.path.abspath(args.dest)
+    dest = os.path.join(os.getcwd(), args.dest)
     return {"op": "get", "name": args.name, "dest": dest, "path": args.path, "version": args.version,
             "overwrite": args.overwrite}  # fmt: skip
 

@@ -99,8 +99,9 @@ def test_a_put_goes_to_portald_with_absolute_paths_and_its_answer_is_printed(
     (home / "src").mkdir()
     result = {"portal": "notes", "version": 4, "unchanged": True, "warnings": ["skipped a socket"]}
     for daemon in serving(home, {"ok": True, "result": result}):
-        assert handoff.handed_off(["put", "notes", "src/", "--json"]) == 0
-        assert daemon.requests == [{"op": "put", "name": "notes", "sources": [f"{home}/src/"], "sync": False}]
+        assert handoff.handed_off(["put", "notes", "src/", "src/..", "--json"]) == 0
+        sources = [f"{home}/src/", f"{home}/src/.."]  # as given, joined to the working directory
+        assert daemon.requests == [{"op": "put", "name": "notes", "sources": sources, "sync": False}]
     out, err = capsys.readouterr()
     assert json.loads(out) == {"portal": "notes", "version": 4, "unchanged": True}
     assert err == "portalctl: warning: skipped a socket\n"
