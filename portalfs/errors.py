@@ -30,7 +30,14 @@ __all__ = [
     "Conflict",
     "error_for_exit_code",
     "shown",
+    "os_error_text",
 ]
+
+
+def os_error_text(exc: OSError) -> str:
+    """An OSError as a command says it: the file it concerns, then the system's words."""
+    where = f"{exc.filename}: " if exc.filename else ""
+    return f"{where}{exc.strerror or exc}"
 
 
 def shown(text: str, limit: int = 64) -> str:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import getpass
 import os
 import sys
@@ -10,7 +11,7 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING
 
 from ..device import Device, Unlocked
-from ..errors import PortalError, UsageError
+from ..errors import PortalError, UsageError, os_error_text
 from ..memory import keep_freed_memory
 from ..paths import DeviceHome
 from ..portal import PortalView
@@ -23,27 +24,44 @@ __all__ = ["run_command", "unlock", "read_secret_file", "emit", "human"]
 
 
 def run_command(prog: str, work: Callable[[Device], int]) -> int:
-    """Run ``work`` on this device; a ``PortalError`` becomes one line on stderr and its exit code."""
+    """Run ``work`` on this device; a ``PortalError`` becomes one line on stderr and its exit code. Closing the
+    device flushes what its store holds back: a failure there (a full disk) is the command's, said once."""
     keep_freed_memory()  # objects pass through by the megabyte: reuse their buffers warm
     device = None
     try:
         device = Device(DeviceHome.from_environ())
-        return int(work(device))
-    except PortalError as exc:
+        code = int(work(device))
+    except BaseException as exc:
+        said = _said(prog, exc)
+        if said is None:  # not an error of the user's: raised as it is, the device closed first
+            if device is not None:
+                with contextlib.suppress(Exception):
+                    device.close()
+            raise
+        code = said
+    if device is not None:
+        try:
+            device.close()
+        except (PortalError, OSError) as exc:
+            if code == 0:  # else the command's own error was said, most often of the same cause
+                code = _said(prog, exc) or 1
+    return code
+
+
+def _said(prog: str, exc: BaseException) -> int | None:
+    """Say ``exc`` in one line on stderr and give its exit code; None for what is not a user's error."""
+    if isinstance(exc, PortalError):
         print(f"{prog}: {exc}", file=sys.stderr)
         return exc.exit_code
-    except KeyboardInterrupt:
+    if isinstance(exc, KeyboardInterrupt):
         print(f"{prog}: interrupted", file=sys.stderr)
         return 130
-    except BrokenPipeError:
+    if isinstance(exc, BrokenPipeError):
         return 141
-    except OSError as exc:
-        where = f"{exc.filename}: " if exc.filename else ""
-        print(f"{prog}: {where}{exc.strerror or exc}", file=sys.stderr)
+    if isinstance(exc, OSError):
+        print(f"{prog}: {os_error_text(exc)}", file=sys.stderr)
         return 10
-    finally:
-        if device is not None:
-            device.close()
+    return None
 
 
 def read_secret_file(path: str, what: str) -> str:

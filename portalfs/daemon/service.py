@@ -27,7 +27,7 @@ import trio
 
 from ..backoff import Backoff
 from ..device import Device, Unlocked
-from ..errors import CorruptObject, MissingObject, NotFound, PortalError, StorageError, UsageError
+from ..errors import CorruptObject, MissingObject, NotFound, PortalError, StorageError, UsageError, os_error_text
 from ..fabric import sharing
 from ..fabric.config import FabricConfig, followed_portals, hub_client, is_paused, load_config, published_version
 from ..fabric.store import FabricStore
@@ -62,8 +62,7 @@ def _command_errors() -> Iterator[None]:
     try:
         yield
     except OSError as exc:
-        where = f"{exc.filename}: " if exc.filename else ""
-        raise StorageError(f"{where}{exc.strerror or exc}") from exc
+        raise StorageError(os_error_text(exc)) from exc
 
 
 def _stop_if(gone: threading.Event) -> Callable[[int], None]:

@@ -9,7 +9,9 @@ from pathlib import Path
 
 import trio
 
+from ..chunking import CDC_MIN
 from ..net import Connections, stop_signal
+from ..sealing import OVERHEAD
 from ..store import LocalStore
 from .hub_agent import HEARTBEAT_SECONDS
 from .service import DeviceStatus, EdgeService, EdgeSession, QuotaBook
@@ -20,6 +22,7 @@ __all__ = ["EdgeConfig", "run_edge"]
 log = logging.getLogger("portal.edge")
 
 DRAIN_SECONDS = 5.0  # on shutdown, how long requests in progress may take to finish
+EDGE_SMALL_MAX = CDC_MIN + OVERHEAD  # objects kept as rows: up to a small file's one chunk, sealed
 SCRUB_RATE = 16 << 20  # bytes a second
 SCRUB_INTERVAL_SECONDS = 86400.0  # a scrub pass a day
 
@@ -54,10 +57,10 @@ async def run_edge(
 
     config.data.mkdir(parents=True, exist_ok=True)
     key = EdgeKey.load_or_create(config.data)
-    # Every object a file (docs/design.md, section 12, "Storage"): an edge serves from the page cache on its
-    # event loop without waiting (RWF_NOWAIT), which a database row cannot, and the space of what the hub
-    # forgets returns at once.
-    store = LocalStore(config.data / "store", small_max=0)
+    # A small object a row, a large one a file (docs/design.md, section 12, "GET"): a PUTS of small files'
+    # chunks is one transaction, not a file made and renamed for each; a large object in the page cache is
+    # served on the event loop without waiting (RWF_NOWAIT), which a row cannot be.
+    store = LocalStore(config.data / "store", small_max=EDGE_SMALL_MAX)
     quotas = QuotaBook(config.data / "edge.db", config.quota)
     device_status: DeviceStatus | None = None
     agent = None

@@ -354,7 +354,9 @@ class _ServerConnection:
             try:
                 self.quic.send_stream_data(stream_id, encode_message(answer), end_stream=True)
                 self.endpoint.send(self.quic)
-            except (self.backend.ConnectionError, ValueError) as exc:
+            # RuntimeError: the device stopped the stream (STOP_SENDING: a copy it gave up) while a worker thread
+            # read the answer, and the stream was reset; aioquic refuses data on it so. It once ended the edge.
+            except (self.backend.ConnectionError, ValueError, RuntimeError) as exc:
                 log.debug("%s: answer not sent: %s", self.peer, exc)
 
 

@@ -5,11 +5,12 @@ from __future__ import annotations
 import os
 import re
 import signal
+import sqlite3
 import subprocess
 import sys
 import time
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from contextlib import closing, contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -53,9 +54,56 @@ class FabricLab:
     def edge_address(self, i: int) -> str:
         return self.edges[i].line.split()[2]
 
-    def edge_objects(self, i: int) -> list[Path]:
-        """The object files edge ``i`` stores."""
-        return sorted(p for p in (self.edges[i].data / "store" / "objects").rglob("*") if p.is_file())
+    def edge_objects(self, i: int) -> list[str]:
+        """The ids (hex) of the objects edge ``i`` stores: its files, and its rows (the small ones)."""
+        return edge_held(self.edges[i].data)
+
+    def edge_copy(self, i: int, cid: str) -> EdgeCopy:
+        return EdgeCopy(self.edges[i].data / "store", cid)
+
+
+def edge_held(data: Path) -> list[str]:
+    """The ids (hex) of the objects the edge keeping its data in ``data`` stores."""
+    store = data / "store"
+    files = {p.name for p in (store / "objects").rglob("*") if p.is_file() and len(p.name) == 64}
+    if not (store / "index.db").exists():
+        return sorted(files)
+    with closing(sqlite3.connect(store / "index.db")) as db:
+        rows = {bytes(cid).hex() for (cid,) in db.execute("SELECT cid FROM small")}
+    return sorted(files | rows)
+
+
+class EdgeCopy:
+    """One object as an edge stores it, its file or its row (docs/design.md, section 12), read and written
+    in place as a Path is (a test damages it while the edge runs: SQLite's WAL lets it)."""
+
+    def __init__(self, store: Path, cid: str) -> None:
+        self.name = cid
+        self._file = store / "objects" / cid[:2] / cid
+        self._index = store / "index.db"
+
+    def _row(self) -> bytes | None:
+        with closing(sqlite3.connect(self._index, timeout=30)) as db:
+            row = db.execute("SELECT data FROM small WHERE cid = ?", (bytes.fromhex(self.name),)).fetchone()
+        return None if row is None else bytes(row[0])
+
+    def exists(self) -> bool:
+        return self._file.exists() or self._row() is not None
+
+    def read_bytes(self) -> bytes:
+        if self._file.exists():
+            return self._file.read_bytes()
+        row = self._row()
+        if row is None:
+            raise FileNotFoundError(f"no object {self.name} on the edge")
+        return row
+
+    def write_bytes(self, data: bytes) -> None:
+        if self._file.exists():
+            self._file.write_bytes(data)
+            return
+        with closing(sqlite3.connect(self._index, timeout=30)) as db, db:
+            db.execute("UPDATE small SET data = ? WHERE cid = ?", (data, bytes.fromhex(self.name)))
 
 
 def log_lines(server: Server, text: str) -> int:

@@ -343,8 +343,8 @@ def test_an_edge_silent_past_the_grace_is_marked_down_and_what_it_held_is_copied
         assert "down, silent at the hub since" in ok(a, "status")
         deadline = time.monotonic() + 60
         while True:  # the repair that followed: every object on both edges left
-            held = [{p.name for p in lab.edge_objects(i)} for i in (1, 2)]
-            if held[0] and held[0] == held[1] and {p.name for p in lab.edge_objects(0)} <= held[0]:
+            held = [set(lab.edge_objects(i)) for i in (1, 2)]
+            if held[0] and held[0] == held[1] and set(lab.edge_objects(0)) <= held[0]:
                 break
             assert time.monotonic() < deadline, "what the silent edge held was not copied to the others"
             time.sleep(0.2)

@@ -5,6 +5,7 @@ Real processes on loopback: a hub, edges that run their garbage pass every secon
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import sqlite3
@@ -22,7 +23,7 @@ from portalfs.fabric.sync import Fabric
 from portalfs.paths import DeviceHome
 
 from . import storeutil
-from .fabricutil import FabricLab, fabric, log_lines, wait_for_log
+from .fabricutil import EdgeCopy, FabricLab, fabric, log_lines, wait_for_log
 from .mountutil import mounted, needs_fuse
 from .test_cli import fails, ok, portalctl
 from .test_fabric import _device, _same
@@ -30,14 +31,14 @@ from .test_fabric import _device, _same
 FAST_GC = ("--gc-interval", "1s", "--gc-hold", "1s", "--scrub-rate", "0")  # damaged copies stay for readers
 
 
-def _flip(path: Path) -> None:
+def _flip(path: Path | EdgeCopy) -> None:
     """Flip one bit in the middle of a stored object."""
     data = bytearray(path.read_bytes())
     data[len(data) // 2] ^= 0x10
     path.write_bytes(bytes(data))
 
 
-def _intact(path: Path) -> bool:
+def _intact(path: Path | EdgeCopy) -> bool:
     return blake3.blake3(path.read_bytes()).hexdigest() == path.name
 
 
@@ -123,8 +124,8 @@ def _holders(lab: FabricLab) -> dict[str, list[int]]:
         }
 
 
-def _edge_copy(lab: FabricLab, edge: int, cid: str) -> Path:
-    return lab.edges[edge].data / "store" / "objects" / cid[:2] / cid
+def _edge_copy(lab: FabricLab, edge: int, cid: str) -> EdgeCopy:
+    return lab.edge_copy(edge, cid)
 
 
 def _all_intact_on_two_edges(lab: FabricLab, cids: list[str]) -> None:
@@ -174,7 +175,7 @@ def test_an_object_damaged_on_every_edge_is_exit_8_and_repair_puts_the_owners_co
 ) -> None:
     src, a, words = _synced(tmp_path, lab)
     holders = _holders(lab)
-    cid, edges = max(holders.items(), key=lambda item: _edge_copy(lab, item[1][0], item[0]).stat().st_size)
+    cid, edges = max(holders.items(), key=lambda item: len(_edge_copy(lab, item[1][0], item[0]).read_bytes()))
     for edge in edges:
         _flip(_edge_copy(lab, edge, cid))
     b, _ = _device(tmp_path, "b", lab, words)
@@ -323,6 +324,40 @@ def test_a_put_killed_at_any_moment_leaves_a_store_the_next_put_completes(tmp_pa
 
 
 @needs_fuse
+def test_a_store_that_cannot_flush_when_the_command_ends_fails_it_in_one_line(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """What the store holds back until the device closes (small objects' rows) and cannot write there (the disk
+    filled meanwhile) is the command's error: one line, exit code 10, no traceback."""
+    import subprocess
+
+    from portalfs.cli.common import run_command
+    from portalfs.sealing import object_id
+
+    small = tmp_path / "small"
+    small.mkdir()
+    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=2m", "tmpfs", str(small)], check=True)
+    try:
+        home = small / "home"
+        ok(home, "init", "--no-passphrase")
+        monkeypatch.setenv("PORTAL_HOME", str(home))
+
+        def work(device: Device) -> int:
+            data = os.urandom(4000)
+            device.store_local.put(object_id(data), data, durable=False)  # a row, written when the store syncs
+            with open(small / "filler", "wb") as filler, contextlib.suppress(OSError):
+                while True:
+                    filler.write(os.urandom(1 << 16))
+                    filler.flush()
+            return 0
+
+        assert run_command("portalctl", work) == 10
+        err = capsys.readouterr().err
+        assert err.startswith("portalctl: no space left to write") and err.count("\n") == 1, err
+    finally:
+        subprocess.run(["umount", "-l", str(small)], check=False)
+
+
 def test_a_full_disk_is_a_clear_error_and_nothing_written_before_or_after_is_lost(tmp_path: Path) -> None:
     """PORTAL_HOME on a 6 MiB file system: a put past it fails with one line (exit 10) and leaves the store
     whole; in a mount, the writer is told ENOSPC (not EIO) and the mount serves on (it once crashed on the

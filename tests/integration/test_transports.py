@@ -12,6 +12,7 @@ import trio
 from OpenSSL import SSL
 
 from portalfs.edge.client import EdgeAddress, EdgeClient, connect_edge
+from portalfs.edge.server import EDGE_SMALL_MAX
 from portalfs.errors import CorruptObject, IntegrityError, MissingObject, Unreachable
 from portalfs.keys import DeviceKey, Identity
 from portalfs.net.quic import QuicClient, open_quic
@@ -125,7 +126,7 @@ async def test_many_objects_go_in_one_request_where_the_edge_speaks_revision_5(
 async def test_an_object_damaged_on_the_edge_is_refused_by_the_reader(edge: tuple[Server, EdgeAddress]) -> None:
     server, address = edge
     device, cert = _device()
-    blob = os.urandom(200_000)
+    blob = os.urandom(EDGE_SMALL_MAX + 1)  # a file (a row is read, and checked, on a worker thread)
     cid = object_id(blob)
 
     async with connect_edge(address, device, cert) as client:

@@ -14,7 +14,7 @@ from typing import Any
 
 import pytest
 
-from .fabricutil import Server, fabric, start, wait_for_log
+from .fabricutil import Server, edge_held, fabric, start, wait_for_log
 from .test_cli import ok
 
 
@@ -26,8 +26,7 @@ def _hub_cli(*args: str) -> subprocess.CompletedProcess[str]:
 
 def _held(data: Path) -> set[str]:
     """The ids of the objects the edge keeping its data in ``data`` stores."""
-    objects = data / "store" / "objects"
-    return {p.name for p in objects.rglob("*") if p.is_file() and len(p.name) == 64} if objects.exists() else set()
+    return set(edge_held(data))
 
 
 def test_only_admitted_edges_get_copies_spread_across_operators_and_a_removed_one_is_cut_off(tmp_path: Path) -> None:

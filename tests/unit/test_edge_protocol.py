@@ -3,13 +3,16 @@
 from __future__ import annotations
 
 import os
+import sqlite3
 import time
+from contextlib import closing
 from pathlib import Path
 
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from portalfs.edge.server import EDGE_SMALL_MAX
 from portalfs.edge.service import EdgeService, EdgeSession, QuotaBook
 from portalfs.hub.client import Listed
 from portalfs.keys import DeviceKey, Identity
@@ -249,9 +252,9 @@ def test_a_hello_must_be_for_the_device_the_channel_proved(tmp_path: Path) -> No
 
 
 def test_a_get_of_an_object_in_memory_is_answered_without_a_thread(tmp_path: Path) -> None:
-    f = Fixture(tmp_path, store=LocalStore(tmp_path / "store", small_max=0))  # an edge's layout
+    f = Fixture(tmp_path, store=LocalStore(tmp_path / "store", small_max=EDGE_SMALL_MAX))  # an edge's layout
     s = f.session()
-    cid, data = _obj()
+    cid, data = _obj(EDGE_SMALL_MAX + 1)  # a file
     assert s.handle_nowait(Get(cid)) is None  # before HELLO: nothing but HELLO, on the thread
     s.handle(f.hello(), time.time_ns())
     assert s.handle(Put(cid, data), time.time_ns()) == Stored(True)
@@ -260,6 +263,12 @@ def test_a_get_of_an_object_in_memory_is_answered_without_a_thread(tmp_path: Pat
     missing = os.urandom(32)
     assert s.handle_nowait(Get(missing)) is None  # the thread says not-found
     assert s.handle(Get(missing), time.time_ns()).code == "not-found"  # type: ignore[attr-defined]
+    small, row = _obj(EDGE_SMALL_MAX)  # a row: read on the thread
+    assert s.handle(Put(small, row), time.time_ns()) == Stored(True)
+    assert s.handle_nowait(Get(small)) is None and s.handle_nowait(GetMany((cid, small))) is None
+    assert s.handle(Get(small), time.time_ns()) == Data(row)
+    both = s.handle(GetMany((cid, small)), time.time_ns())
+    assert isinstance(both, Objects) and both.objects() == [data, row]
 
 
 def test_puts_stores_every_object_or_none_and_gets_answers_each_in_order(tmp_path: Path) -> None:
@@ -285,8 +294,24 @@ def test_puts_stores_every_object_or_none_and_gets_answers_each_in_order(tmp_pat
     assert f.store.has([cid for cid, _ in large]) == [False, False]
 
 
+def test_gets_sends_a_damaged_copy_as_read_and_removes_it(tmp_path: Path) -> None:
+    """The reader learns that copy was damaged, not missing; HAVE says 0 after, so a repair puts one back."""
+    store = LocalStore(tmp_path / "store", small_max=EDGE_SMALL_MAX)
+    f = Fixture(tmp_path, store=store)
+    s = f.session()
+    s.handle(f.hello(), time.time_ns())
+    (cid, data), (other, kept) = _obj(), _obj()
+    s.handle(PutMany.of([(cid, data), (other, kept)]), time.time_ns())
+    damaged = data[:-1] + bytes([data[-1] ^ 1])
+    with closing(sqlite3.connect(tmp_path / "store" / "index.db")) as db, db:  # a bit flipped on the disk
+        db.execute("UPDATE small SET data = ? WHERE cid = ?", (damaged, cid))
+    answer = s.handle(GetMany((cid, other)), time.time_ns())
+    assert isinstance(answer, Objects) and answer.objects() == [damaged, kept]
+    assert s.handle(Have((cid, other)), time.time_ns()) == Bitmap.from_flags([False, True])
+
+
 def test_gets_stops_before_the_object_that_would_pass_a_frame(tmp_path: Path) -> None:
-    f = Fixture(tmp_path, store=LocalStore(tmp_path / "store", small_max=0))  # an edge's layout
+    f = Fixture(tmp_path, store=LocalStore(tmp_path / "store", small_max=EDGE_SMALL_MAX))  # an edge's layout
     s = f.session()
     s.handle(f.hello(), time.time_ns())
     objects = [_obj(3 * 1024 * 1024) for _ in range(3)]

@@ -11,6 +11,7 @@ import pytest
 import trio
 import trio.testing
 
+from portalfs.edge.server import EDGE_SMALL_MAX
 from portalfs.edge.service import EdgeService, QuotaBook
 from portalfs.edge.upkeep import garbage_pass
 from portalfs.hub.state import Caller, HubRefusal, HubState
@@ -35,7 +36,8 @@ class World:
         self.edge = Caller(b"E" * 32, None)
         self.hub.admit_edge(self.edge.key, "", NOW)
         self.hub.register_edge(self.edge, "127.0.0.1:1", ["tcp"], {"capacity": 0, "used": 0, "objects": 0}, NOW)
-        self.service = EdgeService(LocalStore(root / "edge", small_max=0), b"E" * 32, QuotaBook(root / "edge.db", 0))
+        store = LocalStore(root / "edge", small_max=EDGE_SMALL_MAX)
+        self.service = EdgeService(store, b"E" * 32, QuotaBook(root / "edge.db", 0))
         self.shared, self.own = object_id(SHARED), object_id(OWN)
         for portal in (DEAD, LIVE):
             self.hub.create_portal(self.owner, portal, None, NOW)

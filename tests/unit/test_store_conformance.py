@@ -133,7 +133,7 @@ def test_local_store_detects_damage_on_read(tmp_path: Path) -> None:
 
 
 def test_local_store_reads_what_is_in_memory_at_once_and_says_none_otherwise(tmp_path: Path) -> None:
-    store = LocalStore(tmp_path / "s", small_max=0)  # an edge's
+    store = LocalStore(tmp_path / "s", small_max=0)  # every object a file
     cid, data = _obj()
     store.put(cid, data)
     assert store.read_cached(cid) == data  # just written: in the page cache
