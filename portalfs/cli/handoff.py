@@ -199,12 +199,9 @@ def handed_off(argv: Sequence[str]) -> int | None:
         if request is None:
             return None
         result = call_daemon(daemon_socket(DeviceHome.from_environ().data), request, HANDOFF_TIMEOUT)
-    except UsageError as exc:
-        if str(exc).startswith("unknown request"):  # a portald from before put and get were its to run
-            return None
-        print(f"portalctl: {exc}", file=sys.stderr)
-        return exc.exit_code
     except PortalError as exc:
+        if isinstance(exc, UsageError) and str(exc).startswith("unknown request"):  # a portald from before put
+            return None  # and get were its to run
         print(f"portalctl: {exc}", file=sys.stderr)
         return exc.exit_code
     except KeyboardInterrupt:  # the connection closes with this process: portald stops the command

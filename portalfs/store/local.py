@@ -103,13 +103,13 @@ class LocalStore:
                 if self._pending_small_bytes > PENDING_SMALL_BYTES:
                     self._write_rows({})
             return True
-        path = self._path(cid)
-        shard = self._shards.get(path[-64:-62])
+        shard_name = cid.hex()[:2]
+        shard = self._shards.get(shard_name)
         if shard is None:
-            shard = self._objects / path[-64:-62]
+            shard = self._objects / shard_name
             shard.mkdir(exist_ok=True)
-            self._shards[shard.name] = shard
-        write_atomic(path, data, mode=0o600, tmp_dir=self._tmp, fsync=durable)
+            self._shards[shard_name] = shard
+        write_atomic(self._path(cid), data, mode=0o600, tmp_dir=self._tmp, fsync=durable)
         with self._lock:
             if not durable:
                 self._unsynced.add(cid)
