@@ -407,11 +407,14 @@ class SyncDaemon:
 
     @staticmethod
     def _refresh(fabric: Fabric) -> list[str]:
-        """Finish an unshare a crash left half-done, adopt the keyring's portals and the shares, and give the
-        swarm the edges the hub lists now."""
+        """Finish an unshare a crash left half-done, adopt the keyring's portals and the shares, give the
+        swarm the edges the hub lists now, and connect it to them: what a command hands portald starts with
+        no handshake (section 16)."""
         sharing.resume_rotations(fabric)
         added = fabric.refresh()
         fabric.refresh_edges()
+        if fabric.config.reaches_edges:
+            fabric.swarm.connect()
         return added
 
     def _view(self, fabric: Fabric, portal: bytes) -> PortalView:

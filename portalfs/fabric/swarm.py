@@ -62,6 +62,7 @@ PUTS_PER_EDGE = 6  # of them, to one edge
 BATCH_BYTES = 1 << 20  # a PUTS carries objects until it holds this many bytes (or MAX_BATCH objects)
 LIMIT_POLL = 0.05  # seconds: a wait on a limit that may be given up asks this often whether it is still wanted
 STEAL_LOOKS = 16  # ids an edge with its own queue done looks at, from the end of another's, for one to take
+KEEP_CONNECTED = 16  # edges of the list a daemon's swarm stays connected to (``Swarm.connect``)
 BATCH_OBJECT = 256 * 1024  # a copy of an object expected to be this small goes with others to its edge (GETS)
 
 Locate = Callable[[list[bytes]], dict[bytes, list[bytes]]]
@@ -76,6 +77,7 @@ class _Edge:
         self.closed = trio.Event()
         self.down_until = 0.0
         self.error: PortalError | None = None
+        self.quiet = False  # connected before anything was asked of it: a failure is said once something is
 
 
 USAGE_SECONDS = 2.0  # how often the bytes moved with each edge are shared with the device's other processes
@@ -352,11 +354,13 @@ class Swarm:
                 self._failures.pop(key, None)
                 self._scheduler.set_down(key, 0.0)
                 edge.client = client
+                edge.quiet = False  # connected: if it drops, that is said
                 edge.ready.set()
                 await edge.closed.wait()
         except PortalError as exc:
             edge.error = exc
-            log.warning("%s", exc)
+            if not edge.quiet:
+                log.warning("%s", exc)
         except Exception as exc:  # noqa: BLE001 - a task boundary: any failure of one edge's connection
             # makes that edge unreachable; it must not end the swarm and every other edge with it.
             edge.error = Unreachable(f"edge {edge.address}: connection failed ({exc!r})")
@@ -373,6 +377,9 @@ class Swarm:
 
     async def _client(self, key: bytes, force: bool = False) -> EdgeClient:
         edge = self._edges.get(key)
+        if edge is not None and edge.quiet and edge.error is not None:  # now that it is needed: said once
+            edge.quiet = False
+            log.warning("%s", edge.error)
         if edge is not None and edge.client is None and edge.ready.is_set():
             if trio.current_time() < edge.down_until and not force:
                 raise edge.error or Unreachable(f"edge {edge.address}: down")
@@ -405,6 +412,23 @@ class Swarm:
         for key in {key for keys in holders for key in keys}:
             if key not in self._edges:
                 self._connect(key)
+
+    def connect(self) -> None:
+        """Connect now to the edges of the list (the first KEEP_CONNECTED), those not connected and not waiting
+        out a backoff: a daemon keeps its swarm connected, so that what a command hands it starts with no
+        handshake (TLS and HELLO: several round trips, and the edge may ask its hub about the device). A
+        failure is quiet until something is asked of that edge."""
+        self._runtime_call_sync(self._connect_listed)
+
+    def _connect_listed(self) -> None:
+        now = trio.current_time()
+        for address in self.addresses[:KEEP_CONNECTED]:
+            edge = self._edges.get(address.key)
+            if edge is not None and not (edge.client is None and edge.ready.is_set() and now >= edge.down_until):
+                continue  # connected, connecting, or waiting out its backoff
+            edge = self._connect(address.key)
+            if edge is not None:
+                edge.quiet = True
 
     def _drop(self, key: bytes) -> None:
         edge = self._edges.get(key)

@@ -3,7 +3,9 @@ where the edges speak revision 5, and one a request where they do not; a read co
 
 from __future__ import annotations
 
+import logging
 import os
+import socket
 import time
 from collections import Counter
 from collections.abc import Iterator
@@ -12,6 +14,7 @@ from pathlib import Path
 import pytest
 
 from portalfs.edge.client import EdgeAddress, EdgeClient
+from portalfs.errors import MissingObject, Unreachable
 from portalfs.fabric.swarm import Locate, Swarm
 from portalfs.keys import DeviceKey, Identity
 from portalfs.sched.limits import Limits
@@ -119,3 +122,32 @@ def test_a_read_connects_to_every_holder_of_what_it_asks(edges: list[EdgeAddress
     finally:
         reader.close()
     assert requests["HELLO"] == 3 and requests.get("GET", 0) + requests.get("GETS", 0) == 1, requests
+
+
+def test_a_swarm_asked_to_connect_says_hello_to_its_edges_and_is_quiet_about_one_down_until_it_is_needed(
+    edges: list[EdgeAddress], caplog: pytest.LogCaptureFixture
+) -> None:
+    """What portald does at each round (``Swarm.connect``): every listed edge is connected before anything is
+    asked of it; one that cannot be reached is not a warning then, only once a read needs it."""
+    with socket.socket() as unused:  # a port nobody listens on: the connection is refused
+        unused.bind(("127.0.0.1", 0))
+        port = unused.getsockname()[1]
+    down = EdgeAddress("127.0.0.1", port, os.urandom(32), "tcp")
+    swarm = _swarm([*edges, down], locate=lambda cids: {c: [down.key] for c in cids})
+    try:
+        with caplog.at_level(logging.WARNING, logger="portal"):
+            swarm.connect()
+            deadline = time.monotonic() + 30
+            while swarm.statistics().get("HELLO", 0) < len(edges):
+                assert time.monotonic() < deadline, swarm.statistics()
+                time.sleep(0.02)
+            swarm.connect()  # again: those connected stay as they are
+            time.sleep(0.2)
+            assert swarm.statistics()["HELLO"] == len(edges)
+            assert not [r for r in caplog.records if str(port) in r.getMessage()]
+            with pytest.raises((MissingObject, Unreachable)):
+                swarm.get_many([object_id(b"held by the edge that is down")])
+        said = [r for r in caplog.records if str(port) in r.getMessage()]
+        assert said and all(r.levelno == logging.WARNING for r in said)
+    finally:
+        swarm.close()
