@@ -27,6 +27,7 @@ from .paths import DeviceHome
 from .root import PortalKeys
 from .state import PortalRow, StateDB
 from .store import LocalStore
+from .tree import FileObjects
 
 __all__ = ["Device", "Unlocked", "validate_portal_name"]
 
@@ -111,6 +112,7 @@ class Device:
         self.state = StateDB(home.state_db)
         self._local: LocalStore | None = None
         self._held: list[Closable] = []  # what lives as long as the device object (its fabric, for a command)
+        self.file_objects = FileObjects()  # what the files this process built or read reach (a publish's list)
 
     def close(self) -> None:
         for resource in reversed(self._held):

@@ -33,8 +33,8 @@ from .store import ObjectStore
 from .tree import (
     SPECIAL_TYPES,
     Entry,
+    FileObjects,
     NodeLoader,
-    build_file,
     decode_dir,
     encode_dir,
     holds_links,
@@ -138,7 +138,10 @@ class Ingester:
         max_in_flight: int | None = None,
         progress: Callable[[int], None] | None = None,
         warn: Callable[[str], None] | None = None,
+        file_objects: FileObjects | None = None,
     ) -> None:
+        """``file_objects``: where what each new file node reaches is remembered (the device's: its publish
+        lists them from there)."""
         self.store = store
         self.state = state
         self.portal = portal
@@ -151,6 +154,7 @@ class Ingester:
         self._progress = progress or (lambda n: None)
         self._warn = warn or (lambda msg: None)
         self._cache_rows: list[tuple[bytes, CachedFile]] = []
+        self._files = file_objects or FileObjects()
 
     # objects
 
@@ -251,7 +255,7 @@ class Ingester:
                 return _entry(item.name, item.st, item.xattrs, size=0)
             if item.node is None:
                 refs = [f.result() for f in item.chunks]
-                item.node, size = build_file(refs, self.store_node)
+                item.node, size = self._files.build(refs, self.store_node)
             else:
                 size = item.st.st_size
             if item.st.st_mtime_ns < self._now_ns - _RACY_NS and item.st.st_size:
@@ -280,7 +284,7 @@ class Ingester:
             self.stats.bytes_read += len(chunk)
             self._progress(len(chunk))
         refs = [f.result() for f in futures]
-        node, size = build_file(refs, self.store_node) if refs else (None, 0)
+        node, size = self._files.build(refs, self.store_node) if refs else (None, 0)
         self.stats.files += 1
         uid, gid, now = os.getuid(), os.getgid(), self._now_ns
         return Entry(name, stat.S_IFREG | 0o644, uid, gid, now, now, size=size, node=node)

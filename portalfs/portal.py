@@ -90,8 +90,13 @@ class PortalView:
             for child in decode_dir(self.load_node(entry.node)):
                 self.objects(child, into)
         else:
-            for chunk in iter_file_chunks(entry.node, self.load_node, visit_node=lambda r: into.add(r.cid)):
-                into.add(chunk.cid)
+            reached = self.device.file_objects.get(entry.node.cid)
+            if reached is None:
+                found: list[bytes] = []
+                for chunk in iter_file_chunks(entry.node, self.load_node, visit_node=lambda r: found.append(r.cid)):
+                    found.append(chunk.cid)
+                reached = self.device.file_objects.add(entry.node.cid, found)
+            into.update(reached)
         return into
 
     def changed_objects(self, entry: Entry, base: Entry | None, into: set[bytes]) -> set[bytes]:
@@ -174,6 +179,7 @@ class PortalView:
             now_ns=now_ns,
             progress=progress,
             warn=warn,
+            file_objects=self.device.file_objects,
         )
         entry = ingester.ingest(sources, previous, self.load_node, stream)
         if head is not None and previous is not None and entry.node == previous.node:

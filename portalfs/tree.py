@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import itertools
 import stat
+import threading
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
@@ -46,6 +47,7 @@ __all__ = [
     "decode_dir",
     "build_file",
     "iter_file_chunks",
+    "FileObjects",
     "validate_name",
     "new_root_entry",
     "NodeStorer",
@@ -283,6 +285,43 @@ def build_file(chunks: list[ChunkRef], store_node: NodeStorer, fanout: int = FAN
         body = {"index": _span_list(level)}
     node = encoding.encode({"v": NODE_VERSION, "t": "file", "size": size, **body})
     return store_node(node), size
+
+
+class FileObjects:
+    """What files reach, by their node's id: the node, its index nodes and its chunks. A node's bytes never
+    change (its id is their hash), so what it reaches is known for good once its node was built or read:
+    a publish that follows a put in the same process (portald) lists a new file's objects from here, without
+    loading and decoding its node again. Holds the ``limit`` most recently added files."""
+
+    def __init__(self, limit: int = 65536) -> None:
+        self._limit = limit
+        self._reached: dict[bytes, tuple[bytes, ...]] = {}
+        self._lock = threading.Lock()  # the ingest's walk adds while a sync's thread reads
+
+    def get(self, node: bytes) -> tuple[bytes, ...] | None:
+        with self._lock:
+            return self._reached.get(node)
+
+    def add(self, node: bytes, reached: Iterable[bytes]) -> tuple[bytes, ...]:
+        value = tuple(reached)
+        with self._lock:
+            self._reached[node] = value
+            while len(self._reached) > self._limit:
+                del self._reached[next(iter(self._reached))]  # the oldest added
+        return value
+
+    def build(self, chunks: list[ChunkRef], store_node: NodeStorer, fanout: int = FANOUT) -> tuple[ChunkRef, int]:
+        """``build_file``, remembering what the new file node reaches."""
+        nodes: list[bytes] = []
+
+        def stored(plaintext: bytes) -> ChunkRef:
+            ref = store_node(plaintext)
+            nodes.append(ref.cid)
+            return ref
+
+        ref, size = build_file(chunks, stored, fanout)
+        self.add(ref.cid, [*nodes, *(c.cid for c in chunks)])
+        return ref, size
 
 
 def iter_file_chunks(

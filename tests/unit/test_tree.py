@@ -13,7 +13,7 @@ from portalfs.keys import DeviceKey
 from portalfs.root import PortalKeys, RootPayload, RootRecord, make_root_record, verify_chain
 from portalfs.sealing import ChunkRef, seal, unseal
 from portalfs.store import MemoryStore
-from portalfs.tree import LINK_ID_SIZE, Entry, build_file, decode_dir, encode_dir, iter_file_chunks
+from portalfs.tree import LINK_ID_SIZE, Entry, FileObjects, build_file, decode_dir, encode_dir, iter_file_chunks
 
 TREE_SECRET = b"t" * 32
 names = st.binary(min_size=1, max_size=40).filter(lambda n: b"/" not in n and b"\0" not in n and n not in (b".", b".."))
@@ -79,6 +79,22 @@ def test_file_nodes_split_into_index_nodes(count: int) -> None:
     assert list(iter_file_chunks(ref, nodes.get, visit_node=visited.append)) == chunks
     expected_nodes = 1 if count <= 8 else 1 + -(-count // 8) + (-(-count // 64) if count > 64 else 0)
     assert len(visited) == expected_nodes
+
+
+@pytest.mark.parametrize("count", [1, 8, 9, 65])
+def test_a_file_built_is_remembered_with_every_object_it_reaches(count: int) -> None:
+    """What ``FileObjects.build`` remembers is what walking the new node finds: the file node, its index nodes
+    and its chunks; the oldest files added give way past the limit."""
+    nodes, files = Nodes(), FileObjects(limit=2)
+    chunks = [seal(b"c" * 32, bytes([i % 256]) * (i + 1))[0] for i in range(count)]
+    ref, size = files.build(chunks, nodes.put, fanout=8)
+    assert (ref, size) == build_file(chunks, Nodes().put, fanout=8)  # the same node as build_file makes
+    visited: list[bytes] = []
+    walked = [c.cid for c in iter_file_chunks(ref, nodes.get, visit_node=lambda r: visited.append(r.cid))]
+    assert sorted(files.get(ref.cid) or ()) == sorted(visited + walked)
+    files.add(b"a" * 32, [b"x"])
+    files.add(b"b" * 32, [b"y"])
+    assert files.get(ref.cid) is None and files.get(b"b" * 32) == (b"y",)
 
 
 def _record(keys: PortalKeys, device: DeviceKey, parent: RootRecord | None) -> RootRecord:
