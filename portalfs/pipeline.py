@@ -38,7 +38,7 @@ def store_sealed(
     flushed at the store's next ``sync()``, which the caller makes before it records anything that names it.
     """
     ref, sealed = seal(secret, plaintext, pid)
-    if store.has([ref.cid])[0] or not store.put(ref.cid, sealed, durable=durable, verify=False):  # id just made
+    if not store.put(ref.cid, sealed, durable=durable, verify=False):  # id just made; False: it was there
         return ref, 0
     return ref, len(sealed)
 
