@@ -28,7 +28,11 @@ from .tree import Entry, decode_dir
 
 __all__ = ["Restorer", "RestoreStats"]
 
-PREFETCH_BATCH = 32  # a directory's small files whose nodes, then chunks, are fetched from the fabric together
+# a directory's small files whose nodes, then chunks, are fetched from the fabric together: up to this many,
+# and up to PREFETCH_BYTES of them (bench/small, 100 files of 64 KiB: 64 a group gave 9-11% more files/s than 32,
+# a hub lookup and a request per edge fewer)
+PREFETCH_BATCH = 64
+PREFETCH_BYTES = 16 << 20
 FETCHING_BATCHES = 3  # groups of them fetched at once (and one more fetched and not yet written)
 CHUNK_BATCH = 8  # a large file's chunks fetched together: the writer takes a batch once all of it came
 CHUNK_BATCHES = 12  # of them fetched at once: as many chunks in flight as 3 x 32, in smaller steps
@@ -41,19 +45,27 @@ R = TypeVar("R")
 
 
 def batches_ahead(
-    items: Iterable[T], fetch: Callable[[list[T]], R], size: int = PREFETCH_BATCH, depth: int = FETCHING_BATCHES
+    items: Iterable[T],
+    fetch: Callable[[list[T]], R],
+    size: int = PREFETCH_BATCH,
+    depth: int = FETCHING_BATCHES,
+    weigh: Callable[[T], int] | None = None,
+    most: int = PREFETCH_BYTES,
 ) -> Iterator[tuple[list[T], R]]:
-    """``items`` in batches of ``size``, each with what ``fetch`` made of it, fetched on worker threads ``depth``
-    batches at once ahead of the caller: the edges are not idle while the end of one batch waits on its slowest
-    edge, since the next ones keep the others busy."""
+    """``items`` in batches of ``size`` (or, with ``weigh``, fewer, whose weights add up to ``most``), each with
+    what ``fetch`` made of it, fetched on worker threads ``depth`` batches at once ahead of the caller: the edges
+    are not idle while the end of one batch waits on its slowest edge, since the next ones keep the others
+    busy."""
     with ThreadPoolExecutor(depth, thread_name_prefix="prefetch") as fetcher:
         ahead: deque[tuple[list[T], Future[R]]] = deque()
         batch: list[T] = []
+        weight = 0
         for item in items:
             batch.append(item)
-            if len(batch) == size:
+            weight += 0 if weigh is None else weigh(item)
+            if len(batch) == size or weight >= most:
                 ahead.append((batch, fetcher.submit(fetch, batch)))
-                batch = []
+                batch, weight = [], 0
                 if len(ahead) > depth:
                     done, fetched = ahead.popleft()
                     yield done, fetched.result()
@@ -62,6 +74,11 @@ def batches_ahead(
         while ahead:
             done, fetched = ahead.popleft()
             yield done, fetched.result()
+
+
+def _small_bytes(entry: Entry) -> int:
+    """What a group of small files holds of ``entry`` once fetched (``Restorer._read_small``)."""
+    return entry.size if entry.is_file and entry.size <= SMALL_FILE else 0
 
 
 @dataclass(slots=True)
@@ -155,7 +172,7 @@ class Restorer:
         assert entry.node is not None
         self.stats.dirs += 1
         children = decode_dir(self.view.load_node(entry.node))
-        for group, contents in batches_ahead(children, self._read_small):
+        for group, contents in batches_ahead(children, self._read_small, weigh=_small_bytes):
             for child, content in zip(group, contents, strict=True):
                 self._restore(pool, child, path / os.fsdecode(child.name), content)
 

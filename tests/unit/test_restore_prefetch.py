@@ -15,7 +15,7 @@ from portalfs.fabric.store import FabricStore
 from portalfs.keys import new_entropy_words
 from portalfs.paths import DeviceHome
 from portalfs.portal import PortalView
-from portalfs.restore import CHUNK_BATCH, Restorer
+from portalfs.restore import CHUNK_BATCH, Restorer, batches_ahead
 from portalfs.store import LocalStore
 from portalfs.store.base import Prefetching, Priority
 from portalfs.worktree.live import STAGE_BATCH, LiveTree
@@ -106,3 +106,18 @@ async def test_a_remote_file_opened_for_writing_is_staged_in_batches(tmp_path: P
     assert await tree.read(fh, 0, 1 << 20) == original.read_bytes()[: 1 << 20]
     _each_chunk_once_in_batches(swarm, STAGE_BATCH)
     tree.abandon_streams()
+
+
+def test_small_files_are_fetched_in_groups_bounded_in_count_and_in_bytes() -> None:
+    """A group closes at ``size`` items or once their weights reach ``most``; every item comes back, in order,
+    with what its group's fetch made."""
+    weights = [1, 1, 5, 1, 1, 1, 1, 1, 9, 0, 0]
+    fetched: list[list[int]] = []
+
+    def fetch(batch: list[int]) -> int:
+        fetched.append(batch)
+        return len(batch)
+
+    out = list(batches_ahead(range(len(weights)), fetch, size=4, depth=2, weigh=weights.__getitem__, most=6))
+    assert [group for group, _ in out] == [[0, 1, 2], [3, 4, 5, 6], [7, 8], [9, 10]]
+    assert [n for _, n in out] == [3, 4, 2, 2] and sorted(map(tuple, fetched)) == sorted(tuple(g) for g, _ in out)
