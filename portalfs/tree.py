@@ -291,11 +291,13 @@ class FileObjects:
     """What files reach, by their node's id: the node, its index nodes and its chunks. A node's bytes never
     change (its id is their hash), so what it reaches is known for good once its node was built or read:
     a publish that follows a put in the same process (portald) lists a new file's objects from here, without
-    loading and decoding its node again. Holds the ``limit`` most recently added files."""
+    loading and decoding its node again. Holds the most recently added files, up to ``limit`` ids in all
+    (131,072: about 10 MB; a file that reaches more is not held)."""
 
-    def __init__(self, limit: int = 65536) -> None:
+    def __init__(self, limit: int = 1 << 17) -> None:
         self._limit = limit
         self._reached: dict[bytes, tuple[bytes, ...]] = {}
+        self._held = 0  # ids in ``_reached``
         self._lock = threading.Lock()  # the ingest's walk adds while a sync's thread reads
 
     def get(self, node: bytes) -> tuple[bytes, ...] | None:
@@ -304,10 +306,13 @@ class FileObjects:
 
     def add(self, node: bytes, reached: Iterable[bytes]) -> tuple[bytes, ...]:
         value = tuple(reached)
+        if len(value) > self._limit:
+            return value
         with self._lock:
+            self._held += len(value) - len(self._reached.pop(node, ()))
             self._reached[node] = value
-            while len(self._reached) > self._limit:
-                del self._reached[next(iter(self._reached))]  # the oldest added
+            while self._held > self._limit:
+                self._held -= len(self._reached.pop(next(iter(self._reached))))  # the oldest added
         return value
 
     def build(self, chunks: list[ChunkRef], store_node: NodeStorer, fanout: int = FANOUT) -> tuple[ChunkRef, int]:

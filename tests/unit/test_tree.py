@@ -84,17 +84,23 @@ def test_file_nodes_split_into_index_nodes(count: int) -> None:
 @pytest.mark.parametrize("count", [1, 8, 9, 65])
 def test_a_file_built_is_remembered_with_every_object_it_reaches(count: int) -> None:
     """What ``FileObjects.build`` remembers is what walking the new node finds: the file node, its index nodes
-    and its chunks; the oldest files added give way past the limit."""
-    nodes, files = Nodes(), FileObjects(limit=2)
+    and its chunks; the oldest files added give way past the limit (ids in all), and a file past it alone is
+    not held."""
+    nodes = Nodes()
     chunks = [seal(b"c" * 32, bytes([i % 256]) * (i + 1))[0] for i in range(count)]
-    ref, size = files.build(chunks, nodes.put, fanout=8)
-    assert (ref, size) == build_file(chunks, Nodes().put, fanout=8)  # the same node as build_file makes
+    ref, size = build_file(chunks, nodes.put, fanout=8)
     visited: list[bytes] = []
     walked = [c.cid for c in iter_file_chunks(ref, nodes.get, visit_node=lambda r: visited.append(r.cid))]
+    reached = len(visited) + len(walked)
+    files = FileObjects(limit=reached + 1)
+    assert files.build(chunks, Nodes().put, fanout=8) == (ref, size)  # the same node as build_file makes
     assert sorted(files.get(ref.cid) or ()) == sorted(visited + walked)
     files.add(b"a" * 32, [b"x"])
+    assert files.get(ref.cid) is not None  # reached + 1 ids: the limit
     files.add(b"b" * 32, [b"y"])
-    assert files.get(ref.cid) is None and files.get(b"b" * 32) == (b"y",)
+    assert files.get(ref.cid) is None and files.get(b"b" * 32) == (b"y",)  # the oldest gave way
+    files.add(b"c" * 32, [bytes([i]) for i in range(reached + 2)])  # more than the limit alone: not held
+    assert files.get(b"c" * 32) is None and files.get(b"a" * 32) == (b"x",)
 
 
 def _record(keys: PortalKeys, device: DeviceKey, parent: RootRecord | None) -> RootRecord:
