@@ -49,6 +49,7 @@ CREATE TABLE IF NOT EXISTS identities (identity BLOB PRIMARY KEY, agreement BLOB
 CREATE TABLE IF NOT EXISTS devices (device BLOB PRIMARY KEY, identity BLOB NOT NULL, cert BLOB NOT NULL,
     name TEXT NOT NULL, enrolled_ns INTEGER NOT NULL, revoked_ns INTEGER);
 CREATE TABLE IF NOT EXISTS nonces (nonce BLOB PRIMARY KEY, time_ns INTEGER NOT NULL);
+CREATE INDEX IF NOT EXISTS nonces_by_time ON nonces (time_ns);
 CREATE TABLE IF NOT EXISTS keyrings (identity BLOB PRIMARY KEY, version INTEGER NOT NULL, blob BLOB NOT NULL);
 CREATE TABLE IF NOT EXISTS portals (id BLOB PRIMARY KEY, owner BLOB NOT NULL, created_ns INTEGER NOT NULL,
     expires_ns INTEGER, deactivated_ns INTEGER, deleted_ns INTEGER);
