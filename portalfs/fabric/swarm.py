@@ -80,6 +80,11 @@ class _Edge:
         self.error: PortalError | None = None
         self.quiet = False  # connected before anything was asked of it: a failure is said once something is
 
+    @property
+    def ended(self) -> bool:
+        """Its connection failed or dropped (a new one may be tried once ``down_until`` passed)."""
+        return self.client is None and self.ready.is_set()
+
 
 USAGE_SECONDS = 2.0  # how often the bytes moved with each edge are shared with the device's other processes
 
@@ -381,7 +386,7 @@ class Swarm:
         if edge is not None and edge.quiet and edge.error is not None:  # now that it is needed: said once
             edge.quiet = False
             log.warning("%s", edge.error)
-        if edge is not None and edge.client is None and edge.ready.is_set():
+        if edge is not None and edge.ended:
             if trio.current_time() < edge.down_until and not force:
                 raise edge.error or Unreachable(f"edge {edge.address}: down")
             edge = None  # try again
@@ -425,7 +430,7 @@ class Swarm:
         now = trio.current_time()
         for address in self.addresses[:KEEP_CONNECTED]:
             edge = self._edges.get(address.key)
-            if edge is not None and not (edge.client is None and edge.ready.is_set() and now >= edge.down_until):
+            if edge is not None and not (edge.ended and now >= edge.down_until):
                 continue  # connected, connecting, or waiting out its backoff
             edge = self._connect(address.key)
             if edge is not None:
