@@ -17,6 +17,7 @@ per edge ``ready`` and ``inv_rate`` float32, ``usable`` uint8, ``weight`` uint32
 
 from __future__ import annotations
 
+import math
 import os
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
@@ -177,34 +178,41 @@ def advance(edges: EdgeArrays, tick: Tick) -> EdgeArrays:
 class NumpyBackend:
     """The reference, and the default: the same arithmetic as kernels/*.cu, in the same order, over blocks of
     BLOCK chunks (a block's columns stay in the CPU's cache) on up to ``threads`` threads (NumPy lets go of
-    the GIL inside each operation)."""
+    the GIL inside each operation). Each thread works in its own scratch arrays, kept from tick to tick: a
+    tick that allocated them afresh spent as long in page faults as in arithmetic (the allocator hands
+    arrays of this size back to the kernel when they are freed). So a backend plans one tick at a time."""
 
     name = "numpy"
     BLOCK = 16384
-    SMALLEST = 4096  # a block smaller than this costs more in thread hand-offs than it saves
+    SMALLEST = 12288  # a block smaller than this costs more in thread hand-offs than it saves (measured)
 
     def __init__(self, threads: int | None = None) -> None:
         self.threads = max(1, min(threads or os.cpu_count() or 1, 4))  # more measured slower (hand-offs)
         self._pool: ThreadPoolExecutor | None = None
+        self._scratch = [_Scratch() for _ in range(self.threads)]
 
-    def _blocks(self, n: int, work: Callable[[slice], None]) -> None:
+    def _blocks(self, n: int, work: Callable[[slice, _Scratch], None]) -> None:
         size = min(self.BLOCK, max(self.SMALLEST, -(-n // self.threads)))  # every thread busy, even on a small n
         blocks = [slice(i, min(i + size, n)) for i in range(0, n, size)]
         if len(blocks) < 2 or self.threads < 2:
             for block in blocks:
-                work(block)
+                work(block, self._scratch[0])
             return
         if self._pool is None:
             self._pool = ThreadPoolExecutor(self.threads - 1, thread_name_prefix="plan")
 
-        def run(portion: list[slice]) -> None:
+        def run(portion: list[slice], scratch: _Scratch) -> None:
             for block in portion:
-                work(block)
+                work(block, scratch)
 
         # A portion of the blocks for each thread, the calling thread's among them: a hand-off fewer to wait for.
         portions = [blocks[i :: self.threads] for i in range(self.threads)]
-        others = [self._pool.submit(run, portion) for portion in portions[1:] if portion]
-        run(portions[0])
+        others = [
+            self._pool.submit(run, portion, scratch)
+            for portion, scratch in zip(portions[1:], self._scratch[1:], strict=True)
+            if portion
+        ]
+        run(portions[0], self._scratch[0])
         for done in others:
             done.result()
 
@@ -217,13 +225,21 @@ class NumpyBackend:
     def rank(self, chunks: ChunkArrays, edges: EdgeArrays, choices: int) -> tuple[Array, Array]:
         choice, best = np.empty((chunks.n, choices), np.int32), np.empty(chunks.n, np.float32)
         costs = _Costs(edges)
-        self._blocks(chunks.n, lambda rows: _rank(chunks, costs, rows, _columns(chunks, rows), choice, best))
+
+        def work(rows: slice, scratch: _Scratch) -> None:
+            _rank(chunks, costs, rows, _columns(chunks, rows, scratch), choice, best, scratch)
+
+        self._blocks(chunks.n, work)
         return choice, best
 
     def assign(self, chunks: ChunkArrays, edges: EdgeArrays, weight: Array, choice: Array) -> Array:
         order = np.empty(choice.shape, np.int32)
         share = _share(edges, weight)
-        self._blocks(chunks.n, lambda rows: _assign(chunks, share, rows, _columns(chunks, rows), choice, order))
+
+        def work(rows: slice, scratch: _Scratch) -> None:
+            _assign(chunks, share, rows, _columns(chunks, rows, scratch), choice, order, scratch)
+
+        self._blocks(chunks.n, work)
         return order
 
     def rank_assign(self, chunks: ChunkArrays, edges: EdgeArrays, weight: Array, choices: int) -> tuple[Array, Array]:
@@ -233,10 +249,10 @@ class NumpyBackend:
         order = np.empty((chunks.n, choices), np.int32)
         costs, share = _Costs(edges), _share(edges, weight)
 
-        def work(rows: slice) -> None:
-            cand = _columns(chunks, rows)
-            _rank(chunks, costs, rows, cand, choice, best)
-            _assign(chunks, share, rows, cand, choice, order)
+        def work(rows: slice, scratch: _Scratch) -> None:
+            cand = _columns(chunks, rows, scratch)
+            _rank(chunks, costs, rows, cand, choice, best, scratch)
+            _assign(chunks, share, rows, cand, choice, order, scratch)
 
         self._blocks(chunks.n, work)
         return order, best
@@ -248,9 +264,26 @@ class NumpyBackend:
         return got.astype(np.uint64)
 
 
-def _columns(chunks: ChunkArrays, rows: slice) -> Array:
+class _Scratch:
+    """One thread's working arrays, by name, kept between blocks and ticks and grown when a block needs more."""
+
+    def __init__(self) -> None:
+        self._arrays: dict[str, Array] = {}
+
+    def __call__(self, name: str, shape: tuple[int, ...], dtype: Any) -> Array:
+        count = math.prod(shape)
+        array = self._arrays.get(name)
+        if array is None or array.size < count:
+            array = self._arrays[name] = np.empty(count, dtype)
+        return array[:count].reshape(shape)
+
+
+def _columns(chunks: ChunkArrays, rows: slice, scratch: _Scratch) -> Array:
     """The candidates of a block of chunks, one row per candidate (each a contiguous column of the block)."""
-    return np.ascontiguousarray(chunks.cand[rows].T)
+    block = chunks.cand[rows]
+    cand = scratch("cand", block.shape[::-1], np.int32)
+    np.copyto(cand, block.T)
+    return cand
 
 
 class _Costs:
@@ -267,16 +300,22 @@ def _share(edges: EdgeArrays, weight: Array) -> Array:
     return np.append(np.where(edges.usable != 0, weight, 0), 0).astype(np.uint32)  # sentinel: no share
 
 
-def _rank(chunks: ChunkArrays, costs: _Costs, rows: slice, cand: Array, choice: Array, best: Array) -> None:
+def _rank(
+    chunks: ChunkArrays, costs: _Costs, rows: slice, cand: Array, choice: Array, best: Array, scratch: _Scratch
+) -> None:
     """kernels/rank.cu over one block: the cost of each candidate, and the ``choice.shape[1]`` best keys."""
-    choices = choice.shape[1]
-    cost = np.take(costs.ready, cand)
-    cost += chunks.size[rows].astype(np.float32) * np.take(costs.inv_rate, cand)  # float32, each rounded
-    key = cost.view(np.uint32).astype(np.uint64)
-    key <<= np.uint64(32)
-    key |= cand.astype(np.uint32)
-    top = np.full((choices, key.shape[1]), NO_KEY)
-    carry = np.empty_like(top[0])
+    choices, (r, b) = choice.shape[1], cand.shape
+    # Index -1 (no candidate) is the sentinel, the last entry: "wrap" reads it so, and skips the bounds check.
+    cost = np.take(costs.ready, cand, mode="wrap", out=scratch("cost", (r, b), np.float32))
+    slope = np.take(costs.inv_rate, cand, mode="wrap", out=scratch("slope", (r, b), np.float32))
+    slope *= chunks.size[rows].astype(np.float32)  # float32, each operation rounded on its own
+    cost += slope
+    # The key: the cost's bits (non-negative floats order as their bits do) above the edge index.
+    key = np.left_shift(cost.view(np.uint32), np.uint64(32), out=scratch("key", (r, b), np.uint64))
+    key |= cand.view(np.uint32)
+    top = scratch("top", (choices, b), np.uint64)
+    top.fill(NO_KEY)
+    carry = scratch("carry", (b,), np.uint64)
     for j, k in enumerate(key):  # the kernel's insertion: keep the smaller, carry the larger on
         for t in range(min(choices, j + 1)):  # (below row j, top holds no key yet)
             if t + 1 < choices:
@@ -288,20 +327,26 @@ def _rank(chunks: ChunkArrays, costs: _Costs, rows: slice, cand: Array, choice: 
     best[rows] = (top[0] >> np.uint64(32)).astype(np.uint32).view(np.float32)
 
 
-def _assign(chunks: ChunkArrays, share: Array, rows: slice, cand: Array, choice: Array, order: Array) -> None:
+def _assign(
+    chunks: ChunkArrays, share: Array, rows: slice, cand: Array, choice: Array, order: Array, scratch: _Scratch
+) -> None:
     """kernels/assign.cu over one block: the primary among the candidates by their shares, then the backups."""
-    k1 = choice.shape[1]
+    k1, (r, b) = choice.shape[1], cand.shape
     mine = choice[rows]
-    running = np.take(share, cand)  # shares are below 2^24: sums of up to 255 fit in 32 bits
-    for j in range(1, len(running)):
+    if r == 0:
+        order[rows] = mine
+        return
+    running = np.take(share, cand, mode="wrap", out=scratch("running", (r, b), np.uint32))
+    for j in range(1, r):  # shares are below 2^24: sums of up to 255 fit in 32 bits
         running[j] += running[j - 1]
-    total = running[-1].astype(np.uint64) if len(running) else np.zeros(mine.shape[0], np.uint64)
+    total = running[-1].astype(np.uint64)
     x = (chunks.seq[rows] * GOLDEN).astype(np.uint64)  # uint32 arithmetic wraps, as in the kernel
     target = (x * total) >> np.uint64(32)
     # The first candidate whose running sum passes the target: the sums only grow, so it is the count of
     # those that do not.
-    first = np.minimum((running <= target).sum(axis=0), max(len(running) - 1, 0))
-    picked = cand.ravel()[first * cand.shape[1] + np.arange(cand.shape[1])] if len(running) else mine[:, 0]
+    passed = np.less_equal(running, target, out=scratch("passed", (r, b), np.bool_))
+    first = np.minimum(passed.sum(axis=0), r - 1)
+    picked = cand.ravel()[first * b + np.arange(b)]
     primary = np.where(total > 0, picked, mine[:, 0])
     out = order[rows]
     out[:, 0] = primary

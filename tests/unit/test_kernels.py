@@ -159,6 +159,26 @@ def test_a_tie_goes_to_the_lower_edge() -> None:
     assert choice.tolist() == [[3, 4, 5]]
 
 
+def test_numpy_in_blocks_on_threads_plans_what_one_pass_does() -> None:
+    """Blocks on several threads, each in scratch arrays kept from tick to tick (and grown, and reused at
+    other shapes), give the bits that one block on one thread gives."""
+
+    class Blocked(NumpyBackend):
+        BLOCK, SMALLEST = 256, 64
+
+    blocked, whole = Blocked(threads=3), NumpyBackend(threads=1)
+    for seed, n, r, e, ties in [(11, 2000, 8, 100, False), (12, 1100, 3, 5, True), (13, 2000, 8, 100, True)]:
+        chunks, edges = inputs(seed, n, r, e, ties)
+        for choices in (1, 3, 4):
+            assert -(-n // blocked.BLOCK) > blocked.threads  # several blocks per thread
+            got, reference = plan(blocked, chunks, edges, choices), plan(whole, chunks, edges, choices)
+            same(got.order, reference.order)
+            same(got.best, reference.best)
+            same(got.bytes, reference.bytes)
+            again = rank_then_assign(blocked, chunks, edges, got.weight, choices)
+            same(again[0], reference.order)
+
+
 def test_shares_put_one_request_where_it_ends_first_and_many_in_proportion() -> None:
     # ready 20 ms each; 100, 60 and 20 MB/s
     edges = EdgeArrays.of([0.02, 0.02, 0.02], [1e-8, 1 / 6e7, 5e-8], [1, 1, 1])
