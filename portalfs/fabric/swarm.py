@@ -32,7 +32,7 @@ from collections import Counter, deque
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import date
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import blake3
 import trio
@@ -49,6 +49,9 @@ from ..sched.limits import Limits, TokenBucket
 from ..store.base import Priority
 from .locations import LocationCache
 from .usage import EdgeUsage
+
+if TYPE_CHECKING:
+    from ..sched.plan import Backend
 
 __all__ = ["Swarm", "Placement", "edges_down", "placement"]
 
@@ -87,6 +90,14 @@ class _Edge:
 
 
 USAGE_SECONDS = 2.0  # how often the bytes moved with each edge are shared with the device's other processes
+
+
+def _choose_backend() -> Backend:
+    """The scheduler's plan backend (``PORTAL_SCHEDULER``: auto, numpy or cupy), made at its first plan: NumPy
+    (and CuPy) are imported by a process that fetches, not by one that only pushes."""
+    from ..sched.gpu import choose  # noqa: PLC0415
+
+    return choose(os.environ.get("PORTAL_SCHEDULER", "auto"))
 
 
 class _Calendar:
@@ -216,10 +227,9 @@ class Swarm:
         self._failures: dict[bytes, int] = {}  # edge key -> connections that failed in a row
         self._runtime = runtime
         self._nursery: trio.Nursery | None = None
-        from ..sched.gpu import choose  # noqa: PLC0415 - NumPy (and CuPy) only once a swarm is made
-        from ..sched.scheduler import Scheduler  # noqa: PLC0415
+        from ..sched.scheduler import Scheduler  # noqa: PLC0415 - only once a swarm is made
 
-        self._scheduler = Scheduler(choose(os.environ.get("PORTAL_SCHEDULER", "auto")), calendar=_Calendar())
+        self._scheduler = Scheduler(choose_backend=_choose_backend, calendar=_Calendar())
         self._scheduler.set_edges([a.key for a in self.addresses])
         self._copies: dict[tuple[Request, bytes], trio.CancelScope] = {}  # copies in flight
         self._wake = trio.Event()  # new requests: tick now

@@ -28,14 +28,14 @@ import math
 import statistics
 from collections import deque
 from collections.abc import Callable, Sequence
-from typing import Any
-
-import numpy as np
+from typing import TYPE_CHECKING, Any
 
 from ..store.base import Priority
 from .actions import Action, Cancel, EdgeLimits, GiveUp, Request, Send
 from .estimators import EdgeEstimate
-from .plan import Backend, ChunkArrays, EdgeArrays, NumpyBackend, advance, plan
+
+if TYPE_CHECKING:
+    from .plan import Backend
 
 __all__ = ["Scheduler", "Request", "Send", "Cancel", "GiveUp", "EdgeLimits", "Action"]
 
@@ -146,10 +146,19 @@ class _Edge:
 
 
 class Scheduler:
+    """``backend`` plans the ticks; ``choose_backend`` makes it at the first tick that plans a request (a
+    process that only pushes, or only asks what its limits allow, never imports NumPy: 70 ms of a command's
+    start); with neither, NumPy on the calling thread."""
+
     def __init__(
-        self, backend: Backend | None = None, *, calendar: Callable[[float], tuple[int, int]] | None = None
+        self,
+        backend: Backend | None = None,
+        *,
+        choose_backend: Callable[[], Backend] | None = None,
+        calendar: Callable[[float], tuple[int, int]] | None = None,
     ) -> None:
-        self._backend = backend or NumpyBackend(threads=1)
+        self._backend = backend
+        self._choose_backend = choose_backend
         self._edges: list[_Edge] = []
         self._by_key: dict[bytes, _Edge] = {}
         self._unsent: dict[Request, None] = {}  # in order of arrival
@@ -232,6 +241,12 @@ class Scheduler:
     def _plan(self, now: float) -> None:
         if not self._unsent or not self._edges:
             return
+        import numpy as np  # noqa: PLC0415 - only once there is something to plan (see the class)
+
+        from .plan import ChunkArrays, EdgeArrays, NumpyBackend, advance, plan  # noqa: PLC0415
+
+        if self._backend is None:
+            self._backend = self._choose_backend() if self._choose_backend else NumpyBackend(threads=1)
         fallback = self._fallback_rate()
         queued = np.array([e.queued() for e in self._edges], np.float64)
         rate = np.array([e.rate(fallback) for e in self._edges], np.float64)

@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import heapq
 import itertools
+import subprocess
+import sys
 from dataclasses import dataclass, field
 
 import pytest
@@ -386,3 +388,28 @@ def test_copies_answered_together_are_late_only_when_the_last_would_be() -> None
     assert deadlines == sorted(deadlines) and deadlines[0] < deadlines[-1]  # each behind those ahead of it
     sched.started_together(requests, only, 0.0)
     assert {r.deadlines[0] for r in requests} == {deadlines[-1]}
+
+
+def test_the_plan_backend_is_made_at_the_first_plan_and_numpy_imported_no_sooner() -> None:
+    """A process that only pushes, or asks what an edge's limits allow, never pays for NumPy's import."""
+    code = """
+import sys
+from portalfs.sched.scheduler import Scheduler
+from portalfs.store.base import Priority
+made = []
+def choose():
+    from portalfs.sched.plan import NumpyBackend
+    made.append(NumpyBackend(threads=1))
+    return made[-1]
+sched = Scheduler(choose_backend=choose)
+sched.set_edges([b"a" * 32, b"b" * 32])
+assert sched.allows(b"a" * 32, Priority.PULL, 0.0) and sched.tick(0.0) == []
+print("numpy" in sys.modules, len(made))
+sched.add(b"c" * 32, Priority.FOREGROUND, None, 0.0, 1 << 20)
+sends = sched.tick(0.0)
+sched.add(b"d" * 32, Priority.FOREGROUND, None, 0.0, 1 << 20)
+sends += sched.tick(0.0)
+print("numpy" in sys.modules, len(made), len(sends))
+"""
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert done.stdout.split("\n")[:2] == ["False 0", "True 1 2"], done.stdout
