@@ -19,7 +19,7 @@ from __future__ import annotations
 import dataclasses
 import os
 import stat
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from concurrent.futures import Future
 from dataclasses import dataclass, field
 from typing import BinaryIO
@@ -42,7 +42,7 @@ from .tree import (
     validate_name,
 )
 
-__all__ = ["Ingester", "IngestStats", "tree_totals"]
+__all__ = ["Ingester", "IngestStats", "Totals", "tree_totals", "moved_totals"]
 
 # A file whose mtime is this close to the start of the ingest may still be
 # changing within the same timestamp tick: never trust the cache for it.
@@ -111,17 +111,50 @@ def _read_xattrs(path: bytes) -> dict[bytes, bytes]:
     return out
 
 
-def tree_totals(entry: Entry, load_node: NodeLoader) -> tuple[int, int]:
-    """(bytes in files, number of files) under ``entry``."""
+Totals = tuple[int, int]  # (bytes in files, number of files) under an entry
+
+
+def tree_totals(entry: Entry, load_node: NodeLoader, known: dict[bytes, Totals] | None = None) -> Totals:
+    """(bytes in files, number of files) under ``entry``: every directory below is read, but those whose
+    totals ``known`` holds (by node id; what is computed here is added to it)."""
     if entry.is_file:
         return entry.size, 1
     if not entry.is_dir or entry.node is None:
         return 0, 0
+    if known is not None and (hit := known.get(entry.node.cid)) is not None:
+        return hit
     size = files = 0
     for child in decode_dir(load_node(entry.node)):
-        s, f = tree_totals(child, load_node)
+        s, f = tree_totals(child, load_node, known)
         size, files = size + s, files + f
+    if known is not None:
+        known[entry.node.cid] = (size, files)
     return size, files
+
+
+def moved_totals(new: Entry, old: Entry | None, old_totals: Totals, load_node: NodeLoader) -> Totals:
+    """The totals of ``new`` from those of ``old``, the tree it was made from: only the directories whose
+    nodes differ are read (what a version changed), not the whole tree."""
+    size, files = _moved(new, old, load_node)
+    return old_totals[0] + size, old_totals[1] + files
+
+
+def _moved(new: Entry | None, old: Entry | None, load_node: NodeLoader) -> Totals:
+    if new is not None and old is not None and new.is_dir and old.is_dir and new.node and old.node:
+        if new.node.cid == old.node.cid:
+            return 0, 0
+        before = {e.name: e for e in decode_dir(load_node(old.node))}
+        size = files = 0
+        for child in decode_dir(load_node(new.node)):
+            s, f = _moved(child, before.pop(child.name, None), load_node)
+            size, files = size + s, files + f
+        for gone in before.values():
+            s, f = tree_totals(gone, load_node)
+            size, files = size - s, files - f
+        return size, files
+    now = (0, 0) if new is None else tree_totals(new, load_node)
+    then = (0, 0) if old is None else tree_totals(old, load_node)
+    return now[0] - then[0], now[1] - then[1]
 
 
 class Ingester:
@@ -155,6 +188,8 @@ class Ingester:
         self._warn = warn or (lambda msg: None)
         self._cache_rows: list[tuple[bytes, CachedFile]] = []
         self._files = file_objects or FileObjects()
+        self.totals: dict[bytes, Totals] = {}  # of each directory built, by node id
+        self.root_totals: Totals = (0, 0)  # of the root ``ingest`` built
 
     # objects
 
@@ -273,7 +308,20 @@ class Ingester:
                 )
             return _entry(item.name, item.st, item.xattrs, size=size, node=item.node)
         entries = [self._finish(child) for child in item.children]
-        return _entry(item.name, item.st, item.xattrs, node=self.store_node(encode_dir(entries)))
+        node = self.store_node(encode_dir(entries))
+        self.totals[node.cid] = self._built_totals(entries)
+        return _entry(item.name, item.st, item.xattrs, node=node)
+
+    def _built_totals(self, entries: Iterable[Entry]) -> Totals:
+        """The totals of entries built here (each directory among them finished here, so its totals known)."""
+        size = files = 0
+        for entry in entries:
+            if entry.is_file:
+                size, files = size + entry.size, files + 1
+            elif entry.is_dir and entry.node is not None:
+                s, f = self.totals[entry.node.cid]
+                size, files = size + s, files + f
+        return size, files
 
     def _stream_entry(self, pipeline: ChunkPipeline, name: bytes, stream: BinaryIO) -> Entry:
         """A file named ``name`` holding all of ``stream``, cut into fixed-size chunks."""
@@ -295,12 +343,15 @@ class Ingester:
         previous: Entry | None,
         load_node: NodeLoader,
         stream: tuple[bytes, BinaryIO] | None = None,
+        previous_totals: Totals | None = None,
     ) -> Entry:
         """Build the new root entry: ``previous`` with each source placed at the top level.
 
         A source directory named with a trailing slash contributes its contents
         rather than itself (as rsync does). ``stream`` (name, bytes) adds one file
-        read to its end. Entries of the same name are replaced.
+        read to its end. Entries of the same name are replaced. ``root_totals``
+        are the new root's: from ``previous_totals`` (the version before's), only
+        what was replaced is read; without them, every directory kept.
         """
         top: list[_PendingFile | _PendingDir | Entry] = []
         # not durable one by one: the version is recorded after the store's sync() (one flush for them all),
@@ -332,12 +383,19 @@ class Ingester:
                 raise
         self.stats.chunks_stored += pipeline.chunks_stored
         self.stats.bytes_stored += pipeline.bytes_stored
-        entries = (
+        before = (
             {}
             if previous is None or previous.node is None
             else {e.name: e for e in decode_dir(load_node(previous.node))}
         )
-        entries.update(new)
+        entries = before | new
+        if previous_totals is None or not before:
+            kept = [tree_totals(e, load_node) for name, e in before.items() if name not in new]
+        else:  # the version before's totals, less what is replaced
+            replaced = [tree_totals(before[name], load_node) for name in new if name in before]
+            kept = [previous_totals, *((-s, -f) for s, f in replaced)]
+        size, files = self._built_totals(new.values())
+        self.root_totals = (size + sum(s for s, _ in kept), files + sum(f for _, f in kept))
         root_node = self.store_node(encode_dir(list(entries.values())))
         if previous is None:
             return dataclasses.replace(new_root_entry(self._now_ns, os.getuid(), os.getgid()), node=root_node)

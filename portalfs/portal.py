@@ -15,7 +15,7 @@ from typing import BinaryIO
 
 from .device import Device, Unlocked
 from .errors import CorruptObject, NotFound
-from .ingest import Ingester, IngestStats, tree_totals
+from .ingest import Ingester, IngestStats, Totals, moved_totals, tree_totals
 from .merge import split_links
 from .pipeline import store_sealed
 from .root import PortalKeys, RootPayload, RootRecord, make_root_record, verify_chain
@@ -169,7 +169,8 @@ class PortalView:
         A source ending in "/" contributes its contents rather than itself.
         """
         head = self.device.state.head(self.row.id)
-        previous = None if head is None else self.root(head).entry
+        before = None if head is None else self.root(head)
+        previous = None if before is None else before.entry
         ingester = Ingester(
             store=self.store,
             convergence_secret=secrets.identity.convergence_secret,
@@ -181,12 +182,14 @@ class PortalView:
             warn=warn,
             file_objects=self.device.file_objects,
         )
-        entry = ingester.ingest(sources, previous, self.load_node, stream)
+        entry = ingester.ingest(
+            sources, previous, self.load_node, stream, None if before is None else (before.size, before.files)
+        )
         if head is not None and previous is not None and entry.node == previous.node:
             ingester.remember_files()  # the same tree: the newest version stands
             ingester.stats.unchanged = True
             return head, ingester.stats
-        version = self._record(secrets, head, entry, now_ns, ingester.remember_files)
+        version = self._record(secrets, head, entry, now_ns, ingester.remember_files, ingester.root_totals)
         return version, ingester.stats
 
     def graft(self, secrets: Unlocked, path: str, entry: Entry, now_ns: int) -> VersionRow:
@@ -235,9 +238,18 @@ class PortalView:
         root: Entry,
         now_ns: int,
         also: Callable[[], None] | None = None,
+        totals: Totals | None = None,
     ) -> VersionRow:
-        """Sign and record a version for ``root`` after the store is synced (chunks, nodes, root)."""
-        size, files = tree_totals(root, self.load_node)
+        """Sign and record a version for ``root`` after the store is synced (chunks, nodes, root). Its
+        ``totals`` (bytes and files), unless given, are the version before's moved by what differs from it."""
+        if totals is None:
+            before = None if head is None else self.root(head)
+            totals = (
+                tree_totals(root, self.load_node)
+                if before is None
+                else moved_totals(root, before.entry, (before.size, before.files), self.load_node)
+            )
+        size, files = totals
         payload = RootPayload(entry=root, size=size, files=files)
         record = self.sign(secrets, None if head is None else head.record, payload, now_ns)
         self.record_version(record, payload, also)

@@ -30,7 +30,7 @@ from ..errors import (
     UsageError,
 )
 from ..hub.client import EdgeInfo, HubClient
-from ..ingest import tree_totals
+from ..ingest import moved_totals
 from ..merge import Writer, conflict_copy, merge_trees
 from ..pipeline import store_sealed
 from ..portal import PortalView
@@ -364,15 +364,16 @@ class Fabric:
         def store_node(plaintext: bytes) -> ChunkRef:
             return store_sealed(view.store, view.keys.tree_secret, plaintext)[0]
 
+        ours = view.root(ours_row).entry
         result = merge_trees(
             base,
-            view.root(ours_row).entry,
+            ours,
             theirs[-1][1].entry,
             view.load_node,
             store_node,
             lambda entry, taken: conflict_copy(entry, taken, me, them, date),
         )
-        size, files = tree_totals(result.root, view.load_node)
+        size, files = moved_totals(result.root, ours, (ours_row.size, ours_row.files), view.load_node)
         payload = RootPayload(entry=result.root, size=size, files=files)
         record = view.sign(self.secrets, theirs[-1][0], payload, now_ns)
 

@@ -199,16 +199,6 @@ def execute(plan: DirPlan, sealer: Sealer, load_node: NodeLoader, totals: dict[b
     """Carry out ``plan`` (in a worker thread). ``totals`` caches (size, files) per directory node."""
     done: list[FilePlan | DirPlan] = []
 
-    def subtree_totals(entry: Entry) -> tuple[int, int]:
-        if entry.is_file:
-            return entry.size, 1
-        if not entry.is_dir or entry.node is None:
-            return 0, 0
-        cached = totals.get(entry.node.cid)
-        if cached is None:
-            cached = totals[entry.node.cid] = tree_totals(entry, load_node)
-        return cached
-
     def run(p: DirPlan) -> tuple[Entry, int, int]:
         entries: list[Entry] = []
         size = files = 0
@@ -225,7 +215,7 @@ def execute(plan: DirPlan, sealer: Sealer, load_node: NodeLoader, totals: dict[b
                 s, f = child.size, 1
             else:
                 entry = child
-                s, f = subtree_totals(entry)
+                s, f = tree_totals(entry, load_node, totals)
             entries.append(entry)
             size, files = size + s, files + f
         p.ref = sealer.store_node(encode_dir(entries))
