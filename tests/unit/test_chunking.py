@@ -1,13 +1,14 @@
 from __future__ import annotations
 
 import io
+import os
 import random
 from pathlib import Path
 
 import pytest
 
 from portalfs import chunking
-from portalfs.chunking import CDC_MAX, CDC_MIN, cdc_chunks, cdc_cut_points, fixed_chunks
+from portalfs.chunking import CDC_AVG, CDC_MAX, CDC_MIN, cdc_chunks, cdc_cut_points, fixed_chunks
 from portalfs.sealing import plaintext_hash
 
 
@@ -90,3 +91,46 @@ def test_a_file_read_in_windows_is_cut_where_the_stream_is(
             assert f.tell() == 0  # read with pread: the position is where it was
         assert [bytes(c) for c in chunks] == list(cdc_chunks(io.BytesIO(data)))
         assert len(chunks) > 4
+
+
+def test_a_file_is_read_for_what_it_holds_at_any_size_and_while_it_grows(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Each window reads what the file holds and a byte more (not a whole window for a small file); a file
+    that grows between windows is read to its new end, cut where the stream chunker cuts it."""
+    window = CDC_MAX + 1
+    monkeypatch.setattr(chunking, "WINDOW", window)
+    rng = random.Random(11)
+    path = tmp_path / "f"
+    pread = os.pread
+    for size in (0, 1, 65536, CDC_AVG, window - 1, window, window + 1, 3 * window + 7):
+        data = rng.randbytes(size)
+        path.write_bytes(data)
+        asked: list[int] = []
+
+        def counted(fd: int, n: int, at: int, asked: list[int] = asked) -> bytes:
+            asked.append(n)
+            return pread(fd, n, at)
+
+        monkeypatch.setattr(chunking.os, "pread", counted)
+        with open(path, "rb", buffering=0) as f:
+            assert [bytes(c) for c in cdc_chunks(f)] == list(cdc_chunks(io.BytesIO(data)))
+        monkeypatch.setattr(chunking.os, "pread", pread)
+        assert max(asked) <= min(window, size + 1), (size, asked)
+    first, more = rng.randbytes(window + 99), rng.randbytes(2 * window)
+    path.write_bytes(first)
+    reads = 0
+
+    def growing(fd: int, n: int, at: int) -> bytes:
+        nonlocal reads
+        reads += 1
+        if reads == 2:  # after the first window: the writer appends
+            with open(path, "ab") as out:
+                out.write(more)
+        return pread(fd, n, at)
+
+    monkeypatch.setattr(chunking.os, "pread", growing)
+    with open(path, "rb", buffering=0) as f:
+        chunks = [bytes(c) for c in cdc_chunks(f)]
+    assert b"".join(chunks) == first + more
+    assert chunks == list(cdc_chunks(io.BytesIO(first + more)))
