@@ -598,6 +598,7 @@ class Swarm:
     ) -> dict[bytes, bytes]:
         """Fetch ``cids`` (blocking; from a worker thread): ``sizes`` are the bytes expected of some (the
         scheduler plans with them, and batches the small ones)."""
+        self._scheduler.prepare()  # here, not on the loop at its first tick
         located = self.locations.known(cids)
         unknown = [cid for cid in cids if cid not in located]
         if unknown and self._locate is not None:

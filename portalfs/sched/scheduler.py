@@ -231,6 +231,15 @@ class Scheduler:
 
     # the tick
 
+    def prepare(self) -> Backend:
+        """The plan backend, made now if it was not yet: a caller about to fetch calls this off the event loop,
+        so that NumPy's import does not stall the loop at the first tick."""
+        if self._backend is None:
+            from .plan import NumpyBackend  # noqa: PLC0415 - only once there is something to plan
+
+            self._backend = self._choose_backend() if self._choose_backend else NumpyBackend(threads=1)
+        return self._backend
+
     def tick(self, now: float) -> list[Action]:
         actions: list[Action] = self._late(now)
         self._plan(now)
@@ -243,10 +252,9 @@ class Scheduler:
             return
         import numpy as np  # noqa: PLC0415 - only once there is something to plan (see the class)
 
-        from .plan import ChunkArrays, EdgeArrays, NumpyBackend, advance, plan  # noqa: PLC0415
+        from .plan import ChunkArrays, EdgeArrays, advance, plan  # noqa: PLC0415
 
-        if self._backend is None:
-            self._backend = self._choose_backend() if self._choose_backend else NumpyBackend(threads=1)
+        backend = self.prepare()
         fallback = self._fallback_rate()
         queued = np.array([e.queued() for e in self._edges], np.float64)
         rate = np.array([e.rate(fallback) for e in self._edges], np.float64)
@@ -268,8 +276,8 @@ class Scheduler:
             size = np.fromiter((r.size for r in requests), np.uint32, len(requests))
             seq = np.fromiter((r.seq for r in requests), np.uint32, len(requests))
             edges = EdgeArrays.of(ready, inv_rate, usable)
-            tick = plan(self._backend, ChunkArrays(cand, size, seq), edges, CHOICES)
-            order = self._backend.tohost(tick.order)
+            tick = plan(backend, ChunkArrays(cand, size, seq), edges, CHOICES)
+            order = backend.tohost(tick.order)
             for request, row in zip(requests, order, strict=True):
                 request.order = [int(e) for e in row if e >= 0]
             ready = advance(edges, tick).ready.astype(np.float64)

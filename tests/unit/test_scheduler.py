@@ -391,7 +391,8 @@ def test_copies_answered_together_are_late_only_when_the_last_would_be() -> None
 
 
 def test_the_plan_backend_is_made_at_the_first_plan_and_numpy_imported_no_sooner() -> None:
-    """A process that only pushes, or asks what an edge's limits allow, never pays for NumPy's import."""
+    """A process that only pushes, or asks what an edge's limits allow, never pays for NumPy's import; one
+    about to fetch makes the backend first (``prepare``), and the ticks use that one."""
     code = """
 import sys
 from portalfs.sched.scheduler import Scheduler
@@ -405,6 +406,7 @@ sched = Scheduler(choose_backend=choose)
 sched.set_edges([b"a" * 32, b"b" * 32])
 assert sched.allows(b"a" * 32, Priority.PULL, 0.0) and sched.tick(0.0) == []
 print("numpy" in sys.modules, len(made))
+assert sched.prepare() is sched.prepare() is made[0]  # made once, before a request (a fetch, off the loop)
 sched.add(b"c" * 32, Priority.FOREGROUND, None, 0.0, 1 << 20)
 sends = sched.tick(0.0)
 sched.add(b"d" * 32, Priority.FOREGROUND, None, 0.0, 1 << 20)
