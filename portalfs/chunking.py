@@ -49,8 +49,7 @@ def cdc_chunks(stream: BinaryIO | RawIOBase) -> Iterator[bytes | memoryview]:
 
 Window = Callable[[int, int], tuple[bytes, bool]]
 """``window(offset, at_least)``: up to WINDOW bytes from ``offset``, at least ``at_least`` of them unless they
-reach the end (a file that grew as it was read may give fewer: the next window goes on from them), and whether
-they do."""
+reach the end, and whether they do."""
 
 
 def _file_window(fd: int, offset: int, at_least: int) -> tuple[bytes, bool]:
@@ -58,6 +57,8 @@ def _file_window(fd: int, offset: int, at_least: int) -> tuple[bytes, bool]:
     # times the read (77 us for a 64 KiB file; the allocator maps and unmaps it).
     want = min(WINDOW, max(os.fstat(fd).st_size - offset, 0) + 1)
     data = os.pread(fd, want, offset)  # the kernel copies, with the GIL released
+    if len(data) == want < at_least:  # it holds more than its size says (it grew, or /proc says 0): a window
+        data, want = os.pread(fd, WINDOW, offset), WINDOW
     return data, len(data) < want  # a regular file reads short only at its end
 
 

@@ -134,3 +134,17 @@ def test_a_file_is_read_for_what_it_holds_at_any_size_and_while_it_grows(
         chunks = [bytes(c) for c in cdc_chunks(f)]
     assert b"".join(chunks) == first + more
     assert chunks == list(cdc_chunks(io.BytesIO(first + more)))
+    # a file whose size says 0 and that holds more (/proc, /sys): read whole, in windows, not a byte at a time
+    calls = 0
+
+    def bounded(fd: int, n: int, at: int) -> bytes:
+        nonlocal calls
+        calls += 1
+        assert calls < 100, "read a byte at a time"
+        return pread(fd, n, at)
+
+    fstat = os.fstat
+    monkeypatch.setattr(chunking.os, "pread", bounded)
+    monkeypatch.setattr(chunking.os, "fstat", lambda fd: os.stat_result((*fstat(fd)[:6], 0, *fstat(fd)[7:])))
+    with open(path, "rb", buffering=0) as f:
+        assert [bytes(c) for c in cdc_chunks(f)] == chunks
