@@ -48,6 +48,7 @@ __all__ = ["Ingester", "IngestStats", "Totals", "tree_totals", "moved_totals"]
 # changing within the same timestamp tick: never trust the cache for it.
 _RACY_NS = 2_000_000_000
 SETTLE_EVERY = 256  # entries of a directory walked between two passes that finish its sealed files
+CACHE_ROWS = 500  # files of a directory whose files-cache rows are asked for at once (a query each, not per file)
 
 
 @dataclass(slots=True)
@@ -200,11 +201,21 @@ class Ingester:
 
     # the walk
 
-    def _walk_file(self, pipeline: ChunkPipeline, path: bytes, name: bytes, st: os.stat_result) -> _PendingFile:
+    def _walk_file(
+        self,
+        pipeline: ChunkPipeline,
+        path: bytes,
+        name: bytes,
+        st: os.stat_result,
+        known: dict[bytes, CachedFile] | None = None,
+    ) -> _PendingFile:
+        """``known``: the files cache's rows of the directory's files (else the file's row is asked for)."""
         pending = _PendingFile(name, path, st, _read_xattrs(path))
         self.stats.files += 1
-        cached = self.state.cached_file(self.portal, path) if st.st_size else None  # a size 0 file is read:
-        # it may be empty, or a file whose size its file system does not know (/proc, /sys)
+        cached = None
+        if st.st_size:  # a size 0 file is read: it may be empty, or one whose size its file system does not
+            # know (/proc, /sys)
+            cached = known.get(path) if known is not None else self.state.cached_file(self.portal, path)
         if cached is not None and (cached.ino, cached.size, cached.mtime_ns, cached.ctime_ns) == (
             st.st_ino,
             st.st_size,
@@ -229,15 +240,21 @@ class Ingester:
         return pending
 
     def _walk(
-        self, pipeline: ChunkPipeline, path: bytes, name: bytes, open_dir: bool = False
+        self,
+        pipeline: ChunkPipeline,
+        path: bytes,
+        name: bytes,
+        open_dir: bool = False,
+        known: dict[bytes, CachedFile] | None = None,
     ) -> _PendingFile | _PendingDir | Entry | None:
-        """The item at ``path``; a directory comes back finished (an Entry), or pending with ``open_dir``."""
+        """The item at ``path``; a directory comes back finished (an Entry), or pending with ``open_dir``.
+        ``known``: the files cache's rows of its directory, if asked for."""
         try:
             st = os.lstat(path)
         except OSError as exc:
             raise SourceError(f"cannot read {os.fsdecode(path)}: {exc.strerror or exc}") from exc
         if stat.S_ISREG(st.st_mode):
-            return self._walk_file(pipeline, path, name, st)
+            return self._walk_file(pipeline, path, name, st, known)
         if stat.S_ISLNK(st.st_mode):
             self.stats.symlinks += 1
             return _entry(name, st, {}, target=os.readlink(path))
@@ -252,12 +269,16 @@ class Ingester:
                 children = sorted(os.listdir(path))
             except OSError as exc:
                 raise SourceError(f"cannot read {os.fsdecode(path)}: {exc.strerror or exc}") from exc
-            for child in children:
-                item = self._walk(pipeline, os.path.join(path, child), child)
-                if item is not None:
-                    pending.children.append(item)
-                    if isinstance(item, _PendingDir) or len(pending.children) % SETTLE_EVERY == 0:
-                        self._settle(pending)
+            for first in range(0, len(children), CACHE_ROWS):  # the files cache asked once per CACHE_ROWS
+                names = children[first : first + CACHE_ROWS]
+                paths = [os.path.join(path, child) for child in names]
+                known = self.state.cached_files(self.portal, paths)
+                for child, child_path in zip(names, paths, strict=True):
+                    item = self._walk(pipeline, child_path, child, known=known)
+                    if item is not None:
+                        pending.children.append(item)
+                        if isinstance(item, _PendingDir) or len(pending.children) % SETTLE_EVERY == 0:
+                            self._settle(pending)
             if open_dir:
                 return pending
             # Finished here only if every chunk below it is sealed: else its parent finishes it once they are,

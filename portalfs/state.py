@@ -292,6 +292,19 @@ class StateDB:
 
     # files cache
 
+    def cached_files(self, portal: bytes, paths: list[bytes]) -> dict[bytes, CachedFile]:
+        """``cached_file`` of many paths (a directory's), a query per 500 of them rather than one each."""
+        found: dict[bytes, CachedFile] = {}
+        for i in range(0, len(paths), 500):
+            batch = paths[i : i + 500]
+            rows = self._db.execute(
+                "SELECT path, ino, size, mtime_ns, ctime_ns, node FROM files_cache WHERE portal = ? AND path IN"
+                f" ({', '.join('?' * len(batch))})",
+                (portal, *batch),
+            ).fetchall()
+            found.update((bytes(r[0]), CachedFile(r[1], r[2], r[3], r[4], bytes(r[5]))) for r in rows)
+        return found
+
     def cached_file(self, portal: bytes, path: bytes) -> CachedFile | None:
         row = self._db.execute(
             "SELECT ino, size, mtime_ns, ctime_ns, node FROM files_cache WHERE portal = ? AND path = ?", (portal, path)

@@ -5,11 +5,12 @@ from __future__ import annotations
 import os
 import random
 import threading
+import time
 from pathlib import Path
 
-from portalfs.ingest import Ingester
+from portalfs.ingest import CACHE_ROWS, Ingester
 from portalfs.sealing import ChunkRef, seal, unseal
-from portalfs.state import StateDB
+from portalfs.state import CachedFile, StateDB
 from portalfs.store import MemoryStore
 from portalfs.tree import decode_dir
 
@@ -72,3 +73,44 @@ def test_the_walk_goes_on_while_a_directory_s_last_chunks_are_sealed(tmp_path: P
     assert root.node is not None
     names = [e.name for e in decode_dir(_open(store, root.node))]
     assert names == [b"a", b"b"]
+
+
+class _CountingState(StateDB):
+    """Counts the files-cache queries."""
+
+    one = many = 0
+
+    def cached_file(self, portal: bytes, path: bytes) -> CachedFile | None:
+        self.one += 1
+        return super().cached_file(portal, path)
+
+    def cached_files(self, portal: bytes, paths: list[bytes]) -> dict[bytes, CachedFile]:
+        self.many += 1
+        return super().cached_files(portal, paths)
+
+
+def test_a_directory_s_files_cache_rows_are_asked_for_together(tmp_path: Path) -> None:
+    """Unchanged files come from the files cache, asked for CACHE_ROWS of a directory's files at a time (not
+    a query per file); a file given alone is asked for alone."""
+    src = tmp_path / "src"
+    (src / "sub").mkdir(parents=True)
+    for i in range(CACHE_ROWS + 100):
+        (src / f"f{i}").write_bytes(b"file %d" % i)
+    (src / "sub" / "g").write_bytes(b"below")
+    (tmp_path / "alone").write_bytes(b"alone")
+    state, store = _CountingState(tmp_path / "state.db"), MemoryStore()
+    now = time.time_ns() + 10 * 10**9  # every file older than the racy window
+    try:
+        for _ in range(2):
+            ingester = Ingester(
+                store=store, convergence_secret=CONVERGENCE, tree_secret=TREE, state=state, portal=b"p" * 16,
+                now_ns=now,
+            )  # fmt: skip
+            state.one = state.many = 0
+            ingester.ingest([os.fspath(src), os.fspath(tmp_path / "alone")], None, lambda ref: _open(store, ref))
+            ingester.remember_files()
+        assert ingester.stats.files == CACHE_ROWS + 102
+        assert ingester.stats.bytes_read == 0  # the second time, every file from the cache
+        assert (state.many, state.one) == (3, 1)  # src in two batches, sub in one; "alone" by itself
+    finally:
+        state.close()
