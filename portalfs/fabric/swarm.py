@@ -93,8 +93,8 @@ USAGE_SECONDS = 2.0  # how often the bytes moved with each edge are shared with 
 
 
 def _choose_backend() -> Backend:
-    """The scheduler's plan backend (``PORTAL_SCHEDULER``: auto, numpy or cupy), made at its first plan: NumPy
-    (and CuPy) are imported by a process that fetches, not by one that only pushes."""
+    """The scheduler's plan backend (``PORTAL_SCHEDULER``: auto, numpy or cupy), made when the swarm is first
+    asked to fetch: NumPy (and CuPy) are imported by a process that fetches, not by one that only pushes."""
     from ..sched.gpu import choose  # noqa: PLC0415
 
     return choose(os.environ.get("PORTAL_SCHEDULER", "auto"))

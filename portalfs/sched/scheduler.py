@@ -146,9 +146,9 @@ class _Edge:
 
 
 class Scheduler:
-    """``backend`` plans the ticks; ``choose_backend`` makes it at the first tick that plans a request (a
-    process that only pushes, or only asks what its limits allow, never imports NumPy: 70 ms of a command's
-    start); with neither, NumPy on the calling thread."""
+    """``backend`` plans the ticks; ``choose_backend`` makes it at ``prepare`` or the first tick that plans a
+    request, whichever comes first (a process that only pushes, or only asks what its limits allow, never
+    imports NumPy: 70 ms of a command's start); with neither, NumPy on the calling thread."""
 
     def __init__(
         self,
