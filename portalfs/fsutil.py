@@ -50,15 +50,6 @@ def fsync_dir(path: Path) -> None:
         os.close(fd)
 
 
-def _write_all(fd: int, data: bytes | bytearray, fsync: bool) -> None:
-    view = memoryview(data)
-    while view:
-        written = os.write(fd, view)
-        view = view[written:]
-    if fsync:
-        os.fsync(fd)
-
-
 def write_new(path: str, data: bytes | bytearray, mode: int = 0o644, fsync: bool = True) -> bool:
     """Write ``data`` as a new file at ``path``, born whole: an unnamed file (O_TMPFILE) in its directory,
     written (and fsync'd, with ``fsync``), then linked at ``path``. A crash leaves no file and no temp file.
@@ -72,7 +63,12 @@ def write_new(path: str, data: bytes | bytearray, mode: int = 0o644, fsync: bool
             return False
         raise storage_error(exc, path) from exc
     try:
-        _write_all(fd, data, fsync)
+        view = memoryview(data)
+        while view:
+            written = os.write(fd, view)
+            view = view[written:]
+        if fsync:
+            os.fsync(fd)
         # linkat(AT_SYMLINK_FOLLOW) of the descriptor's /proc link (os.link takes that form when given a dir
         # fd, ignored for an absolute path); AT_EMPTY_PATH would need CAP_DAC_READ_SEARCH
         os.link(f"/proc/self/fd/{fd}", path, src_dir_fd=fd, follow_symlinks=True)
@@ -104,7 +100,12 @@ def write_atomic(
     try:
         fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, mode)
         try:
-            _write_all(fd, data, fsync)
+            view = memoryview(data)
+            while view:
+                written = os.write(fd, view)
+                view = view[written:]
+            if fsync:
+                os.fsync(fd)
         finally:
             os.close(fd)
         os.replace(tmp, path)
