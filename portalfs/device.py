@@ -106,9 +106,11 @@ class Closable(Protocol):
 
 
 class Device:
-    def __init__(self, home: DeviceHome) -> None:
+    def __init__(self, home: DeviceHome, frees_space: bool = False) -> None:
+        """``frees_space``: this device object is made for a command that frees space (DeviceHome.mind_reserve)."""
         self.home = home
         home.ensure()
+        home.mind_reserve(give_back=frees_space)
         self.state = StateDB(home.state_db)
         self._local: LocalStore | None = None
         self._held: list[Closable] = []  # what lives as long as the device object (its fabric, for a command)

@@ -23,6 +23,7 @@ from .worktree.journal import decode_record, writing
 __all__ = ["GcReport", "collect_garbage", "live_objects", "DELETE_GRACE_NS"]
 
 DELETE_GRACE_NS = 7 * 86400 * 10**9  # a portal deleted on a device alone stays restorable this long
+DELETE_BATCH = 10_000  # dead objects whose index rows go in one transaction
 
 
 @dataclass(frozen=True, slots=True)
@@ -80,8 +81,8 @@ def collect_garbage(device: Device, secrets: Unlocked, dry_run: bool = False) ->
         dead = [cid for cid in store.ids() if cid not in live]
         if dry_run:
             return GcReport(len(live), len(dead), 0, 0, [row.name for row in released])
-        for cid in dead:
-            store.delete(cid)
+        for at in range(0, len(dead), DELETE_BATCH):
+            store.delete_many(dead[at : at + DELETE_BATCH])
         store.sync()
         temp = store.remove_temp_files()
     return GcReport(len(live), len(dead), before - store.stat().bytes, temp, [row.name for row in released])

@@ -13,7 +13,12 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
-__all__ = ["DeviceHome"]
+from .errors import StorageError
+from .fsutil import write_atomic
+
+__all__ = ["DeviceHome", "RESERVE_BYTES"]
+
+RESERVE_BYTES = 256 * 1024  # kept free for a full disk's day (DeviceHome.mind_reserve)
 
 
 @dataclass(frozen=True, slots=True)
@@ -68,6 +73,25 @@ class DeviceHome:
     @property
     def logs(self) -> Path:
         return self.data / "logs"
+
+    @property
+    def reserve(self) -> Path:
+        return self.data / "reserve"
+
+    def mind_reserve(self, give_back: bool = False) -> None:
+        """Keep RESERVE_BYTES of the data's file system for when it fills: given back to a command that frees
+        space (``give_back``: gc) when less than that is free, so that it can open its databases and record
+        what it deletes; taken again by any command once four times that is free. Best effort: a file
+        system that cannot hold it goes without."""
+        try:
+            stat = os.statvfs(self.data)
+            free = stat.f_bavail * stat.f_frsize
+            if give_back and free < RESERVE_BYTES:
+                self.reserve.unlink(missing_ok=True)
+            elif free > 4 * RESERVE_BYTES and not self.reserve.exists():
+                write_atomic(self.reserve, bytes(RESERVE_BYTES), mode=0o600, fsync=False)
+        except (OSError, StorageError):
+            pass
 
     def ensure(self) -> None:
         for path in (self.data, self.keys, self.config, self.locks, self.mounts, self.logs):

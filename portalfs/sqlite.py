@@ -18,7 +18,7 @@ from typing import Literal
 
 from .errors import StoreFull
 
-__all__ = ["open_db", "transaction", "BUSY_TIMEOUT_MS"]
+__all__ = ["open_db", "transaction", "full_disk", "BUSY_TIMEOUT_MS"]
 
 BUSY_TIMEOUT_MS = 10_000
 
@@ -57,9 +57,14 @@ def transaction(
         except BaseException as exc:
             if db.in_transaction:  # a COMMIT that failed may have rolled back already
                 db.execute("ROLLBACK")
-            if isinstance(exc, sqlite3.Error) and getattr(exc, "sqlite_errorcode", None) == sqlite3.SQLITE_FULL:
+            if isinstance(exc, sqlite3.Error) and full_disk(exc):
                 raise StoreFull(f"no space left to write {_file_of(db)}") from exc
             raise
+
+
+def full_disk(exc: sqlite3.Error) -> bool:
+    """Whether ``exc`` says the disk is full: a write, or the shared-memory file a WAL database opens with."""
+    return getattr(exc, "sqlite_errorcode", None) in (sqlite3.SQLITE_FULL, sqlite3.SQLITE_IOERR_SHMSIZE)
 
 
 def _file_of(db: sqlite3.Connection) -> str:

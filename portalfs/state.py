@@ -16,9 +16,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from .errors import AlreadyExists, NotFound, StorageError, shown
+from .errors import AlreadyExists, NotFound, StorageError, StoreFull, shown
 from .root import RootRecord
-from .sqlite import open_db, transaction
+from .sqlite import full_disk, open_db, transaction
 
 __all__ = ["StateDB", "PortalRow", "VersionRow", "CachedFile"]
 
@@ -97,6 +97,8 @@ class StateDB:
             self._connection = open_db(path, durability="full", foreign_keys=True)
             self._connection.executescript(_SCHEMA)
         except sqlite3.Error as exc:
+            if full_disk(exc):
+                raise StoreFull(f"no space left to open the device state {path}") from exc
             raise StorageError(f"cannot open the device state {path}: {exc}") from exc
 
         # One connection, used by several threads of a process (a mount's commits and journal writes, its

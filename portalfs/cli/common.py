@@ -23,13 +23,14 @@ if TYPE_CHECKING:
 __all__ = ["run_command", "unlock", "read_secret_file", "emit", "human"]
 
 
-def run_command(prog: str, work: Callable[[Device], int]) -> int:
+def run_command(prog: str, work: Callable[[Device], int], frees_space: bool = False) -> int:
     """Run ``work`` on this device; a ``PortalError`` becomes one line on stderr and its exit code. Closing the
-    device flushes what its store holds back: a failure there (a full disk) is the command's, said once."""
+    device flushes what its store holds back: a failure there (a full disk) is the command's, said once.
+    ``frees_space``: the command frees space, and may use the device's reserve on a full disk."""
     keep_freed_memory()  # objects pass through by the megabyte: reuse their buffers warm
     device = None
     try:
-        device = Device(DeviceHome.from_environ())
+        device = Device(DeviceHome.from_environ(), frees_space)
         code = int(work(device))
     except BaseException as exc:
         said = _said(prog, exc)

@@ -605,7 +605,8 @@ def run_here(argv: Sequence[str]) -> int:
     """Run the command in this process."""
     args = _parser().parse_args(argv)
     logging.basicConfig(level=logging.WARNING, format="portalctl: warning: %(message)s", stream=sys.stderr)
-    return run_command("portalctl", lambda device: _then_tell_portald(device, args.func(device, args)))
+    frees_space = args.func is cmd_gc
+    return run_command("portalctl", lambda device: _then_tell_portald(device, args.func(device, args)), frees_space)
 
 
 def _then_tell_portald(device: Device, code: int) -> int:

@@ -36,9 +36,9 @@ from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 
-from ..errors import MissingObject, StorageError
+from ..errors import MissingObject, StorageError, StoreFull
 from ..fsutil import fsync_dir, fsync_file, storage_error, syncfs, write_atomic
-from ..sqlite import open_db, transaction
+from ..sqlite import full_disk, open_db, transaction
 from .base import StoreStat, check_object
 
 __all__ = ["LocalStore"]
@@ -74,6 +74,8 @@ class LocalStore:
             self._db = open_db(self.root / "index.db", durability="normal")
             self._db.executescript(_SCHEMA)
         except (OSError, sqlite3.Error) as exc:
+            if isinstance(exc, sqlite3.Error) and full_disk(exc):
+                raise StoreFull(f"no space left to open the store at {self.root}") from exc
             raise StorageError(f"cannot open the store at {self.root}: {exc}") from exc
         self._lock = threading.Lock()
         self._sync_lock = threading.Lock()  # one sync at a time; its flush outside ``_lock``
@@ -93,9 +95,10 @@ class LocalStore:
     def put(self, cid: bytes, data: bytes | bytearray, durable: bool = True, verify: bool = True) -> bool:
         if verify:
             check_object(cid, data)
-        if self.has([cid])[0]:
-            return False
-        if self.small_max and len(data) <= self.small_max:
+        small = self.small_max > 0 and len(data) <= self.small_max
+        if self.has([cid])[0] and (small or os.path.exists(self._path(cid))):
+            return False  # a row whose file a failed delete took is written again
+        if small:
             with self._lock:
                 self._pending[cid] = len(data)
                 self._pending_small[cid] = bytes(data)
@@ -196,21 +199,39 @@ class LocalStore:
             ]
 
     def delete(self, cid: bytes) -> None:
-        path = self._path(cid)
+        self.delete_many([cid])
+
+    def delete_many(self, cids: Sequence[bytes]) -> None:
+        """Delete these objects: their index rows in one transaction, then their files.
+
+        The rows go first: if the index is busy this fails with every object intact, and a file left
+        without its row is only found again by ids() (the files are the truth). On a full disk the
+        transaction itself cannot be written; then the files go first, to make it room, and a row left
+        behind by a second failure is harmless: ``put`` looks for an object's file, not its row."""
+        paths = [self._path(cid) for cid in cids]
         with self._lock:
-            # The row first: if the index is busy this fails with the object intact, and a file
-            # left without its row is only found again by ids() (the files are the truth).
-            with transaction(self._db):
-                self._db.execute("DELETE FROM objects WHERE cid = ?", (cid,))
-                self._db.execute("DELETE FROM small WHERE cid = ?", (cid,))
-            self._pending.pop(cid, None)
-            if (data := self._pending_small.pop(cid, None)) is not None:
-                self._pending_small_bytes -= len(data)
-            self._unsynced.discard(cid)  # gone before its flush: nothing left to flush
             try:
+                self._delete_rows(cids)
+            except StoreFull:
+                self._unlink(paths)
+                self._delete_rows(cids)
+            for cid in cids:
+                self._pending.pop(cid, None)
+                if (data := self._pending_small.pop(cid, None)) is not None:
+                    self._pending_small_bytes -= len(data)
+                self._unsynced.discard(cid)  # gone before its flush: nothing left to flush
+            self._unlink(paths)
+
+    def _delete_rows(self, cids: Sequence[bytes]) -> None:
+        with transaction(self._db):
+            self._db.executemany("DELETE FROM objects WHERE cid = ?", ((cid,) for cid in cids))
+            self._db.executemany("DELETE FROM small WHERE cid = ?", ((cid,) for cid in cids))
+
+    @staticmethod
+    def _unlink(paths: Sequence[str]) -> None:
+        for path in paths:
+            with contextlib.suppress(FileNotFoundError):
                 os.unlink(path)
-            except FileNotFoundError:
-                pass
 
     def ids(self) -> Iterator[bytes]:
         with self._lock:

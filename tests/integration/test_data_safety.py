@@ -24,7 +24,7 @@ from portalfs.paths import DeviceHome
 
 from . import storeutil
 from .fabricutil import EdgeCopy, FabricLab, fabric, log_lines, wait_for_log
-from .mountutil import mounted, needs_fuse
+from .mountutil import fill, mounted, needs_fuse
 from .test_cli import fails, ok, portalctl
 from .test_fabric import _device, _same
 
@@ -398,5 +398,38 @@ def test_a_full_disk_is_a_clear_error_and_nothing_written_before_or_after_is_los
         ok(home, "check", "docs")
         ok(home, "get", "docs", str(tmp_path / "out"))
         assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["after.txt", "first.txt"]
+    finally:
+        subprocess.run(["umount", "-l", str(small)], check=False)
+
+
+def test_objects_are_deleted_on_a_disk_full_to_the_last_byte(tmp_path: Path) -> None:
+    """Deleting needs room to record itself: with not one byte free, a delete makes its room by removing the
+    files first, and what was deleted is written again whole by the next put of it. A database that cannot
+    open for want of space says so."""
+    import subprocess
+
+    from portalfs.errors import StoreFull
+    from portalfs.sealing import object_id
+    from portalfs.state import StateDB
+    from portalfs.store import LocalStore
+
+    small = tmp_path / "small"
+    small.mkdir()
+    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=2m", "tmpfs", str(small)], check=True)
+    try:
+        store = LocalStore(small / "store")
+        objs = [(object_id(data), data) for data in (os.urandom(300_000) for _ in range(3))]
+        for cid, data in objs:
+            store.put(cid, data)
+        store.sync()
+        filler = fill(small)
+        with pytest.raises(StoreFull, match="^no space left to open the device state"):
+            StateDB(small / "state.db")
+        store.delete_many([cid for cid, _ in objs[:2]])
+        assert store.has([cid for cid, _ in objs]) == [False, False, True] and store.get(objs[2][0]) == objs[2][1]
+        assert sorted(store.ids()) == [objs[2][0]]
+        filler.unlink()
+        assert store.put(*objs[0]) and store.get(objs[0][0]) == objs[0][1]
+        store.close()
     finally:
         subprocess.run(["umount", "-l", str(small)], check=False)

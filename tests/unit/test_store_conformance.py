@@ -272,3 +272,15 @@ def test_puts_go_on_while_a_sync_flushes_and_wait_for_the_next(tmp_path: Path, m
     store.sync()
     assert _rows(tmp_path / "s") == {first[0], during[0], again[0]}
     store.close()
+
+
+def test_a_row_whose_file_is_gone_is_written_again_by_the_next_put(tmp_path: Path) -> None:
+    """What a delete on a full disk can leave (the file gone, its row kept): the next put of it writes it."""
+    store = LocalStore(tmp_path / "s")
+    cid, data = _obj(SMALL_MAX + 1)
+    store.put(cid, data)
+    store.sync()
+    os.unlink(tmp_path / "s" / "objects" / cid.hex()[:2] / cid.hex())
+    assert store.put(cid, data) and store.get(cid) == data
+    assert not store.put(cid, data)
+    store.close()
