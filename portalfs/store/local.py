@@ -3,13 +3,15 @@
 Layout under the store directory (docs/design.md, section 8):
 
     objects/<hex[0:2]>/<hex>   one sealed object, named by its id in lowercase hex
-    tmp/                       temp files; anything here after a crash is garbage
+    tmp/                       temp files (where O_TMPFILE is not to be had); anything here after a crash
+                               is garbage
     index.db                   SQLite (WAL): objects(cid BLOB PRIMARY KEY, size INTEGER),
                                small(cid BLOB PRIMARY KEY, data BLOB): the objects of at most
                                ``small_max`` bytes, kept here instead of in a file of their own
 
-A put of a larger object writes a temp file, fsyncs it and renames it into
-place; its index row waits in memory, and ``sync()`` fsyncs the touched shard
+A put of a larger object writes an unnamed file in its shard (O_TMPFILE),
+fsyncs it and links it at its name (a temp file renamed into place where the
+file system cannot); its index row waits in memory, and ``sync()`` fsyncs the touched shard
 directories, then writes the rows in one short transaction (no write
 transaction stays open between calls, so the processes that share a store
 never wait on one another's). ``put(..., durable=False)``
@@ -37,7 +39,7 @@ from contextlib import contextmanager
 from pathlib import Path
 
 from ..errors import MissingObject, StorageError, StoreFull
-from ..fsutil import fsync_dir, fsync_file, storage_error, syncfs, write_atomic
+from ..fsutil import fsync_dir, fsync_file, storage_error, syncfs, write_atomic, write_new
 from ..sqlite import full_disk, open_db, transaction
 from .base import StoreStat, check_object
 
@@ -64,6 +66,7 @@ class LocalStore:
     def __init__(self, root: Path, small_max: int = SMALL_MAX) -> None:
         self.root = Path(root)
         self.small_max = small_max
+        self._write_new = True  # files are born whole (fsutil.write_new) where the file system can
         self._objects = self.root / "objects"
         self._objects_dir = os.fspath(self._objects)
         self._tmp = self.root / "tmp"
@@ -112,7 +115,14 @@ class LocalStore:
             shard = self._objects / shard_name
             shard.mkdir(exist_ok=True)
             self._shards[shard_name] = shard
-        write_atomic(self._path(cid), data, mode=0o600, tmp_dir=self._tmp, fsync=durable)
+        path = self._path(cid)
+        try:
+            born = self._write_new and write_new(path, data, mode=0o600, fsync=durable)
+            self._write_new = born  # False: this file system cannot, temp files from now on
+        except FileExistsError:  # a file a crash left without its row (or a damaged one): replaced whole
+            born = False
+        if not born:
+            write_atomic(path, data, mode=0o600, tmp_dir=self._tmp, fsync=durable)
         with self._lock:
             if not durable:
                 self._unsynced.add(cid)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import errno
 import os
 import signal
 import threading
@@ -10,6 +11,7 @@ from pathlib import Path
 
 import pytest
 
+from portalfs import fsutil
 from portalfs.errors import CorruptObject, MissingObject, StoreFull
 from portalfs.sealing import object_id
 from portalfs.store import LocalStore, MemoryStore, ObjectStore
@@ -283,4 +285,41 @@ def test_a_row_whose_file_is_gone_is_written_again_by_the_next_put(tmp_path: Pat
     os.unlink(tmp_path / "s" / "objects" / cid.hex()[:2] / cid.hex())
     assert store.put(cid, data) and store.get(cid) == data
     assert not store.put(cid, data)
+    store.close()
+
+
+@pytest.mark.parametrize("can", [True, False])
+def test_an_object_file_is_born_whole_and_a_leftover_one_is_replaced(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, can: bool
+) -> None:
+    """A file is written unnamed (O_TMPFILE) and linked in place: no temp file; a file at its name that a
+    crash left without a row (here damaged) is replaced whole. Where the file system cannot make unnamed files,
+    temp files and renames as before, for the store's life."""
+    tried: list[str] = []
+    if not can:
+        real_open = os.open
+
+        def no_tmpfile(path: str, flags: int, mode: int = 0o777) -> int:
+            if flags & os.O_TMPFILE == os.O_TMPFILE:
+                tried.append(path)
+                raise OSError(errno.EOPNOTSUPP, "not here")
+            return real_open(path, flags, mode)
+
+        monkeypatch.setattr(fsutil.os, "open", no_tmpfile)
+    renames: list[str] = []
+    real_replace = os.replace
+    monkeypatch.setattr(fsutil.os, "replace", lambda a, b: renames.append(str(b)) or real_replace(a, b))
+    store = LocalStore(tmp_path / "s", small_max=0)
+    (first, one), (second, two), (third, three) = _obj(), _obj(), _obj()
+    store.put(first, one)
+    store.put(second, two, durable=False)
+    leftover = tmp_path / "s" / "objects" / third.hex()[:2] / third.hex()
+    leftover.parent.mkdir(exist_ok=True)
+    leftover.write_bytes(b"half")
+    assert store.put(third, three) is True
+    store.sync()
+    assert [store.get(c) for c in (first, second, third)] == [one, two, three]
+    assert not list((tmp_path / "s" / "tmp").iterdir())
+    assert renames == ([str(leftover)] if can else [str(store._path(c)) for c in (first, second, third)])
+    assert len(tried) == (0 if can else 1)  # asked once: the store remembers the file system cannot
     store.close()
