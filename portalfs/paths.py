@@ -10,19 +10,15 @@ devices. Without it, data lives in ``$XDG_DATA_HOME/portal`` (default
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass
 from pathlib import Path
-
-from .errors import StorageError
-from .fsutil import write_atomic
+from typing import NamedTuple
 
 __all__ = ["DeviceHome", "RESERVE_BYTES"]
 
-RESERVE_BYTES = 256 * 1024  # kept free for a full disk's day (DeviceHome.mind_reserve)
+RESERVE_BYTES = 256 * 1024  # kept for when the data's file system fills (DeviceHome.mind_reserve)
 
 
-@dataclass(frozen=True, slots=True)
-class DeviceHome:
+class DeviceHome(NamedTuple):  # not a dataclass: portalctl's front imports this module, and little else
     data: Path
     config: Path
 
@@ -83,6 +79,9 @@ class DeviceHome:
         space (``give_back``: gc) when less than that is free, so that it can open its databases and record
         what it deletes; taken again by any command once four times that is free. Best effort: a file
         system that cannot hold it goes without."""
+        from .errors import StorageError
+        from .fsutil import write_atomic  # not at the top: portalctl's front imports this module, and little else
+
         try:
             stat = os.statvfs(self.data)
             free = stat.f_bavail * stat.f_frsize
