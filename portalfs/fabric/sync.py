@@ -17,6 +17,7 @@ import logging
 import threading
 import time
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 from ..device import Device, Unlocked
@@ -476,8 +477,10 @@ class Fabric:
         for _attempt in range(PLACE_ATTEMPTS):
             asked = time.monotonic()
             placement = self.swarm.push(read, cids, self.config.replicas, verify)
-            for edge, held in placement.held.items():
-                hub.add_locations(view.row.id, edge, held)
+            if placement.held:  # one request per edge, all at once
+                with ThreadPoolExecutor(len(placement.held), thread_name_prefix="locations") as pool:
+                    for done in [pool.submit(hub.add_locations, view.row.id, e, h) for e, h in placement.held.items()]:
+                        done.result()
             copies, damaged = copies + placement.copies, damaged + placement.damaged
             if time.monotonic() - asked < HAVE_TRUST_SECONDS:
                 return Placement(placement.held, copies, damaged, placement.short, placement.down)
