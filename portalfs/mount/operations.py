@@ -90,6 +90,17 @@ def _invalidate(followed: Followed) -> None:
         pyfuse3.invalidate_entry_async(parent, name, ignore_enoent=True)
 
 
+def _absent() -> pyfuse3.EntryAttributes:
+    """A lookup's answer for a name that is not there, kept by the kernel as long as an entry (st_ino 0)."""
+    a = pyfuse3.EntryAttributes()
+    a.st_ino = 0
+    a.entry_timeout = ATTR_TIMEOUT
+    return a
+
+
+_ABSENT = _absent()
+
+
 class PortalOperations(pyfuse3.Operations):
     supports_dot_lookup = True
     enable_writeback_cache = False
@@ -197,7 +208,12 @@ class PortalOperations(pyfuse3.Operations):
     @_translated
     async def lookup(self, parent_inode: int, name: bytes, ctx: pyfuse3.RequestContext) -> pyfuse3.EntryAttributes:
         parent = self.workspace.get(parent_inode)
-        inode = self.workspace.lookup(parent, name)
+        try:
+            inode = self.workspace.lookup(parent, name)
+        except FsError as exc:
+            if exc.errno != errno.ENOENT:
+                raise
+            return _ABSENT  # the kernel keeps "no such name" as long as a name (_invalidate drops it)
         if name not in (b".", b".."):
             inode.lookups += 1
         return self._attrs(inode)
