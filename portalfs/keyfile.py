@@ -19,7 +19,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from argon2.low_level import Type, hash_secret_raw
 from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
@@ -44,6 +43,8 @@ class KeyFileSecrets:
 
 
 def _stretch(passphrase: str, kdf: dict[str, Any]) -> bytes:
+    from argon2.low_level import Type, hash_secret_raw  # here: only a passphrase needs it
+
     return hash_secret_raw(
         passphrase.encode("utf-8"),
         kdf["salt"],

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import base64
 import dataclasses
+import functools
 import os
 from dataclasses import dataclass
 from typing import Any, Protocol
@@ -22,8 +23,6 @@ from cryptography.exceptions import InvalidSignature, InvalidTag
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
-from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
-from mnemonic import Mnemonic
 
 from . import encoding
 from .errors import BadRecoveryPhrase, BadSignature, RootNotKept
@@ -66,7 +65,13 @@ DOMAIN_DEVICE_NAME = b"portal device name v1\x00"  # AAD of a sealed name: || th
 DOMAIN_LINK_REDEEM = b"portal link redeem v1\x00"  # a link's redeem key signs link id || redeeming device key
 DOMAIN_DEVICE_BOX = b"portal device box key v1\x00"  # a device signs its box public key
 
-_WORDS = Mnemonic("english")
+
+@functools.cache
+def _words() -> Any:
+    """The BIP-39 English word list, loaded when the words are first used (not by every command)."""
+    from mnemonic import Mnemonic
+
+    return Mnemonic("english")
 
 
 def derive(context: str, material: bytes) -> bytes:
@@ -78,7 +83,7 @@ def new_entropy_words(entropy: bytes) -> str:
     """The 24 recovery words for 32 bytes of entropy."""
     if len(entropy) != 32:
         raise ValueError("entropy must be 32 bytes")
-    return str(_WORDS.to_mnemonic(entropy))
+    return str(_words().to_mnemonic(entropy))
 
 
 def normalize_words(words: str) -> str:
@@ -91,17 +96,17 @@ def root_from_words(words: str, passphrase: str = "") -> bytes:
     count = len(phrase.split())
     if count != 24:
         raise BadRecoveryPhrase(f"recovery phrase has {count} words, expected 24")
-    unknown = [w for w in phrase.split() if w not in _WORDS.wordlist]
+    unknown = [w for w in phrase.split() if w not in _words().wordlist]
     if unknown:
         raise BadRecoveryPhrase(f"recovery phrase: {unknown[0]!r} is not a BIP-39 word")
-    if not _WORDS.check(phrase):
+    if not _words().check(phrase):
         raise BadRecoveryPhrase("recovery phrase checksum does not match (a word is wrong or out of order)")
-    return bytes(_WORDS.to_seed(phrase, passphrase))
+    return bytes(_words().to_seed(phrase, passphrase))
 
 
 def public_bytes(key: Ed25519PrivateKey | Ed25519PublicKey) -> bytes:
     pub = key.public_key() if isinstance(key, Ed25519PrivateKey) else key
-    return pub.public_bytes(Encoding.Raw, PublicFormat.Raw)
+    return pub.public_bytes_raw()
 
 
 def verify_signature(public: bytes, signature: bytes, message: bytes, what: str) -> None:
@@ -112,7 +117,7 @@ def verify_signature(public: bytes, signature: bytes, message: bytes, what: str)
 
 
 def x25519_public(key: X25519PrivateKey) -> bytes:
-    return key.public_key().public_bytes(Encoding.Raw, PublicFormat.Raw)
+    return key.public_key().public_bytes_raw()
 
 
 def fingerprint(identity_public: bytes) -> str:

@@ -177,3 +177,11 @@ def test_the_front_loads_no_engine() -> None:
     engine = "('trio', 'portalfs.device', 'numpy', 'dataclasses', 'ctypes')"
     code = f"import sys, portalfs.cli.front; print(sorted(m for m in {engine} if m in sys.modules))"
     assert subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout == "[]\n"
+
+
+def test_portalctl_loads_the_word_list_and_argon2_only_for_the_commands_that_use_them() -> None:
+    """The recovery words (init, recover) and Argon2 (a passphrase) cost a command that needs neither about
+    10 ms to import; cryptography's serialization (with its SSH keys) is not needed for raw Ed25519 bytes."""
+    needless = "('mnemonic', 'argon2', 'cryptography.hazmat.primitives.serialization')"
+    code = f"import sys, portalfs.cli.portalctl; print(sorted(m for m in {needless} if m in sys.modules))"
+    assert subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout == "[]\n"
