@@ -28,7 +28,7 @@ from . import chunking, encoding
 from .errors import SourceError
 from .pipeline import ChunkPipeline, store_sealed
 from .sealing import ChunkRef
-from .state import CachedFile, StateDB
+from .state import CACHED_FILES_PER_QUERY, CachedFile, StateDB
 from .store import ObjectStore
 from .tree import (
     SPECIAL_TYPES,
@@ -48,7 +48,7 @@ __all__ = ["Ingester", "IngestStats", "Totals", "tree_totals", "moved_totals"]
 # changing within the same timestamp tick: never trust the cache for it.
 _RACY_NS = 2_000_000_000
 SETTLE_EVERY = 256  # entries of a directory walked between two passes that finish its sealed files
-CACHE_ROWS = 500  # files of a directory whose files-cache rows are asked for at once (a query each, not per file)
+CACHE_ROWS = CACHED_FILES_PER_QUERY  # files of a directory whose files-cache rows are asked for at once (one query)
 
 
 @dataclass(slots=True)

@@ -23,6 +23,7 @@ from .sqlite import full_disk, open_db, transaction
 __all__ = ["StateDB", "PortalRow", "VersionRow", "CachedFile"]
 
 SCHEMA_VERSION = 1
+CACHED_FILES_PER_QUERY = 500  # paths in one files-cache query of ``cached_files`` (its IN list)
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value BLOB NOT NULL);
@@ -73,6 +74,11 @@ class CachedFile:
     mtime_ns: int
     ctime_ns: int
     node: bytes
+
+
+def _cached_file(row: Sequence[Any]) -> CachedFile:
+    """A files_cache row's (ino, size, mtime_ns, ctime_ns, node) as a CachedFile."""
+    return CachedFile(row[0], row[1], row[2], row[3], bytes(row[4]))
 
 
 class _Serialized:
@@ -295,23 +301,23 @@ class StateDB:
     # files cache
 
     def cached_files(self, portal: bytes, paths: list[bytes]) -> dict[bytes, CachedFile]:
-        """``cached_file`` of many paths (a directory's), a query per 500 of them rather than one each."""
+        """``cached_file`` of many paths (a directory's), a query per CACHED_FILES_PER_QUERY of them, not one each."""
         found: dict[bytes, CachedFile] = {}
-        for i in range(0, len(paths), 500):
-            batch = paths[i : i + 500]
+        for i in range(0, len(paths), CACHED_FILES_PER_QUERY):
+            batch = paths[i : i + CACHED_FILES_PER_QUERY]
             rows = self._db.execute(
                 "SELECT path, ino, size, mtime_ns, ctime_ns, node FROM files_cache WHERE portal = ? AND path IN"
                 f" ({', '.join('?' * len(batch))})",
                 (portal, *batch),
             ).fetchall()
-            found.update((bytes(r[0]), CachedFile(r[1], r[2], r[3], r[4], bytes(r[5]))) for r in rows)
+            found.update((bytes(r[0]), _cached_file(r[1:])) for r in rows)
         return found
 
     def cached_file(self, portal: bytes, path: bytes) -> CachedFile | None:
         row = self._db.execute(
             "SELECT ino, size, mtime_ns, ctime_ns, node FROM files_cache WHERE portal = ? AND path = ?", (portal, path)
         ).fetchone()
-        return None if row is None else CachedFile(row[0], row[1], row[2], row[3], bytes(row[4]))
+        return None if row is None else _cached_file(row)
 
     def cache_files(self, portal: bytes, rows: list[tuple[bytes, CachedFile]]) -> None:
         self._db.executemany(
