@@ -29,6 +29,7 @@ from typing import cast
 
 import trio
 
+from .. import threads
 from ..chunking import CDC_MIN
 from ..device import Unlocked
 from ..errors import IntegrityError, MissingObject, PortalError
@@ -270,7 +271,7 @@ class LiveTree:
                 for start in range(0, len(refs), STAGE_BATCH):
                     batch = refs[start : start + STAGE_BATCH]
                     # a file the device lacks comes from the edges a batch at a time, in parallel
-                    await trio.to_thread.run_sync(self.view.prefetch, batch, Priority.STAGING)
+                    await threads.run_sync(self.view.prefetch, batch, Priority.STAGING)
                     for ref in batch:
                         out.write(await self.reader.chunk(ref))
         except BaseException:
@@ -367,7 +368,7 @@ class LiveTree:
             chunks = None if stream is None else functools.partial(stream.finish, size_now)
             self._sealing += 1
             try:
-                ref, size, seq, kept = await trio.to_thread.run_sync(
+                ref, size, seq, kept = await threads.run_sync(
                     journal_file, self.view, secrets, staging, functools.partial(encode_record, chain), chunks,
                     functools.partial(self._journal.append, base),
                 )  # fmt: skip
@@ -406,7 +407,7 @@ class LiveTree:
             return None
         async with self._commit_lock:
             await self._commit(settled)
-            taken = await trio.to_thread.run_sync(take)
+            taken = await threads.run_sync(take)
             if taken is None:
                 return None
             record, root, their_device = taken
@@ -437,7 +438,7 @@ class LiveTree:
             async with contextlib.AsyncExitStack() as locks:
                 for inode in sorted(staged_inodes(plan), key=lambda i: i.ino):
                     await locks.enter_async_context(self._content_lock(inode))
-                result, record = await trio.to_thread.run_sync(
+                result, record = await threads.run_sync(
                     checkpoint, self.view, secrets, plan, head, self._totals, now_ns(), journal_up_to, objects
                 )
         except BaseException:

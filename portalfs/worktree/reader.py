@@ -15,6 +15,7 @@ from collections import OrderedDict
 
 import trio
 
+from .. import threads
 from ..errors import PortalError
 from ..portal import PortalView
 from ..sealing import ChunkRef
@@ -71,7 +72,7 @@ class ContentReader:
             return [], []
         layout = self._layouts.get(file_node.cid)
         if layout is None:
-            refs = await trio.to_thread.run_sync(lambda: list(iter_file_chunks(file_node, self.view.load_node)))
+            refs = await threads.run_sync(lambda: list(iter_file_chunks(file_node, self.view.load_node)))
             offsets, position = [], 0
             for chunk in refs:
                 offsets.append(position)
@@ -94,7 +95,7 @@ class ContentReader:
             await busy.wait()
         event = self._loading[ref.cid] = trio.Event()
         try:
-            data = await trio.to_thread.run_sync(self.view.load_chunk, ref)
+            data = await threads.run_sync(self.view.load_chunk, ref)
             self._cache.put(ref.cid, data)
             return data
         finally:
@@ -142,7 +143,7 @@ class ContentReader:
 
     async def _fetch_batch(self, refs: list[ChunkRef], done: trio.Event) -> None:
         try:
-            await trio.to_thread.run_sync(self.view.prefetch, refs)
+            await threads.run_sync(self.view.prefetch, refs)
         except PortalError:
             pass  # the foreground read that needs one of them fetches it again, and reports what fails
         finally:

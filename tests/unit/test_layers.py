@@ -15,7 +15,7 @@ PACKAGE = Path(__file__).resolve().parents[2] / "portalfs"
 # Bottom first. A module is in the layer of the longest prefix that names it.
 LAYERS: list[tuple[str, list[str]]] = [
     ("base", ["portalfs", "portalfs.errors", "portalfs.encoding", "portalfs.paths", "portalfs.memory",
-              "portalfs.fsutil", "portalfs.sqlite", "portalfs.backoff", "portalfs.runtime"]),
+              "portalfs.fsutil", "portalfs.sqlite", "portalfs.backoff", "portalfs.runtime", "portalfs.threads"]),
     ("primitives", ["portalfs.keys", "portalfs.keyfile", "portalfs.chunking", "portalfs.sealing", "portalfs.tree",
                     "portalfs.root", "portalfs.merge", "portalfs.provisioning", "portalfs.generations"]),
     ("protocol core", ["portalfs.protocol"]),
