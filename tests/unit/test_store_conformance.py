@@ -232,6 +232,32 @@ def test_a_sync_that_fails_leaves_everything_to_the_next(tmp_path: Path, monkeyp
     again.close()
 
 
+def test_a_sync_flushes_the_whole_file_system_only_for_many_files_not_yet_flushed(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """syncfs(2) writes out every dirty page of the file system, a mount's staging files among them: a sync uses
+    it for many files put without their flush, never for the shard directories of files all put durably."""
+    from portalfs.store import local
+
+    flushed: list[Path] = []
+    monkeypatch.setattr(local, "syncfs", lambda root: (flushed.append(root), fsutil.syncfs(root)))
+    store = LocalStore(tmp_path / "s", small_max=0)
+    durable = [_obj() for _ in range(200)]
+    assert len({cid.hex()[:2] for cid, _ in durable}) > local.SYNCFS_FROM  # more shards to flush than that
+    for cid, data in durable:
+        store.put(cid, data)
+    store.sync()
+    assert flushed == []
+    for cid, data in [_obj() for _ in range(local.SYNCFS_FROM + 1)]:
+        store.put(cid, data, durable=False)
+    store.sync()
+    assert flushed == [store.root]
+    store.close()
+    again = LocalStore(tmp_path / "s", small_max=0)
+    assert again.stat().objects == 200 + local.SYNCFS_FROM + 1
+    again.close()
+
+
 def _rows(root: Path) -> set[bytes]:
     import sqlite3
 
