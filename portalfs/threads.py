@@ -13,11 +13,13 @@ cancelled once started (the task waits for it, as with trio's default), a
 task already cancelled does not start it, and what it raises is raised in
 the task. The pool starts a thread when a call finds none idle, up to
 ``MAX_THREADS``; past that, calls wait their turn. Threads live as long as
-the process (daemon threads, idle in a queue).
+the process (daemon threads, idle in a queue); a child of fork(2) starts a
+pool of its own.
 """
 
 from __future__ import annotations
 
+import os
 import queue
 import threading
 from collections.abc import Callable
@@ -61,6 +63,15 @@ class _Pool:
 
 
 _pool = _Pool(MAX_THREADS)
+
+
+def _forked() -> None:
+    """A child of fork(2) has none of the parent's threads: it starts its own pool."""
+    global _pool
+    _pool = _Pool(MAX_THREADS)
+
+
+os.register_at_fork(after_in_child=_forked)
 
 
 async def run_sync(func: Callable[..., T], *args: object) -> T:

@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import os
+import signal
 import threading
+import time
 
 import pytest
 import trio
@@ -66,3 +69,31 @@ async def test_a_call_once_started_runs_to_its_end_before_the_task_is_cancelled(
             await trio.sleep(10)  # the next checkpoint takes the cancellation
     assert scope.cancelled_caught
     assert finished.is_set()
+
+
+def test_a_forked_child_runs_calls_on_threads_of_its_own() -> None:
+    # The parent's pool has a thread, idle; the child has none of the parent's threads. A call that waited for
+    # one would never run (and cannot be cancelled), so the parent gives the child a bounded time.
+    async def call() -> int:
+        return await threads.run_sync(lambda: 7)
+
+    assert trio.run(call) == 7
+    deadline = time.monotonic() + 10
+    while not threads._pool._idle and time.monotonic() < deadline:  # its thread back in the pool, idle
+        time.sleep(0.001)
+    assert threads._pool._idle
+    pid = os.fork()
+    if pid == 0:  # the child
+        code = 1
+        try:
+            code = 0 if trio.run(call) == 7 else 1
+        finally:
+            os._exit(code)
+    deadline = time.monotonic() + 20
+    while (done := os.waitpid(pid, os.WNOHANG))[0] == 0 and time.monotonic() < deadline:
+        time.sleep(0.01)
+    if done[0] == 0:
+        os.kill(pid, signal.SIGKILL)
+        os.waitpid(pid, 0)
+        pytest.fail("the child's call never ran")
+    assert os.waitstatus_to_exitcode(done[1]) == 0
