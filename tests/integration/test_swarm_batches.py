@@ -121,7 +121,9 @@ def test_a_read_connects_to_every_holder_of_what_it_asks(edges: list[EdgeAddress
         requests = reader.statistics()
     finally:
         reader.close()
-    assert requests["HELLO"] == 3 and requests.get("GET", 0) + requests.get("GETS", 0) == 1, requests
+    # One request for the object; a second is a hedge, which a slow first answer on a loaded machine may draw
+    # (the design allows it). Asking every holder at once is what must not happen.
+    assert requests["HELLO"] == 3 and requests.get("GET", 0) + requests.get("GETS", 0) in (1, 2), requests
 
 
 def test_a_swarm_asked_to_connect_says_hello_to_its_edges_and_is_quiet_about_one_down_until_it_is_needed(
