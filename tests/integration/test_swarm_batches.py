@@ -67,7 +67,8 @@ def test_small_objects_go_many_to_a_request(edges: list[EdgeAddress]) -> None:
     finally:
         swarm.close()
     assert requests["PUT"] == 0 and 2 <= requests["PUTS"] <= 20, requests
-    assert requests["GET"] == 0 and 2 <= requests["GETS"] <= 60, requests
+    # Batches, not a request per object; a single GET or two are hedges a loaded machine may draw.
+    assert requests["GET"] <= 2 and 2 <= requests["GETS"] <= 60, requests
 
 
 def test_edges_of_an_earlier_revision_are_sent_one_object_a_request(
