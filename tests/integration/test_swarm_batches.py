@@ -86,20 +86,18 @@ def test_edges_of_an_earlier_revision_are_sent_one_object_a_request(
 
 def test_a_slow_edge_does_not_set_the_pace_of_a_push(edges: list[EdgeAddress]) -> None:
     """One edge of three takes 1 MB/s (a limit of this device's): what it would send last goes to the others,
-    so 8 MB at R = 2 are placed in well under the 5 s its share alone would take there."""
+    so it holds under half of its even share of 8 MB at R = 2 (that share alone would take it 5 s). The
+    placement, not a time, is what is checked: a loaded machine makes any time bound flaky."""
     slow = edges[0].key
     swarm = _swarm(edges, Limits(edges={slow: {"rate": 1e6}}))
     try:
         objects = {object_id(blob): blob for blob in (os.urandom(32 * 1024) for _ in range(256))}
-        started = time.monotonic()
         placement = swarm.push(objects.__getitem__, sorted(objects), 2)
-        seconds = time.monotonic() - started
     finally:
         swarm.close()
     assert not placement.short and placement.copies == 512
     on_slow = len(placement.held.get(slow, []))
     assert on_slow < 256 * 2 / 3 / 2, on_slow  # under half of a third's share: the others took the rest
-    assert seconds < 4, seconds
 
 
 def test_a_read_connects_to_every_holder_of_what_it_asks(edges: list[EdgeAddress]) -> None:
