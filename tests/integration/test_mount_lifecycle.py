@@ -99,13 +99,16 @@ def test_a_read_only_mount_shows_each_new_version_of_its_portal(tmp_path: Path) 
         held = open(ro / "doc.txt")  # open across the change: reads the new content after it
         assert held.read() == "v1"
         assert not (ro / "dir" / "new.txt").exists()  # the kernel may remember this absence
+        assert (ro / "dir").stat().st_nlink == 2  # and these attributes, for longer than this test runs
         (src / "doc.txt").write_text("v2, longer than before")
         (src / "dir" / "old.txt").unlink()
         (src / "dir" / "new.txt").write_text("new")
+        (src / "dir" / "sub").mkdir()
         run(home, "put", "p", f"{src}/")  # another process makes the next version
         assert shows(ro / "doc.txt", "v2, longer than before")
         assert shows(ro / "dir" / "new.txt", "new") and shows(ro / "dir" / "old.txt", None)
-        assert sorted(os.listdir(ro / "dir")) == ["new.txt"]
+        assert sorted(os.listdir(ro / "dir")) == ["new.txt", "sub"] and (ro / "dir").stat().st_nlink == 3
+        assert (ro / "doc.txt").stat().st_mtime_ns == (src / "doc.txt").stat().st_mtime_ns
         held.seek(0)
         assert held.read() == "v2, longer than before"
         held.close()

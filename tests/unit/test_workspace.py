@@ -125,3 +125,20 @@ def test_a_read_only_tree_follows_a_newer_version_in_place(tmp_path: Path) -> No
 
 def test_a_writable_tree_does_not_follow(ws: Workspace) -> None:
     assert _errno(lambda: ws.follow(new_root_entry(NOW, 0, 0))) == errno.EROFS
+
+
+def test_a_rebase_invalidates_a_directory_changed_here_whose_subdirectories_changed_there(tmp_path: Path) -> None:
+    """A directory with a name made here keeps its own state, but a subdirectory the new version adds changes its
+    link count: the kernel holds that count (for long: the mount's timeouts), so the directory is among what the
+    caller invalidates, with the new name."""
+    nodes = Nodes()
+    old = nodes.build({"dir": {"a": "x"}})
+    ws = Workspace(old, nodes.load, tmp_path / "staging")
+    directory = ws.lookup(ws.root, b"dir")
+    ws.create(directory, b"made-here", 0o644, 0, 0, NOW)
+    assert ws.nlink(directory) == 2
+
+    followed = ws.rebase(nodes.build({"dir": {"a": "x", "sub": {"s": "y"}}}, when=2), lambda entry, taken: entry)
+
+    assert sorted(ws.children(directory)) == [b"a", b"made-here", b"sub"] and ws.nlink(directory) == 3
+    assert (directory.ino, b"sub") in followed.entries and directory.ino in followed.inodes
