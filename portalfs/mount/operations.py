@@ -37,7 +37,7 @@ P = ParamSpec("P")
 # How long the kernel keeps attributes, names and absences of names without asking again. Only the kernel's own
 # requests change them, except a version followed or merged in, which invalidates what it changed (_invalidate):
 # so this is a bound, not what keeps them true. Long, so that a tool walking a tree it walked minutes ago (git
-# status after an edit) asks nothing again (docs/design.md, section 9).
+# status after an edit) asks again for its directories' listings only (docs/design.md, section 9).
 ATTR_TIMEOUT = 3600.0
 # The preferred I/O size a stat reports (cp, dd and stdio size their buffers by it): the largest request
 # the kernel sends this file system (max_write, 1 MiB), so a copy in is a quarter of the requests 128 KiB made.
