@@ -386,7 +386,7 @@ class Workspace:
             followed.entries.append((parent.ino, copy.name))
         if not inode.is_dir or inode.children is None:
             return
-        before = len(followed.entries)
+        subdirs = inode.subdirs
         new = {e.name: e for e in decode_dir(self._load_node(entry.node))} if entry.node is not None else {}
         for name, child in list(inode.children.items()):
             if here(child):
@@ -408,9 +408,9 @@ class Workspace:
                 followed.entries.append((inode.ino, name))  # the kernel may hold "no such name"
             else:
                 self._follow(kept, child_entry, followed, here, conflict)
-        if here(inode) and any(d == inode.ino for d, _ in followed.entries[before:]):
-            # Changed here, so not taken above, yet its names changed: a subdirectory that came or went changes its
-            # link count, which the kernel may hold.
+        if here(inode) and inode.subdirs != subdirs:
+            # Changed here, so not taken above, yet subdirectories came or went: its link count, which the kernel
+            # may hold, changed.
             followed.inodes.append(inode.ino)
 
     @staticmethod
