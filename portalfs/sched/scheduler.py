@@ -295,11 +295,12 @@ class Scheduler:
         sync's), up to URGENT_EXTRA typical objects: it is not queued behind them. Beside copies that wait too
         it gets no more room than they had: a `get` asks for everything in the foreground, and room past the
         window then only deepened every edge's queue, the slow ones' most, which the end of the transfer
-        waited for or duplicated (simulated bench/swarm edges, 30 chunkings: a median 0.947 of the rates, 0.965 now)."""
+        waited for or duplicated (simulated bench/swarm edges, 30 chunkings: a median of 0.947 of the rates
+        with that room, 0.965 without)."""
         pipelined = edge.estimate.throughput.bytes_per_second is not None and len(edge.in_flight) < PIPELINE
-        if edge.flight >= edge.window(fallback) * TYPICAL_OBJECT + self._extra(priority, edge.flight - edge.waiting):
-            if not pipelined:
-                return False
+        window = edge.window(fallback) * TYPICAL_OBJECT + self._extra(priority, edge.flight - edge.waiting)
+        if edge.flight >= window and not pipelined:
+            return False
         flight = sum(e.flight for e in self._edges)
         waiting = sum(e.waiting for e in self._edges)
         return flight < MAX_IN_FLIGHT * TYPICAL_OBJECT + self._extra(priority, flight - waiting)
