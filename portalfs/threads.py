@@ -3,10 +3,10 @@
 ``trio.to_thread.run_sync`` passes each call through a capacity limiter, a
 thread cache and several trips through the scheduler. A mount makes such a
 call for every close that journals a file and every chunk it loads (and for
-its fetches and checkpoints), and waits for it: on a two-core machine a call that did nothing took 170-210 µs there
-and 60-75 µs here (medians of 1,000), and a close of a small file, whose
-journal record is one durable SQLite transaction, 410-540 µs there and
-350-410 µs here.
+its fetches and checkpoints), and waits for it: on a two-core machine a call
+that did nothing took 170-210 µs there and 60-75 µs here (medians of 1,000),
+and a close of a small file, whose journal record is one durable SQLite
+transaction, 410-540 µs there and 350-410 µs here.
 
 ``run_sync`` keeps the semantics the callers rely on: the call cannot be
 cancelled once started (the task waits for it, as with trio's default), a
