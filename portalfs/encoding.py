@@ -14,7 +14,7 @@ from typing import Any
 
 import cbor2
 
-__all__ = ["encode", "encode_ordered", "key_order", "decode", "DecodeError"]
+__all__ = ["encode", "encode_ordered", "encode_array", "key_order", "decode", "DecodeError"]
 
 
 class DecodeError(ValueError):
@@ -31,6 +31,18 @@ def encode_ordered(value: Any) -> bytes:
     directory of thousands of entries). The caller builds its maps in that order; tests compare with
     ``encode``, and ``decode`` refuses any other order."""
     return cbor2.dumps(value)
+
+
+def encode_array(items: list[bytes]) -> bytes:
+    """The encoding of an array whose items are given already encoded: its head (major type 4 and the
+    count, in the shortest form), then the items as they are."""
+    count = len(items)
+    if count < 24:
+        head = bytes([0x80 | count])
+    else:
+        width = 1 if count < 1 << 8 else 2 if count < 1 << 16 else 4 if count < 1 << 32 else 8
+        head = bytes([0x80 | {1: 24, 2: 25, 4: 26, 8: 27}[width]]) + count.to_bytes(width, "big")
+    return head + b"".join(items)
 
 
 def key_order(key: bytes | str) -> tuple[int, int, bytes]:

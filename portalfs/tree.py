@@ -119,6 +119,8 @@ class Entry(FileKind):
     rdev: int = 0  # a device's number (st_rdev)
     link: bytes | None = None  # a hard-linked name: the group of names that are one file
     links: bool = False  # a directory whose subtree holds hard-linked names
+    # Its encoding, once made (``encoded``): an entry a checkpoint keeps from the last is not encoded again.
+    _encoded: bytes | None = field(default=None, init=False, repr=False, compare=False)
 
     @property
     def needs_v2(self) -> bool:
@@ -147,6 +149,13 @@ class Entry(FileKind):
         if self.xattrs:
             out["xattrs"] = {k: self.xattrs[k] for k in sorted(self.xattrs, key=encoding.key_order)}
         return out
+
+    def encoded(self) -> bytes:
+        """``encoding.encode(self.to_cbor())``, made on the first call and kept."""
+        if self._encoded is None:
+            object.__setattr__(self, "_encoded", encoding.encode_ordered(self.to_cbor()))
+        assert self._encoded is not None
+        return self._encoded
 
     @classmethod
     def from_cbor(cls, value: object, allow_empty_name: bool = False, allow_new_dir: bool = False) -> Entry:
@@ -237,7 +246,9 @@ def encode_dir(entries: list[Entry]) -> bytes:
         if a.name == b.name:
             raise ValueError(f"duplicate entry name {a.name!r}")
     version = SPECIAL_NODE_VERSION if any(e.needs_v2 for e in ordered) else NODE_VERSION
-    return encoding.encode_ordered({"t": "dir", "v": version, "entries": [e.to_cbor() for e in ordered]})
+    # "entries" sorts after "t" and "v" (a longer key): the map's encoding ends with the array, here empty
+    head = encoding.encode_ordered({"t": "dir", "v": version, "entries": []})
+    return head[:-1] + encoding.encode_array([e.encoded() for e in ordered])
 
 
 def decode_dir(plaintext: bytes) -> list[Entry]:

@@ -81,7 +81,9 @@ def snapshot(workspace: Workspace, content_of: Callable[[Inode], bool]) -> DirPl
     if not (root.dirty or root.dirty_below):
         return None
     deferred: list[Inode] = []
-    plan = _plan_dir(workspace, root, content_of, deferred, {})
+    kept = workspace.last_entries
+    workspace.last_entries = {}
+    plan = _plan_dir(workspace, root, content_of, deferred, {}, kept)
     for inode in deferred:
         workspace.touch(inode)
     return plan
@@ -93,16 +95,21 @@ def _plan_dir(
     content_of: Callable[[Inode], bool],
     deferred: list[Inode],
     linked: dict[int, FilePlan | None],
+    kept: dict[Inode, dict[bytes, Entry]],
 ) -> DirPlan:
-    """``linked``: the hard-linked files planned so far, by inode (None: committed without new content)."""
+    """``linked``: the hard-linked files planned so far, by inode (None: committed without new content);
+    ``kept``: the entries of the last checkpoint, by directory (``Workspace.last_entries``)."""
     plan = DirPlan(inode, inode.entry())
     inode.committed_gen = inode.gen
     inode.dirty_below = False
+    last = kept.get(inode, {})
+    entries: dict[bytes, Entry] = {}
+    workspace.last_entries[inode] = entries
     for name, child in sorted(workspace.children(inode).items()):
         child_plan: Entry | FilePlan | DirPlan
-        entry = child.entry(name)  # a hard-linked file's entry under this name
+        entry = entries[name] = child.entry(name, last.get(name))  # a hard-linked file's entry under this name
         if child.is_dir and child.children is not None and (child.dirty or child.dirty_below or child.node is None):
-            child_plan = _plan_dir(workspace, child, content_of, deferred, linked)
+            child_plan = _plan_dir(workspace, child, content_of, deferred, linked, kept)
         elif child.is_file and child.others and child.ino in linked:  # a name after the first of a linked file
             first = linked[child.ino]
             child_plan = (

@@ -51,7 +51,7 @@ log = logging.getLogger("portalfs")
 
 AUTOCOMMIT_SECONDS = 2.0
 SETTLE_SECONDS = 0.05  # after a change, wait this long for more before committing
-COMMIT_SHARE = 0.2  # at most this share of the time goes to checkpoints while changes keep coming
+COMMIT_SHARE = 0.1  # at most this share of the time goes to checkpoints while changes keep coming
 MEMORY_STAGING = CDC_MIN  # files up to this size are staged in memory, not in a file
 UNSTORED_LIMIT = 64 * 1024 * 1024  # checkpoint early when journaled-but-unstored objects reach this
 STREAM_FROM = 4 * 1024 * 1024  # seal sequentially written files in the background past this size

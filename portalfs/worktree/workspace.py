@@ -109,23 +109,34 @@ class Inode(FileKind):
     def names(self) -> int:
         return 0 if self.parent is None else 1 + len(self.others)
 
-    def entry(self, name: bytes | None = None) -> Entry:
-        """This inode as a tree entry under ``name`` (default: its own), with the content last committed."""
-        return Entry(
-            name=self.name if name is None else name,
-            mode=self.mode,
-            uid=self.uid,
-            gid=self.gid,
-            mtime_ns=self.mtime_ns,
-            ctime_ns=self.ctime_ns,
-            size=self.committed_size if self.is_file else 0,
-            node=self.node if (not self.is_file or self.committed_size > 0) else None,
-            target=self.target,
-            xattrs=dict(self.xattrs),
-            rdev=self.rdev if self.is_device else 0,
-            link=self.link if self.others else None,
-            links=self.links,
-        )
+    def entry(self, name: bytes | None = None, like: Entry | None = None) -> Entry:
+        """This inode as a tree entry under ``name`` (default: its own), with the content last committed;
+        ``like`` itself when it is that entry already (the one a checkpoint kept of a name in a directory it
+        commits again: the entries of a big directory that did not change are not made, or encoded, again)."""
+        name = self.name if name is None else name
+        size = self.committed_size if self.is_file else 0
+        node = self.node if (not self.is_file or size > 0) else None
+        rdev = self.rdev if self.is_device else 0
+        link = self.link if self.others else None
+        if (
+            like is not None
+            and like.name == name
+            and like.mode == self.mode
+            and like.mtime_ns == self.mtime_ns
+            and like.ctime_ns == self.ctime_ns
+            and like.size == size
+            and like.node == node
+            and like.uid == self.uid
+            and like.gid == self.gid
+            and like.target == self.target
+            and like.xattrs == self.xattrs
+            and like.rdev == rdev
+            and like.link == link
+            and like.links == self.links
+        ):
+            return like
+        return Entry(name, self.mode, self.uid, self.gid, self.mtime_ns, self.ctime_ns, size, node, self.target,
+                     dict(self.xattrs), rdev, link, self.links)  # fmt: skip
 
 
 def _changed_here(inode: Inode) -> bool:
@@ -169,6 +180,9 @@ class Workspace:
         self.garbage: list[Path] = []
         self._groups: dict[bytes, Inode] = {}  # link group -> its inode, for the names loaded so far
         self._ints: dict[int, int] = {}  # see _shared
+        # The entries the last checkpoint made of each directory it committed, by name (``Inode.entry``'s
+        # ``like``); only those directories, so that what is kept is what changes.
+        self.last_entries: dict[Inode, dict[bytes, Entry]] = {}
         self.root = self._inode_from_entry(root, None, ino=ROOT_INODE)
         self.root.lookups = 1
         self._load_linked(self.root)

@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import dataclasses
 import os
 import stat
 
@@ -217,3 +218,13 @@ def test_directory_nodes_are_the_deterministic_encoding(items: list) -> None:
     version = 2 if any(e.needs_v2 for e in entries) else 1
     assert encoded == encoding.encode({"v": version, "t": "dir", "entries": [e.to_cbor() for e in ordered]})
     assert decode_dir(encoded) == ordered
+    assert encode_dir(entries) == encoded  # again, from each entry's kept encoding
+    if entries:  # an entry made from another encodes its own fields, not the other's encoding
+        changed = dataclasses.replace(entries[0], mtime_ns=entries[0].mtime_ns + 1)
+        assert changed.encoded() == encoding.encode(changed.to_cbor()) != entries[0].encoded()
+
+
+@pytest.mark.parametrize("count", [0, 1, 23, 24, 255, 256, 65535, 65536])
+def test_an_array_of_encoded_items_is_the_encoding_of_the_array(count: int) -> None:
+    """encoding.encode_array: the array's head in its shortest form, at each width's bounds."""
+    assert encoding.encode_array([encoding.encode(i) for i in range(count)]) == encoding.encode(list(range(count)))

@@ -10,6 +10,7 @@ import pytest
 
 from portalfs.sealing import ChunkRef
 from portalfs.tree import Entry, new_root_entry
+from portalfs.worktree.commit import DirPlan, FilePlan, snapshot
 from portalfs.worktree.journal import apply_record, decode_record, encode_record, journal_chain
 from portalfs.worktree.workspace import RENAME_EXCHANGE, RENAME_NOREPLACE, FsError, Workspace
 
@@ -47,6 +48,32 @@ def test_names_link_counts_and_dirty_marks(ws: Workspace) -> None:
     assert _errno(lambda: ws.rename(root, b"a", a, b"inside", 0, NOW)) == errno.EINVAL
     ws.rmdir(root, b"b", NOW)
     assert ws.nlink(root) == 3
+
+
+def test_a_checkpoint_keeps_the_entries_that_did_not_change_and_remakes_the_others(ws: Workspace) -> None:
+    """snapshot: the entries of the last checkpoint's directories are used again where the inode still says
+    exactly what they say (so they are not made or encoded again); any difference makes a new one."""
+    d = ws.mkdir(ws.root, b"d", 0o755, 0, 0, NOW)
+    files = {name: ws.create(d, name, 0o644, 0, 0, NOW) for name in (b"a", b"b", b"c", b"e")}
+    first = snapshot(ws, lambda inode: True)
+    assert first is not None
+    before = {entry.name: entry for entry in _children(first, b"d")}
+    ws.set_attrs(files[b"a"], NOW + 1, mode=0o600)
+    ws.set_xattr(files[b"b"], b"user.k", b"v", NOW + 1)
+    files[b"c"].ctime_ns = NOW + 2  # set without a mark: still seen, as every field is compared
+    again = snapshot(ws, lambda inode: True)
+    assert again is not None
+    after = {entry.name: entry for entry in _children(again, b"d")}
+    assert after[b"e"] is before[b"e"]
+    assert stat.S_IMODE(after[b"a"].mode) == 0o600 and after[b"b"].xattrs == {b"user.k": b"v"}
+    assert after[b"c"].ctime_ns == NOW + 2
+    assert all(after[name] is not before[name] and after[name] != before[name] for name in (b"a", b"b", b"c"))
+    assert set(ws.last_entries) == {ws.root, d}  # only the directories this checkpoint committed
+
+
+def _children(plan: DirPlan, name: bytes) -> list[Entry]:
+    (sub,) = [child for child in plan.children if isinstance(child, DirPlan) and child.entry.name == name]
+    return [child.entry if isinstance(child, (FilePlan, DirPlan)) else child for child in sub.children]
 
 
 def test_rename_flags_and_link_counts_follow(ws: Workspace) -> None:
