@@ -22,6 +22,7 @@ __all__ = [
     "MissingObject",
     "StorageError",
     "StoreFull",
+    "DirectoryTooLarge",
     "SourceError",
     "PortalBusy",
     "MountError",
@@ -119,6 +120,10 @@ class StorageError(PortalError):
 
 class StoreFull(StorageError):
     """No space left on the device that holds the store."""
+
+
+class DirectoryTooLarge(StorageError):
+    """A directory's entries take more than one directory node holds (``sealing.MAX_PLAINTEXT``)."""
 
 
 class SourceError(PortalError):

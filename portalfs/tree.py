@@ -34,8 +34,8 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from . import encoding
-from .errors import CorruptObject
-from .sealing import ChunkRef
+from .errors import CorruptObject, DirectoryTooLarge
+from .sealing import MAX_PLAINTEXT, ChunkRef
 
 __all__ = [
     "NODE_VERSION",
@@ -240,7 +240,8 @@ def holds_links(children: Iterable[Entry]) -> bool:
 
 def encode_dir(entries: list[Entry]) -> bytes:
     """A directory node: version 1, or 2 when it holds a special file (so that trees without any stay
-    byte for byte what they were, and share their objects with older versions)."""
+    byte for byte what they were, and share their objects with older versions). Raises DirectoryTooLarge
+    past MAX_PLAINTEXT bytes."""
     ordered = sorted(entries, key=lambda e: validate_name(e.name))
     for a, b in itertools.pairwise(ordered):
         if a.name == b.name:
@@ -248,7 +249,12 @@ def encode_dir(entries: list[Entry]) -> bytes:
     version = SPECIAL_NODE_VERSION if any(e.needs_v2 for e in ordered) else NODE_VERSION
     # "entries" sorts after "t" and "v" (a longer key): the map's encoding ends with the array, here empty
     head = encoding.encode_ordered({"t": "dir", "v": version, "entries": []})
-    return head[:-1] + encoding.encode_array([e.encoded() for e in ordered])
+    node = head[:-1] + encoding.encode_array([e.encoded() for e in ordered])
+    if len(node) > MAX_PLAINTEXT:
+        raise DirectoryTooLarge(
+            f"{len(ordered)} entries take {len(node)} bytes, more than the {MAX_PLAINTEXT} of one directory node"
+        )
+    return node
 
 
 def decode_dir(plaintext: bytes) -> list[Entry]:

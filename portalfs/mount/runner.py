@@ -27,7 +27,7 @@ import pyfuse3
 import trio
 
 from ..device import Device, Unlocked
-from ..errors import MountError
+from ..errors import MountError, PortalError
 from ..portal import PortalView
 from ..root import RootPayload, RootRecord
 from ..runtime import hosting
@@ -176,7 +176,11 @@ async def _serve(
     finally:
         ops.abandon_streams()
         pyfuse3.close(unmount=True)
-    await ops.commit()
+    try:
+        await ops.commit()
+    except PortalError as exc:  # what was closed is in the journal (the next mount or put replays it)
+        log.error("the last checkpoint failed: %s", exc)
+        raise
     log.info("unmounted %s (%d versions committed)", mountpoint, ops.versions_committed)
     if syncer is not None:
         await syncer.finish()

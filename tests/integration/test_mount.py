@@ -8,6 +8,7 @@ import os
 import socket
 import stat
 import subprocess
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -270,6 +271,39 @@ def test_many_small_writes_are_not_many_versions(tmp_path: Path) -> None:
     got = tmp_path / "got.txt"
     run(home, "get", "p", str(got), "--path", "many.txt")
     assert got.read_text() == "".join(f"line {i}\n" for i in range(300))
+
+
+def test_a_directory_too_large_for_its_node_is_not_committed_and_the_mount_serves_on(tmp_path: Path) -> None:
+    """Entries past what one directory node holds (16 MiB, here through 60 KiB extended attributes): the
+    checkpoint fails with a logged error naming the directory, the mount goes on serving every file (each
+    close is durable in the journal), and once the directory is small enough again the next checkpoint
+    commits it all."""
+    home = new_home(tmp_path)
+    value = os.urandom(60 * 1024)
+    with mounted(home, "p", tmp_path / "m") as mnt:
+        (mnt / "big").mkdir()
+        for i in range(300):  # 300 x 60 KiB: about 18 MB of entries
+            path = mnt / "big" / f"f{i:03d}"
+            path.write_text(str(i))
+            os.setxattr(path, "user.pad", value)
+        log_file = home / "logs" / "mount.log"
+        deadline = time.monotonic() + 60
+        while "cannot commit the directory 'big'" not in log_file.read_text():
+            assert time.monotonic() < deadline, log_file.read_text()[-2000:]
+            time.sleep(0.2)  # the checkpoint runs on the mount's own schedule
+        assert len(os.listdir(mnt / "big")) == 300
+        assert (mnt / "big" / "f123").read_text() == "123" and os.getxattr(mnt / "big" / "f007", "user.pad") == value
+        (mnt / "more.txt").write_text("written after the failure")
+        os.setxattr(mnt / "big" / "f299", "user.late", b"set after the failure")
+        for i in range(200):
+            os.removexattr(mnt / "big" / f"f{i:03d}", "user.pad")
+    got = tmp_path / "got"
+    run(home, "get", "p", str(got))
+    assert len(os.listdir(got / "big")) == 300 and (got / "more.txt").read_text() == "written after the failure"
+    assert (got / "big" / "f250").read_text() == "250"
+    with mounted(home, "p", tmp_path / "again") as again:  # the version holds the attributes left
+        assert os.getxattr(again / "big" / "f250", "user.pad") == value and not os.listxattr(again / "big" / "f000")
+        assert os.getxattr(again / "big" / "f299", "user.late") == b"set after the failure"
 
 
 def test_tools_cp_tar_rsync_git(fs: tuple[Path, Path], d: Path, tmp_path: Path) -> None:

@@ -9,7 +9,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from portalfs import encoding
-from portalfs.errors import BadSignature, CorruptObject
+from portalfs.errors import BadSignature, CorruptObject, DirectoryTooLarge
 from portalfs.keys import DeviceKey
 from portalfs.root import PortalKeys, RootPayload, RootRecord, make_root_record, verify_chain
 from portalfs.sealing import ChunkRef, seal, unseal
@@ -222,6 +222,14 @@ def test_directory_nodes_are_the_deterministic_encoding(items: list) -> None:
     if entries:  # an entry made from another encodes its own fields, not the other's encoding
         changed = dataclasses.replace(entries[0], mtime_ns=entries[0].mtime_ns + 1)
         assert changed.encoded() == encoding.encode(changed.to_cbor()) != entries[0].encoded()
+
+
+def test_a_directory_past_what_one_node_holds_is_refused_with_a_clear_error() -> None:
+    pad = {b"user.pad": b"x" * 60 * 1024}
+    entries = [Entry(b"f%03d" % i, stat.S_IFREG | 0o644, 0, 0, 1, 1, xattrs=pad) for i in range(300)]
+    with pytest.raises(DirectoryTooLarge, match="300 entries take"):
+        encode_dir(entries)
+    assert len(encode_dir(entries[:200])) < 16 * 1024 * 1024
 
 
 @pytest.mark.parametrize("count", [0, 1, 23, 24, 255, 256, 65535, 65536])
