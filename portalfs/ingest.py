@@ -329,7 +329,7 @@ class Ingester:
                 )
             return _entry(item.name, item.st, item.xattrs, size=size, node=item.node)
         entries = [self._finish(child) for child in item.children]
-        node = self.store_node(encode_dir(entries))
+        node = self.store_node(encode_dir(entries, item.name))
         self.totals[node.cid] = self._built_totals(entries)
         return _entry(item.name, item.st, item.xattrs, node=node)
 

@@ -238,10 +238,10 @@ def holds_links(children: Iterable[Entry]) -> bool:
     return any(child.link is not None or child.links for child in children)
 
 
-def encode_dir(entries: list[Entry]) -> bytes:
+def encode_dir(entries: list[Entry], name: bytes = b"") -> bytes:
     """A directory node: version 1, or 2 when it holds a special file (so that trees without any stay
     byte for byte what they were, and share their objects with older versions). Raises DirectoryTooLarge
-    past MAX_PLAINTEXT bytes."""
+    past MAX_PLAINTEXT bytes, naming the directory by ``name`` (b"": the top)."""
     ordered = sorted(entries, key=lambda e: validate_name(e.name))
     for a, b in itertools.pairwise(ordered):
         if a.name == b.name:
@@ -251,8 +251,10 @@ def encode_dir(entries: list[Entry]) -> bytes:
     head = encoding.encode_ordered({"t": "dir", "v": version, "entries": []})
     node = head[:-1] + encoding.encode_array([e.encoded() for e in ordered])
     if len(node) > MAX_PLAINTEXT:
+        shown = name.decode(errors="replace") or "/"
         raise DirectoryTooLarge(
-            f"{len(ordered)} entries take {len(node)} bytes, more than the {MAX_PLAINTEXT} of one directory node"
+            f"the directory {shown!r} cannot be stored: its {len(ordered)} entries take {len(node)} bytes, "
+            f"more than the {MAX_PLAINTEXT} of one directory node"
         )
     return node
 

@@ -21,7 +21,6 @@ from typing import BinaryIO
 
 from ..chunking import CDC_MIN
 from ..device import Unlocked
-from ..errors import DirectoryTooLarge
 from ..ingest import tree_totals
 from ..pipeline import ChunkPipeline, store_sealed
 from ..portal import PortalView
@@ -226,12 +225,7 @@ def execute(plan: DirPlan, sealer: Sealer, load_node: NodeLoader, totals: dict[b
                 s, f = tree_totals(entry, load_node, totals)
             entries.append(entry)
             size, files = size + s, files + f
-        try:
-            node = encode_dir(entries)
-        except DirectoryTooLarge as exc:  # the mount logs it and serves on; each close stays in the journal
-            name = p.entry.name.decode(errors="replace") or "/"
-            raise DirectoryTooLarge(f"cannot commit the directory {name!r}: {exc}") from None
-        p.ref = sealer.store_node(node)
+        p.ref = sealer.store_node(encode_dir(entries, p.entry.name))  # DirectoryTooLarge: the mount logs it
         totals[p.ref.cid] = (size, files)
         done.append(p)
         return dataclasses.replace(p.entry, node=p.ref), size, files

@@ -227,8 +227,8 @@ def test_directory_nodes_are_the_deterministic_encoding(items: list) -> None:
 def test_a_directory_past_what_one_node_holds_is_refused_with_a_clear_error() -> None:
     pad = {b"user.pad": b"x" * 60 * 1024}
     entries = [Entry(b"f%03d" % i, stat.S_IFREG | 0o644, 0, 0, 1, 1, xattrs=pad) for i in range(300)]
-    with pytest.raises(DirectoryTooLarge, match="300 entries take"):
-        encode_dir(entries)
+    with pytest.raises(DirectoryTooLarge, match="the directory 'd' cannot be stored: its 300 entries take"):
+        encode_dir(entries, b"d")
     assert len(encode_dir(entries[:200])) < 16 * 1024 * 1024
 
 
