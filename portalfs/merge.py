@@ -134,7 +134,8 @@ def split_links(root: Entry, load_node: NodeLoader, store_node: NodeStorer) -> E
                 child = dataclasses.replace(child, link=new_ids[(child.link, _variant(child))])
             child = rewrite(child)
             children.append(child)
-        return dataclasses.replace(entry, node=store_node(encode_dir(children)), links=holds_links(children))
+        node = store_node(encode_dir(children, entry.name))
+        return dataclasses.replace(entry, node=node, links=holds_links(children))
 
     return rewrite(root)
 
@@ -206,5 +207,5 @@ class _Merger:
                 self.conflicts.append(os.fsdecode(path + copy.name))
         if out == t:
             return theirs
-        node = self._store(encode_dir(list(out.values())))
+        node = self._store(encode_dir(list(out.values()), theirs.name))
         return dataclasses.replace(theirs, node=node, links=holds_links(out.values()))

@@ -218,7 +218,7 @@ class PortalView:
                 children[names[0]] = place(children[names[0]], names[1:], entry, path)
             else:
                 raise NotFound(f"{path!r}: its parent directory is not in the newest version")
-            node = store_node(encode_dir(list(children.values())))
+            node = store_node(encode_dir(list(children.values()), directory.name))
             return dataclasses.replace(directory, node=node, mtime_ns=now_ns, links=holds_links(children.values()))
 
         root = self.root(head).entry
