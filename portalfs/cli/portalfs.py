@@ -66,11 +66,14 @@ def _run_foreground(device, secrets, name, version, mountpoint, options, ready_f
             format="%(asctime)s %(process)d %(levelname)s %(message)s",
         )
     registry.register(device, mountpoint, name, writable=version is None and "ro" not in options)
+    served = False
 
     def ready() -> None:
+        nonlocal served
         if ready_fd is not None:
             os.write(ready_fd, b"ready\n")
             os.close(ready_fd)
+        served = True
         logging.getLogger("portalfs").info("mounted %s at %s", name, mountpoint)
 
     try:
@@ -87,11 +90,17 @@ def _run_foreground(device, secrets, name, version, mountpoint, options, ready_f
         with one_error():
             trio.run(serve_mount, device, secrets, name, version, mountpoint, options, ready, store, prepare, syncer)
     except PortalError as exc:
+        if served:  # it failed at its end (its last checkpoint): `unmount` reports it from the record
+            registry.failed(device, mountpoint, str(exc))
+            raise
         if ready_fd is not None:
             os.write(ready_fd, f"error {exc.exit_code} {exc}\n".encode())
-        raise
-    finally:
         registry.unregister(device, mountpoint)
+        raise
+    except BaseException:
+        registry.unregister(device, mountpoint)
+        raise
+    registry.unregister(device, mountpoint)
     return 0
 
 
@@ -162,6 +171,13 @@ def unmount(device: Device, mountpoint_arg: str) -> int:
         os.close(waiter)
         if not ready:
             raise MountError(f"{mountpoint} is unmounted but its process {pid} is still committing; see the mount log")
+        after = registry.find(device, mountpoint)
+        if after is not None and after.get("pid") == pid and "failed" in after:
+            registry.unregister(device, mountpoint)
+            raise MountError(
+                f"{mountpoint} is unmounted, but its last checkpoint failed: {after['failed']} "
+                "(every file closed is in the journal, which the next mount replays)"
+            )
     print(f"Unmounted {mountpoint}")
     return 0
 

@@ -14,7 +14,7 @@ from typing import Any
 
 from ..device import Device
 
-__all__ = ["register", "unregister", "running", "note_read_only"]
+__all__ = ["register", "unregister", "failed", "running", "note_read_only"]
 
 
 def _record(device: Device, mountpoint: Path) -> Path:
@@ -40,6 +40,17 @@ def note_read_only(device: Device, reason: str) -> None:
 
 def unregister(device: Device, mountpoint: Path) -> None:
     _record(device, mountpoint).unlink(missing_ok=True)
+
+
+def failed(device: Device, mountpoint: Path, reason: str) -> None:
+    """This process's mount at ``mountpoint`` ended failing, for ``reason``: its record stays, saying so, for
+    ``portalfs unmount`` to report (``running`` leaves it out once the process is gone)."""
+    path = _record(device, mountpoint)
+    try:
+        info = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return
+    path.write_text(json.dumps({**info, "failed": reason}))
 
 
 def running(device: Device) -> list[dict[str, Any]]:

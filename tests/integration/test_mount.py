@@ -304,6 +304,22 @@ def test_a_directory_too_large_for_its_node_is_not_committed_and_the_mount_serve
     with mounted(home, "p", tmp_path / "again") as again:  # the version holds the attributes left
         assert os.getxattr(again / "big" / "f250", "user.pad") == value and not os.listxattr(again / "big" / "f000")
         assert os.getxattr(again / "big" / "f299", "user.late") == b"set after the failure"
+    # too large again when unmounted: unmount says the last checkpoint failed; the next mount replays the journal
+    third = tmp_path / "third"
+    third.mkdir()
+    run(home, "mount", "p", str(third), program="portalfs")
+    try:
+        for i in range(200):
+            os.setxattr(third / "big" / f"f{i:03d}", "user.pad", value)
+        (third / "closed.txt").write_text("closed before the unmount")
+    finally:
+        result = run(home, "unmount", str(third), check=False)
+    assert result.returncode == 13, result.stderr
+    assert "last checkpoint failed: the directory 'big' cannot be stored" in result.stderr
+    assert len(result.stderr.strip().splitlines()) == 1
+    with mounted(home, "p", tmp_path / "fourth") as fourth:
+        assert (fourth / "closed.txt").read_text() == "closed before the unmount"
+        assert len(os.listdir(fourth / "big")) == 300
 
 
 def test_tools_cp_tar_rsync_git(fs: tuple[Path, Path], d: Path, tmp_path: Path) -> None:
