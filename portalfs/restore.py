@@ -11,6 +11,7 @@ each), and the chunks of a directory's small files in batches of many files.
 
 from __future__ import annotations
 
+import hashlib
 import os
 import stat
 from collections import deque
@@ -38,6 +39,16 @@ CHUNK_BATCH = 8  # a large file's chunks fetched together: the writer takes a ba
 CHUNK_BATCHES = 12  # of them fetched at once: as many chunks in flight as 3 x 32, in smaller steps
 SMALL_FILE = 1 << 20  # files up to this size have their chunks fetched with their neighbours'
 WHOLE_FILE = 256 * 1024  # files up to this size are read whole (fetched and opened) with their neighbours'
+
+
+def _temporary(path: Path) -> Path:
+    """The name ``path`` is written under before it is renamed into place: ".NAME.portal-tmp" beside it, or,
+    where that would pass the 255 bytes a name may take, the same made of a digest of NAME (always the same
+    for one name, so that what a run left behind is replaced)."""
+    name = path.name
+    if len(os.fsencode(name)) + len(".." + "portal-tmp") > 255:
+        name = hashlib.sha256(os.fsencode(name)).hexdigest()[:32]
+    return path.with_name(f".{name}.portal-tmp")
 
 
 T = TypeVar("T")
@@ -138,7 +149,7 @@ class Restorer:
         elif exists and not self.overwrite:
             self._refuse(path)
         elif entry.link is not None and entry.link in self._linked:  # another name of a file restored here
-            tmp = path.with_name(f".{path.name}.portal-tmp")
+            tmp = _temporary(path)
             if os.path.lexists(tmp):
                 os.unlink(tmp)
             os.link(self._linked[entry.link], tmp, follow_symlinks=False)
@@ -148,14 +159,14 @@ class Restorer:
             self._write_file(pool, entry, path, content)
         elif entry.is_symlink:
             assert entry.target is not None
-            tmp = path.with_name(f".{path.name}.portal-tmp")
+            tmp = _temporary(path)
             if os.path.lexists(tmp):
                 os.unlink(tmp)
             os.symlink(entry.target, tmp)
             os.replace(tmp, path)
             self.stats.symlinks += 1
         elif entry.is_special:
-            tmp = path.with_name(f".{path.name}.portal-tmp")
+            tmp = _temporary(path)
             if os.path.lexists(tmp):
                 os.unlink(tmp)
             os.mknod(tmp, entry.mode, entry.rdev)  # a device node needs root (CAP_MKNOD): EPERM otherwise
@@ -197,7 +208,7 @@ class Restorer:
         self, pool: ThreadPoolExecutor, entry: Entry, path: Path, content: list[ChunkRef] | bytes | None = None
     ) -> None:
         """``content``: the file's bytes, or its chunk refs, when they were read (and fetched) already."""
-        tmp = path.with_name(f".{path.name}.portal-tmp")
+        tmp = _temporary(path)
         window: deque[Future[bytes | memoryview]] = deque()
         if isinstance(content, bytes):
             refs: Iterator[ChunkRef] = iter(())

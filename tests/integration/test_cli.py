@@ -164,6 +164,22 @@ def test_put_get_round_trip_keeps_content_and_metadata(home: Path, tmp_path: Pat
     assert [v["version"] for v in json.loads(ok(home, "log", "docs", "--json"))] == [1]
 
 
+def test_names_of_255_bytes_are_put_and_got(home: Path, tmp_path: Path) -> None:
+    """A name may take 255 bytes: `get` writes each file under a temporary name before it renames it into
+    place, and that name must fit too (a file, a symlink, and a second name of the file)."""
+    src = tmp_path / "src"
+    src.mkdir()
+    long = "n" * 250
+    (src / f"{long}.file").write_text("long name")
+    (src / f"{long}.link").symlink_to(f"{long}.file")
+    os.link(src / f"{long}.file", src / f"{long}.hard")
+    ok(home, "put", "docs", str(src) + "/")
+    dest = tmp_path / "dest"
+    ok(home, "get", "docs", str(dest))
+    assert_same_tree(src, dest)
+    assert sorted(os.listdir(dest)) == [f"{long}.file", f"{long}.hard", f"{long}.link"]  # no temporary left
+
+
 def test_put_by_name_versions_and_log(home: Path, tmp_path: Path) -> None:
     folder = tmp_path / "folder"
     folder.mkdir()
