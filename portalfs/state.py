@@ -291,6 +291,11 @@ class StateDB:
         )
         return [(bytes(p), b, bytes(r)) for p, b, r in rows]
 
+    def journal_records(self, portal: bytes) -> list[tuple[int, bytes]]:
+        """The portal's (sequence number, record), in the order they were written."""
+        rows = self._db.execute("SELECT seq, record FROM journal WHERE portal = ? ORDER BY seq", (portal,))
+        return [(seq, bytes(record)) for seq, record in rows]
+
     def clear_journal(self, portal: bytes, up_to: int | None = None) -> None:
         """Delete the portal's records (only those numbered up to ``up_to``, when given)."""
         if up_to is None:

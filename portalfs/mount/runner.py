@@ -214,11 +214,12 @@ async def serve_mount(
         with contextlib.ExitStack() as held:
             if not read_only:
                 # One lock from the replay to the unmount: no other writer between them.
-                await trio.to_thread.run_sync(held.enter_context, writing(view, secrets, f"mount {name}"))
+                await trio.to_thread.run_sync(held.enter_context, writing(view, secrets, f"mount {name}", True))
                 # Staging files a killed mount left behind hold uncommitted writes: the
                 # journal says what was committed, and that is what this mount shows.
                 shutil.rmtree(staging, ignore_errors=True)
             tree = await trio.to_thread.run_sync(_live_tree, view, secrets, version, read_only, staging, prepare)
+            await trio.to_thread.run_sync(tree.take_journal)  # what the replay left (a directory too large)
             newer = _follower(view, prepare) if read_only and version is None else None
             # A read-only mount of the portal follows it; one of a past version shows that version.
             ops = PortalOperations(tree, newer)

@@ -27,7 +27,7 @@ from contextlib import contextmanager
 
 from .. import encoding
 from ..device import Unlocked
-from ..errors import CorruptObject, MissingObject
+from ..errors import CorruptObject, DirectoryTooLarge, MissingObject
 from ..portal import PortalView
 from ..sealing import ChunkRef, object_id
 from ..store import ObjectStore
@@ -41,6 +41,7 @@ __all__ = [
     "decode_record",
     "apply_record",
     "replay_journal",
+    "apply_journal",
     "restore_objects",
     "writing",
 ]
@@ -98,25 +99,41 @@ def apply_record(workspace: Workspace, chain: list[Entry]) -> None:
 
 
 @contextmanager
-def writing(view: PortalView, secrets: Unlocked, what: str) -> Iterator[None]:
-    """Be the portal's one writer (or raise PortalBusy), starting from its journal replayed."""
+def writing(view: PortalView, secrets: Unlocked, what: str, keep_too_large: bool = False) -> Iterator[None]:
+    """Be the portal's one writer (or raise PortalBusy), starting from its journal replayed. With
+    ``keep_too_large`` (a mount, which then takes the journal in itself: ``LiveTree.take_journal``), a
+    replay that meets a directory too large for its node leaves the journal as it is and goes on."""
     with view.device.portal_writer(view.row.id, what):
-        replay_journal(view, secrets, time.time_ns())
+        try:
+            replay_journal(view, secrets, time.time_ns())
+        except DirectoryTooLarge as exc:
+            if not keep_too_large:
+                raise
+            log.error("the journal of %s stays as it was: %s", view.row.name, exc)
         yield
+
+
+def apply_journal(view: PortalView, workspace: Workspace, rows: list[tuple[int, bytes]]) -> int:
+    """Put the files of journal ``rows`` (``StateDB.journal_records``) in ``workspace``, their objects in the
+    store; return the number of the last record."""
+    last = 0
+    for seq, data in rows:
+        chain, objects = decode_record(data)
+        restore_objects(view.store, objects)
+        apply_record(workspace, chain)
+        last = seq
+    return last
 
 
 def replay_journal(view: PortalView, secrets: Unlocked, now_ns: int) -> int:
     """Checkpoint what a mount journaled but did not make into a version; return the new version (0: none)."""
-    rows = view.device.state.journal(view.row.id)
+    rows = view.device.state.journal_records(view.row.id)
     if not rows:
         return 0
     head = view.device.state.head(view.row.id)
     root = view.root(head).entry if head is not None else new_root_entry(now_ns, os.getuid(), os.getgid())
     workspace = Workspace(root, view.load_node, view.device.home.staging / "replay")
-    for _, _, data in rows:
-        chain, objects = decode_record(data)
-        restore_objects(view.store, objects)
-        apply_record(workspace, chain)
+    apply_journal(view, workspace, rows)
     plan = snapshot(workspace, lambda inode: True)
     if plan is None:
         return 0

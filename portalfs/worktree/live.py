@@ -40,7 +40,7 @@ from ..store.base import Priority
 from ..tree import Entry
 from .commit import abandon, append_journal, apply, checkpoint, journal_file, snapshot, staged_inodes
 from .groupcommit import GroupCommit
-from .journal import encode_record, journal_chain
+from .journal import apply_journal, encode_record, journal_chain
 from .reader import ContentReader
 from .streaming import StreamingSeal
 from .workspace import MAX_FILE_SIZE, Followed, FsError, Inode, Workspace
@@ -111,6 +111,14 @@ class LiveTree:
         self._unstored_bytes = 0
         if head is not None and root.entry.node is not None:
             self._totals[root.entry.node.cid] = (root.size, root.files)
+
+    def take_journal(self) -> None:
+        """Put here the files of journal records no version holds yet: those a replay could not checkpoint (a
+        directory too large for its node, ``journal.writing``). The first checkpoint that succeeds takes them
+        in and clears their records. A worker thread, before the mount serves."""
+        rows = self.view.device.state.journal_records(self.view.row.id)
+        if rows and not self.read_only:
+            self._journal_seq = apply_journal(self.view, self.workspace, rows)
 
     def new_fh(self) -> int:
         """A number for a new handle (a file's or a directory's)."""
