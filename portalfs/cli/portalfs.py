@@ -67,6 +67,7 @@ def _run_foreground(device, secrets, name, version, mountpoint, options, ready_f
         )
     registry.register(device, mountpoint, name, writable=version is None and "ro" not in options)
     served = False
+    failure: str | None = None
 
     def ready() -> None:
         nonlocal served
@@ -91,16 +92,15 @@ def _run_foreground(device, secrets, name, version, mountpoint, options, ready_f
             trio.run(serve_mount, device, secrets, name, version, mountpoint, options, ready, store, prepare, syncer)
     except PortalError as exc:
         if served:  # it failed at its end (its last checkpoint): `unmount` reports it from the record
-            registry.failed(device, mountpoint, str(exc))
-            raise
-        if ready_fd is not None:
+            failure = str(exc)
+        elif ready_fd is not None:
             os.write(ready_fd, f"error {exc.exit_code} {exc}\n".encode())
-        registry.unregister(device, mountpoint)
         raise
-    except BaseException:
-        registry.unregister(device, mountpoint)
-        raise
-    registry.unregister(device, mountpoint)
+    finally:
+        if failure is None:
+            registry.unregister(device, mountpoint)
+        else:
+            registry.failed(device, mountpoint, failure)
     return 0
 
 

@@ -214,7 +214,8 @@ async def serve_mount(
         with contextlib.ExitStack() as held:
             if not read_only:
                 # One lock from the replay to the unmount: no other writer between them.
-                await trio.to_thread.run_sync(held.enter_context, writing(view, secrets, f"mount {name}", True))
+                replayed = writing(view, secrets, f"mount {name}", keep_too_large=True)
+                await trio.to_thread.run_sync(held.enter_context, replayed)
                 # Staging files a killed mount left behind hold uncommitted writes: the
                 # journal says what was committed, and that is what this mount shows.
                 shutil.rmtree(staging, ignore_errors=True)

@@ -116,8 +116,10 @@ class LiveTree:
         """Put here the files of journal records no version holds yet: those a replay could not checkpoint (a
         directory too large for its node, ``journal.writing``). The first checkpoint that succeeds takes them
         in and clears their records. A worker thread, before the mount serves."""
+        if self.read_only:
+            return
         rows = self.view.device.state.journal_records(self.view.row.id)
-        if rows and not self.read_only:
+        if rows:
             self._journal_seq = apply_journal(self.view, self.workspace, rows)
 
     def new_fh(self) -> int:
