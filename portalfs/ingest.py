@@ -35,10 +35,10 @@ from .tree import (
     Entry,
     FileObjects,
     NodeLoader,
-    decode_dir,
-    encode_dir,
     holds_links,
+    load_dir,
     new_root_entry,
+    store_dir,
     validate_name,
 )
 
@@ -125,7 +125,7 @@ def tree_totals(entry: Entry, load_node: NodeLoader, known: dict[bytes, Totals] 
     if known is not None and (hit := known.get(entry.node.cid)) is not None:
         return hit
     size = files = 0
-    for child in decode_dir(load_node(entry.node)):
+    for child in load_dir(entry.node, load_node):
         s, f = tree_totals(child, load_node, known)
         size, files = size + s, files + f
     if known is not None:
@@ -144,9 +144,9 @@ def _moved(new: Entry | None, old: Entry | None, load_node: NodeLoader) -> Total
     if new is not None and old is not None and new.is_dir and old.is_dir and new.node and old.node:
         if new.node.cid == old.node.cid:
             return 0, 0
-        before = {e.name: e for e in decode_dir(load_node(old.node))}
+        before = {e.name: e for e in load_dir(old.node, load_node)}
         size = files = 0
-        for child in decode_dir(load_node(new.node)):
+        for child in load_dir(new.node, load_node):
             s, f = _moved(child, before.pop(child.name, None), load_node)
             size, files = size + s, files + f
         for gone in before.values():
@@ -329,7 +329,7 @@ class Ingester:
                 )
             return _entry(item.name, item.st, item.xattrs, size=size, node=item.node)
         entries = [self._finish(child) for child in item.children]
-        node = self.store_node(encode_dir(entries, item.name))
+        node = store_dir(entries, self.store_node, item.name)
         self.totals[node.cid] = self._built_totals(entries)
         return _entry(item.name, item.st, item.xattrs, node=node)
 
@@ -405,9 +405,7 @@ class Ingester:
         self.stats.chunks_stored += pipeline.chunks_stored
         self.stats.bytes_stored += pipeline.bytes_stored
         before = (
-            {}
-            if previous is None or previous.node is None
-            else {e.name: e for e in decode_dir(load_node(previous.node))}
+            {} if previous is None or previous.node is None else {e.name: e for e in load_dir(previous.node, load_node)}
         )
         entries = before | new
         if previous_totals is None or not before:
@@ -417,7 +415,7 @@ class Ingester:
             kept = [previous_totals, *((-s, -f) for s, f in replaced)]
         size, files = self._built_totals(new.values())
         self.root_totals = (size + sum(s for s, _ in kept), files + sum(f for _, f in kept))
-        root_node = self.store_node(encode_dir(list(entries.values())))
+        root_node = store_dir(list(entries.values()), self.store_node)
         if previous is None:
             return dataclasses.replace(new_root_entry(self._now_ns, os.getuid(), os.getgid()), node=root_node)
         return Entry(

@@ -29,7 +29,7 @@ from dataclasses import dataclass, field
 
 from . import encoding
 from .sealing import ChunkRef
-from .tree import Entry, decode_dir, encode_dir, holds_links
+from .tree import Entry, holds_links, load_dir, store_dir
 
 __all__ = ["MergeResult", "merge_trees", "conflict_name", "conflict_copy", "CONFLICT_XATTR", "Beside", "Writer"]
 
@@ -108,7 +108,7 @@ def split_links(root: Entry, load_node: NodeLoader, store_node: NodeStorer) -> E
 
     def collect(entry: Entry) -> None:
         if entry.is_dir and entry.links and entry.node is not None:
-            for child in decode_dir(load_node(entry.node)):
+            for child in load_dir(entry.node, load_node):
                 if child.link is not None:
                     seen = variants.setdefault(child.link, {})
                     seen[_variant(child)] = seen.get(_variant(child), 0) + 1
@@ -129,12 +129,12 @@ def split_links(root: Entry, load_node: NodeLoader, store_node: NodeStorer) -> E
         if not (entry.is_dir and entry.links and entry.node is not None):
             return entry
         children = []
-        for child in decode_dir(load_node(entry.node)):
+        for child in load_dir(entry.node, load_node):
             if child.link is not None and (child.link, _variant(child)) in new_ids:
                 child = dataclasses.replace(child, link=new_ids[(child.link, _variant(child))])
             child = rewrite(child)
             children.append(child)
-        node = store_node(encode_dir(children, entry.name))
+        node = store_dir(children, store_node, entry.name)
         return dataclasses.replace(entry, node=node, links=holds_links(children))
 
     return rewrite(root)
@@ -171,7 +171,7 @@ class _Merger:
     def _children(self, entry: Entry | None) -> dict[bytes, Entry]:
         if entry is None or not entry.is_dir or entry.node is None:
             return {}
-        return {child.name: child for child in decode_dir(self._load(entry.node))}
+        return {child.name: child for child in load_dir(entry.node, self._load)}
 
     def directory(self, base: Entry | None, ours: Entry, theirs: Entry, path: bytes) -> Entry:
         b, o, t = self._children(base), self._children(ours), self._children(theirs)
@@ -191,7 +191,7 @@ class _Merger:
             elif was is not None and was.is_dir and _one_dir(mine, other):
                 # a directory deleted on one side and changed inside on the other: merged inside, as if emptied,
                 # so that what the deleting side removed and the other left alone stays removed
-                empty = dataclasses.replace(was, node=self._store(encode_dir([])), links=False)
+                empty = dataclasses.replace(was, node=store_dir([], self._store), links=False)
                 inside = self.directory(was, mine or empty, other or empty, path + name + b"/")
                 if self._children(inside):
                     out[name] = dataclasses.replace(inside, name=name)
@@ -207,5 +207,5 @@ class _Merger:
                 self.conflicts.append(os.fsdecode(path + copy.name))
         if out == t:
             return theirs
-        node = self._store(encode_dir(list(out.values()), theirs.name))
+        node = store_dir(list(out.values()), self._store, theirs.name)
         return dataclasses.replace(theirs, node=node, links=holds_links(out.values()))

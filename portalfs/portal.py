@@ -22,7 +22,7 @@ from .root import PortalKeys, RootPayload, RootRecord, make_root_record, verify_
 from .sealing import ChunkRef, unseal
 from .state import PortalRow, VersionRow
 from .store.base import ObjectStore, Prefetching, Priority
-from .tree import Entry, decode_dir, encode_dir, holds_links, iter_file_chunks
+from .tree import Entry, holds_links, iter_file_chunks, load_dir, store_dir
 
 __all__ = ["PortalView", "VerifyReport"]
 
@@ -87,7 +87,7 @@ class PortalView:
             return into
         if entry.is_dir:
             into.add(entry.node.cid)
-            for child in decode_dir(self.load_node(entry.node)):
+            for child in load_dir(entry.node, self.load_node, lambda part: into.add(part.cid)):
                 self.objects(child, into)
         else:
             reached = self.device.file_objects.get(entry.node.cid)
@@ -109,8 +109,8 @@ class PortalView:
             return self.objects(entry, into)
         if entry.is_dir:
             into.add(entry.node.cid)
-            before = {child.name: child for child in decode_dir(self.load_node(base.node))}
-            for child in decode_dir(self.load_node(entry.node)):
+            before = {child.name: child for child in load_dir(base.node, self.load_node)}
+            for child in load_dir(entry.node, self.load_node, lambda part: into.add(part.cid)):
                 self.changed_objects(child, before.get(child.name), into)
             return into
         old: set[bytes] = set()
@@ -142,7 +142,7 @@ class PortalView:
             if not entry.is_dir or entry.node is None:
                 raise NotFound(f"{path!r} is not in portal {self.row.name!r}")
             name = os.fsencode(part)
-            match = [e for e in decode_dir(self.load_node(entry.node)) if e.name == name]
+            match = [e for e in load_dir(entry.node, self.load_node) if e.name == name]
             if not match:
                 raise NotFound(f"{path!r} is not in portal {self.row.name!r}")
             entry = match[0]
@@ -207,7 +207,7 @@ class PortalView:
         def place(directory: Entry, names: list[bytes], entry: Entry | None, path: str) -> Entry:
             if not directory.is_dir or directory.node is None:
                 raise NotFound(f"{path!r}: a parent of it is not a directory in the newest version")
-            children = {e.name: e for e in decode_dir(self.load_node(directory.node))}
+            children = {e.name: e for e in load_dir(directory.node, self.load_node)}
             if len(names) == 1:
                 if entry is None:
                     if children.pop(names[0], None) is None:
@@ -218,7 +218,7 @@ class PortalView:
                 children[names[0]] = place(children[names[0]], names[1:], entry, path)
             else:
                 raise NotFound(f"{path!r}: its parent directory is not in the newest version")
-            node = store_node(encode_dir(list(children.values()), directory.name))
+            node = store_dir(list(children.values()), store_node, directory.name)
             return dataclasses.replace(directory, node=node, mtime_ns=now_ns, links=holds_links(children.values()))
 
         root = self.root(head).entry
@@ -293,7 +293,12 @@ class PortalView:
             seen.add(entry.node.cid)
             if entry.is_dir:
                 nodes += 1
-                for child in decode_dir(self.load_node(entry.node)):
+
+                def part(ref: ChunkRef) -> None:
+                    nonlocal nodes
+                    nodes += 1
+
+                for child in load_dir(entry.node, self.load_node, part):
                     walk(child)
             elif entry.is_file:
                 nodes += 1

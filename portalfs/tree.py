@@ -7,6 +7,8 @@ files with the same bytes share one file node whatever their names or modes.
 
     dir node   {"v": 1, "t": "dir",   "entries": [Entry...]}         sorted by name, unique
              | {"v": 2, "t": "dir",   "entries": [Entry...]}         when it holds a special file or a link
+             | {"v": 3, "t": "dir",   "parts": [Ref...]}             past SPLIT_AT bytes: its entries in parts
+    part node  {"v": 3, "t": "part",  "entries": [Entry...]}         the parts' entries, in order, are the dir's
     file node  {"v": 1, "t": "file",  "size": n, "chunks": [Ref...]}  at most FANOUT refs
              | {"v": 1, "t": "file",  "size": n, "index": [[Ref, span]...]}
     index node {"v": 1, "t": "index", "chunks": [Ref...]} | {"v": 1, "t": "index", "index": [[Ref, span]...]}
@@ -29,6 +31,7 @@ from __future__ import annotations
 import itertools
 import stat
 import threading
+import zlib
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
@@ -45,6 +48,9 @@ __all__ = [
     "FileKind",
     "encode_dir",
     "decode_dir",
+    "store_dir",
+    "load_dir",
+    "dir_parts",
     "build_file",
     "iter_file_chunks",
     "FileObjects",
@@ -57,7 +63,11 @@ __all__ = [
 NODE_VERSION = 1
 SPECIAL_NODE_VERSION = 2  # a directory node with special files or hard links in it (version-1 readers refuse it)
 LINK_ID_SIZE = 8
+SPLIT_NODE_VERSION = 3  # a directory stored in parts (older readers refuse it)
 DIR_VERSIONS = (NODE_VERSION, SPECIAL_NODE_VERSION)
+SPLIT_AT = 4 << 20  # a directory whose one node would take more is stored in parts
+PART_TARGET = 1 << 20  # the mean bytes of entries in a part
+PART_LIMIT = 4 << 20  # a part ends before an entry that would take it past this (a lone entry may pass it)
 SPECIAL_TYPES = (stat.S_IFIFO, stat.S_IFSOCK, stat.S_IFCHR, stat.S_IFBLK)
 FANOUT = 1024  # refs per file or index node
 NAME_MAX = 255
@@ -238,42 +248,144 @@ def holds_links(children: Iterable[Entry]) -> bool:
     return any(child.link is not None or child.links for child in children)
 
 
-def encode_dir(entries: list[Entry], name: bytes = b"") -> bytes:
-    """A directory node: version 1, or 2 when it holds a special file (so that trees without any stay
-    byte for byte what they were, and share their objects with older versions). Raises DirectoryTooLarge
-    past MAX_PLAINTEXT bytes, naming the directory by ``name`` (b"": the top)."""
+def _ordered(entries: list[Entry]) -> list[Entry]:
     ordered = sorted(entries, key=lambda e: validate_name(e.name))
     for a, b in itertools.pairwise(ordered):
         if a.name == b.name:
             raise ValueError(f"duplicate entry name {a.name!r}")
-    version = SPECIAL_NODE_VERSION if any(e.needs_v2 for e in ordered) else NODE_VERSION
+    return ordered
+
+
+def _node(t: str, version: int, entries: list[Entry]) -> bytes:
     # "entries" sorts after "t" and "v" (a longer key): the map's encoding ends with the array, here empty
-    head = encoding.encode_ordered({"t": "dir", "v": version, "entries": []})
-    node = head[:-1] + encoding.encode_array([e.encoded() for e in ordered])
+    head = encoding.encode_ordered({"t": t, "v": version, "entries": []})
+    return head[:-1] + encoding.encode_array([e.encoded() for e in entries])
+
+
+def _too_large(name: bytes, what: str, size: int) -> DirectoryTooLarge:
+    shown = name.decode(errors="replace") or "/"
+    return DirectoryTooLarge(
+        f"the directory {shown!r} cannot be stored: {what} {size} bytes, more than the {MAX_PLAINTEXT} of one node"
+    )
+
+
+def encode_dir(entries: list[Entry], name: bytes = b"") -> bytes:
+    """A directory as one node: version 1, or 2 when it holds a special file (so that trees without any stay
+    byte for byte what they were, and share their objects with older versions). Raises DirectoryTooLarge
+    past MAX_PLAINTEXT bytes, naming the directory by ``name`` (b"": the top). ``store_dir`` splits a
+    directory that one node should not hold."""
+    return _single(_ordered(entries), name)
+
+
+def _single(ordered: list[Entry], name: bytes) -> bytes:
+    version = SPECIAL_NODE_VERSION if any(e.needs_v2 for e in ordered) else NODE_VERSION
+    node = _node("dir", version, ordered)
     if len(node) > MAX_PLAINTEXT:
-        shown = name.decode(errors="replace") or "/"
-        raise DirectoryTooLarge(
-            f"the directory {shown!r} cannot be stored: its {len(ordered)} entries take {len(node)} bytes, "
-            f"more than the {MAX_PLAINTEXT} of one directory node"
-        )
+        raise _too_large(name, f"its {len(ordered)} entries take", len(node))
     return node
 
 
+def _cut_after(entry: Entry, size: int) -> bool:
+    """Whether a part ends after ``entry`` (``size`` bytes encoded): with a chance of size / PART_TARGET, drawn
+    from the name alone, so that a part's end stays where it was when entries before it come and go."""
+    return zlib.crc32(entry.name) * PART_TARGET < size << 32
+
+
+def _parts(ordered: list[Entry]) -> list[list[Entry]]:
+    parts: list[list[Entry]] = [[]]
+    taken = 0
+    for entry in ordered:
+        size = len(entry.encoded())
+        if parts[-1] and taken + size > PART_LIMIT:
+            parts.append([])
+            taken = 0
+        parts[-1].append(entry)
+        taken += size
+        if _cut_after(entry, size):
+            parts.append([])
+            taken = 0
+    return [part for part in parts if part]
+
+
+def store_dir(entries: list[Entry], store_node: NodeStorer, name: bytes = b"") -> ChunkRef:
+    """Store a directory's node and return its ref: one node (``encode_dir``) up to SPLIT_AT bytes; past that,
+    a version-3 node listing part nodes, each ending where ``_cut_after`` says (or before PART_LIMIT), so
+    that a change stores anew the part it falls in and the list, not the whole directory."""
+    ordered = _ordered(entries)
+    total = sum(len(e.encoded()) for e in ordered)
+    if total <= SPLIT_AT:
+        return store_node(_single(ordered, name))
+    refs = []
+    for part in _parts(ordered):
+        node = _node("part", SPLIT_NODE_VERSION, part)
+        if len(node) > MAX_PLAINTEXT:
+            raise _too_large(name, f"its entry {part[0].name.decode(errors='replace')!r} takes", len(node))
+        refs.append(store_node(node))
+    head = encoding.encode_ordered({"t": "dir", "v": SPLIT_NODE_VERSION, "parts": [r.to_cbor() for r in refs]})
+    if len(head) > MAX_PLAINTEXT:
+        raise _too_large(name, f"the list of its {len(refs)} parts takes", len(head))
+    return store_node(head)
+
+
+def _entries(node: dict[str, Any]) -> list[Entry]:
+    if set(node) != {"v", "t", "entries"} or not isinstance(node["entries"], list):
+        raise ValueError("malformed directory node")
+    entries = [Entry.from_cbor(e) for e in node["entries"]]
+    if node["v"] == NODE_VERSION and any(e.needs_v2 for e in entries):
+        raise ValueError("a version-1 directory node holds no special files or links")
+    return entries
+
+
+def _check_names(entries: list[Entry]) -> list[Entry]:
+    names = [e.name for e in entries]
+    if names != sorted(set(names)):
+        raise ValueError("directory entries are not sorted and unique")
+    return entries
+
+
 def decode_dir(plaintext: bytes) -> list[Entry]:
-    """Parse a directory node; raise CorruptObject when it is not a valid one."""
+    """Parse a directory node of one object (version 1 or 2); raise CorruptObject when it is not a valid one."""
     try:
-        node = _decode_node(plaintext, ("dir",), DIR_VERSIONS)
-        if set(node) != {"v", "t", "entries"} or not isinstance(node["entries"], list):
-            raise ValueError("malformed directory node")
-        entries = [Entry.from_cbor(e) for e in node["entries"]]
-        if node["v"] == NODE_VERSION and any(e.needs_v2 for e in entries):
-            raise ValueError("a version-1 directory node holds no special files or links")
-        names = [e.name for e in entries]
-        if names != sorted(set(names)):
-            raise ValueError("directory entries are not sorted and unique")
-        return entries
+        return _check_names(_entries(_decode_node(plaintext, ("dir",), DIR_VERSIONS)))
     except (ValueError, KeyError, TypeError) as exc:
         raise CorruptObject(f"directory node: {exc}") from exc
+
+
+def dir_parts(plaintext: bytes) -> list[ChunkRef]:
+    """The refs of a directory node's parts: none for a node of one object. CorruptObject when malformed."""
+    try:
+        node = _decode_node(plaintext, ("dir",), (*DIR_VERSIONS, SPLIT_NODE_VERSION))
+        if node["v"] != SPLIT_NODE_VERSION:
+            return []
+        if set(node) != {"v", "t", "parts"} or not isinstance(node["parts"], list) or not node["parts"]:
+            raise ValueError("malformed directory node")
+        return [ChunkRef.from_cbor(r) for r in node["parts"]]
+    except (ValueError, KeyError, TypeError) as exc:
+        raise CorruptObject(f"directory node: {exc}") from exc
+
+
+def load_dir(ref: ChunkRef, load_node: NodeLoader, visit_node: Callable[[ChunkRef], None] | None = None) -> list[Entry]:
+    """The entries of the directory whose node is ``ref``, loading its parts when it has them; raise
+    CorruptObject when a node is not valid. ``visit_node`` is called with the ref of each part loaded."""
+    plaintext = load_node(ref)
+    parts = dir_parts(plaintext)
+    if not parts:
+        return decode_dir(plaintext)
+    entries: list[Entry] = []
+    for part in parts:
+        if visit_node is not None:
+            visit_node(part)
+        try:
+            got = _entries(_decode_node(load_node(part), ("part",), (SPLIT_NODE_VERSION,)))
+            if not got:
+                raise ValueError("an empty part")
+        except (ValueError, KeyError, TypeError) as exc:
+            raise CorruptObject(f"directory part node {part.cid.hex()}: {exc}") from exc
+        entries += got
+    try:
+        return _check_names(entries)
+    except ValueError as exc:
+        raise CorruptObject(f"directory node {ref.cid.hex()}: {exc}") from exc
 
 
 def _span_list(refs: list[tuple[ChunkRef, int]]) -> list[Any]:

@@ -9,9 +9,10 @@ from typing import Any
 
 from ..errors import CorruptObject, MissingObject
 from ..portal import PortalView
+from ..sealing import ChunkRef
 from ..store.base import Priority, StoreStat
 from ..store.local import LocalStore
-from ..tree import Entry, decode_dir
+from ..tree import Entry, dir_parts, load_dir
 from .cache import FetchCache
 from .swarm import Swarm
 
@@ -147,6 +148,14 @@ class FabricStore:
         """Nothing of its own to close: the local store is the device's, the swarm and the cache the fabric's."""
 
 
+def _fetch_nodes(store: FabricStore, refs: list[ChunkRef]) -> int:
+    if not refs:
+        return 0
+    return store.prefetch(
+        [ref.cid for ref in refs], Priority.FOREGROUND, {ref.cid: ref.length for ref in refs}, pinned=True
+    )
+
+
 def fetch_directories(view: PortalView, root: Entry) -> int:
     """Fetch every directory node under ``root`` this device lacks, one level at a time, each level in parallel.
 
@@ -163,8 +172,7 @@ def fetch_directories(view: PortalView, root: Entry) -> int:
     while level:
         refs = [entry.node for entry in level if entry.node is not None and entry.node.cid not in seen]
         seen.update(ref.cid for ref in refs)
-        fetched += store.prefetch(
-            [ref.cid for ref in refs], Priority.FOREGROUND, {ref.cid: ref.length for ref in refs}, pinned=True
-        )
-        level = [child for ref in refs for child in decode_dir(view.load_node(ref)) if child.is_dir]
+        fetched += _fetch_nodes(store, refs)
+        fetched += _fetch_nodes(store, [part for ref in refs for part in dir_parts(view.load_node(ref))])
+        level = [child for ref in refs for child in load_dir(ref, view.load_node) if child.is_dir]
     return fetched

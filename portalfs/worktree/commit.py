@@ -27,7 +27,7 @@ from ..portal import PortalView
 from ..root import RootPayload, RootRecord
 from ..sealing import ChunkRef, object_id, seal
 from ..store import ObjectStore
-from ..tree import Entry, NodeLoader, build_file, encode_dir, holds_links
+from ..tree import Entry, NodeLoader, build_file, holds_links, store_dir
 from .workspace import Inode, Workspace
 
 __all__ = [
@@ -225,7 +225,7 @@ def execute(plan: DirPlan, sealer: Sealer, load_node: NodeLoader, totals: dict[b
                 s, f = tree_totals(entry, load_node, totals)
             entries.append(entry)
             size, files = size + s, files + f
-        p.ref = sealer.store_node(encode_dir(entries, p.entry.name))  # DirectoryTooLarge: the mount logs it
+        p.ref = store_dir(entries, sealer.store_node, p.entry.name)  # DirectoryTooLarge: the mount logs it
         totals[p.ref.cid] = (size, files)
         done.append(p)
         return dataclasses.replace(p.entry, node=p.ref), size, files

@@ -28,7 +28,7 @@ from pathlib import Path
 from types import MappingProxyType
 
 from ..sealing import ChunkRef
-from ..tree import LINK_ID_SIZE, NAME_MAX, Entry, FileKind, decode_dir
+from ..tree import LINK_ID_SIZE, NAME_MAX, Entry, FileKind, load_dir
 
 __all__ = [
     "FsError",
@@ -270,7 +270,7 @@ class Workspace:
         if directory.children is None:
             directory.children = {}
             if directory.node is not None:
-                for entry in decode_dir(self._load_node(directory.node)):
+                for entry in load_dir(directory.node, self._load_node):
                     # another name of a file already loaded is that file; any other entry, an inode of its own
                     self._link(directory, entry.name, self._group(entry) or self._inode_from_entry(entry, directory))
         return directory.children
@@ -401,7 +401,7 @@ class Workspace:
         if not inode.is_dir or inode.children is None:
             return
         subdirs = inode.subdirs
-        new = {e.name: e for e in decode_dir(self._load_node(entry.node))} if entry.node is not None else {}
+        new = {e.name: e for e in load_dir(entry.node, self._load_node)} if entry.node is not None else {}
         for name, child in list(inode.children.items()):
             if here(child):
                 continue  # made or changed here since the checkpoint: it stays

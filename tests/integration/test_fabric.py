@@ -362,6 +362,28 @@ def test_two_devices_that_wrote_at_once_are_merged_and_a_true_conflict_keeps_bot
 
 
 @needs_fuse
+def test_a_directory_stored_in_parts_reaches_a_second_device(tmp_path: Path, lab: FabricLab) -> None:
+    """15,000 names of 250 bytes (about 4.7 MB of entries, past the 4 MiB a directory node holds before it is
+    split): the parts are pushed with their directory, and fetched by the other device's get and mount."""
+    src = tmp_path / "src"
+    (src / "many").mkdir(parents=True)
+    names = sorted(f"{i:05d}".ljust(250, "x") for i in range(15_000))
+    for name in names:
+        (src / "many" / name).touch()
+    (src / "many" / names[123]).write_text("one with bytes")
+    a, words = _device(tmp_path, "a", lab)
+    ok(a, "portal", "create", "docs")
+    ok(a, "put", "docs", f"{src}/", "--sync")
+    b, _ = _device(tmp_path, "b", lab, words)
+    with mounted(b, "docs", tmp_path / "mnt-b", "ro") as mnt:  # fetches the directory's nodes before it serves
+        assert sorted(os.listdir(mnt / "many")) == names
+        assert (mnt / "many" / names[123]).read_text() == "one with bytes"
+    got = tmp_path / "got"
+    ok(b, "get", "docs", str(got))
+    assert sorted(os.listdir(got / "many")) == names and (got / "many" / names[123]).read_text() == "one with bytes"
+
+
+@needs_fuse
 def test_a_second_device_mounts_the_portal_and_reads_chunks_it_never_had(tmp_path: Path, lab: FabricLab) -> None:
     src, a, b = _docs_on_two_devices(tmp_path, lab)
     held_before = len(held(b))

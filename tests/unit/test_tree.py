@@ -14,7 +14,20 @@ from portalfs.keys import DeviceKey
 from portalfs.root import PortalKeys, RootPayload, RootRecord, make_root_record, verify_chain
 from portalfs.sealing import ChunkRef, seal, unseal
 from portalfs.store import MemoryStore
-from portalfs.tree import LINK_ID_SIZE, Entry, FileObjects, build_file, decode_dir, encode_dir, iter_file_chunks
+from portalfs.tree import (
+    LINK_ID_SIZE,
+    PART_LIMIT,
+    SPLIT_AT,
+    Entry,
+    FileObjects,
+    build_file,
+    decode_dir,
+    dir_parts,
+    encode_dir,
+    iter_file_chunks,
+    load_dir,
+    store_dir,
+)
 
 TREE_SECRET = b"t" * 32
 names = st.binary(min_size=1, max_size=40).filter(lambda n: b"/" not in n and b"\0" not in n and n not in (b".", b".."))
@@ -224,12 +237,66 @@ def test_directory_nodes_are_the_deterministic_encoding(items: list) -> None:
         assert changed.encoded() == encoding.encode(changed.to_cbor()) != entries[0].encoded()
 
 
-def test_a_directory_past_what_one_node_holds_is_refused_with_a_clear_error() -> None:
+def test_one_node_past_what_it_holds_is_refused_with_a_clear_error() -> None:
     pad = {b"user.pad": b"x" * 60 * 1024}
     entries = [Entry(b"f%03d" % i, stat.S_IFREG | 0o644, 0, 0, 1, 1, xattrs=pad) for i in range(300)]
     with pytest.raises(DirectoryTooLarge, match="the directory 'd' cannot be stored: its 300 entries take"):
         encode_dir(entries, b"d")
     assert len(encode_dir(entries[:200])) < 16 * 1024 * 1024
+
+
+def _many(count: int, prefix: bytes = b"file-") -> list[Entry]:
+    node = ChunkRef(b"c" * 32, b"k" * 32, b"p" * 32, 3)
+    return [_file(prefix + b"%06d.txt" % i, 3, node) for i in range(count)]
+
+
+def test_a_directory_past_split_at_is_stored_in_parts_and_a_change_stores_one_part_anew() -> None:
+    nodes = Nodes()
+    small = _many(1000)
+    assert nodes.get(store_dir(small, nodes.put)) == encode_dir(small)  # one node, as before: byte for byte
+    entries = _many(60_000)  # about 6 MB of entries
+    assert sum(len(e.encoded()) for e in entries) > SPLIT_AT
+    ref = store_dir(list(reversed(entries)), nodes.put)
+    assert store_dir(entries, nodes.put) == ref  # the same entries, the same nodes
+    parts = dir_parts(nodes.get(ref))
+    assert 2 < len(parts) < 30 and all(p.length <= PART_LIMIT for p in parts)
+    visited: list[ChunkRef] = []
+    assert load_dir(ref, nodes.get, visited.append) == entries and visited == parts
+    with pytest.raises(CorruptObject):
+        decode_dir(nodes.get(ref))  # a node of parts is not a node of entries
+    # A name added, one removed, one changed: the parts they fall in are new, the others the same objects.
+    changed = [*entries[:30_001], _file(b"file-030000.txt-new"), *entries[30_001:]]
+    del changed[50_000]
+    changed[10] = dataclasses.replace(changed[10], mtime_ns=99)
+    new_parts = dir_parts(nodes.get(store_dir(changed, nodes.put)))
+    assert 1 <= len({p.cid for p in new_parts} - {p.cid for p in parts}) <= 3
+    assert load_dir(store_dir(changed, nodes.put), nodes.get) == changed
+    assert load_dir(store_dir(entries[:100], nodes.put), nodes.get) == entries[:100]  # and back to one node
+
+
+def test_an_entry_past_what_one_node_holds_is_refused_naming_it() -> None:
+    nodes = Nodes()
+    pad = {b"user.pad%03d" % i: b"x" * 60 * 1024 for i in range(300)}
+    entries = [*_many(10), Entry(b"huge", stat.S_IFREG | 0o644, 0, 0, 1, 1, xattrs=pad)]
+    with pytest.raises(DirectoryTooLarge, match="the directory 'd' cannot be stored: its entry 'huge' takes"):
+        store_dir(entries, nodes.put, b"d")
+
+
+def test_malformed_nodes_of_parts_are_corrupt() -> None:
+    nodes = Nodes()
+    a, b = (nodes.put(encode_part(group)) for group in (_many(3, b"a"), _many(3, b"b")))
+    empty = nodes.put(encoding.encode({"v": 3, "t": "part", "entries": []}))
+    wrong = nodes.put(encoding.encode({"v": 3, "t": "dir", "entries": []}))
+    for parts in ([b, a], [a, a], [a, empty], [a, wrong], []):
+        head = nodes.put(encoding.encode({"v": 3, "t": "dir", "parts": [p.to_cbor() for p in parts]}))
+        with pytest.raises(CorruptObject):
+            load_dir(head, nodes.get)
+    good = nodes.put(encoding.encode({"v": 3, "t": "dir", "parts": [a.to_cbor(), b.to_cbor()]}))
+    assert load_dir(good, nodes.get) == [*_many(3, b"a"), *_many(3, b"b")]
+
+
+def encode_part(entries: list[Entry]) -> bytes:
+    return encoding.encode({"v": 3, "t": "part", "entries": [e.to_cbor() for e in entries]})
 
 
 @pytest.mark.parametrize("count", [0, 1, 23, 24, 255, 256, 65535, 65536])

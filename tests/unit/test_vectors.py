@@ -13,14 +13,15 @@ import os
 import stat
 from pathlib import Path
 
+import cbor2
 import pytest
 
 from portalfs.chunking import cdc_chunks
 from portalfs.generations import PurposeKeys
 from portalfs.keys import DeviceKey, Identity, new_entropy_words, root_from_words, x25519_public
 from portalfs.root import PortalKeys, RootPayload, make_root_record
-from portalfs.sealing import ChunkRef, seal
-from portalfs.tree import Entry, build_file, encode_dir
+from portalfs.sealing import ChunkRef, seal, unseal
+from portalfs.tree import Entry, build_file, dir_parts, encode_dir, load_dir, store_dir
 
 VECTORS = Path(__file__).resolve().parent.parent / "vectors"
 ENTROPY = bytes(range(32))
@@ -170,11 +171,47 @@ def special_vectors() -> dict:
             "sealed": sealed.hex()}  # fmt: skip
 
 
+def split_vectors() -> dict:
+    """A version-3 directory node (format 3): 60,000 empty files' entries, past SPLIT_AT, in parts."""
+    keys = PortalKeys(bytes(range(100, 132)))
+    when = 1_700_000_000_000_000_000
+    entries = [Entry(b"file-%05d.txt" % i, stat.S_IFREG | 0o644, 1000, 1000, when, when) for i in range(60_000)]
+    sealed: dict[bytes, bytes] = {}
+
+    def store_node(plaintext: bytes) -> ChunkRef:
+        ref, data = seal(keys.tree_secret, plaintext)
+        sealed[ref.cid] = data
+        return ref
+
+    head = store_dir(entries, store_node)
+    head_plaintext = unseal(head, sealed[head.cid])
+    parts = dir_parts(head_plaintext)
+    assert load_dir(head, lambda ref: unseal(ref, sealed[ref.cid])) == entries
+    counts = [len(decode_part(unseal(ref, sealed[ref.cid]))) for ref in parts]
+    return {
+        "tree_secret": keys.tree_secret.hex(),
+        "entries": "60,000 regular files named file-00000.txt to file-59999.txt, mode 0644, uid and gid 1000, "
+        f"size 0, mtime and ctime {when}",
+        "dir_node": head_plaintext.hex(),
+        "cid": head.cid.hex(),
+        "parts": [
+            {"cid": ref.cid.hex(), "length": ref.length, "entries": n} for ref, n in zip(parts, counts, strict=True)
+        ],
+    }
+
+
+def decode_part(plaintext: bytes) -> list:
+    node = cbor2.loads(plaintext)
+    assert node["v"] == 3 and node["t"] == "part"
+    return list(node["entries"])
+
+
 CASES = {
     "keys.json": keys_vectors,
     "chunks.json": chunk_vectors,
     "tree.json": tree_vectors,
     "special.json": special_vectors,
+    "split.json": split_vectors,
 }
 
 
