@@ -2,12 +2,23 @@ from __future__ import annotations
 
 import os
 
+import blake3
 import pytest
+from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 from hypothesis import given
 from hypothesis import strategies as st
 
 from portalfs.errors import CorruptObject
-from portalfs.sealing import MAX_PLAINTEXT, ChunkRef, object_id, seal, unseal
+from portalfs.sealing import (
+    MAX_PLAINTEXT,
+    STREAM_SEAL_FROM,
+    ChunkRef,
+    _compressor,
+    object_id,
+    seal,
+    unseal,
+    worth_compressing,
+)
 
 SECRET = bytes(range(32))
 
@@ -89,3 +100,22 @@ def test_zstd_is_tried_only_where_a_sample_compresses_and_the_choice_is_the_plai
     assert not worth_compressing(mixed)
     ref, sealed = seal(secret, bytes(mixed))
     assert bytes(unseal(ref, sealed)) == bytes(mixed) and len(sealed) > len(mixed) > HEADER_LEN
+
+
+@pytest.mark.parametrize("size", [STREAM_SEAL_FROM - 2, STREAM_SEAL_FROM - 1, STREAM_SEAL_FROM, 1 << 20])
+@pytest.mark.parametrize("kind", ["random", "text"])
+def test_a_large_payload_seals_to_the_bytes_of_the_format(size: int, kind: str) -> None:
+    """Past STREAM_SEAL_FROM, flags and payload are encrypted in two steps: the bytes are exactly those of
+    AES-GCM over flags || payload in one (docs/design.md, section 4), compressed or stored."""
+    # hex text compresses to about 0.55 of its size: at 1 MiB, a compressed payload past STREAM_SEAL_FROM
+    plaintext = os.urandom(size) if kind == "random" else os.urandom(size).hex().encode()[:size]
+    ref, sealed = seal(SECRET, plaintext)
+    pid = blake3.blake3(plaintext).digest()
+    key = blake3.blake3(pid, key=SECRET).digest()
+    frame = _compressor().compress(plaintext) if worth_compressing(plaintext) else None
+    body = b"\x01" + frame if frame is not None and len(frame) < size else b"\x00" + plaintext
+    assert (body[0] == 1) == (kind == "text")
+    assert len(body) - 1 >= STREAM_SEAL_FROM or size < 1 << 20  # at 1 MiB, both kinds in two steps
+    nonce = blake3.blake3(body if body[0] else b"\x00", key=key).digest(length=12)
+    assert bytes(sealed) == b"\x01" + nonce + AESGCM(key).encrypt(nonce, body, b"\x01")
+    assert ref == ChunkRef(object_id(sealed), key, pid, size) and unseal(ref, sealed) == plaintext
