@@ -23,7 +23,7 @@ from .errors import NotFound, UsageError, shown
 from .merge import CONFLICT_XATTR
 from .portal import PortalView
 from .state import VersionRow
-from .tree import Entry, load_dir
+from .tree import Entry
 
 __all__ = ["ConflictCopy", "find", "settle", "read_mark"]
 
@@ -66,7 +66,7 @@ def find(view: PortalView, root: Entry) -> list[ConflictCopy]:
     def walk(directory: Entry, prefix: str) -> None:
         if directory.node is None:
             return
-        children = {child.name: child for child in load_dir(directory.node, view.load_node)}
+        children = {child.name: child for child in view.load_dir(directory.node)}
         for name, child in sorted(children.items()):
             path = prefix + os.fsdecode(name)
             if child.is_dir:

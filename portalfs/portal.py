@@ -74,6 +74,11 @@ class PortalView:
             # reference's fault, and unseal says so.
             return unseal(ref, self.store.get(ref.cid), what, id_checked=True)
 
+    def load_dir(self, ref: ChunkRef, visit_node: Callable[[ChunkRef], None] | None = None) -> list[Entry]:
+        """The entries of a directory node (``tree.load_dir``), its parts brought in together where the store
+        fetches."""
+        return load_dir(ref, self.load_node, visit_node, self.prefetch if self.fetches else None)
+
     def prefetch(self, refs: Sequence[ChunkRef], priority: Priority = Priority.READAHEAD) -> None:
         """Bring the objects of ``refs`` this device lacks in together (one location lookup, fetched in parallel),
         as urgently as ``priority`` says."""
@@ -87,7 +92,7 @@ class PortalView:
             return into
         if entry.is_dir:
             into.add(entry.node.cid)
-            for child in load_dir(entry.node, self.load_node, lambda part: into.add(part.cid)):
+            for child in self.load_dir(entry.node, lambda part: into.add(part.cid)):
                 self.objects(child, into)
         else:
             reached = self.device.file_objects.get(entry.node.cid)
@@ -109,8 +114,8 @@ class PortalView:
             return self.objects(entry, into)
         if entry.is_dir:
             into.add(entry.node.cid)
-            before = {child.name: child for child in load_dir(base.node, self.load_node)}
-            for child in load_dir(entry.node, self.load_node, lambda part: into.add(part.cid)):
+            before = {child.name: child for child in self.load_dir(base.node)}
+            for child in self.load_dir(entry.node, lambda part: into.add(part.cid)):
                 self.changed_objects(child, before.get(child.name), into)
             return into
         old: set[bytes] = set()
@@ -142,7 +147,7 @@ class PortalView:
             if not entry.is_dir or entry.node is None:
                 raise NotFound(f"{path!r} is not in portal {self.row.name!r}")
             name = os.fsencode(part)
-            match = [e for e in load_dir(entry.node, self.load_node) if e.name == name]
+            match = [e for e in self.load_dir(entry.node) if e.name == name]
             if not match:
                 raise NotFound(f"{path!r} is not in portal {self.row.name!r}")
             entry = match[0]
@@ -207,7 +212,7 @@ class PortalView:
         def place(directory: Entry, names: list[bytes], entry: Entry | None, path: str) -> Entry:
             if not directory.is_dir or directory.node is None:
                 raise NotFound(f"{path!r}: a parent of it is not a directory in the newest version")
-            children = {e.name: e for e in load_dir(directory.node, self.load_node)}
+            children = {e.name: e for e in self.load_dir(directory.node)}
             if len(names) == 1:
                 if entry is None:
                     if children.pop(names[0], None) is None:
@@ -298,7 +303,7 @@ class PortalView:
                     nonlocal nodes
                     nodes += 1
 
-                for child in load_dir(entry.node, self.load_node, part):
+                for child in self.load_dir(entry.node, part):
                     walk(child)
             elif entry.is_file:
                 nodes += 1

@@ -25,7 +25,7 @@ from .errors import AlreadyExists, PortalError
 from .fsutil import storage_error
 from .portal import PortalView
 from .sealing import ChunkRef
-from .tree import Entry, load_dir
+from .tree import Entry
 
 __all__ = ["Restorer", "RestoreStats"]
 
@@ -182,7 +182,7 @@ class Restorer:
     def _fill_dir(self, pool: ThreadPoolExecutor, entry: Entry, path: Path) -> None:
         assert entry.node is not None
         self.stats.dirs += 1
-        children = load_dir(entry.node, self.view.load_node)
+        children = self.view.load_dir(entry.node)
         for group, contents in batches_ahead(children, self._read_small, weigh=_small_bytes):
             for child, content in zip(group, contents, strict=True):
                 self._restore(pool, child, path / os.fsdecode(child.name), content)

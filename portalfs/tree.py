@@ -364,13 +364,22 @@ def dir_parts(plaintext: bytes) -> list[ChunkRef]:
         raise CorruptObject(f"directory node: {exc}") from exc
 
 
-def load_dir(ref: ChunkRef, load_node: NodeLoader, visit_node: Callable[[ChunkRef], None] | None = None) -> list[Entry]:
+def load_dir(
+    ref: ChunkRef,
+    load_node: NodeLoader,
+    visit_node: Callable[[ChunkRef], None] | None = None,
+    prefetch: Callable[[list[ChunkRef]], None] | None = None,
+) -> list[Entry]:
     """The entries of the directory whose node is ``ref``, loading its parts when it has them; raise
-    CorruptObject when a node is not valid. ``visit_node`` is called with the ref of each part loaded."""
+    CorruptObject when a node is not valid. ``visit_node`` is called with the ref of each part loaded;
+    ``prefetch`` with the refs of all of them before the first is loaded (a store that fetches brings them
+    in together)."""
     plaintext = load_node(ref)
     parts = dir_parts(plaintext)
     if not parts:
         return decode_dir(plaintext)
+    if prefetch is not None:
+        prefetch(parts)
     entries: list[Entry] = []
     for part in parts:
         if visit_node is not None:

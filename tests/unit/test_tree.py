@@ -262,6 +262,10 @@ def test_a_directory_past_split_at_is_stored_in_parts_and_a_change_stores_one_pa
     assert 2 < len(parts) < 30 and all(p.length <= PART_LIMIT for p in parts)
     visited: list[ChunkRef] = []
     assert load_dir(ref, nodes.get, visited.append) == entries and visited == parts
+    asked: list[tuple[list[ChunkRef], int]] = []
+    before = nodes.loads
+    load_dir(ref, nodes.get, prefetch=lambda refs: asked.append((refs, nodes.loads - before)))
+    assert asked == [(parts, 1)]  # every part asked for at once, once the list alone was loaded
     with pytest.raises(CorruptObject):
         decode_dir(nodes.get(ref))  # a node of parts is not a node of entries
     # A name added, one removed, one changed: the parts they fall in are new, the others the same objects.
