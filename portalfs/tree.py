@@ -49,8 +49,9 @@ __all__ = [
     "encode_dir",
     "decode_dir",
     "store_dir",
+    "open_dir",
     "load_dir",
-    "dir_parts",
+    "load_parts",
     "build_file",
     "iter_file_chunks",
     "FileObjects",
@@ -343,43 +344,33 @@ def _check_names(entries: list[Entry]) -> list[Entry]:
     return entries
 
 
-def decode_dir(plaintext: bytes) -> list[Entry]:
-    """Parse a directory node of one object (version 1 or 2); raise CorruptObject when it is not a valid one."""
-    try:
-        return _check_names(_entries(_decode_node(plaintext, ("dir",), DIR_VERSIONS)))
-    except (ValueError, KeyError, TypeError) as exc:
-        raise CorruptObject(f"directory node: {exc}") from exc
-
-
-def dir_parts(plaintext: bytes) -> list[ChunkRef]:
-    """The refs of a directory node's parts: none for a node of one object. CorruptObject when malformed."""
+def open_dir(plaintext: bytes) -> tuple[list[Entry], list[ChunkRef]]:
+    """A directory node, decoded once: (its entries, no parts) for a node of one object (version 1 or 2), (no
+    entries, its parts' refs) for a node of parts (version 3). CorruptObject when it is not a valid one."""
     try:
         node = _decode_node(plaintext, ("dir",), (*DIR_VERSIONS, SPLIT_NODE_VERSION))
         if node["v"] != SPLIT_NODE_VERSION:
-            return []
+            return _check_names(_entries(node)), []
         if set(node) != {"v", "t", "parts"} or not isinstance(node["parts"], list) or not node["parts"]:
             raise ValueError("malformed directory node")
-        return [ChunkRef.from_cbor(r) for r in node["parts"]]
+        return [], [ChunkRef.from_cbor(r) for r in node["parts"]]
     except (ValueError, KeyError, TypeError) as exc:
         raise CorruptObject(f"directory node: {exc}") from exc
 
 
-def load_dir(
-    ref: ChunkRef,
-    load_node: NodeLoader,
-    visit_node: Callable[[ChunkRef], None] | None = None,
-    prefetch: Callable[[list[ChunkRef]], None] | None = None,
+def decode_dir(plaintext: bytes) -> list[Entry]:
+    """Parse a directory node of one object (version 1 or 2); raise CorruptObject when it is not a valid one."""
+    entries, parts = open_dir(plaintext)
+    if parts:
+        raise CorruptObject("directory node: a node of parts, not of entries")
+    return entries
+
+
+def load_parts(
+    ref: ChunkRef, parts: list[ChunkRef], load_node: NodeLoader, visit_node: Callable[[ChunkRef], None] | None = None
 ) -> list[Entry]:
-    """The entries of the directory whose node is ``ref``, loading its parts when it has them; raise
-    CorruptObject when a node is not valid. ``visit_node`` is called with the ref of each part loaded;
-    ``prefetch`` with the refs of all of them before the first is loaded (a store that fetches brings them
-    in together)."""
-    plaintext = load_node(ref)
-    parts = dir_parts(plaintext)
-    if not parts:
-        return decode_dir(plaintext)
-    if prefetch is not None:
-        prefetch(parts)
+    """The entries of the directory whose node ``ref`` lists ``parts`` (``open_dir``), loading each part;
+    ``visit_node`` is called with the ref of each. CorruptObject when a part is not valid."""
     entries: list[Entry] = []
     for part in parts:
         if visit_node is not None:
@@ -395,6 +386,24 @@ def load_dir(
         return _check_names(entries)
     except ValueError as exc:
         raise CorruptObject(f"directory node {ref.cid.hex()}: {exc}") from exc
+
+
+def load_dir(
+    ref: ChunkRef,
+    load_node: NodeLoader,
+    visit_node: Callable[[ChunkRef], None] | None = None,
+    prefetch: Callable[[list[ChunkRef]], None] | None = None,
+) -> list[Entry]:
+    """The entries of the directory whose node is ``ref``, loading its parts when it has them; raise
+    CorruptObject when a node is not valid. ``visit_node`` is called with the ref of each part loaded;
+    ``prefetch`` with the refs of all of them before the first is loaded (a store that fetches brings them
+    in together)."""
+    entries, parts = open_dir(load_node(ref))
+    if not parts:
+        return entries
+    if prefetch is not None:
+        prefetch(parts)
+    return load_parts(ref, parts, load_node, visit_node)
 
 
 def _span_list(refs: list[tuple[ChunkRef, int]]) -> list[Any]:

@@ -12,7 +12,7 @@ from ..portal import PortalView
 from ..sealing import ChunkRef
 from ..store.base import Priority, StoreStat
 from ..store.local import LocalStore
-from ..tree import Entry, dir_parts, load_dir
+from ..tree import Entry, load_parts, open_dir
 from .cache import FetchCache
 from .swarm import Swarm
 
@@ -173,6 +173,12 @@ def fetch_directories(view: PortalView, root: Entry) -> int:
         refs = [entry.node for entry in level if entry.node is not None and entry.node.cid not in seen]
         seen.update(ref.cid for ref in refs)
         fetched += _fetch_nodes(store, refs)
-        fetched += _fetch_nodes(store, [part for ref in refs for part in dir_parts(view.load_node(ref))])
-        level = [child for ref in refs for child in load_dir(ref, view.load_node) if child.is_dir]
+        opened = [(ref, *open_dir(view.load_node(ref))) for ref in refs]
+        fetched += _fetch_nodes(store, [part for _, _, parts in opened for part in parts])
+        level = [
+            child
+            for ref, entries, parts in opened
+            for child in (load_parts(ref, parts, view.load_node) if parts else entries)
+            if child.is_dir
+        ]
     return fetched

@@ -22,10 +22,10 @@ from portalfs.tree import (
     FileObjects,
     build_file,
     decode_dir,
-    dir_parts,
     encode_dir,
     iter_file_chunks,
     load_dir,
+    open_dir,
     store_dir,
 )
 
@@ -258,7 +258,7 @@ def test_a_directory_past_split_at_is_stored_in_parts_and_a_change_stores_one_pa
     assert sum(len(e.encoded()) for e in entries) > SPLIT_AT
     ref = store_dir(list(reversed(entries)), nodes.put)
     assert store_dir(entries, nodes.put) == ref  # the same entries, the same nodes
-    parts = dir_parts(nodes.get(ref))
+    parts = open_dir(nodes.get(ref))[1]
     assert 2 < len(parts) < 30 and all(p.length <= PART_LIMIT for p in parts)
     visited: list[ChunkRef] = []
     assert load_dir(ref, nodes.get, visited.append) == entries and visited == parts
@@ -272,7 +272,7 @@ def test_a_directory_past_split_at_is_stored_in_parts_and_a_change_stores_one_pa
     changed = [*entries[:30_001], _file(b"file-030000.txt-new"), *entries[30_001:]]
     del changed[50_000]
     changed[10] = dataclasses.replace(changed[10], mtime_ns=99)
-    new_parts = dir_parts(nodes.get(store_dir(changed, nodes.put)))
+    new_parts = open_dir(nodes.get(store_dir(changed, nodes.put)))[1]
     assert 1 <= len({p.cid for p in new_parts} - {p.cid for p in parts}) <= 3
     assert load_dir(store_dir(changed, nodes.put), nodes.get) == changed
     assert load_dir(store_dir(entries[:100], nodes.put), nodes.get) == entries[:100]  # and back to one node

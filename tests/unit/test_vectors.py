@@ -21,7 +21,7 @@ from portalfs.generations import PurposeKeys
 from portalfs.keys import DeviceKey, Identity, new_entropy_words, root_from_words, x25519_public
 from portalfs.root import PortalKeys, RootPayload, make_root_record
 from portalfs.sealing import ChunkRef, seal, unseal
-from portalfs.tree import Entry, build_file, dir_parts, encode_dir, load_dir, store_dir
+from portalfs.tree import Entry, build_file, encode_dir, load_dir, open_dir, store_dir
 
 VECTORS = Path(__file__).resolve().parent.parent / "vectors"
 ENTROPY = bytes(range(32))
@@ -185,7 +185,7 @@ def split_vectors() -> dict:
 
     head = store_dir(entries, store_node)
     head_plaintext = unseal(head, sealed[head.cid])
-    parts = dir_parts(head_plaintext)
+    parts = open_dir(head_plaintext)[1]
     assert load_dir(head, lambda ref: unseal(ref, sealed[ref.cid])) == entries
     counts = [len(decode_part(unseal(ref, sealed[ref.cid]))) for ref in parts]
     return {
