@@ -31,6 +31,7 @@ from .sealing import ChunkRef
 from .state import CACHED_FILES_PER_QUERY, CachedFile, StateDB
 from .store import ObjectStore
 from .tree import (
+    NO_XATTRS,
     SPECIAL_TYPES,
     Entry,
     FileObjects,
@@ -93,7 +94,7 @@ def _entry(name: bytes, st: os.stat_result, xattrs: dict[bytes, bytes], **conten
         gid=st.st_gid,
         mtime_ns=st.st_mtime_ns,
         ctime_ns=st.st_ctime_ns,
-        xattrs=xattrs,
+        xattrs=xattrs or NO_XATTRS,
         **content,  # type: ignore[arg-type]
     )
 

@@ -28,12 +28,15 @@ Pure: storing and loading nodes are callables passed in.
 
 from __future__ import annotations
 
+import dataclasses
 import itertools
+import operator
 import stat
 import threading
 import zlib
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
+from types import MappingProxyType
 from typing import Any
 
 from . import encoding
@@ -49,6 +52,8 @@ __all__ = [
     "encode_dir",
     "decode_dir",
     "store_dir",
+    "store_dir_parts",
+    "Part",
     "open_dir",
     "load_dir",
     "load_parts",
@@ -59,6 +64,7 @@ __all__ = [
     "new_root_entry",
     "NodeStorer",
     "NodeLoader",
+    "NO_XATTRS",
 ]
 
 NODE_VERSION = 1
@@ -72,6 +78,10 @@ PART_LIMIT = 4 << 20  # a part ends before an entry that would take it past this
 SPECIAL_TYPES = (stat.S_IFIFO, stat.S_IFSOCK, stat.S_IFCHR, stat.S_IFBLK)
 FANOUT = 1024  # refs per file or index node
 NAME_MAX = 255
+
+# The extended attributes of every entry and inode without any: one shared, read-only empty mapping (an empty dict
+# is 64 bytes, for each of hundreds of thousands of names). A change replaces an inode's mapping whole.
+NO_XATTRS: Mapping[bytes, bytes] = MappingProxyType({})
 
 NodeStorer = Callable[[bytes], ChunkRef]  # seal and store a node's plaintext, return its ref
 NodeLoader = Callable[[ChunkRef], bytes]  # fetch, verify and open a node
@@ -126,7 +136,7 @@ class Entry(FileKind):
     size: int = 0
     node: ChunkRef | None = None
     target: bytes | None = None
-    xattrs: dict[bytes, bytes] = field(default_factory=dict)
+    xattrs: Mapping[bytes, bytes] = field(default_factory=lambda: NO_XATTRS)
     rdev: int = 0  # a device's number (st_rdev)
     link: bytes | None = None  # a hard-linked name: the group of names that are one file
     links: bool = False  # a directory whose subtree holds hard-linked names
@@ -162,11 +172,16 @@ class Entry(FileKind):
         return out
 
     def encoded(self) -> bytes:
-        """``encoding.encode(self.to_cbor())``, made on the first call and kept."""
-        if self._encoded is None:
-            object.__setattr__(self, "_encoded", encoding.encode_ordered(self.to_cbor()))
-        assert self._encoded is not None
-        return self._encoded
+        """``encoding.encode(self.to_cbor())``, made on the first call and kept (until ``store_dir_parts``
+        drops it: a part kept whole needs none)."""
+        encoded = self._encoded
+        if encoded is None:
+            encoded = encoding.encode_ordered(self.to_cbor())
+            object.__setattr__(self, "_encoded", encoded)
+        return encoded
+
+    def forget_encoding(self) -> None:
+        object.__setattr__(self, "_encoded", None)
 
     @classmethod
     def from_cbor(cls, value: object, allow_empty_name: bool = False, allow_new_dir: bool = False) -> Entry:
@@ -193,6 +208,7 @@ class Entry(FileKind):
             isinstance(k, bytes) and isinstance(v, bytes) for k, v in xattrs.items()
         ):
             raise ValueError("xattrs must map bytes to bytes")
+        xattrs = xattrs or NO_XATTRS
         size = value.get("size", 0)
         if stat.S_ISREG(mode):
             if not isinstance(size, int) or size < 0 or (size > 0) != (node is not None) or target is not None:
@@ -257,7 +273,7 @@ def _ordered(entries: list[Entry]) -> list[Entry]:
     return ordered
 
 
-def _node(t: str, version: int, entries: list[Entry]) -> bytes:
+def _node(t: str, version: int, entries: Iterable[Entry]) -> bytes:
     # "entries" sorts after "t" and "v" (a longer key): the map's encoding ends with the array, here empty
     head = encoding.encode_ordered({"t": t, "v": version, "entries": []})
     return head[:-1] + encoding.encode_array([e.encoded() for e in entries])
@@ -292,40 +308,92 @@ def _cut_after(entry: Entry, size: int) -> bool:
     return zlib.crc32(entry.name) * PART_TARGET < size << 32
 
 
-def _parts(ordered: list[Entry]) -> list[list[Entry]]:
-    parts: list[list[Entry]] = [[]]
-    taken = 0
-    for entry in ordered:
+@dataclass(frozen=True, slots=True)
+class Part:
+    """A part node of a directory stored in parts (``store_dir_parts``): its entries, its ref, the bytes of their
+    encodings, and why it ended. Where its very entries (the same objects: entries are immutable) start a part
+    again, it is that part again if it ended where ``_cut_after`` says, or before the same entry at PART_LIMIT,
+    or with the directory, still ending it."""
+
+    entries: tuple[Entry, ...]
+    ref: ChunkRef | None  # None until stored
+    size: int
+    closed: bool  # ended after its last entry, where _cut_after says
+    limit: Entry | None = None  # ... or ended before this entry, which would have taken it past PART_LIMIT
+
+    def again(self, ordered: list[Entry], start: int) -> bool:
+        """Whether this part is the one that ``ordered[start:]``, at the start of a part, begins with."""
+        end = start + len(self.entries)
+        if self.ref is None or end > len(ordered):
+            return False
+        if not (self.closed or (ordered[end] is self.limit if end < len(ordered) else self.limit is None)):
+            return False
+        return all(map(operator.is_, self.entries, ordered[start:end]))
+
+
+def _parts(ordered: list[Entry], kept: Iterable[Part] = ()) -> list[Part]:
+    """``ordered`` cut into parts: a part of ``kept`` where one begins again (its entries not encoded), new
+    ones (``ref`` None) elsewhere."""
+    starts = {id(part.entries[0]): part for part in kept if part.entries}
+    parts: list[Part] = []
+    current: list[Entry] = []
+    taken = start = 0
+    while start < len(ordered):
+        entry = ordered[start]
+        again = starts.get(id(entry)) if not current else None
+        if again is not None and again.entries[0] is entry and again.again(ordered, start):
+            parts.append(again)
+            start += len(again.entries)
+            continue
         size = len(entry.encoded())
-        if parts[-1] and taken + size > PART_LIMIT:
-            parts.append([])
-            taken = 0
-        parts[-1].append(entry)
+        if current and taken + size > PART_LIMIT:
+            parts.append(Part(tuple(current), None, taken, False, entry))
+            current, taken = [], 0
+        current.append(entry)
         taken += size
+        start += 1
         if _cut_after(entry, size):
-            parts.append([])
-            taken = 0
-    return [part for part in parts if part]
+            parts.append(Part(tuple(current), None, taken, True))
+            current, taken = [], 0
+    if current:
+        parts.append(Part(tuple(current), None, taken, False))
+    return parts
 
 
 def store_dir(entries: list[Entry], store_node: NodeStorer, name: bytes = b"") -> ChunkRef:
     """Store a directory's node and return its ref: one node (``encode_dir``) up to SPLIT_AT bytes; past that,
     a version-3 node listing part nodes, each ending where ``_cut_after`` says (or before PART_LIMIT), so
     that a change stores anew the part it falls in and the list, not the whole directory."""
+    return store_dir_parts(entries, store_node, name)[0]
+
+
+def store_dir_parts(
+    entries: list[Entry], store_node: NodeStorer, name: bytes = b"", kept: Iterable[Part] = ()
+) -> tuple[ChunkRef, list[Part]]:
+    """``store_dir``, and the parts it stored the directory in (none: one node). ``kept``: the parts of an
+    earlier store of the directory; one that its entries make again is not encoded or stored again.
+
+    The entries of a directory in parts do not keep their encodings (``Entry.encoded``): what a later store
+    needs of a part that did not change is the part itself. A directory of hundreds of thousands of names
+    would otherwise keep about 200 bytes per name that nothing reads."""
     ordered = _ordered(entries)
-    total = sum(len(e.encoded()) for e in ordered)
-    if total <= SPLIT_AT:
-        return store_node(_single(ordered, name))
-    refs = []
-    for part in _parts(ordered):
-        node = _node("part", SPLIT_NODE_VERSION, part)
+    parts = _parts(ordered, kept)
+    if sum(part.size for part in parts) <= SPLIT_AT:
+        return store_node(_single(ordered, name)), []
+    for index, part in enumerate(parts):
+        if part.ref is not None:  # stored by the earlier store: the same entries, the same node
+            continue
+        node = _node("part", SPLIT_NODE_VERSION, part.entries)
         if len(node) > MAX_PLAINTEXT:
-            raise _too_large(name, f"its entry {part[0].name.decode(errors='replace')!r} takes", len(node))
-        refs.append(store_node(node))
+            raise _too_large(name, f"its entry {part.entries[0].name.decode(errors='replace')!r} takes", len(node))
+        parts[index] = dataclasses.replace(part, ref=store_node(node))
+        for entry in part.entries:
+            entry.forget_encoding()
+    refs = [part.ref for part in parts if part.ref is not None]
     head = encoding.encode_ordered({"t": "dir", "v": SPLIT_NODE_VERSION, "parts": [r.to_cbor() for r in refs]})
     if len(head) > MAX_PLAINTEXT:
         raise _too_large(name, f"the list of its {len(refs)} parts takes", len(head))
-    return store_node(head)
+    return store_node(head), parts
 
 
 def _entries(node: dict[str, Any]) -> list[Entry]:

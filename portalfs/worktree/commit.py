@@ -27,7 +27,7 @@ from ..portal import PortalView
 from ..root import RootPayload, RootRecord
 from ..sealing import ChunkRef, object_id, seal
 from ..store import ObjectStore
-from ..tree import Entry, NodeLoader, build_file, holds_links, store_dir
+from ..tree import Entry, NodeLoader, Part, build_file, holds_links, store_dir_parts
 from .workspace import Inode, Workspace
 
 __all__ = [
@@ -51,6 +51,7 @@ class FilePlan:
     ref: ChunkRef | None = None
     size: int = 0
     first: FilePlan | None = None  # another name of a hard-linked file: sealed once, by its first name's plan
+    committed: Entry | None = None  # ``entry`` with its node, as execute stored it
 
 
 @dataclass(slots=True)
@@ -59,6 +60,9 @@ class DirPlan:
     entry: Entry
     children: list[Entry | FilePlan | DirPlan] = field(default_factory=list)
     ref: ChunkRef | None = None
+    kept: list[Part] = field(default_factory=list)  # the parts the last checkpoint stored it in
+    parts: list[Part] = field(default_factory=list)  # ... and those execute stores it in
+    committed: Entry | None = None
 
 
 @dataclass(slots=True)
@@ -81,8 +85,8 @@ def snapshot(workspace: Workspace, content_of: Callable[[Inode], bool]) -> DirPl
     if not (root.dirty or root.dirty_below):
         return None
     deferred: list[Inode] = []
-    kept = workspace.last_entries
-    workspace.last_entries = {}
+    kept = workspace.last_entries, workspace.last_parts
+    workspace.last_entries, workspace.last_parts = {}, {}
     plan = _plan_dir(workspace, root, content_of, deferred, {}, kept)
     for inode in deferred:
         workspace.touch(inode)
@@ -95,14 +99,15 @@ def _plan_dir(
     content_of: Callable[[Inode], bool],
     deferred: list[Inode],
     linked: dict[int, FilePlan | None],
-    kept: dict[Inode, dict[bytes, Entry]],
+    kept: tuple[dict[Inode, dict[bytes, Entry]], dict[Inode, list[Part]]],
 ) -> DirPlan:
     """``linked``: the hard-linked files planned so far, by inode (None: committed without new content);
-    ``kept``: the entries of the last checkpoint, by directory (``Workspace.last_entries``)."""
-    plan = DirPlan(inode, inode.entry())
+    ``kept``: the entries and the parts of the last checkpoint, by directory (``Workspace.last_entries`` and
+    ``last_parts``)."""
+    plan = DirPlan(inode, inode.entry(), kept=kept[1].get(inode, []))
     inode.committed_gen = inode.gen
     inode.dirty_below = False
-    last = kept.get(inode, {})
+    last = kept[0].get(inode, {})
     entries: dict[bytes, Entry] = {}
     workspace.last_entries[inode] = entries
     for name, child in sorted(workspace.children(inode).items()):
@@ -217,7 +222,7 @@ def execute(plan: DirPlan, sealer: Sealer, load_node: NodeLoader, totals: dict[b
                     child.ref, child.size = sealer.seal_file(child.staging)
                 else:  # another name of a linked file: its first name's plan, earlier in the walk, sealed it
                     child.ref, child.size = child.first.ref, child.first.size
-                entry = dataclasses.replace(child.entry, node=child.ref, size=child.size)
+                entry = child.committed = dataclasses.replace(child.entry, node=child.ref, size=child.size)
                 done.append(child)
                 s, f = child.size, 1
             else:
@@ -225,23 +230,33 @@ def execute(plan: DirPlan, sealer: Sealer, load_node: NodeLoader, totals: dict[b
                 s, f = tree_totals(entry, load_node, totals)
             entries.append(entry)
             size, files = size + s, files + f
-        p.ref = store_dir(entries, sealer.store_node, p.entry.name)  # DirectoryTooLarge: the mount logs it
+        # DirectoryTooLarge: the mount logs it
+        p.ref, p.parts = store_dir_parts(entries, sealer.store_node, p.entry.name, p.kept)
         totals[p.ref.cid] = (size, files)
         done.append(p)
-        return dataclasses.replace(p.entry, node=p.ref), size, files
+        p.committed = dataclasses.replace(p.entry, node=p.ref)
+        return p.committed, size, files
 
     root, size, files = run(plan)
     sealer.store.sync()
     return CommitResult(root, size, files, done)
 
 
-def apply(result: CommitResult) -> None:
-    """Back on the event-loop thread: give each committed inode its new node."""
+def apply(workspace: Workspace, result: CommitResult) -> None:
+    """Back on the event-loop thread: give each committed inode its new node; keep the entries as committed,
+    and the parts, for the next checkpoint (``Workspace.last_entries``, ``last_parts``)."""
     for plan in result.plans:
         plan.inode.node = plan.ref
         if isinstance(plan, FilePlan):
             plan.inode.committed_content_gen = plan.content_gen
             plan.inode.committed_size = plan.size
+            continue
+        if plan.parts:
+            workspace.last_parts[plan.inode] = plan.parts
+        last = workspace.last_entries.get(plan.inode)
+        for child in plan.children:
+            if last is not None and isinstance(child, (FilePlan, DirPlan)) and child.committed is not None:
+                last[child.committed.name] = child.committed
 
 
 def checkpoint(

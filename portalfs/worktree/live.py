@@ -454,7 +454,7 @@ class LiveTree:
         except BaseException:
             abandon(self.workspace, plan)
             raise
-        apply(result)
+        apply(self.workspace, result)
         self.head = record
         self.versions_committed += 1
         if self.on_commit is not None:

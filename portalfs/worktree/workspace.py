@@ -25,10 +25,9 @@ import stat
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from types import MappingProxyType
 
 from ..sealing import ChunkRef
-from ..tree import LINK_ID_SIZE, NAME_MAX, Entry, FileKind, load_dir
+from ..tree import LINK_ID_SIZE, NAME_MAX, NO_XATTRS, Entry, FileKind, Part, load_dir
 
 __all__ = [
     "FsError",
@@ -46,9 +45,6 @@ RENAME_NOREPLACE = 1  # rename(2) flags, as Linux defines them
 RENAME_EXCHANGE = 2
 MAX_FILE_SIZE = 1 << 40  # 1 TiB: larger sizes get EFBIG
 SHARED_INTS = 4096
-
-
-NO_XATTRS: Mapping[bytes, bytes] = MappingProxyType({})
 
 
 def _xattrs(entry: Entry) -> Mapping[bytes, bytes]:
@@ -135,8 +131,9 @@ class Inode(FileKind):
             and like.links == self.links
         ):
             return like
+        # the inode's mapping is replaced whole on a change, never changed in place: the entry shares it
         return Entry(name, self.mode, self.uid, self.gid, self.mtime_ns, self.ctime_ns, size, node, self.target,
-                     dict(self.xattrs), rdev, link, self.links)  # fmt: skip
+                     self.xattrs, rdev, link, self.links)  # fmt: skip
 
 
 def _changed_here(inode: Inode) -> bool:
@@ -183,6 +180,8 @@ class Workspace:
         # The entries the last checkpoint made of each directory it committed, by name (``Inode.entry``'s
         # ``like``); only those directories, so that what is kept is what changes.
         self.last_entries: dict[Inode, dict[bytes, Entry]] = {}
+        # The parts it stored each of those in, when in parts: a part whose entries did not change is kept whole.
+        self.last_parts: dict[Inode, list[Part]] = {}
         self.root = self._inode_from_entry(root, None, ino=ROOT_INODE)
         self.root.lookups = 1
         self._load_linked(self.root)

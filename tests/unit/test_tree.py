@@ -2,6 +2,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import random
 import stat
 
 import pytest
@@ -27,6 +28,7 @@ from portalfs.tree import (
     load_dir,
     open_dir,
     store_dir,
+    store_dir_parts,
 )
 
 TREE_SECRET = b"t" * 32
@@ -276,6 +278,51 @@ def test_a_directory_past_split_at_is_stored_in_parts_and_a_change_stores_one_pa
     assert 1 <= len({p.cid for p in new_parts} - {p.cid for p in parts}) <= 3
     assert load_dir(store_dir(changed, nodes.put), nodes.get) == changed
     assert load_dir(store_dir(entries[:100], nodes.put), nodes.get) == entries[:100]  # and back to one node
+
+
+def test_a_directory_stored_again_from_its_parts_keeps_the_parts_that_did_not_change_without_encoding_them() -> None:
+    """store_dir_parts with the parts of the last store: the same nodes as a store from nothing, but a part whose
+    entries are the same objects is neither encoded nor stored again; the entries in parts keep no encoding."""
+    nodes = Nodes()
+    rng = random.Random(7)
+    pad = {b"user.pad": b"x" * 200_000}  # some entries large enough that parts also end at PART_LIMIT
+    entries = [_file(b"f%06d" % i, 3, ChunkRef(b"c" * 32, b"k" * 32, b"p" * 32, 3)) for i in range(0, 120_000, 2)]
+    entries[100:130] = [dataclasses.replace(e, xattrs=pad) for e in entries[100:130]]
+    ref, parts = store_dir_parts(entries, nodes.put)
+    assert len(parts) > 3 and any(p.limit is not None for p in parts)  # a part ended at the limit, too
+    assert all(e._encoded is None for e in entries)
+    stored: list[bytes] = []
+
+    def store(plaintext: bytes) -> ChunkRef:
+        stored.append(plaintext)
+        return nodes.put(plaintext)
+
+    for round_ in range(8):
+        changed = list(entries)
+        for _ in range(rng.choice([1, 3]) if round_ else 0):
+            at = rng.randrange(len(changed))
+            what = rng.choice(["add", "remove", "change", "grow"])
+            if what == "add":
+                changed.append(_file(b"f%06d" % (2 * rng.randrange(60_000) + 1), 3, entries[0].node))
+            elif what == "remove":
+                del changed[at]
+            else:
+                grown = {b"user.pad": b"y" * 3_000_000} if what == "grow" else changed[at].xattrs
+                changed[at] = dataclasses.replace(changed[at], mtime_ns=round_, xattrs=grown)
+        changed = list({e.name: e for e in changed}.values())
+        stored.clear()
+        ref_again, parts_again = store_dir_parts(changed, store, b"", parts)
+        assert ref_again == store_dir([dataclasses.replace(e) for e in changed], nodes.put)
+        kept = [p for p in parts_again if any(p is q for q in parts)]
+        assert len(stored) == len(parts_again) - len(kept) + 1  # the new parts and the list
+        assert all(e._encoded is None for p in kept for e in p.entries)
+        if round_ == 0:
+            assert len(kept) == len(parts) and len(stored) == 1  # nothing changed: only the list, stored again
+        entries, parts = changed, parts_again
+    assert load_dir(ref_again, nodes.get) == sorted(entries, key=lambda e: e.name)
+    small = [e for e in entries if not e.xattrs][:1000]
+    smaller, none = store_dir_parts(small, nodes.put, b"", parts)
+    assert none == [] and nodes.get(smaller) == encode_dir(small)  # one node again
 
 
 def test_an_entry_past_what_one_node_holds_is_refused_naming_it() -> None:

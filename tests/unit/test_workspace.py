@@ -8,9 +8,10 @@ from pathlib import Path
 
 import pytest
 
-from portalfs.sealing import ChunkRef
-from portalfs.tree import Entry, new_root_entry
-from portalfs.worktree.commit import DirPlan, FilePlan, snapshot
+from portalfs.sealing import ChunkRef, unseal
+from portalfs.store import MemoryStore
+from portalfs.tree import Entry, load_dir, new_root_entry, store_dir
+from portalfs.worktree.commit import DirPlan, FilePlan, Sealer, apply, execute, snapshot
 from portalfs.worktree.journal import apply_record, decode_record, encode_record, journal_chain
 from portalfs.worktree.workspace import RENAME_EXCHANGE, RENAME_NOREPLACE, FsError, Workspace
 
@@ -69,6 +70,43 @@ def test_a_checkpoint_keeps_the_entries_that_did_not_change_and_remakes_the_othe
     assert after[b"c"].ctime_ns == NOW + 2
     assert all(after[name] is not before[name] and after[name] != before[name] for name in (b"a", b"b", b"c"))
     assert set(ws.last_entries) == {ws.root, d}  # only the directories this checkpoint committed
+
+
+def test_a_checkpoint_stores_anew_only_the_parts_of_a_large_directory_that_changed(ws: Workspace) -> None:
+    """execute and apply: a directory in parts keeps its parts for the next checkpoint, which stores anew only
+    the part holding a change (and the list); files sealed by a checkpoint are the next one's entries as
+    committed, not made again; the entries kept hold no encodings."""
+    store = MemoryStore()
+    stored: list[bytes] = []
+    store_put = store.put
+    store.put = lambda cid, data, durable=True, verify=True: (stored.append(cid), store_put(cid, data))[1]  # type: ignore[method-assign]
+    d = ws.mkdir(ws.root, b"d", 0o755, 0, 0, NOW)
+    for i in range(30_000):  # about 5 MB of entries: past SPLIT_AT
+        inode = ws.create(d, b"file-%06d" % i, 0o644, 0, 0, NOW)
+        inode.memory = bytearray(b"content %d" % i)
+        ws.content_changed(inode, len(inode.memory), NOW)
+
+    def commit() -> tuple[DirPlan, int]:
+        plan = snapshot(ws, lambda inode: True)
+        assert plan is not None
+        stored.clear()
+        result = execute(plan, Sealer(store, b"c" * 32, b"t" * 32), lambda ref: b"", {})
+        apply(ws, result)
+        (sub,) = [child for child in plan.children if isinstance(child, DirPlan)]
+        return sub, len(stored)
+
+    first, _ = commit()
+    assert len(first.parts) > 2 and ws.last_parts[d] is first.parts
+    assert all(entry._encoded is None for entry in ws.last_entries[d].values())
+    ws.set_attrs(ws.children(d)[b"file-012345"], NOW + 1, mode=0o600)
+    second, count = commit()
+    assert sum(not any(p is q for q in first.parts) for p in second.parts) == 1
+    assert count == 3  # that part, the list, the root: nothing else
+    assert second.ref is not None and d.node == second.ref
+    entries = load_dir(second.ref, lambda ref: unseal(ref, store.get(ref.cid)))
+    assert store_dir(entries, Sealer(store, b"c" * 32, b"t" * 32).store_node) == second.ref  # as from nothing
+    assert [e.name for e in entries] == [b"file-%06d" % i for i in range(30_000)]
+    assert next(e for e in entries if e.name == b"file-012345").mode & 0o777 == 0o600
 
 
 def _children(plan: DirPlan, name: bytes) -> list[Entry]:
