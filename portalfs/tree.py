@@ -331,33 +331,31 @@ class Part:
         return all(map(operator.is_, self.entries, ordered[start:end]))
 
 
-def _parts(ordered: list[Entry], kept: Iterable[Part] = ()) -> list[Part]:
-    """``ordered`` cut into parts: a part of ``kept`` where one begins again (its entries not encoded), new
-    ones (``ref`` None) elsewhere."""
+def _parts(ordered: list[Entry], kept: Iterable[Part] = ()) -> Iterator[Part]:
+    """``ordered`` cut into parts, one at a time: a part of ``kept`` where one begins again (its entries not
+    encoded), new ones (``ref`` None) elsewhere."""
     starts = {id(part.entries[0]): part for part in kept if part.entries}
-    parts: list[Part] = []
     current: list[Entry] = []
     taken = start = 0
     while start < len(ordered):
         entry = ordered[start]
         again = starts.get(id(entry)) if not current else None
         if again is not None and again.entries[0] is entry and again.again(ordered, start):
-            parts.append(again)
+            yield again
             start += len(again.entries)
             continue
         size = len(entry.encoded())
         if current and taken + size > PART_LIMIT:
-            parts.append(Part(tuple(current), None, taken, False, entry))
+            yield Part(tuple(current), None, taken, False, entry)
             current, taken = [], 0
         current.append(entry)
         taken += size
         start += 1
         if _cut_after(entry, size):
-            parts.append(Part(tuple(current), None, taken, True))
+            yield Part(tuple(current), None, taken, True)
             current, taken = [], 0
     if current:
-        parts.append(Part(tuple(current), None, taken, False))
-    return parts
+        yield Part(tuple(current), None, taken, False)
 
 
 def store_dir(entries: list[Entry], store_node: NodeStorer, name: bytes = b"") -> ChunkRef:
@@ -377,23 +375,35 @@ def store_dir_parts(
     needs of a part that did not change is the part itself. A directory of hundreds of thousands of names
     would otherwise keep about 200 bytes per name that nothing reads."""
     ordered = _ordered(entries)
-    parts = _parts(ordered, kept)
-    if sum(part.size for part in parts) <= SPLIT_AT:
+    parts: list[Part] = []
+    stored = taken = 0  # the parts stored so far, the bytes of all the entries cut so far
+    for part in _parts(ordered, kept):
+        parts.append(part)
+        taken += part.size
+        # Once past SPLIT_AT the directory is in parts: each is stored as soon as it is cut, and its entries'
+        # encodings let go, so that a large directory is never held encoded whole.
+        while taken > SPLIT_AT and stored < len(parts):
+            parts[stored] = _store_part(parts[stored], store_node, name)
+            stored += 1
+    if taken <= SPLIT_AT:
         return store_node(_single(ordered, name)), []
-    for index, part in enumerate(parts):
-        if part.ref is not None:  # stored by the earlier store: the same entries, the same node
-            continue
-        node = _node("part", SPLIT_NODE_VERSION, part.entries)
-        if len(node) > MAX_PLAINTEXT:
-            raise _too_large(name, f"its entry {part.entries[0].name.decode(errors='replace')!r} takes", len(node))
-        parts[index] = dataclasses.replace(part, ref=store_node(node))
-        for entry in part.entries:
-            entry.forget_encoding()
     refs = [part.ref for part in parts if part.ref is not None]
     head = encoding.encode_ordered({"t": "dir", "v": SPLIT_NODE_VERSION, "parts": [r.to_cbor() for r in refs]})
     if len(head) > MAX_PLAINTEXT:
         raise _too_large(name, f"the list of its {len(refs)} parts takes", len(head))
     return store_node(head), parts
+
+
+def _store_part(part: Part, store_node: NodeStorer, name: bytes) -> Part:
+    """``part`` stored (unless a kept part, stored already), its entries' encodings let go."""
+    if part.ref is not None:
+        return part
+    node = _node("part", SPLIT_NODE_VERSION, part.entries)
+    if len(node) > MAX_PLAINTEXT:
+        raise _too_large(name, f"its entry {part.entries[0].name.decode(errors='replace')!r} takes", len(node))
+    for entry in part.entries:
+        entry.forget_encoding()
+    return dataclasses.replace(part, ref=store_node(node))
 
 
 def _entries(node: dict[str, Any]) -> list[Entry]:

@@ -1,6 +1,8 @@
 from __future__ import annotations
 
+import copy
 import os
+import pickle
 
 import blake3
 import pytest
@@ -119,3 +121,18 @@ def test_a_large_payload_seals_to_the_bytes_of_the_format(size: int, kind: str) 
     nonce = blake3.blake3(body if body[0] else b"\x00", key=key).digest(length=12)
     assert bytes(sealed) == b"\x01" + nonce + AESGCM(key).encrypt(nonce, body, b"\x01")
     assert ref == ChunkRef(object_id(sealed), key, pid, size) and unseal(ref, sealed) == plaintext
+
+
+def test_a_reference_is_an_immutable_value() -> None:
+    """ChunkRef keeps its three hashes as one string: each reads back as given; equal fields, equal refs (and
+    hashes); nothing can be set; copies and pickles are equal; a hash that is not 32 bytes is refused."""
+    cid, key, pid = (bytes([n]) * 32 for n in (1, 2, 3))
+    ref = ChunkRef(cid, key, pid, 9)
+    assert (ref.cid, ref.key, ref.pid, ref.length) == (cid, key, pid, 9)
+    assert ref == ChunkRef(cid, key, pid, 9) and hash(ref) == hash(ChunkRef(cid, key, pid, 9))
+    assert ref != ChunkRef(cid, key, pid, 8) and ref != ChunkRef(key, cid, pid, 9) and ref != (cid, key, pid, 9)
+    assert ChunkRef.from_cbor(ref.to_cbor()) == ref and pickle.loads(pickle.dumps(ref)) == copy.deepcopy(ref) == ref
+    with pytest.raises(AttributeError):
+        ref.length = 10  # type: ignore[misc]
+    with pytest.raises(ValueError, match="32 bytes"):
+        ChunkRef(cid, key[:31], pid, 9)
