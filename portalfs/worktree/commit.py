@@ -107,12 +107,16 @@ def _plan_dir(
     plan = DirPlan(inode, inode.entry(), kept=kept[1].get(inode, []))
     inode.committed_gen = inode.gen
     inode.dirty_below = False
-    last = kept[0].get(inode, {})
-    entries: dict[bytes, Entry] = {}
-    workspace.last_entries[inode] = entries
-    for name, child in sorted(workspace.children(inode).items()):
+    # The last checkpoint's entries of this directory, brought up to date in place: a directory of a million
+    # names is not held twice, nor sorted as a list of pairs, while a checkpoint is planned.
+    children = workspace.children(inode)
+    entries = workspace.last_entries[inode] = kept[0].pop(inode, {})
+    for name in [name for name in entries if name not in children]:  # unlinked or renamed since
+        del entries[name]
+    for name in sorted(children):
+        child = children[name]
         child_plan: Entry | FilePlan | DirPlan
-        entry = entries[name] = child.entry(name, last.get(name))  # a hard-linked file's entry under this name
+        entry = entries[name] = child.entry(name, entries.get(name))  # a hard-linked file's entry under this name
         if child.is_dir and child.children is not None and (child.dirty or child.dirty_below or child.node is None):
             child_plan = _plan_dir(workspace, child, content_of, deferred, linked, kept)
         elif child.is_file and child.others and child.ino in linked:  # a name after the first of a linked file

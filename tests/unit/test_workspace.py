@@ -70,6 +70,10 @@ def test_a_checkpoint_keeps_the_entries_that_did_not_change_and_remakes_the_othe
     assert after[b"c"].ctime_ns == NOW + 2
     assert all(after[name] is not before[name] and after[name] != before[name] for name in (b"a", b"b", b"c"))
     assert set(ws.last_entries) == {ws.root, d}  # only the directories this checkpoint committed
+    ws.unlink(d, b"e", NOW + 3)
+    ws.rename(d, b"a", d, b"z", 0, NOW + 3)
+    assert snapshot(ws, lambda inode: True) is not None
+    assert set(ws.last_entries[d]) == {b"b", b"c", b"z"}  # kept in place, without the names gone
 
 
 def test_a_checkpoint_stores_anew_only_the_parts_of_a_large_directory_that_changed(ws: Workspace) -> None:
