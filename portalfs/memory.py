@@ -23,10 +23,13 @@ the same with one arena as with many.
 from __future__ import annotations
 
 import ctypes
+import functools
 import logging
 import sys
+from collections.abc import Callable
+from typing import cast
 
-__all__ = ["keep_freed_memory", "MMAP_THRESHOLD", "TRIM_THRESHOLD", "ARENAS"]
+__all__ = ["keep_freed_memory", "give_back_freed_memory", "MMAP_THRESHOLD", "TRIM_THRESHOLD", "ARENAS"]
 
 log = logging.getLogger("portal")
 
@@ -53,3 +56,25 @@ def keep_freed_memory() -> bool:
     if not done:  # another C library (musl's mallopt does nothing and says so)
         log.debug("malloc thresholds left as they are")
     return done
+
+
+def give_back_freed_memory() -> None:
+    """Hand the heap's free pages back to the kernel now (malloc_trim(3)), whatever the trim threshold: after a
+    burst that freed much (a mount's checkpoint of a large directory), so that what it freed is not kept as
+    the process's for the next; a no-op where the C library has no malloc_trim."""
+    trim = _malloc_trim()
+    if trim is not None:
+        trim(0)
+
+
+@functools.cache
+def _malloc_trim() -> Callable[[int], int] | None:
+    if not sys.platform.startswith("linux"):
+        return None
+    try:
+        trim = ctypes.CDLL(None).malloc_trim
+    except (OSError, AttributeError):
+        return None
+    trim.argtypes = [ctypes.c_size_t]
+    trim.restype = ctypes.c_int
+    return cast(Callable[[int], int], trim)

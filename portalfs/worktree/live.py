@@ -33,12 +33,13 @@ from .. import threads
 from ..chunking import CDC_MIN
 from ..device import Unlocked
 from ..errors import IntegrityError, MissingObject, PortalError
+from ..memory import give_back_freed_memory
 from ..merge import Writer, conflict_copy
 from ..portal import PortalView
 from ..root import RootPayload, RootRecord
 from ..store.base import Priority
 from ..tree import Entry
-from .commit import abandon, append_journal, apply, checkpoint, journal_file, snapshot, staged_inodes
+from .commit import DirPlan, abandon, append_journal, apply, checkpoint, journal_file, snapshot, staged_inodes
 from .groupcommit import GroupCommit
 from .journal import apply_journal, encode_record, journal_chain
 from .reader import ContentReader
@@ -56,6 +57,10 @@ MEMORY_STAGING = CDC_MIN  # files up to this size are staged in memory, not in a
 UNSTORED_LIMIT = 64 * 1024 * 1024  # checkpoint early when journaled-but-unstored objects reach this
 STREAM_FROM = 4 * 1024 * 1024  # seal sequentially written files in the background past this size
 STAGE_BATCH = 32  # chunks of a file opened for writing fetched together, when the device lacks them
+# After a checkpoint that stored a directory in parts, the heap's free pages go back to the kernel (such a
+# checkpoint frees tens of megabytes it made, which glibc would keep: memory.py), at most this often.
+# Not after every checkpoint: many small ones reuse what the last freed (small files ran a few percent slower).
+TRIM_SECONDS = 1.0
 
 
 def now_ns() -> int:
@@ -98,6 +103,7 @@ class LiveTree:
         self._totals: dict[bytes, tuple[int, int]] = {}
         self._reported: set[str] = set()
         self._commit_lock = trio.Lock()  # one checkpoint at a time
+        self._trimmed = 0.0  # when the heap was last trimmed (trio.current_time)
         self._changed = trio.Event()  # something changed since the last checkpoint began
         self.on_commit: Callable[[RootRecord], None] | None = None  # told of each version committed
         self._content_locks: dict[int, trio.Lock] = {}  # per inode: no write while it is being sealed
@@ -402,8 +408,11 @@ class LiveTree:
         if self.read_only or self.secrets is None:
             return
         async with self._commit_lock:
-            await self._commit(content_of)
+            large = await self._commit(content_of)
         self.collect_garbage()
+        if large and trio.current_time() - self._trimmed >= TRIM_SECONDS:  # the plan freed, its memory goes
+            give_back_freed_memory()
+            self._trimmed = trio.current_time()
 
     async def absorb(self, take: Callable[[], tuple[RootRecord, RootPayload, Writer] | None]) -> Followed | None:
         """Take versions from elsewhere into this live tree (docs/design.md, section 16, "Live sync").
@@ -435,12 +444,12 @@ class LiveTree:
         me = Writer(self.view.device.state.device_names().get(key, "this device"), key)
         return conflict_copy(entry, taken, their_device, me, time.strftime("%Y-%m-%d", time.gmtime()))
 
-    async def _commit(self, content_of: Callable[[Inode], bool]) -> None:
-        """``commit``, with the commit lock held."""
+    async def _commit(self, content_of: Callable[[Inode], bool]) -> bool:
+        """``commit``, with the commit lock held; whether it made a version storing a directory in parts."""
         assert self.secrets is not None
         plan = snapshot(self.workspace, content_of)
         if plan is None:
-            return
+            return False
         secrets, head, journal_up_to = self.secrets, self.head, self._journal_seq
         batch = [seq for seq in self._unstored if seq <= journal_up_to]
         objects = [sealed for seq in batch for sealed in self._unstored[seq][1]]
@@ -467,3 +476,4 @@ class LiveTree:
                 del self._unstored_inodes[node.ino]
                 if node.opens == 0 and not self._content_dirty(node):
                     self.workspace.drop_staging(node)
+        return any(isinstance(done, DirPlan) and done.parts for done in result.plans)

@@ -55,3 +55,30 @@ def test_a_block_a_worker_thread_made_is_reused_by_the_thread_that_freed_it() ->
     # One arena: a chunk unsealed on a worker and freed by the event loop is not kept aside in the worker's.
     out = subprocess.run([sys.executable, "-c", ACROSS_THREADS], capture_output=True, text=True, check=True, timeout=60)
     assert out.stdout.strip() == "True"
+
+
+GIVE_BACK = """
+import ctypes, re
+from portalfs.memory import give_back_freed_memory, keep_freed_memory
+assert keep_freed_memory() is True
+libc = ctypes.CDLL(None)
+libc.malloc.restype, libc.malloc.argtypes, libc.free.argtypes = ctypes.c_void_p, [ctypes.c_size_t], [ctypes.c_void_p]
+rss = lambda: int(re.search(r"VmRSS:\\s+(\\d+)", open("/proc/self/status").read()).group(1)) // 1024
+blocks = [libc.malloc(4096) for _ in range(12_800)]  # 50 MiB, below the trim threshold: kept when freed
+for block in blocks:
+    ctypes.memset(block, 1, 4096)
+held = rss()
+for block in blocks[:-1]:  # the last one stays, so that the free pages are not only the heap's top
+    libc.free(block)
+kept = rss()
+give_back_freed_memory()
+print(held, kept, rss())
+"""
+
+
+@pytest.mark.skipif(platform.libc_ver()[0] != "glibc", reason="malloc_trim(3) is glibc's")
+def test_freed_memory_the_heap_keeps_goes_back_to_the_kernel_when_asked() -> None:
+    out = subprocess.run([sys.executable, "-c", GIVE_BACK], capture_output=True, text=True, check=True, timeout=60)
+    held, kept, after = map(int, out.stdout.split())
+    assert kept > held - 10  # freed but kept by the heap (TRIM_THRESHOLD), for reuse
+    assert after < kept - 40  # handed back: about 50 MiB
