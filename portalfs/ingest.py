@@ -50,6 +50,7 @@ __all__ = ["Ingester", "IngestStats", "Totals", "tree_totals", "moved_totals"]
 _RACY_NS = 2_000_000_000
 SETTLE_EVERY = 256  # entries of a directory walked between two passes that finish its sealed files
 CACHE_ROWS = CACHED_FILES_PER_QUERY  # files of a directory whose files-cache rows are asked for at once (one query)
+CACHE_ROWS_STAGED = 4096  # files-cache rows a put holds before it stages them in the state db (StateDB)
 
 
 @dataclass(slots=True)
@@ -188,7 +189,8 @@ class Ingester:
         self._max_in_flight = max_in_flight
         self._progress = progress or (lambda n: None)
         self._warn = warn or (lambda msg: None)
-        self._cache_rows: list[tuple[bytes, CachedFile]] = []
+        self._cache_rows: list[tuple[bytes, CachedFile]] = []  # staged in the state db a batch at a time
+        self._cache_token = os.urandom(16)
         self._files = file_objects or FileObjects()
         self.totals: dict[bytes, Totals] = {}  # of each directory built, by node id
         self.root_totals: Totals = (0, 0)  # of the root ``ingest`` built
@@ -328,6 +330,9 @@ class Ingester:
                         ),
                     )
                 )
+                if len(self._cache_rows) >= CACHE_ROWS_STAGED:
+                    self.state.stage_cached_files(self._cache_token, self._cache_rows)
+                    self._cache_rows = []
             return _entry(item.name, item.st, item.xattrs, size=size, node=item.node)
         entries = [self._finish(child) for child in item.children]
         node = store_dir(entries, self.store_node, item.name)
@@ -433,7 +438,14 @@ class Ingester:
 
     def remember_files(self) -> None:
         """Record the files cache; call after the new version is committed."""
-        self.state.cache_files(self.portal, self._cache_rows)
+        self.state.stage_cached_files(self._cache_token, self._cache_rows)
+        self._cache_rows = []
+        self.state.cache_staged_files(self.portal, self._cache_token)
+
+    def forget_files(self) -> None:
+        """Drop what ``remember_files`` would have recorded (the put failed)."""
+        self._cache_rows = []
+        self.state.drop_staged_files(self._cache_token)
 
 
 def _sealed(item: _PendingFile | _PendingDir) -> bool:

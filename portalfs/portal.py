@@ -187,14 +187,17 @@ class PortalView:
             warn=warn,
             file_objects=self.device.file_objects,
         )
-        entry = ingester.ingest(
-            sources, previous, self.load_node, stream, None if before is None else (before.size, before.files)
-        )
-        if head is not None and previous is not None and entry.node == previous.node:
-            ingester.remember_files()  # the same tree: the newest version stands
-            ingester.stats.unchanged = True
-            return head, ingester.stats
-        version = self._record(secrets, head, entry, now_ns, ingester.remember_files, ingester.root_totals)
+        try:
+            entry = ingester.ingest(
+                sources, previous, self.load_node, stream, None if before is None else (before.size, before.files)
+            )
+            if head is not None and previous is not None and entry.node == previous.node:
+                ingester.remember_files()  # the same tree: the newest version stands
+                ingester.stats.unchanged = True
+                return head, ingester.stats
+            version = self._record(secrets, head, entry, now_ns, ingester.remember_files, ingester.root_totals)
+        finally:
+            ingester.forget_files()  # what it did not record (nothing, once it did)
         return version, ingester.stats
 
     def graft(self, secrets: Unlocked, path: str, entry: Entry, now_ns: int) -> VersionRow:

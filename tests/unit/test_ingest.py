@@ -8,6 +8,9 @@ import threading
 import time
 from pathlib import Path
 
+import pytest
+
+from portalfs import ingest
 from portalfs.ingest import CACHE_ROWS, Ingester
 from portalfs.sealing import ChunkRef, seal, unseal
 from portalfs.state import CachedFile, StateDB
@@ -112,5 +115,40 @@ def test_a_directory_s_files_cache_rows_are_asked_for_together(tmp_path: Path) -
         assert ingester.stats.files == CACHE_ROWS + 102
         assert ingester.stats.bytes_read == 0  # the second time, every file from the cache
         assert (state.many, state.one) == (3, 1)  # src in two batches, sub in one; "alone" by itself
+    finally:
+        state.close()
+
+
+def test_files_cache_rows_wait_outside_memory_and_are_recorded_only_when_remembered(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A put stages its files-cache rows in the state db a batch at a time (not all in memory), and none of
+    them is in the files cache until remember_files (after its version is committed); forget_files drops
+    them, and a second put's staged rows are its own."""
+    monkeypatch.setattr(ingest, "CACHE_ROWS_STAGED", 64)
+    src = tmp_path / "src"
+    src.mkdir()
+    for i in range(300):
+        (src / f"f{i:03d}").write_bytes(b"file %d" % i)
+    state, store = StateDB(tmp_path / "state.db"), MemoryStore()
+    now = time.time_ns() + 10 * 10**9  # every file older than the racy window
+    paths = [os.fsencode(src / f"f{i:03d}") for i in range(300)]
+
+    def ingester(portal: bytes) -> Ingester:
+        made = Ingester(store=store, convergence_secret=CONVERGENCE, tree_secret=TREE, state=state, portal=portal,
+                        now_ns=now)  # fmt: skip
+        made.ingest([os.fspath(src)], None, lambda ref: _open(store, ref))
+        return made
+
+    try:
+        failed, kept = ingester(b"f" * 16), ingester(b"k" * 16)
+        assert len(failed._cache_rows) < 64 and len(kept._cache_rows) < 64  # the rest are staged
+        assert state.cached_files(b"f" * 16, paths) == {} == state.cached_files(b"k" * 16, paths)
+        failed.forget_files()
+        kept.remember_files()
+        assert state.cached_files(b"f" * 16, paths) == {}
+        cached = state.cached_files(b"k" * 16, paths)
+        assert len(cached) == 300 and cached[paths[7]].size == len(b"file 7")
+        assert state._db.execute("SELECT count(*) FROM temp.staged_files").fetchone()[0] == 0
     finally:
         state.close()
