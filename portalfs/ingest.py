@@ -438,9 +438,10 @@ class Ingester:
 
     def remember_files(self) -> None:
         """Record the files cache; call after the new version is committed."""
-        self.state.stage_cached_files(self._cache_token, self._cache_rows)
+        with self.state.transaction():
+            self.state.cache_staged_files(self.portal, self._cache_token)
+            self.state.cache_files(self.portal, self._cache_rows)  # those not staged yet
         self._cache_rows = []
-        self.state.cache_staged_files(self.portal, self._cache_token)
 
     def forget_files(self) -> None:
         """Drop what ``remember_files`` would have recorded (the put failed)."""

@@ -338,11 +338,7 @@ class StateDB:
 
     def stage_cached_files(self, token: bytes, rows: list[tuple[bytes, CachedFile]]) -> None:
         """Keep ``rows`` under ``token`` (one put's) until ``cache_staged_files`` or ``drop_staged_files``."""
-        self._db.execute(
-            "CREATE TEMP TABLE IF NOT EXISTS staged_files (token BLOB NOT NULL, path BLOB NOT NULL,"
-            " ino INTEGER NOT NULL, size INTEGER NOT NULL, mtime_ns INTEGER NOT NULL, ctime_ns INTEGER NOT NULL,"
-            " node BLOB NOT NULL, PRIMARY KEY (token, path))"
-        )
+        self._staged_table()
         self._db.executemany(
             "INSERT OR REPLACE INTO temp.staged_files (token, path, ino, size, mtime_ns, ctime_ns, node)"
             " VALUES (?, ?, ?, ?, ?, ?, ?)",
@@ -351,19 +347,22 @@ class StateDB:
 
     def cache_staged_files(self, portal: bytes, token: bytes) -> None:
         """Record the rows staged under ``token`` as the portal's files cache (in the caller's transaction)."""
+        self._staged_table()
         with self.transaction():
-            if self._has_staged():
-                self._db.execute(
-                    "INSERT OR REPLACE INTO files_cache (portal, path, ino, size, mtime_ns, ctime_ns, node)"
-                    " SELECT ?, path, ino, size, mtime_ns, ctime_ns, node FROM temp.staged_files WHERE token = ?",
-                    (portal, token),
-                )
-                self._db.execute("DELETE FROM temp.staged_files WHERE token = ?", (token,))
-
-    def drop_staged_files(self, token: bytes) -> None:
-        if self._has_staged():
+            self._db.execute(
+                "INSERT OR REPLACE INTO files_cache (portal, path, ino, size, mtime_ns, ctime_ns, node)"
+                " SELECT ?, path, ino, size, mtime_ns, ctime_ns, node FROM temp.staged_files WHERE token = ?",
+                (portal, token),
+            )
             self._db.execute("DELETE FROM temp.staged_files WHERE token = ?", (token,))
 
-    def _has_staged(self) -> bool:
-        found = self._db.execute("SELECT 1 FROM temp.sqlite_master WHERE name = 'staged_files'").fetchone()
-        return found is not None
+    def drop_staged_files(self, token: bytes) -> None:
+        self._staged_table()
+        self._db.execute("DELETE FROM temp.staged_files WHERE token = ?", (token,))
+
+    def _staged_table(self) -> None:
+        self._db.execute(
+            "CREATE TEMP TABLE IF NOT EXISTS staged_files (token BLOB NOT NULL, path BLOB NOT NULL,"
+            " ino INTEGER NOT NULL, size INTEGER NOT NULL, mtime_ns INTEGER NOT NULL, ctime_ns INTEGER NOT NULL,"
+            " node BLOB NOT NULL, PRIMARY KEY (token, path))"
+        )

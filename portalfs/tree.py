@@ -340,7 +340,7 @@ def _parts(ordered: list[Entry], kept: Iterable[Part] = ()) -> Iterator[Part]:
     while start < len(ordered):
         entry = ordered[start]
         again = starts.get(id(entry)) if not current else None
-        if again is not None and again.entries[0] is entry and again.again(ordered, start):
+        if again is not None and again.again(ordered, start):
             yield again
             start += len(again.entries)
             continue

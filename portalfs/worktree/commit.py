@@ -258,8 +258,10 @@ def apply(workspace: Workspace, result: CommitResult) -> None:
         if plan.parts:
             workspace.last_parts[plan.inode] = plan.parts
         last = workspace.last_entries.get(plan.inode)
+        if last is None:
+            continue
         for child in plan.children:
-            if last is not None and isinstance(child, (FilePlan, DirPlan)) and child.committed is not None:
+            if isinstance(child, (FilePlan, DirPlan)) and child.committed is not None:
                 last[child.committed.name] = child.committed
 
 
