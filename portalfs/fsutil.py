@@ -10,7 +10,7 @@ from pathlib import Path
 
 from .errors import StorageError, StoreFull
 
-__all__ = ["write_atomic", "write_new", "fsync_dir", "fsync_file", "syncfs", "storage_error"]
+__all__ = ["write_atomic", "write_new", "fsync_dir", "fsync_file", "syncfs", "punch_hole", "storage_error"]
 
 
 def storage_error(exc: OSError, what: str) -> StorageError:
@@ -29,6 +29,9 @@ def fsync_file(path: str | Path) -> None:
 
 
 _libc = ctypes.CDLL(None, use_errno=True)
+_libc.fallocate.argtypes = [ctypes.c_int, ctypes.c_int, ctypes.c_int64, ctypes.c_int64]
+_FALLOC_FL_KEEP_SIZE = 0x01
+_FALLOC_FL_PUNCH_HOLE = 0x02
 
 
 def syncfs(path: Path) -> None:
@@ -40,6 +43,14 @@ def syncfs(path: Path) -> None:
             raise OSError(code, os.strerror(code), str(path))
     finally:
         os.close(fd)
+
+
+def punch_hole(fd: int, offset: int, length: int) -> None:
+    """Give back the blocks and cached pages of ``length`` bytes at ``offset`` (they read as zeros after; the
+    size stays). Raises OSError, EOPNOTSUPP where the file system cannot."""
+    if _libc.fallocate(fd, _FALLOC_FL_PUNCH_HOLE | _FALLOC_FL_KEEP_SIZE, offset, length) != 0:
+        code = ctypes.get_errno()
+        raise OSError(code, os.strerror(code))
 
 
 def fsync_dir(path: Path) -> None:

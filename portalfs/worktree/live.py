@@ -111,6 +111,7 @@ class LiveTree:
         self._journal = GroupCommit(functools.partial(append_journal, view))  # closes that come together: one flush
         self._sealing = 0  # journal writes in flight (they read staging files)
         self._streams: dict[int, StreamingSeal] = {}  # files being sealed while written
+        self._unstreamed: set[int] = set()  # files read while written: not streamed again until closed
         # Journaled small files' objects, kept in their records until a checkpoint stores them.
         self._unstored: dict[int, tuple[Inode, list[bytes]]] = {}  # by journal record number
         self._unstored_inodes: collections.Counter[int] = collections.Counter()
@@ -142,8 +143,8 @@ class LiveTree:
             raise FsError(errno.EROFS)
         if writable:
             async with self._content_lock(node):
-                self._abandon_stream(node)  # a second writer, or a fresh start
                 truncate = bool(flags & os.O_TRUNC)
+                await self._abandon_stream(node, keep=not truncate)  # a second writer, or a fresh start
                 await self._stage(node, empty=truncate)
                 if truncate and node.size:
                     self._truncate_staged(node, 0)
@@ -161,6 +162,11 @@ class LiveTree:
 
     async def read(self, fh: int, off: int, size: int) -> bytes:
         node = self._handles[fh].inode
+        stream = self._streams.get(node.ino)
+        if stream is not None and off < stream.punched:  # that part is in the store only: staged again first
+            async with self._content_lock(node):
+                self._unstreamed.add(node.ino)  # a file read while written stays whole until closed
+                await self._abandon_stream(node)
         if node.memory is not None:
             return bytes(node.memory[off : off + size])
         if node.staging is not None:
@@ -186,10 +192,12 @@ class LiveTree:
                 off = node.size
             if off + len(buf) > MAX_FILE_SIZE:
                 raise FsError(errno.EFBIG)
-            appending = off == node.size
+            handle.sequential = handle.sequential and off == node.size
+            if not handle.sequential:
+                await self._abandon_stream(node)
             written = self._write_staged(node, buf, off)
             self.workspace.content_changed(node, max(node.size, off + written), now_ns())
-            self._follow_stream(handle, appending)
+            self._follow_stream(handle)
         return written
 
     async def truncate(self, node: Inode, size: int, now: int) -> None:
@@ -198,7 +206,7 @@ class LiveTree:
         if size > MAX_FILE_SIZE:
             raise FsError(errno.EFBIG)
         async with self._content_lock(node):
-            self._abandon_stream(node)
+            await self._abandon_stream(node, keep=size > 0)
             await self._stage(node, empty=size == 0)
             self._truncate_staged(node, size)
             self.workspace.content_changed(node, size, now)
@@ -213,7 +221,7 @@ class LiveTree:
         node = handle.inode
         self.workspace.released(node, handle.writable)
         if node.unlinked:
-            self._abandon_stream(node)
+            await self._abandon_stream(node, keep=False)
         try:
             if handle.writable:
                 if self._content_dirty(node):
@@ -223,6 +231,8 @@ class LiveTree:
             stored = node.ino not in self._unstored_inodes
             if node.opens == 0 and node.staged and stored and not self._content_dirty(node) and not node.unlinked:
                 self.workspace.drop_staging(node)
+            if node.opens == 0:
+                self._unstreamed.discard(node.ino)
             lock = self._content_locks.get(node.ino)
             if node.opens == 0 and lock is not None and not lock.locked() and not lock.statistics().tasks_waiting:
                 del self._content_locks[node.ino]
@@ -295,29 +305,39 @@ class LiveTree:
             raise
         self.workspace.new_staging(inode, copy_from=scratch)
 
-    def _follow_stream(self, handle: _Handle, appending: bool) -> None:
-        """Keep a sequentially written file's background sealing fed, start it, or abandon it."""
+    def _follow_stream(self, handle: _Handle) -> None:
+        """Keep a sequentially written file's background sealing fed, or start it."""
         node = handle.inode
-        handle.sequential = handle.sequential and appending
         stream = self._streams.get(node.ino)
         if not handle.sequential:
-            self._abandon_stream(node)
-        elif stream is not None:
+            return
+        if stream is not None:
             stream.grow(node.size)
-        elif node.size >= STREAM_FROM and node.writers == 1 and self.secrets is not None and node.staging is not None:
+        elif (
+            node.size >= STREAM_FROM
+            and node.writers == 1
+            and self.secrets is not None
+            and node.staging is not None
+            and node.ino not in self._unstreamed
+        ):
             stream = self._streams[node.ino] = StreamingSeal(
                 self.view.store, self.secrets.identity.convergence_secret, node.staging
             )
             stream.grow(node.size)
 
-    def _abandon_stream(self, node: Inode) -> None:
+    async def _abandon_stream(self, node: Inode, keep: bool = True) -> None:
+        """Stop ``node``'s background sealing (content lock held); with ``keep``, its staging file whole again
+        (the front the stream gave back, from the store)."""
         stream = self._streams.pop(node.ino, None)
-        if stream is not None:
-            stream.abandon()
+        if stream is not None and stream.stop() and keep:
+            await threads.run_sync(stream.restore)
 
     def abandon_streams(self) -> None:
+        """Stop every stream, their staging files whole again (the unmount; blocks)."""
         for ino in list(self._streams):
-            self._streams.pop(ino).abandon()
+            stream = self._streams.pop(ino)
+            if stream.stop():
+                stream.restore()
 
     def _content_dirty(self, node: Inode) -> bool:
         return node.committed_content_gen != node.content_gen and not node.unlinked
@@ -388,9 +408,16 @@ class LiveTree:
                     journal_file, self.view, secrets, staging, functools.partial(encode_record, chain), chunks,
                     functools.partial(self._journal.append, base),
                 )  # fmt: skip
+            except BaseException:
+                if stream is not None and stream.stop():  # the staging file is whole again, still dirty
+                    with trio.CancelScope(shield=True):
+                        await threads.run_sync(stream.restore)
+                raise
             finally:
                 self._sealing -= 1
             node.node, node.committed_size, node.committed_content_gen = ref, size, content_gen
+            if stream is not None and stream.punched:  # its front is in the store only: read from there
+                self.workspace.drop_staging(node)
             self._journal_seq = max(self._journal_seq, seq)
             if kept:  # stored by the next checkpoint; until then the file stays staged
                 self._unstored[seq] = (node, kept)
@@ -447,6 +474,11 @@ class LiveTree:
     async def _commit(self, content_of: Callable[[Inode], bool]) -> bool:
         """``commit``, with the commit lock held; whether it made a version storing a directory in parts."""
         assert self.secrets is not None
+        for ino in list(self._streams):  # a file still being written goes in: its staging file whole first
+            node = self.workspace.inodes.get(ino)
+            if node is not None and content_of(node):
+                async with self._content_lock(node):
+                    await self._abandon_stream(node)
         plan = snapshot(self.workspace, content_of)
         if plan is None:
             return False

@@ -5,6 +5,7 @@ from __future__ import annotations
 import errno
 import json
 import os
+import stat
 import subprocess
 import sys
 import time
@@ -15,6 +16,7 @@ from pathlib import Path
 import pytest
 
 from portalfs.mount.runner import is_mounted
+from portalfs.worktree.streaming import PUNCH_STEP
 
 needs_fuse = pytest.mark.skipif(
     not os.path.exists("/dev/fuse") or os.geteuid() != 0, reason="mount tests need /dev/fuse and root"
@@ -48,6 +50,18 @@ def mount_pid(home: Path) -> int:
     records = list((home / "mounts").iterdir())
     assert len(records) == 1
     return int(json.loads(records[0].read_text())["pid"])
+
+
+def wait_given_back(home: Path, size: int) -> None:
+    """Wait until the staging file of a ``size``-byte file sealed while written has given back its front."""
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        for path in (home / "staging").rglob("*"):
+            st = path.stat()
+            if stat.S_ISREG(st.st_mode) and st.st_size == size and st.st_blocks * 512 <= size - PUNCH_STEP:
+                return
+        time.sleep(0.02)
+    raise AssertionError("no staging file gave back its front")
 
 
 def force_unmount(mountpoint: Path) -> None:

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from .mountutil import log, mounted, needs_fuse, new_home, run
+from .mountutil import log, mounted, needs_fuse, new_home, run, wait_given_back
 
 pytestmark = needs_fuse
 
@@ -134,6 +134,44 @@ def test_files_sealed_while_written_and_streams_that_are_abandoned(fs: tuple[Pat
     refused = run(home, "gc", check=False)  # a read-write mount may be storing objects no version names yet
     assert refused.returncode == 12 and "mounted read-write" in refused.stderr
     run(home, "gc", "--dry-run")
+
+
+@pytest.mark.parametrize("then", ["close", "read", "write back", "truncate", "fsync", "second writer"])
+def test_a_file_sealed_while_written_is_whole_whatever_comes_after_its_staging_gave_back_its_front(
+    fs: tuple[Path, Path], d: Path, then: str
+) -> None:
+    """Behind the background sealer the staging file gives its bytes back; a read, a write elsewhere, a
+    truncate, an fsync or a second writer then finds every byte written."""
+    home, _ = fs
+    piece = os.urandom(1024 * 1024)
+    data = bytearray(piece * 24)
+    path = d / "big"
+    fd = os.open(path, os.O_CREAT | os.O_RDWR, 0o644)
+    try:
+        for _ in range(24):
+            os.write(fd, piece)
+        wait_given_back(home, len(data))
+        if then == "read":
+            assert os.pread(fd, 4096, 5000) == data[5000:9096]
+        elif then == "write back":
+            os.pwrite(fd, b"BACK", 100)
+            data[100:104] = b"BACK"
+        elif then == "truncate":
+            os.ftruncate(fd, 3 * len(piece))
+            data[3 * len(piece) :] = bytes(21 * len(piece))
+        elif then == "fsync":
+            os.fsync(fd)
+        elif then == "second writer":
+            with open(path, "r+b") as other:
+                other.seek(len(data) - 2)
+                other.write(b"ZZ")
+            data[-2:] = b"ZZ"
+        if then != "close":
+            os.write(fd, piece)  # the offset is still at the end of what was written
+            data += piece
+    finally:
+        os.close(fd)
+    assert path.read_bytes() == data
 
 
 def test_directories_link_counts_and_parent_times(d: Path) -> None:

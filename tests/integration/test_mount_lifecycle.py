@@ -14,7 +14,7 @@ import pytest
 
 from portalfs.mount.runner import is_mounted
 
-from .mountutil import force_unmount, log, mount_pid, mounted, needs_fuse, new_home, run, shows
+from .mountutil import force_unmount, log, mount_pid, mounted, needs_fuse, new_home, run, shows, wait_given_back
 from .storeutil import largest
 
 pytestmark = needs_fuse
@@ -155,6 +155,27 @@ def test_sigterm_commits_staged_files(tmp_path: Path) -> None:
     got = tmp_path / "got"
     run(home, "get", "p", str(got), "--path", "open.txt")
     assert got.read_bytes() == b"written but never closed"
+
+
+def test_sigterm_commits_a_file_being_sealed_while_written_whole(tmp_path: Path) -> None:
+    """Its staging file had given back its front to the background sealer: the last checkpoint has it all."""
+    home = new_home(tmp_path)
+    mnt = tmp_path / "m"
+    data = os.urandom(24 * 1024 * 1024)
+    with mounted(home, "p", mnt):
+        pid = mount_pid(home)
+        fd = os.open(mnt / "big.bin", os.O_CREAT | os.O_WRONLY, 0o644)
+        for offset in range(0, len(data), 1024 * 1024):
+            os.write(fd, data[offset : offset + 1024 * 1024])
+        wait_given_back(home, len(data))
+        os.kill(pid, signal.SIGTERM)
+        _wait_exit(pid)
+        with pytest.raises(OSError):
+            os.close(fd)
+    force_unmount(mnt)
+    got = tmp_path / "got"
+    run(home, "get", "p", str(got), "--path", "big.bin")
+    assert got.read_bytes() == data
 
 
 def test_unmount_with_a_handle_in_flight(tmp_path: Path) -> None:

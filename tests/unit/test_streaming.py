@@ -15,6 +15,7 @@ from portalfs import chunking
 from portalfs.chunking import CDC_MAX, cdc_cut_points
 from portalfs.pipeline import ChunkPipeline
 from portalfs.store import MemoryStore
+from portalfs.worktree import streaming
 from portalfs.worktree.streaming import StreamingSeal
 
 SECRET = bytes(range(32))
@@ -73,8 +74,68 @@ def test_an_abandoned_stream_stops_waiting_for_bytes(tmp_path: Path) -> None:
     staging.write_bytes(b"x" * 1000)
     stream = StreamingSeal(MemoryStore(), SECRET, staging)
     stream.grow(1000)  # far less than a window: the sealer waits for more
-    stream.abandon()
+    assert stream.stop() is False  # nothing was given back: the staging file is whole
     waiter = threading.Thread(target=stream._thread.join, daemon=True)
     waiter.start()
     waiter.join(timeout=10)
     assert not waiter.is_alive()
+
+
+def _given_back(stream: StreamingSeal, at_least: int) -> None:
+    deadline = time.monotonic() + 20
+    while stream.punched < at_least and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert stream.punched >= at_least
+
+
+def _write_growing(staging: Path, stream: StreamingSeal, data: bytes, start: int = 0) -> None:
+    with open(staging, "r+b", buffering=0) as f:
+        for offset in range(start, len(data), 1024 * 1024):
+            os.pwrite(f.fileno(), data[offset : offset + 1024 * 1024], offset)
+            stream.grow(min(len(data), offset + 1024 * 1024))
+
+
+def test_the_staging_file_gives_back_its_stored_front_and_the_chunks_are_those_of_the_whole_file(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(streaming, "PUNCH_STEP", 2 * 1024 * 1024)
+    data = random.Random(13).randbytes(20 * 1024 * 1024 + 99)
+    staging = tmp_path / "staging"
+    staging.write_bytes(b"")
+    store = MemoryStore()
+    stream = StreamingSeal(store, SECRET, staging)
+    _write_growing(staging, stream, data[: 16 * 1024 * 1024])
+    _given_back(stream, 8 * 1024 * 1024)
+    assert stream.punched % streaming.PAGE == 0
+    assert staging.stat().st_blocks * 512 <= 16 * 1024 * 1024 - stream.punched  # the blocks went back
+    with open(staging, "rb") as f:
+        assert f.read(4096) == bytes(4096)  # a hole: the front is in the store only
+    _write_growing(staging, stream, data, start=16 * 1024 * 1024)
+    assert [ref.cid for ref in stream.finish(len(data))] == _whole(data)
+
+
+@pytest.mark.parametrize("how", ["stopped", "failed"])
+def test_a_stream_that_gave_back_its_front_restores_it_from_the_store(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, how: str
+) -> None:
+    """A write elsewhere (or a sealing error) ends the stream: the staging file is made whole again."""
+    monkeypatch.setattr(streaming, "PUNCH_STEP", 2 * 1024 * 1024)
+    data = random.Random(14).randbytes(16 * 1024 * 1024)
+    staging = tmp_path / "staging"
+    staging.write_bytes(b"")
+    store = MemoryStore()
+    stream = StreamingSeal(store, SECRET, staging)
+    _write_growing(staging, stream, data)
+    _given_back(stream, 4 * 1024 * 1024)
+    if how == "stopped":
+        assert stream.stop() is True
+    else:
+
+        def put(cid: bytes, sealed: bytes | bytearray, durable: bool = True, verify: bool = True) -> bool:
+            raise OSError(28, "No space left on device")
+
+        monkeypatch.setattr(store, "put", put)  # the last chunk, cut only once the file is complete, fails
+        with pytest.raises(OSError, match="No space"):
+            stream.finish(len(data))
+    stream.restore()
+    assert staging.read_bytes() == data
