@@ -61,18 +61,21 @@ def fsync_dir(path: Path) -> None:
         os.close(fd)
 
 
-def _write_all(fd: int, data: bytes | bytearray, fsync: bool) -> None:
+def _write_all(fd: int, data: bytes | bytearray, fsync: bool, cache: bool = True) -> None:
     view = memoryview(data)
     while view:
         written = os.write(fd, view)
         view = view[written:]
     if fsync:
         os.fsync(fd)
+        if not cache:  # flushed, so the pages can go now, and be the next ones written
+            os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
 
 
-def write_new(path: str, data: bytes | bytearray, mode: int = 0o644, fsync: bool = True) -> bool:
+def write_new(path: str, data: bytes | bytearray, mode: int = 0o644, fsync: bool = True, cache: bool = True) -> bool:
     """Write ``data`` as a new file at ``path``, born whole: an unnamed file (O_TMPFILE) in its directory,
     written (and fsync'd, with ``fsync``), then linked at ``path``. A crash leaves no file and no temp file.
+    ``cache=False`` (with ``fsync``): its pages leave the page cache once flushed.
     One change to a directory where ``write_atomic`` makes two (a temp name, then the rename), which on a
     busy ext4 was most of a small file's cost. False where this file system or kernel cannot (no O_TMPFILE,
     no /proc): use ``write_atomic``. Raises FileExistsError if ``path`` exists."""
@@ -83,7 +86,7 @@ def write_new(path: str, data: bytes | bytearray, mode: int = 0o644, fsync: bool
             return False
         raise storage_error(exc, path) from exc
     try:
-        _write_all(fd, data, fsync)
+        _write_all(fd, data, fsync, cache)
         # linkat(AT_SYMLINK_FOLLOW) of the descriptor's /proc link (os.link takes that form when given a dir
         # fd, ignored for an absolute path); AT_EMPTY_PATH would need CAP_DAC_READ_SEARCH
         os.link(f"/proc/self/fd/{fd}", path, src_dir_fd=fd, follow_symlinks=True)
@@ -101,7 +104,12 @@ def write_new(path: str, data: bytes | bytearray, mode: int = 0o644, fsync: bool
 
 
 def write_atomic(
-    path: str | Path, data: bytes | bytearray, mode: int = 0o644, tmp_dir: Path | None = None, fsync: bool = True
+    path: str | Path,
+    data: bytes | bytearray,
+    mode: int = 0o644,
+    tmp_dir: Path | None = None,
+    fsync: bool = True,
+    cache: bool = True,
 ) -> None:
     """Write ``data`` to ``path`` so that a crash leaves the old file or the new one, never a mix.
 
@@ -115,7 +123,7 @@ def write_atomic(
     try:
         fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, mode)
         try:
-            _write_all(fd, data, fsync)
+            _write_all(fd, data, fsync, cache)
         finally:
             os.close(fd)
         os.replace(tmp, path)

@@ -30,7 +30,12 @@ RECENT_SEALED = 4096
 
 
 def store_sealed(
-    store: ObjectStore, secret: bytes, plaintext: bytes | memoryview, pid: bytes | None = None, durable: bool = True
+    store: ObjectStore,
+    secret: bytes,
+    plaintext: bytes | memoryview,
+    pid: bytes | None = None,
+    durable: bool = True,
+    cache: bool = True,
 ) -> tuple[ChunkRef, int]:
     """Seal ``plaintext`` under ``secret`` and store it unless the store has it.
 
@@ -38,7 +43,7 @@ def store_sealed(
     flushed at the store's next ``sync()``, which the caller makes before it records anything that names it.
     """
     ref, sealed = seal(secret, plaintext, pid)
-    if not store.put(ref.cid, sealed, durable=durable, verify=False):  # id just made; False: it was there
+    if not store.put(ref.cid, sealed, durable=durable, verify=False, cache=cache):  # id just made; False: it was there
         return ref, 0
     return ref, len(sealed)
 
@@ -51,11 +56,14 @@ class ChunkPipeline:
         workers: int | None = None,
         max_in_flight: int | None = None,
         durable: bool = True,
+        cache: bool = True,
     ) -> None:
         """``durable=False``: chunks are flushed by the store's next ``sync()`` (one syncfs for a whole ingest,
-        not an fsync each), which the caller makes before it records a version that names them."""
+        not an fsync each), which the caller makes before it records a version that names them.
+        ``cache=False``: chunks are not expected to be read again soon (``ObjectStore.put``)."""
         self.store = store
         self._durable = durable
+        self._cache = cache
         self.chunks_stored = 0
         self.bytes_stored = 0
         self._secret = secret
@@ -100,7 +108,7 @@ class ChunkPipeline:
             if known is not None:
                 return known.result()
             try:
-                ref, stored = store_sealed(self.store, self._secret, data, pid, self._durable)
+                ref, stored = store_sealed(self.store, self._secret, data, pid, self._durable, self._cache)
             except BaseException as exc:
                 with self._lock:
                     del self._sealing[pid]

@@ -65,8 +65,10 @@ class FabricStore:
             swarm = self._swarm
         return None if swarm is None else swarm.fetched()
 
-    def put(self, cid: bytes, data: bytes | bytearray, durable: bool = True, verify: bool = True) -> bool:
-        return self.local.put(cid, data, durable, verify)
+    def put(
+        self, cid: bytes, data: bytes | bytearray, durable: bool = True, verify: bool = True, cache: bool = True
+    ) -> bool:
+        return self.local.put(cid, data, durable, verify, cache)
 
     def get(self, cid: bytes, verify: bool = True) -> bytes:
         try:

@@ -16,6 +16,9 @@ Contract, checked for every implementation by tests/unit/test_store_conformance.
   Raises ``StoreFull`` when out of space, leaving nothing half-written.
   ``verify=False``: the caller has just computed ``cid`` from these very bytes
   (it sealed them, or checked them as they arrived), so they are not hashed again.
+  ``cache=False``: the object is not expected to be read again soon (a large file
+  written through the mount, whose plaintext the kernel holds), so a store may let
+  it leave the operating system's cache once it is durable.
 - ``get(cid)`` returns bytes whose BLAKE3 is ``cid``; raises ``MissingObject`` when
   it has none and ``CorruptObject`` when its stored bytes no longer match.
   ``verify=False``: the caller authenticates the bytes itself (the AEAD tag of a
@@ -49,7 +52,9 @@ class StoreStat:
 
 
 class ObjectStore(Protocol):
-    def put(self, cid: bytes, data: bytes | bytearray, durable: bool = True, verify: bool = True) -> bool: ...
+    def put(
+        self, cid: bytes, data: bytes | bytearray, durable: bool = True, verify: bool = True, cache: bool = True
+    ) -> bool: ...
 
     def get(self, cid: bytes, verify: bool = True) -> bytes: ...
 

@@ -100,7 +100,9 @@ class LocalStore:
         name = cid.hex()
         return f"{self._objects_dir}/{name[:2]}/{name}"
 
-    def put(self, cid: bytes, data: bytes | bytearray, durable: bool = True, verify: bool = True) -> bool:
+    def put(
+        self, cid: bytes, data: bytes | bytearray, durable: bool = True, verify: bool = True, cache: bool = True
+    ) -> bool:
         if verify:
             check_object(cid, data)
         small = self.small_max > 0 and len(data) <= self.small_max
@@ -122,12 +124,12 @@ class LocalStore:
             self._shards[shard_name] = shard
         path = self._path(cid)
         try:
-            born = self._write_new and write_new(path, data, mode=0o600, fsync=durable)
+            born = self._write_new and write_new(path, data, mode=0o600, fsync=durable, cache=cache)
             self._write_new = born  # False: this file system cannot, temp files from now on
         except FileExistsError:  # a file a crash left without its row (or a damaged one): replaced whole
             born = False
         if not born:
-            write_atomic(path, data, mode=0o600, tmp_dir=self._tmp, fsync=durable)
+            write_atomic(path, data, mode=0o600, tmp_dir=self._tmp, fsync=durable, cache=cache)
         with self._lock:
             if not durable:
                 self._unsynced.add(cid)

@@ -16,7 +16,9 @@ class MemoryStore:
         self._objects: dict[bytes, bytes] = {}
         self._lock = threading.Lock()
 
-    def put(self, cid: bytes, data: bytes | bytearray, durable: bool = True, verify: bool = True) -> bool:
+    def put(
+        self, cid: bytes, data: bytes | bytearray, durable: bool = True, verify: bool = True, cache: bool = True
+    ) -> bool:
         if verify:
             check_object(cid, data)
         with self._lock:

@@ -96,7 +96,7 @@ class StreamingSeal:
         self._store = store
         self._staging = staging
         self._file = _GrowingFile(staging)
-        self._pipeline = ChunkPipeline(store, secret)
+        self._pipeline = ChunkPipeline(store, secret, cache=False)  # the kernel holds the plaintext written
         self._refs: list[ChunkRef] | None = None
         self._error: BaseException | None = None
         self._stored: list[ChunkRef] = []  # the file's first chunks, each stored, in order

@@ -29,11 +29,13 @@ class _HeldStore(MemoryStore):
         self.release = threading.Event()
         self.put_ids: list[bytes] = []
 
-    def put(self, cid: bytes, data: bytes | bytearray, durable: bool = True, verify: bool = True) -> bool:
+    def put(
+        self, cid: bytes, data: bytes | bytearray, durable: bool = True, verify: bool = True, cache: bool = True
+    ) -> bool:
         if cid == self.held:
             self.release.wait(timeout=30)
         self.put_ids.append(cid)
-        return super().put(cid, data, durable, verify)
+        return super().put(cid, data, durable, verify, cache)
 
 
 def _open(store: MemoryStore, ref: ChunkRef) -> bytes:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import errno
 import os
 import signal
+import subprocess
 import threading
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -144,6 +145,22 @@ def test_local_store_reads_what_is_in_memory_at_once_and_says_none_otherwise(tmp
     assert store.read_cached(empty) == b""
     assert store.read_cached(object_id(b"never stored")) is None
     assert isinstance(store, CachedReads) and not isinstance(MemoryStore(), CachedReads)
+    store.close()
+
+
+def test_an_object_put_durably_and_not_to_be_cached_leaves_the_page_cache(tmp_path: Path) -> None:
+    """``cache=False``: once flushed, its pages go (a large file written through the mount)."""
+    kind = subprocess.run(["stat", "-f", "-c", "%T", str(tmp_path)], capture_output=True, text=True).stdout.strip()
+    if kind == "tmpfs":
+        pytest.skip("tmpfs keeps every page: nothing to give back")
+    store = LocalStore(tmp_path / "s", small_max=0)
+    kept, data = _obj(256 * 1024)
+    gone, other = _obj(256 * 1024 + 1)
+    store.put(kept, data)
+    store.put(gone, other, cache=False)
+    assert store.read_cached(kept) == data
+    assert store.read_cached(gone) is None
+    assert store.get(gone) == other
     store.close()
 
 

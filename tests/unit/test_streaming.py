@@ -131,7 +131,9 @@ def test_a_stream_that_gave_back_its_front_restores_it_from_the_store(
         assert stream.stop() is True
     else:
 
-        def put(cid: bytes, sealed: bytes | bytearray, durable: bool = True, verify: bool = True) -> bool:
+        def put(
+            cid: bytes, sealed: bytes | bytearray, durable: bool = True, verify: bool = True, cache: bool = True
+        ) -> bool:
             raise OSError(28, "No space left on device")
 
         monkeypatch.setattr(store, "put", put)  # the last chunk, cut only once the file is complete, fails

@@ -83,7 +83,7 @@ def test_a_checkpoint_stores_anew_only_the_parts_of_a_large_directory_that_chang
     store = MemoryStore()
     stored: list[bytes] = []
     store_put = store.put
-    store.put = lambda cid, data, durable=True, verify=True: (stored.append(cid), store_put(cid, data))[1]  # type: ignore[method-assign]
+    store.put = lambda cid, data, durable=True, verify=True, cache=True: (stored.append(cid), store_put(cid, data))[1]  # type: ignore[method-assign]
     d = ws.mkdir(ws.root, b"d", 0o755, 0, 0, NOW)
     for i in range(30_000):  # about 5 MB of entries: past SPLIT_AT
         inode = ws.create(d, b"file-%06d" % i, 0o644, 0, 0, NOW)
