@@ -220,6 +220,10 @@ class LiveTree:
         handle = self._handles.pop(fh)
         node = handle.inode
         self.workspace.released(node, handle.writable)
+        if not node.writers and not self._content_dirty(node):  # a stream that went on after a flush: it ends
+            stream = self._streams.pop(node.ino, None)
+            if stream is not None and stream.stop():  # its front is in the store only: read from there
+                self.workspace.drop_staging(node)
         if node.unlinked:
             await self._abandon_stream(node, keep=False)
         try:
@@ -416,7 +420,12 @@ class LiveTree:
             finally:
                 self._sealing -= 1
             node.node, node.committed_size, node.committed_content_gen = ref, size, content_gen
-            if stream is not None and stream.punched:  # its front is in the store only: read from there
+            if stream is not None and node.writers and node.staging is not None:  # an fsync or a flush: it goes on
+                self._streams[node.ino] = stream = StreamingSeal(
+                    self.view.store, secrets.identity.convergence_secret, node.staging, after=stream
+                )
+                stream.grow(node.size)
+            elif stream is not None and stream.punched:  # its front is in the store only: read from there
                 self.workspace.drop_staging(node)
             self._journal_seq = max(self._journal_seq, seq)
             if kept:  # stored by the next checkpoint; until then the file stays staged

@@ -92,7 +92,9 @@ class _GrowingFile:
 
 
 class StreamingSeal:
-    def __init__(self, store: ObjectStore, secret: bytes, staging: Path) -> None:
+    def __init__(self, store: ObjectStore, secret: bytes, staging: Path, after: StreamingSeal | None = None) -> None:
+        """``after``: a finished stream of the same file, which goes on being written (an fsync came): this
+        one takes its chunks but the last (cut where the file then ended) and seals on from there."""
         self._store = store
         self._staging = staging
         self._file = _GrowingFile(staging)
@@ -105,6 +107,12 @@ class StreamingSeal:
         self._stopped = False
         self._can_punch = True
         self.punched = 0  # the staging file's first bytes given back (a multiple of PAGE)
+        if after is not None:  # every chunk start is a cut point of the whole file: the chunker resumes at one
+            assert after._refs is not None
+            self._stored = after._refs[:-1]
+            self._stored_to = sum(ref.length for ref in self._stored)
+            self._can_punch = after._can_punch
+            self.punched = after.punched  # no hole past the last chunk's start: finish() stopped them
         self._thread = threading.Thread(target=self._run, name="stream-seal", daemon=True)
         self._thread.start()
 
@@ -112,7 +120,7 @@ class StreamingSeal:
         try:
             with self._pipeline:
                 waiting: deque[Future[ChunkRef]] = deque()
-                for chunk in cdc_window_chunks(self._file.window):
+                for chunk in cdc_window_chunks(self._file.window, self._stored_to):
                     waiting.append(self._pipeline.submit(chunk))
                     while waiting and waiting[0].done():
                         self._took(waiting.popleft().result())

@@ -136,7 +136,7 @@ def test_files_sealed_while_written_and_streams_that_are_abandoned(fs: tuple[Pat
     run(home, "gc", "--dry-run")
 
 
-@pytest.mark.parametrize("then", ["close", "read", "write back", "truncate", "fsync", "second writer"])
+@pytest.mark.parametrize("then", ["close", "read", "write back", "truncate", "fsync", "fsyncs", "second writer"])
 def test_a_file_sealed_while_written_is_whole_whatever_comes_after_its_staging_gave_back_its_front(
     fs: tuple[Path, Path], d: Path, then: str
 ) -> None:
@@ -161,6 +161,12 @@ def test_a_file_sealed_while_written_is_whole_whatever_comes_after_its_staging_g
             data[3 * len(piece) :] = bytes(21 * len(piece))
         elif then == "fsync":
             os.fsync(fd)
+        elif then == "fsyncs":  # sealing goes on from the last cut after each
+            for _ in range(3):
+                os.fsync(fd)
+                os.write(fd, piece)
+                data += piece
+            wait_given_back(home, len(data))
         elif then == "second writer":
             with open(path, "r+b") as other:
                 other.seek(len(data) - 2)

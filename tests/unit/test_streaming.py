@@ -141,3 +141,24 @@ def test_a_stream_that_gave_back_its_front_restores_it_from_the_store(
             stream.finish(len(data))
     stream.restore()
     assert staging.read_bytes() == data
+
+
+def test_a_stream_goes_on_after_an_fsync_from_its_last_cut_with_the_chunks_of_the_whole_file(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The fsync seals the file as it then ends; the next stream takes all its chunks but the last and seals
+    on from that chunk's start, neither reading the front again nor needing it (it was given back)."""
+    monkeypatch.setattr(streaming, "PUNCH_STEP", 2 * 1024 * 1024)
+    data = random.Random(15).randbytes(30 * 1024 * 1024 + 5)
+    staging = tmp_path / "staging"
+    staging.write_bytes(b"")
+    store = MemoryStore()
+    first = StreamingSeal(store, SECRET, staging)
+    _write_growing(staging, first, data[: 12 * 1024 * 1024 + 1])
+    _given_back(first, 4 * 1024 * 1024)
+    assert [ref.cid for ref in first.finish(12 * 1024 * 1024 + 1)] == _whole(data[: 12 * 1024 * 1024 + 1])
+    second = StreamingSeal(store, SECRET, staging, after=first)
+    assert second.punched == first.punched
+    _write_growing(staging, second, data, start=12 * 1024 * 1024)
+    _given_back(second, first.punched + 4 * 1024 * 1024)  # and it goes on giving back
+    assert [ref.cid for ref in second.finish(len(data))] == _whole(data)
