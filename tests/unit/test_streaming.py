@@ -81,6 +81,15 @@ def test_an_abandoned_stream_stops_waiting_for_bytes(tmp_path: Path) -> None:
     assert not waiter.is_alive()
 
 
+@pytest.fixture
+def staging(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """An empty staging file, whose stream gives back its front 2 MiB at a time."""
+    monkeypatch.setattr(streaming, "PUNCH_STEP", 2 * 1024 * 1024)
+    path = tmp_path / "staging"
+    path.write_bytes(b"")
+    return path
+
+
 def _given_back(stream: StreamingSeal, at_least: int) -> None:
     deadline = time.monotonic() + 20
     while stream.punched < at_least and time.monotonic() < deadline:
@@ -96,12 +105,9 @@ def _write_growing(staging: Path, stream: StreamingSeal, data: bytes, start: int
 
 
 def test_the_staging_file_gives_back_its_stored_front_and_the_chunks_are_those_of_the_whole_file(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    staging: Path,
 ) -> None:
-    monkeypatch.setattr(streaming, "PUNCH_STEP", 2 * 1024 * 1024)
     data = random.Random(13).randbytes(20 * 1024 * 1024 + 99)
-    staging = tmp_path / "staging"
-    staging.write_bytes(b"")
     store = MemoryStore()
     stream = StreamingSeal(store, SECRET, staging)
     _write_growing(staging, stream, data[: 16 * 1024 * 1024])
@@ -116,13 +122,10 @@ def test_the_staging_file_gives_back_its_stored_front_and_the_chunks_are_those_o
 
 @pytest.mark.parametrize("how", ["stopped", "failed"])
 def test_a_stream_that_gave_back_its_front_restores_it_from_the_store(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, how: str
+    staging: Path, monkeypatch: pytest.MonkeyPatch, how: str
 ) -> None:
     """A write elsewhere (or a sealing error) ends the stream: the staging file is made whole again."""
-    monkeypatch.setattr(streaming, "PUNCH_STEP", 2 * 1024 * 1024)
     data = random.Random(14).randbytes(16 * 1024 * 1024)
-    staging = tmp_path / "staging"
-    staging.write_bytes(b"")
     store = MemoryStore()
     stream = StreamingSeal(store, SECRET, staging)
     _write_growing(staging, stream, data)
@@ -143,15 +146,10 @@ def test_a_stream_that_gave_back_its_front_restores_it_from_the_store(
     assert staging.read_bytes() == data
 
 
-def test_a_stream_goes_on_after_an_fsync_from_its_last_cut_with_the_chunks_of_the_whole_file(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
+def test_a_stream_goes_on_after_an_fsync_from_its_last_cut_with_the_chunks_of_the_whole_file(staging: Path) -> None:
     """The fsync seals the file as it then ends; the next stream takes all its chunks but the last and seals
     on from that chunk's start, neither reading the front again nor needing it (it was given back)."""
-    monkeypatch.setattr(streaming, "PUNCH_STEP", 2 * 1024 * 1024)
     data = random.Random(15).randbytes(30 * 1024 * 1024 + 5)
-    staging = tmp_path / "staging"
-    staging.write_bytes(b"")
     store = MemoryStore()
     first = StreamingSeal(store, SECRET, staging)
     _write_growing(staging, first, data[: 12 * 1024 * 1024 + 1])
