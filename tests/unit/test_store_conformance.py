@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import ctypes
 import errno
+import mmap
 import os
 import signal
 import subprocess
@@ -158,10 +160,37 @@ def test_an_object_put_durably_and_not_to_be_cached_leaves_the_page_cache(tmp_pa
     gone, other = _obj(256 * 1024 + 1)
     store.put(kept, data)
     store.put(gone, other, cache=False)
-    assert store.read_cached(kept) == data
-    assert store.read_cached(gone) is None
+    assert _resident_pages(store._path(kept)) == _pages(len(data))
+    assert _resident_pages(store._path(gone)) == 0
     assert store.get(gone) == other
     store.close()
+
+
+def _pages(size: int) -> int:
+    return (size + mmap.PAGESIZE - 1) // mmap.PAGESIZE
+
+
+def _resident_pages(path: str) -> int:
+    """How many of ``path``'s pages the page cache holds, asked without reading one (``mincore`` on a mapping;
+    a read, even ``RWF_NOWAIT``, starts the readahead that would bring them in)."""
+    libc = ctypes.CDLL(None, use_errno=True)
+    libc.mmap.restype = ctypes.c_void_p
+    libc.mmap.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int, ctypes.c_int, ctypes.c_int, ctypes.c_long]
+    libc.mincore.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_void_p]
+    libc.munmap.argtypes = [ctypes.c_void_p, ctypes.c_size_t]
+    size = os.path.getsize(path)
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        addr = libc.mmap(None, size, mmap.PROT_READ, mmap.MAP_SHARED, fd, 0)
+        assert addr not in (None, ctypes.c_void_p(-1).value), os.strerror(ctypes.get_errno())
+    finally:
+        os.close(fd)
+    try:
+        vec = (ctypes.c_ubyte * _pages(size))()
+        assert libc.mincore(ctypes.c_void_p(addr), size, vec) == 0, os.strerror(ctypes.get_errno())
+        return sum(v & 1 for v in vec)
+    finally:
+        libc.munmap(ctypes.c_void_p(addr), size)
 
 
 def test_local_store_names_objects_by_lowercase_hex(tmp_path: Path) -> None:
