@@ -35,6 +35,7 @@ from ..store import ObjectStore
 from ..tree import Entry, new_root_entry
 from ..worktree.journal import writing
 from ..worktree.live import LiveTree
+from . import fuseloop
 from .operations import PortalOperations
 
 __all__ = ["check_mountpoint", "mount_options", "serve_mount", "parse_target", "bdi_of", "is_mounted", "Syncer"]
@@ -171,7 +172,8 @@ async def _serve(
             await nursery.start(ops.run_background)
             nursery.start_soon(_watch_signals, ops)
             nursery.start_soon(_when_answering, mountpoint, ready)
-            await pyfuse3.main()
+            with fuseloop.installed():
+                await pyfuse3.main()
             nursery.cancel_scope.cancel()
     finally:
         ops.abandon_streams()
