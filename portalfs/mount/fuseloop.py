@@ -19,10 +19,10 @@ no timeout), and goes through trio's run loop only every ``STREAK`` requests, so
 that the other tasks (checkpoints, replies from worker threads) never wait long.
 
 pyfuse3 counts its idle readers in a field only its own function updates, so
-with this one it keeps every worker task it starts (one per request in flight,
-up to ``pyfuse3.main``'s ``max_tasks``) instead of ending the idle ones: each
-is a parked coroutine. Where pyfuse3 is not as expected (no such function, or
-not exactly one /dev/fuse descriptor in the process), its own wait stays.
+with this one it starts a worker task after each request it reads until it has
+``pyfuse3.main``'s ``max_tasks`` (99), and ends none: an idle one is a parked
+coroutine. Where pyfuse3 is not as expected (no such function, or not exactly
+one /dev/fuse descriptor in the process), its own wait stays.
 """
 
 from __future__ import annotations
