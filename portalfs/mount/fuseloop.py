@@ -92,7 +92,11 @@ class Turns:
 def _fuse_fd() -> int | None:
     """The process's one /dev/fuse descriptor (``pyfuse3.init`` opened it), or None."""
     found = []
-    for name in os.listdir("/proc/self/fd"):
+    try:
+        names = os.listdir("/proc/self/fd")
+    except OSError:  # no /proc: pyfuse3's own wait
+        return None
+    for name in names:
         with contextlib.suppress(OSError):  # the listing's own descriptor, gone by now
             if os.readlink(f"/proc/self/fd/{name}") == "/dev/fuse":
                 found.append(int(name))
