@@ -10,8 +10,8 @@ import json
 import logging
 import time
 from collections import Counter
-from collections.abc import AsyncIterator, Awaitable, Callable
-from contextlib import asynccontextmanager
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from contextlib import asynccontextmanager, contextmanager
 from dataclasses import dataclass
 from typing import Any
 
@@ -26,7 +26,7 @@ from ..errors import BadSignature
 from .auth import ClockSkew, check_signature, check_time, parse_headers
 from .state import WINDOW, Caller, HubRefusal, HubState
 
-__all__ = ["make_app", "ROUTES"]
+__all__ = ["make_app", "LongPolls", "ROUTES"]
 
 log = logging.getLogger("portal.hub")
 
@@ -266,7 +266,34 @@ async def _capped_body(request: Request) -> bytes:
     return b"".join(parts)
 
 
-def make_app(state: HubState) -> Starlette:
+class LongPolls:
+    """The event streams' waits in progress, so that a hub that stops answers them at once: each then gets
+    what has come for it so far (nothing, most likely), as at the end of its wait. Otherwise the server
+    waits for each to end, up to its graceful timeout, before it stops."""
+
+    def __init__(self) -> None:
+        self._waits: set[trio.CancelScope] = set()
+        self.ended = False
+
+    @contextmanager
+    def waiting(self, seconds: float) -> Iterator[trio.CancelScope]:
+        """A wait of up to ``seconds`` that ``end`` cuts short (none at all once it has been called)."""
+        with trio.move_on_after(0 if self.ended else seconds) as scope:
+            self._waits.add(scope)
+            try:
+                yield scope
+            finally:
+                self._waits.discard(scope)
+
+    def end(self) -> None:
+        self.ended = True
+        for scope in self._waits:
+            scope.cancel()
+
+
+def make_app(state: HubState, polls: LongPolls | None = None) -> Starlette:
+    """The hub's API over ``state``; ``polls``: its event streams' waits, for the server to end when it stops."""
+    polls = LongPolls() if polls is None else polls
     new_version: dict[bytes, trio.Event] = {}
     in_progress: Counter[tuple[str, bytes]] = Counter()  # (what, key): requests running now
 
@@ -351,7 +378,7 @@ def make_app(state: HubState) -> Starlette:
 
     async def _wait(caller: Caller, portal: bytes, after: int) -> list[str]:
         records: list[str] = []
-        with trio.move_on_after(LONG_POLL_SECONDS) as waited:
+        with polls.waiting(LONG_POLL_SECONDS) as waited:
             while not records:
                 event = new_version.setdefault(portal, trio.Event())
                 records = await trio.to_thread.run_sync(state.roots, caller, portal, after, time.time_ns())

@@ -15,7 +15,7 @@ from hypercorn.config import Config
 from hypercorn.trio import serve
 
 from ..net import stop_signal
-from .app import make_app
+from .app import LongPolls, make_app
 from .state import DEFAULT_GRACE_NS, EDGE_LIVE_NS, HubState
 
 __all__ = ["run_hub"]
@@ -80,7 +80,8 @@ async def run_hub(
     stop = trio.Event()
     try:
         async with trio.open_nursery() as nursery:
-            app: Any = make_app(state)
+            polls = LongPolls()
+            app: Any = make_app(state, polls)
             binds = await nursery.start(
                 lambda task_status: serve(app, config, shutdown_trigger=stop.wait, task_status=task_status)
             )
@@ -90,6 +91,7 @@ async def run_hub(
             log.info("hub serving on %s:%d, state in %s", host, bound, db)
             task_status.started(bound)
             await (until or stop_signal)()
+            polls.end()  # the event streams answer now: the server need not wait out its graceful timeout
             stop.set()
     finally:
         state.close()
