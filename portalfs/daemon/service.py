@@ -32,6 +32,7 @@ from ..fabric import sharing
 from ..fabric.config import FabricConfig, followed_portals, hub_client, is_paused, load_config, published_version
 from ..fabric.store import FabricStore
 from ..fabric.sync import Fabric, edges_seen
+from ..net import one_error
 from ..portal import PortalView
 from ..store.base import Priority
 from ..transfer import fetched_since, get_into, get_target, put_sources
@@ -405,6 +406,14 @@ class SyncDaemon:
                 self.planner.repair_soon(portal)
             self._wake()
 
+    async def _refresh_now(self) -> None:
+        """``_refresh``, as a command's sync starts with it."""
+        try:
+            await self._on_device(self._refresh, await self._current_fabric())
+        except PortalError as exc:  # the keyring or the hub's portal list: the sync goes on without them
+            log.warning("keyring and shares: %s", exc)
+        self.planner.refreshed(trio.current_time())
+
     @staticmethod
     def _refresh(fabric: Fabric) -> list[str]:
         """Finish an unshare a crash left half-done, adopt the keyring's portals and the shares, give the
@@ -487,11 +496,17 @@ class SyncDaemon:
                 view = PortalView.open(self.device, name, self.secrets, store)
                 return put_sources(view, self.secrets, sources, progress=_stop_if(gone), warn=warnings.append)
 
-        result = await trio.to_thread.run_sync(work, limiter=self._commands)
+        if request.get("sync"):  # the refresh its sync starts with runs beside the put (its own hub requests)
+            with one_error():  # what the put raised, itself
+                async with trio.open_nursery() as nursery:
+                    nursery.start_soon(self._refresh_now)
+                    result = await trio.to_thread.run_sync(work, limiter=self._commands)
+        else:
+            result = await trio.to_thread.run_sync(work, limiter=self._commands)
         log.info("portalctl put %s: v%d, %d files", name, result["version"], result["files"])
         result["warnings"] = warnings
         if request.get("sync"):  # this sync pushes and publishes the new version, and says so
-            synced = await self.sync_now([name])
+            synced = await self.sync_now([name], refreshed=True)
             result["sync"] = synced[0] if synced else None
         else:
             self._look_now.set()  # the next round publishes it
@@ -524,15 +539,13 @@ class SyncDaemon:
         log.info("portalctl get %s: v%d, %d files into %s", name, result["version"], result["files"], dest)
         return result
 
-    async def sync_now(self, names: list[str], repair: bool = False) -> list[dict[str, Any]]:
-        """Sync ``names`` (every followed portal when empty) now, and ``repair`` them; return once each finished."""
+    async def sync_now(self, names: list[str], repair: bool = False, refreshed: bool = False) -> list[dict[str, Any]]:
+        """Sync ``names`` (every followed portal when empty) now, and ``repair`` them; return once each finished.
+        ``refreshed``: the caller has just refreshed the keyring, the shares and the edges (``_refresh_now``)."""
         if self.hub is None:
             raise UsageError("this device has no hub: run `portalctl hub add URL` first")
-        try:
-            await self._on_device(self._refresh, await self._current_fabric())
-        except PortalError as exc:  # the keyring or the hub's portal list: the sync goes on without them
-            log.warning("keyring and shares: %s", exc)
-        self.planner.refreshed(trio.current_time())
+        if not refreshed:
+            await self._refresh_now()
         _, self._names, _ = await self._on_device(self._look)
         self.planner.track(self._names)
         for name in names:
