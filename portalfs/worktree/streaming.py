@@ -104,6 +104,9 @@ class StreamingSeal:
         self._stored: list[ChunkRef] = []  # the file's first chunks, each stored, in order
         self._stored_to = 0  # the bytes they hold
         self._holes = threading.Lock()  # a punch, or the stop that ends them
+        self._order = threading.Lock()  # the seals in flight, taken in order as they end
+        self._waiting: deque[Future[ChunkRef]] = deque()
+        self._failed = False  # a seal failed: no more chunks are cut
         self._stopped = False
         self._can_punch = True
         self.punched = 0  # the staging file's first bytes given back (a multiple of PAGE)
@@ -119,20 +122,34 @@ class StreamingSeal:
     def _run(self) -> None:
         try:
             with self._pipeline:
-                waiting: deque[Future[ChunkRef]] = deque()
                 for chunk in cdc_window_chunks(self._file.window, self._stored_to):
-                    waiting.append(self._pipeline.submit(chunk))
-                    while waiting and waiting[0].done():
-                        self._took(waiting.popleft().result())
-                for future in waiting:
-                    self._took(future.result())
-                self._refs = self._stored
+                    future = self._pipeline.submit(chunk)
+                    with self._order:
+                        self._waiting.append(future)
+                    future.add_done_callback(self._settle)
+                    if self._failed:
+                        break
+            with self._order:  # every seal has ended (the pipeline waited): one that failed is left, raised here
+                for future in self._waiting:
+                    future.result()
+            self._refs = self._stored
         except _Abandoned:
             pass
         except BaseException as exc:  # reported to whoever finishes the stream
             self._error = exc
         finally:
             self._file.close()
+
+    def _settle(self, _: Future[ChunkRef]) -> None:
+        """Take the chunks stored so far, in order (a seal's callback, on its worker thread): the front is given
+        back as soon as it is stored, even while the chunker waits for bytes not yet written."""
+        with self._order:
+            while self._waiting and self._waiting[0].done():
+                first = self._waiting[0]
+                if first.cancelled() or first.exception() is not None:
+                    self._failed = True
+                    return  # left for _run, which raises it
+                self._took(self._waiting.popleft().result())
 
     def _took(self, ref: ChunkRef) -> None:
         """The next chunk is stored: give back the staging file's front up to it, PUNCH_STEP at a time."""
