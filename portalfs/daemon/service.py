@@ -496,13 +496,11 @@ class SyncDaemon:
                 view = PortalView.open(self.device, name, self.secrets, store)
                 return put_sources(view, self.secrets, sources, progress=_stop_if(gone), warn=warnings.append)
 
-        if request.get("sync"):  # the refresh its sync starts with runs beside the put (its own hub requests)
-            with one_error():  # what the put raised, itself
-                async with trio.open_nursery() as nursery:
+        with one_error():  # what the put raised, itself
+            async with trio.open_nursery() as nursery:
+                if request.get("sync"):  # the refresh its sync starts with runs beside the put (hub requests)
                     nursery.start_soon(self._refresh_now)
-                    result = await trio.to_thread.run_sync(work, limiter=self._commands)
-        else:
-            result = await trio.to_thread.run_sync(work, limiter=self._commands)
+                result = await trio.to_thread.run_sync(work, limiter=self._commands)
         log.info("portalctl put %s: v%d, %d files", name, result["version"], result["files"])
         result["warnings"] = warnings
         if request.get("sync"):  # this sync pushes and publishes the new version, and says so
