@@ -345,7 +345,9 @@ class PortalOperations(pyfuse3.Operations):
         directory = self.workspace.get(inode)
         fh = self.tree.new_fh()
         # A snapshot: offsets stay stable whatever changes while it is read.
-        self._dir_handles[fh] = directory, sorted(self.workspace.children(directory).items())
+        entries = sorted(self.workspace.children(directory).items())
+        self._dir_handles[fh] = directory, entries
+        self.tree.listed(directory, [name for name, _ in entries])
         return fh
 
     @_translated

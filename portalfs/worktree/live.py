@@ -15,6 +15,7 @@ and disk work go to worker threads.
 
 from __future__ import annotations
 
+import bisect
 import collections
 import contextlib
 import errno
@@ -30,7 +31,7 @@ from typing import cast
 import trio
 
 from .. import threads
-from ..chunking import CDC_MIN
+from ..chunking import CDC_MAX, CDC_MIN
 from ..device import Unlocked
 from ..errors import IntegrityError, MissingObject, PortalError
 from ..memory import give_back_freed_memory
@@ -61,6 +62,12 @@ STAGE_BATCH = 32  # chunks of a file opened for writing fetched together, when t
 # checkpoint frees tens of megabytes it made, which glibc would keep: memory.py), at most this often.
 # Not after every checkpoint: many small ones reuse what the last freed (small files ran a few percent slower).
 TRIM_SECONDS = 1.0
+# A reader that opens a directory's files in name order (tar, cp -r, rsync, grep -r) has the first chunks of the
+# next files loaded while it reads this one: up to this many files, and about this many bytes.
+WALK_AHEAD_FILES = 4
+WALK_AHEAD_BYTES = 8 * 1024 * 1024
+WALK_AHEAD_NAMES = 16  # names looked at after the one opened
+LISTINGS_KEPT = 16  # the directories last listed, whose listings are kept for this
 
 
 def now_ns() -> int:
@@ -116,6 +123,8 @@ class LiveTree:
         self._unstored: dict[int, tuple[Inode, list[bytes]]] = {}  # by journal record number
         self._unstored_inodes: collections.Counter[int] = collections.Counter()
         self._unstored_bytes = 0
+        self._listings: collections.OrderedDict[int, list[bytes]] = collections.OrderedDict()  # names, sorted
+        self._walked: collections.OrderedDict[int, bytes] = collections.OrderedDict()  # the last file read there
         if head is not None and root.entry.node is not None:
             self._totals[root.entry.node.cid] = (root.size, root.files)
 
@@ -149,6 +158,8 @@ class LiveTree:
                 if truncate and node.size:
                     self._truncate_staged(node, 0)
                     self.workspace.content_changed(node, 0, now_ns())
+        else:
+            self._walk_ahead(node)
         return self.open_new(node, writable, bool(flags & os.O_APPEND), writable and node.size == 0)
 
     def open_new(self, node: Inode, writable: bool, append: bool, sequential: bool = True) -> tuple[int, bool]:
@@ -159,6 +170,45 @@ class LiveTree:
         keep = node.kernel_cache_gen == node.content_gen
         node.kernel_cache_gen = node.content_gen
         return fh, keep
+
+    def listed(self, directory: Inode, names: list[bytes]) -> None:
+        """``directory`` was opened to be listed, its ``names`` sorted: its files opened in that order next are a
+        walk (``_walk_ahead``)."""
+        self._listings.pop(directory.ino, None)
+        self._listings[directory.ino] = names
+        if len(self._listings) > LISTINGS_KEPT:
+            self._listings.popitem(last=False)
+
+    def _walk_ahead(self, node: Inode) -> None:
+        """``node`` is opened for reading. If its directory was listed and this is the listing's first file, or
+        the last file opened for reading there came before it, the reader walks the directory (tar, cp -r,
+        rsync, grep -r): the next files' first chunks load meanwhile."""
+        parent = node.parent
+        names = None if parent is None else self._listings.get(parent.ino)
+        if names is None or parent is None or parent.children is None:
+            return
+        children = parent.children
+        previous = self._walked.pop(parent.ino, None)
+        self._walked[parent.ino] = node.name
+        if len(self._walked) > LISTINGS_KEPT:
+            self._walked.popitem(last=False)
+        at = bisect.bisect_left(names, node.name)
+        if at == len(names) or names[at] != node.name:
+            return
+        if previous is None:  # a walk starts at the first file
+            if at > WALK_AHEAD_NAMES or any(name in children and children[name].is_file for name in names[:at]):
+                return
+        elif previous >= node.name:
+            return
+        files, budget = 0, WALK_AHEAD_BYTES
+        for name in names[at + 1 : at + 1 + WALK_AHEAD_NAMES]:
+            child = children.get(name)
+            if child is None or not child.is_file or child.staged or child.node is None or child.size <= CDC_MIN:
+                continue  # small files: their reads are cheap, and loading them ahead cost more than it saved
+            self.reader.read_ahead_file(child.node)
+            files, budget = files + 1, budget - min(child.size, CDC_MAX)
+            if files == WALK_AHEAD_FILES or budget <= 0:
+                return
 
     async def read(self, fh: int, off: int, size: int) -> bytes:
         node = self._handles[fh].inode

@@ -128,6 +128,19 @@ class ContentReader:
             index += 1
         return pieces
 
+    def read_ahead_file(self, file_node: ChunkRef) -> None:
+        """Load a file's first chunk in the background: the file a reader walking its directory opens next."""
+        if self.nursery is not None:
+            self.nursery.start_soon(self._first_chunk, file_node)
+
+    async def _first_chunk(self, file_node: ChunkRef) -> None:
+        try:
+            _, refs = await self.layout(file_node)
+            if refs and self._idle(refs[0]):
+                await self.chunk(refs[0])
+        except PortalError:
+            pass  # the read that needs it will report it
+
     def _idle(self, ref: ChunkRef) -> bool:
         return self._cache.get(ref.cid) is None and ref.cid not in self._loading and ref.cid not in self._fetching
 

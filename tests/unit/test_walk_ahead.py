@@ -1,0 +1,126 @@
+"""A reader that walks a listed directory in name order (tar, cp -r, rsync) has the next files' first chunks loaded
+while it reads the one it opened (``LiveTree._walk_ahead``); small files, and opens out of order, load nothing."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+import trio
+
+from portalfs.device import Device
+from portalfs.fabric.store import FabricStore
+from portalfs.keys import new_entropy_words
+from portalfs.paths import DeviceHome
+from portalfs.portal import PortalView
+from portalfs.store import LocalStore
+from portalfs.tree import iter_file_chunks
+from portalfs.worktree.live import WALK_AHEAD_FILES, LiveTree
+from portalfs.worktree.workspace import Inode
+
+from .test_restore_prefetch import RemoteObjects
+
+NOW = 1_700_000_000_000_000_000
+KiB = 1024
+# In name order: six files that load ahead (over 256 KiB), a small one between them that does not.
+SIZES = {b"a0": 300, b"a1": 400, b"a2": 300, b"a3": 2, b"a4": 500, b"a5": 300, b"a6": 300}
+
+
+@pytest.fixture
+def device(tmp_path: Path) -> Iterator[Device]:
+    device = Device(DeviceHome.from_environ({"PORTAL_HOME": str(tmp_path / "home")}))
+    yield device
+    device.close()
+
+
+@pytest.fixture
+def remote(tmp_path: Path, device: Device) -> tuple[PortalView, RemoteObjects]:
+    """Portal "walk" with a directory of SIZES, every object in a remote store the device fetches from (so each
+    object it loads is seen)."""
+    device.create_identity(new_entropy_words(os.urandom(32)), "", None, "test", NOW)
+    secrets = device.unlock(None)
+    device.create_portal("walk", secrets, NOW)
+    src = tmp_path / "src"
+    (src / "dir" / "sub").mkdir(parents=True)
+    for name, size in SIZES.items():
+        (src / "dir" / name.decode()).write_bytes(os.urandom(size * KiB))
+    PortalView.open(device, "walk", secrets).put(secrets, [f"{src}/"], NOW)
+    remote = LocalStore(tmp_path / "remote")
+    local = device.store_local
+    for cid in list(local.ids()):
+        remote.put(cid, local.get(cid), durable=False)
+        local.delete(cid)
+    swarm = RemoteObjects(remote)
+    store = FabricStore(local, lambda: swarm, keep=True)  # type: ignore[arg-type,return-value]
+    return PortalView.open(device, "walk", secrets, store), swarm
+
+
+def _tree(view: PortalView, device: Device, staging: Path) -> tuple[LiveTree, Inode]:
+    version = view.version(None)
+    tree = LiveTree(view, device.unlock(None), version.record, view.root(version), staging, False)
+    directory = tree.workspace.lookup(tree.workspace.root, b"dir")
+    tree.workspace.children(directory)
+    return tree, directory
+
+
+async def test_a_walk_loads_the_first_chunks_of_the_next_files(
+    tmp_path: Path, device: Device, remote: tuple[PortalView, RemoteObjects]
+) -> None:
+    view, swarm = remote
+    tree, directory = _tree(view, device, tmp_path / "staging")
+    children = tree.workspace.children(directory)
+    first = {name: next(iter_file_chunks(children[name].node, view.load_node)) for name in SIZES}  # type: ignore[arg-type]
+    swarm.single.clear()
+    async with trio.open_nursery() as nursery:
+        tree.reader.nursery = nursery
+        tree.listed(directory, sorted(children))
+        fh, _ = await tree.open(children[b"a0"], os.O_RDONLY)
+        ahead = [b"a1", b"a2", b"a4", b"a5"]  # the small a3 is passed over
+        assert len(ahead) == WALK_AHEAD_FILES
+        with trio.fail_after(20):
+            while not {first[name].cid for name in ahead} <= set(swarm.single):
+                await trio.sleep(0.01)
+        assert first[b"a6"].cid not in swarm.single
+        assert first[b"a3"].cid not in swarm.single
+        # a1, read now, comes from what was loaded: nothing more is fetched for it
+        fetched = len(swarm.single)
+        fh1, _ = await tree.open(children[b"a1"], os.O_RDONLY)  # the walk goes on: a6 loads too
+        with trio.fail_after(20):
+            while first[b"a6"].cid not in swarm.single:
+                await trio.sleep(0.01)
+        data = b"".join(await tree.reader.read(children[b"a1"].node, SIZES[b"a1"] * KiB, 0, 64 * KiB))
+        assert len(data) == 64 * KiB
+        assert swarm.single[fetched:].count(first[b"a1"].cid) == 0
+        nursery.cancel_scope.cancel()
+    await tree.release(fh)
+    await tree.release(fh1)
+
+
+async def test_no_walk_without_a_listing_or_out_of_order_and_small_files_load_nothing(
+    tmp_path: Path, device: Device, remote: tuple[PortalView, RemoteObjects]
+) -> None:
+    view, _ = remote
+    tree, directory = _tree(view, device, tmp_path / "staging")
+    children = tree.workspace.children(directory)
+    asked: list[bytes] = []
+    names = {children[name].node: name for name in SIZES}
+    tree.reader.read_ahead_file = lambda node: asked.append(names[node])  # type: ignore[method-assign]
+
+    async def open_(name: bytes) -> None:
+        fh, _ = await tree.open(children[name], os.O_RDONLY)
+        await tree.release(fh)
+
+    await open_(b"a0")  # the directory was not listed
+    await open_(b"a1")
+    assert asked == []
+    tree.listed(directory, sorted(children))
+    await open_(b"a2")  # listed, but a2 is not its first file, and no file was opened there since
+    assert asked == []
+    await open_(b"a4")  # after a2: a walk
+    assert asked == [b"a5", b"a6"]
+    await open_(b"a1")  # back: not a walk
+    assert asked == [b"a5", b"a6"]
+    await open_(b"a2")  # forward again from a1
+    assert asked == [b"a5", b"a6", b"a4", b"a5", b"a6"]
