@@ -62,8 +62,8 @@ STAGE_BATCH = 32  # chunks of a file opened for writing fetched together, when t
 # checkpoint frees tens of megabytes it made, which glibc would keep: memory.py), at most this often.
 # Not after every checkpoint: many small ones reuse what the last freed (small files ran a few percent slower).
 TRIM_SECONDS = 1.0
-# A reader that opens a directory's files in name order (tar, cp -r, rsync, grep -r) has the first chunks of the
-# next files loaded while it reads this one: up to this many files, and about this many bytes.
+# A reader that opens a directory's files in name order (tar, cp -r, rsync, grep -r) has the next files loaded
+# while it reads this one: the small ones whole, of the others the first chunks of this many (about this many bytes).
 WALK_AHEAD_FILES = 4
 WALK_AHEAD_BYTES = 8 * 1024 * 1024
 WALK_AHEAD_NAMES = 16  # names looked at after the one opened
@@ -182,7 +182,8 @@ class LiveTree:
     def _walk_ahead(self, node: Inode) -> None:
         """``node`` is opened for reading. If its directory was listed and this is the listing's first file, or
         the last file opened for reading there came before it, the reader walks the directory (tar, cp -r,
-        rsync, grep -r): the next files' first chunks load meanwhile."""
+        rsync, grep -r): the next files load meanwhile, the small ones whole, together (one worker-thread job for
+        several: a job each cost more than it saved), the others' first chunks."""
         parent = node.parent
         names = None if parent is None else self._listings.get(parent.ino)
         if names is None or parent is None or parent.children is None:
@@ -200,15 +201,18 @@ class LiveTree:
                 return
         elif previous >= node.name:
             return
-        files, budget = 0, WALK_AHEAD_BYTES
+        files, budget, small = 0, WALK_AHEAD_BYTES, []
         for name in names[at + 1 : at + 1 + WALK_AHEAD_NAMES]:
             child = children.get(name)
-            if child is None or not child.is_file or child.staged or child.node is None or child.size <= CDC_MIN:
-                continue  # small files: their reads are cheap, and loading them ahead cost more than it saved
-            self.reader.read_ahead_file(child.node)
-            files, budget = files + 1, budget - min(child.size, CDC_MAX)
-            if files == WALK_AHEAD_FILES or budget <= 0:
-                return
+            if child is None or not child.is_file or child.staged or child.node is None or not child.size:
+                continue
+            if child.size <= CDC_MIN:
+                small.append(child.node)
+            elif files < WALK_AHEAD_FILES and budget > 0:
+                self.reader.read_ahead_file(child.node)
+                files, budget = files + 1, budget - min(child.size, CDC_MAX)
+        if small:
+            self.reader.read_ahead_small_files(small)
 
     async def read(self, fh: int, off: int, size: int) -> bytes:
         node = self._handles[fh].inode

@@ -65,21 +65,29 @@ class ContentReader:
         self._loading: dict[bytes, trio.Event] = {}  # chunks being loaded and unsealed
         self._fetching: dict[bytes, trio.Event] = {}  # chunks in a batch coming from the fabric
         self._layouts: OrderedDict[bytes, tuple[list[int], list[ChunkRef]]] = OrderedDict()
+        self._small: dict[bytes, trio.Event] = {}  # file nodes of small files being loaded ahead
 
     async def layout(self, file_node: ChunkRef | None) -> tuple[list[int], list[ChunkRef]]:
         """(start offset of each chunk, the chunks) of a file node."""
         if file_node is None:
             return [], []
         layout = self._layouts.get(file_node.cid)
+        if layout is None and (loading := self._small.get(file_node.cid)) is not None:
+            await loading.wait()  # loaded ahead with other small files, or left to this read
+            layout = self._layouts.get(file_node.cid)
         if layout is None:
             refs = await threads.run_sync(lambda: list(iter_file_chunks(file_node, self.view.load_node)))
-            offsets, position = [], 0
-            for chunk in refs:
-                offsets.append(position)
-                position += chunk.length
-            layout = self._layouts[file_node.cid] = (offsets, refs)
-            if len(self._layouts) > LAYOUTS_KEPT:
-                self._layouts.popitem(last=False)
+            layout = self._keep_layout(file_node, refs)
+        return layout
+
+    def _keep_layout(self, file_node: ChunkRef, refs: list[ChunkRef]) -> tuple[list[int], list[ChunkRef]]:
+        offsets, position = [], 0
+        for chunk in refs:
+            offsets.append(position)
+            position += chunk.length
+        layout = self._layouts[file_node.cid] = (offsets, refs)
+        if len(self._layouts) > LAYOUTS_KEPT:
+            self._layouts.popitem(last=False)
         return layout
 
     async def chunk(self, ref: ChunkRef) -> Plaintext:
@@ -140,6 +148,47 @@ class ContentReader:
                 await self.chunk(refs[0])
         except PortalError:
             pass  # the read that needs it will report it
+
+    def read_ahead_small_files(self, file_nodes: list[ChunkRef]) -> None:
+        """Load small files (one chunk each) whole in one worker-thread job: the files a reader walking their
+        directory opens next. Only once half of them are not loaded yet, so that a job loads several."""
+        wanted = [node for node in file_nodes if node.cid not in self._layouts and node.cid not in self._small]
+        if self.nursery is None or not wanted or len(wanted) < len(file_nodes) // 2:
+            return
+        done = trio.Event()
+        for node in wanted:
+            self._small[node.cid] = done
+        self.nursery.start_soon(self._small_files, wanted, done)
+
+    async def _small_files(self, file_nodes: list[ChunkRef], done: trio.Event) -> None:
+        try:
+            for node, refs, chunks in await threads.run_sync(self._load_small_files, file_nodes):
+                self._keep_layout(node, refs)
+                for ref, data in zip(refs, chunks, strict=True):
+                    self._cache.put(ref.cid, data)
+        finally:
+            for node in file_nodes:
+                del self._small[node.cid]
+            done.set()
+
+    def _load_small_files(self, file_nodes: list[ChunkRef]) -> list[tuple[ChunkRef, list[ChunkRef], list[Plaintext]]]:
+        """(file node, its chunks, their plaintexts) of each file that loads; on a device that fetches, the nodes
+        come from the edges in one batch, then the chunks in another."""
+        self.view.prefetch(file_nodes)
+        layouts = []
+        for node in file_nodes:
+            try:
+                layouts.append((node, list(iter_file_chunks(node, self.view.load_node))))
+            except PortalError:
+                pass  # the read that needs it will report it
+        self.view.prefetch([ref for _, refs in layouts for ref in refs])
+        loaded = []
+        for node, refs in layouts:
+            try:
+                loaded.append((node, refs, [self.view.load_chunk(ref) for ref in refs]))
+            except PortalError:
+                pass
+        return loaded
 
     def _idle(self, ref: ChunkRef) -> bool:
         return self._cache.get(ref.cid) is None and ref.cid not in self._loading and ref.cid not in self._fetching

@@ -1,5 +1,6 @@
 """A reader that walks a listed directory in name order (tar, cp -r, rsync) has the next files' first chunks loaded
-while it reads the one it opened (``LiveTree._walk_ahead``); small files, and opens out of order, load nothing."""
+while it reads the one it opened, small files whole, several in one job (``LiveTree._walk_ahead``); opens out of
+order, or in a directory not listed, load nothing ahead."""
 
 from __future__ import annotations
 
@@ -24,8 +25,8 @@ from .test_restore_prefetch import RemoteObjects
 
 NOW = 1_700_000_000_000_000_000
 KiB = 1024
-# In name order: six files that load ahead (over 256 KiB), a small one between them that does not.
-SIZES = {b"a0": 300, b"a1": 400, b"a2": 300, b"a3": 2, b"a4": 500, b"a5": 300, b"a6": 300}
+# In name order: six files that load their first chunks ahead (over 256 KiB), and small ones that load whole.
+SIZES = {b"a0": 300, b"a1": 400, b"a2": 300, b"a3": 2, b"a4": 500, b"a5": 300, b"a6": 300, b"a7": 3, b"a8": 4}
 
 
 @pytest.fixture
@@ -77,13 +78,13 @@ async def test_a_walk_loads_the_first_chunks_of_the_next_files(
         tree.reader.nursery = nursery
         tree.listed(directory, sorted(children))
         fh, _ = await tree.open(children[b"a0"], os.O_RDONLY)
-        ahead = [b"a1", b"a2", b"a4", b"a5"]  # the small a3 is passed over
+        ahead = [b"a1", b"a2", b"a4", b"a5"]  # the first WALK_AHEAD_FILES large ones; and every small one
         assert len(ahead) == WALK_AHEAD_FILES
-        with trio.fail_after(20):
-            while not {first[name].cid for name in ahead} <= set(swarm.single):
+        small = [first[name].cid for name in (b"a3", b"a7", b"a8")]
+        with trio.fail_after(20):  # the small files' chunks come in one batch (their nodes are here already)
+            while not ({first[name].cid for name in ahead} <= set(swarm.single) and swarm.batches == [small]):
                 await trio.sleep(0.01)
         assert first[b"a6"].cid not in swarm.single
-        assert first[b"a3"].cid not in swarm.single
         # a1, read now, comes from what was loaded: nothing more is fetched for it
         fetched = len(swarm.single)
         fh1, _ = await tree.open(children[b"a1"], os.O_RDONLY)  # the walk goes on: a6 loads too
@@ -93,20 +94,25 @@ async def test_a_walk_loads_the_first_chunks_of_the_next_files(
         data = b"".join(await tree.reader.read(children[b"a1"].node, SIZES[b"a1"] * KiB, 0, 64 * KiB))
         assert len(data) == 64 * KiB
         assert swarm.single[fetched:].count(first[b"a1"].cid) == 0
+        content = b"".join(await tree.reader.read(children[b"a7"].node, SIZES[b"a7"] * KiB, 0, 64 * KiB))
+        assert content == (tmp_path / "src" / "dir" / "a7").read_bytes()
+        assert first[b"a7"].cid not in swarm.single[fetched:]
         nursery.cancel_scope.cancel()
     await tree.release(fh)
     await tree.release(fh1)
 
 
-async def test_no_walk_without_a_listing_or_out_of_order_and_small_files_load_nothing(
+async def test_no_walk_without_a_listing_or_out_of_order(
     tmp_path: Path, device: Device, remote: tuple[PortalView, RemoteObjects]
 ) -> None:
     view, _ = remote
     tree, directory = _tree(view, device, tmp_path / "staging")
     children = tree.workspace.children(directory)
     asked: list[bytes] = []
+    small: list[list[bytes]] = []
     names = {children[name].node: name for name in SIZES}
     tree.reader.read_ahead_file = lambda node: asked.append(names[node])  # type: ignore[method-assign]
+    tree.reader.read_ahead_small_files = lambda nodes: small.append([names[n] for n in nodes])  # type: ignore[method-assign]
 
     async def open_(name: bytes) -> None:
         fh, _ = await tree.open(children[name], os.O_RDONLY)
@@ -114,13 +120,15 @@ async def test_no_walk_without_a_listing_or_out_of_order_and_small_files_load_no
 
     await open_(b"a0")  # the directory was not listed
     await open_(b"a1")
-    assert asked == []
+    assert asked == small == []
     tree.listed(directory, sorted(children))
     await open_(b"a2")  # listed, but a2 is not its first file, and no file was opened there since
-    assert asked == []
+    assert asked == small == []
     await open_(b"a4")  # after a2: a walk
     assert asked == [b"a5", b"a6"]
+    assert small == [[b"a7", b"a8"]]
     await open_(b"a1")  # back: not a walk
     assert asked == [b"a5", b"a6"]
     await open_(b"a2")  # forward again from a1
     assert asked == [b"a5", b"a6", b"a4", b"a5", b"a6"]
+    assert small == [[b"a7", b"a8"], [b"a3", b"a7", b"a8"]]
