@@ -174,14 +174,14 @@ class ContentReader:
     def _load_small_files(self, file_nodes: list[ChunkRef]) -> list[tuple[ChunkRef, list[ChunkRef], list[Plaintext]]]:
         """(file node, its chunks, their plaintexts) of each file that loads; on a device that fetches, the nodes
         come from the edges in one batch, then the chunks in another."""
-        self.view.prefetch(file_nodes)
+        self._prefetch_quietly(file_nodes)
         layouts = []
         for node in file_nodes:
             try:
                 layouts.append((node, list(iter_file_chunks(node, self.view.load_node))))
             except PortalError:
                 pass  # the read that needs it will report it
-        self.view.prefetch([ref for _, refs in layouts for ref in refs])
+        self._prefetch_quietly([ref for _, refs in layouts for ref in refs])
         loaded = []
         for node, refs in layouts:
             try:
@@ -189,6 +189,12 @@ class ContentReader:
             except PortalError:
                 pass
         return loaded
+
+    def _prefetch_quietly(self, refs: list[ChunkRef]) -> None:
+        try:
+            self.view.prefetch(refs)
+        except PortalError:
+            pass  # each is fetched alone then, and what fails is reported by the read that needs it
 
     def _idle(self, ref: ChunkRef) -> bool:
         return self._cache.get(ref.cid) is None and ref.cid not in self._loading and ref.cid not in self._fetching
