@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import os
 import threading
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from pathlib import Path
 
 import pytest
@@ -55,18 +55,18 @@ def device(tmp_path: Path) -> Iterator[Device]:
     device.close()
 
 
-def _remote_portal(tmp_path: Path, device: Device, keep: bool) -> tuple[PortalView, RemoteObjects, Path]:
-    """Portal "big" with one 72 MiB file whose every object lives in a "remote" store the device fetches from."""
+def remote_portal(
+    tmp_path: Path, device: Device, name: str, fill: Callable[[Path], None], keep: bool = True
+) -> tuple[PortalView, RemoteObjects]:
+    """Portal ``name`` with the tree ``fill`` makes in a directory it is given, put; every object then lives in a
+    "remote" store the device fetches from (its own store starts empty). ``keep``: what is fetched is kept."""
     device.create_identity(new_entropy_words(os.urandom(32)), "", None, "test", NOW)
     secrets = device.unlock(None)
-    device.create_portal("big", secrets, NOW)
+    device.create_portal(name, secrets, NOW)
     src = tmp_path / "src"
     src.mkdir()
-    (src / "big.bin").write_bytes(os.urandom(72 << 20))  # more chunks than one batch holds
-    view = PortalView.open(device, "big", secrets)
-    view.put(secrets, [f"{src}/"], NOW)
-
-    # every object moves to a "remote" store; the device's own store starts empty
+    fill(src)
+    PortalView.open(device, name, secrets).put(secrets, [f"{src}/"], NOW)
     remote = LocalStore(tmp_path / "remote")
     local = device.store_local
     for cid in list(local.ids()):
@@ -75,7 +75,14 @@ def _remote_portal(tmp_path: Path, device: Device, keep: bool) -> tuple[PortalVi
     swarm = RemoteObjects(remote)
     store = FabricStore(local, lambda: swarm, keep=keep)  # type: ignore[arg-type,return-value]
     assert isinstance(store, Prefetching)
-    return PortalView.open(device, "big", secrets, store), swarm, src / "big.bin"
+    return PortalView.open(device, name, secrets, store), swarm
+
+
+def _remote_portal(tmp_path: Path, device: Device, keep: bool) -> tuple[PortalView, RemoteObjects, Path]:
+    """Portal "big" with one 72 MiB file (more chunks than one batch holds), fetched from a remote store."""
+    big = tmp_path / "src" / "big.bin"
+    view, swarm = remote_portal(tmp_path, device, "big", lambda src: big.write_bytes(os.urandom(72 << 20)), keep)
+    return view, swarm, big
 
 
 def _each_chunk_once_in_batches(swarm: RemoteObjects, most: int) -> list[bytes]:

@@ -6,24 +6,21 @@ from __future__ import annotations
 
 import os
 from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
 import trio
 
 from portalfs.device import Device
-from portalfs.fabric.store import FabricStore
-from portalfs.keys import new_entropy_words
 from portalfs.paths import DeviceHome
 from portalfs.portal import PortalView
-from portalfs.store import LocalStore
 from portalfs.tree import iter_file_chunks
 from portalfs.worktree.live import WALK_AHEAD_FILES, LiveTree
 from portalfs.worktree.workspace import Inode
 
-from .test_restore_prefetch import RemoteObjects
+from .test_restore_prefetch import RemoteObjects, remote_portal
 
-NOW = 1_700_000_000_000_000_000
 KiB = 1024
 # In name order: six files that load their first chunks ahead (over 256 KiB), and small ones that load whole.
 SIZES = {b"a0": 300, b"a1": 400, b"a2": 300, b"a3": 2, b"a4": 500, b"a5": 300, b"a6": 300, b"a7": 3, b"a8": 4}
@@ -36,42 +33,34 @@ def device(tmp_path: Path) -> Iterator[Device]:
     device.close()
 
 
+@dataclass
+class Walk:
+    view: PortalView
+    swarm: RemoteObjects
+    tree: LiveTree
+    directory: Inode
+    children: dict[bytes, Inode]
+
+
 @pytest.fixture
-def remote(tmp_path: Path, device: Device) -> tuple[PortalView, RemoteObjects]:
-    """Portal "walk" with a directory of SIZES, every object in a remote store the device fetches from (so each
-    object it loads is seen)."""
-    device.create_identity(new_entropy_words(os.urandom(32)), "", None, "test", NOW)
-    secrets = device.unlock(None)
-    device.create_portal("walk", secrets, NOW)
-    src = tmp_path / "src"
-    (src / "dir" / "sub").mkdir(parents=True)
-    for name, size in SIZES.items():
-        (src / "dir" / name.decode()).write_bytes(os.urandom(size * KiB))
-    PortalView.open(device, "walk", secrets).put(secrets, [f"{src}/"], NOW)
-    remote = LocalStore(tmp_path / "remote")
-    local = device.store_local
-    for cid in list(local.ids()):
-        remote.put(cid, local.get(cid), durable=False)
-        local.delete(cid)
-    swarm = RemoteObjects(remote)
-    store = FabricStore(local, lambda: swarm, keep=True)  # type: ignore[arg-type,return-value]
-    return PortalView.open(device, "walk", secrets, store), swarm
+def walk(tmp_path: Path, device: Device) -> Walk:
+    """A live tree over portal "walk": a directory of SIZES and a subdirectory, every object in a remote store the
+    device fetches from (so each object it loads is seen)."""
 
+    def fill(src: Path) -> None:
+        (src / "dir" / "sub").mkdir(parents=True)
+        for name, size in SIZES.items():
+            (src / "dir" / name.decode()).write_bytes(os.urandom(size * KiB))
 
-def _tree(view: PortalView, device: Device, staging: Path) -> tuple[LiveTree, Inode]:
+    view, swarm = remote_portal(tmp_path, device, "walk", fill)
     version = view.version(None)
-    tree = LiveTree(view, device.unlock(None), version.record, view.root(version), staging, False)
+    tree = LiveTree(view, device.unlock(None), version.record, view.root(version), tmp_path / "staging", False)
     directory = tree.workspace.lookup(tree.workspace.root, b"dir")
-    tree.workspace.children(directory)
-    return tree, directory
+    return Walk(view, swarm, tree, directory, tree.workspace.children(directory))
 
 
-async def test_a_walk_loads_the_first_chunks_of_the_next_files(
-    tmp_path: Path, device: Device, remote: tuple[PortalView, RemoteObjects]
-) -> None:
-    view, swarm = remote
-    tree, directory = _tree(view, device, tmp_path / "staging")
-    children = tree.workspace.children(directory)
+async def test_a_walk_loads_the_first_chunks_of_the_next_files(tmp_path: Path, walk: Walk) -> None:
+    view, swarm, tree, directory, children = walk.view, walk.swarm, walk.tree, walk.directory, walk.children
     first = {name: next(iter_file_chunks(children[name].node, view.load_node)) for name in SIZES}  # type: ignore[arg-type]
     swarm.single.clear()
     async with trio.open_nursery() as nursery:
@@ -102,12 +91,8 @@ async def test_a_walk_loads_the_first_chunks_of_the_next_files(
     await tree.release(fh1)
 
 
-async def test_no_walk_without_a_listing_or_out_of_order(
-    tmp_path: Path, device: Device, remote: tuple[PortalView, RemoteObjects]
-) -> None:
-    view, _ = remote
-    tree, directory = _tree(view, device, tmp_path / "staging")
-    children = tree.workspace.children(directory)
+async def test_no_walk_without_a_listing_or_out_of_order(walk: Walk) -> None:
+    tree, directory, children = walk.tree, walk.directory, walk.children
     asked: list[bytes] = []
     small: list[list[bytes]] = []
     names = {children[name].node: name for name in SIZES}
