@@ -152,7 +152,9 @@ class ContentReader:
     def read_ahead_small_files(self, file_nodes: list[ChunkRef]) -> None:
         """Load small files (one chunk each) whole in one worker-thread job: the files a reader walking their
         directory opens next. Only once half of them are not loaded yet, so that a job loads several."""
-        wanted = [node for node in file_nodes if node.cid not in self._layouts and node.cid not in self._small]
+        wanted = list(  # by file node: files of the same content share one
+            {n.cid: n for n in file_nodes if n.cid not in self._layouts and n.cid not in self._small}.values()
+        )
         if self.nursery is None or not wanted or len(wanted) < len(file_nodes) // 2:
             return
         done = trio.Event()

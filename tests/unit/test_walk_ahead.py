@@ -5,7 +5,7 @@ order, or in a directory not listed, load nothing ahead."""
 from __future__ import annotations
 
 import os
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -42,21 +42,26 @@ class Walk:
     children: dict[bytes, Inode]
 
 
+def _walk(tmp_path: Path, device: Device, fill: Callable[[Path], None]) -> Walk:
+    """A live tree over a portal whose tree ``fill`` makes, every object in a remote store the device fetches from
+    (so each object it loads is seen); its directory "dir"."""
+    view, swarm = remote_portal(tmp_path, device, "walk", fill)
+    version = view.version(None)
+    tree = LiveTree(view, device.unlock(None), version.record, view.root(version), tmp_path / "staging", False)
+    directory = tree.workspace.lookup(tree.workspace.root, b"dir")
+    return Walk(view, swarm, tree, directory, tree.workspace.children(directory))
+
+
 @pytest.fixture
 def walk(tmp_path: Path, device: Device) -> Walk:
-    """A live tree over portal "walk": a directory of SIZES and a subdirectory, every object in a remote store the
-    device fetches from (so each object it loads is seen)."""
+    """ "dir" holds SIZES and a subdirectory."""
 
     def fill(src: Path) -> None:
         (src / "dir" / "sub").mkdir(parents=True)
         for name, size in SIZES.items():
             (src / "dir" / name.decode()).write_bytes(os.urandom(size * KiB))
 
-    view, swarm = remote_portal(tmp_path, device, "walk", fill)
-    version = view.version(None)
-    tree = LiveTree(view, device.unlock(None), version.record, view.root(version), tmp_path / "staging", False)
-    directory = tree.workspace.lookup(tree.workspace.root, b"dir")
-    return Walk(view, swarm, tree, directory, tree.workspace.children(directory))
+    return _walk(tmp_path, device, fill)
 
 
 async def test_a_walk_loads_the_first_chunks_of_the_next_files(tmp_path: Path, walk: Walk) -> None:
@@ -117,3 +122,26 @@ async def test_no_walk_without_a_listing_or_out_of_order(walk: Walk) -> None:
     await open_(b"a2")  # forward again from a1
     assert asked == [b"a5", b"a6", b"a4", b"a5", b"a6"]
     assert small == [[b"a7", b"a8"], [b"a3", b"a7", b"a8"]]
+
+
+async def test_small_files_of_the_same_content_load_once(tmp_path: Path, device: Device) -> None:
+    contents = [os.urandom(3 * KiB)] * 3 + [os.urandom(5 * KiB)] * 3  # files of one content share one node
+
+    def fill(src: Path) -> None:
+        (src / "dir").mkdir()
+        for i, content in enumerate(contents):
+            (src / "dir" / f"f{i}").write_bytes(content)
+
+    walk = _walk(tmp_path, device, fill)
+    async with trio.open_nursery() as nursery:
+        walk.tree.reader.nursery = nursery
+        walk.tree.listed(walk.directory, sorted(walk.children))
+        for i, content in enumerate(contents):
+            node = walk.children[f"f{i}".encode()]
+            fh, _ = await walk.tree.open(node, os.O_RDONLY)
+            assert b"".join(await walk.tree.reader.read(node.node, node.size, 0, 64 * KiB)) == content
+            await walk.tree.release(fh)
+        nursery.cancel_scope.cancel()
+    # one batch of the two contents' file nodes, one of their chunks: each once
+    assert [sorted(set(batch)) for batch in walk.swarm.batches] == [sorted(batch) for batch in walk.swarm.batches]
+    assert [len(batch) for batch in walk.swarm.batches] == [2, 2]
