@@ -33,6 +33,11 @@ LAYOUTS_KEPT = 4096
 Plaintext = bytes | memoryview
 
 
+def _by_object(refs: list[ChunkRef]) -> list[ChunkRef]:
+    """``refs`` in order, each object once: a batch registers, fetches and ends each of its objects once."""
+    return list({ref.cid: ref for ref in refs}.values())
+
+
 class _ChunkCache:
     """Plaintext chunks by object id, least recently used first out, bounded in bytes."""
 
@@ -152,10 +157,9 @@ class ContentReader:
     def read_ahead_small_files(self, file_nodes: list[ChunkRef]) -> None:
         """Load small files (one chunk each) whole in one worker-thread job: the files a reader walking their
         directory opens next. Only once half of them are not loaded yet, so that a job loads several."""
-        wanted = list(  # by file node: files of the same content share one
-            {n.cid: n for n in file_nodes if n.cid not in self._layouts and n.cid not in self._small}.values()
-        )
-        if self.nursery is None or not wanted or len(wanted) < len(file_nodes) // 2:
+        nodes = _by_object(file_nodes)  # files of one content share one node
+        wanted = [node for node in nodes if node.cid not in self._layouts and node.cid not in self._small]
+        if self.nursery is None or not wanted or len(wanted) < len(nodes) // 2:
             return
         done = trio.Event()
         for node in wanted:
@@ -203,6 +207,7 @@ class ContentReader:
 
     def _fetch_ahead(self, ahead: list[ChunkRef]) -> None:
         """Bring the chunks ahead of a reader from the fabric in batches of half the window (or what is left)."""
+        ahead = _by_object(ahead)  # a file's chunks of one content are one object
         wanted = [ref for ref in ahead if self._idle(ref)]
         if wanted and len(wanted) >= min(FETCH_AHEAD_CHUNKS // 2, len(ahead)):
             assert self.nursery is not None

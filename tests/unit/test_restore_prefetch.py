@@ -9,6 +9,7 @@ from collections.abc import Callable, Iterator, Mapping, Sequence
 from pathlib import Path
 
 import pytest
+import trio
 
 from portalfs.device import Device
 from portalfs.fabric.store import FabricStore
@@ -128,3 +129,20 @@ def test_small_files_are_fetched_in_groups_bounded_in_count_and_in_bytes() -> No
     out = list(batches_ahead(range(len(weights)), fetch, size=4, depth=2, weigh=weights.__getitem__, most=6))
     assert [group for group, _ in out] == [[0, 1, 2], [3, 4, 5, 6], [7, 8], [9, 10]]
     assert [n for _, n in out] == [3, 4, 2, 2] and sorted(map(tuple, fetched)) == sorted(tuple(g) for g, _ in out)
+
+
+async def test_a_file_of_one_repeated_chunk_is_read_ahead_from_the_edges(tmp_path: Path, device: Device) -> None:
+    """Its chunks ahead name one object many times: a batch asks for it once, and the read goes on."""
+    size = 40 << 20  # zeros: ten chunks of the largest size, all one object
+    view, swarm = remote_portal(tmp_path, device, "zeros", lambda src: (src / "zeros.bin").write_bytes(bytes(size)))
+    version = view.version(None)
+    tree = LiveTree(view, device.unlock(None), version.record, view.root(version), tmp_path / "staging", False)
+    node = tree.workspace.lookup(tree.workspace.root, b"zeros.bin")
+    async with trio.open_nursery() as nursery:
+        tree.reader.nursery = nursery
+        fh, _ = await tree.open(node, os.O_RDONLY)
+        for offset in range(0, size, 4 << 20):
+            assert await tree.read(fh, offset, 1 << 20) == bytes(1 << 20)
+        await tree.release(fh)
+        nursery.cancel_scope.cancel()
+    assert swarm.batches and all(len(batch) == len(set(batch)) for batch in swarm.batches)
