@@ -137,8 +137,8 @@ def delay_link(switch_enter: Callable[[], None], port: str, queue: int, delay_ms
         subprocess.run(list(args), check=True, preexec_fn=switch_enter, capture_output=True)
 
     sw("sysctl", "-qw", "net.bridge.bridge-nf-call-iptables=1")
-    process = subprocess.Popen(
-        [sys.executable, "-m", "tests.integration.netdelay", "--queue", str(queue), "--delay-ms", str(delay_ms)],
+    process = subprocess.Popen(  # this file by its path: a benchmark runs from any directory
+        [sys.executable, os.path.abspath(__file__), "--queue", str(queue), "--delay-ms", str(delay_ms)],
         preexec_fn=switch_enter, stdout=subprocess.PIPE, text=True,
     )  # fmt: skip
     assert process.stdout is not None
